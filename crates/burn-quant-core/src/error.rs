@@ -1,0 +1,86 @@
+//! The error type of the quantization core.
+
+use thiserror::Error;
+
+/// Everything that can go wrong when building a spec or quantizing a tensor.
+///
+/// Each variant names the offending field and value so that a recipe author can find it.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum QuantError {
+    /// A configuration field holds a value outside what the format or spec allows.
+    #[error("invalid `{field}` = {value}: {reason}")]
+    InvalidConfig {
+        /// Dotted name of the field, e.g. `format.bits`.
+        field: &'static str,
+        /// The value that was given, printed.
+        value: String,
+        /// Why it is not allowed.
+        reason: String,
+    },
+    /// A group size does not divide the length of the axis it groups.
+    #[error("group size {size} does not divide axis {axis} of length {len} (shape {shape:?})")]
+    GroupSizeMismatch {
+        /// Axis the groups run along.
+        axis: usize,
+        /// Length of that axis.
+        len: usize,
+        /// Requested group size.
+        size: usize,
+        /// Shape of the tensor.
+        shape: Vec<usize>,
+    },
+    /// An axis index beyond the tensor's rank.
+    #[error("axis {axis} is out of range for a tensor of rank {rank}")]
+    AxisOutOfRange {
+        /// Requested axis.
+        axis: usize,
+        /// Tensor rank.
+        rank: usize,
+    },
+    /// The input contains NaN or infinite values, which have no quantized code.
+    #[error("input `{what}` contains a non-finite value ({value}) at flat index {index}")]
+    NonFinite {
+        /// Which input, e.g. `x` or `scale`.
+        what: &'static str,
+        /// Flat (row-major) index of the first offending element.
+        index: usize,
+        /// The offending value.
+        value: f32,
+    },
+    /// The input tensor has no elements.
+    #[error("input `{what}` is empty (shape {shape:?})")]
+    EmptyTensor {
+        /// Which input.
+        what: &'static str,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
+    /// Parameters (scales, zero-points) do not fit the tensor they are applied to.
+    #[error("`{what}` has shape {got:?} but the spec needs {expected:?}")]
+    ShapeMismatch {
+        /// Which parameter.
+        what: &'static str,
+        /// Shape that was given.
+        got: Vec<usize>,
+        /// Shape that the granularity requires.
+        expected: Vec<usize>,
+    },
+    /// A scale is zero, negative or not finite.
+    #[error("scale at index {index} is {value}; scales must be finite and > 0")]
+    InvalidScale {
+        /// Flat index of the scale.
+        index: usize,
+        /// Its value.
+        value: f32,
+    },
+}
+
+/// Result alias of the core crate.
+pub type Result<T> = std::result::Result<T, QuantError>;
+
+impl QuantError {
+    /// Shorthand for [`QuantError::InvalidConfig`].
+    pub fn config(field: &'static str, value: impl std::fmt::Display, reason: impl Into<String>) -> Self {
+        QuantError::InvalidConfig { field, value: value.to_string(), reason: reason.into() }
+    }
+}

@@ -1,0 +1,513 @@
+//! Element formats: the grid of values one quantized element can take.
+//!
+//! A [`Format`] knows nothing about scales: it maps a value already expressed in *grid units*
+//! (`x / scale + zero_point`) to the nearest representable value and to its integer code. The
+//! minifloat rules follow the OCP 8-bit Floating Point specification (OFP8, v1.0) and the OCP
+//! Microscaling Formats (MX) v1.0 specification.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{QuantError, Result};
+use crate::rounding::Rounding;
+
+/// The value grid of one quantized element.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Format {
+    /// Two's-complement (signed) or unsigned integer of `bits` bits.
+    ///
+    /// Signed range `[-2^(bits-1), 2^(bits-1) - 1]`, unsigned `[0, 2^bits - 1]`; `narrow` drops
+    /// the most negative signed code (symmetric range) or the largest unsigned one.
+    Int {
+        /// Bit width, 1..=16.
+        bits: u8,
+        /// Signed (two's complement) or unsigned.
+        signed: bool,
+        /// Narrow range: `[-(2^(b-1) - 1), 2^(b-1) - 1]` when signed, `[0, 2^b - 2]` unsigned.
+        narrow: bool,
+    },
+    /// Sign + exponent + mantissa floating point (FP8, FP6, FP4, ...).
+    Minifloat(Minifloat),
+    /// One bit: `-1` or `+1` (sign of the input; zero maps to `+1`).
+    Binary,
+    /// `-1`, `0` or `+1`.
+    Ternary,
+}
+
+/// Which bit patterns of a minifloat are reserved for infinities and NaN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Special {
+    /// IEEE 754 style: the all-ones exponent holds ±Inf (mantissa 0) and NaN (OCP E5M2).
+    Ieee,
+    /// No infinities; only the all-ones exponent with all-ones mantissa is NaN (OCP E4M3, "fn").
+    NanOnly,
+    /// No infinities, no negative zero: the pattern `1000…0` is the single NaN ("fnuz").
+    Fnuz,
+    /// Every pattern is a finite number (OCP MX FP6 E3M2/E2M3 and FP4 E2M1).
+    None,
+}
+
+/// A minifloat format: 1 sign bit, `exponent` exponent bits, `mantissa` mantissa bits.
+///
+/// Value of a normal pattern: `(-1)^s · 2^(E - bias) · (1 + M / 2^mantissa)`; subnormal
+/// (E = 0): `(-1)^s · 2^(1 - bias) · M / 2^mantissa`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Minifloat {
+    /// Exponent bits, 1..=8.
+    pub exponent: u8,
+    /// Mantissa (fraction) bits; `1 + exponent + mantissa <= 16`.
+    pub mantissa: u8,
+    /// Exponent bias.
+    pub bias: i32,
+    /// Reserved patterns.
+    pub special: Special,
+    /// Values beyond the largest finite value clamp to it (`true`) or become Inf/NaN (`false`).
+    pub saturating: bool,
+}
+
+impl Minifloat {
+    /// OCP FP8 E4M3 ("e4m3fn"): bias 7, no Inf, one NaN pattern per sign, max 448.
+    pub const fn e4m3() -> Self {
+        Self { exponent: 4, mantissa: 3, bias: 7, special: Special::NanOnly, saturating: true }
+    }
+    /// OCP FP8 E5M2: bias 15, IEEE-style Inf/NaN, max 57344.
+    pub const fn e5m2() -> Self {
+        Self { exponent: 5, mantissa: 2, bias: 15, special: Special::Ieee, saturating: true }
+    }
+    /// OCP MX FP6 E3M2: bias 3, no Inf/NaN, max 28.
+    pub const fn e3m2() -> Self {
+        Self { exponent: 3, mantissa: 2, bias: 3, special: Special::None, saturating: true }
+    }
+    /// OCP MX FP6 E2M3: bias 1, no Inf/NaN, max 7.5.
+    pub const fn e2m3() -> Self {
+        Self { exponent: 2, mantissa: 3, bias: 1, special: Special::None, saturating: true }
+    }
+    /// OCP MX FP4 E2M1: bias 1, no Inf/NaN, max 6.
+    pub const fn e2m1() -> Self {
+        Self { exponent: 2, mantissa: 1, bias: 1, special: Special::None, saturating: true }
+    }
+    /// E4M3 FNUZ (bias 8, no Inf, no negative zero, max 240).
+    pub const fn e4m3fnuz() -> Self {
+        Self { exponent: 4, mantissa: 3, bias: 8, special: Special::Fnuz, saturating: true }
+    }
+    /// E5M2 FNUZ (bias 16, no Inf, no negative zero, max 57344).
+    pub const fn e5m2fnuz() -> Self {
+        Self { exponent: 5, mantissa: 2, bias: 16, special: Special::Fnuz, saturating: true }
+    }
+    /// IEEE-like format with the standard bias `2^(e-1) - 1` (e.g. `ieee(5, 10)` is f16).
+    pub const fn ieee(exponent: u8, mantissa: u8) -> Self {
+        Self {
+            exponent,
+            mantissa,
+            bias: (1 << (exponent - 1)) - 1,
+            special: Special::Ieee,
+            saturating: true,
+        }
+    }
+    /// The same format with saturation switched on or off.
+    pub const fn with_saturating(mut self, saturating: bool) -> Self {
+        self.saturating = saturating;
+        self
+    }
+
+    /// Total bits including the sign.
+    pub fn bits(&self) -> u32 {
+        1 + self.exponent as u32 + self.mantissa as u32
+    }
+
+    fn exp_all_ones(&self) -> i32 {
+        (1 << self.exponent) - 1
+    }
+    fn mant_all_ones(&self) -> u32 {
+        (1u32 << self.mantissa) - 1
+    }
+
+    /// Smallest unbiased exponent of a normal number, `1 - bias`.
+    pub fn emin(&self) -> i32 {
+        1 - self.bias
+    }
+
+    /// The (exponent field, mantissa field) of the largest finite value.
+    fn max_fields(&self) -> (i32, u32) {
+        let top = self.exp_all_ones();
+        match self.special {
+            Special::Ieee => (top - 1, self.mant_all_ones()),
+            Special::NanOnly if self.mantissa == 0 => (top - 1, 0),
+            Special::NanOnly => (top, self.mant_all_ones() - 1),
+            Special::Fnuz | Special::None => (top, self.mant_all_ones()),
+        }
+    }
+
+    /// Largest finite value.
+    pub fn max_value(&self) -> f32 {
+        let (e, m) = self.max_fields();
+        self.value_of_fields(e, m)
+    }
+    /// Smallest positive normal value, `2^(1 - bias)`.
+    pub fn min_normal(&self) -> f32 {
+        pow2(self.emin())
+    }
+    /// Smallest positive subnormal value, `2^(1 - bias - mantissa)`.
+    pub fn min_subnormal(&self) -> f32 {
+        pow2(self.emin() - self.mantissa as i32)
+    }
+    /// Unbiased exponent of the largest finite value (`emax` in the OCP MX scale rule).
+    pub fn emax(&self) -> i32 {
+        let (e, _) = self.max_fields();
+        if e == 0 { self.emin() - 1 } else { e - self.bias }
+    }
+
+    fn value_of_fields(&self, e: i32, m: u32) -> f32 {
+        let frac = m as f32 / (1u32 << self.mantissa) as f32;
+        if e == 0 { pow2(self.emin()) * frac } else { pow2(e - self.bias) * (1.0 + frac) }
+    }
+
+    /// Checks that the format is representable in f32 and fits in 16 bits.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=8).contains(&self.exponent) {
+            return Err(QuantError::config("format.exponent", self.exponent, "must be in 1..=8"));
+        }
+        if self.bits() > 16 {
+            return Err(QuantError::config(
+                "format.mantissa",
+                self.mantissa,
+                format!(
+                    "1 sign + {} exponent + {} mantissa bits = {} bits does not fit in 16 bits",
+                    self.exponent,
+                    self.mantissa,
+                    self.bits()
+                ),
+            ));
+        }
+        if self.special == Special::Ieee && self.exponent < 2 {
+            return Err(QuantError::config(
+                "format.special",
+                "ieee",
+                "an IEEE-style format needs at least 2 exponent bits (the top exponent is reserved)",
+            ));
+        }
+        let (top_e, _) = self.max_fields();
+        if top_e - self.bias > 127 {
+            return Err(QuantError::config(
+                "format.bias",
+                self.bias,
+                format!("the largest value 2^{} overflows f32", top_e - self.bias),
+            ));
+        }
+        if self.emin() - (self.mantissa as i32) < -149 {
+            return Err(QuantError::config(
+                "format.bias",
+                self.bias,
+                format!(
+                    "the smallest subnormal 2^{} underflows f32",
+                    self.emin() - self.mantissa as i32
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Distance between neighbouring grid values around `v` (the binade step), for any real `v`.
+    pub fn step(&self, v: f32) -> f32 {
+        let a = v.abs();
+        let e = if a < self.min_normal() { self.emin() } else { floor_log2(a).max(self.emin()) };
+        pow2(e - self.mantissa as i32)
+    }
+
+    /// Rounds `v` (grid units) onto the format with `rounding`; `noise` in [0, 1) is used by
+    /// stochastic rounding only. Overflow saturates or gives Inf/NaN per `saturating`.
+    pub fn quantize(&self, v: f32, rounding: RoundMode, noise: f32) -> f32 {
+        let max = self.max_value();
+        let v_in = if self.saturating { v.clamp(-max, max) } else { v };
+        let step = self.step(v_in);
+        let q = rounding.apply(v_in / step, noise) * step;
+        if q.abs() > max {
+            if self.saturating {
+                max.copysign(q)
+            } else if self.special == Special::Ieee {
+                f32::INFINITY.copysign(q)
+            } else {
+                f32::NAN
+            }
+        } else if q == 0.0 && self.special == Special::Fnuz {
+            0.0
+        } else {
+            q
+        }
+    }
+
+    /// Bit pattern of a value that lies on the grid (as produced by [`Minifloat::quantize`]).
+    pub fn encode(&self, q: f32) -> u32 {
+        let sign_bit = 1u32 << (self.exponent + self.mantissa);
+        if q.is_nan() {
+            return match self.special {
+                Special::Ieee => ((self.exp_all_ones() as u32) << self.mantissa) | self.mant_all_ones(),
+                Special::NanOnly => ((self.exp_all_ones() as u32) << self.mantissa) | self.mant_all_ones(),
+                Special::Fnuz => sign_bit,
+                // Unreachable for well-formed input: a format without NaN never produces one.
+                Special::None => 0,
+            };
+        }
+        let sign = if q.is_sign_negative() && q != 0.0 { sign_bit } else { 0 };
+        let a = q.abs();
+        if a.is_infinite() {
+            return sign | ((self.exp_all_ones() as u32) << self.mantissa);
+        }
+        if a < self.min_normal() {
+            let m = (a / self.min_subnormal()) as u32;
+            return sign | m;
+        }
+        let e = floor_log2(a);
+        let m = ((a / pow2(e) - 1.0) * (1u32 << self.mantissa) as f32) as u32;
+        sign | (((e + self.bias) as u32) << self.mantissa) | m
+    }
+
+    /// Value of a bit pattern (NaN for NaN patterns, ±Inf for IEEE infinities).
+    pub fn decode(&self, code: u32) -> f32 {
+        let sign_bit = 1u32 << (self.exponent + self.mantissa);
+        let neg = code & sign_bit != 0;
+        let e = ((code >> self.mantissa) & self.exp_all_ones() as u32) as i32;
+        let m = code & self.mant_all_ones();
+        let special = match self.special {
+            Special::Ieee if e == self.exp_all_ones() => {
+                Some(if m == 0 { f32::INFINITY } else { f32::NAN })
+            }
+            Special::NanOnly if e == self.exp_all_ones() && m == self.mant_all_ones() => Some(f32::NAN),
+            Special::Fnuz if code == sign_bit => Some(f32::NAN),
+            _ => None,
+        };
+        let v = special.unwrap_or_else(|| self.value_of_fields(e, m));
+        if neg && !v.is_nan() { -v } else { v }
+    }
+}
+
+/// A rounding rule as applied on the host, element by element.
+///
+/// This is the scalar twin of [`Rounding`]; the tensor path uses the same rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoundMode {
+    /// Nearest, ties to even.
+    NearestEven,
+    /// Nearest, ties away from zero.
+    HalfUp,
+    /// Toward −∞.
+    Floor,
+    /// Toward +∞.
+    Ceil,
+    /// Toward zero (truncation).
+    TowardZero,
+    /// `floor(x + u)`, u uniform in [0, 1) (unbiased in expectation).
+    Stochastic,
+}
+
+impl RoundMode {
+    /// Rounds `x` to an integer; `noise` is the uniform sample used by stochastic rounding.
+    #[inline(always)]
+    pub fn apply(self, x: f32, noise: f32) -> f32 {
+        match self {
+            RoundMode::NearestEven => x.round_ties_even(),
+            RoundMode::HalfUp => x.round(),
+            RoundMode::Floor => x.floor(),
+            RoundMode::Ceil => x.ceil(),
+            RoundMode::TowardZero => x.trunc(),
+            RoundMode::Stochastic => (x + noise).floor(),
+        }
+    }
+}
+
+impl From<&Rounding> for RoundMode {
+    fn from(r: &Rounding) -> Self {
+        match r {
+            Rounding::NearestEven => RoundMode::NearestEven,
+            Rounding::HalfUp => RoundMode::HalfUp,
+            Rounding::Floor => RoundMode::Floor,
+            Rounding::Ceil => RoundMode::Ceil,
+            Rounding::TowardZero => RoundMode::TowardZero,
+            Rounding::Stochastic { .. } => RoundMode::Stochastic,
+        }
+    }
+}
+
+/// `2^k` as an f32, exact for every k in [-149, 127] (subnormals included).
+pub fn pow2(k: i32) -> f32 {
+    if k >= -126 {
+        f32::from_bits(((k + 127) as u32) << 23)
+    } else {
+        f32::from_bits(1u32 << (k + 149))
+    }
+}
+
+/// `floor(log2(a))` for a positive finite `a`, exact (read from the f32 exponent bits).
+pub fn floor_log2(a: f32) -> i32 {
+    let bits = a.to_bits() & 0x7fff_ffff;
+    let e = (bits >> 23) as i32;
+    if e == 0 {
+        // f32 subnormal: position of the highest set mantissa bit.
+        let m = bits & 0x7f_ffff;
+        -127 - (m.leading_zeros() as i32 - 9)
+    } else {
+        e - 127
+    }
+}
+
+impl Format {
+    /// Signed 8-bit integer, full range.
+    pub const fn int8() -> Self {
+        Format::Int { bits: 8, signed: true, narrow: false }
+    }
+    /// Signed integer of `bits` bits, full range.
+    pub const fn int(bits: u8) -> Self {
+        Format::Int { bits, signed: true, narrow: false }
+    }
+    /// Unsigned integer of `bits` bits.
+    pub const fn uint(bits: u8) -> Self {
+        Format::Int { bits, signed: false, narrow: false }
+    }
+
+    /// Checks the fields; returns an error naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Format::Int { bits, signed, narrow } => {
+                if !(1..=16).contains(bits) {
+                    return Err(QuantError::config("format.bits", bits, "must be in 1..=16"));
+                }
+                if *bits == 1 && *narrow {
+                    return Err(QuantError::config(
+                        "format.narrow",
+                        true,
+                        if *signed {
+                            "a narrow signed 1-bit integer has the single value 0; use Format::Binary"
+                        } else {
+                            "a narrow unsigned 1-bit integer has the single value 0"
+                        },
+                    ));
+                }
+                Ok(())
+            }
+            Format::Minifloat(m) => m.validate(),
+            Format::Binary | Format::Ternary => Ok(()),
+        }
+    }
+
+    /// Storage bits of one element.
+    pub fn bits(&self) -> u32 {
+        match self {
+            Format::Int { bits, .. } => *bits as u32,
+            Format::Minifloat(m) => m.bits(),
+            Format::Binary => 1,
+            // log2(3) ≈ 1.58 bits of information; stored in 2 bits.
+            Format::Ternary => 2,
+        }
+    }
+
+    /// Smallest value of the grid (grid units).
+    pub fn min_value(&self) -> f32 {
+        match self {
+            Format::Int { bits, signed: true, narrow } => {
+                -((1i64 << (bits - 1)) as f32) + if *narrow { 1.0 } else { 0.0 }
+            }
+            Format::Int { signed: false, .. } => 0.0,
+            Format::Minifloat(m) => -m.max_value(),
+            Format::Binary | Format::Ternary => -1.0,
+        }
+    }
+
+    /// Largest value of the grid (grid units).
+    pub fn max_value(&self) -> f32 {
+        match self {
+            Format::Int { bits, signed: true, .. } => ((1i64 << (bits - 1)) - 1) as f32,
+            Format::Int { bits, signed: false, narrow } => {
+                ((1i64 << bits) - 1) as f32 - if *narrow { 1.0 } else { 0.0 }
+            }
+            Format::Minifloat(m) => m.max_value(),
+            Format::Binary | Format::Ternary => 1.0,
+        }
+    }
+
+    /// Whether this is an integer-valued grid (int, binary, ternary), where a zero-point makes sense.
+    pub fn is_integer(&self) -> bool {
+        !matches!(self, Format::Minifloat(_))
+    }
+
+    /// Unbiased exponent of the largest power of two not above the largest value: the `emax`
+    /// of the OCP MX shared-scale rule (8 for E4M3, 15 for E5M2, 2 for E2M1, 6 for int8 codes).
+    pub fn emax(&self) -> i32 {
+        match self {
+            Format::Minifloat(m) => m.emax(),
+            other => floor_log2(other.max_value().max(1.0)),
+        }
+    }
+
+    /// Distance to the neighbouring grid values around `v` (1 for integer grids).
+    #[inline(always)]
+    pub fn step(&self, v: f32) -> f32 {
+        match self {
+            Format::Minifloat(m) => m.step(v),
+            _ => 1.0,
+        }
+    }
+
+    /// Rounds `v` (grid units) onto the grid.
+    #[inline(always)]
+    pub fn quantize(&self, v: f32, rounding: RoundMode, noise: f32) -> f32 {
+        match self {
+            Format::Int { .. } | Format::Ternary => {
+                rounding.apply(v.clamp(self.min_value(), self.max_value()), noise)
+            }
+            Format::Minifloat(m) => m.quantize(v, rounding, noise),
+            Format::Binary => {
+                if v >= 0.0 {
+                    1.0
+                } else {
+                    -1.0
+                }
+            }
+        }
+    }
+
+    /// Integer code of a grid value: the integer itself, or the minifloat bit pattern.
+    #[inline(always)]
+    pub fn encode(&self, q: f32) -> i32 {
+        match self {
+            Format::Minifloat(m) => m.encode(q) as i32,
+            _ => q as i32,
+        }
+    }
+
+    /// Grid value of a code (inverse of [`Format::encode`]).
+    #[inline(always)]
+    pub fn decode(&self, code: i32) -> f32 {
+        match self {
+            Format::Minifloat(m) => m.decode(code as u32),
+            _ => code as f32,
+        }
+    }
+
+    /// Smallest and largest valid code.
+    pub fn code_range(&self) -> (i32, i32) {
+        match self {
+            Format::Minifloat(m) => (0, (1i32 << m.bits()) - 1),
+            other => (other.min_value() as i32, other.max_value() as i32),
+        }
+    }
+
+    /// Every finite value of the grid, ascending, each once (`-0` folded into `0`).
+    pub fn grid(&self) -> Vec<f32> {
+        let mut v: Vec<f32> = match self {
+            Format::Minifloat(m) => (0..1u32 << m.bits())
+                .map(|c| m.decode(c))
+                .filter(|x| x.is_finite())
+                .map(|x| if x == 0.0 { 0.0 } else { x })
+                .collect(),
+            Format::Binary => vec![-1.0, 1.0],
+            other => {
+                let (lo, hi) = other.code_range();
+                (lo..=hi).map(|c| c as f32).collect()
+            }
+        };
+        v.sort_by(f32::total_cmp);
+        v.dedup();
+        v
+    }
+}

@@ -1,0 +1,174 @@
+//! Granularity: which elements share a scale.
+//!
+//! Every granularity is resolved against a concrete shape into a [`Layout`]: the tensor is
+//! viewed as `[outer, axis_len, inner]` around the quantization axis, and each element
+//! `(o, n, i)` maps to one scale *cell*. Scales are stored in the tensor's own rank with the
+//! axis shrunk (per group), kept (per channel) or every dimension set to 1 (per tensor), so
+//! they broadcast against the input after a reshape.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{QuantError, Result};
+
+/// Which elements share one scale (and zero-point).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Granularity {
+    /// One scale for the whole tensor.
+    #[default]
+    PerTensor,
+    /// One scale per index along `axis` (e.g. axis 1 of a Burn `Linear` weight
+    /// `[d_input, d_output]` = per output channel).
+    PerChannel {
+        /// The channel axis.
+        axis: usize,
+    },
+    /// One scale per `size` consecutive elements along `axis`, for every position of the other
+    /// axes (e.g. axis 0 of a Burn `Linear` weight = groups along the input dimension, as GPTQ
+    /// and GGUF use them). `size` must divide the axis length.
+    PerGroup {
+        /// The axis the groups run along.
+        axis: usize,
+        /// Elements per group.
+        size: usize,
+    },
+}
+
+/// A granularity resolved against a shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Product of the dimensions before the axis.
+    pub outer: usize,
+    /// Length of the axis.
+    pub axis_len: usize,
+    /// Product of the dimensions after the axis.
+    pub inner: usize,
+    /// Elements per group along the axis (1 for per channel, `axis_len` for per tensor).
+    pub group: usize,
+    /// The granularity this came from.
+    pub granularity: Granularity,
+    /// Shape of the scale tensor (same rank as the input).
+    pub scale_shape: Vec<usize>,
+}
+
+impl Granularity {
+    /// Resolves this granularity against `shape`.
+    pub fn layout(&self, shape: &[usize]) -> Result<Layout> {
+        let rank = shape.len();
+        let (axis, group) = match *self {
+            Granularity::PerTensor => (None, 0),
+            Granularity::PerChannel { axis } => (Some(axis), 1),
+            Granularity::PerGroup { axis, size } => {
+                if size == 0 {
+                    return Err(QuantError::config("granularity.size", 0, "group size must be at least 1"));
+                }
+                (Some(axis), size)
+            }
+        };
+        let Some(axis) = axis else {
+            let n: usize = shape.iter().product();
+            return Ok(Layout {
+                outer: 1,
+                axis_len: n,
+                inner: 1,
+                group: n.max(1),
+                granularity: *self,
+                scale_shape: vec![1; rank],
+            });
+        };
+        if axis >= rank {
+            return Err(QuantError::AxisOutOfRange { axis, rank });
+        }
+        let axis_len = shape[axis];
+        if axis_len % group != 0 {
+            return Err(QuantError::GroupSizeMismatch {
+                axis,
+                len: axis_len,
+                size: group,
+                shape: shape.to_vec(),
+            });
+        }
+        let outer = shape[..axis].iter().product();
+        let inner = shape[axis + 1..].iter().product();
+        let scale_shape = match self {
+            Granularity::PerChannel { .. } => {
+                let mut s = vec![1; rank];
+                s[axis] = axis_len;
+                s
+            }
+            _ => {
+                let mut s = shape.to_vec();
+                s[axis] = axis_len / group;
+                s
+            }
+        };
+        Ok(Layout { outer, axis_len, inner, group, granularity: *self, scale_shape })
+    }
+
+    /// The quantization axis, if any.
+    pub fn axis(&self) -> Option<usize> {
+        match self {
+            Granularity::PerTensor => None,
+            Granularity::PerChannel { axis } | Granularity::PerGroup { axis, .. } => Some(*axis),
+        }
+    }
+}
+
+impl Layout {
+    /// Number of scale cells.
+    pub fn cells(&self) -> usize {
+        self.scale_shape.iter().product()
+    }
+
+    /// Number of groups along the axis.
+    pub fn groups(&self) -> usize {
+        self.axis_len / self.group
+    }
+
+    /// Whether every scale cell spans the outer and inner dimensions (per tensor, per channel).
+    fn shared_across_outer_inner(&self) -> bool {
+        !matches!(self.granularity, Granularity::PerGroup { .. })
+    }
+
+    /// Scale cell of the element at (outer `o`, axis `n`, inner `i`).
+    #[inline(always)]
+    pub fn cell(&self, o: usize, n: usize, i: usize) -> usize {
+        match self.granularity {
+            Granularity::PerTensor => 0,
+            Granularity::PerChannel { .. } => n,
+            Granularity::PerGroup { .. } => (o * self.groups() + n / self.group) * self.inner + i,
+        }
+    }
+
+    /// Flat indices of the elements of every cell, cell by cell (a gather plan for statistics).
+    pub fn members(&self) -> Vec<Vec<usize>> {
+        let mut out: Vec<Vec<usize>> = vec![Vec::new(); self.cells()];
+        let per_cell = (self.outer * self.axis_len * self.inner) / self.cells().max(1);
+        for v in out.iter_mut() {
+            v.reserve(per_cell);
+        }
+        for o in 0..self.outer {
+            for n in 0..self.axis_len {
+                let base = (o * self.axis_len + n) * self.inner;
+                for i in 0..self.inner {
+                    out[self.cell(o, n, i)].push(base + i);
+                }
+            }
+        }
+        out
+    }
+
+    /// Shape of the 4-D broadcasting view of the input, `[outer, groups, group, inner]`.
+    pub fn view4(&self) -> [usize; 4] {
+        [self.outer, self.groups(), self.group, self.inner]
+    }
+
+    /// Shape of the 4-D broadcasting view of the scales, matching [`Layout::view4`].
+    pub fn scale_view4(&self) -> [usize; 4] {
+        if self.shared_across_outer_inner() {
+            [1, self.groups(), 1, 1]
+        } else {
+            [self.outer, self.groups(), 1, self.inner]
+        }
+    }
+}

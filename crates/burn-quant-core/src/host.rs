@@ -1,0 +1,587 @@
+//! Host (CPU slice) kernels: statistics, scale search, exact codes and fused fake-quant.
+//!
+//! These are the reference implementation of every spec: exact, deterministic (stochastic
+//! rounding is keyed by flat index) and parallel with rayon. The tensor path in
+//! [`crate::fake_quant`] is tested against them.
+
+use rayon::prelude::*;
+
+use crate::error::{QuantError, Result};
+use crate::format::{floor_log2, pow2, Format, Minifloat, RoundMode};
+use crate::granularity::{Granularity, Layout};
+use crate::rounding::{uniform, Rounding};
+use crate::scale::{Pow2Mode, ScaleQuant, ScaleRestriction, ScaleSource, ScaleStat};
+use crate::spec::QuantSpec;
+
+/// Scales and zero-points of one tensor, on the host, one entry per scale cell (row-major in
+/// the layout's `scale_shape`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostParams {
+    /// Effective scale of every cell (what dequantization multiplies by).
+    pub scales: Vec<f32>,
+    /// Zero-point of every cell in grid units, for asymmetric specs.
+    pub zero_points: Option<Vec<f32>>,
+    /// The quantized second scale level, for MX / NVFP4 / k-quant specs.
+    pub level: Option<HostLevel>,
+}
+
+/// The codes of a quantized scale level (see [`ScaleQuant`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostLevel {
+    /// Which scale quantization produced this.
+    pub kind: ScaleQuant,
+    /// Per cell: E8M0 biased exponent (MX), E4M3 bit pattern (NVFP4) or integer scale code
+    /// (k-quants).
+    pub scale_codes: Vec<i32>,
+    /// Per cell integer min codes (asymmetric k-quants).
+    pub min_codes: Option<Vec<i32>>,
+    /// Per super-block f16-representable scale (k-quants) or the single global scale (NVFP4).
+    pub super_scales: Vec<f32>,
+    /// Per super-block f16-representable min-scale (asymmetric k-quants).
+    pub super_mins: Option<Vec<f32>>,
+    /// Shape of `super_scales` (input rank; `[1, …]` for a global scale).
+    pub super_shape: Vec<usize>,
+}
+
+/// Rejects empty or non-finite input.
+pub fn check_input(data: &[f32], shape: &[usize], what: &'static str) -> Result<()> {
+    if data.is_empty() {
+        return Err(QuantError::EmptyTensor { what, shape: shape.to_vec() });
+    }
+    if let Some((index, &value)) = data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(QuantError::NonFinite { what, index, value });
+    }
+    Ok(())
+}
+
+/// Checks that externally supplied params fit `layout` and are usable.
+pub fn check_params(params: &HostParams, layout: &Layout) -> Result<()> {
+    let cells = layout.cells();
+    if params.scales.len() != cells {
+        return Err(QuantError::ShapeMismatch {
+            what: "scales",
+            got: vec![params.scales.len()],
+            expected: layout.scale_shape.clone(),
+        });
+    }
+    if let Some((index, &value)) =
+        params.scales.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s >= 0.0))
+    {
+        return Err(QuantError::InvalidScale { index, value });
+    }
+    if let Some(z) = &params.zero_points {
+        if z.len() != cells {
+            return Err(QuantError::ShapeMismatch {
+                what: "zero_points",
+                got: vec![z.len()],
+                expected: layout.scale_shape.clone(),
+            });
+        }
+        if let Some((index, &value)) = z.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(QuantError::NonFinite { what: "zero_points", index, value });
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// Element kernel and parallel driver
+// ------------------------------------------------------------------------------------------
+
+/// Per-element quantizer: grid value of `x` under scale `s` and zero-point `z`.
+#[derive(Clone, Copy)]
+struct ElemOp {
+    format: Format,
+    mode: RoundMode,
+    seed: Option<u64>,
+}
+
+impl ElemOp {
+    fn new(spec: &QuantSpec) -> Self {
+        let seed = match spec.rounding {
+            Rounding::Stochastic { seed } => Some(seed),
+            _ => None,
+        };
+        Self { format: spec.format, mode: RoundMode::from(&spec.rounding), seed }
+    }
+
+    /// Grid value (in grid units) of element `idx` = `x`.
+    #[inline(always)]
+    fn grid(&self, x: f32, s: f32, z: f32, idx: usize) -> f32 {
+        // A zero scale (an all-zero NVFP4 block) maps every element to the zero-point.
+        let v = if s == 0.0 { z } else { x / s + z };
+        let noise = match self.seed {
+            Some(seed) => uniform(seed, idx as u64),
+            None => 0.0,
+        };
+        self.format.quantize(v, self.mode, noise)
+    }
+}
+
+/// Calls `f(flat_index, cell, &mut out[flat_index])` for every element, in parallel.
+fn par_for_each<T: Send, F>(layout: &Layout, out: &mut [T], f: F)
+where
+    F: Fn(usize, usize, &mut T) + Sync,
+{
+    let inner = layout.inner.max(1);
+    let rows_per_task = (16384 / inner).max(1);
+    let per_group = matches!(layout.granularity, Granularity::PerGroup { .. });
+    let per_channel = matches!(layout.granularity, Granularity::PerChannel { .. });
+    out.par_chunks_mut(rows_per_task * inner).enumerate().for_each(|(task, chunk)| {
+        let first_row = task * rows_per_task;
+        for (r, row) in chunk.chunks_mut(inner).enumerate() {
+            let row_idx = first_row + r;
+            let (o, n) = (row_idx / layout.axis_len, row_idx % layout.axis_len);
+            let base_flat = row_idx * inner;
+            if per_group {
+                let base_cell = (o * layout.groups() + n / layout.group) * layout.inner;
+                for (i, v) in row.iter_mut().enumerate() {
+                    f(base_flat + i, base_cell + i, v);
+                }
+            } else {
+                let cell = if per_channel { n } else { 0 };
+                for (i, v) in row.iter_mut().enumerate() {
+                    f(base_flat + i, cell, v);
+                }
+            }
+        }
+    });
+}
+
+/// Integer codes of `data` under `params` (minifloat codes are bit patterns).
+pub fn quantize_codes(data: &[f32], layout: &Layout, spec: &QuantSpec, params: &HostParams) -> Vec<i32> {
+    let op = ElemOp::new(spec);
+    let mut codes = vec![0i32; data.len()];
+    let zeros = params.zero_points.as_deref();
+    par_for_each(layout, &mut codes, |idx, cell, c| {
+        let z = zeros.map_or(0.0, |z| z[cell]);
+        *c = op.format.encode(op.grid(data[idx], params.scales[cell], z, idx));
+    });
+    codes
+}
+
+/// Fake-quantizes `data` in place (one fused pass: divide, round, clamp, rescale).
+pub fn fake_quant_in_place(data: &mut [f32], layout: &Layout, spec: &QuantSpec, params: &HostParams) {
+    let op = ElemOp::new(spec);
+    let zeros = params.zero_points.as_deref();
+    par_for_each(layout, data, |idx, cell, x| {
+        let s = params.scales[cell];
+        let z = zeros.map_or(0.0, |z| z[cell]);
+        *x = (op.grid(*x, s, z, idx) - z) * s;
+    });
+}
+
+/// Dequantizes codes: `(decode(code) − z) · s`.
+pub fn dequantize_codes(codes: &[i32], layout: &Layout, format: &Format, params: &HostParams) -> Vec<f32> {
+    let mut out = vec![0f32; codes.len()];
+    let zeros = params.zero_points.as_deref();
+    par_for_each(layout, &mut out, |idx, cell, x| {
+        let z = zeros.map_or(0.0, |z| z[cell]);
+        *x = (format.decode(codes[idx]) - z) * params.scales[cell];
+    });
+    out
+}
+
+// ------------------------------------------------------------------------------------------
+// Statistics
+// ------------------------------------------------------------------------------------------
+
+/// The values of every scale cell, gathered contiguously.
+pub fn cell_values(data: &[f32], layout: &Layout) -> Vec<Vec<f32>> {
+    let cells = layout.cells();
+    let per_cell = data.len() / cells.max(1);
+    let mut out: Vec<Vec<f32>> = (0..cells).map(|_| Vec::with_capacity(per_cell)).collect();
+    let groups = layout.groups();
+    for o in 0..layout.outer {
+        for n in 0..layout.axis_len {
+            let base = (o * layout.axis_len + n) * layout.inner;
+            let row = &data[base..base + layout.inner];
+            match layout.granularity {
+                Granularity::PerTensor => out[0].extend_from_slice(row),
+                Granularity::PerChannel { .. } => out[n].extend_from_slice(row),
+                Granularity::PerGroup { .. } => {
+                    let base_cell = (o * groups + n / layout.group) * layout.inner;
+                    for (i, &v) in row.iter().enumerate() {
+                        out[base_cell + i].push(v);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Scale and zero-point for the range [lo, hi] of one cell under `spec` (restriction
+/// `Float` or `PowerOfTwo`; quantized levels are applied afterwards).
+pub fn range_params(lo: f32, hi: f32, spec: &QuantSpec) -> (f32, f32) {
+    let fmt = &spec.format;
+    let (qmin, qmax) = (fmt.min_value(), fmt.max_value());
+    let (raw, lo) = if spec.zero_point.is_asymmetric() {
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        ((hi - lo) / (qmax - qmin), lo)
+    } else {
+        let amax = if qmin < 0.0 { lo.abs().max(hi.abs()) } else { hi.max(0.0) };
+        (amax / qmax, 0.0)
+    };
+    let s = match spec.scale.restrict {
+        _ if raw > 0.0 && raw.is_finite() => restrict_scale(raw, spec),
+        // An all-zero cell: a quantized level encodes it as a zero scale; otherwise any
+        // scale represents it exactly, and 1 is the least surprising.
+        ScaleRestriction::Quantized(_) => return (0.0, 0.0),
+        _ => 1.0,
+    };
+    let z = if spec.zero_point.is_asymmetric() { (qmin - lo / s).round_ties_even().clamp(qmin, qmax) } else { 0.0 };
+    (s, z)
+}
+
+/// Applies a power-of-two restriction (other restrictions act later, per level).
+fn restrict_scale(s: f32, spec: &QuantSpec) -> f32 {
+    match spec.scale.restrict {
+        ScaleRestriction::PowerOfTwo { mode } => pow2_scale(s, mode),
+        _ => s,
+    }
+}
+
+/// `s` moved onto a power of two.
+pub fn pow2_scale(s: f32, mode: Pow2Mode) -> f32 {
+    let e = floor_log2(s);
+    let exact = pow2(e) == s;
+    let k = match mode {
+        Pow2Mode::Floor => e,
+        Pow2Mode::Ceil => {
+            if exact {
+                e
+            } else {
+                e + 1
+            }
+        }
+        // Nearest in log space: above 2^(e + 1/2) goes up.
+        Pow2Mode::Round => {
+            if (s as f64) >= (pow2(e) as f64) * std::f64::consts::SQRT_2 {
+                e + 1
+            } else {
+                e
+            }
+        }
+    };
+    pow2(k.clamp(-126, 127))
+}
+
+fn abs_max(v: &[f32]) -> f32 {
+    v.iter().fold(0f32, |m, x| m.max(x.abs()))
+}
+
+fn min_max(v: &[f32]) -> (f32, f32) {
+    v.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}
+
+/// Nearest-rank percentile `q` in (0, 100] of `v` (reorders `v`).
+fn percentile(v: &mut [f32], q: f32) -> f32 {
+    let n = v.len();
+    let rank = ((q as f64 / 100.0) * n as f64).ceil() as usize;
+    let k = rank.clamp(1, n) - 1;
+    let (_, x, _) = v.select_nth_unstable_by(k, f32::total_cmp);
+    *x
+}
+
+/// Sum of squared errors of fake-quantizing `v` with (s, z) and nearest-even rounding.
+fn sq_error(v: &[f32], format: &Format, s: f32, z: f32) -> f64 {
+    v.iter()
+        .map(|&x| {
+            let q = format.quantize(x / s + z, RoundMode::NearestEven, 0.0);
+            let e = (x - (q - z) * s) as f64;
+            e * e
+        })
+        .sum()
+}
+
+/// (scale, zero-point) of one cell from its values, per the spec's statistic.
+pub fn cell_params(v: &[f32], spec: &QuantSpec, stat: ScaleStat) -> (f32, f32) {
+    let sym = !spec.zero_point.is_asymmetric();
+    match stat {
+        ScaleStat::AbsMax => {
+            let a = abs_max(v);
+            range_params(-a, a, spec)
+        }
+        ScaleStat::MinMax => {
+            let (lo, hi) = min_max(v);
+            range_params(lo, hi, spec)
+        }
+        ScaleStat::AbsMean => {
+            let m = (v.iter().map(|x| x.abs() as f64).sum::<f64>() / v.len() as f64) as f32;
+            // The mean becomes the grid's unit step (mean|w| · {−1, 0, 1} for ternary).
+            // (An all-zero cell goes through range_params' zero handling.)
+            if m > 0.0 { (restrict_scale(m, spec), 0.0) } else { range_params(0.0, 0.0, spec) }
+        }
+        ScaleStat::Percentile { q } => {
+            if sym {
+                let mut a: Vec<f32> = v.iter().map(|x| x.abs()).collect();
+                let p = percentile(&mut a, q);
+                range_params(-p, p, spec)
+            } else {
+                let mut a = v.to_vec();
+                let hi = percentile(&mut a, q);
+                let lo = percentile(&mut a, (100.0 - q).max(f32::MIN_POSITIVE));
+                range_params(lo, hi, spec)
+            }
+        }
+        ScaleStat::Mse { grid, min_ratio } => {
+            let (lo, hi) = if sym {
+                let a = abs_max(v);
+                (-a, a)
+            } else {
+                min_max(v)
+            };
+            let mut best = range_params(lo, hi, spec);
+            let mut best_err = sq_error(v, &spec.format, best.0, best.1);
+            for k in 1..grid {
+                let r = 1.0 - (k as f32 / grid as f32) * (1.0 - min_ratio);
+                let cand = range_params(lo * r, hi * r, spec);
+                let err = sq_error(v, &spec.format, cand.0, cand.1);
+                if err < best_err {
+                    best_err = err;
+                    best = cand;
+                }
+            }
+            best
+        }
+        ScaleStat::Hqq { iters, p, beta, kappa } => hqq(v, spec, iters, p, beta, kappa),
+    }
+}
+
+/// HQQ half-quadratic solver for one cell.
+///
+/// Minimises `‖x − (Q(x/s + z) − z)·s‖_p^p` (p < 1, robust to outliers) by alternating
+/// `W_e = shrink_p(x − x̂, β)` with a closed-form update of z (asymmetric: mean of
+/// `Q − (x − W_e)/s`) or s (symmetric: least squares of `x − W_e ≈ s·Q`), β ← κβ.
+/// Stops when the mean absolute error stops improving (as the reference does) and returns
+/// the best iterate.
+fn hqq(v: &[f32], spec: &QuantSpec, iters: u32, p: f32, beta0: f32, kappa: f32) -> (f32, f32) {
+    let fmt = &spec.format;
+    let asym = spec.zero_point.is_asymmetric();
+    let (lo, hi) = min_max(v);
+    let (mut s, mut z) = if asym {
+        // Start from the unrounded min-max zero-point: HQQ's zero-point is real-valued.
+        let (qmin, qmax) = (fmt.min_value(), fmt.max_value());
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        let s = (hi - lo) / (qmax - qmin);
+        if !(s > 0.0) {
+            return range_params(lo, hi, spec);
+        }
+        (s, qmin - lo / s)
+    } else {
+        let a = lo.abs().max(hi.abs());
+        range_params(-a, a, spec)
+    };
+    if !(s > 0.0) {
+        return (s, z);
+    }
+    let err_of = |s: f32, z: f32| -> f64 {
+        v.iter()
+            .map(|&x| (x - (fmt.quantize(x / s + z, RoundMode::NearestEven, 0.0) - z) * s).abs() as f64)
+            .sum::<f64>()
+            / v.len() as f64
+    };
+    let mut best = (s, z);
+    let mut best_err = err_of(s, z);
+    let mut beta = beta0;
+    let mut q = vec![0f32; v.len()];
+    let mut target = vec![0f32; v.len()];
+    for _ in 0..iters {
+        for ((qi, ti), &x) in q.iter_mut().zip(target.iter_mut()).zip(v) {
+            *qi = fmt.quantize(x / s + z, RoundMode::NearestEven, 0.0);
+            let e = x - (*qi - z) * s;
+            // Generalised soft threshold of the lp-norm proximal step.
+            let shrink = e.signum() * (e.abs() - e.abs().powf(p - 1.0) / beta).max(0.0);
+            *ti = x - shrink;
+        }
+        if asym {
+            let m: f64 = q.iter().zip(&target).map(|(&qi, &t)| (qi - t / s) as f64).sum::<f64>();
+            z = (m / v.len() as f64) as f32;
+        } else {
+            let num: f64 = q.iter().zip(&target).map(|(&qi, &t)| (qi * t) as f64).sum();
+            let den: f64 = q.iter().map(|&qi| (qi * qi) as f64).sum();
+            if den > 0.0 && num > 0.0 {
+                s = (num / den) as f32;
+            }
+        }
+        beta *= kappa;
+        let err = err_of(s, z);
+        if err < best_err {
+            best_err = err;
+            best = (s, z);
+        } else {
+            break;
+        }
+    }
+    best
+}
+
+// ------------------------------------------------------------------------------------------
+// Parameters of a whole tensor
+// ------------------------------------------------------------------------------------------
+
+/// Computes the scales (and zero-points, and quantized scale level) of `data` under `spec`.
+pub fn compute_params(data: &[f32], shape: &[usize], spec: &QuantSpec) -> Result<HostParams> {
+    spec.validate()?;
+    check_input(data, shape, "x")?;
+    let layout = spec.granularity.layout(shape)?;
+    let stat = match spec.scale.source {
+        ScaleSource::Const(c) => {
+            return Ok(HostParams {
+                scales: vec![c; layout.cells()],
+                zero_points: spec.zero_point.is_asymmetric().then(|| vec![0.0; layout.cells()]),
+                level: None,
+            });
+        }
+        other => other.stat().expect("every non-constant source has a statistic"),
+    };
+    let values = cell_values(data, &layout);
+    let per_cell: Vec<(f32, f32)> = values.par_iter().map(|v| cell_params(v, spec, stat)).collect();
+    let mut scales: Vec<f32> = per_cell.iter().map(|p| p.0).collect();
+    let mut zeros: Option<Vec<f32>> =
+        spec.zero_point.is_asymmetric().then(|| per_cell.iter().map(|p| p.1).collect());
+    let level = match spec.scale.restrict {
+        ScaleRestriction::Quantized(q) => {
+            Some(quantize_scale_level(q, spec, &layout, &mut scales, zeros.as_mut())?)
+        }
+        _ => None,
+    };
+    Ok(HostParams { scales, zero_points: zeros, level })
+}
+
+/// Replaces per-cell float scales (and zero-points) by their quantized second-level values.
+fn quantize_scale_level(
+    kind: ScaleQuant,
+    spec: &QuantSpec,
+    layout: &Layout,
+    scales: &mut [f32],
+    zeros: Option<&mut Vec<f32>>,
+) -> Result<HostLevel> {
+    let fmax = spec.format.max_value();
+    match kind {
+        ScaleQuant::E8M0 => {
+            let emax = spec.format.emax();
+            let mut codes = Vec::with_capacity(scales.len());
+            for s in scales.iter_mut() {
+                // The per-cell float scale is amax / max_elem; recover amax.
+                let amax = *s * fmax;
+                let e = if amax > 0.0 { (floor_log2(amax) - emax).clamp(-127, 127) } else { -127 };
+                *s = pow2(e);
+                codes.push(e + 127);
+            }
+            Ok(HostLevel {
+                kind,
+                scale_codes: codes,
+                min_codes: None,
+                super_scales: vec![],
+                super_mins: None,
+                super_shape: vec![],
+            })
+        }
+        ScaleQuant::E4M3Global => {
+            let e4m3 = Minifloat::e4m3();
+            let amax_t = scales.iter().fold(0f32, |m, s| m.max(*s * fmax));
+            let global = if amax_t > 0.0 { amax_t / (e4m3.max_value() * fmax) } else { 1.0 };
+            let mut codes = Vec::with_capacity(scales.len());
+            for s in scales.iter_mut() {
+                let block = *s / global;
+                let q = e4m3.quantize(block, RoundMode::NearestEven, 0.0);
+                codes.push(e4m3.encode(q) as i32);
+                *s = q * global;
+            }
+            Ok(HostLevel {
+                kind,
+                scale_codes: codes,
+                min_codes: None,
+                super_scales: vec![global],
+                super_mins: None,
+                super_shape: vec![1; layout.scale_shape.len()],
+            })
+        }
+        ScaleQuant::SubBlock { super_block, bits, signed } => {
+            let Granularity::PerGroup { axis, size } = layout.granularity else {
+                unreachable!("validated: quantized scales need per-group granularity")
+            };
+            if layout.axis_len % super_block != 0 {
+                return Err(QuantError::GroupSizeMismatch {
+                    axis,
+                    len: layout.axis_len,
+                    size: super_block,
+                    shape: vec![layout.outer, layout.axis_len, layout.inner],
+                });
+            }
+            let per_super = super_block / size;
+            let supers_on_axis = layout.axis_len / super_block;
+            let (cmin, cmax) = if signed {
+                (-((1i32 << (bits - 1)) - 1), (1i32 << (bits - 1)) - 1)
+            } else {
+                (0, (1i32 << bits) - 1)
+            };
+            let groups = layout.groups();
+            let n_super = layout.outer * supers_on_axis * layout.inner;
+            let mut scale_codes = vec![0i32; scales.len()];
+            let mut super_scales = vec![0f32; n_super];
+            let mut zeros = zeros;
+            // Minimum magnitudes m = z·s (x̂ = s·q − m) for asymmetric specs.
+            let mins: Option<Vec<f32>> =
+                zeros.as_ref().map(|z| z.iter().zip(scales.iter()).map(|(z, s)| z * s).collect());
+            let mut min_codes = mins.as_ref().map(|_| vec![0i32; scales.len()]);
+            let mut super_mins = mins.as_ref().map(|_| vec![0f32; n_super]);
+            for o in 0..layout.outer {
+                for sb in 0..supers_on_axis {
+                    for i in 0..layout.inner {
+                        let cells: Vec<usize> = (0..per_super)
+                            .map(|k| (o * groups + sb * per_super + k) * layout.inner + i)
+                            .collect();
+                        let super_idx = (o * supers_on_axis + sb) * layout.inner + i;
+                        let smax = cells.iter().fold(0f32, |m, &c| m.max(scales[c].abs()));
+                        let d = f16_round(smax / cmax as f32);
+                        super_scales[super_idx] = d;
+                        for &c in &cells {
+                            let code = if d > 0.0 {
+                                ((scales[c] / d).round_ties_even() as i32).clamp(cmin, cmax)
+                            } else {
+                                0
+                            };
+                            // A non-zero scale never collapses to zero: that would lose the min.
+                            let code = if code == 0 && scales[c] > 0.0 && d > 0.0 { 1 } else { code };
+                            scale_codes[c] = code;
+                        }
+                        if let (Some(mins), Some(mc), Some(sm)) =
+                            (mins.as_ref(), min_codes.as_mut(), super_mins.as_mut())
+                        {
+                            let mmax = cells.iter().fold(0f32, |m, &c| m.max(mins[c]));
+                            let dmin = f16_round(mmax / cmax as f32);
+                            sm[super_idx] = dmin;
+                            for &c in &cells {
+                                mc[c] = if dmin > 0.0 {
+                                    ((mins[c] / dmin).round_ties_even() as i32).clamp(0, cmax)
+                                } else {
+                                    0
+                                };
+                            }
+                        }
+                        for &c in &cells {
+                            let s = d * scale_codes[c] as f32;
+                            scales[c] = if s != 0.0 { s } else { 1.0 };
+                            if let (Some(z), Some(mc), Some(sm)) =
+                                (zeros.as_deref_mut(), min_codes.as_ref(), super_mins.as_ref())
+                            {
+                                z[c] = sm[super_idx] * mc[c] as f32 / scales[c];
+                            }
+                        }
+                    }
+                }
+            }
+            let mut super_shape = layout.scale_shape.clone();
+            super_shape[axis] = supers_on_axis;
+            Ok(HostLevel { kind, scale_codes, min_codes, super_scales, super_mins, super_shape })
+        }
+    }
+}
+
+/// Rounds to the nearest f16 value (ties to even), returned as f32.
+pub fn f16_round(x: f32) -> f32 {
+    half::f16::from_f32(x).to_f32()
+}

@@ -1,0 +1,43 @@
+//! # burn-quant-core
+//!
+//! The quantization core of burn-quant: element [`Format`]s (integers of any width, OCP
+//! minifloats, binary, ternary), [`Granularity`] (per tensor / channel / group), [`ScaleSpec`]
+//! (statistics, power-of-two and quantized scales: MX E8M0, NVFP4 E4M3, GGUF k-quant
+//! sub-block scales), [`ZeroPoint`], [`Rounding`], all combined in a [`QuantSpec`].
+//!
+//! Three verbs act on Burn tensors of any rank:
+//! - [`quantize`] → [`QuantTensor`]: exact integer codes, scales, zero-points;
+//! - [`QuantTensor::dequantize`]: back to float;
+//! - [`fake_quant`] / [`fake_quant_with`]: quantize-dequantize with straight-through
+//!   gradients (LSQ gradients for a learned scale), usable under `Device::flex().autodiff()`.
+//!
+//! ```
+//! use burn::tensor::{Device, Tensor};
+//! use burn_quant_core::{quantize, QuantSpec};
+//!
+//! let device = Device::flex();
+//! let w = Tensor::<2>::from_floats([[0.1, -0.5], [0.25, 1.0]], &device);
+//! let q = quantize(w, &QuantSpec::int8_weight_per_channel()).unwrap();
+//! assert_eq!(q.codes_vec(), vec![13, -64, 32, 127]);
+//! ```
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod format;
+pub mod granularity;
+pub mod host;
+pub mod quantize;
+pub mod rounding;
+pub mod scale;
+pub mod spec;
+
+pub use error::{QuantError, Result};
+pub use format::{Format, Minifloat, RoundMode, Special};
+pub use granularity::{Granularity, Layout};
+pub use quantize::{
+    compute_params, dequantize, fake_quant, fake_quant_custom, fake_quant_fused, fake_quant_with, grad_scale,
+    quantize, quantize_with, round_ste, with_surrogate_grad, QuantParams, QuantTensor, ScaleLevel,
+};
+pub use rounding::{Rounding, RoundingFn};
+pub use scale::{Pow2Mode, ScaleQuant, ScaleRestriction, ScaleSource, ScaleSpec, ScaleStat, ZeroPoint};
+pub use spec::QuantSpec;

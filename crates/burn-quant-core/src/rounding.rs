@@ -1,0 +1,111 @@
+//! Rounding rules and their gradients.
+//!
+//! A rounding rule has two halves: the forward value (which integer an element goes to) and the
+//! gradient used in backward (a surrogate, since the true derivative of rounding is zero almost
+//! everywhere). [`RoundingFn`] is the one trait to implement for a new rule; the built-in
+//! [`Rounding`] variants use the straight-through estimator (surrogate gradient 1).
+
+use std::fmt::Debug;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+/// Built-in rounding rules (plain serde data, usable in recipes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Rounding {
+    /// Round to nearest, ties to even (IEEE default; ONNX QuantizeLinear).
+    #[default]
+    NearestEven,
+    /// Round to nearest, ties away from zero (Python `decimal.ROUND_HALF_UP`, QONNX `HALF_UP`).
+    HalfUp,
+    /// Toward −∞.
+    Floor,
+    /// Toward +∞.
+    Ceil,
+    /// Toward zero.
+    TowardZero,
+    /// `floor(x + u)` with u ~ U[0, 1) drawn from a counter-based generator keyed by `seed` and
+    /// the element's flat index: the same seed and shape always give the same result, on any
+    /// number of threads.
+    Stochastic {
+        /// Generator seed.
+        seed: u64,
+    },
+}
+
+/// A rounding rule for the tensor (autodiff) path: forward value plus surrogate gradient.
+///
+/// Both methods act element by element on a flattened tensor, so the trait is object safe and
+/// works for tensors of every rank. Implement this trait in one file to add a rounding rule;
+/// nothing else needs to change (see `examples/rdfs_rounding.rs`).
+pub trait RoundingFn: Debug + Send + Sync {
+    /// Short name, shown in reports.
+    fn name(&self) -> &str;
+    /// The rounded value of each element of `x` (x is in grid units).
+    fn forward(&self, x: Tensor<1>) -> Tensor<1>;
+    /// The surrogate derivative d forward / dx at each element, used in backward.
+    /// The default is the straight-through estimator (1 everywhere).
+    fn surrogate_grad(&self, x: Tensor<1>) -> Tensor<1> {
+        x.ones_like()
+    }
+    /// Whether the surrogate is the identity; lets the caller skip a multiplication.
+    fn is_straight_through(&self) -> bool {
+        false
+    }
+}
+
+impl RoundingFn for Rounding {
+    fn name(&self) -> &str {
+        match self {
+            Rounding::NearestEven => "nearest_even",
+            Rounding::HalfUp => "half_up",
+            Rounding::Floor => "floor",
+            Rounding::Ceil => "ceil",
+            Rounding::TowardZero => "toward_zero",
+            Rounding::Stochastic { .. } => "stochastic",
+        }
+    }
+
+    fn forward(&self, x: Tensor<1>) -> Tensor<1> {
+        match self {
+            Rounding::NearestEven => x.round(),
+            Rounding::HalfUp => {
+                let sign = x.clone().sign();
+                x.abs().add_scalar(0.5).floor() * sign
+            }
+            Rounding::Floor => x.floor(),
+            Rounding::Ceil => x.ceil(),
+            Rounding::TowardZero => x.trunc(),
+            Rounding::Stochastic { seed } => {
+                let noise = uniform_noise(*seed, x.dims()[0], &x.device());
+                (x + noise).floor()
+            }
+        }
+    }
+
+    fn is_straight_through(&self) -> bool {
+        true
+    }
+}
+
+/// A uniform sample in [0, 1) for element `index` under `seed` (SplitMix64 of the pair).
+///
+/// Counter-based, so the value depends only on (seed, index): deterministic under any
+/// parallel schedule.
+#[inline(always)]
+pub fn uniform(seed: u64, index: u64) -> f32 {
+    let mut z = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    // 24 random bits -> exactly representable in f32, strictly below 1.
+    (z >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
+}
+
+/// A tensor of `len` uniform samples for `seed`, element i = [`uniform`]`(seed, i)`.
+pub fn uniform_noise(seed: u64, len: usize, device: &Device) -> Tensor<1> {
+    let v: Vec<f32> = (0..len as u64).map(|i| uniform(seed, i)).collect();
+    Tensor::from_data(TensorData::new(v, [len]), device)
+}

@@ -1,0 +1,355 @@
+//! [`QuantSpec`]: format + granularity + scale + zero-point + rounding, with presets.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{QuantError, Result};
+use crate::format::{Format, Minifloat};
+use crate::granularity::Granularity;
+use crate::rounding::Rounding;
+use crate::scale::{Pow2Mode, ScaleQuant, ScaleRestriction, ScaleSource, ScaleSpec, ScaleStat, ZeroPoint};
+
+/// Everything that defines a quantizer: plain serde data, printable, comparable, storable in a
+/// recipe. Built from a preset and customised with `with_*` methods (the Rust answer to
+/// Brevitas's `.let(...)`).
+///
+/// Axis conventions of the presets follow Burn's layouts: a `Linear` weight is
+/// `[d_input, d_output]`, so "per output channel" is axis 1 and "groups along the input" are
+/// along axis 0. Use [`QuantSpec::with_axis`] for other layouts (axis 0 of a conv weight).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuantSpec {
+    /// Element grid.
+    pub format: Format,
+    /// Which elements share a scale.
+    pub granularity: Granularity,
+    /// How scales are obtained and restricted.
+    pub scale: ScaleSpec,
+    /// Zero-point handling.
+    pub zero_point: ZeroPoint,
+    /// Rounding rule of the forward pass.
+    pub rounding: Rounding,
+}
+
+impl burn::config::Config for QuantSpec {}
+
+impl Default for QuantSpec {
+    fn default() -> Self {
+        Self::int8_weight_per_tensor()
+    }
+}
+
+/// OCP MX block size.
+pub const MX_BLOCK: usize = 32;
+/// NVFP4 block size.
+pub const NVFP4_BLOCK: usize = 16;
+
+impl QuantSpec {
+    /// A spec from its five parts.
+    pub fn new(format: Format, granularity: Granularity) -> Self {
+        Self {
+            format,
+            granularity,
+            scale: ScaleSpec::default(),
+            zero_point: ZeroPoint::Symmetric,
+            rounding: Rounding::NearestEven,
+        }
+    }
+
+    // ----- presets -----------------------------------------------------------------------
+
+    /// Signed int8, narrow range (−127..127), one absmax scale per tensor.
+    pub fn int8_weight_per_tensor() -> Self {
+        Self::new(Format::Int { bits: 8, signed: true, narrow: true }, Granularity::PerTensor)
+    }
+    /// Signed int8, narrow range, one absmax scale per output channel of a Burn `Linear`
+    /// weight `[d_input, d_output]` (axis 1).
+    pub fn int8_weight_per_channel() -> Self {
+        Self::new(Format::Int { bits: 8, signed: true, narrow: true }, Granularity::PerChannel { axis: 1 })
+    }
+    /// Signed int8 activations, per tensor, static absmax scale.
+    pub fn int8_act_per_tensor() -> Self {
+        Self::new(Format::int8(), Granularity::PerTensor)
+    }
+    /// Unsigned int8 activations (after ReLU), per tensor.
+    pub fn uint8_act_per_tensor() -> Self {
+        Self::new(Format::uint(8), Granularity::PerTensor)
+    }
+    /// Signed int4 weights, symmetric, one scale per `size` inputs (axis 0 of a Burn `Linear`).
+    pub fn int4_weight_per_group(size: usize) -> Self {
+        Self::new(Format::int(4), Granularity::PerGroup { axis: 0, size })
+    }
+    /// FP8 E4M3 (OCP) weights, per tensor, `scale = absmax / 448`.
+    pub fn fp8_e4m3_weight_per_tensor() -> Self {
+        Self::new(Format::Minifloat(Minifloat::e4m3()), Granularity::PerTensor)
+    }
+    /// FP8 E4M3 (OCP) activations, per tensor.
+    pub fn fp8_e4m3_act_per_tensor() -> Self {
+        Self::fp8_e4m3_weight_per_tensor()
+    }
+    /// An OCP MX spec: `element` in blocks of 32 along axis 0 with an E8M0 shared scale.
+    pub fn mx(element: Format) -> Self {
+        Self::new(element, Granularity::PerGroup { axis: 0, size: MX_BLOCK })
+            .with_scale_restriction(ScaleRestriction::Quantized(ScaleQuant::E8M0))
+    }
+    /// MXFP8 with E4M3 elements.
+    pub fn mxfp8_e4m3() -> Self {
+        Self::mx(Format::Minifloat(Minifloat::e4m3()))
+    }
+    /// MXFP8 with E5M2 elements.
+    pub fn mxfp8_e5m2() -> Self {
+        Self::mx(Format::Minifloat(Minifloat::e5m2()))
+    }
+    /// MXFP6 with E3M2 elements.
+    pub fn mxfp6_e3m2() -> Self {
+        Self::mx(Format::Minifloat(Minifloat::e3m2()))
+    }
+    /// MXFP6 with E2M3 elements.
+    pub fn mxfp6_e2m3() -> Self {
+        Self::mx(Format::Minifloat(Minifloat::e2m3()))
+    }
+    /// MXFP4 (E2M1 elements).
+    pub fn mxfp4() -> Self {
+        Self::mx(Format::Minifloat(Minifloat::e2m1()))
+    }
+    /// MXINT8: int8 elements (symmetric −127..127, read as `code · 2^-6`) with an E8M0 scale.
+    pub fn mxint8() -> Self {
+        Self::mx(Format::Int { bits: 8, signed: true, narrow: true })
+    }
+    /// NVFP4: E2M1 elements in blocks of 16 along axis 0, E4M3 block scales, one f32 global scale.
+    pub fn nvfp4() -> Self {
+        Self::new(
+            Format::Minifloat(Minifloat::e2m1()),
+            Granularity::PerGroup { axis: 0, size: NVFP4_BLOCK },
+        )
+        .with_scale_restriction(ScaleRestriction::Quantized(ScaleQuant::E4M3Global))
+    }
+    /// GGUF Q4_K structure: unsigned 4-bit codes, asymmetric, groups of 32 along axis 0,
+    /// 6-bit scales and mins per 256-element super-block with f16 super-scales.
+    pub fn gguf_q4_k() -> Self {
+        Self::k_quant(Format::uint(4), 32, 6, false)
+    }
+    /// GGUF Q5_K structure (5-bit codes, otherwise as Q4_K).
+    pub fn gguf_q5_k() -> Self {
+        Self::k_quant(Format::uint(5), 32, 6, false)
+    }
+    /// GGUF Q2_K structure: 2-bit unsigned codes, groups of 16, 4-bit scales and mins.
+    pub fn gguf_q2_k() -> Self {
+        Self::k_quant(Format::uint(2), 16, 4, false)
+    }
+    /// GGUF Q3_K structure: 3-bit signed codes (−4..3), symmetric, groups of 16, 6-bit signed
+    /// scales.
+    pub fn gguf_q3_k() -> Self {
+        Self::k_quant(Format::int(3), 16, 6, true)
+    }
+    /// GGUF Q6_K structure: 6-bit signed codes (−32..31), symmetric, groups of 16, 8-bit signed
+    /// scales.
+    pub fn gguf_q6_k() -> Self {
+        Self::k_quant(Format::int(6), 16, 8, true)
+    }
+    fn k_quant(format: Format, group: usize, bits: u8, signed_scales: bool) -> Self {
+        let spec = Self::new(format, Granularity::PerGroup { axis: 0, size: group })
+            .with_scale_restriction(ScaleRestriction::Quantized(ScaleQuant::SubBlock {
+                super_block: 256,
+                bits,
+                signed: signed_scales,
+            }));
+        match format {
+            Format::Int { signed: false, .. } => {
+                spec.with_zero_point(ZeroPoint::Asymmetric { learned: false }).with_stat(ScaleStat::MinMax)
+            }
+            _ => spec,
+        }
+    }
+    /// Binary weights (±1 · mean|w|), per output channel of a Burn `Linear`.
+    pub fn binary_weight() -> Self {
+        Self::new(Format::Binary, Granularity::PerChannel { axis: 1 }).with_stat(ScaleStat::AbsMean)
+    }
+    /// Ternary weights (BitNet b1.58: {−1, 0, 1} · mean|w|), per tensor.
+    pub fn ternary_weight() -> Self {
+        Self::new(Format::Ternary, Granularity::PerTensor).with_stat(ScaleStat::AbsMean)
+    }
+
+    // ----- with_* customisation -------------------------------------------------------
+
+    /// Replaces the element format.
+    pub fn with_format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
+    }
+    /// Sets the bit width of an integer format (other formats become a signed integer of that width).
+    pub fn with_bits(mut self, bits: u8) -> Self {
+        self.format = match self.format {
+            Format::Int { signed, narrow, .. } => Format::Int { bits, signed, narrow },
+            _ => Format::Int { bits, signed: true, narrow: false },
+        };
+        self
+    }
+    /// Replaces the granularity.
+    pub fn with_granularity(mut self, granularity: Granularity) -> Self {
+        self.granularity = granularity;
+        self
+    }
+    /// Moves the channel or group axis (no effect per tensor).
+    pub fn with_axis(mut self, axis: usize) -> Self {
+        self.granularity = match self.granularity {
+            Granularity::PerTensor => Granularity::PerTensor,
+            Granularity::PerChannel { .. } => Granularity::PerChannel { axis },
+            Granularity::PerGroup { size, .. } => Granularity::PerGroup { axis, size },
+        };
+        self
+    }
+    /// Per group of `size` along the current axis (axis 0 if there was none).
+    pub fn with_group_size(mut self, size: usize) -> Self {
+        let axis = self.granularity.axis().unwrap_or(0);
+        self.granularity = Granularity::PerGroup { axis, size };
+        self
+    }
+    /// Replaces the whole scale spec.
+    pub fn with_scale(mut self, scale: ScaleSpec) -> Self {
+        self.scale = scale;
+        self
+    }
+    /// Replaces the statistic, keeping whether the scale is static, dynamic or learned.
+    pub fn with_stat(mut self, stat: ScaleStat) -> Self {
+        self.scale.source = match self.scale.source {
+            ScaleSource::Stats(_) | ScaleSource::Const(_) => ScaleSource::Stats(stat),
+            ScaleSource::Dynamic(_) => ScaleSource::Dynamic(stat),
+            ScaleSource::Learned(_) => ScaleSource::Learned(stat),
+        };
+        self
+    }
+    /// Replaces the scale source.
+    pub fn with_scale_source(mut self, source: ScaleSource) -> Self {
+        self.scale.source = source;
+        self
+    }
+    /// Replaces the scale restriction.
+    pub fn with_scale_restriction(mut self, restrict: ScaleRestriction) -> Self {
+        self.scale.restrict = restrict;
+        self
+    }
+    /// Power-of-two scales.
+    pub fn with_pow2_scale(self, mode: Pow2Mode) -> Self {
+        self.with_scale_restriction(ScaleRestriction::PowerOfTwo { mode })
+    }
+    /// Replaces the zero-point handling.
+    pub fn with_zero_point(mut self, zero_point: ZeroPoint) -> Self {
+        self.zero_point = zero_point;
+        self
+    }
+    /// Asymmetric (min-max) quantization with a calibrated integer zero-point; for an unsigned
+    /// grid this is the usual affine uint scheme.
+    pub fn asymmetric(self) -> Self {
+        let stat = match self.scale.source.stat() {
+            Some(ScaleStat::AbsMax) | None => ScaleStat::MinMax,
+            Some(other) => other,
+        };
+        self.with_zero_point(ZeroPoint::Asymmetric { learned: false }).with_stat(stat)
+    }
+    /// Replaces the rounding rule.
+    pub fn with_rounding(mut self, rounding: Rounding) -> Self {
+        self.rounding = rounding;
+        self
+    }
+    /// Narrow or full integer range.
+    pub fn with_narrow(mut self, narrow: bool) -> Self {
+        if let Format::Int { bits, signed, .. } = self.format {
+            self.format = Format::Int { bits, signed, narrow };
+        }
+        self
+    }
+    /// Signed or unsigned integer grid.
+    pub fn with_signed(mut self, signed: bool) -> Self {
+        if let Format::Int { bits, narrow, .. } = self.format {
+            self.format = Format::Int { bits, signed, narrow };
+        }
+        self
+    }
+
+    // ----- checks and facts --------------------------------------------------------------
+
+    /// Checks that the parts fit together; the error names the field at fault.
+    pub fn validate(&self) -> Result<()> {
+        self.format.validate()?;
+        if let Some(stat) = self.scale.source.stat() {
+            stat.validate()?;
+        }
+        if let ScaleSource::Const(c) = self.scale.source {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(QuantError::config("scale.source", c, "a constant scale must be finite and > 0"));
+            }
+        }
+        if let Granularity::PerGroup { size: 0, .. } = self.granularity {
+            return Err(QuantError::config("granularity.size", 0, "group size must be at least 1"));
+        }
+        if self.zero_point.is_asymmetric() {
+            if !matches!(self.format, Format::Int { .. }) {
+                return Err(QuantError::config(
+                    "zero_point",
+                    "asymmetric",
+                    format!("a zero-point needs an integer format, not {:?}", self.format),
+                ));
+            }
+        }
+        if let ScaleRestriction::Quantized(q) = self.scale.restrict {
+            let Granularity::PerGroup { size, .. } = self.granularity else {
+                return Err(QuantError::config(
+                    "scale.restrict",
+                    format!("{q:?}"),
+                    "quantized scales need per-group granularity",
+                ));
+            };
+            match q {
+                ScaleQuant::E8M0 | ScaleQuant::E4M3Global if self.zero_point.is_asymmetric() => {
+                    return Err(QuantError::config(
+                        "zero_point",
+                        "asymmetric",
+                        format!("{q:?} scales are for symmetric formats"),
+                    ));
+                }
+                ScaleQuant::SubBlock { super_block, bits, .. } => {
+                    if !(2..=8).contains(&bits) {
+                        return Err(QuantError::config("scale.restrict.bits", bits, "must be in 2..=8"));
+                    }
+                    if super_block == 0 || super_block % size != 0 {
+                        return Err(QuantError::config(
+                            "scale.restrict.super_block",
+                            super_block,
+                            format!("must be a positive multiple of the group size {size}"),
+                        ));
+                    }
+                    if !matches!(self.format, Format::Int { .. }) {
+                        return Err(QuantError::config(
+                            "format",
+                            format!("{:?}", self.format),
+                            "k-quant sub-block scales need an integer element format",
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Average storage bits per element, counting scales, zero-points and second levels
+    /// (f32 scales and zero-points unless quantized; `numel` elements).
+    pub fn bits_per_element(&self, shape: &[usize]) -> Result<f64> {
+        let layout = self.granularity.layout(shape)?;
+        let n = shape.iter().product::<usize>().max(1) as f64;
+        let cells = layout.cells() as f64;
+        let elem = self.format.bits() as f64 * n;
+        let zp = if self.zero_point.is_asymmetric() { 1.0 } else { 0.0 };
+        let side = match self.scale.restrict {
+            ScaleRestriction::Float => cells * 32.0 * (1.0 + zp),
+            // An integer exponent fits in 8 bits.
+            ScaleRestriction::PowerOfTwo { .. } => cells * (8.0 + zp * 32.0),
+            ScaleRestriction::Quantized(ScaleQuant::E8M0) => cells * 8.0,
+            ScaleRestriction::Quantized(ScaleQuant::E4M3Global) => cells * 8.0 + 32.0,
+            ScaleRestriction::Quantized(ScaleQuant::SubBlock { super_block, bits, .. }) => {
+                let supers = n / super_block as f64;
+                cells * bits as f64 * (1.0 + zp) + supers * 16.0 * (1.0 + zp)
+            }
+        };
+        Ok((elem + side) / n)
+    }
+}
