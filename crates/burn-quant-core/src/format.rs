@@ -511,3 +511,234 @@ impl Format {
         v
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Value of an 8-bit-or-less pattern by the OCP spec's definition, written independently of
+    /// `Minifloat::decode`: `(-1)^S · 2^(E−bias) · 1.M` for E > 0, `(-1)^S · 2^(1−bias) · 0.M`
+    /// for E = 0, with the format's NaN/Inf encodings.
+    fn spec_value(e_bits: u32, m_bits: u32, bias: i32, special: Special, code: u32) -> f32 {
+        let s = (code >> (e_bits + m_bits)) & 1;
+        let e = (code >> m_bits) & ((1 << e_bits) - 1);
+        let m = code & ((1 << m_bits) - 1);
+        let e_all = (1 << e_bits) - 1;
+        let m_all = (1 << m_bits) - 1;
+        match special {
+            Special::Ieee if e == e_all => return if m == 0 { if s == 1 { f32::NEG_INFINITY } else { f32::INFINITY } } else { f32::NAN },
+            Special::NanOnly if e == e_all && m == m_all => return f32::NAN,
+            Special::Fnuz if s == 1 && e == 0 && m == 0 => return f32::NAN,
+            _ => {}
+        }
+        let mag = if e == 0 {
+            2f64.powi(1 - bias) * (m as f64 / (1u32 << m_bits) as f64)
+        } else {
+            2f64.powi(e as i32 - bias) * (1.0 + m as f64 / (1u32 << m_bits) as f64)
+        };
+        (if s == 1 { -mag } else { mag }) as f32
+    }
+
+    struct OcpRow {
+        fmt: Minifloat,
+        max_normal: f32,
+        min_normal: f32,
+        min_subnormal: f32,
+        nan_codes: &'static [u32],
+        inf_codes: &'static [u32],
+    }
+
+    /// Facts stated in OCP OFP8 v1.0 (Table 1) and OCP MX v1.0 (Tables 2-3); FNUZ from the
+    /// ONNX float8 types note.
+    fn ocp_rows() -> Vec<OcpRow> {
+        vec![
+            OcpRow { fmt: Minifloat::e4m3(), max_normal: 448.0, min_normal: 2f32.powi(-6), min_subnormal: 2f32.powi(-9), nan_codes: &[0x7F, 0xFF], inf_codes: &[] },
+            OcpRow { fmt: Minifloat::e5m2(), max_normal: 57344.0, min_normal: 2f32.powi(-14), min_subnormal: 2f32.powi(-16), nan_codes: &[0x7D, 0x7E, 0x7F, 0xFD, 0xFE, 0xFF], inf_codes: &[0x7C, 0xFC] },
+            OcpRow { fmt: Minifloat::e3m2(), max_normal: 28.0, min_normal: 0.25, min_subnormal: 0.0625, nan_codes: &[], inf_codes: &[] },
+            OcpRow { fmt: Minifloat::e2m3(), max_normal: 7.5, min_normal: 1.0, min_subnormal: 0.125, nan_codes: &[], inf_codes: &[] },
+            OcpRow { fmt: Minifloat::e2m1(), max_normal: 6.0, min_normal: 1.0, min_subnormal: 0.5, nan_codes: &[], inf_codes: &[] },
+            OcpRow { fmt: Minifloat::e4m3fnuz(), max_normal: 240.0, min_normal: 2f32.powi(-7), min_subnormal: 2f32.powi(-10), nan_codes: &[0x80], inf_codes: &[] },
+            OcpRow { fmt: Minifloat::e5m2fnuz(), max_normal: 57344.0, min_normal: 2f32.powi(-15), min_subnormal: 2f32.powi(-17), nan_codes: &[0x80], inf_codes: &[] },
+        ]
+    }
+
+    #[test]
+    fn ocp_spec_tables_hold_for_every_pattern() {
+        for row in ocp_rows() {
+            let f = row.fmt;
+            f.validate().unwrap();
+            assert_eq!(f.max_value(), row.max_normal, "{f:?} max");
+            assert_eq!(f.min_normal(), row.min_normal, "{f:?} min normal");
+            assert_eq!(f.min_subnormal(), row.min_subnormal, "{f:?} min subnormal");
+            let n = 1u32 << f.bits();
+            for code in 0..n {
+                let got = f.decode(code);
+                let want = spec_value(f.exponent as u32, f.mantissa as u32, f.bias, f.special, code);
+                if row.nan_codes.contains(&code) {
+                    assert!(got.is_nan() && want.is_nan(), "{f:?} code {code:#x} must be NaN");
+                } else if row.inf_codes.contains(&code) {
+                    assert!(got.is_infinite() && got == want, "{f:?} code {code:#x} must be Inf");
+                } else {
+                    assert!(got.is_finite(), "{f:?} code {code:#x} = {got} must be finite");
+                    assert_eq!(got, want, "{f:?} code {code:#x}");
+                    // Every finite pattern round-trips through encode (−0 folds to +0 only in FNUZ).
+                    let back = f.encode(got);
+                    if got == 0.0 && f.special == Special::Fnuz {
+                        assert_eq!(back, 0);
+                    } else if got == 0.0 {
+                        assert_eq!(back & !(1 << (f.bits() - 1)), 0);
+                    } else {
+                        assert_eq!(back, code, "{f:?} encode({got})");
+                    }
+                }
+            }
+            let finite = (0..n).filter(|&c| f.decode(c).is_finite()).count();
+            assert_eq!(finite as u32, n - row.nan_codes.len() as u32 - row.inf_codes.len() as u32);
+            let grid = Format::Minifloat(f).grid();
+            assert_eq!(*grid.last().unwrap(), row.max_normal);
+            assert_eq!(grid[grid.len() / 2 + 1], row.min_subnormal, "{f:?}: smallest positive value");
+        }
+    }
+
+    #[test]
+    fn mx_fp4_fp6_value_sets_match_the_spec_tables() {
+        let pos = |f: Minifloat| -> Vec<f32> { Format::Minifloat(f).grid().into_iter().filter(|v| *v >= 0.0).collect() };
+        assert_eq!(pos(Minifloat::e2m1()), vec![0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]);
+        let e2m3: Vec<f32> = (0..8).map(|m| m as f32 * 0.125)
+            .chain((0..8).map(|m| 1.0 + m as f32 * 0.125))
+            .chain((0..8).map(|m| 2.0 + m as f32 * 0.25))
+            .chain((0..8).map(|m| 4.0 + m as f32 * 0.5))
+            .collect();
+        assert_eq!(pos(Minifloat::e2m3()), e2m3);
+        let e3m2: Vec<f32> = (0..4).map(|m| m as f32 * 0.0625)
+            .chain((1..8).flat_map(|e| (0..4).map(move |m| 2f32.powi(e - 3) * (1.0 + m as f32 * 0.25))))
+            .collect();
+        assert_eq!(pos(Minifloat::e3m2()), e3m2);
+    }
+
+    #[test]
+    fn mx_emax_matches_ocp_mx_table() {
+        // OCP MX v1.0 Table: emax of the element formats.
+        let cases = [(Minifloat::e4m3(), 8), (Minifloat::e5m2(), 15), (Minifloat::e3m2(), 4), (Minifloat::e2m3(), 2), (Minifloat::e2m1(), 2)];
+        for (f, emax) in cases {
+            assert_eq!(Format::Minifloat(f).emax(), emax, "{f:?}");
+        }
+        assert_eq!(Format::Int { bits: 8, signed: true, narrow: true }.emax(), 6);
+    }
+
+    /// Brute force: the nearest grid value with ties to the even code (the OCP/IEEE rule).
+    fn nearest_even(f: &Minifloat, v: f32) -> f32 {
+        let mut best: Option<(f64, u32, f32)> = None;
+        for c in 0..1u32 << f.bits() {
+            let g = f.decode(c);
+            if !g.is_finite() {
+                continue;
+            }
+            let d = (g as f64 - v as f64).abs();
+            best = match best {
+                None => Some((d, c, g)),
+                Some((bd, bc, bg)) => {
+                    if d < bd || (d == bd && (c & 1) == 0 && (bc & 1) == 1) { Some((d, c, g)) } else { Some((bd, bc, bg)) }
+                }
+            };
+        }
+        best.unwrap().2
+    }
+
+    #[test]
+    fn rounding_to_nearest_even_matches_brute_force_including_every_midpoint() {
+        for row in ocp_rows() {
+            let f = row.fmt;
+            let grid = Format::Minifloat(f).grid();
+            let mut probes: Vec<f32> = grid.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
+            probes.extend(grid.windows(2).map(|w| w[0] + (w[1] - w[0]) * 0.3));
+            probes.extend(grid.iter().copied());
+            for v in probes {
+                let q = f.quantize(v, RoundMode::NearestEven, 0.0);
+                assert_eq!(q, nearest_even(&f, v), "{f:?} v = {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn saturation_and_overflow_follow_the_spec() {
+        let e4m3 = Minifloat::e4m3();
+        assert_eq!(e4m3.quantize(1000.0, RoundMode::NearestEven, 0.0), 448.0);
+        assert_eq!(e4m3.quantize(-1e9, RoundMode::NearestEven, 0.0), -448.0);
+        // Non-saturating E4M3 has no Inf: overflow is NaN. 464 is the midpoint 448..480 → ties to
+        // the even pattern 480, which does not exist → NaN.
+        let e4m3n = e4m3.with_saturating(false);
+        assert!(e4m3n.quantize(1000.0, RoundMode::NearestEven, 0.0).is_nan());
+        assert_eq!(e4m3n.quantize(460.0, RoundMode::NearestEven, 0.0), 448.0);
+        assert!(e4m3n.quantize(470.0, RoundMode::NearestEven, 0.0).is_nan());
+        let e5m2n = Minifloat::e5m2().with_saturating(false);
+        assert_eq!(e5m2n.quantize(57344.0 + 4000.0, RoundMode::NearestEven, 0.0), 57344.0);
+        assert_eq!(e5m2n.quantize(61440.0, RoundMode::NearestEven, 0.0), f32::INFINITY);
+        assert_eq!(e5m2n.quantize(-1e6, RoundMode::NearestEven, 0.0), f32::NEG_INFINITY);
+        assert_eq!(e5m2n.encode(f32::INFINITY), 0x7C);
+        assert_eq!(e4m3n.encode(f32::NAN), 0x7F);
+        assert_eq!(Minifloat::e2m1().quantize(100.0, RoundMode::NearestEven, 0.0), 6.0);
+    }
+
+    #[test]
+    fn ieee_half_and_bfloat16_agree_with_the_half_crate() {
+        let f16 = Minifloat::ieee(5, 10).with_saturating(false);
+        let bf16 = Minifloat::ieee(8, 7).with_saturating(false);
+        f16.validate().unwrap();
+        bf16.validate().unwrap();
+        let mut state = 12345u64;
+        for i in 0..200_000u64 {
+            let r = crate::rounding::uniform(state, i);
+            state = state.wrapping_add(1);
+            let mag = 2f32.powf(r * 40.0 - 28.0);
+            let v = if i % 2 == 0 { mag } else { -mag } * (1.0 + crate::rounding::uniform(7, i));
+            assert_eq!(f16.quantize(v, RoundMode::NearestEven, 0.0), half::f16::from_f32(v).to_f32(), "f16 {v}");
+            let b = bf16.quantize(v, RoundMode::NearestEven, 0.0);
+            assert_eq!(b, half::bf16::from_f32(v).to_f32(), "bf16 {v}");
+            assert_eq!(bf16.encode(b) as u16, half::bf16::from_f32(v).to_bits(), "bf16 bits {v}");
+        }
+    }
+
+    #[test]
+    fn integer_ranges() {
+        let r = |f: Format| (f.min_value(), f.max_value());
+        assert_eq!(r(Format::int8()), (-128.0, 127.0));
+        assert_eq!(r(Format::Int { bits: 8, signed: true, narrow: true }), (-127.0, 127.0));
+        assert_eq!(r(Format::uint(8)), (0.0, 255.0));
+        assert_eq!(r(Format::Int { bits: 8, signed: false, narrow: true }), (0.0, 254.0));
+        assert_eq!(r(Format::int(16)), (-32768.0, 32767.0));
+        assert_eq!(r(Format::int(1)), (-1.0, 0.0));
+        assert_eq!(r(Format::Ternary), (-1.0, 1.0));
+        assert_eq!(Format::int(4).grid().len(), 16);
+        assert_eq!(Format::Binary.grid(), vec![-1.0, 1.0]);
+        assert_eq!(Format::Binary.quantize(0.0, RoundMode::NearestEven, 0.0), 1.0);
+    }
+
+    #[test]
+    fn bad_formats_name_the_field() {
+        let err = Format::Int { bits: 0, signed: true, narrow: false }.validate().unwrap_err();
+        assert!(err.to_string().contains("format.bits") && err.to_string().contains('0'), "{err}");
+        let err = Format::Int { bits: 17, signed: true, narrow: false }.validate().unwrap_err();
+        assert!(err.to_string().contains("format.bits") && err.to_string().contains("17"), "{err}");
+        let err = Minifloat { exponent: 8, mantissa: 8, bias: 127, special: Special::Ieee, saturating: true }.validate().unwrap_err();
+        assert!(err.to_string().contains("format.mantissa") && err.to_string().contains("17 bits"), "{err}");
+        let err = Minifloat { exponent: 0, mantissa: 3, bias: 0, special: Special::None, saturating: true }.validate().unwrap_err();
+        assert!(err.to_string().contains("format.exponent"), "{err}");
+        let err = Minifloat { exponent: 4, mantissa: 3, bias: -130, special: Special::None, saturating: true }.validate().unwrap_err();
+        assert!(err.to_string().contains("format.bias"), "{err}");
+        assert!(Format::Int { bits: 1, signed: true, narrow: true }.validate().is_err());
+    }
+
+    #[test]
+    fn pow2_and_floor_log2_are_exact() {
+        for k in -149..=127 {
+            let p = pow2(k);
+            assert_eq!(p as f64, 2f64.powi(k), "2^{k}");
+            assert_eq!(floor_log2(p), k);
+            // 1.5 · 2^k is representable unless k is the last subnormal step.
+            if k < 127 && k > -149 {
+                assert_eq!(floor_log2(p * 1.5), k);
+            }
+        }
+    }
+}

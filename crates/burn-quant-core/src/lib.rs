@@ -18,7 +18,7 @@
 //! let device = Device::flex();
 //! let w = Tensor::<2>::from_floats([[0.1, -0.5], [0.25, 1.0]], &device);
 //! let q = quantize(w, &QuantSpec::int8_weight_per_channel()).unwrap();
-//! assert_eq!(q.codes_vec(), vec![13, -64, 32, 127]);
+//! assert_eq!(q.codes_vec(), vec![51, -64, 127, 127]);
 //! ```
 #![warn(missing_docs)]
 

@@ -382,3 +382,499 @@ pub fn fake_quant_custom<const D: usize>(
 pub fn needs_learned_scale(spec: &QuantSpec) -> bool {
     matches!(spec.scale.source, ScaleSource::Learned(_))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Minifloat, RoundMode};
+    use crate::granularity::Granularity;
+    use crate::rounding::Rounding;
+    use crate::scale::{ScaleStat, ZeroPoint};
+    use proptest::prelude::*;
+
+    fn dev() -> Device {
+        Device::flex()
+    }
+
+    fn t2(v: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
+        Tensor::from_data(TensorData::new(v, shape), device)
+    }
+
+    fn host(x: &Tensor<2>) -> Vec<f32> {
+        to_host(x)
+    }
+
+    /// Deterministic pseudo-random data with outliers.
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        (0..n as u64)
+            .map(|i| {
+                let u = crate::rounding::uniform(seed, i) - 0.5;
+                let w = crate::rounding::uniform(seed ^ 0xabc, i);
+                if w > 0.98 { u * 20.0 } else { u * 2.0 }
+            })
+            .collect()
+    }
+
+    fn specs() -> Vec<QuantSpec> {
+        vec![
+            QuantSpec::int8_weight_per_channel(),
+            QuantSpec::int8_weight_per_tensor(),
+            QuantSpec::int4_weight_per_group(32),
+            QuantSpec::int4_weight_per_group(32).asymmetric(),
+            QuantSpec::uint8_act_per_tensor().asymmetric(),
+            QuantSpec::fp8_e4m3_weight_per_tensor(),
+            QuantSpec::fp8_e4m3_weight_per_tensor().with_format(Format::Minifloat(Minifloat::e5m2())),
+            QuantSpec::mxfp4(),
+            QuantSpec::mxfp6_e3m2(),
+            QuantSpec::mxfp6_e2m3(),
+            QuantSpec::mxfp8_e4m3(),
+            QuantSpec::mxfp8_e5m2(),
+            QuantSpec::mxint8(),
+            QuantSpec::nvfp4(),
+            QuantSpec::ternary_weight(),
+            QuantSpec::binary_weight(),
+            QuantSpec::gguf_q4_k(),
+            QuantSpec::gguf_q6_k(),
+            QuantSpec::int4_weight_per_group(32).with_stat(ScaleStat::mse()),
+            QuantSpec::int4_weight_per_group(32).asymmetric().with_stat(ScaleStat::hqq()),
+            QuantSpec::int8_weight_per_channel().with_stat(ScaleStat::Percentile { q: 99.0 }),
+            QuantSpec::int8_weight_per_channel().with_pow2_scale(crate::scale::Pow2Mode::Ceil),
+            QuantSpec::int4_weight_per_group(16).with_axis(1).with_rounding(Rounding::Stochastic { seed: 3 }),
+            QuantSpec::int8_weight_per_channel().with_rounding(Rounding::HalfUp),
+            QuantSpec::int8_weight_per_channel().with_rounding(Rounding::Floor),
+        ]
+    }
+
+    #[test]
+    fn dequantize_equals_fused_fake_quant_and_tensor_path_for_every_spec() {
+        let device = dev();
+        let x = t2(data(256 * 64, 1), [256, 64], &device);
+        for spec in specs() {
+            let q = quantize(x.clone(), &spec).unwrap();
+            let deq = host(&q.dequantize());
+            let params = q.params();
+            let fused = host(&fake_quant_fused(x.clone(), &spec, &params).unwrap());
+            let tensor = host(&fake_quant_custom(x.clone(), &spec, &params, &spec.rounding).unwrap());
+            for i in 0..deq.len() {
+                assert_eq!(deq[i], fused[i], "{spec:?} fused at {i}");
+                assert_eq!(deq[i], tensor[i], "{spec:?} tensor path at {i}");
+            }
+            // Codes lie in the format's code range.
+            let (lo, hi) = spec.format.code_range();
+            assert!(q.codes_vec().iter().all(|c| (lo..=hi).contains(c)), "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn quantize_of_dequantized_gives_back_the_same_codes() {
+        let device = dev();
+        let x = t2(data(256 * 64, 2), [256, 64], &device);
+        for spec in specs() {
+            let q = quantize(x.clone(), &spec).unwrap();
+            let again = quantize_with(q.dequantize(), &spec, q.params()).unwrap();
+            let (a, b) = (q.codes_vec(), again.codes_vec());
+            let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+            if matches!(spec.rounding, Rounding::NearestEven | Rounding::HalfUp) {
+                assert_eq!(same, a.len(), "{spec:?}");
+            } else {
+                // Floor, ceil and stochastic rounding can move values that land a hair below a
+                // grid point after the float round trip; the dequantized values still agree.
+                let d1 = host(&q.dequantize());
+                let d2 = host(&again.dequantize());
+                let max = d1.iter().zip(&d2).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                let smax = host(&q.scales).into_iter().fold(0f32, f32::max);
+                assert!(max <= smax * 1.0001, "{spec:?}: {max}");
+            }
+        }
+    }
+
+    #[test]
+    fn int8_per_channel_worked_example() {
+        let device = dev();
+        let w = Tensor::<2>::from_floats([[0.1, -0.5], [0.25, 1.0]], &device);
+        let q = quantize(w, &QuantSpec::int8_weight_per_channel()).unwrap();
+        // Channel 0: absmax 0.25 → s = 0.25/127; channel 1: absmax 1.0 → s = 1/127.
+        assert_eq!(q.codes_vec(), vec![51, -64, 127, 127]);
+        assert_eq!(host(&q.scales.clone().reshape([1, 2])), vec![0.25 / 127.0, 1.0 / 127.0]);
+    }
+
+    #[test]
+    fn asymmetric_uint8_uses_min_max_and_integer_zero_point() {
+        let device = dev();
+        let x = Tensor::<2>::from_floats([[-1.0, 0.0, 2.0, 3.0]], &device);
+        let spec = QuantSpec::uint8_act_per_tensor().asymmetric();
+        let q = quantize(x, &spec).unwrap();
+        let s = 4.0f32 / 255.0;
+        let z = (0.0f32 - (-1.0) / s).round_ties_even();
+        assert_eq!(host(&q.scales.clone().reshape([1, 1])), vec![s]);
+        assert_eq!(host(&q.zero_points.clone().unwrap().reshape([1, 1])), vec![z]);
+        assert_eq!(q.codes_vec(), vec![0, z as i32, (2.0f32 / s + z).round_ties_even() as i32, 255]);
+    }
+
+    #[test]
+    fn mx_scale_follows_the_ocp_rule() {
+        let device = dev();
+        // One block of 32 along axis 0, amax = 5.0: E8M0 exponent = floor(log2 5) - emax(e2m1) = 2 - 2 = 0.
+        let mut v = vec![0.1f32; 32];
+        v[3] = -5.0;
+        v[7] = 2.9;
+        let x = t2(v, [32, 1], &device);
+        let q = quantize(x, &QuantSpec::mxfp4()).unwrap();
+        let level = q.scale_level.as_ref().unwrap();
+        assert_eq!(int_to_host(&level.scale_codes), vec![127]);
+        assert_eq!(host(&q.scales.clone().reshape([1, 1])), vec![1.0]);
+        let codes = q.codes_vec();
+        let m = Minifloat::e2m1();
+        // −5 saturates to −6? No: −5 rounds to the nearest E2M1 value, −4 (tie 5 between 4 and 6 → even mantissa 4).
+        assert_eq!(m.decode(codes[3] as u32), -4.0);
+        assert_eq!(m.decode(codes[7] as u32), 3.0);
+        assert_eq!(m.decode(codes[0] as u32), 0.0);
+        // MXINT8: amax 5 → 2^(2 - 6): codes = round(x · 16), saturating at 127.
+        let mut v = vec![0.0f32; 32];
+        v[0] = 5.0;
+        v[1] = -7.99;
+        let q = quantize(t2(v, [32, 1], &device), &QuantSpec::mxint8()).unwrap();
+        assert_eq!(host(&q.scales.clone().reshape([1, 1])), vec![1.0 / 16.0]);
+        assert_eq!(&q.codes_vec()[..2], &[80, -127]);
+    }
+
+    #[test]
+    fn nvfp4_uses_e4m3_block_scales_and_a_global_scale() {
+        let device = dev();
+        let mut v = data(64, 9);
+        v[5] = 12.0;
+        let x = t2(v.clone(), [64, 1], &device);
+        let q = quantize(x, &QuantSpec::nvfp4()).unwrap();
+        let level = q.scale_level.as_ref().unwrap();
+        let global = host(&level.super_scales.clone().unwrap().reshape([1, 1]))[0];
+        let amax = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert_eq!(global, amax / (448.0 * 6.0));
+        let e4m3 = Minifloat::e4m3();
+        let codes = int_to_host(&level.scale_codes);
+        let scales = host(&q.scales.clone().reshape([4, 1]));
+        for (b, (&c, &s)) in codes.iter().zip(&scales).enumerate() {
+            assert_eq!(s, e4m3.decode(c as u32) * global, "block {b}");
+            let bmax = v[b * 16..(b + 1) * 16].iter().fold(0f32, |m, x| m.max(x.abs()));
+            assert_eq!(e4m3.decode(c as u32), e4m3.quantize(bmax / 6.0 / global, RoundMode::NearestEven, 0.0));
+        }
+        // The block holding the tensor maximum gets the largest E4M3 scale, 448.
+        assert_eq!(e4m3.decode(codes[0] as u32), 448.0);
+    }
+
+    #[test]
+    fn k_quant_levels_are_integer_codes_times_f16_super_scales() {
+        let device = dev();
+        let x = t2(data(512 * 4, 5), [512, 4], &device);
+        for spec in [QuantSpec::gguf_q4_k(), QuantSpec::gguf_q5_k(), QuantSpec::gguf_q2_k(), QuantSpec::gguf_q3_k(), QuantSpec::gguf_q6_k()] {
+            let q = quantize(x.clone(), &spec).unwrap();
+            let l = q.scale_level.as_ref().unwrap();
+            let crate::scale::ScaleQuant::SubBlock { bits, signed, .. } = l.kind else { panic!() };
+            let Granularity::PerGroup { size, .. } = spec.granularity else { panic!() };
+            let groups = 512 / size;
+            let per_super = 256 / size;
+            let sc = int_to_host(&l.scale_codes);
+            let d = host(&l.super_scales.clone().unwrap().reshape([2, 4]));
+            let s = host(&q.scales.clone().reshape([groups, 4]));
+            let cmax = if signed { (1 << (bits - 1)) - 1 } else { (1 << bits) - 1 };
+            for g in 0..groups {
+                for i in 0..4 {
+                    let dd = d[(g / per_super) * 4 + i];
+                    assert_eq!(half::f16::from_f32(dd).to_f32(), dd, "f16-representable super scale");
+                    let c = sc[g * 4 + i];
+                    assert!(c.abs() <= cmax && c != 0);
+                    assert_eq!(s[g * 4 + i], dd * c as f32);
+                }
+            }
+            if let (Some(mc), Some(dm)) = (&l.min_codes, &l.super_mins) {
+                let mc = int_to_host(mc);
+                let dm = host(&dm.clone().reshape([2, 4]));
+                let z = host(&q.zero_points.clone().unwrap().reshape([groups, 4]));
+                for g in 0..groups {
+                    for i in 0..4 {
+                        let m = dm[(g / per_super) * 4 + i] * mc[g * 4 + i] as f32;
+                        assert_eq!(z[g * 4 + i], m / s[g * 4 + i]);
+                    }
+                }
+            }
+            // The codes are the best codes for the final (quantized) scales: re-deriving them gives the same.
+            let again = quantize_with(x.clone(), &spec, q.params()).unwrap();
+            assert_eq!(again.codes_vec(), q.codes_vec());
+        }
+    }
+
+    #[test]
+    fn statistics_trade_range_for_resolution_as_promised() {
+        let device = dev();
+        let v = data(4096, 11);
+        let x = t2(v.clone(), [4096, 1], &device);
+        let err = |spec: &QuantSpec| -> f64 {
+            let y = host(&fake_quant(x.clone(), spec).unwrap());
+            v.iter().zip(&y).map(|(a, b)| ((a - b) as f64).powi(2)).sum()
+        };
+        let base = QuantSpec::int8_weight_per_tensor().with_bits(3);
+        let absmax = err(&base);
+        let mse = err(&base.with_stat(ScaleStat::mse()));
+        // Candidate 0 of the search is the absmax range, so the search can only improve on it;
+        // on outlier-heavy data it must improve strictly.
+        assert!(mse < absmax, "MSE search {mse} must beat absmax {absmax} on outlier-heavy data");
+        // Percentile: the range is exactly the nearest-rank percentile.
+        let ramp: Vec<f32> = (1..=1000).rev().map(|i| i as f32).collect();
+        let r = t2(ramp, [1000, 1], &device);
+        let q = quantize(r.clone(), &base.with_stat(ScaleStat::Percentile { q: 99.0 })).unwrap();
+        assert_eq!(host(&q.scales.clone().reshape([1, 1])), vec![990.0 / 3.0]);
+        let q = quantize(r, &base.with_stat(ScaleStat::Percentile { q: 99.0 }).with_format(Format::uint(3)).asymmetric()).unwrap();
+        // [lo, hi] = [min(10, 0), 990] = [0, 990] → s = 990 / 7, z = 0.
+        assert_eq!(host(&q.scales.clone().reshape([1, 1])), vec![990.0 / 7.0]);
+        // HQQ optimises an lp (p < 1) error of the zero-point; its mean |error| beats min-max's.
+        let asym = base.asymmetric();
+        let l1 = |spec: &QuantSpec| -> f64 {
+            let y = host(&fake_quant(x.clone(), spec).unwrap());
+            v.iter().zip(&y).map(|(a, b)| ((a - b) as f64).abs()).sum()
+        };
+        let hqq = l1(&asym.with_stat(ScaleStat::hqq()));
+        let mm = l1(&asym);
+        assert!(hqq < mm, "HQQ {hqq} vs min-max {mm}");
+    }
+
+    #[test]
+    fn power_of_two_scales_are_powers_of_two_and_ceil_never_clips() {
+        let device = dev();
+        let v = data(64 * 8, 4);
+        let x = t2(v.clone(), [64, 8], &device);
+        for mode in [crate::scale::Pow2Mode::Ceil, crate::scale::Pow2Mode::Floor, crate::scale::Pow2Mode::Round] {
+            let spec = QuantSpec::int8_weight_per_channel().with_pow2_scale(mode);
+            let q = quantize(x.clone(), &spec).unwrap();
+            for s in host(&q.scales.clone().reshape([1, 8])) {
+                assert_eq!(crate::format::pow2(crate::format::floor_log2(s)), s);
+            }
+            if mode == crate::scale::Pow2Mode::Ceil {
+                let y = host(&q.dequantize());
+                let s = host(&q.scales.clone().reshape([1, 8]));
+                for (i, (a, b)) in v.iter().zip(&y).enumerate() {
+                    assert!((a - b).abs() <= s[i % 8] / 2.0 + 1e-7);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        let device = dev();
+        let x = Tensor::<2>::from_floats([[1.0, f32::NAN], [0.0, 1.0]], &device);
+        let err = quantize(x, &QuantSpec::default()).unwrap_err();
+        assert!(matches!(err, QuantError::NonFinite { index: 1, .. }), "{err}");
+        let x = Tensor::<2>::from_floats([[1.0, f32::INFINITY]], &device);
+        assert!(matches!(fake_quant(x, &QuantSpec::default()), Err(QuantError::NonFinite { .. })));
+        let x = Tensor::<2>::zeros([0, 4], &device);
+        assert!(matches!(quantize(x, &QuantSpec::default()), Err(QuantError::EmptyTensor { .. })));
+        let x = t2(data(48 * 2, 1), [48, 2], &device);
+        let err = quantize(x.clone(), &QuantSpec::int4_weight_per_group(32)).unwrap_err();
+        assert_eq!(err, QuantError::GroupSizeMismatch { axis: 0, len: 48, size: 32, shape: vec![48, 2] });
+        assert!(err.to_string().contains("group size 32"));
+        let err = quantize(x.clone(), &QuantSpec::int8_weight_per_channel().with_axis(5)).unwrap_err();
+        assert_eq!(err, QuantError::AxisOutOfRange { axis: 5, rank: 2 });
+        let err = quantize(x.clone(), &QuantSpec::default().with_bits(0)).unwrap_err();
+        assert!(err.to_string().contains("format.bits"), "{err}");
+        let err = quantize(x.clone(), &QuantSpec::fp8_e4m3_weight_per_tensor().asymmetric()).unwrap_err();
+        assert!(err.to_string().contains("zero_point"), "{err}");
+        let err = quantize(x.clone(), &QuantSpec::int8_weight_per_tensor().with_stat(ScaleStat::Percentile { q: 0.0 })).unwrap_err();
+        assert!(err.to_string().contains("scale.stat.q"), "{err}");
+        // k-quants need 256-element super-blocks along the axis.
+        let err = quantize(t2(data(64 * 2, 1), [64, 2], &device), &QuantSpec::gguf_q4_k()).unwrap_err();
+        assert!(matches!(err, QuantError::GroupSizeMismatch { size: 256, .. }), "{err}");
+        // Params of the wrong shape.
+        let p = compute_params(&x, &QuantSpec::int8_weight_per_channel()).unwrap();
+        let err = fake_quant_with(x.clone(), &QuantSpec::int8_weight_per_tensor(), &p).unwrap_err();
+        assert!(matches!(err, QuantError::ShapeMismatch { what: "scales", .. }), "{err}");
+        let bad = QuantParams { scales: Tensor::<2>::from_floats([[-1.0, 1.0]], &device), zero_points: None, scale_level: None };
+        let err = quantize_with(x, &QuantSpec::int8_weight_per_channel(), bad).unwrap_err();
+        assert!(matches!(err, QuantError::InvalidScale { index: 0, .. }), "{err}");
+    }
+
+    #[test]
+    fn stochastic_rounding_is_seeded_and_unbiased() {
+        let device = dev();
+        let x = t2(vec![0.3; 20000], [20000, 1], &device);
+        let spec = QuantSpec::int8_weight_per_tensor().with_scale_source(crate::scale::ScaleSource::Const(1.0));
+        let a = quantize(x.clone(), &spec.with_rounding(Rounding::Stochastic { seed: 7 })).unwrap().codes_vec();
+        let b = quantize(x.clone(), &spec.with_rounding(Rounding::Stochastic { seed: 7 })).unwrap().codes_vec();
+        let c = quantize(x.clone(), &spec.with_rounding(Rounding::Stochastic { seed: 8 })).unwrap().codes_vec();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let mean = a.iter().map(|&c| c as f64).sum::<f64>() / a.len() as f64;
+        assert!((mean - 0.3).abs() < 0.015, "mean {mean}");
+    }
+
+    // ---- autodiff --------------------------------------------------------------------
+
+    #[test]
+    fn straight_through_gradient_is_identity_inside_and_zero_where_clipped() {
+        let device = Device::flex().autodiff();
+        let x = Tensor::<1>::from_floats([0.26, -0.9, 3.0, 0.04, -2.0], &device).require_grad();
+        let spec = QuantSpec::int8_weight_per_tensor().with_bits(4);
+        let params = QuantParams::<1> { scales: Tensor::from_floats([0.1], &device), zero_points: None, scale_level: None };
+        let y = fake_quant_with(x.clone(), &spec, &params).unwrap();
+        assert_eq!(to_host(&y), vec![0.3, -0.7, 0.7, 0.0, -0.7]);
+        let w = Tensor::<1>::from_floats([1.0, 2.0, 3.0, 4.0, 5.0], &device);
+        let grads = (y * w).sum().backward();
+        let g = to_host(&x.grad(&grads).unwrap());
+        assert_eq!(g, vec![1.0, 0.0, 0.0, 4.0, 0.0]);
+    }
+
+    #[test]
+    fn minifloat_and_binary_gradients_clip_at_the_range() {
+        let device = Device::flex().autodiff();
+        let x = Tensor::<1>::from_floats([0.7, 7.0, -0.3, 1.2], &device).require_grad();
+        let spec = QuantSpec::mxfp4().with_granularity(Granularity::PerTensor).with_scale_restriction(crate::scale::ScaleRestriction::Float);
+        let params = QuantParams::<1> { scales: Tensor::from_floats([1.0], &device), zero_points: None, scale_level: None };
+        let y = fake_quant_with(x.clone(), &spec, &params).unwrap();
+        assert_eq!(to_host(&y), vec![0.5, 6.0, -0.5, 1.0]);
+        let g = to_host(&x.grad(&y.sum().backward()).unwrap());
+        assert_eq!(g, vec![1.0, 0.0, 1.0, 1.0]);
+        let x = Tensor::<1>::from_floats([0.7, 7.0, -0.3, -1.2], &device).require_grad();
+        let y = fake_quant_with(x.clone(), &QuantSpec::binary_weight().with_granularity(Granularity::PerTensor), &params).unwrap();
+        assert_eq!(to_host(&y), vec![1.0, 1.0, -1.0, -1.0]);
+        let g = to_host(&x.grad(&y.sum().backward()).unwrap());
+        assert_eq!(g, vec![1.0, 0.0, 1.0, 0.0]);
+    }
+
+    /// LSQ (Esser et al. 2020): d ŷ/d s = round(x/s) − x/s inside the range, qmin or qmax outside.
+    #[test]
+    fn learned_scale_gradient_is_lsq_and_matches_finite_differences() {
+        let device = Device::flex().autodiff();
+        let xs = [0.26f32, -0.9, 3.0, 0.04, -0.47, 0.61];
+        let s0 = 0.1f32;
+        let spec = QuantSpec::int8_weight_per_tensor().with_bits(4).with_narrow(false);
+        let x = Tensor::<1>::from_floats(xs, &device);
+        let s = Tensor::<1>::from_floats([s0], &device).require_grad();
+        let params = QuantParams::<1> { scales: s.clone(), zero_points: None, scale_level: None };
+        let y = fake_quant_with(x, &spec, &params).unwrap();
+        let g = to_host(&s.grad(&y.sum().backward()).unwrap())[0];
+        let lsq: f32 = xs
+            .iter()
+            .map(|&x| {
+                let v = x / s0;
+                if v < -8.0 { -8.0 } else if v > 7.0 { 7.0 } else { v.round_ties_even() - v }
+            })
+            .sum();
+        assert!((g - lsq).abs() < 1e-5, "autodiff {g} vs LSQ {lsq}");
+        // Finite differences of the straight-through surrogate the gradient belongs to:
+        // h(s) = Σ s · (clamp(x/s) + δ), δ = round(x/s0) − x/s0 frozen inside the range.
+        let h = |s: f32| -> f64 {
+            xs.iter()
+                .map(|&x| {
+                    let v0 = x / s0;
+                    let v = (x / s).clamp(-8.0, 7.0);
+                    let delta = if (-8.0..=7.0).contains(&v0) { v0.round_ties_even() - v0 } else { 0.0 };
+                    (s * (v + delta)) as f64
+                })
+                .sum()
+        };
+        let eps = 1e-3;
+        let fd = ((h(s0 + eps) - h(s0 - eps)) / (2.0 * eps as f64)) as f32;
+        assert!((fd - g).abs() < 1e-3, "finite difference {fd} vs autodiff {g}");
+        // Where every element is clipped, the STE gradient is the true derivative of the loss.
+        let plain = Device::flex();
+        let clipped = [3.0f32, -2.0, 5.0];
+        let f = |s: f32| -> f32 {
+            let p = QuantParams::<1> { scales: Tensor::from_floats([s], &plain), zero_points: None, scale_level: None };
+            to_host(&fake_quant_with(Tensor::<1>::from_floats(clipped, &plain), &spec, &p).unwrap()).iter().sum()
+        };
+        let fd = (f(s0 + eps) - f(s0 - eps)) / (2.0 * eps);
+        let s = Tensor::<1>::from_floats([s0], &device).require_grad();
+        let p = QuantParams::<1> { scales: s.clone(), zero_points: None, scale_level: None };
+        let y = fake_quant_with(Tensor::<1>::from_floats(clipped, &device), &spec, &p).unwrap();
+        let g = to_host(&s.grad(&y.sum().backward()).unwrap())[0];
+        assert_eq!(g, 7.0 - 8.0 + 7.0);
+        assert!((fd - g).abs() < 1e-2, "finite difference {fd} vs autodiff {g}");
+    }
+
+    #[test]
+    fn learned_zero_point_gets_a_gradient() {
+        let device = Device::flex().autodiff();
+        let spec = QuantSpec::uint8_act_per_tensor().with_bits(4).asymmetric();
+        let z = Tensor::<1>::from_floats([3.0], &device).require_grad();
+        let params = QuantParams::<1> { scales: Tensor::from_floats([0.1], &device), zero_points: Some(z.clone()), scale_level: None };
+        let x = Tensor::<1>::from_floats([0.26, -0.5, 2.0], &device);
+        let y = fake_quant_with(x, &spec, &params).unwrap();
+        // Inside: d/dz of (R(v) − z)·s with STE = 0; clipped (x = −0.5 → v = −2 < 0; x = 2.0 → v = 23 > 15): −s each.
+        let g = to_host(&z.grad(&y.sum().backward()).unwrap())[0];
+        assert!((g + 0.2).abs() < 1e-6, "{g}");
+    }
+
+    #[test]
+    fn grad_scale_scales_only_the_gradient() {
+        let device = Device::flex().autodiff();
+        let s = Tensor::<1>::from_floats([2.0], &device).require_grad();
+        let y = grad_scale(s.clone(), 0.25);
+        assert_eq!(to_host(&y), vec![2.0]);
+        let g = to_host(&s.grad(&y.mul_scalar(3.0).sum().backward()).unwrap());
+        assert_eq!(g, vec![0.75]);
+    }
+
+    #[test]
+    fn quantize_works_on_autodiff_tensors_and_detaches() {
+        let device = Device::flex().autodiff();
+        let x = Tensor::<2>::from_floats([[0.5, -1.0]], &device).require_grad();
+        let q = quantize(x, &QuantSpec::int8_weight_per_tensor()).unwrap();
+        assert_eq!(q.codes_vec(), vec![64, -127]);
+        assert!(!q.scales.is_require_grad());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn prop_error_bounded_inside_range_and_saturating_outside(
+            v in proptest::collection::vec(-4.0f32..4.0, 64),
+            bits in 2u8..=8,
+            s in 0.01f32..0.5,
+            asym in any::<bool>(),
+        ) {
+            let device = dev();
+            let mut spec = QuantSpec::int8_weight_per_tensor().with_bits(bits).with_scale_source(crate::scale::ScaleSource::Const(s));
+            if asym { spec = spec.with_signed(false).with_narrow(false).with_zero_point(ZeroPoint::Asymmetric { learned: false }); }
+            let z = if asym { ((1u32 << bits) / 2) as f32 } else { 0.0 };
+            let zt = asym.then(|| Tensor::<1>::from_floats([z], &device));
+            let params = QuantParams::<1> { scales: Tensor::from_floats([s], &device), zero_points: zt, scale_level: None };
+            let x = Tensor::<1>::from_floats(v.as_slice(), &device);
+            let y = to_host(&fake_quant_with(x.clone(), &spec, &params).unwrap());
+            let q = quantize_with(x, &spec, params).unwrap();
+            let (qmin, qmax) = (spec.format.min_value(), spec.format.max_value());
+            let (lo, hi) = ((qmin - z) * s, (qmax - z) * s);
+            for (i, (&a, &b)) in v.iter().zip(&y).enumerate() {
+                if a >= lo && a <= hi {
+                    prop_assert!((a - b).abs() <= s / 2.0 * (1.0 + 1e-5), "{a} -> {b}, s {s}");
+                } else if a > hi {
+                    prop_assert!((b - hi).abs() <= 1e-6 * hi.abs().max(1.0));
+                } else {
+                    prop_assert!((b - lo).abs() <= 1e-6 * lo.abs().max(1.0));
+                }
+                let c = q.codes_vec()[i];
+                prop_assert!(c as f32 >= qmin && c as f32 <= qmax);
+            }
+        }
+
+        #[test]
+        fn prop_minifloat_fake_quant_is_idempotent_and_on_grid(
+            v in proptest::collection::vec(-600.0f32..600.0, 32),
+            which in 0usize..5,
+        ) {
+            let f = [Minifloat::e4m3(), Minifloat::e5m2(), Minifloat::e3m2(), Minifloat::e2m3(), Minifloat::e2m1()][which];
+            let device = dev();
+            let spec = QuantSpec::fp8_e4m3_weight_per_tensor().with_format(Format::Minifloat(f));
+            let x = Tensor::<1>::from_floats(v.as_slice(), &device);
+            let p = compute_params(&x, &spec).unwrap();
+            let y = fake_quant_with(x, &spec, &p).unwrap();
+            let y2 = to_host(&fake_quant_with(y.clone(), &spec, &p).unwrap());
+            let y = to_host(&y);
+            prop_assert_eq!(&y, &y2);
+            let s = to_host(&p.scales)[0];
+            let grid = Format::Minifloat(f).grid();
+            for &b in &y {
+                let g = b / s;
+                prop_assert!(grid.iter().any(|&q| (q - g).abs() <= 1e-4 * q.abs().max(1e-3)), "{b} / {s} = {g} not on grid");
+            }
+        }
+    }
+}

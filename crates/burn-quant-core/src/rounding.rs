@@ -109,3 +109,47 @@ pub fn uniform_noise(seed: u64, len: usize, device: &Device) -> Tensor<1> {
     let v: Vec<f32> = (0..len as u64).map(|i| uniform(seed, i)).collect();
     Tensor::from_data(TensorData::new(v, [len]), device)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::RoundMode;
+
+    #[test]
+    fn tensor_rounding_equals_the_host_rule_on_ties_and_signs() {
+        let device = Device::flex();
+        let xs = [-2.5f32, -1.5, -0.5, 0.5, 1.5, 2.5, -1.2, 1.7, 0.0, 3.49, -3.51];
+        let cases = [
+            (Rounding::NearestEven, RoundMode::NearestEven),
+            (Rounding::HalfUp, RoundMode::HalfUp),
+            (Rounding::Floor, RoundMode::Floor),
+            (Rounding::Ceil, RoundMode::Ceil),
+            (Rounding::TowardZero, RoundMode::TowardZero),
+        ];
+        for (r, m) in cases {
+            let t = r.forward(Tensor::<1>::from_floats(xs, &device));
+            let got = t.into_data().try_into_vec_as::<f32>().unwrap();
+            let want: Vec<f32> = xs.iter().map(|&x| m.apply(x, 0.0)).collect();
+            assert_eq!(got, want, "{r:?}");
+        }
+        assert_eq!(RoundMode::NearestEven.apply(2.5, 0.0), 2.0);
+        assert_eq!(RoundMode::HalfUp.apply(2.5, 0.0), 3.0);
+        assert_eq!(RoundMode::HalfUp.apply(-2.5, 0.0), -3.0);
+        assert_eq!(RoundMode::TowardZero.apply(-2.7, 0.0), -2.0);
+    }
+
+    #[test]
+    fn stochastic_tensor_rounding_uses_the_same_noise_as_the_host() {
+        let device = Device::flex();
+        let xs: Vec<f32> = (0..100).map(|i| i as f32 * 0.37 - 18.0).collect();
+        let got = Rounding::Stochastic { seed: 42 }
+            .forward(Tensor::<1>::from_floats(xs.as_slice(), &device))
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap();
+        let want: Vec<f32> =
+            xs.iter().enumerate().map(|(i, &x)| RoundMode::Stochastic.apply(x, uniform(42, i as u64))).collect();
+        assert_eq!(got, want);
+        assert!((0..10_000).all(|i| (0.0..1.0).contains(&uniform(1, i))));
+    }
+}

@@ -1,0 +1,66 @@
+//! The error type of the `burnq` tool.
+
+use burn::tensor::TensorReadError;
+use burn_quant_core::QuantError;
+use thiserror::Error;
+
+/// Everything that can go wrong in a `burnq` command.
+///
+/// Each variant names what was being read or checked and the value at fault.
+#[derive(Debug, Error)]
+pub enum CliError {
+    /// A gzip stream could not be decompressed.
+    #[error("cannot decompress `{what}`: {source}")]
+    Gzip {
+        /// Which file or stream.
+        what: &'static str,
+        /// The underlying I/O error from the decoder.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An IDX file (the MNIST container format) is malformed.
+    #[error("malformed IDX data in `{what}`: {reason}")]
+    Idx {
+        /// Which file.
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The data set does not fit the request (sizes, labels, image geometry).
+    #[error("data set: {0}")]
+    Data(String),
+    /// A configuration value is out of range.
+    #[error("invalid `{field}` = {value}: {reason}")]
+    Config {
+        /// Name of the option, e.g. `epochs`.
+        field: &'static str,
+        /// The value that was given, printed.
+        value: String,
+        /// Why it is not allowed.
+        reason: String,
+    },
+    /// Quantization failed (invalid spec or a spec that does not fit a weight's shape).
+    #[error("quantizing `{param}` with recipe `{recipe}`: {source}")]
+    Quant {
+        /// Recipe name.
+        recipe: String,
+        /// Dotted path of the parameter, e.g. `fc1.weight`.
+        param: String,
+        /// The core error.
+        #[source]
+        source: QuantError,
+    },
+    /// Reading a tensor back to the host failed.
+    #[error("reading a tensor back from the device: {0}")]
+    TensorRead(#[from] TensorReadError),
+}
+
+impl CliError {
+    /// Shorthand for [`CliError::Config`].
+    pub fn config(field: &'static str, value: impl std::fmt::Display, reason: impl Into<String>) -> Self {
+        CliError::Config { field, value: value.to_string(), reason: reason.into() }
+    }
+}
+
+/// Result alias of the CLI crate.
+pub type Result<T> = std::result::Result<T, CliError>;

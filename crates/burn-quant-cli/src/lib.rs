@@ -1,0 +1,24 @@
+//! # burn-quant-cli
+//!
+//! The library behind the `burnq` binary: the command-line definition ([`cli`]) and the
+//! quickstart ([`quickstart`]), which trains an MLP on an embedded MNIST subset ([`mnist`],
+//! [`model`]) and compares weight-quantization formats on it ([`zoo`]).
+//!
+//! ```no_run
+//! use burn_quant_cli::quickstart::{run, QuickstartConfig};
+//!
+//! let report = run(&QuickstartConfig::default())?;
+//! println!("{report}");
+//! # Ok::<(), burn_quant_cli::error::CliError>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod error;
+pub mod mnist;
+pub mod model;
+pub mod quickstart;
+pub mod rng;
+pub mod zoo;
+
+pub use error::{CliError, Result};
