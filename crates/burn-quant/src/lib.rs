@@ -1,1 +1,30 @@
+//! # burn-quant
+//!
+//! Neural-network quantization for [Burn](https://burn.dev): formats, scales, rounding and
+//! straight-through gradients today; quantized layers, PTQ algorithms and exporters as the
+//! workspace grows. This facade re-exports the crates; most users only need the [`prelude`].
+//!
+//! ```
+//! use burn_quant::prelude::*;
+//!
+//! let device = Device::flex();
+//! let w = Tensor::<2>::from_floats([[0.3, -1.2], [0.7, 0.05]], &device);
+//! let spec = QuantSpec::int8_weight_per_channel().with_bits(4);
+//! let q = quantize(w.clone(), &spec).unwrap();
+//! let w_hat = q.dequantize();
+//! assert_eq!(w_hat.dims(), [2, 2]);
+//! ```
+#![warn(missing_docs)]
 
+pub use burn_quant_core as core;
+pub use burn_quant_core::*;
+
+/// The names most programs need.
+pub mod prelude {
+    pub use burn::tensor::{Device, Int, Tensor, TensorData};
+    pub use burn_quant_core::{
+        compute_params, dequantize, fake_quant, fake_quant_custom, fake_quant_with, quantize, quantize_with, Format,
+        Granularity, Minifloat, Pow2Mode, QuantError, QuantParams, QuantSpec, QuantTensor, Rounding, RoundingFn,
+        ScaleQuant, ScaleRestriction, ScaleSource, ScaleSpec, ScaleStat, ZeroPoint,
+    };
+}
