@@ -683,12 +683,18 @@ pub fn compute_params(data: &[f32], shape: &[usize], spec: &QuantSpec) -> Result
     };
     let values = cell_values(data, &layout);
     let per_cell: Vec<(f32, f32)> = values.par_iter().map(|v| cell_params(v, spec, stat)).collect();
+    finish_params(per_cell, spec, &layout)
+}
+
+/// Turns per-cell (scale, zero-point) pairs into [`HostParams`], applying the spec's quantized
+/// scale level if it has one.
+pub fn finish_params(per_cell: Vec<(f32, f32)>, spec: &QuantSpec, layout: &Layout) -> Result<HostParams> {
     let mut scales: Vec<f32> = per_cell.iter().map(|p| p.0).collect();
     let mut zeros: Option<Vec<f32>> =
         spec.zero_point.is_asymmetric().then(|| per_cell.iter().map(|p| p.1).collect());
     let level = match spec.scale.restrict {
         ScaleRestriction::Quantized(q) => {
-            Some(quantize_scale_level(q, spec, &layout, &mut scales, zeros.as_mut())?)
+            Some(quantize_scale_level(q, spec, layout, &mut scales, zeros.as_mut())?)
         }
         _ => None,
     };

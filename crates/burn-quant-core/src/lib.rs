@@ -26,6 +26,7 @@ pub mod error;
 pub mod format;
 pub mod granularity;
 pub mod host;
+pub mod observer;
 pub mod quantize;
 pub mod rounding;
 pub mod scale;
@@ -34,6 +35,7 @@ pub mod spec;
 pub use error::{QuantError, Result};
 pub use format::{Format, Minifloat, RoundMode, Special};
 pub use granularity::{Granularity, Layout};
+pub use observer::Observer;
 pub use quantize::{
     compute_params, dequantize, fake_quant, fake_quant_custom, fake_quant_fused, fake_quant_with, grad_scale,
     quantize, quantize_with, round_ste, with_surrogate_grad, QuantParams, QuantTensor, ScaleLevel,
