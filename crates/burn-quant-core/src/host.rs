@@ -342,75 +342,109 @@ pub fn quantize_codes(data: &[f32], layout: &Layout, spec: &QuantSpec, params: &
     codes
 }
 
+/// How `x / s` is computed: a true division, or a multiplication by a precomputed `1/s` —
+/// bit-identical when every scale is a power of two (E8M0 and power-of-two restrictions), and
+/// several times cheaper.
+trait ScaleDiv: Copy + Send + Sync {
+    /// `x / s + z`, or `z` where `s == 0`; `inv` is `1/s` (0 where `s == 0`).
+    fn grid_units(self, x: f32, s: f32, inv: f32, z: f32) -> f32;
+}
+#[derive(Clone, Copy)]
+struct TrueDiv;
+impl ScaleDiv for TrueDiv {
+    #[inline(always)]
+    fn grid_units(self, x: f32, s: f32, _inv: f32, z: f32) -> f32 {
+        // A zero scale (an all-zero NVFP4 block) maps every element to the zero-point.
+        if s == 0.0 { z } else { x / s + z }
+    }
+}
+#[derive(Clone, Copy)]
+struct MulInverse;
+impl ScaleDiv for MulInverse {
+    #[inline(always)]
+    fn grid_units(self, x: f32, _s: f32, inv: f32, z: f32) -> f32 {
+        x * inv + z
+    }
+}
+
 /// Fake-quantizes `data` in place: one fused, vectorised pass (divide, round, clamp, rescale).
 pub fn fake_quant_in_place(data: &mut [f32], layout: &Layout, spec: &QuantSpec, params: &HostParams) {
     let scales = &params.scales;
     let zeros = params.zero_points.as_deref();
+    let pow2_scales = scales.iter().all(|&s| s == 0.0 || pow2(floor_log2(s)) == s);
+    let inverses: Vec<f32> =
+        if pow2_scales { scales.iter().map(|&s| if s == 0.0 { 0.0 } else { 1.0 / s }).collect() } else { vec![] };
     #[cfg(target_arch = "x86_64")]
     let avx2 = std::arch::is_x86_feature_detected!("avx2");
     with_grid_and_rounder!(spec, |g, r| par_units(layout, data, |start, unit, cells| {
+        let k = Kernel { g, r, scales, zeros };
         #[cfg(target_arch = "x86_64")]
         if avx2 {
-            // SAFETY: the CPU supports AVX2 (checked above); the function only differs from
-            // `fake_quant_unit` in the instructions the compiler may use.
-            unsafe { fake_quant_unit_avx2(g, r, start, unit, cells, scales, zeros) };
+            // SAFETY: the CPU supports AVX2 (checked above); the AVX2 versions only differ in
+            // the instructions the compiler may use (no FMA contraction happens implicitly).
+            unsafe {
+                if pow2_scales {
+                    k.unit_avx2(MulInverse, &inverses, start, unit, cells)
+                } else {
+                    k.unit_avx2(TrueDiv, scales, start, unit, cells)
+                }
+            }
             return;
         }
-        fake_quant_unit(g, r, start, unit, cells, scales, zeros)
+        if pow2_scales { k.unit(MulInverse, &inverses, start, unit, cells) } else { k.unit(TrueDiv, scales, start, unit, cells) }
     }));
 }
 
-/// [`fake_quant_unit`] compiled for AVX2 (8 lanes instead of SSE2's 4; same results: no FMA
-/// contraction happens without an explicit call).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn fake_quant_unit_avx2<G: Grid, R: Rounder>(
+/// The fused fake-quant of one unit of contiguous elements.
+#[derive(Clone, Copy)]
+struct Kernel<'a, G, R> {
     g: G,
     r: R,
-    start: usize,
-    unit: &mut [f32],
-    cells: Cells,
-    scales: &[f32],
-    zeros: Option<&[f32]>,
-) {
-    fake_quant_unit(g, r, start, unit, cells, scales, zeros)
+    scales: &'a [f32],
+    zeros: Option<&'a [f32]>,
 }
 
-/// Fake-quantizes one unit of contiguous elements.
-#[inline(always)]
-fn fake_quant_unit<G: Grid, R: Rounder>(
-    g: G,
-    r: R,
-    start: usize,
-    unit: &mut [f32],
-    cells: Cells,
-    scales: &[f32],
-    zeros: Option<&[f32]>,
-) {
-    match (cells, zeros) {
-        (Cells::One(c), None) => {
-            let s = scales[c];
-            for (i, x) in unit.iter_mut().enumerate() {
-                *x = grid_of(g, r, *x, s, 0.0, start + i) * s;
+impl<G: Grid, R: Rounder> Kernel<'_, G, R> {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn unit_avx2<S: ScaleDiv>(self, div: S, inv: &[f32], start: usize, unit: &mut [f32], cells: Cells) {
+        self.unit(div, inv, start, unit, cells)
+    }
+
+    #[inline(always)]
+    fn unit<S: ScaleDiv>(self, div: S, inv: &[f32], start: usize, unit: &mut [f32], cells: Cells) {
+        let Kernel { g, r, scales, zeros } = self;
+        // `inv` is empty for `TrueDiv`, which ignores it.
+        let inv_at = |c: usize| inv.get(c).copied().unwrap_or(0.0);
+        match (cells, zeros) {
+            (Cells::One(c), None) => {
+                let (s, is) = (scales[c], inv_at(c));
+                for (i, x) in unit.iter_mut().enumerate() {
+                    *x = g.grid(div.grid_units(*x, s, is, 0.0), r, start + i) * s;
+                }
             }
-        }
-        (Cells::One(c), Some(z)) => {
-            let (s, z) = (scales[c], z[c]);
-            for (i, x) in unit.iter_mut().enumerate() {
-                *x = (grid_of(g, r, *x, s, z, start + i) - z) * s;
+            (Cells::One(c), Some(z)) => {
+                let (s, is, z) = (scales[c], inv_at(c), z[c]);
+                for (i, x) in unit.iter_mut().enumerate() {
+                    *x = (g.grid(div.grid_units(*x, s, is, z), r, start + i) - z) * s;
+                }
             }
-        }
-        (Cells::Run(c0), None) => {
-            let ss = &scales[c0..c0 + unit.len()];
-            for (i, (x, &s)) in unit.iter_mut().zip(ss).enumerate() {
-                *x = grid_of(g, r, *x, s, 0.0, start + i) * s;
+            (Cells::Run(c0), None) => {
+                let n = unit.len();
+                let ss = &scales[c0..c0 + n];
+                let is = if inv.is_empty() { ss } else { &inv[c0..c0 + n] };
+                for (i, ((x, &s), &is)) in unit.iter_mut().zip(ss).zip(is).enumerate() {
+                    *x = g.grid(div.grid_units(*x, s, is, 0.0), r, start + i) * s;
+                }
             }
-        }
-        (Cells::Run(c0), Some(z)) => {
-            let ss = &scales[c0..c0 + unit.len()];
-            let zs = &z[c0..c0 + unit.len()];
-            for (i, ((x, &s), &z)) in unit.iter_mut().zip(ss).zip(zs).enumerate() {
-                *x = (grid_of(g, r, *x, s, z, start + i) - z) * s;
+            (Cells::Run(c0), Some(z)) => {
+                let n = unit.len();
+                let ss = &scales[c0..c0 + n];
+                let is = if inv.is_empty() { ss } else { &inv[c0..c0 + n] };
+                let zs = &z[c0..c0 + n];
+                for (i, (((x, &s), &is), &z)) in unit.iter_mut().zip(ss).zip(is).zip(zs).enumerate() {
+                    *x = (g.grid(div.grid_units(*x, s, is, z), r, start + i) - z) * s;
+                }
             }
         }
     }
