@@ -28,3 +28,8 @@ pub mod prelude {
         ScaleQuant, ScaleRestriction, ScaleSource, ScaleSpec, ScaleStat, ZeroPoint,
     };
 }
+
+/// The README's code, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
