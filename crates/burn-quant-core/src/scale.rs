@@ -146,9 +146,10 @@ pub enum Pow2Mode {
     Floor,
 }
 
-/// A quantized scale level.
+/// A quantized scale level (serialised as `{"kind": "quantized", "scheme": "e8m0"}` inside a
+/// restriction).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "scheme", rename_all = "snake_case")]
 pub enum ScaleQuant {
     /// OCP MX: each group's scale is an E8M0 power of two,
     /// `2^(floor(log2(amax)) - emax_elem)`, exponent clamped to [-127, 127]; elements saturate.

@@ -353,3 +353,87 @@ impl QuantSpec {
         Ok((elem + side) / n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn presets() -> Vec<(&'static str, QuantSpec)> {
+        vec![
+            ("int8_weight_per_tensor", QuantSpec::int8_weight_per_tensor()),
+            ("int8_weight_per_channel", QuantSpec::int8_weight_per_channel()),
+            ("int8_act_per_tensor", QuantSpec::int8_act_per_tensor()),
+            ("uint8_act_per_tensor", QuantSpec::uint8_act_per_tensor()),
+            ("int4_weight_per_group", QuantSpec::int4_weight_per_group(128)),
+            ("fp8_e4m3", QuantSpec::fp8_e4m3_weight_per_tensor()),
+            ("mxfp8_e4m3", QuantSpec::mxfp8_e4m3()),
+            ("mxfp8_e5m2", QuantSpec::mxfp8_e5m2()),
+            ("mxfp6_e3m2", QuantSpec::mxfp6_e3m2()),
+            ("mxfp6_e2m3", QuantSpec::mxfp6_e2m3()),
+            ("mxfp4", QuantSpec::mxfp4()),
+            ("mxint8", QuantSpec::mxint8()),
+            ("nvfp4", QuantSpec::nvfp4()),
+            ("q2_k", QuantSpec::gguf_q2_k()),
+            ("q3_k", QuantSpec::gguf_q3_k()),
+            ("q4_k", QuantSpec::gguf_q4_k()),
+            ("q5_k", QuantSpec::gguf_q5_k()),
+            ("q6_k", QuantSpec::gguf_q6_k()),
+            ("binary", QuantSpec::binary_weight()),
+            ("ternary", QuantSpec::ternary_weight()),
+        ]
+    }
+
+    #[test]
+    fn presets_validate_and_round_trip_through_json() {
+        for (name, spec) in presets() {
+            spec.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            let json = serde_json::to_string(&spec).unwrap();
+            let back: QuantSpec = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, spec, "{name}: {json}");
+        }
+    }
+
+    /// The storage cost of the k-quant and MX structures equals the bits per weight that
+    /// ggml's type table and the OCP MX spec give for them.
+    #[test]
+    fn bits_per_element_match_ggml_and_mx_tables() {
+        let shape = [4096, 64];
+        let bpe = |s: QuantSpec| s.bits_per_element(&shape).unwrap();
+        assert_eq!(bpe(QuantSpec::gguf_q2_k()), 2.625);
+        assert_eq!(bpe(QuantSpec::gguf_q3_k()), 3.4375);
+        assert_eq!(bpe(QuantSpec::gguf_q4_k()), 4.5);
+        assert_eq!(bpe(QuantSpec::gguf_q5_k()), 5.5);
+        assert_eq!(bpe(QuantSpec::gguf_q6_k()), 6.5625);
+        assert_eq!(bpe(QuantSpec::mxfp4()), 4.25);
+        assert_eq!(bpe(QuantSpec::mxfp8_e4m3()), 8.25);
+        assert_eq!(bpe(QuantSpec::mxfp6_e2m3()), 6.25);
+        assert_eq!(bpe(QuantSpec::nvfp4()), 4.5 + 32.0 / (4096.0 * 64.0));
+        assert_eq!(bpe(QuantSpec::int8_weight_per_channel()), 8.0 + 32.0 / 4096.0);
+        assert_eq!(bpe(QuantSpec::int4_weight_per_group(32).asymmetric()), 4.0 + 64.0 / 32.0);
+    }
+
+    #[test]
+    fn with_methods_compose_like_brevitas_let() {
+        // Brevitas: Int8WeightPerChannelFloat.let(bit_width=4, quant_format="float_ocp_e2m1").
+        let spec = QuantSpec::int8_weight_per_channel().with_format(Format::Minifloat(Minifloat::e2m1()));
+        assert_eq!(spec.format, Format::Minifloat(Minifloat::e2m1()));
+        assert_eq!(spec.granularity, Granularity::PerChannel { axis: 1 });
+        assert_eq!(spec.format.bits(), 4);
+        let s = QuantSpec::int4_weight_per_group(32).with_axis(1).with_group_size(64).asymmetric();
+        assert_eq!(s.granularity, Granularity::PerGroup { axis: 1, size: 64 });
+        assert_eq!(s.scale.source, ScaleSource::Stats(ScaleStat::MinMax));
+        assert!(s.zero_point.is_asymmetric());
+        assert_eq!(QuantSpec::int8_weight_per_tensor().with_bits(3).format, Format::Int { bits: 3, signed: true, narrow: true });
+    }
+
+    #[test]
+    fn impossible_combinations_name_the_field() {
+        let msg = |s: QuantSpec| s.validate().unwrap_err().to_string();
+        assert!(msg(QuantSpec::mxfp4().with_granularity(Granularity::PerTensor)).contains("scale.restrict"));
+        assert!(msg(QuantSpec::binary_weight().asymmetric()).contains("zero_point"));
+        assert!(msg(QuantSpec::int4_weight_per_group(0)).contains("granularity.size"));
+        assert!(msg(QuantSpec::int8_act_per_tensor().with_scale_source(ScaleSource::Const(0.0))).contains("scale.source"));
+        assert!(msg(QuantSpec::gguf_q4_k().with_group_size(48)).contains("super_block"));
+        assert!(msg(QuantSpec::nvfp4().with_format(Format::uint(4)).asymmetric()).contains("zero_point"));
+    }
+}
