@@ -437,3 +437,92 @@ mod tests {
         assert!(msg(QuantSpec::nvfp4().with_format(Format::uint(4)).asymmetric()).contains("zero_point"));
     }
 }
+
+impl std::fmt::Display for Format {
+    /// Short names: `int8`, `int4n` (narrow), `uint8`, `e4m3`, `e4m3fnuz`, `e5m2nosat`, `binary`, `ternary`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Format::Int { bits, signed, narrow } => {
+                write!(f, "{}int{bits}{}", if *signed { "" } else { "u" }, if *narrow { "n" } else { "" })
+            }
+            Format::Minifloat(m) => {
+                let base = format!("e{}m{}", m.exponent, m.mantissa);
+                let ocp = [
+                    Minifloat::e4m3(),
+                    Minifloat::e5m2(),
+                    Minifloat::e3m2(),
+                    Minifloat::e2m3(),
+                    Minifloat::e2m1(),
+                ]
+                .iter()
+                .any(|p| p.with_saturating(m.saturating) == *m);
+                let fnuz = [Minifloat::e4m3fnuz(), Minifloat::e5m2fnuz()]
+                    .iter()
+                    .any(|p| p.with_saturating(m.saturating) == *m);
+                let suffix = if ocp || fnuz {
+                    if fnuz { "fnuz".to_string() } else { String::new() }
+                } else {
+                    format!("(bias {}, {:?})", m.bias, m.special)
+                };
+                write!(f, "{base}{suffix}{}", if m.saturating { "" } else { "nosat" })
+            }
+            Format::Binary => write!(f, "binary"),
+            Format::Ternary => write!(f, "ternary"),
+        }
+    }
+}
+
+impl std::fmt::Display for QuantSpec {
+    /// One line, e.g. `int4 sym per-group(axis 0, 32) absmax nearest-even`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let gran = match self.granularity {
+            Granularity::PerTensor => "per-tensor".to_string(),
+            Granularity::PerChannel { axis } => format!("per-channel(axis {axis})"),
+            Granularity::PerGroup { axis, size } => format!("per-group(axis {axis}, {size})"),
+        };
+        let zp = if self.zero_point.is_asymmetric() { "asym" } else { "sym" };
+        let source = match self.scale.source {
+            ScaleSource::Stats(s) => format!("{}", stat_name(&s)),
+            ScaleSource::Dynamic(s) => format!("dynamic {}", stat_name(&s)),
+            ScaleSource::Learned(s) => format!("learned from {}", stat_name(&s)),
+            ScaleSource::Const(c) => format!("const {c}"),
+        };
+        let restrict = match self.scale.restrict {
+            ScaleRestriction::Float => String::new(),
+            ScaleRestriction::PowerOfTwo { mode } => format!(" pow2-{mode:?}").to_lowercase(),
+            ScaleRestriction::Quantized(ScaleQuant::E8M0) => " e8m0-scales".into(),
+            ScaleRestriction::Quantized(ScaleQuant::E4M3Global) => " e4m3-scales+f32-global".into(),
+            ScaleRestriction::Quantized(ScaleQuant::SubBlock { super_block, bits, .. }) => {
+                format!(" {bits}bit-scales/{super_block}")
+            }
+        };
+        use crate::rounding::RoundingFn;
+        write!(f, "{} {zp} {gran} {source}{restrict} {}", self.format, self.rounding.name())
+    }
+}
+
+fn stat_name(s: &ScaleStat) -> String {
+    match s {
+        ScaleStat::AbsMax => "absmax".into(),
+        ScaleStat::MinMax => "minmax".into(),
+        ScaleStat::AbsMean => "absmean".into(),
+        ScaleStat::Percentile { q } => format!("p{q}"),
+        ScaleStat::Mse { .. } => "mse".into(),
+        ScaleStat::Hqq { .. } => "hqq".into(),
+    }
+}
+
+#[cfg(test)]
+mod display_tests {
+    use super::*;
+
+    #[test]
+    fn specs_print_on_one_line() {
+        assert_eq!(QuantSpec::int4_weight_per_group(32).to_string(), "int4 sym per-group(axis 0, 32) absmax nearest_even");
+        assert_eq!(QuantSpec::mxfp4().to_string(), "e2m1 sym per-group(axis 0, 32) absmax e8m0-scales nearest_even");
+        assert_eq!(QuantSpec::int8_weight_per_channel().to_string(), "int8n sym per-channel(axis 1) absmax nearest_even");
+        assert_eq!(QuantSpec::uint8_act_per_tensor().asymmetric().to_string(), "uint8 asym per-tensor minmax nearest_even");
+        assert_eq!(Format::Minifloat(Minifloat::e4m3fnuz().with_saturating(false)).to_string(), "e4m3fnuznosat");
+        assert_eq!(QuantSpec::gguf_q4_k().to_string(), "uint4 asym per-group(axis 0, 32) minmax 6bit-scales/256 nearest_even");
+    }
+}
