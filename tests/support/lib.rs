@@ -35,3 +35,38 @@ pub fn median_secs(reps: usize, mut f: impl FnMut()) -> f64 {
     t.sort_by(f64::total_cmp);
     t[t.len() / 2]
 }
+
+/// Sum of squares of the signal over the sum of squared errors, in dB.
+pub fn sqnr_db(signal: &[f32], approx: &[f32]) -> f64 {
+    let (mut s, mut e) = (0f64, 0f64);
+    for (&a, &b) in signal.iter().zip(approx) {
+        s += (a as f64).powi(2);
+        e += ((a - b) as f64).powi(2);
+    }
+    10.0 * (s / e.max(f64::MIN_POSITIVE)).log10()
+}
+
+/// Reads an F32 tensor from a safetensors file and returns it transposed from PyTorch's
+/// `[out, in]` to Burn's `Linear` layout `[in, out]`, as (data, [in, out]).
+pub fn read_linear_weight(bytes: &[u8], name: &str) -> Result<(Vec<f32>, [usize; 2]), String> {
+    let st = safetensors_view(bytes)?;
+    let t = st.tensor(name).map_err(|e| format!("{name}: {e}"))?;
+    let shape = t.shape();
+    if shape.len() != 2 || t.dtype() != safetensors::Dtype::F32 {
+        return Err(format!("{name}: expected a 2-D F32 tensor, got {:?} {:?}", t.dtype(), shape));
+    }
+    let (out, inp) = (shape[0], shape[1]);
+    let raw = t.data();
+    let mut w = vec![0f32; out * inp];
+    for o in 0..out {
+        for i in 0..inp {
+            let k = (o * inp + i) * 4;
+            w[i * out + o] = f32::from_le_bytes([raw[k], raw[k + 1], raw[k + 2], raw[k + 3]]);
+        }
+    }
+    Ok((w, [inp, out]))
+}
+
+fn safetensors_view(bytes: &[u8]) -> Result<safetensors::SafeTensors<'_>, String> {
+    safetensors::SafeTensors::deserialize(bytes).map_err(|e| e.to_string())
+}
