@@ -53,7 +53,13 @@ pub struct QuickstartArgs {
 impl Default for QuickstartArgs {
     fn default() -> Self {
         let d = QuickstartConfig::default();
-        Self { epochs: d.epochs, seed: d.seed, hidden: d.d_hidden, batch_size: d.batch_size, lr: d.learning_rate }
+        Self {
+            epochs: d.epochs,
+            seed: d.seed,
+            hidden: d.d_hidden,
+            batch_size: d.batch_size,
+            lr: d.learning_rate,
+        }
     }
 }
 

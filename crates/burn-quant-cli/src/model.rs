@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use burn::module::{Module, Param};
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::Linear;
+use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -42,6 +42,14 @@ pub struct MlpConfig {
 }
 
 impl MlpConfig {
+    /// Parameter path and shape of every `Linear` weight, in module order.
+    pub fn linear_weight_shapes(&self) -> [(&'static str, [usize; 2]); 2] {
+        [
+            ("fc1.weight", [self.d_input, self.d_hidden]),
+            ("fc2.weight", [self.d_hidden, self.d_output]),
+        ]
+    }
+
     /// Builds the MLP with Burn's default `Linear` initialisation (uniform in
     /// `±1/sqrt(d_input)` for weight and bias) drawn from a [`SplitMix64`] seeded with `seed`,
     /// so the initial weights do not depend on Burn's process-wide RNG.
@@ -56,10 +64,20 @@ impl MlpConfig {
 
 fn seeded_linear(d_input: usize, d_output: usize, rng: &mut SplitMix64, device: &Device) -> Linear {
     let bound = 1.0 / (d_input as f32).sqrt();
-    let mut draw = |n: usize| (0..n).map(|_| rng.uniform(-bound, bound)).collect::<Vec<f32>>();
-    let weight = Tensor::<2>::from_data(TensorData::new(draw(d_input * d_output), [d_input, d_output]), device);
+    let mut draw = |n: usize| {
+        (0..n)
+            .map(|_| rng.uniform(-bound, bound))
+            .collect::<Vec<f32>>()
+    };
+    let weight = Tensor::<2>::from_data(
+        TensorData::new(draw(d_input * d_output), [d_input, d_output]),
+        device,
+    );
     let bias = Tensor::<1>::from_data(TensorData::new(draw(d_output), [d_output]), device);
-    Linear { weight: Param::from_tensor(weight), bias: Some(Param::from_tensor(bias)) }
+    Linear {
+        weight: Param::from_tensor(weight),
+        bias: Some(Param::from_tensor(bias)),
+    }
 }
 
 /// Hyper-parameters of [`train`].
@@ -99,15 +117,32 @@ fn batch(data: &Dataset, idx: &[usize], device: &Device) -> (Tensor<2>, Tensor<1
 
 /// Trains `model` with Adam and cross-entropy on `data`; `device` must be an autodiff device
 /// (e.g. `Device::flex().autodiff()`). Returns the model (still on `device`) and a report.
-pub fn train(mut model: Mlp, data: &Dataset, cfg: &TrainConfig, device: &Device) -> Result<(Mlp, TrainReport)> {
+pub fn train(
+    mut model: Mlp,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    device: &Device,
+) -> Result<(Mlp, TrainReport)> {
     if cfg.epochs == 0 {
-        return Err(CliError::config("epochs", cfg.epochs, "train for at least one epoch"));
+        return Err(CliError::config(
+            "epochs",
+            cfg.epochs,
+            "train for at least one epoch",
+        ));
     }
     if cfg.batch_size == 0 {
-        return Err(CliError::config("batch_size", cfg.batch_size, "must be at least 1"));
+        return Err(CliError::config(
+            "batch_size",
+            cfg.batch_size,
+            "must be at least 1",
+        ));
     }
     if !(cfg.learning_rate.is_finite() && cfg.learning_rate > 0.0) {
-        return Err(CliError::config("learning_rate", cfg.learning_rate, "must be finite and > 0"));
+        return Err(CliError::config(
+            "learning_rate",
+            cfg.learning_rate,
+            "must be finite and > 0",
+        ));
     }
     if data.is_empty() {
         return Err(CliError::Data("empty training set".into()));
@@ -132,7 +167,13 @@ pub fn train(mut model: Mlp, data: &Dataset, cfg: &TrainConfig, device: &Device)
         let epoch: Vec<f32> = Tensor::cat(losses, 0).try_into_vec_as::<f32>()?;
         epoch_losses.push(epoch.iter().sum::<f32>() / epoch.len() as f32);
     }
-    Ok((model, TrainReport { epoch_losses, time: start.elapsed() }))
+    Ok((
+        model,
+        TrainReport {
+            epoch_losses,
+            time: start.elapsed(),
+        },
+    ))
 }
 
 /// Fraction of `data` that `model` classifies correctly, in `[0, 1]`.
@@ -140,15 +181,25 @@ pub fn train(mut model: Mlp, data: &Dataset, cfg: &TrainConfig, device: &Device)
 /// Evaluates in batches of `batch_size` examples on `device`.
 pub fn accuracy(model: &Mlp, data: &Dataset, batch_size: usize, device: &Device) -> Result<f64> {
     if data.is_empty() || batch_size == 0 {
-        return Err(CliError::Data("accuracy needs a non-empty data set and batch size".into()));
+        return Err(CliError::Data(
+            "accuracy needs a non-empty data set and batch size".into(),
+        ));
     }
     let all: Vec<usize> = (0..data.len()).collect();
     let mut correct = 0usize;
     for idx in all.chunks(batch_size) {
         let (x, _) = batch(data, idx, device);
         let n = idx.len();
-        let pred: Vec<i64> = model.forward(x).argmax(1).reshape([n]).try_into_vec_as::<i64>()?;
-        correct += idx.iter().zip(&pred).filter(|&(&i, &p)| i64::from(data.labels[i]) == p).count();
+        let pred: Vec<i64> = model
+            .forward(x)
+            .argmax(1)
+            .reshape([n])
+            .try_into_vec_as::<i64>()?;
+        correct += idx
+            .iter()
+            .zip(&pred)
+            .filter(|&(&i, &p)| i64::from(data.labels[i]) == p)
+            .count();
     }
     Ok(correct as f64 / data.len() as f64)
 }

