@@ -6,6 +6,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_quant::core::host;
 use burn_quant::prelude::*;
+use rayon::prelude::*;
 use support::median_secs;
 
 const N: usize = 4096;
@@ -18,8 +19,13 @@ fn main() {
     let gbs = |secs: f64| bytes / secs / 1e9;
 
     let mut dst = vec![0f32; N * N];
-    let copy = median_secs(7, || dst.copy_from_slice(&src));
-    println!("{:<44} {:>8.2} GB/s  (baseline)", "plain copy (memcpy)", gbs(copy));
+    let copy1 = median_secs(7, || dst.copy_from_slice(&src));
+    println!("{:<44} {:>8.2} GB/s", "plain copy, one thread (memcpy)", gbs(copy1));
+    // The baseline: a copy on all threads, like the kernels below.
+    let copy = median_secs(7, || {
+        dst.par_chunks_mut(1 << 15).zip(src.par_chunks(1 << 15)).for_each(|(d, s)| d.copy_from_slice(s))
+    });
+    println!("{:<44} {:>8.2} GB/s  (baseline)", format!("plain copy, {threads} threads"), gbs(copy));
 
     let device = Device::flex();
     let x = Tensor::<2>::from_data(TensorData::new(src.clone(), [N, N]), &device);

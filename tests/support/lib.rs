@@ -36,15 +36,7 @@ pub fn median_secs(reps: usize, mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
-/// Sum of squares of the signal over the sum of squared errors, in dB.
-pub fn sqnr_db(signal: &[f32], approx: &[f32]) -> f64 {
-    let (mut s, mut e) = (0f64, 0f64);
-    for (&a, &b) in signal.iter().zip(approx) {
-        s += (a as f64).powi(2);
-        e += ((a - b) as f64).powi(2);
-    }
-    10.0 * (s / e.max(f64::MIN_POSITIVE)).log10()
-}
+pub use burn_quant::core::metrics::sqnr_db;
 
 /// Reads an F32 tensor from a safetensors file and returns it transposed from PyTorch's
 /// `[out, in]` to Burn's `Linear` layout `[in, out]`, as (data, [in, out]).

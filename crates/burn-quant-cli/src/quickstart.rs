@@ -336,9 +336,10 @@ mod tests {
                 (n1 * (8.0 + 32.0 / d0) + n2 * (8.0 + 32.0 / d1)) / n,
             ),
             ("int4 g32 sym", 4.0 + 32.0 / 32.0),
-            ("int4 g32 asym", 4.0 + 64.0 / 32.0),
+            // f32 scale + 4-bit zero-point per group.
+            ("int4 g32 asym", 4.0 + 36.0 / 32.0),
             ("int4 g128 sym", 4.0 + 32.0 / 128.0),
-            ("int4 g128 asym", 4.0 + 64.0 / 128.0),
+            ("int4 g128 asym", 4.0 + 36.0 / 128.0),
             ("fp8 e4m3 per-tensor", 8.0 + 2.0 * 32.0 / n),
             // E8M0 scale per 32 elements.
             ("mxfp4", 4.0 + 8.0 / 32.0),

@@ -66,7 +66,7 @@ pub enum QuantError {
         expected: Vec<usize>,
     },
     /// A scale is zero, negative or not finite.
-    #[error("scale at index {index} is {value}; scales must be finite and > 0")]
+    #[error("scale at index {index} is {value}; scales must be finite and >= 0 (0 only for an all-zero block)")]
     InvalidScale {
         /// Flat index of the scale.
         index: usize,

@@ -187,6 +187,13 @@ impl Minifloat {
                 "an IEEE-style format needs at least 2 exponent bits (the top exponent is reserved)",
             ));
         }
+        if !self.saturating && self.special == Special::None {
+            return Err(QuantError::config(
+                "format.saturating",
+                false,
+                "a format without NaN or Inf encodings has nothing to overflow to: it must saturate",
+            ));
+        }
         let (top_e, _) = self.max_fields();
         if top_e - self.bias > 127 {
             return Err(QuantError::config(
@@ -795,6 +802,8 @@ mod tests {
         let err = Minifloat { exponent: 4, mantissa: 3, bias: -130, special: Special::None, saturating: true }.validate().unwrap_err();
         assert!(err.to_string().contains("format.bias"), "{err}");
         assert!(Format::Int { bits: 1, signed: true, narrow: true }.validate().is_err());
+        let err = Minifloat::e2m1().with_saturating(false).validate().unwrap_err();
+        assert!(err.to_string().contains("format.saturating"), "{err}");
     }
 
     #[test]

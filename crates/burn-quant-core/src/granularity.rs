@@ -49,6 +49,8 @@ pub struct Layout {
     pub granularity: Granularity,
     /// Shape of the scale tensor (same rank as the input).
     pub scale_shape: Vec<usize>,
+    /// Shape of the input this layout was resolved against.
+    pub shape: Vec<usize>,
 }
 
 impl Granularity {
@@ -74,6 +76,7 @@ impl Granularity {
                 group: n.max(1),
                 granularity: *self,
                 scale_shape: vec![1; rank],
+                shape: shape.to_vec(),
             });
         };
         if axis >= rank {
@@ -102,7 +105,7 @@ impl Granularity {
                 s
             }
         };
-        Ok(Layout { outer, axis_len, inner, group, granularity: *self, scale_shape })
+        Ok(Layout { outer, axis_len, inner, group, granularity: *self, scale_shape, shape: shape.to_vec() })
     }
 
     /// The quantization axis, if any.

@@ -639,15 +639,10 @@ fn hqq(v: &[f32], spec: &QuantSpec, iters: u32, p: f32, beta0: f32, kappa: f32) 
     let fmt = &spec.format;
     let asym = spec.zero_point.is_asymmetric();
     let (lo, hi) = min_max(v);
+    // Start from the min-max (asymmetric) or absmax (symmetric) params, so the result is never
+    // worse than that baseline in the metric HQQ tracks (mean |error|).
     let (mut s, mut z) = if asym {
-        // Start from the unrounded min-max zero-point: HQQ's zero-point is real-valued.
-        let (qmin, qmax) = (fmt.min_value(), fmt.max_value());
-        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
-        let s = (hi - lo) / (qmax - qmin);
-        if !(s > 0.0) {
-            return range_params(lo, hi, spec);
-        }
-        (s, qmin - lo / s)
+        range_params(lo, hi, spec)
     } else {
         let a = lo.abs().max(hi.abs());
         range_params(-a, a, spec)
@@ -715,9 +710,137 @@ pub fn compute_params(data: &[f32], shape: &[usize], spec: &QuantSpec) -> Result
         }
         other => other.stat().expect("every non-constant source has a statistic"),
     };
-    let values = cell_values(data, &layout);
-    let per_cell: Vec<(f32, f32)> = values.par_iter().map(|v| cell_params(v, spec, stat)).collect();
+    let per_cell: Vec<(f32, f32)> = match stat {
+        // Streaming statistics: one parallel pass, no gather.
+        ScaleStat::AbsMax | ScaleStat::MinMax | ScaleStat::AbsMean => {
+            let acc = cell_moments(data, &layout);
+            acc.iter()
+                .map(|m| match stat {
+                    ScaleStat::AbsMax => {
+                        let a = m.lo.abs().max(m.hi.abs());
+                        range_params(-a, a, spec)
+                    }
+                    ScaleStat::MinMax => range_params(m.lo, m.hi, spec),
+                    _ => {
+                        let mean = (m.abs_sum / m.count.max(1) as f64) as f32;
+                        // Same rule as `cell_params` on the values.
+                        cell_params(&[mean, -mean], spec, ScaleStat::AbsMean)
+                    }
+                })
+                .collect()
+        }
+        _ => {
+            let values = cell_values(data, &layout);
+            values.par_iter().map(|v| cell_params(v, spec, stat)).collect()
+        }
+    };
     finish_params(per_cell, spec, &layout)
+}
+
+/// Min, max and sum of |x| of one scale cell.
+#[derive(Clone, Copy, Debug)]
+pub struct Moments {
+    /// Smallest value.
+    pub lo: f32,
+    /// Largest value.
+    pub hi: f32,
+    /// Sum of absolute values.
+    pub abs_sum: f64,
+    /// Number of values.
+    pub count: u64,
+}
+
+impl Moments {
+    const EMPTY: Moments = Moments { lo: f32::INFINITY, hi: f32::NEG_INFINITY, abs_sum: 0.0, count: 0 };
+
+    #[inline(always)]
+    fn push_slice(&mut self, v: &[f32]) {
+        let (mut lo, mut hi, mut sum) = (self.lo, self.hi, 0f32);
+        for &x in v {
+            lo = lo.min(x);
+            hi = hi.max(x);
+            sum += x.abs();
+        }
+        self.lo = lo;
+        self.hi = hi;
+        self.abs_sum += sum as f64;
+        self.count += v.len() as u64;
+    }
+
+    fn merge(mut self, o: &Moments) -> Moments {
+        self.lo = self.lo.min(o.lo);
+        self.hi = self.hi.max(o.hi);
+        self.abs_sum += o.abs_sum;
+        self.count += o.count;
+        self
+    }
+}
+
+/// [`Moments`] of every scale cell in one parallel pass over `data` (no gather).
+pub fn cell_moments(data: &[f32], layout: &Layout) -> Vec<Moments> {
+    let inner = layout.inner.max(1);
+    match layout.granularity {
+        Granularity::PerTensor => {
+            let m = data
+                .par_chunks(1 << 15)
+                .map(|c| {
+                    let mut m = Moments::EMPTY;
+                    m.push_slice(c);
+                    m
+                })
+                .reduce(|| Moments::EMPTY, |a, b| a.merge(&b));
+            vec![m]
+        }
+        Granularity::PerChannel { .. } => {
+            // Rows of `inner` elements; row r belongs to channel r % axis_len. Each task keeps
+            // its own accumulator per channel (channels are few), merged at the end.
+            let axis_len = layout.axis_len;
+            let rows_per_task = ((1usize << 15) / inner).max(1);
+            data.par_chunks(rows_per_task * inner)
+                .enumerate()
+                .fold(
+                    || vec![Moments::EMPTY; axis_len],
+                    |mut acc, (task, chunk)| {
+                        for (k, row) in chunk.chunks(inner).enumerate() {
+                            acc[(task * rows_per_task + k) % axis_len].push_slice_elementwise(row, inner);
+                        }
+                        acc
+                    },
+                )
+                .reduce(
+                    || vec![Moments::EMPTY; axis_len],
+                    |a, b| a.iter().zip(&b).map(|(x, y)| x.merge(y)).collect(),
+                )
+        }
+        Granularity::PerGroup { .. } => {
+            // A block of `group` rows of one outer index owns `inner` consecutive cells.
+            let group = layout.group;
+            let mut acc = vec![Moments::EMPTY; layout.cells()];
+            acc.par_chunks_mut(inner).zip(data.par_chunks(group * inner)).for_each(|(cells, block)| {
+                if inner == 1 {
+                    cells[0].push_slice(block);
+                } else {
+                    for row in block.chunks(inner) {
+                        for (m, &x) in cells.iter_mut().zip(row) {
+                            m.lo = m.lo.min(x);
+                            m.hi = m.hi.max(x);
+                            m.abs_sum += x.abs() as f64;
+                            m.count += 1;
+                        }
+                    }
+                }
+            });
+            acc
+        }
+    }
+}
+
+impl Moments {
+    /// Adds a row that belongs wholly to this cell (`inner` is only a length hint).
+    #[inline(always)]
+    fn push_slice_elementwise(&mut self, row: &[f32], _inner: usize) {
+        self.push_slice(row)
+    }
 }
 
 /// Turns per-cell (scale, zero-point) pairs into [`HostParams`], applying the spec's quantized
@@ -793,7 +916,7 @@ fn quantize_scale_level(
                     axis,
                     len: layout.axis_len,
                     size: super_block,
-                    shape: vec![layout.outer, layout.axis_len, layout.inner],
+                    shape: layout.shape.clone(),
                 });
             }
             let per_super = super_block / size;

@@ -26,6 +26,7 @@ pub mod error;
 pub mod format;
 pub mod granularity;
 pub mod host;
+pub mod metrics;
 pub mod observer;
 pub mod quantize;
 pub mod rounding;

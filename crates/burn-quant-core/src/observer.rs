@@ -116,6 +116,10 @@ impl Observer {
             return Err(QuantError::EmptyTensor { what: "calibration set", shape: vec![0] });
         };
         let spec = &self.spec;
+        if let ScaleSource::Const(c) = spec.scale.source {
+            let zeros = spec.zero_point.is_asymmetric().then(|| vec![0.0; layout.cells()]);
+            return Ok(HostParams { scales: vec![c; layout.cells()], zero_points: zeros, level: None });
+        }
         let per_cell: Vec<(f32, f32)> = match &self.state {
             State::Range { lo, hi } => lo
                 .iter()

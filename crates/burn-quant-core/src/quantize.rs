@@ -8,7 +8,7 @@ use crate::format::Format;
 use crate::granularity::Layout;
 use crate::host::{self, HostLevel, HostParams};
 use crate::rounding::RoundingFn;
-use crate::scale::{ScaleQuant, ScaleSource};
+use crate::scale::ScaleQuant;
 use crate::spec::QuantSpec;
 
 /// A quantized scale level on the device: the integer codes behind the effective scales.
@@ -234,7 +234,8 @@ pub fn dequantize<const D: usize>(q: &QuantTensor<D>) -> Tensor<D> {
 /// Fake-quantizes `x` with scales computed from `x` itself (dynamic quantization).
 ///
 /// Gradients: straight-through to `x` inside the representable range, zero where clipped.
-/// A spec with `ScaleSource::Learned` needs its scale tensor: use [`fake_quant_with`].
+/// The statistic of the spec's scale source is used whatever the source (for a `Learned`
+/// spec this is the initial value); to train a scale, pass it to [`fake_quant_with`].
 pub fn fake_quant<const D: usize>(x: Tensor<D>, spec: &QuantSpec) -> Result<Tensor<D>> {
     let params = compute_params(&x.clone().detach(), spec)?;
     fake_quant_with(x, spec, &params)
@@ -242,17 +243,19 @@ pub fn fake_quant<const D: usize>(x: Tensor<D>, spec: &QuantSpec) -> Result<Tens
 
 /// Fake-quantizes `x` with given params: forward `(Q(x/s + z) − z) · s`.
 ///
-/// When neither `x` nor the params track gradients, this runs the fused host kernel (one
-/// pass); otherwise the differentiable tensor path with the spec's rounding and the
+/// When neither `x` nor the params are tracked by autodiff, this runs the fused host kernel
+/// (one pass); otherwise the differentiable tensor path with the spec's rounding and the
 /// straight-through estimator, so a scale that requires grad receives the LSQ gradient.
 pub fn fake_quant_with<const D: usize>(
     x: Tensor<D>,
     spec: &QuantSpec,
     params: &QuantParams<D>,
 ) -> Result<Tensor<D>> {
-    let tracked = x.is_require_grad()
-        || params.scales.is_require_grad()
-        || params.zero_points.as_ref().is_some_and(|z| z.is_require_grad());
+    // `is_tracked`, not `is_require_grad`: an activation computed from a leaf that requires
+    // grad is tracked without being a leaf itself, and must get the differentiable path.
+    let tracked = x.is_tracked()
+        || params.scales.is_tracked()
+        || params.zero_points.as_ref().is_some_and(|z| z.is_tracked());
     if tracked {
         fake_quant_custom(x, spec, params, &spec.rounding)
     } else {
@@ -330,6 +333,12 @@ pub fn fake_quant_custom<const D: usize>(
     if shape.iter().product::<usize>() == 0 {
         return Err(QuantError::EmptyTensor { what: "x", shape: shape.to_vec() });
     }
+    // Scales are small: check them on the host. For x, one device-side reduction.
+    host::check_params(&params.to_host(), &layout)?;
+    if !x.clone().is_finite().all().into_scalar::<bool>() {
+        let data = to_host(&x);
+        host::check_input(&data, &shape, "x")?;
+    }
     let sv = layout.scale_view4();
     let s4 = params.scales.clone().reshape(sv);
     // A zero scale (an all-zero NVFP4 block) maps its elements to 0; divide by 1 there.
@@ -376,11 +385,6 @@ pub fn fake_quant_custom<const D: usize>(
         None => q,
     };
     Ok((q * s4).reshape(shape))
-}
-
-/// Whether `spec` needs a scale parameter supplied by the caller (learned scales).
-pub fn needs_learned_scale(spec: &QuantSpec) -> bool {
-    matches!(spec.scale.source, ScaleSource::Learned(_))
 }
 
 #[cfg(test)]
@@ -800,6 +804,35 @@ mod tests {
         // Inside: d/dz of (R(v) − z)·s with STE = 0; clipped (x = −0.5 → v = −2 < 0; x = 2.0 → v = 23 > 15): −s each.
         let g = to_host(&z.grad(&y.sum().backward()).unwrap())[0];
         assert!((g + 0.2).abs() < 1e-6, "{g}");
+    }
+
+    #[test]
+    fn computed_activations_and_wrapped_scales_keep_their_gradients() {
+        let device = Device::flex().autodiff();
+        let leaf = Tensor::<1>::from_floats([0.26, -0.9, 0.04], &device).require_grad();
+        // An activation: computed from a leaf, not a leaf itself.
+        let act = leaf.clone().mul_scalar(2.0);
+        let s = Tensor::<1>::from_floats([0.1], &device).require_grad();
+        let params = QuantParams::<1> { scales: grad_scale(s.clone(), 0.5), zero_points: None, scale_level: None };
+        let spec = QuantSpec::int8_act_per_tensor();
+        let y = fake_quant_with(act, &spec, &params).unwrap();
+        let grads = y.sum().backward();
+        assert_eq!(to_host(&leaf.grad(&grads).unwrap()), vec![2.0, 2.0, 2.0]);
+        // LSQ through grad_scale: 0.5 · Σ (round(v) − v), v = [5.2, −18, 0.8].
+        let g = to_host(&s.grad(&grads).unwrap())[0];
+        assert!((g - 0.5 * ((5.0 - 5.2) + 0.0 + (1.0 - 0.8))).abs() < 1e-5, "{g}");
+    }
+
+    #[test]
+    fn differentiable_path_rejects_non_finite_input_and_bad_scales() {
+        let device = Device::flex().autodiff();
+        let spec = QuantSpec::int8_act_per_tensor();
+        let ok = QuantParams::<1> { scales: Tensor::from_floats([0.1], &device), zero_points: None, scale_level: None };
+        let x = Tensor::<1>::from_floats([0.2, f32::NAN], &device).require_grad();
+        assert!(matches!(fake_quant_with(x, &spec, &ok), Err(QuantError::NonFinite { index: 1, .. })));
+        let bad = QuantParams::<1> { scales: Tensor::from_floats([f32::INFINITY], &device), zero_points: None, scale_level: None };
+        let x = Tensor::<1>::from_floats([0.2, 0.3], &device).require_grad();
+        assert!(matches!(fake_quant_with(x, &spec, &bad), Err(QuantError::InvalidScale { .. })));
     }
 
     #[test]

@@ -20,9 +20,9 @@ impl Default for ScaleSpec {
     }
 }
 
-/// Where a scale comes from.
+/// Where a scale comes from (serialised as `{"stats": {"kind": "abs_max"}}`, `{"const": 0.5}`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "stat", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum ScaleSource {
     /// Static: computed once from calibration data with this statistic, then frozen.
     Stats(ScaleStat),
@@ -60,12 +60,13 @@ pub enum ScaleStat {
         /// Percentile in (0, 100], e.g. 99.99.
         q: f32,
     },
-    /// Grid search over shrunk ranges `r · (1 - k / grid · (1 - min_ratio))`, k = 0..grid,
+    /// Grid search over shrunk ranges `r · (1 - k / grid · (1 - min_ratio))`, k = 0..grid-1,
     /// keeping the one with the least squared quantization error (GPTQ's `mse=True` search).
     Mse {
-        /// Number of candidates.
+        /// Number of candidates (k = 0 is the full range).
         grid: u32,
-        /// Smallest fraction of the full range tried, in (0, 1].
+        /// Shrink limit in (0, 1]: the smallest fraction tried is
+        /// `1 - (grid - 1) / grid · (1 - min_ratio)` (0.208 with the defaults).
         min_ratio: f32,
     },
     /// Half-quadratic solver of HQQ (Badri & Shaji 2023): alternates an lp-norm (p < 1) shrinkage
@@ -163,7 +164,7 @@ pub enum ScaleQuant {
     SubBlock {
         /// Elements per super-block (256 for every GGUF k-quant).
         super_block: usize,
-        /// Bits of each group scale and min code (6 for Q2_K…Q5_K, 8 for Q6_K).
+        /// Bits of each group scale and min code (4 for Q2_K, 6 for Q3_K…Q5_K, 8 for Q6_K).
         bits: u8,
         /// Signed scale codes (Q3_K, Q6_K) instead of unsigned ones.
         signed: bool,

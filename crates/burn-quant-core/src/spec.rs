@@ -236,13 +236,17 @@ impl QuantSpec {
         self.zero_point = zero_point;
         self
     }
-    /// Asymmetric (min-max) quantization with a calibrated integer zero-point; for an unsigned
-    /// grid this is the usual affine uint scheme.
-    pub fn asymmetric(self) -> Self {
+    /// Asymmetric (min-max) quantization with a calibrated integer zero-point on the unsigned
+    /// full-range grid of the same width (`[0, 2^b − 1]`, as GPTQ, AWQ and ONNX uint8 store
+    /// it): a signed grid plus a zero-point would be the same grid shifted.
+    pub fn asymmetric(mut self) -> Self {
         let stat = match self.scale.source.stat() {
             Some(ScaleStat::AbsMax) | None => ScaleStat::MinMax,
             Some(other) => other,
         };
+        if let Format::Int { bits, .. } = self.format {
+            self.format = Format::Int { bits, signed: false, narrow: false };
+        }
         self.with_zero_point(ZeroPoint::Asymmetric { learned: false }).with_stat(stat)
     }
     /// Replaces the rounding rule.
@@ -331,18 +335,41 @@ impl QuantSpec {
         Ok(())
     }
 
-    /// Average storage bits per element, counting scales, zero-points and second levels
-    /// (f32 scales and zero-points unless quantized; `numel` elements).
-    pub fn bits_per_element(&self, shape: &[usize]) -> Result<f64> {
+    /// Checks the spec against a tensor shape (axis in range, group size and k-quant
+    /// super-block dividing the axis) and returns the resolved layout.
+    pub fn check_shape(&self, shape: &[usize]) -> Result<crate::granularity::Layout> {
+        self.validate()?;
         let layout = self.granularity.layout(shape)?;
+        if let ScaleRestriction::Quantized(ScaleQuant::SubBlock { super_block, .. }) = self.scale.restrict {
+            if layout.axis_len % super_block != 0 {
+                return Err(QuantError::GroupSizeMismatch {
+                    axis: self.granularity.axis().unwrap_or(0),
+                    len: layout.axis_len,
+                    size: super_block,
+                    shape: shape.to_vec(),
+                });
+            }
+        }
+        Ok(layout)
+    }
+
+    /// Average storage bits per element, counting scales, zero-points and second levels:
+    /// f32 scales unless restricted or quantized; integer zero-points in the element width
+    /// (as GPTQ packs them), real-valued ones (HQQ) as f32.
+    pub fn bits_per_element(&self, shape: &[usize]) -> Result<f64> {
+        let layout = self.check_shape(shape)?;
         let n = shape.iter().product::<usize>().max(1) as f64;
         let cells = layout.cells() as f64;
         let elem = self.format.bits() as f64 * n;
         let zp = if self.zero_point.is_asymmetric() { 1.0 } else { 0.0 };
+        let zp_bits = match self.scale.source.stat() {
+            Some(ScaleStat::Hqq { .. }) => 32.0,
+            _ => self.format.bits() as f64,
+        };
         let side = match self.scale.restrict {
-            ScaleRestriction::Float => cells * 32.0 * (1.0 + zp),
+            ScaleRestriction::Float => cells * (32.0 + zp * zp_bits),
             // An integer exponent fits in 8 bits.
-            ScaleRestriction::PowerOfTwo { .. } => cells * (8.0 + zp * 32.0),
+            ScaleRestriction::PowerOfTwo { .. } => cells * (8.0 + zp * zp_bits),
             ScaleRestriction::Quantized(ScaleQuant::E8M0) => cells * 8.0,
             ScaleRestriction::Quantized(ScaleQuant::E4M3Global) => cells * 8.0 + 32.0,
             ScaleRestriction::Quantized(ScaleQuant::SubBlock { super_block, bits, .. }) => {
@@ -409,7 +436,10 @@ mod tests {
         assert_eq!(bpe(QuantSpec::mxfp6_e2m3()), 6.25);
         assert_eq!(bpe(QuantSpec::nvfp4()), 4.5 + 32.0 / (4096.0 * 64.0));
         assert_eq!(bpe(QuantSpec::int8_weight_per_channel()), 8.0 + 32.0 / 4096.0);
-        assert_eq!(bpe(QuantSpec::int4_weight_per_group(32).asymmetric()), 4.0 + 64.0 / 32.0);
+        // GPTQ-style: f32 scale + 4-bit zero-point per group of 32.
+        assert_eq!(bpe(QuantSpec::int4_weight_per_group(32).asymmetric()), 4.0 + 36.0 / 32.0);
+        assert_eq!(bpe(QuantSpec::int4_weight_per_group(32).asymmetric().with_stat(ScaleStat::hqq())), 4.0 + 64.0 / 32.0);
+        assert!(QuantSpec::gguf_q4_k().bits_per_element(&[128, 4]).is_err());
     }
 
     #[test]
@@ -423,6 +453,7 @@ mod tests {
         assert_eq!(s.granularity, Granularity::PerGroup { axis: 1, size: 64 });
         assert_eq!(s.scale.source, ScaleSource::Stats(ScaleStat::MinMax));
         assert!(s.zero_point.is_asymmetric());
+        assert_eq!(s.format, Format::uint(4));
         assert_eq!(QuantSpec::int8_weight_per_tensor().with_bits(3).format, Format::Int { bits: 3, signed: true, narrow: true });
     }
 

@@ -10,7 +10,9 @@ use burn_quant_core::*;
 fn device() -> Device {
     match std::env::var("BURNQ_TEST_DEVICE").as_deref() {
         Err(_) | Ok("flex") => Device::flex(),
+        // Deprecated in Burn 0.22 but still a supported device: kept for portability checks.
         #[cfg(feature = "ndarray")]
+        #[allow(deprecated)]
         Ok("ndarray") => Device::ndarray(),
         #[cfg(feature = "wgpu")]
         Ok("wgpu") => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
