@@ -11,8 +11,12 @@ use burn_quant::prelude::*;
 use support::{read_linear_weight, shared_data, sqnr_db};
 
 fn main() {
-    let name = std::env::args().nth(1).unwrap_or_else(|| "encoder.layer.0.output.dense.weight".into());
-    let Some(path) = shared_data("all-minilm-l6-v2/model.safetensors") else { return };
+    let name = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "encoder.layer.0.output.dense.weight".into());
+    let Some(path) = shared_data("all-minilm-l6-v2/model.safetensors") else {
+        return;
+    };
     let bytes = std::fs::read(&path).expect("readable model file");
     let (w, shape) = match read_linear_weight(&bytes, &name) {
         Ok(v) => v,
@@ -28,7 +32,9 @@ fn main() {
         QuantSpec::int4_weight_per_group(128),
         QuantSpec::int4_weight_per_group(32),
         QuantSpec::int4_weight_per_group(32).asymmetric(),
-        QuantSpec::int4_weight_per_group(32).asymmetric().with_stat(ScaleStat::hqq()),
+        QuantSpec::int4_weight_per_group(32)
+            .asymmetric()
+            .with_stat(ScaleStat::hqq()),
         QuantSpec::int4_weight_per_group(32).with_stat(ScaleStat::mse()),
         QuantSpec::gguf_q4_k(),
         QuantSpec::gguf_q6_k(),
@@ -43,7 +49,10 @@ fn main() {
         QuantSpec::ternary_weight(),
         QuantSpec::binary_weight(),
     ];
-    println!("{:<62} {:>6} {:>8} {:>9} {:>8}", "spec", "bits", "SQNR dB", "max err", "ms");
+    println!(
+        "{:<62} {:>6} {:>8} {:>9} {:>8}",
+        "spec", "bits", "SQNR dB", "max err", "ms"
+    );
     for spec in presets {
         let start = Instant::now();
         let q = match quantize(x.clone(), &spec) {
@@ -54,9 +63,24 @@ fn main() {
             }
         };
         let ms = start.elapsed().as_secs_f64() * 1e3;
-        let y = q.dequantize().into_data().try_into_vec_as::<f32>().expect("f32");
-        let max_err = w.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let y = q
+            .dequantize()
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .expect("f32");
+        let max_err = w
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         let bits = spec.bits_per_element(&shape).expect("valid shape");
-        println!("{:<62} {:>6.3} {:>8.2} {:>9.5} {:>8.1}", spec.to_string(), bits, sqnr_db(&w, &y), max_err, ms);
+        println!(
+            "{:<62} {:>6.3} {:>8.2} {:>9.5} {:>8.1}",
+            spec.to_string(),
+            bits,
+            sqnr_db(&w, &y),
+            max_err,
+            ms
+        );
     }
 }

@@ -32,7 +32,13 @@ impl RoundingFn for Rdfs {
     }
     fn surrogate_grad(&self, x: Tensor<1>) -> Tensor<1> {
         let phase = (x.clone() + x.round()).mul_scalar(PI);
-        phase.cos().mul_scalar(self.amplitude).add_scalar(1.0).recip().mul_scalar(2.0).sub_scalar(1.0)
+        phase
+            .cos()
+            .mul_scalar(self.amplitude)
+            .add_scalar(1.0)
+            .recip()
+            .mul_scalar(2.0)
+            .sub_scalar(1.0)
     }
 }
 
@@ -46,8 +52,13 @@ pub fn forward_and_grad(xs: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let device = Device::flex().autodiff();
     let x = Tensor::<1>::from_floats(xs, &device).require_grad();
     let spec = QuantSpec::int8_weight_per_tensor().with_bits(4);
-    let params = QuantParams::<1> { scales: Tensor::from_floats([1.0], &device), zero_points: None, scale_level: None };
-    let y = fake_quant_custom(x.clone(), &spec, &params, &Rdfs::default()).expect("valid spec and input");
+    let params = QuantParams::<1> {
+        scales: Tensor::from_floats([1.0], &device),
+        zero_points: None,
+        scale_level: None,
+    };
+    let y = fake_quant_custom(x.clone(), &spec, &params, &Rdfs::default())
+        .expect("valid spec and input");
     let grads = y.clone().sum().backward();
     let vec = |t: Tensor<1>| t.into_data().try_into_vec_as::<f32>().expect("f32 data");
     (vec(y), vec(x.grad(&grads).expect("x requires grad")))
@@ -57,17 +68,24 @@ pub fn forward_and_grad(xs: &[f32]) -> (Vec<f32>, Vec<f32>) {
 /// returns the final loss. Shows the rule driving an optimisation, not only a gradient.
 pub fn fit(rounding: &dyn RoundingFn, steps: usize) -> f32 {
     let device = Device::flex().autodiff();
-    let a: Vec<f32> = (0..64).map(|i| ((i * 37 % 64) as f32 / 32.0) - 1.0).collect();
+    let a: Vec<f32> = (0..64)
+        .map(|i| ((i * 37 % 64) as f32 / 32.0) - 1.0)
+        .collect();
     let target: Vec<f32> = a.iter().map(|v| 0.73 * v).collect();
     let a = Tensor::<1>::from_floats(a.as_slice(), &device);
     let target = Tensor::<1>::from_floats(target.as_slice(), &device);
     let spec = QuantSpec::int8_weight_per_tensor().with_bits(3);
-    let params = QuantParams::<1> { scales: Tensor::from_floats([0.25], &device), zero_points: None, scale_level: None };
+    let params = QuantParams::<1> {
+        scales: Tensor::from_floats([0.25], &device),
+        zero_points: None,
+        scale_level: None,
+    };
     let mut w = Tensor::<1>::from_floats([0.1], &device);
     let mut loss_value = f32::INFINITY;
     for _ in 0..steps {
         let wt = w.clone().require_grad();
-        let wq = fake_quant_custom(wt.clone(), &spec, &params, rounding).expect("valid spec and input");
+        let wq =
+            fake_quant_custom(wt.clone(), &spec, &params, rounding).expect("valid spec and input");
         let pred = a.clone() * wq.expand([64]);
         let loss = (pred - target.clone()).square().mean();
         loss_value = loss.clone().into_scalar::<f32>();
@@ -81,9 +99,22 @@ pub fn fit(rounding: &dyn RoundingFn, steps: usize) -> f32 {
 fn main() {
     let xs = [-1.3f32, -0.5, -0.2, 0.0, 0.25, 0.49, 0.51, 1.5, 2.7];
     let (y, g) = forward_and_grad(&xs);
-    println!("{:>6} {:>8} {:>10} {:>10}", "x", "round", "rdfs grad", "closed form");
+    println!(
+        "{:>6} {:>8} {:>10} {:>10}",
+        "x", "round", "rdfs grad", "closed form"
+    );
     for i in 0..xs.len() {
-        println!("{:>6.2} {:>8.1} {:>10.4} {:>10.4}", xs[i], y[i], g[i], rdfs_grad(xs[i], 0.93));
+        println!(
+            "{:>6.2} {:>8.1} {:>10.4} {:>10.4}",
+            xs[i],
+            y[i],
+            g[i],
+            rdfs_grad(xs[i], 0.93)
+        );
     }
-    println!("3-bit fit, 60 SGD steps: loss with STE {:.5}, with RDFS {:.5}", fit(&Rounding::NearestEven, 60), fit(&Rdfs::default(), 60));
+    println!(
+        "3-bit fit, 60 SGD steps: loss with STE {:.5}, with RDFS {:.5}",
+        fit(&Rounding::NearestEven, 60),
+        fit(&Rdfs::default(), 60)
+    );
 }

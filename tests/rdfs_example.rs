@@ -15,7 +15,12 @@ fn rdfs_forward_rounds_and_gradient_is_the_fourier_surrogate() {
             continue;
         }
         assert_eq!(y[i], xs[i].round_ties_even(), "forward at {}", xs[i]);
-        assert!((g[i] - rdfs::rdfs_grad(xs[i], 0.93)).abs() < 1e-5, "grad at {}: {}", xs[i], g[i]);
+        assert!(
+            (g[i] - rdfs::rdfs_grad(xs[i], 0.93)).abs() < 1e-5,
+            "grad at {}: {}",
+            xs[i],
+            g[i]
+        );
     }
     // The surrogate is small at integers and peaks at the rounding jumps.
     assert!(g[3] < 0.05 && g[5] > 0.9 && g[6] > 0.9);
@@ -28,8 +33,13 @@ fn rdfs_drives_an_optimisation() {
     assert!(initial.is_infinite());
     // 0.73 lies between the 3-bit grid points 0.75 and 0.5 (scale 0.25): the fit must reach 0.75.
     let best = (0.75f32 - 0.73).powi(2) * {
-        let a: Vec<f32> = (0..64).map(|i| ((i * 37 % 64) as f32 / 32.0) - 1.0).collect();
+        let a: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 64) as f32 / 32.0) - 1.0)
+            .collect();
         a.iter().map(|v| v * v).sum::<f32>() / 64.0
     };
-    assert!((trained - best).abs() < 1e-6, "trained loss {trained}, optimum {best}");
+    assert!(
+        (trained - best).abs() < 1e-6,
+        "trained loss {trained}, optimum {best}"
+    );
 }

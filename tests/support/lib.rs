@@ -45,7 +45,11 @@ pub fn read_linear_weight(bytes: &[u8], name: &str) -> Result<(Vec<f32>, [usize;
     let t = st.tensor(name).map_err(|e| format!("{name}: {e}"))?;
     let shape = t.shape();
     if shape.len() != 2 || t.dtype() != safetensors::Dtype::F32 {
-        return Err(format!("{name}: expected a 2-D F32 tensor, got {:?} {:?}", t.dtype(), shape));
+        return Err(format!(
+            "{name}: expected a 2-D F32 tensor, got {:?} {:?}",
+            t.dtype(),
+            shape
+        ));
     }
     let (out, inp) = (shape[0], shape[1]);
     let raw = t.data();

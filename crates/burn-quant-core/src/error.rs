@@ -66,7 +66,9 @@ pub enum QuantError {
         expected: Vec<usize>,
     },
     /// A scale is zero, negative or not finite.
-    #[error("scale at index {index} is {value}; scales must be finite and >= 0 (0 only for an all-zero block)")]
+    #[error(
+        "scale at index {index} is {value}; scales must be finite and >= 0 (0 only for an all-zero block)"
+    )]
     InvalidScale {
         /// Flat index of the scale.
         index: usize,
@@ -80,7 +82,15 @@ pub type Result<T> = std::result::Result<T, QuantError>;
 
 impl QuantError {
     /// Shorthand for [`QuantError::InvalidConfig`].
-    pub fn config(field: &'static str, value: impl std::fmt::Display, reason: impl Into<String>) -> Self {
-        QuantError::InvalidConfig { field, value: value.to_string(), reason: reason.into() }
+    pub fn config(
+        field: &'static str,
+        value: impl std::fmt::Display,
+        reason: impl Into<String>,
+    ) -> Self {
+        QuantError::InvalidConfig {
+            field,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
     }
 }

@@ -69,31 +69,73 @@ pub struct Minifloat {
 impl Minifloat {
     /// OCP FP8 E4M3 ("e4m3fn"): bias 7, no Inf, one NaN pattern per sign, max 448.
     pub const fn e4m3() -> Self {
-        Self { exponent: 4, mantissa: 3, bias: 7, special: Special::NanOnly, saturating: true }
+        Self {
+            exponent: 4,
+            mantissa: 3,
+            bias: 7,
+            special: Special::NanOnly,
+            saturating: true,
+        }
     }
     /// OCP FP8 E5M2: bias 15, IEEE-style Inf/NaN, max 57344.
     pub const fn e5m2() -> Self {
-        Self { exponent: 5, mantissa: 2, bias: 15, special: Special::Ieee, saturating: true }
+        Self {
+            exponent: 5,
+            mantissa: 2,
+            bias: 15,
+            special: Special::Ieee,
+            saturating: true,
+        }
     }
     /// OCP MX FP6 E3M2: bias 3, no Inf/NaN, max 28.
     pub const fn e3m2() -> Self {
-        Self { exponent: 3, mantissa: 2, bias: 3, special: Special::None, saturating: true }
+        Self {
+            exponent: 3,
+            mantissa: 2,
+            bias: 3,
+            special: Special::None,
+            saturating: true,
+        }
     }
     /// OCP MX FP6 E2M3: bias 1, no Inf/NaN, max 7.5.
     pub const fn e2m3() -> Self {
-        Self { exponent: 2, mantissa: 3, bias: 1, special: Special::None, saturating: true }
+        Self {
+            exponent: 2,
+            mantissa: 3,
+            bias: 1,
+            special: Special::None,
+            saturating: true,
+        }
     }
     /// OCP MX FP4 E2M1: bias 1, no Inf/NaN, max 6.
     pub const fn e2m1() -> Self {
-        Self { exponent: 2, mantissa: 1, bias: 1, special: Special::None, saturating: true }
+        Self {
+            exponent: 2,
+            mantissa: 1,
+            bias: 1,
+            special: Special::None,
+            saturating: true,
+        }
     }
     /// E4M3 FNUZ (bias 8, no Inf, no negative zero, max 240).
     pub const fn e4m3fnuz() -> Self {
-        Self { exponent: 4, mantissa: 3, bias: 8, special: Special::Fnuz, saturating: true }
+        Self {
+            exponent: 4,
+            mantissa: 3,
+            bias: 8,
+            special: Special::Fnuz,
+            saturating: true,
+        }
     }
     /// E5M2 FNUZ (bias 16, no Inf, no negative zero, max 57344).
     pub const fn e5m2fnuz() -> Self {
-        Self { exponent: 5, mantissa: 2, bias: 16, special: Special::Fnuz, saturating: true }
+        Self {
+            exponent: 5,
+            mantissa: 2,
+            bias: 16,
+            special: Special::Fnuz,
+            saturating: true,
+        }
     }
     /// IEEE-like format with the standard bias `2^(e-1) - 1` (e.g. `ieee(5, 10)` is f16).
     pub const fn ieee(exponent: u8, mantissa: u8) -> Self {
@@ -155,18 +197,30 @@ impl Minifloat {
     /// Unbiased exponent of the largest finite value (`emax` in the OCP MX scale rule).
     pub fn emax(&self) -> i32 {
         let (e, _) = self.max_fields();
-        if e == 0 { self.emin() - 1 } else { e - self.bias }
+        if e == 0 {
+            self.emin() - 1
+        } else {
+            e - self.bias
+        }
     }
 
     fn value_of_fields(&self, e: i32, m: u32) -> f32 {
         let frac = m as f32 / (1u32 << self.mantissa) as f32;
-        if e == 0 { pow2(self.emin()) * frac } else { pow2(e - self.bias) * (1.0 + frac) }
+        if e == 0 {
+            pow2(self.emin()) * frac
+        } else {
+            pow2(e - self.bias) * (1.0 + frac)
+        }
     }
 
     /// Checks that the format is representable in f32 and fits in 16 bits.
     pub fn validate(&self) -> Result<()> {
         if !(1..=8).contains(&self.exponent) {
-            return Err(QuantError::config("format.exponent", self.exponent, "must be in 1..=8"));
+            return Err(QuantError::config(
+                "format.exponent",
+                self.exponent,
+                "must be in 1..=8",
+            ));
         }
         if self.bits() > 16 {
             return Err(QuantError::config(
@@ -218,7 +272,11 @@ impl Minifloat {
     /// Distance between neighbouring grid values around `v` (the binade step), for any real `v`.
     pub fn step(&self, v: f32) -> f32 {
         let a = v.abs();
-        let e = if a < self.min_normal() { self.emin() } else { floor_log2(a).max(self.emin()) };
+        let e = if a < self.min_normal() {
+            self.emin()
+        } else {
+            floor_log2(a).max(self.emin())
+        };
         pow2(e - self.mantissa as i32)
     }
 
@@ -226,7 +284,11 @@ impl Minifloat {
     /// stochastic rounding only. Overflow saturates or gives Inf/NaN per `saturating`.
     pub fn quantize(&self, v: f32, rounding: RoundMode, noise: f32) -> f32 {
         let max = self.max_value();
-        let v_in = if self.saturating { v.clamp(-max, max) } else { v };
+        let v_in = if self.saturating {
+            v.clamp(-max, max)
+        } else {
+            v
+        };
         let step = self.step(v_in);
         let q = rounding.apply(v_in / step, noise) * step;
         if q.abs() > max {
@@ -249,14 +311,22 @@ impl Minifloat {
         let sign_bit = 1u32 << (self.exponent + self.mantissa);
         if q.is_nan() {
             return match self.special {
-                Special::Ieee => ((self.exp_all_ones() as u32) << self.mantissa) | self.mant_all_ones(),
-                Special::NanOnly => ((self.exp_all_ones() as u32) << self.mantissa) | self.mant_all_ones(),
+                Special::Ieee => {
+                    ((self.exp_all_ones() as u32) << self.mantissa) | self.mant_all_ones()
+                }
+                Special::NanOnly => {
+                    ((self.exp_all_ones() as u32) << self.mantissa) | self.mant_all_ones()
+                }
                 Special::Fnuz => sign_bit,
                 // Unreachable for well-formed input: a format without NaN never produces one.
                 Special::None => 0,
             };
         }
-        let sign = if q.is_sign_negative() && q != 0.0 { sign_bit } else { 0 };
+        let sign = if q.is_sign_negative() && q != 0.0 {
+            sign_bit
+        } else {
+            0
+        };
         let a = q.abs();
         if a.is_infinite() {
             return sign | ((self.exp_all_ones() as u32) << self.mantissa);
@@ -280,7 +350,9 @@ impl Minifloat {
             Special::Ieee if e == self.exp_all_ones() => {
                 Some(if m == 0 { f32::INFINITY } else { f32::NAN })
             }
-            Special::NanOnly if e == self.exp_all_ones() && m == self.mant_all_ones() => Some(f32::NAN),
+            Special::NanOnly if e == self.exp_all_ones() && m == self.mant_all_ones() => {
+                Some(f32::NAN)
+            }
             Special::Fnuz if code == sign_bit => Some(f32::NAN),
             _ => None,
         };
@@ -410,21 +482,37 @@ pub fn floor_log2(a: f32) -> i32 {
 impl Format {
     /// Signed 8-bit integer, full range.
     pub const fn int8() -> Self {
-        Format::Int { bits: 8, signed: true, narrow: false }
+        Format::Int {
+            bits: 8,
+            signed: true,
+            narrow: false,
+        }
     }
     /// Signed integer of `bits` bits, full range.
     pub const fn int(bits: u8) -> Self {
-        Format::Int { bits, signed: true, narrow: false }
+        Format::Int {
+            bits,
+            signed: true,
+            narrow: false,
+        }
     }
     /// Unsigned integer of `bits` bits.
     pub const fn uint(bits: u8) -> Self {
-        Format::Int { bits, signed: false, narrow: false }
+        Format::Int {
+            bits,
+            signed: false,
+            narrow: false,
+        }
     }
 
     /// Checks the fields; returns an error naming the first bad one.
     pub fn validate(&self) -> Result<()> {
         match self {
-            Format::Int { bits, signed, narrow } => {
+            Format::Int {
+                bits,
+                signed,
+                narrow,
+            } => {
                 if !(1..=16).contains(bits) {
                     return Err(QuantError::config("format.bits", bits, "must be in 1..=16"));
                 }
@@ -460,9 +548,11 @@ impl Format {
     /// Smallest value of the grid (grid units).
     pub fn min_value(&self) -> f32 {
         match self {
-            Format::Int { bits, signed: true, narrow } => {
-                -((1i64 << (bits - 1)) as f32) + if *narrow { 1.0 } else { 0.0 }
-            }
+            Format::Int {
+                bits,
+                signed: true,
+                narrow,
+            } => -((1i64 << (bits - 1)) as f32) + if *narrow { 1.0 } else { 0.0 },
             Format::Int { signed: false, .. } => 0.0,
             Format::Minifloat(m) => -m.max_value(),
             Format::Binary | Format::Ternary => -1.0,
@@ -472,10 +562,14 @@ impl Format {
     /// Largest value of the grid (grid units).
     pub fn max_value(&self) -> f32 {
         match self {
-            Format::Int { bits, signed: true, .. } => ((1i64 << (bits - 1)) - 1) as f32,
-            Format::Int { bits, signed: false, narrow } => {
-                ((1i64 << bits) - 1) as f32 - if *narrow { 1.0 } else { 0.0 }
-            }
+            Format::Int {
+                bits, signed: true, ..
+            } => ((1i64 << (bits - 1)) - 1) as f32,
+            Format::Int {
+                bits,
+                signed: false,
+                narrow,
+            } => ((1i64 << bits) - 1) as f32 - if *narrow { 1.0 } else { 0.0 },
             Format::Minifloat(m) => m.max_value(),
             Format::Binary | Format::Ternary => 1.0,
         }
@@ -582,7 +676,17 @@ mod tests {
         let e_all = (1 << e_bits) - 1;
         let m_all = (1 << m_bits) - 1;
         match special {
-            Special::Ieee if e == e_all => return if m == 0 { if s == 1 { f32::NEG_INFINITY } else { f32::INFINITY } } else { f32::NAN },
+            Special::Ieee if e == e_all => {
+                return if m == 0 {
+                    if s == 1 {
+                        f32::NEG_INFINITY
+                    } else {
+                        f32::INFINITY
+                    }
+                } else {
+                    f32::NAN
+                };
+            }
             Special::NanOnly if e == e_all && m == m_all => return f32::NAN,
             Special::Fnuz if s == 1 && e == 0 && m == 0 => return f32::NAN,
             _ => {}
@@ -608,13 +712,62 @@ mod tests {
     /// ONNX float8 types note.
     fn ocp_rows() -> Vec<OcpRow> {
         vec![
-            OcpRow { fmt: Minifloat::e4m3(), max_normal: 448.0, min_normal: 2f32.powi(-6), min_subnormal: 2f32.powi(-9), nan_codes: &[0x7F, 0xFF], inf_codes: &[] },
-            OcpRow { fmt: Minifloat::e5m2(), max_normal: 57344.0, min_normal: 2f32.powi(-14), min_subnormal: 2f32.powi(-16), nan_codes: &[0x7D, 0x7E, 0x7F, 0xFD, 0xFE, 0xFF], inf_codes: &[0x7C, 0xFC] },
-            OcpRow { fmt: Minifloat::e3m2(), max_normal: 28.0, min_normal: 0.25, min_subnormal: 0.0625, nan_codes: &[], inf_codes: &[] },
-            OcpRow { fmt: Minifloat::e2m3(), max_normal: 7.5, min_normal: 1.0, min_subnormal: 0.125, nan_codes: &[], inf_codes: &[] },
-            OcpRow { fmt: Minifloat::e2m1(), max_normal: 6.0, min_normal: 1.0, min_subnormal: 0.5, nan_codes: &[], inf_codes: &[] },
-            OcpRow { fmt: Minifloat::e4m3fnuz(), max_normal: 240.0, min_normal: 2f32.powi(-7), min_subnormal: 2f32.powi(-10), nan_codes: &[0x80], inf_codes: &[] },
-            OcpRow { fmt: Minifloat::e5m2fnuz(), max_normal: 57344.0, min_normal: 2f32.powi(-15), min_subnormal: 2f32.powi(-17), nan_codes: &[0x80], inf_codes: &[] },
+            OcpRow {
+                fmt: Minifloat::e4m3(),
+                max_normal: 448.0,
+                min_normal: 2f32.powi(-6),
+                min_subnormal: 2f32.powi(-9),
+                nan_codes: &[0x7F, 0xFF],
+                inf_codes: &[],
+            },
+            OcpRow {
+                fmt: Minifloat::e5m2(),
+                max_normal: 57344.0,
+                min_normal: 2f32.powi(-14),
+                min_subnormal: 2f32.powi(-16),
+                nan_codes: &[0x7D, 0x7E, 0x7F, 0xFD, 0xFE, 0xFF],
+                inf_codes: &[0x7C, 0xFC],
+            },
+            OcpRow {
+                fmt: Minifloat::e3m2(),
+                max_normal: 28.0,
+                min_normal: 0.25,
+                min_subnormal: 0.0625,
+                nan_codes: &[],
+                inf_codes: &[],
+            },
+            OcpRow {
+                fmt: Minifloat::e2m3(),
+                max_normal: 7.5,
+                min_normal: 1.0,
+                min_subnormal: 0.125,
+                nan_codes: &[],
+                inf_codes: &[],
+            },
+            OcpRow {
+                fmt: Minifloat::e2m1(),
+                max_normal: 6.0,
+                min_normal: 1.0,
+                min_subnormal: 0.5,
+                nan_codes: &[],
+                inf_codes: &[],
+            },
+            OcpRow {
+                fmt: Minifloat::e4m3fnuz(),
+                max_normal: 240.0,
+                min_normal: 2f32.powi(-7),
+                min_subnormal: 2f32.powi(-10),
+                nan_codes: &[0x80],
+                inf_codes: &[],
+            },
+            OcpRow {
+                fmt: Minifloat::e5m2fnuz(),
+                max_normal: 57344.0,
+                min_normal: 2f32.powi(-15),
+                min_subnormal: 2f32.powi(-17),
+                nan_codes: &[0x80],
+                inf_codes: &[],
+            },
         ]
     }
 
@@ -629,13 +782,28 @@ mod tests {
             let n = 1u32 << f.bits();
             for code in 0..n {
                 let got = f.decode(code);
-                let want = spec_value(f.exponent as u32, f.mantissa as u32, f.bias, f.special, code);
+                let want = spec_value(
+                    f.exponent as u32,
+                    f.mantissa as u32,
+                    f.bias,
+                    f.special,
+                    code,
+                );
                 if row.nan_codes.contains(&code) {
-                    assert!(got.is_nan() && want.is_nan(), "{f:?} code {code:#x} must be NaN");
+                    assert!(
+                        got.is_nan() && want.is_nan(),
+                        "{f:?} code {code:#x} must be NaN"
+                    );
                 } else if row.inf_codes.contains(&code) {
-                    assert!(got.is_infinite() && got == want, "{f:?} code {code:#x} must be Inf");
+                    assert!(
+                        got.is_infinite() && got == want,
+                        "{f:?} code {code:#x} must be Inf"
+                    );
                 } else {
-                    assert!(got.is_finite(), "{f:?} code {code:#x} = {got} must be finite");
+                    assert!(
+                        got.is_finite(),
+                        "{f:?} code {code:#x} = {got} must be finite"
+                    );
                     assert_eq!(got, want, "{f:?} code {code:#x}");
                     // Every finite pattern round-trips through encode (−0 folds to +0 only in FNUZ).
                     let back = f.encode(got);
@@ -649,25 +817,46 @@ mod tests {
                 }
             }
             let finite = (0..n).filter(|&c| f.decode(c).is_finite()).count();
-            assert_eq!(finite as u32, n - row.nan_codes.len() as u32 - row.inf_codes.len() as u32);
+            assert_eq!(
+                finite as u32,
+                n - row.nan_codes.len() as u32 - row.inf_codes.len() as u32
+            );
             let grid = Format::Minifloat(f).grid();
             assert_eq!(*grid.last().unwrap(), row.max_normal);
-            assert_eq!(grid[grid.len() / 2 + 1], row.min_subnormal, "{f:?}: smallest positive value");
+            assert_eq!(
+                grid[grid.len() / 2 + 1],
+                row.min_subnormal,
+                "{f:?}: smallest positive value"
+            );
         }
     }
 
     #[test]
     fn mx_fp4_fp6_value_sets_match_the_spec_tables() {
-        let pos = |f: Minifloat| -> Vec<f32> { Format::Minifloat(f).grid().into_iter().filter(|v| *v >= 0.0).collect() };
-        assert_eq!(pos(Minifloat::e2m1()), vec![0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]);
-        let e2m3: Vec<f32> = (0..8).map(|m| m as f32 * 0.125)
+        let pos = |f: Minifloat| -> Vec<f32> {
+            Format::Minifloat(f)
+                .grid()
+                .into_iter()
+                .filter(|v| *v >= 0.0)
+                .collect()
+        };
+        assert_eq!(
+            pos(Minifloat::e2m1()),
+            vec![0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
+        );
+        let e2m3: Vec<f32> = (0..8)
+            .map(|m| m as f32 * 0.125)
             .chain((0..8).map(|m| 1.0 + m as f32 * 0.125))
             .chain((0..8).map(|m| 2.0 + m as f32 * 0.25))
             .chain((0..8).map(|m| 4.0 + m as f32 * 0.5))
             .collect();
         assert_eq!(pos(Minifloat::e2m3()), e2m3);
-        let e3m2: Vec<f32> = (0..4).map(|m| m as f32 * 0.0625)
-            .chain((1..8).flat_map(|e| (0..4).map(move |m| 2f32.powi(e - 3) * (1.0 + m as f32 * 0.25))))
+        let e3m2: Vec<f32> = (0..4)
+            .map(|m| m as f32 * 0.0625)
+            .chain(
+                (1..8)
+                    .flat_map(|e| (0..4).map(move |m| 2f32.powi(e - 3) * (1.0 + m as f32 * 0.25))),
+            )
             .collect();
         assert_eq!(pos(Minifloat::e3m2()), e3m2);
     }
@@ -675,11 +864,25 @@ mod tests {
     #[test]
     fn mx_emax_matches_ocp_mx_table() {
         // OCP MX v1.0 Table: emax of the element formats.
-        let cases = [(Minifloat::e4m3(), 8), (Minifloat::e5m2(), 15), (Minifloat::e3m2(), 4), (Minifloat::e2m3(), 2), (Minifloat::e2m1(), 2)];
+        let cases = [
+            (Minifloat::e4m3(), 8),
+            (Minifloat::e5m2(), 15),
+            (Minifloat::e3m2(), 4),
+            (Minifloat::e2m3(), 2),
+            (Minifloat::e2m1(), 2),
+        ];
         for (f, emax) in cases {
             assert_eq!(Format::Minifloat(f).emax(), emax, "{f:?}");
         }
-        assert_eq!(Format::Int { bits: 8, signed: true, narrow: true }.emax(), 6);
+        assert_eq!(
+            Format::Int {
+                bits: 8,
+                signed: true,
+                narrow: true
+            }
+            .emax(),
+            6
+        );
     }
 
     /// Brute force: the nearest grid value with ties to the even code (the OCP/IEEE rule).
@@ -694,7 +897,11 @@ mod tests {
             best = match best {
                 None => Some((d, c, g)),
                 Some((bd, bc, bg)) => {
-                    if d < bd || (d == bd && (c & 1) == 0 && (bc & 1) == 1) { Some((d, c, g)) } else { Some((bd, bc, bg)) }
+                    if d < bd || (d == bd && (c & 1) == 0 && (bc & 1) == 1) {
+                        Some((d, c, g))
+                    } else {
+                        Some((bd, bc, bg))
+                    }
                 }
             };
         }
@@ -728,12 +935,24 @@ mod tests {
         assert_eq!(e4m3n.quantize(460.0, RoundMode::NearestEven, 0.0), 448.0);
         assert!(e4m3n.quantize(470.0, RoundMode::NearestEven, 0.0).is_nan());
         let e5m2n = Minifloat::e5m2().with_saturating(false);
-        assert_eq!(e5m2n.quantize(57344.0 + 4000.0, RoundMode::NearestEven, 0.0), 57344.0);
-        assert_eq!(e5m2n.quantize(61440.0, RoundMode::NearestEven, 0.0), f32::INFINITY);
-        assert_eq!(e5m2n.quantize(-1e6, RoundMode::NearestEven, 0.0), f32::NEG_INFINITY);
+        assert_eq!(
+            e5m2n.quantize(57344.0 + 4000.0, RoundMode::NearestEven, 0.0),
+            57344.0
+        );
+        assert_eq!(
+            e5m2n.quantize(61440.0, RoundMode::NearestEven, 0.0),
+            f32::INFINITY
+        );
+        assert_eq!(
+            e5m2n.quantize(-1e6, RoundMode::NearestEven, 0.0),
+            f32::NEG_INFINITY
+        );
         assert_eq!(e5m2n.encode(f32::INFINITY), 0x7C);
         assert_eq!(e4m3n.encode(f32::NAN), 0x7F);
-        assert_eq!(Minifloat::e2m1().quantize(100.0, RoundMode::NearestEven, 0.0), 6.0);
+        assert_eq!(
+            Minifloat::e2m1().quantize(100.0, RoundMode::NearestEven, 0.0),
+            6.0
+        );
     }
 
     #[test]
@@ -748,17 +967,45 @@ mod tests {
             state = state.wrapping_add(1);
             let mag = 2f32.powf(r * 40.0 - 28.0);
             let v = if i % 2 == 0 { mag } else { -mag } * (1.0 + crate::rounding::uniform(7, i));
-            assert_eq!(f16.quantize(v, RoundMode::NearestEven, 0.0), half::f16::from_f32(v).to_f32(), "f16 {v}");
+            assert_eq!(
+                f16.quantize(v, RoundMode::NearestEven, 0.0),
+                half::f16::from_f32(v).to_f32(),
+                "f16 {v}"
+            );
             let b = bf16.quantize(v, RoundMode::NearestEven, 0.0);
             assert_eq!(b, half::bf16::from_f32(v).to_f32(), "bf16 {v}");
-            assert_eq!(bf16.encode(b) as u16, half::bf16::from_f32(v).to_bits(), "bf16 bits {v}");
+            assert_eq!(
+                bf16.encode(b) as u16,
+                half::bf16::from_f32(v).to_bits(),
+                "bf16 bits {v}"
+            );
         }
     }
 
     #[test]
     fn fast_rounding_equals_std_bit_for_bit() {
-        let mut probes: Vec<f32> = vec![0.0, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 0.49999997, -0.49999997, 8388607.5, -8388607.5,
-            8388608.0, 16777217.0, 4194303.5, 1e30, -1e30, f32::MIN_POSITIVE, -f32::MIN_POSITIVE, 1e-45];
+        let mut probes: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            -2.5,
+            0.49999997,
+            -0.49999997,
+            8388607.5,
+            -8388607.5,
+            8388608.0,
+            16777217.0,
+            4194303.5,
+            1e30,
+            -1e30,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            1e-45,
+        ];
         for i in 0..200_000u64 {
             let u = crate::rounding::uniform(99, i);
             let mag = 2f32.powf(u * 60.0 - 30.0);
@@ -766,8 +1013,16 @@ mod tests {
             probes.push((i as f32 - 100_000.0) * 0.25);
         }
         for x in probes {
-            assert_eq!(round_even(x).to_bits(), x.round_ties_even().to_bits(), "rne {x}");
-            assert_eq!(round_half_away(x).to_bits(), x.round().to_bits(), "half away {x}");
+            assert_eq!(
+                round_even(x).to_bits(),
+                x.round_ties_even().to_bits(),
+                "rne {x}"
+            );
+            assert_eq!(
+                round_half_away(x).to_bits(),
+                x.round().to_bits(),
+                "half away {x}"
+            );
             assert_eq!(floor_fast(x).to_bits(), x.floor().to_bits(), "floor {x}");
             assert_eq!(ceil_fast(x).to_bits(), x.ceil().to_bits(), "ceil {x}");
             assert_eq!(trunc_fast(x).to_bits(), x.trunc().to_bits(), "trunc {x}");
@@ -778,31 +1033,104 @@ mod tests {
     fn integer_ranges() {
         let r = |f: Format| (f.min_value(), f.max_value());
         assert_eq!(r(Format::int8()), (-128.0, 127.0));
-        assert_eq!(r(Format::Int { bits: 8, signed: true, narrow: true }), (-127.0, 127.0));
+        assert_eq!(
+            r(Format::Int {
+                bits: 8,
+                signed: true,
+                narrow: true
+            }),
+            (-127.0, 127.0)
+        );
         assert_eq!(r(Format::uint(8)), (0.0, 255.0));
-        assert_eq!(r(Format::Int { bits: 8, signed: false, narrow: true }), (0.0, 254.0));
+        assert_eq!(
+            r(Format::Int {
+                bits: 8,
+                signed: false,
+                narrow: true
+            }),
+            (0.0, 254.0)
+        );
         assert_eq!(r(Format::int(16)), (-32768.0, 32767.0));
         assert_eq!(r(Format::int(1)), (-1.0, 0.0));
         assert_eq!(r(Format::Ternary), (-1.0, 1.0));
         assert_eq!(Format::int(4).grid().len(), 16);
         assert_eq!(Format::Binary.grid(), vec![-1.0, 1.0]);
-        assert_eq!(Format::Binary.quantize(0.0, RoundMode::NearestEven, 0.0), 1.0);
+        assert_eq!(
+            Format::Binary.quantize(0.0, RoundMode::NearestEven, 0.0),
+            1.0
+        );
     }
 
     #[test]
     fn bad_formats_name_the_field() {
-        let err = Format::Int { bits: 0, signed: true, narrow: false }.validate().unwrap_err();
-        assert!(err.to_string().contains("format.bits") && err.to_string().contains('0'), "{err}");
-        let err = Format::Int { bits: 17, signed: true, narrow: false }.validate().unwrap_err();
-        assert!(err.to_string().contains("format.bits") && err.to_string().contains("17"), "{err}");
-        let err = Minifloat { exponent: 8, mantissa: 8, bias: 127, special: Special::Ieee, saturating: true }.validate().unwrap_err();
-        assert!(err.to_string().contains("format.mantissa") && err.to_string().contains("17 bits"), "{err}");
-        let err = Minifloat { exponent: 0, mantissa: 3, bias: 0, special: Special::None, saturating: true }.validate().unwrap_err();
+        let err = Format::Int {
+            bits: 0,
+            signed: true,
+            narrow: false,
+        }
+        .validate()
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("format.bits") && err.to_string().contains('0'),
+            "{err}"
+        );
+        let err = Format::Int {
+            bits: 17,
+            signed: true,
+            narrow: false,
+        }
+        .validate()
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("format.bits") && err.to_string().contains("17"),
+            "{err}"
+        );
+        let err = Minifloat {
+            exponent: 8,
+            mantissa: 8,
+            bias: 127,
+            special: Special::Ieee,
+            saturating: true,
+        }
+        .validate()
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("format.mantissa") && err.to_string().contains("17 bits"),
+            "{err}"
+        );
+        let err = Minifloat {
+            exponent: 0,
+            mantissa: 3,
+            bias: 0,
+            special: Special::None,
+            saturating: true,
+        }
+        .validate()
+        .unwrap_err();
         assert!(err.to_string().contains("format.exponent"), "{err}");
-        let err = Minifloat { exponent: 4, mantissa: 3, bias: -130, special: Special::None, saturating: true }.validate().unwrap_err();
+        let err = Minifloat {
+            exponent: 4,
+            mantissa: 3,
+            bias: -130,
+            special: Special::None,
+            saturating: true,
+        }
+        .validate()
+        .unwrap_err();
         assert!(err.to_string().contains("format.bias"), "{err}");
-        assert!(Format::Int { bits: 1, signed: true, narrow: true }.validate().is_err());
-        let err = Minifloat::e2m1().with_saturating(false).validate().unwrap_err();
+        assert!(
+            Format::Int {
+                bits: 1,
+                signed: true,
+                narrow: true
+            }
+            .validate()
+            .is_err()
+        );
+        let err = Minifloat::e2m1()
+            .with_saturating(false)
+            .validate()
+            .unwrap_err();
         assert!(err.to_string().contains("format.saturating"), "{err}");
     }
 

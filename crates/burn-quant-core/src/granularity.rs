@@ -62,7 +62,11 @@ impl Granularity {
             Granularity::PerChannel { axis } => (Some(axis), 1),
             Granularity::PerGroup { axis, size } => {
                 if size == 0 {
-                    return Err(QuantError::config("granularity.size", 0, "group size must be at least 1"));
+                    return Err(QuantError::config(
+                        "granularity.size",
+                        0,
+                        "group size must be at least 1",
+                    ));
                 }
                 (Some(axis), size)
             }
@@ -83,7 +87,7 @@ impl Granularity {
             return Err(QuantError::AxisOutOfRange { axis, rank });
         }
         let axis_len = shape[axis];
-        if axis_len % group != 0 {
+        if !axis_len.is_multiple_of(group) {
             return Err(QuantError::GroupSizeMismatch {
                 axis,
                 len: axis_len,
@@ -105,7 +109,15 @@ impl Granularity {
                 s
             }
         };
-        Ok(Layout { outer, axis_len, inner, group, granularity: *self, scale_shape, shape: shape.to_vec() })
+        Ok(Layout {
+            outer,
+            axis_len,
+            inner,
+            group,
+            granularity: *self,
+            scale_shape,
+            shape: shape.to_vec(),
+        })
     }
 
     /// The quantization axis, if any.
@@ -183,29 +195,57 @@ mod tests {
     #[test]
     fn layouts_of_each_granularity() {
         let l = Granularity::PerTensor.layout(&[4, 6]).unwrap();
-        assert_eq!((l.cells(), l.scale_shape.clone(), l.view4()), (1, vec![1, 1], [1, 1, 24, 1]));
+        assert_eq!(
+            (l.cells(), l.scale_shape.clone(), l.view4()),
+            (1, vec![1, 1], [1, 1, 24, 1])
+        );
         let l = Granularity::PerChannel { axis: 1 }.layout(&[4, 6]).unwrap();
-        assert_eq!((l.scale_shape.clone(), l.view4(), l.scale_view4()), (vec![1, 6], [4, 6, 1, 1], [1, 6, 1, 1]));
+        assert_eq!(
+            (l.scale_shape.clone(), l.view4(), l.scale_view4()),
+            (vec![1, 6], [4, 6, 1, 1], [1, 6, 1, 1])
+        );
         assert_eq!(l.cell(3, 5, 0), 5);
-        let l = Granularity::PerGroup { axis: 0, size: 2 }.layout(&[4, 6]).unwrap();
-        assert_eq!((l.scale_shape.clone(), l.view4(), l.scale_view4()), (vec![2, 6], [1, 2, 2, 6], [1, 2, 1, 6]));
+        let l = Granularity::PerGroup { axis: 0, size: 2 }
+            .layout(&[4, 6])
+            .unwrap();
+        assert_eq!(
+            (l.scale_shape.clone(), l.view4(), l.scale_view4()),
+            (vec![2, 6], [1, 2, 2, 6], [1, 2, 1, 6])
+        );
         // Element (row 3, col 4) is in group 1 of column 4 → cell 1·6 + 4.
         assert_eq!(l.cell(0, 3, 4), 10);
-        let l = Granularity::PerGroup { axis: 1, size: 3 }.layout(&[2, 6, 5]).unwrap();
+        let l = Granularity::PerGroup { axis: 1, size: 3 }
+            .layout(&[2, 6, 5])
+            .unwrap();
         assert_eq!(l.scale_shape, vec![2, 2, 5]);
         let members = l.members();
         assert_eq!(members.len(), 20);
         // Cell (o=1, group=1, i=4) holds axis positions 3..6 of that row.
-        assert_eq!(members[(2 + 1) * 5 + 4], vec![(6 + 3) * 5 + 4, (6 + 4) * 5 + 4, (6 + 5) * 5 + 4]);
+        assert_eq!(
+            members[(2 + 1) * 5 + 4],
+            vec![(6 + 3) * 5 + 4, (6 + 4) * 5 + 4, (6 + 5) * 5 + 4]
+        );
     }
 
     #[test]
     fn bad_granularities_are_errors() {
         assert_eq!(
             Granularity::PerGroup { axis: 1, size: 4 }.layout(&[3, 6]),
-            Err(QuantError::GroupSizeMismatch { axis: 1, len: 6, size: 4, shape: vec![3, 6] })
+            Err(QuantError::GroupSizeMismatch {
+                axis: 1,
+                len: 6,
+                size: 4,
+                shape: vec![3, 6]
+            })
         );
-        assert_eq!(Granularity::PerChannel { axis: 2 }.layout(&[3, 6]), Err(QuantError::AxisOutOfRange { axis: 2, rank: 2 }));
-        assert!(Granularity::PerGroup { axis: 0, size: 0 }.layout(&[3, 6]).is_err());
+        assert_eq!(
+            Granularity::PerChannel { axis: 2 }.layout(&[3, 6]),
+            Err(QuantError::AxisOutOfRange { axis: 2, rank: 2 })
+        );
+        assert!(
+            Granularity::PerGroup { axis: 0, size: 0 }
+                .layout(&[3, 6])
+                .is_err()
+        );
     }
 }

@@ -7,9 +7,9 @@
 use rayon::prelude::*;
 
 use crate::error::{QuantError, Result};
-use crate::format::{floor_log2, pow2, Format, Minifloat, RoundMode, Special};
+use crate::format::{Format, Minifloat, RoundMode, Special, floor_log2, pow2};
 use crate::granularity::{Granularity, Layout};
-use crate::rounding::{uniform, Rounding};
+use crate::rounding::{Rounding, uniform};
 use crate::scale::{Pow2Mode, ScaleQuant, ScaleRestriction, ScaleSource, ScaleStat};
 use crate::spec::QuantSpec;
 
@@ -46,7 +46,10 @@ pub struct HostLevel {
 /// Rejects empty or non-finite input.
 pub fn check_input(data: &[f32], shape: &[usize], what: &'static str) -> Result<()> {
     if data.is_empty() {
-        return Err(QuantError::EmptyTensor { what, shape: shape.to_vec() });
+        return Err(QuantError::EmptyTensor {
+            what,
+            shape: shape.to_vec(),
+        });
     }
     if let Some((index, &value)) = data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
         return Err(QuantError::NonFinite { what, index, value });
@@ -64,8 +67,11 @@ pub fn check_params(params: &HostParams, layout: &Layout) -> Result<()> {
             expected: layout.scale_shape.clone(),
         });
     }
-    if let Some((index, &value)) =
-        params.scales.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s >= 0.0))
+    if let Some((index, &value)) = params
+        .scales
+        .iter()
+        .enumerate()
+        .find(|(_, s)| !(s.is_finite() && **s >= 0.0))
     {
         return Err(QuantError::InvalidScale { index, value });
     }
@@ -78,7 +84,11 @@ pub fn check_params(params: &HostParams, layout: &Layout) -> Result<()> {
             });
         }
         if let Some((index, &value)) = z.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(QuantError::NonFinite { what: "zero_points", index, value });
+            return Err(QuantError::NonFinite {
+                what: "zero_points",
+                index,
+                value,
+            });
         }
     }
     Ok(())
@@ -170,7 +180,12 @@ impl MiniGrid {
         let kmin = format.emin() - format.mantissa as i32;
         let kmax = format.emax() + 1 - format.mantissa as i32;
         let arith = kmin >= -126 && kmax <= 126;
-        Self { format, max: format.max_value(), arith, steps }
+        Self {
+            format,
+            max: format.max_value(),
+            arith,
+            steps,
+        }
     }
 
     /// (step, 1/step) for `v`.
@@ -179,9 +194,16 @@ impl MiniGrid {
         let field = ((v.to_bits() >> 23) & 0xff) as i32;
         if self.arith {
             let e = field - 127;
-            let e = if e < self.format.emin() { self.format.emin() } else { e };
+            let e = if e < self.format.emin() {
+                self.format.emin()
+            } else {
+                e
+            };
             let k = e - self.format.mantissa as i32;
-            (f32::from_bits(((k + 127) as u32) << 23), f32::from_bits(((127 - k) as u32) << 23))
+            (
+                f32::from_bits(((k + 127) as u32) << 23),
+                f32::from_bits(((127 - k) as u32) << 23),
+            )
         } else {
             let st = self.steps[field as usize];
             (st, 1.0 / st)
@@ -240,12 +262,30 @@ macro_rules! with_grid_and_rounder {
             ($gv:expr) => {{
                 let $g = $gv;
                 match spec.rounding {
-                    Rounding::NearestEven => { let $r = NearestEvenR; $body }
-                    Rounding::HalfUp => { let $r = HalfUpR; $body }
-                    Rounding::Floor => { let $r = FloorR; $body }
-                    Rounding::Ceil => { let $r = CeilR; $body }
-                    Rounding::TowardZero => { let $r = TowardZeroR; $body }
-                    Rounding::Stochastic { seed } => { let $r = StochasticR(seed); $body }
+                    Rounding::NearestEven => {
+                        let $r = NearestEvenR;
+                        $body
+                    }
+                    Rounding::HalfUp => {
+                        let $r = HalfUpR;
+                        $body
+                    }
+                    Rounding::Floor => {
+                        let $r = FloorR;
+                        $body
+                    }
+                    Rounding::Ceil => {
+                        let $r = CeilR;
+                        $body
+                    }
+                    Rounding::TowardZero => {
+                        let $r = TowardZeroR;
+                        $body
+                    }
+                    Rounding::Stochastic { seed } => {
+                        let $r = StochasticR(seed);
+                        $body
+                    }
                 }
             }};
         }
@@ -253,13 +293,20 @@ macro_rules! with_grid_and_rounder {
             Format::Minifloat(m) => {
                 let mg = MiniGrid::new(m);
                 if m.saturating && mg.arith {
-                    with_rounder!(SatMiniGrid { max: mg.max, emin: m.emin(), mantissa: m.mantissa as i32 })
+                    with_rounder!(SatMiniGrid {
+                        max: mg.max,
+                        emin: m.emin(),
+                        mantissa: m.mantissa as i32
+                    })
                 } else {
                     with_rounder!(&mg)
                 }
             }
             Format::Binary => with_rounder!(BinaryGrid),
-            other => with_rounder!(IntGrid { qmin: other.min_value(), qmax: other.max_value() }),
+            other => with_rounder!(IntGrid {
+                qmin: other.min_value(),
+                qmax: other.max_value()
+            }),
         }
     }};
 }
@@ -304,12 +351,16 @@ fn par_units<T: Send, F>(layout: &Layout, data: &mut [T], f: F)
 where
     F: Fn(usize, &mut [T], Cells) + Sync,
 {
-    let (inner, axis_len, group) = (layout.inner.max(1), layout.axis_len.max(1), layout.group.max(1));
+    let (inner, axis_len, group) = (
+        layout.inner.max(1),
+        layout.axis_len.max(1),
+        layout.group.max(1),
+    );
     let (unit_len, cells): (usize, Box<dyn Fn(usize) -> Cells + Sync>) = match layout.granularity {
         Granularity::PerTensor => (data.len().clamp(1, 1 << 15), Box::new(|_| Cells::One(0))),
         Granularity::PerChannel { .. } if inner == 1 => (axis_len, Box::new(|_| Cells::Run(0))),
         Granularity::PerChannel { .. } => (inner, Box::new(move |u| Cells::One(u % axis_len))),
-        Granularity::PerGroup { .. } if inner == 1 => (group, Box::new(|u| Cells::One(u))),
+        Granularity::PerGroup { .. } if inner == 1 => (group, Box::new(Cells::One)),
         Granularity::PerGroup { .. } => {
             let groups = layout.groups();
             (
@@ -322,23 +373,34 @@ where
         }
     };
     let units_per_task = ((1usize << 15) / unit_len).max(1);
-    data.par_chunks_mut(units_per_task * unit_len).enumerate().for_each(|(task, chunk)| {
-        for (k, unit) in chunk.chunks_mut(unit_len).enumerate() {
-            let u = task * units_per_task + k;
-            f(u * unit_len, unit, cells(u));
-        }
-    });
+    data.par_chunks_mut(units_per_task * unit_len)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            for (k, unit) in chunk.chunks_mut(unit_len).enumerate() {
+                let u = task * units_per_task + k;
+                f(u * unit_len, unit, cells(u));
+            }
+        });
 }
 
 /// Integer codes of `data` under `params` (minifloat codes are bit patterns).
-pub fn quantize_codes(data: &[f32], layout: &Layout, spec: &QuantSpec, params: &HostParams) -> Vec<i32> {
+pub fn quantize_codes(
+    data: &[f32],
+    layout: &Layout,
+    spec: &QuantSpec,
+    params: &HostParams,
+) -> Vec<i32> {
     let mut codes = vec![0i32; data.len()];
     let zeros = params.zero_points.as_deref();
     let format = spec.format;
-    with_grid_and_rounder!(spec, |g, r| par_for_each(layout, &mut codes, |idx, cell, c| {
-        let z = zeros.map_or(0.0, |z| z[cell]);
-        *c = format.encode(grid_of(g, r, data[idx], params.scales[cell], z, idx));
-    }));
+    with_grid_and_rounder!(spec, |g, r| par_for_each(
+        layout,
+        &mut codes,
+        |idx, cell, c| {
+            let z = zeros.map_or(0.0, |z| z[cell]);
+            *c = format.encode(grid_of(g, r, data[idx], params.scales[cell], z, idx));
+        }
+    ));
     codes
 }
 
@@ -368,31 +430,55 @@ impl ScaleDiv for MulInverse {
 }
 
 /// Fake-quantizes `data` in place: one fused, vectorised pass (divide, round, clamp, rescale).
-pub fn fake_quant_in_place(data: &mut [f32], layout: &Layout, spec: &QuantSpec, params: &HostParams) {
+pub fn fake_quant_in_place(
+    data: &mut [f32],
+    layout: &Layout,
+    spec: &QuantSpec,
+    params: &HostParams,
+) {
     let scales = &params.scales;
     let zeros = params.zero_points.as_deref();
     let pow2_scales = scales.iter().all(|&s| s == 0.0 || pow2(floor_log2(s)) == s);
-    let inverses: Vec<f32> =
-        if pow2_scales { scales.iter().map(|&s| if s == 0.0 { 0.0 } else { 1.0 / s }).collect() } else { vec![] };
+    let inverses: Vec<f32> = if pow2_scales {
+        scales
+            .iter()
+            .map(|&s| if s == 0.0 { 0.0 } else { 1.0 / s })
+            .collect()
+    } else {
+        vec![]
+    };
     #[cfg(target_arch = "x86_64")]
     let avx2 = std::arch::is_x86_feature_detected!("avx2");
-    with_grid_and_rounder!(spec, |g, r| par_units(layout, data, |start, unit, cells| {
-        let k = Kernel { g, r, scales, zeros };
-        #[cfg(target_arch = "x86_64")]
-        if avx2 {
-            // SAFETY: the CPU supports AVX2 (checked above); the AVX2 versions only differ in
-            // the instructions the compiler may use (no FMA contraction happens implicitly).
-            unsafe {
-                if pow2_scales {
-                    k.unit_avx2(MulInverse, &inverses, start, unit, cells)
-                } else {
-                    k.unit_avx2(TrueDiv, scales, start, unit, cells)
+    with_grid_and_rounder!(spec, |g, r| par_units(
+        layout,
+        data,
+        |start, unit, cells| {
+            let k = Kernel {
+                g,
+                r,
+                scales,
+                zeros,
+            };
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: the CPU supports AVX2 (checked above); the AVX2 versions only differ in
+                // the instructions the compiler may use (no FMA contraction happens implicitly).
+                unsafe {
+                    if pow2_scales {
+                        k.unit_avx2(MulInverse, &inverses, start, unit, cells)
+                    } else {
+                        k.unit_avx2(TrueDiv, scales, start, unit, cells)
+                    }
                 }
+                return;
             }
-            return;
+            if pow2_scales {
+                k.unit(MulInverse, &inverses, start, unit, cells)
+            } else {
+                k.unit(TrueDiv, scales, start, unit, cells)
+            }
         }
-        if pow2_scales { k.unit(MulInverse, &inverses, start, unit, cells) } else { k.unit(TrueDiv, scales, start, unit, cells) }
-    }));
+    ));
 }
 
 /// The fused fake-quant of one unit of contiguous elements.
@@ -407,13 +493,25 @@ struct Kernel<'a, G, R> {
 impl<G: Grid, R: Rounder> Kernel<'_, G, R> {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn unit_avx2<S: ScaleDiv>(self, div: S, inv: &[f32], start: usize, unit: &mut [f32], cells: Cells) {
+    unsafe fn unit_avx2<S: ScaleDiv>(
+        self,
+        div: S,
+        inv: &[f32],
+        start: usize,
+        unit: &mut [f32],
+        cells: Cells,
+    ) {
         self.unit(div, inv, start, unit, cells)
     }
 
     #[inline(always)]
     fn unit<S: ScaleDiv>(self, div: S, inv: &[f32], start: usize, unit: &mut [f32], cells: Cells) {
-        let Kernel { g, r, scales, zeros } = self;
+        let Kernel {
+            g,
+            r,
+            scales,
+            zeros,
+        } = self;
         // `inv` is empty for `TrueDiv`, which ignores it.
         let inv_at = |c: usize| inv.get(c).copied().unwrap_or(0.0);
         match (cells, zeros) {
@@ -442,7 +540,8 @@ impl<G: Grid, R: Rounder> Kernel<'_, G, R> {
                 let ss = &scales[c0..c0 + n];
                 let is = if inv.is_empty() { ss } else { &inv[c0..c0 + n] };
                 let zs = &z[c0..c0 + n];
-                for (i, (((x, &s), &is), &z)) in unit.iter_mut().zip(ss).zip(is).zip(zs).enumerate() {
+                for (i, (((x, &s), &is), &z)) in unit.iter_mut().zip(ss).zip(is).zip(zs).enumerate()
+                {
                     *x = (g.grid(div.grid_units(*x, s, is, z), r, start + i) - z) * s;
                 }
             }
@@ -451,7 +550,12 @@ impl<G: Grid, R: Rounder> Kernel<'_, G, R> {
 }
 
 /// Dequantizes codes: `(decode(code) − z) · s`.
-pub fn dequantize_codes(codes: &[i32], layout: &Layout, format: &Format, params: &HostParams) -> Vec<f32> {
+pub fn dequantize_codes(
+    codes: &[i32],
+    layout: &Layout,
+    format: &Format,
+    params: &HostParams,
+) -> Vec<f32> {
     let mut out = vec![0f32; codes.len()];
     let zeros = params.zero_points.as_deref();
     par_for_each(layout, &mut out, |idx, cell, x| {
@@ -499,7 +603,11 @@ pub fn range_params(lo: f32, hi: f32, spec: &QuantSpec) -> (f32, f32) {
         let (lo, hi) = (lo.min(0.0), hi.max(0.0));
         ((hi - lo) / (qmax - qmin), lo)
     } else {
-        let amax = if qmin < 0.0 { lo.abs().max(hi.abs()) } else { hi.max(0.0) };
+        let amax = if qmin < 0.0 {
+            lo.abs().max(hi.abs())
+        } else {
+            hi.max(0.0)
+        };
         (amax / qmax, 0.0)
     };
     let s = match spec.scale.restrict {
@@ -509,7 +617,11 @@ pub fn range_params(lo: f32, hi: f32, spec: &QuantSpec) -> (f32, f32) {
         ScaleRestriction::Quantized(_) => return (0.0, 0.0),
         _ => 1.0,
     };
-    let z = if spec.zero_point.is_asymmetric() { (qmin - lo / s).round_ties_even().clamp(qmin, qmax) } else { 0.0 };
+    let z = if spec.zero_point.is_asymmetric() {
+        (qmin - lo / s).round_ties_even().clamp(qmin, qmax)
+    } else {
+        0.0
+    };
     (s, z)
 }
 
@@ -551,7 +663,10 @@ fn abs_max(v: &[f32]) -> f32 {
 }
 
 fn min_max(v: &[f32]) -> (f32, f32) {
-    v.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+    v.iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
 }
 
 /// Nearest-rank percentile `q` in (0, 100] of `v` (reorders `v`).
@@ -590,7 +705,11 @@ pub fn cell_params(v: &[f32], spec: &QuantSpec, stat: ScaleStat) -> (f32, f32) {
             let m = (v.iter().map(|x| x.abs() as f64).sum::<f64>() / v.len() as f64) as f32;
             // The mean becomes the grid's unit step (mean|w| · {−1, 0, 1} for ternary).
             // (An all-zero cell goes through range_params' zero handling.)
-            if m > 0.0 { (restrict_scale(m, spec), 0.0) } else { range_params(0.0, 0.0, spec) }
+            if m > 0.0 {
+                (restrict_scale(m, spec), 0.0)
+            } else {
+                range_params(0.0, 0.0, spec)
+            }
         }
         ScaleStat::Percentile { q } => {
             if sym {
@@ -624,7 +743,12 @@ pub fn cell_params(v: &[f32], spec: &QuantSpec, stat: ScaleStat) -> (f32, f32) {
             }
             best
         }
-        ScaleStat::Hqq { iters, p, beta, kappa } => hqq(v, spec, iters, p, beta, kappa),
+        ScaleStat::Hqq {
+            iters,
+            p,
+            beta,
+            kappa,
+        } => hqq(v, spec, iters, p, beta, kappa),
     }
 }
 
@@ -647,12 +771,14 @@ fn hqq(v: &[f32], spec: &QuantSpec, iters: u32, p: f32, beta0: f32, kappa: f32) 
         let a = lo.abs().max(hi.abs());
         range_params(-a, a, spec)
     };
-    if !(s > 0.0) {
+    if s <= 0.0 || s.is_nan() {
         return (s, z);
     }
     let err_of = |s: f32, z: f32| -> f64 {
         v.iter()
-            .map(|&x| (x - (fmt.quantize(x / s + z, RoundMode::NearestEven, 0.0) - z) * s).abs() as f64)
+            .map(|&x| {
+                (x - (fmt.quantize(x / s + z, RoundMode::NearestEven, 0.0) - z) * s).abs() as f64
+            })
             .sum::<f64>()
             / v.len() as f64
     };
@@ -670,7 +796,11 @@ fn hqq(v: &[f32], spec: &QuantSpec, iters: u32, p: f32, beta0: f32, kappa: f32) 
             *ti = x - shrink;
         }
         if asym {
-            let m: f64 = q.iter().zip(&target).map(|(&qi, &t)| (qi - t / s) as f64).sum::<f64>();
+            let m: f64 = q
+                .iter()
+                .zip(&target)
+                .map(|(&qi, &t)| (qi - t / s) as f64)
+                .sum::<f64>();
             z = (m / v.len() as f64) as f32;
         } else {
             let num: f64 = q.iter().zip(&target).map(|(&qi, &t)| (qi * t) as f64).sum();
@@ -697,18 +827,22 @@ fn hqq(v: &[f32], spec: &QuantSpec, iters: u32, p: f32, beta0: f32, kappa: f32) 
 
 /// Computes the scales (and zero-points, and quantized scale level) of `data` under `spec`.
 pub fn compute_params(data: &[f32], shape: &[usize], spec: &QuantSpec) -> Result<HostParams> {
-    spec.validate()?;
+    let layout = spec.check_shape(shape)?;
     check_input(data, shape, "x")?;
-    let layout = spec.granularity.layout(shape)?;
     let stat = match spec.scale.source {
         ScaleSource::Const(c) => {
             return Ok(HostParams {
                 scales: vec![c; layout.cells()],
-                zero_points: spec.zero_point.is_asymmetric().then(|| vec![0.0; layout.cells()]),
+                zero_points: spec
+                    .zero_point
+                    .is_asymmetric()
+                    .then(|| vec![0.0; layout.cells()]),
                 level: None,
             });
         }
-        other => other.stat().expect("every non-constant source has a statistic"),
+        other => other
+            .stat()
+            .expect("every non-constant source has a statistic"),
     };
     let per_cell: Vec<(f32, f32)> = match stat {
         // Streaming statistics: one parallel pass, no gather.
@@ -731,7 +865,10 @@ pub fn compute_params(data: &[f32], shape: &[usize], spec: &QuantSpec) -> Result
         }
         _ => {
             let values = cell_values(data, &layout);
-            values.par_iter().map(|v| cell_params(v, spec, stat)).collect()
+            values
+                .par_iter()
+                .map(|v| cell_params(v, spec, stat))
+                .collect()
         }
     };
     finish_params(per_cell, spec, &layout)
@@ -751,7 +888,12 @@ pub struct Moments {
 }
 
 impl Moments {
-    const EMPTY: Moments = Moments { lo: f32::INFINITY, hi: f32::NEG_INFINITY, abs_sum: 0.0, count: 0 };
+    const EMPTY: Moments = Moments {
+        lo: f32::INFINITY,
+        hi: f32::NEG_INFINITY,
+        abs_sum: 0.0,
+        count: 0,
+    };
 
     #[inline(always)]
     fn push_slice(&mut self, v: &[f32]) {
@@ -802,7 +944,8 @@ pub fn cell_moments(data: &[f32], layout: &Layout) -> Vec<Moments> {
                     || vec![Moments::EMPTY; axis_len],
                     |mut acc, (task, chunk)| {
                         for (k, row) in chunk.chunks(inner).enumerate() {
-                            acc[(task * rows_per_task + k) % axis_len].push_slice_elementwise(row, inner);
+                            acc[(task * rows_per_task + k) % axis_len]
+                                .push_slice_elementwise(row, inner);
                         }
                         acc
                     },
@@ -816,20 +959,22 @@ pub fn cell_moments(data: &[f32], layout: &Layout) -> Vec<Moments> {
             // A block of `group` rows of one outer index owns `inner` consecutive cells.
             let group = layout.group;
             let mut acc = vec![Moments::EMPTY; layout.cells()];
-            acc.par_chunks_mut(inner).zip(data.par_chunks(group * inner)).for_each(|(cells, block)| {
-                if inner == 1 {
-                    cells[0].push_slice(block);
-                } else {
-                    for row in block.chunks(inner) {
-                        for (m, &x) in cells.iter_mut().zip(row) {
-                            m.lo = m.lo.min(x);
-                            m.hi = m.hi.max(x);
-                            m.abs_sum += x.abs() as f64;
-                            m.count += 1;
+            acc.par_chunks_mut(inner)
+                .zip(data.par_chunks(group * inner))
+                .for_each(|(cells, block)| {
+                    if inner == 1 {
+                        cells[0].push_slice(block);
+                    } else {
+                        for row in block.chunks(inner) {
+                            for (m, &x) in cells.iter_mut().zip(row) {
+                                m.lo = m.lo.min(x);
+                                m.hi = m.hi.max(x);
+                                m.abs_sum += x.abs() as f64;
+                                m.count += 1;
+                            }
                         }
                     }
-                }
-            });
+                });
             acc
         }
     }
@@ -845,17 +990,31 @@ impl Moments {
 
 /// Turns per-cell (scale, zero-point) pairs into [`HostParams`], applying the spec's quantized
 /// scale level if it has one.
-pub fn finish_params(per_cell: Vec<(f32, f32)>, spec: &QuantSpec, layout: &Layout) -> Result<HostParams> {
+pub fn finish_params(
+    per_cell: Vec<(f32, f32)>,
+    spec: &QuantSpec,
+    layout: &Layout,
+) -> Result<HostParams> {
     let mut scales: Vec<f32> = per_cell.iter().map(|p| p.0).collect();
-    let mut zeros: Option<Vec<f32>> =
-        spec.zero_point.is_asymmetric().then(|| per_cell.iter().map(|p| p.1).collect());
+    let mut zeros: Option<Vec<f32>> = spec
+        .zero_point
+        .is_asymmetric()
+        .then(|| per_cell.iter().map(|p| p.1).collect());
     let level = match spec.scale.restrict {
-        ScaleRestriction::Quantized(q) => {
-            Some(quantize_scale_level(q, spec, layout, &mut scales, zeros.as_mut())?)
-        }
+        ScaleRestriction::Quantized(q) => Some(quantize_scale_level(
+            q,
+            spec,
+            layout,
+            &mut scales,
+            zeros.as_mut(),
+        )?),
         _ => None,
     };
-    Ok(HostParams { scales, zero_points: zeros, level })
+    Ok(HostParams {
+        scales,
+        zero_points: zeros,
+        level,
+    })
 }
 
 /// Replaces per-cell float scales (and zero-points) by their quantized second-level values.
@@ -874,7 +1033,11 @@ fn quantize_scale_level(
             for s in scales.iter_mut() {
                 // The per-cell float scale is amax / max_elem; recover amax.
                 let amax = *s * fmax;
-                let e = if amax > 0.0 { (floor_log2(amax) - emax).clamp(-127, 127) } else { -127 };
+                let e = if amax > 0.0 {
+                    (floor_log2(amax) - emax).clamp(-127, 127)
+                } else {
+                    -127
+                };
                 *s = pow2(e);
                 codes.push(e + 127);
             }
@@ -890,7 +1053,11 @@ fn quantize_scale_level(
         ScaleQuant::E4M3Global => {
             let e4m3 = Minifloat::e4m3();
             let amax_t = scales.iter().fold(0f32, |m, s| m.max(*s * fmax));
-            let global = if amax_t > 0.0 { amax_t / (e4m3.max_value() * fmax) } else { 1.0 };
+            let global = if amax_t > 0.0 {
+                amax_t / (e4m3.max_value() * fmax)
+            } else {
+                1.0
+            };
             let mut codes = Vec::with_capacity(scales.len());
             for s in scales.iter_mut() {
                 let block = *s / global;
@@ -907,18 +1074,18 @@ fn quantize_scale_level(
                 super_shape: vec![1; layout.scale_shape.len()],
             })
         }
-        ScaleQuant::SubBlock { super_block, bits, signed } => {
+        ScaleQuant::SubBlock {
+            super_block,
+            bits,
+            signed,
+        } => {
             let Granularity::PerGroup { axis, size } = layout.granularity else {
                 unreachable!("validated: quantized scales need per-group granularity")
             };
-            if layout.axis_len % super_block != 0 {
-                return Err(QuantError::GroupSizeMismatch {
-                    axis,
-                    len: layout.axis_len,
-                    size: super_block,
-                    shape: layout.shape.clone(),
-                });
-            }
+            debug_assert!(
+                layout.axis_len.is_multiple_of(super_block),
+                "checked by QuantSpec::check_shape"
+            );
             let per_super = super_block / size;
             let supers_on_axis = layout.axis_len / super_block;
             let (cmin, cmax) = if signed {
@@ -932,8 +1099,9 @@ fn quantize_scale_level(
             let mut super_scales = vec![0f32; n_super];
             let mut zeros = zeros;
             // Minimum magnitudes m = z·s (x̂ = s·q − m) for asymmetric specs.
-            let mins: Option<Vec<f32>> =
-                zeros.as_ref().map(|z| z.iter().zip(scales.iter()).map(|(z, s)| z * s).collect());
+            let mins: Option<Vec<f32>> = zeros
+                .as_ref()
+                .map(|z| z.iter().zip(scales.iter()).map(|(z, s)| z * s).collect());
             let mut min_codes = mins.as_ref().map(|_| vec![0i32; scales.len()]);
             let mut super_mins = mins.as_ref().map(|_| vec![0f32; n_super]);
             for o in 0..layout.outer {
@@ -953,7 +1121,11 @@ fn quantize_scale_level(
                                 0
                             };
                             // A non-zero scale never collapses to zero: that would lose the min.
-                            let code = if code == 0 && scales[c] > 0.0 && d > 0.0 { 1 } else { code };
+                            let code = if code == 0 && scales[c] > 0.0 && d > 0.0 {
+                                1
+                            } else {
+                                code
+                            };
                             scale_codes[c] = code;
                         }
                         if let (Some(mins), Some(mc), Some(sm)) =
@@ -973,9 +1145,11 @@ fn quantize_scale_level(
                         for &c in &cells {
                             let s = d * scale_codes[c] as f32;
                             scales[c] = if s != 0.0 { s } else { 1.0 };
-                            if let (Some(z), Some(mc), Some(sm)) =
-                                (zeros.as_deref_mut(), min_codes.as_ref(), super_mins.as_ref())
-                            {
+                            if let (Some(z), Some(mc), Some(sm)) = (
+                                zeros.as_deref_mut(),
+                                min_codes.as_ref(),
+                                super_mins.as_ref(),
+                            ) {
                                 z[c] = sm[super_idx] * mc[c] as f32 / scales[c];
                             }
                         }
@@ -984,7 +1158,14 @@ fn quantize_scale_level(
             }
             let mut super_shape = layout.scale_shape.clone();
             super_shape[axis] = supers_on_axis;
-            Ok(HostLevel { kind, scale_codes, min_codes, super_scales, super_mins, super_shape })
+            Ok(HostLevel {
+                kind,
+                scale_codes,
+                min_codes,
+                super_scales,
+                super_mins,
+                super_shape,
+            })
         }
     }
 }

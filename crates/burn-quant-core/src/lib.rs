@@ -38,9 +38,12 @@ pub use format::{Format, Minifloat, RoundMode, Special};
 pub use granularity::{Granularity, Layout};
 pub use observer::Observer;
 pub use quantize::{
-    compute_params, dequantize, fake_quant, fake_quant_custom, fake_quant_fused, fake_quant_with, grad_scale,
-    quantize, quantize_with, round_ste, with_surrogate_grad, QuantParams, QuantTensor, ScaleLevel,
+    QuantParams, QuantTensor, ScaleLevel, compute_params, dequantize, fake_quant,
+    fake_quant_custom, fake_quant_fused, fake_quant_with, grad_scale, quantize, quantize_with,
+    round_ste, with_surrogate_grad,
 };
 pub use rounding::{Rounding, RoundingFn};
-pub use scale::{Pow2Mode, ScaleQuant, ScaleRestriction, ScaleSource, ScaleSpec, ScaleStat, ZeroPoint};
+pub use scale::{
+    Pow2Mode, ScaleQuant, ScaleRestriction, ScaleSource, ScaleSpec, ScaleStat, ZeroPoint,
+};
 pub use spec::QuantSpec;

@@ -7,18 +7,29 @@ pub fn sqnr_db(x: &[f32], approx: &[f32]) -> f64 {
         s += (a as f64).powi(2);
         e += ((a - b) as f64).powi(2);
     }
-    if e == 0.0 { f64::INFINITY } else { 10.0 * (s / e).log10() }
+    if e == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (s / e).log10()
+    }
 }
 
 /// Largest absolute difference.
 pub fn max_abs_error(x: &[f32], approx: &[f32]) -> f32 {
-    x.iter().zip(approx).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
+    x.iter()
+        .zip(approx)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
 }
 
 /// Mean squared difference.
 pub fn mse(x: &[f32], approx: &[f32]) -> f64 {
     let n = x.len().max(1) as f64;
-    x.iter().zip(approx).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum::<f64>() / n
+    x.iter()
+        .zip(approx)
+        .map(|(&a, &b)| ((a - b) as f64).powi(2))
+        .sum::<f64>()
+        / n
 }
 
 #[cfg(test)]

@@ -36,7 +36,13 @@ impl Observer {
     /// An observer for `spec` (its statistic decides what is kept).
     pub fn new(spec: &QuantSpec) -> Result<Self> {
         spec.validate()?;
-        Ok(Self { spec: *spec, scale_shape: None, layout: None, state: State::Empty, batches: 0 })
+        Ok(Self {
+            spec: *spec,
+            scale_shape: None,
+            layout: None,
+            state: State::Empty,
+            batches: 0,
+        })
     }
 
     /// Number of batches observed so far.
@@ -46,14 +52,17 @@ impl Observer {
 
     /// Observes one batch given as a tensor.
     pub fn observe<const D: usize>(&mut self, x: &Tensor<D>) -> Result<()> {
-        let data = x.to_data().try_into_vec_as::<f32>().expect("float tensor data converts to f32");
+        let data = x
+            .to_data()
+            .try_into_vec_as::<f32>()
+            .expect("float tensor data converts to f32");
         self.observe_slice(&data, &x.dims())
     }
 
     /// Observes one batch given as row-major data of `shape`.
     pub fn observe_slice(&mut self, data: &[f32], shape: &[usize]) -> Result<()> {
         host::check_input(data, shape, "x")?;
-        let layout = self.spec.granularity.layout(shape)?;
+        let layout = self.spec.check_shape(shape)?;
         match &self.scale_shape {
             Some(s) if *s != layout.scale_shape => {
                 return Err(QuantError::ShapeMismatch {
@@ -69,10 +78,14 @@ impl Observer {
         let n = cells.len();
         if let State::Empty = self.state {
             self.state = match stat {
-                ScaleStat::AbsMax | ScaleStat::MinMax => {
-                    State::Range { lo: vec![f32::INFINITY; n], hi: vec![f32::NEG_INFINITY; n] }
-                }
-                ScaleStat::AbsMean => State::AbsSum { sum: vec![0.0; n], count: vec![0; n] },
+                ScaleStat::AbsMax | ScaleStat::MinMax => State::Range {
+                    lo: vec![f32::INFINITY; n],
+                    hi: vec![f32::NEG_INFINITY; n],
+                },
+                ScaleStat::AbsMean => State::AbsSum {
+                    sum: vec![0.0; n],
+                    count: vec![0; n],
+                },
                 _ => State::Samples(vec![Vec::new(); n]),
             };
         }
@@ -113,12 +126,22 @@ impl Observer {
     /// The frozen params on the host.
     pub fn host_params(&self) -> Result<HostParams> {
         let (Some(layout), false) = (&self.layout, self.batches == 0) else {
-            return Err(QuantError::EmptyTensor { what: "calibration set", shape: vec![0] });
+            return Err(QuantError::EmptyTensor {
+                what: "calibration set",
+                shape: vec![0],
+            });
         };
         let spec = &self.spec;
         if let ScaleSource::Const(c) = spec.scale.source {
-            let zeros = spec.zero_point.is_asymmetric().then(|| vec![0.0; layout.cells()]);
-            return Ok(HostParams { scales: vec![c; layout.cells()], zero_points: zeros, level: None });
+            let zeros = spec
+                .zero_point
+                .is_asymmetric()
+                .then(|| vec![0.0; layout.cells()]);
+            return Ok(HostParams {
+                scales: vec![c; layout.cells()],
+                zero_points: zeros,
+                level: None,
+            });
         }
         let per_cell: Vec<(f32, f32)> = match &self.state {
             State::Range { lo, hi } => lo
@@ -141,7 +164,10 @@ impl Observer {
                     host::cell_params(&[m, -m], spec, ScaleStat::AbsMean)
                 })
                 .collect(),
-            State::Samples(s) => s.iter().map(|v| host::cell_params(v, spec, self.stat())).collect(),
+            State::Samples(s) => s
+                .iter()
+                .map(|v| host::cell_params(v, spec, self.stat()))
+                .collect(),
             State::Empty => unreachable!("batches > 0"),
         };
         host::finish_params(per_cell, spec, layout)
@@ -150,7 +176,10 @@ impl Observer {
     /// The frozen params as tensors on `device`.
     pub fn params<const D: usize>(&self, device: &Device) -> Result<QuantParams<D>> {
         let hp = self.host_params()?;
-        let layout = self.layout.as_ref().expect("host_params succeeded, so a batch was seen");
+        let layout = self
+            .layout
+            .as_ref()
+            .expect("host_params succeeded, so a batch was seen");
         if layout.scale_shape.len() != D {
             return Err(QuantError::ShapeMismatch {
                 what: "params rank",
@@ -169,7 +198,9 @@ mod tests {
     use burn::tensor::TensorData;
 
     fn batch(seed: u64, rows: usize) -> Vec<f32> {
-        (0..rows * 8).map(|i| (crate::rounding::uniform(seed, i as u64) - 0.3) * (1 + seed) as f32).collect()
+        (0..rows * 8)
+            .map(|i| (crate::rounding::uniform(seed, i as u64) - 0.3) * (1 + seed) as f32)
+            .collect()
     }
 
     #[test]
@@ -181,7 +212,9 @@ mod tests {
             QuantSpec::int8_weight_per_channel(),
             QuantSpec::ternary_weight(),
             QuantSpec::int8_act_per_tensor().with_stat(ScaleStat::Percentile { q: 99.0 }),
-            QuantSpec::int8_act_per_tensor().with_bits(4).with_stat(ScaleStat::mse()),
+            QuantSpec::int8_act_per_tensor()
+                .with_bits(4)
+                .with_stat(ScaleStat::mse()),
         ];
         let (a, b) = (batch(1, 16), batch(2, 24));
         let mut all = a.clone();
@@ -205,10 +238,22 @@ mod tests {
     #[test]
     fn empty_calibration_and_shape_changes_are_errors() {
         let obs = Observer::new(&QuantSpec::int8_act_per_tensor()).unwrap();
-        assert!(matches!(obs.host_params(), Err(QuantError::EmptyTensor { what: "calibration set", .. })));
+        assert!(matches!(
+            obs.host_params(),
+            Err(QuantError::EmptyTensor {
+                what: "calibration set",
+                ..
+            })
+        ));
         let mut obs = Observer::new(&QuantSpec::int4_weight_per_group(8)).unwrap();
         obs.observe_slice(&batch(1, 16), &[16, 8]).unwrap();
-        assert!(matches!(obs.observe_slice(&batch(1, 8), &[8, 16]), Err(QuantError::ShapeMismatch { .. })));
-        assert!(matches!(obs.observe_slice(&[f32::NAN; 128], &[16, 8]), Err(QuantError::NonFinite { .. })));
+        assert!(matches!(
+            obs.observe_slice(&batch(1, 8), &[8, 16]),
+            Err(QuantError::ShapeMismatch { .. })
+        ));
+        assert!(matches!(
+            obs.observe_slice(&[f32::NAN; 128], &[16, 8]),
+            Err(QuantError::NonFinite { .. })
+        ));
     }
 }

@@ -62,11 +62,15 @@ pub struct QuantTensor<const D: usize> {
 }
 
 fn to_host<const D: usize>(x: &Tensor<D>) -> Vec<f32> {
-    x.to_data().try_into_vec_as::<f32>().expect("converted to f32 above")
+    x.to_data()
+        .try_into_vec_as::<f32>()
+        .expect("converted to f32 above")
 }
 
 fn int_to_host<const D: usize>(x: &Tensor<D, Int>) -> Vec<i32> {
-    x.to_data().try_into_vec_as::<i32>().expect("converted to i32 above")
+    x.to_data()
+        .try_into_vec_as::<i32>()
+        .expect("converted to i32 above")
 }
 
 fn float_tensor<const D: usize>(v: Vec<f32>, shape: &[usize], device: &Device) -> Tensor<D> {
@@ -87,8 +91,11 @@ impl<const D: usize> QuantParams<D> {
                 kind: l.kind,
                 scale_codes: int_tensor(l.scale_codes, shape, device),
                 min_codes: l.min_codes.map(|c| int_tensor(c, shape, device)),
-                super_scales: has_super.then(|| float_tensor(l.super_scales, &l.super_shape, device)),
-                super_mins: l.super_mins.map(|m| float_tensor(m, &l.super_shape, device)),
+                super_scales: has_super
+                    .then(|| float_tensor(l.super_scales, &l.super_shape, device)),
+                super_mins: l
+                    .super_mins
+                    .map(|m| float_tensor(m, &l.super_shape, device)),
             }
         });
         Self {
@@ -124,7 +131,11 @@ impl<const D: usize> QuantParams<D> {
     fn check_shape(&self, layout: &Layout) -> Result<()> {
         let check = |what: &'static str, got: &[usize]| {
             if got != layout.scale_shape.as_slice() {
-                Err(QuantError::ShapeMismatch { what, got: got.to_vec(), expected: layout.scale_shape.clone() })
+                Err(QuantError::ShapeMismatch {
+                    what,
+                    got: got.to_vec(),
+                    expected: layout.scale_shape.clone(),
+                })
             } else {
                 Ok(())
             }
@@ -142,7 +153,7 @@ impl<const D: usize> QuantParams<D> {
 pub fn compute_params<const D: usize>(x: &Tensor<D>, spec: &QuantSpec) -> Result<QuantParams<D>> {
     let shape = x.dims();
     let data = to_host(x);
-    let layout = spec.granularity.layout(&shape)?;
+    let layout = spec.check_shape(&shape)?;
     let host = host::compute_params(&data, &shape, spec)?;
     Ok(QuantParams::from_host(host, &layout, &x.device()))
 }
@@ -159,9 +170,8 @@ pub fn quantize_with<const D: usize>(
     spec: &QuantSpec,
     params: QuantParams<D>,
 ) -> Result<QuantTensor<D>> {
-    spec.validate()?;
     let shape = x.dims();
-    let layout = spec.granularity.layout(&shape)?;
+    let layout = spec.check_shape(&shape)?;
     params.check_shape(&layout)?;
     let data = to_host(&x);
     host::check_input(&data, &shape, "x")?;
@@ -193,7 +203,9 @@ impl<const D: usize> QuantTensor<D> {
                 let n = table.len();
                 let table = float_tensor::<1>(table, &[n], &self.codes.device());
                 let n_el = shape.iter().product::<usize>();
-                table.select(0, self.codes.clone().reshape([n_el])).reshape(shape.clone())
+                table
+                    .select(0, self.codes.clone().reshape([n_el]))
+                    .reshape(shape)
             }
             _ => self.codes.clone().float(),
         };
@@ -269,12 +281,14 @@ pub fn fake_quant_fused<const D: usize>(
     spec: &QuantSpec,
     params: &QuantParams<D>,
 ) -> Result<Tensor<D>> {
-    spec.validate()?;
     let shape = x.dims();
-    let layout = spec.granularity.layout(&shape)?;
+    let layout = spec.check_shape(&shape)?;
     params.check_shape(&layout)?;
     let device = x.device();
-    let mut data = x.into_data().try_into_vec_as::<f32>().expect("converted to f32 above");
+    let mut data = x
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .expect("converted to f32 above");
     host::check_input(&data, &shape, "x")?;
     let hp = params.to_host();
     host::check_params(&hp, &layout)?;
@@ -298,7 +312,11 @@ fn round_with<const D: usize>(v: Tensor<D>, rounding: &dyn RoundingFn) -> Tensor
 }
 
 /// Forward value `value`; backward `d out / d x = surrogate` (element-wise).
-pub fn with_surrogate_grad<const D: usize>(x: Tensor<D>, value: Tensor<D>, surrogate: Tensor<D>) -> Tensor<D> {
+pub fn with_surrogate_grad<const D: usize>(
+    x: Tensor<D>,
+    value: Tensor<D>,
+    surrogate: Tensor<D>,
+) -> Tensor<D> {
     value.detach() + (x.clone() - x.detach()) * surrogate.detach()
 }
 
@@ -326,12 +344,14 @@ pub fn fake_quant_custom<const D: usize>(
     params: &QuantParams<D>,
     rounding: &dyn RoundingFn,
 ) -> Result<Tensor<D>> {
-    spec.validate()?;
     let shape = x.dims();
-    let layout = spec.granularity.layout(&shape)?;
+    let layout = spec.check_shape(&shape)?;
     params.check_shape(&layout)?;
     if shape.iter().product::<usize>() == 0 {
-        return Err(QuantError::EmptyTensor { what: "x", shape: shape.to_vec() });
+        return Err(QuantError::EmptyTensor {
+            what: "x",
+            shape: shape.to_vec(),
+        });
     }
     // Scales are small: check them on the host. For x, one device-side reduction.
     host::check_params(&params.to_host(), &layout)?;
@@ -369,14 +389,24 @@ pub fn fake_quant_custom<const D: usize>(
                 q
             } else {
                 let over = q.clone().abs().greater_elem(max);
-                let fill = if m.special == crate::format::Special::Ieee { f32::INFINITY } else { f32::NAN };
+                let fill = if m.special == crate::format::Special::Ieee {
+                    f32::INFINITY
+                } else {
+                    f32::NAN
+                };
                 let signed = q.clone().sign().mul_scalar(fill);
                 q.mask_where(over, signed)
             }
         }
         Format::Binary => {
             let vc = v.clamp(-1.0, 1.0);
-            let value = vc.clone().detach().greater_equal_elem(0.0).float().mul_scalar(2.0).sub_scalar(1.0);
+            let value = vc
+                .clone()
+                .detach()
+                .greater_equal_elem(0.0)
+                .float()
+                .mul_scalar(2.0)
+                .sub_scalar(1.0);
             vc.clone() + (value - vc).detach()
         }
     };
@@ -427,7 +457,8 @@ mod tests {
             QuantSpec::int4_weight_per_group(32).asymmetric(),
             QuantSpec::uint8_act_per_tensor().asymmetric(),
             QuantSpec::fp8_e4m3_weight_per_tensor(),
-            QuantSpec::fp8_e4m3_weight_per_tensor().with_format(Format::Minifloat(Minifloat::e5m2())),
+            QuantSpec::fp8_e4m3_weight_per_tensor()
+                .with_format(Format::Minifloat(Minifloat::e5m2())),
             QuantSpec::mxfp4(),
             QuantSpec::mxfp6_e3m2(),
             QuantSpec::mxfp6_e2m3(),
@@ -440,10 +471,14 @@ mod tests {
             QuantSpec::gguf_q4_k(),
             QuantSpec::gguf_q6_k(),
             QuantSpec::int4_weight_per_group(32).with_stat(ScaleStat::mse()),
-            QuantSpec::int4_weight_per_group(32).asymmetric().with_stat(ScaleStat::hqq()),
+            QuantSpec::int4_weight_per_group(32)
+                .asymmetric()
+                .with_stat(ScaleStat::hqq()),
             QuantSpec::int8_weight_per_channel().with_stat(ScaleStat::Percentile { q: 99.0 }),
             QuantSpec::int8_weight_per_channel().with_pow2_scale(crate::scale::Pow2Mode::Ceil),
-            QuantSpec::int4_weight_per_group(16).with_axis(1).with_rounding(Rounding::Stochastic { seed: 3 }),
+            QuantSpec::int4_weight_per_group(16)
+                .with_axis(1)
+                .with_rounding(Rounding::Stochastic { seed: 3 }),
             QuantSpec::int8_weight_per_channel().with_rounding(Rounding::HalfUp),
             QuantSpec::int8_weight_per_channel().with_rounding(Rounding::Floor),
         ]
@@ -458,14 +493,18 @@ mod tests {
             let deq = host(&q.dequantize());
             let params = q.params();
             let fused = host(&fake_quant_fused(x.clone(), &spec, &params).unwrap());
-            let tensor = host(&fake_quant_custom(x.clone(), &spec, &params, &spec.rounding).unwrap());
+            let tensor =
+                host(&fake_quant_custom(x.clone(), &spec, &params, &spec.rounding).unwrap());
             for i in 0..deq.len() {
                 assert_eq!(deq[i], fused[i], "{spec:?} fused at {i}");
                 assert_eq!(deq[i], tensor[i], "{spec:?} tensor path at {i}");
             }
             // Codes lie in the format's code range.
             let (lo, hi) = spec.format.code_range();
-            assert!(q.codes_vec().iter().all(|c| (lo..=hi).contains(c)), "{spec:?}");
+            assert!(
+                q.codes_vec().iter().all(|c| (lo..=hi).contains(c)),
+                "{spec:?}"
+            );
         }
     }
 
@@ -485,7 +524,11 @@ mod tests {
                 // grid point after the float round trip; the dequantized values still agree.
                 let d1 = host(&q.dequantize());
                 let d2 = host(&again.dequantize());
-                let max = d1.iter().zip(&d2).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                let max = d1
+                    .iter()
+                    .zip(&d2)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
                 let smax = host(&q.scales).into_iter().fold(0f32, f32::max);
                 assert!(max <= smax * 1.0001, "{spec:?}: {max}");
             }
@@ -499,7 +542,10 @@ mod tests {
         let q = quantize(w, &QuantSpec::int8_weight_per_channel()).unwrap();
         // Channel 0: absmax 0.25 → s = 0.25/127; channel 1: absmax 1.0 → s = 1/127.
         assert_eq!(q.codes_vec(), vec![51, -64, 127, 127]);
-        assert_eq!(host(&q.scales.clone().reshape([1, 2])), vec![0.25 / 127.0, 1.0 / 127.0]);
+        assert_eq!(
+            host(&q.scales.clone().reshape([1, 2])),
+            vec![0.25 / 127.0, 1.0 / 127.0]
+        );
     }
 
     #[test]
@@ -511,8 +557,14 @@ mod tests {
         let s = 4.0f32 / 255.0;
         let z = (0.0f32 - (-1.0) / s).round_ties_even();
         assert_eq!(host(&q.scales.clone().reshape([1, 1])), vec![s]);
-        assert_eq!(host(&q.zero_points.clone().unwrap().reshape([1, 1])), vec![z]);
-        assert_eq!(q.codes_vec(), vec![0, z as i32, (2.0f32 / s + z).round_ties_even() as i32, 255]);
+        assert_eq!(
+            host(&q.zero_points.clone().unwrap().reshape([1, 1])),
+            vec![z]
+        );
+        assert_eq!(
+            q.codes_vec(),
+            vec![0, z as i32, (2.0f32 / s + z).round_ties_even() as i32, 255]
+        );
     }
 
     #[test]
@@ -558,8 +610,13 @@ mod tests {
         let scales = host(&q.scales.clone().reshape([4, 1]));
         for (b, (&c, &s)) in codes.iter().zip(&scales).enumerate() {
             assert_eq!(s, e4m3.decode(c as u32) * global, "block {b}");
-            let bmax = v[b * 16..(b + 1) * 16].iter().fold(0f32, |m, x| m.max(x.abs()));
-            assert_eq!(e4m3.decode(c as u32), e4m3.quantize(bmax / 6.0 / global, RoundMode::NearestEven, 0.0));
+            let bmax = v[b * 16..(b + 1) * 16]
+                .iter()
+                .fold(0f32, |m, x| m.max(x.abs()));
+            assert_eq!(
+                e4m3.decode(c as u32),
+                e4m3.quantize(bmax / 6.0 / global, RoundMode::NearestEven, 0.0)
+            );
         }
         // The block holding the tensor maximum gets the largest E4M3 scale, 448.
         assert_eq!(e4m3.decode(codes[0] as u32), 448.0);
@@ -569,21 +626,39 @@ mod tests {
     fn k_quant_levels_are_integer_codes_times_f16_super_scales() {
         let device = dev();
         let x = t2(data(512 * 4, 5), [512, 4], &device);
-        for spec in [QuantSpec::gguf_q4_k(), QuantSpec::gguf_q5_k(), QuantSpec::gguf_q2_k(), QuantSpec::gguf_q3_k(), QuantSpec::gguf_q6_k()] {
+        for spec in [
+            QuantSpec::gguf_q4_k(),
+            QuantSpec::gguf_q5_k(),
+            QuantSpec::gguf_q2_k(),
+            QuantSpec::gguf_q3_k(),
+            QuantSpec::gguf_q6_k(),
+        ] {
             let q = quantize(x.clone(), &spec).unwrap();
             let l = q.scale_level.as_ref().unwrap();
-            let crate::scale::ScaleQuant::SubBlock { bits, signed, .. } = l.kind else { panic!() };
-            let Granularity::PerGroup { size, .. } = spec.granularity else { panic!() };
+            let crate::scale::ScaleQuant::SubBlock { bits, signed, .. } = l.kind else {
+                panic!()
+            };
+            let Granularity::PerGroup { size, .. } = spec.granularity else {
+                panic!()
+            };
             let groups = 512 / size;
             let per_super = 256 / size;
             let sc = int_to_host(&l.scale_codes);
             let d = host(&l.super_scales.clone().unwrap().reshape([2, 4]));
             let s = host(&q.scales.clone().reshape([groups, 4]));
-            let cmax = if signed { (1 << (bits - 1)) - 1 } else { (1 << bits) - 1 };
+            let cmax = if signed {
+                (1 << (bits - 1)) - 1
+            } else {
+                (1 << bits) - 1
+            };
             for g in 0..groups {
                 for i in 0..4 {
                     let dd = d[(g / per_super) * 4 + i];
-                    assert_eq!(half::f16::from_f32(dd).to_f32(), dd, "f16-representable super scale");
+                    assert_eq!(
+                        half::f16::from_f32(dd).to_f32(),
+                        dd,
+                        "f16-representable super scale"
+                    );
                     let c = sc[g * 4 + i];
                     assert!(c.abs() <= cmax && c != 0);
                     assert_eq!(s[g * 4 + i], dd * c as f32);
@@ -613,20 +688,37 @@ mod tests {
         let x = t2(v.clone(), [4096, 1], &device);
         let err = |spec: &QuantSpec| -> f64 {
             let y = host(&fake_quant(x.clone(), spec).unwrap());
-            v.iter().zip(&y).map(|(a, b)| ((a - b) as f64).powi(2)).sum()
+            v.iter()
+                .zip(&y)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum()
         };
         let base = QuantSpec::int8_weight_per_tensor().with_bits(3);
         let absmax = err(&base);
         let mse = err(&base.with_stat(ScaleStat::mse()));
         // Candidate 0 of the search is the absmax range, so the search can only improve on it;
         // on outlier-heavy data it must improve strictly.
-        assert!(mse < absmax, "MSE search {mse} must beat absmax {absmax} on outlier-heavy data");
+        assert!(
+            mse < absmax,
+            "MSE search {mse} must beat absmax {absmax} on outlier-heavy data"
+        );
         // Percentile: the range is exactly the nearest-rank percentile.
         let ramp: Vec<f32> = (1..=1000).rev().map(|i| i as f32).collect();
         let r = t2(ramp, [1000, 1], &device);
-        let q = quantize(r.clone(), &base.with_stat(ScaleStat::Percentile { q: 99.0 })).unwrap();
+        let q = quantize(
+            r.clone(),
+            &base.with_stat(ScaleStat::Percentile { q: 99.0 }),
+        )
+        .unwrap();
         assert_eq!(host(&q.scales.clone().reshape([1, 1])), vec![990.0 / 3.0]);
-        let q = quantize(r, &base.with_stat(ScaleStat::Percentile { q: 99.0 }).with_format(Format::uint(3)).asymmetric()).unwrap();
+        let q = quantize(
+            r,
+            &base
+                .with_stat(ScaleStat::Percentile { q: 99.0 })
+                .with_format(Format::uint(3))
+                .asymmetric(),
+        )
+        .unwrap();
         // [lo, hi] = [min(10, 0), 990] = [0, 990] → s = 990 / 7, z = 0.
         assert_eq!(host(&q.scales.clone().reshape([1, 1])), vec![990.0 / 7.0]);
         // HQQ optimises an lp (p < 1) error of the zero-point; its mean |error| beats min-max's.
@@ -645,7 +737,11 @@ mod tests {
         let device = dev();
         let v = data(64 * 8, 4);
         let x = t2(v.clone(), [64, 8], &device);
-        for mode in [crate::scale::Pow2Mode::Ceil, crate::scale::Pow2Mode::Floor, crate::scale::Pow2Mode::Round] {
+        for mode in [
+            crate::scale::Pow2Mode::Ceil,
+            crate::scale::Pow2Mode::Floor,
+            crate::scale::Pow2Mode::Round,
+        ] {
             let spec = QuantSpec::int8_weight_per_channel().with_pow2_scale(mode);
             let q = quantize(x.clone(), &spec).unwrap();
             for s in host(&q.scales.clone().reshape([1, 8])) {
@@ -666,43 +762,105 @@ mod tests {
         let device = dev();
         let x = Tensor::<2>::from_floats([[1.0, f32::NAN], [0.0, 1.0]], &device);
         let err = quantize(x, &QuantSpec::default()).unwrap_err();
-        assert!(matches!(err, QuantError::NonFinite { index: 1, .. }), "{err}");
+        assert!(
+            matches!(err, QuantError::NonFinite { index: 1, .. }),
+            "{err}"
+        );
         let x = Tensor::<2>::from_floats([[1.0, f32::INFINITY]], &device);
-        assert!(matches!(fake_quant(x, &QuantSpec::default()), Err(QuantError::NonFinite { .. })));
+        assert!(matches!(
+            fake_quant(x, &QuantSpec::default()),
+            Err(QuantError::NonFinite { .. })
+        ));
         let x = Tensor::<2>::zeros([0, 4], &device);
-        assert!(matches!(quantize(x, &QuantSpec::default()), Err(QuantError::EmptyTensor { .. })));
+        assert!(matches!(
+            quantize(x, &QuantSpec::default()),
+            Err(QuantError::EmptyTensor { .. })
+        ));
         let x = t2(data(48 * 2, 1), [48, 2], &device);
         let err = quantize(x.clone(), &QuantSpec::int4_weight_per_group(32)).unwrap_err();
-        assert_eq!(err, QuantError::GroupSizeMismatch { axis: 0, len: 48, size: 32, shape: vec![48, 2] });
+        assert_eq!(
+            err,
+            QuantError::GroupSizeMismatch {
+                axis: 0,
+                len: 48,
+                size: 32,
+                shape: vec![48, 2]
+            }
+        );
         assert!(err.to_string().contains("group size 32"));
-        let err = quantize(x.clone(), &QuantSpec::int8_weight_per_channel().with_axis(5)).unwrap_err();
+        let err = quantize(
+            x.clone(),
+            &QuantSpec::int8_weight_per_channel().with_axis(5),
+        )
+        .unwrap_err();
         assert_eq!(err, QuantError::AxisOutOfRange { axis: 5, rank: 2 });
         let err = quantize(x.clone(), &QuantSpec::default().with_bits(0)).unwrap_err();
         assert!(err.to_string().contains("format.bits"), "{err}");
-        let err = quantize(x.clone(), &QuantSpec::fp8_e4m3_weight_per_tensor().asymmetric()).unwrap_err();
+        let err = quantize(
+            x.clone(),
+            &QuantSpec::fp8_e4m3_weight_per_tensor().asymmetric(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("zero_point"), "{err}");
-        let err = quantize(x.clone(), &QuantSpec::int8_weight_per_tensor().with_stat(ScaleStat::Percentile { q: 0.0 })).unwrap_err();
+        let err = quantize(
+            x.clone(),
+            &QuantSpec::int8_weight_per_tensor().with_stat(ScaleStat::Percentile { q: 0.0 }),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("scale.stat.q"), "{err}");
         // k-quants need 256-element super-blocks along the axis.
-        let err = quantize(t2(data(64 * 2, 1), [64, 2], &device), &QuantSpec::gguf_q4_k()).unwrap_err();
-        assert!(matches!(err, QuantError::GroupSizeMismatch { size: 256, .. }), "{err}");
+        let err = quantize(
+            t2(data(64 * 2, 1), [64, 2], &device),
+            &QuantSpec::gguf_q4_k(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, QuantError::GroupSizeMismatch { size: 256, .. }),
+            "{err}"
+        );
         // Params of the wrong shape.
         let p = compute_params(&x, &QuantSpec::int8_weight_per_channel()).unwrap();
         let err = fake_quant_with(x.clone(), &QuantSpec::int8_weight_per_tensor(), &p).unwrap_err();
-        assert!(matches!(err, QuantError::ShapeMismatch { what: "scales", .. }), "{err}");
-        let bad = QuantParams { scales: Tensor::<2>::from_floats([[-1.0, 1.0]], &device), zero_points: None, scale_level: None };
+        assert!(
+            matches!(err, QuantError::ShapeMismatch { what: "scales", .. }),
+            "{err}"
+        );
+        let bad = QuantParams {
+            scales: Tensor::<2>::from_floats([[-1.0, 1.0]], &device),
+            zero_points: None,
+            scale_level: None,
+        };
         let err = quantize_with(x, &QuantSpec::int8_weight_per_channel(), bad).unwrap_err();
-        assert!(matches!(err, QuantError::InvalidScale { index: 0, .. }), "{err}");
+        assert!(
+            matches!(err, QuantError::InvalidScale { index: 0, .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn stochastic_rounding_is_seeded_and_unbiased() {
         let device = dev();
         let x = t2(vec![0.3; 20000], [20000, 1], &device);
-        let spec = QuantSpec::int8_weight_per_tensor().with_scale_source(crate::scale::ScaleSource::Const(1.0));
-        let a = quantize(x.clone(), &spec.with_rounding(Rounding::Stochastic { seed: 7 })).unwrap().codes_vec();
-        let b = quantize(x.clone(), &spec.with_rounding(Rounding::Stochastic { seed: 7 })).unwrap().codes_vec();
-        let c = quantize(x.clone(), &spec.with_rounding(Rounding::Stochastic { seed: 8 })).unwrap().codes_vec();
+        let spec = QuantSpec::int8_weight_per_tensor()
+            .with_scale_source(crate::scale::ScaleSource::Const(1.0));
+        let a = quantize(
+            x.clone(),
+            &spec.with_rounding(Rounding::Stochastic { seed: 7 }),
+        )
+        .unwrap()
+        .codes_vec();
+        let b = quantize(
+            x.clone(),
+            &spec.with_rounding(Rounding::Stochastic { seed: 7 }),
+        )
+        .unwrap()
+        .codes_vec();
+        let c = quantize(
+            x.clone(),
+            &spec.with_rounding(Rounding::Stochastic { seed: 8 }),
+        )
+        .unwrap()
+        .codes_vec();
         assert_eq!(a, b);
         assert_ne!(a, c);
         let mean = a.iter().map(|&c| c as f64).sum::<f64>() / a.len() as f64;
@@ -716,7 +874,11 @@ mod tests {
         let device = Device::flex().autodiff();
         let x = Tensor::<1>::from_floats([0.26, -0.9, 3.0, 0.04, -2.0], &device).require_grad();
         let spec = QuantSpec::int8_weight_per_tensor().with_bits(4);
-        let params = QuantParams::<1> { scales: Tensor::from_floats([0.1], &device), zero_points: None, scale_level: None };
+        let params = QuantParams::<1> {
+            scales: Tensor::from_floats([0.1], &device),
+            zero_points: None,
+            scale_level: None,
+        };
         let y = fake_quant_with(x.clone(), &spec, &params).unwrap();
         assert_eq!(to_host(&y), vec![0.3, -0.7, 0.7, 0.0, -0.7]);
         let w = Tensor::<1>::from_floats([1.0, 2.0, 3.0, 4.0, 5.0], &device);
@@ -729,14 +891,25 @@ mod tests {
     fn minifloat_and_binary_gradients_clip_at_the_range() {
         let device = Device::flex().autodiff();
         let x = Tensor::<1>::from_floats([0.7, 7.0, -0.3, 1.2], &device).require_grad();
-        let spec = QuantSpec::mxfp4().with_granularity(Granularity::PerTensor).with_scale_restriction(crate::scale::ScaleRestriction::Float);
-        let params = QuantParams::<1> { scales: Tensor::from_floats([1.0], &device), zero_points: None, scale_level: None };
+        let spec = QuantSpec::mxfp4()
+            .with_granularity(Granularity::PerTensor)
+            .with_scale_restriction(crate::scale::ScaleRestriction::Float);
+        let params = QuantParams::<1> {
+            scales: Tensor::from_floats([1.0], &device),
+            zero_points: None,
+            scale_level: None,
+        };
         let y = fake_quant_with(x.clone(), &spec, &params).unwrap();
         assert_eq!(to_host(&y), vec![0.5, 6.0, -0.5, 1.0]);
         let g = to_host(&x.grad(&y.sum().backward()).unwrap());
         assert_eq!(g, vec![1.0, 0.0, 1.0, 1.0]);
         let x = Tensor::<1>::from_floats([0.7, 7.0, -0.3, -1.2], &device).require_grad();
-        let y = fake_quant_with(x.clone(), &QuantSpec::binary_weight().with_granularity(Granularity::PerTensor), &params).unwrap();
+        let y = fake_quant_with(
+            x.clone(),
+            &QuantSpec::binary_weight().with_granularity(Granularity::PerTensor),
+            &params,
+        )
+        .unwrap();
         assert_eq!(to_host(&y), vec![1.0, 1.0, -1.0, -1.0]);
         let g = to_host(&x.grad(&y.sum().backward()).unwrap());
         assert_eq!(g, vec![1.0, 0.0, 1.0, 0.0]);
@@ -748,17 +921,29 @@ mod tests {
         let device = Device::flex().autodiff();
         let xs = [0.26f32, -0.9, 3.0, 0.04, -0.47, 0.61];
         let s0 = 0.1f32;
-        let spec = QuantSpec::int8_weight_per_tensor().with_bits(4).with_narrow(false);
+        let spec = QuantSpec::int8_weight_per_tensor()
+            .with_bits(4)
+            .with_narrow(false);
         let x = Tensor::<1>::from_floats(xs, &device);
         let s = Tensor::<1>::from_floats([s0], &device).require_grad();
-        let params = QuantParams::<1> { scales: s.clone(), zero_points: None, scale_level: None };
+        let params = QuantParams::<1> {
+            scales: s.clone(),
+            zero_points: None,
+            scale_level: None,
+        };
         let y = fake_quant_with(x, &spec, &params).unwrap();
         let g = to_host(&s.grad(&y.sum().backward()).unwrap())[0];
         let lsq: f32 = xs
             .iter()
             .map(|&x| {
                 let v = x / s0;
-                if v < -8.0 { -8.0 } else if v > 7.0 { 7.0 } else { v.round_ties_even() - v }
+                if v < -8.0 {
+                    -8.0
+                } else if v > 7.0 {
+                    7.0
+                } else {
+                    v.round_ties_even() - v
+                }
             })
             .sum();
         assert!((g - lsq).abs() < 1e-5, "autodiff {g} vs LSQ {lsq}");
@@ -769,28 +954,48 @@ mod tests {
                 .map(|&x| {
                     let v0 = x / s0;
                     let v = (x / s).clamp(-8.0, 7.0);
-                    let delta = if (-8.0..=7.0).contains(&v0) { v0.round_ties_even() - v0 } else { 0.0 };
+                    let delta = if (-8.0..=7.0).contains(&v0) {
+                        v0.round_ties_even() - v0
+                    } else {
+                        0.0
+                    };
                     (s * (v + delta)) as f64
                 })
                 .sum()
         };
         let eps = 1e-3;
         let fd = ((h(s0 + eps) - h(s0 - eps)) / (2.0 * eps as f64)) as f32;
-        assert!((fd - g).abs() < 1e-3, "finite difference {fd} vs autodiff {g}");
+        assert!(
+            (fd - g).abs() < 1e-3,
+            "finite difference {fd} vs autodiff {g}"
+        );
         // Where every element is clipped, the STE gradient is the true derivative of the loss.
         let plain = Device::flex();
         let clipped = [3.0f32, -2.0, 5.0];
         let f = |s: f32| -> f32 {
-            let p = QuantParams::<1> { scales: Tensor::from_floats([s], &plain), zero_points: None, scale_level: None };
-            to_host(&fake_quant_with(Tensor::<1>::from_floats(clipped, &plain), &spec, &p).unwrap()).iter().sum()
+            let p = QuantParams::<1> {
+                scales: Tensor::from_floats([s], &plain),
+                zero_points: None,
+                scale_level: None,
+            };
+            to_host(&fake_quant_with(Tensor::<1>::from_floats(clipped, &plain), &spec, &p).unwrap())
+                .iter()
+                .sum()
         };
         let fd = (f(s0 + eps) - f(s0 - eps)) / (2.0 * eps);
         let s = Tensor::<1>::from_floats([s0], &device).require_grad();
-        let p = QuantParams::<1> { scales: s.clone(), zero_points: None, scale_level: None };
+        let p = QuantParams::<1> {
+            scales: s.clone(),
+            zero_points: None,
+            scale_level: None,
+        };
         let y = fake_quant_with(Tensor::<1>::from_floats(clipped, &device), &spec, &p).unwrap();
         let g = to_host(&s.grad(&y.sum().backward()).unwrap())[0];
         assert_eq!(g, 7.0 - 8.0 + 7.0);
-        assert!((fd - g).abs() < 1e-2, "finite difference {fd} vs autodiff {g}");
+        assert!(
+            (fd - g).abs() < 1e-2,
+            "finite difference {fd} vs autodiff {g}"
+        );
     }
 
     #[test]
@@ -798,7 +1003,11 @@ mod tests {
         let device = Device::flex().autodiff();
         let spec = QuantSpec::uint8_act_per_tensor().with_bits(4).asymmetric();
         let z = Tensor::<1>::from_floats([3.0], &device).require_grad();
-        let params = QuantParams::<1> { scales: Tensor::from_floats([0.1], &device), zero_points: Some(z.clone()), scale_level: None };
+        let params = QuantParams::<1> {
+            scales: Tensor::from_floats([0.1], &device),
+            zero_points: Some(z.clone()),
+            scale_level: None,
+        };
         let x = Tensor::<1>::from_floats([0.26, -0.5, 2.0], &device);
         let y = fake_quant_with(x, &spec, &params).unwrap();
         // Inside: d/dz of (R(v) − z)·s with STE = 0; clipped (x = −0.5 → v = −2 < 0; x = 2.0 → v = 23 > 15): −s each.
@@ -813,26 +1022,47 @@ mod tests {
         // An activation: computed from a leaf, not a leaf itself.
         let act = leaf.clone().mul_scalar(2.0);
         let s = Tensor::<1>::from_floats([0.1], &device).require_grad();
-        let params = QuantParams::<1> { scales: grad_scale(s.clone(), 0.5), zero_points: None, scale_level: None };
+        let params = QuantParams::<1> {
+            scales: grad_scale(s.clone(), 0.5),
+            zero_points: None,
+            scale_level: None,
+        };
         let spec = QuantSpec::int8_act_per_tensor();
         let y = fake_quant_with(act, &spec, &params).unwrap();
         let grads = y.sum().backward();
         assert_eq!(to_host(&leaf.grad(&grads).unwrap()), vec![2.0, 2.0, 2.0]);
         // LSQ through grad_scale: 0.5 · Σ (round(v) − v), v = [5.2, −18, 0.8].
         let g = to_host(&s.grad(&grads).unwrap())[0];
-        assert!((g - 0.5 * ((5.0 - 5.2) + 0.0 + (1.0 - 0.8))).abs() < 1e-5, "{g}");
+        assert!(
+            (g - 0.5 * ((5.0 - 5.2) + 0.0 + (1.0 - 0.8))).abs() < 1e-5,
+            "{g}"
+        );
     }
 
     #[test]
     fn differentiable_path_rejects_non_finite_input_and_bad_scales() {
         let device = Device::flex().autodiff();
         let spec = QuantSpec::int8_act_per_tensor();
-        let ok = QuantParams::<1> { scales: Tensor::from_floats([0.1], &device), zero_points: None, scale_level: None };
+        let ok = QuantParams::<1> {
+            scales: Tensor::from_floats([0.1], &device),
+            zero_points: None,
+            scale_level: None,
+        };
         let x = Tensor::<1>::from_floats([0.2, f32::NAN], &device).require_grad();
-        assert!(matches!(fake_quant_with(x, &spec, &ok), Err(QuantError::NonFinite { index: 1, .. })));
-        let bad = QuantParams::<1> { scales: Tensor::from_floats([f32::INFINITY], &device), zero_points: None, scale_level: None };
+        assert!(matches!(
+            fake_quant_with(x, &spec, &ok),
+            Err(QuantError::NonFinite { index: 1, .. })
+        ));
+        let bad = QuantParams::<1> {
+            scales: Tensor::from_floats([f32::INFINITY], &device),
+            zero_points: None,
+            scale_level: None,
+        };
         let x = Tensor::<1>::from_floats([0.2, 0.3], &device).require_grad();
-        assert!(matches!(fake_quant_with(x, &spec, &bad), Err(QuantError::InvalidScale { .. })));
+        assert!(matches!(
+            fake_quant_with(x, &spec, &bad),
+            Err(QuantError::InvalidScale { .. })
+        ));
     }
 
     #[test]

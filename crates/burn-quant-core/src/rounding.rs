@@ -118,7 +118,9 @@ mod tests {
     #[test]
     fn tensor_rounding_equals_the_host_rule_on_ties_and_signs() {
         let device = Device::flex();
-        let xs = [-2.5f32, -1.5, -0.5, 0.5, 1.5, 2.5, -1.2, 1.7, 0.0, 3.49, -3.51];
+        let xs = [
+            -2.5f32, -1.5, -0.5, 0.5, 1.5, 2.5, -1.2, 1.7, 0.0, 3.49, -3.51,
+        ];
         let cases = [
             (Rounding::NearestEven, RoundMode::NearestEven),
             (Rounding::HalfUp, RoundMode::HalfUp),
@@ -147,8 +149,11 @@ mod tests {
             .into_data()
             .try_into_vec_as::<f32>()
             .unwrap();
-        let want: Vec<f32> =
-            xs.iter().enumerate().map(|(i, &x)| RoundMode::Stochastic.apply(x, uniform(42, i as u64))).collect();
+        let want: Vec<f32> = xs
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| RoundMode::Stochastic.apply(x, uniform(42, i as u64)))
+            .collect();
         assert_eq!(got, want);
         assert!((0..10_000).all(|i| (0.0..1.0).contains(&uniform(1, i))));
     }

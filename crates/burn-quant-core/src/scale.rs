@@ -16,7 +16,10 @@ pub struct ScaleSpec {
 
 impl Default for ScaleSpec {
     fn default() -> Self {
-        Self { source: ScaleSource::Stats(ScaleStat::AbsMax), restrict: ScaleRestriction::Float }
+        Self {
+            source: ScaleSource::Stats(ScaleStat::AbsMax),
+            restrict: ScaleRestriction::Float,
+        }
     }
 }
 
@@ -87,31 +90,45 @@ pub enum ScaleStat {
 impl ScaleStat {
     /// MSE search with GPTQ's defaults (100 candidates down to 20 % of the range).
     pub const fn mse() -> Self {
-        ScaleStat::Mse { grid: 100, min_ratio: 0.2 }
+        ScaleStat::Mse {
+            grid: 100,
+            min_ratio: 0.2,
+        }
     }
     /// HQQ with the reference defaults (20 iterations, p = 0.7, β = 10, κ = 1.01).
     pub const fn hqq() -> Self {
-        ScaleStat::Hqq { iters: 20, p: 0.7, beta: 10.0, kappa: 1.01 }
+        ScaleStat::Hqq {
+            iters: 20,
+            p: 0.7,
+            beta: 10.0,
+            kappa: 1.01,
+        }
     }
 
     /// Checks the statistic's parameters.
     pub fn validate(&self) -> Result<()> {
         match *self {
-            ScaleStat::Percentile { q } if !(q > 0.0 && q <= 100.0) => {
-                Err(QuantError::config("scale.stat.q", q, "percentile must be in (0, 100]"))
-            }
-            ScaleStat::Mse { grid, .. } if grid == 0 => {
-                Err(QuantError::config("scale.stat.grid", grid, "needs at least one candidate"))
-            }
+            ScaleStat::Percentile { q } if !(q > 0.0 && q <= 100.0) => Err(QuantError::config(
+                "scale.stat.q",
+                q,
+                "percentile must be in (0, 100]",
+            )),
+            ScaleStat::Mse { grid, .. } if grid == 0 => Err(QuantError::config(
+                "scale.stat.grid",
+                grid,
+                "needs at least one candidate",
+            )),
             ScaleStat::Mse { min_ratio, .. } if !(min_ratio > 0.0 && min_ratio <= 1.0) => Err(
                 QuantError::config("scale.stat.min_ratio", min_ratio, "must be in (0, 1]"),
             ),
-            ScaleStat::Hqq { p, .. } if !(p > 0.0 && p <= 1.0) => {
-                Err(QuantError::config("scale.stat.p", p, "lp-norm p must be in (0, 1]"))
-            }
-            ScaleStat::Hqq { kappa, .. } if !(kappa >= 1.0 && kappa.is_finite()) => {
-                Err(QuantError::config("scale.stat.kappa", kappa, "must be >= 1"))
-            }
+            ScaleStat::Hqq { p, .. } if !(p > 0.0 && p <= 1.0) => Err(QuantError::config(
+                "scale.stat.p",
+                p,
+                "lp-norm p must be in (0, 1]",
+            )),
+            ScaleStat::Hqq { kappa, .. } if !(kappa >= 1.0 && kappa.is_finite()) => Err(
+                QuantError::config("scale.stat.kappa", kappa, "must be >= 1"),
+            ),
             ScaleStat::Hqq { beta, .. } if !(beta > 0.0 && beta.is_finite()) => {
                 Err(QuantError::config("scale.stat.beta", beta, "must be > 0"))
             }

@@ -6,7 +6,9 @@ use crate::error::{QuantError, Result};
 use crate::format::{Format, Minifloat};
 use crate::granularity::Granularity;
 use crate::rounding::Rounding;
-use crate::scale::{Pow2Mode, ScaleQuant, ScaleRestriction, ScaleSource, ScaleSpec, ScaleStat, ZeroPoint};
+use crate::scale::{
+    Pow2Mode, ScaleQuant, ScaleRestriction, ScaleSource, ScaleSpec, ScaleStat, ZeroPoint,
+};
 
 /// Everything that defines a quantizer: plain serde data, printable, comparable, storable in a
 /// recipe. Built from a preset and customised with `with_*` methods (the Rust answer to
@@ -58,12 +60,26 @@ impl QuantSpec {
 
     /// Signed int8, narrow range (−127..127), one absmax scale per tensor.
     pub fn int8_weight_per_tensor() -> Self {
-        Self::new(Format::Int { bits: 8, signed: true, narrow: true }, Granularity::PerTensor)
+        Self::new(
+            Format::Int {
+                bits: 8,
+                signed: true,
+                narrow: true,
+            },
+            Granularity::PerTensor,
+        )
     }
     /// Signed int8, narrow range, one absmax scale per output channel of a Burn `Linear`
     /// weight `[d_input, d_output]` (axis 1).
     pub fn int8_weight_per_channel() -> Self {
-        Self::new(Format::Int { bits: 8, signed: true, narrow: true }, Granularity::PerChannel { axis: 1 })
+        Self::new(
+            Format::Int {
+                bits: 8,
+                signed: true,
+                narrow: true,
+            },
+            Granularity::PerChannel { axis: 1 },
+        )
     }
     /// Signed int8 activations, per tensor, static absmax scale.
     pub fn int8_act_per_tensor() -> Self {
@@ -87,8 +103,14 @@ impl QuantSpec {
     }
     /// An OCP MX spec: `element` in blocks of 32 along axis 0 with an E8M0 shared scale.
     pub fn mx(element: Format) -> Self {
-        Self::new(element, Granularity::PerGroup { axis: 0, size: MX_BLOCK })
-            .with_scale_restriction(ScaleRestriction::Quantized(ScaleQuant::E8M0))
+        Self::new(
+            element,
+            Granularity::PerGroup {
+                axis: 0,
+                size: MX_BLOCK,
+            },
+        )
+        .with_scale_restriction(ScaleRestriction::Quantized(ScaleQuant::E8M0))
     }
     /// MXFP8 with E4M3 elements.
     pub fn mxfp8_e4m3() -> Self {
@@ -112,13 +134,20 @@ impl QuantSpec {
     }
     /// MXINT8: int8 elements (symmetric −127..127, read as `code · 2^-6`) with an E8M0 scale.
     pub fn mxint8() -> Self {
-        Self::mx(Format::Int { bits: 8, signed: true, narrow: true })
+        Self::mx(Format::Int {
+            bits: 8,
+            signed: true,
+            narrow: true,
+        })
     }
     /// NVFP4: E2M1 elements in blocks of 16 along axis 0, E4M3 block scales, one f32 global scale.
     pub fn nvfp4() -> Self {
         Self::new(
             Format::Minifloat(Minifloat::e2m1()),
-            Granularity::PerGroup { axis: 0, size: NVFP4_BLOCK },
+            Granularity::PerGroup {
+                axis: 0,
+                size: NVFP4_BLOCK,
+            },
         )
         .with_scale_restriction(ScaleRestriction::Quantized(ScaleQuant::E4M3Global))
     }
@@ -146,16 +175,22 @@ impl QuantSpec {
         Self::k_quant(Format::int(6), 16, 8, true)
     }
     fn k_quant(format: Format, group: usize, bits: u8, signed_scales: bool) -> Self {
-        let spec = Self::new(format, Granularity::PerGroup { axis: 0, size: group })
-            .with_scale_restriction(ScaleRestriction::Quantized(ScaleQuant::SubBlock {
-                super_block: 256,
-                bits,
-                signed: signed_scales,
-            }));
+        let spec = Self::new(
+            format,
+            Granularity::PerGroup {
+                axis: 0,
+                size: group,
+            },
+        )
+        .with_scale_restriction(ScaleRestriction::Quantized(ScaleQuant::SubBlock {
+            super_block: 256,
+            bits,
+            signed: signed_scales,
+        }));
         match format {
-            Format::Int { signed: false, .. } => {
-                spec.with_zero_point(ZeroPoint::Asymmetric { learned: false }).with_stat(ScaleStat::MinMax)
-            }
+            Format::Int { signed: false, .. } => spec
+                .with_zero_point(ZeroPoint::Asymmetric { learned: false })
+                .with_stat(ScaleStat::MinMax),
             _ => spec,
         }
     }
@@ -178,8 +213,16 @@ impl QuantSpec {
     /// Sets the bit width of an integer format (other formats become a signed integer of that width).
     pub fn with_bits(mut self, bits: u8) -> Self {
         self.format = match self.format {
-            Format::Int { signed, narrow, .. } => Format::Int { bits, signed, narrow },
-            _ => Format::Int { bits, signed: true, narrow: false },
+            Format::Int { signed, narrow, .. } => Format::Int {
+                bits,
+                signed,
+                narrow,
+            },
+            _ => Format::Int {
+                bits,
+                signed: true,
+                narrow: false,
+            },
         };
         self
     }
@@ -245,9 +288,14 @@ impl QuantSpec {
             Some(other) => other,
         };
         if let Format::Int { bits, .. } = self.format {
-            self.format = Format::Int { bits, signed: false, narrow: false };
+            self.format = Format::Int {
+                bits,
+                signed: false,
+                narrow: false,
+            };
         }
-        self.with_zero_point(ZeroPoint::Asymmetric { learned: false }).with_stat(stat)
+        self.with_zero_point(ZeroPoint::Asymmetric { learned: false })
+            .with_stat(stat)
     }
     /// Replaces the rounding rule.
     pub fn with_rounding(mut self, rounding: Rounding) -> Self {
@@ -257,14 +305,22 @@ impl QuantSpec {
     /// Narrow or full integer range.
     pub fn with_narrow(mut self, narrow: bool) -> Self {
         if let Format::Int { bits, signed, .. } = self.format {
-            self.format = Format::Int { bits, signed, narrow };
+            self.format = Format::Int {
+                bits,
+                signed,
+                narrow,
+            };
         }
         self
     }
     /// Signed or unsigned integer grid.
     pub fn with_signed(mut self, signed: bool) -> Self {
         if let Format::Int { bits, narrow, .. } = self.format {
-            self.format = Format::Int { bits, signed, narrow };
+            self.format = Format::Int {
+                bits,
+                signed,
+                narrow,
+            };
         }
         self
     }
@@ -277,22 +333,31 @@ impl QuantSpec {
         if let Some(stat) = self.scale.source.stat() {
             stat.validate()?;
         }
-        if let ScaleSource::Const(c) = self.scale.source {
-            if !(c.is_finite() && c > 0.0) {
-                return Err(QuantError::config("scale.source", c, "a constant scale must be finite and > 0"));
-            }
+        if let ScaleSource::Const(c) = self.scale.source
+            && !(c.is_finite() && c > 0.0)
+        {
+            return Err(QuantError::config(
+                "scale.source",
+                c,
+                "a constant scale must be finite and > 0",
+            ));
         }
         if let Granularity::PerGroup { size: 0, .. } = self.granularity {
-            return Err(QuantError::config("granularity.size", 0, "group size must be at least 1"));
+            return Err(QuantError::config(
+                "granularity.size",
+                0,
+                "group size must be at least 1",
+            ));
         }
-        if self.zero_point.is_asymmetric() {
-            if !matches!(self.format, Format::Int { .. }) {
-                return Err(QuantError::config(
-                    "zero_point",
-                    "asymmetric",
-                    format!("a zero-point needs an integer format, not {:?}", self.format),
-                ));
-            }
+        if self.zero_point.is_asymmetric() && !matches!(self.format, Format::Int { .. }) {
+            return Err(QuantError::config(
+                "zero_point",
+                "asymmetric",
+                format!(
+                    "a zero-point needs an integer format, not {:?}",
+                    self.format
+                ),
+            ));
         }
         if let ScaleRestriction::Quantized(q) = self.scale.restrict {
             let Granularity::PerGroup { size, .. } = self.granularity else {
@@ -310,9 +375,15 @@ impl QuantSpec {
                         format!("{q:?} scales are for symmetric formats"),
                     ));
                 }
-                ScaleQuant::SubBlock { super_block, bits, .. } => {
+                ScaleQuant::SubBlock {
+                    super_block, bits, ..
+                } => {
                     if !(2..=8).contains(&bits) {
-                        return Err(QuantError::config("scale.restrict.bits", bits, "must be in 2..=8"));
+                        return Err(QuantError::config(
+                            "scale.restrict.bits",
+                            bits,
+                            "must be in 2..=8",
+                        ));
                     }
                     if super_block == 0 || super_block % size != 0 {
                         return Err(QuantError::config(
@@ -340,15 +411,16 @@ impl QuantSpec {
     pub fn check_shape(&self, shape: &[usize]) -> Result<crate::granularity::Layout> {
         self.validate()?;
         let layout = self.granularity.layout(shape)?;
-        if let ScaleRestriction::Quantized(ScaleQuant::SubBlock { super_block, .. }) = self.scale.restrict {
-            if layout.axis_len % super_block != 0 {
-                return Err(QuantError::GroupSizeMismatch {
-                    axis: self.granularity.axis().unwrap_or(0),
-                    len: layout.axis_len,
-                    size: super_block,
-                    shape: shape.to_vec(),
-                });
-            }
+        if let ScaleRestriction::Quantized(ScaleQuant::SubBlock { super_block, .. }) =
+            self.scale.restrict
+            && layout.axis_len % super_block != 0
+        {
+            return Err(QuantError::GroupSizeMismatch {
+                axis: self.granularity.axis().unwrap_or(0),
+                len: layout.axis_len,
+                size: super_block,
+                shape: shape.to_vec(),
+            });
         }
         Ok(layout)
     }
@@ -361,7 +433,11 @@ impl QuantSpec {
         let n = shape.iter().product::<usize>().max(1) as f64;
         let cells = layout.cells() as f64;
         let elem = self.format.bits() as f64 * n;
-        let zp = if self.zero_point.is_asymmetric() { 1.0 } else { 0.0 };
+        let zp = if self.zero_point.is_asymmetric() {
+            1.0
+        } else {
+            0.0
+        };
         let zp_bits = match self.scale.source.stat() {
             Some(ScaleStat::Hqq { .. }) => 32.0,
             _ => self.format.bits() as f64,
@@ -372,7 +448,9 @@ impl QuantSpec {
             ScaleRestriction::PowerOfTwo { .. } => cells * (8.0 + zp * zp_bits),
             ScaleRestriction::Quantized(ScaleQuant::E8M0) => cells * 8.0,
             ScaleRestriction::Quantized(ScaleQuant::E4M3Global) => cells * 8.0 + 32.0,
-            ScaleRestriction::Quantized(ScaleQuant::SubBlock { super_block, bits, .. }) => {
+            ScaleRestriction::Quantized(ScaleQuant::SubBlock {
+                super_block, bits, ..
+            }) => {
                 let supers = n / super_block as f64;
                 cells * bits as f64 * (1.0 + zp) + supers * 16.0 * (1.0 + zp)
             }
@@ -387,11 +465,20 @@ mod tests {
 
     fn presets() -> Vec<(&'static str, QuantSpec)> {
         vec![
-            ("int8_weight_per_tensor", QuantSpec::int8_weight_per_tensor()),
-            ("int8_weight_per_channel", QuantSpec::int8_weight_per_channel()),
+            (
+                "int8_weight_per_tensor",
+                QuantSpec::int8_weight_per_tensor(),
+            ),
+            (
+                "int8_weight_per_channel",
+                QuantSpec::int8_weight_per_channel(),
+            ),
             ("int8_act_per_tensor", QuantSpec::int8_act_per_tensor()),
             ("uint8_act_per_tensor", QuantSpec::uint8_act_per_tensor()),
-            ("int4_weight_per_group", QuantSpec::int4_weight_per_group(128)),
+            (
+                "int4_weight_per_group",
+                QuantSpec::int4_weight_per_group(128),
+            ),
             ("fp8_e4m3", QuantSpec::fp8_e4m3_weight_per_tensor()),
             ("mxfp8_e4m3", QuantSpec::mxfp8_e4m3()),
             ("mxfp8_e5m2", QuantSpec::mxfp8_e5m2()),
@@ -435,37 +522,68 @@ mod tests {
         assert_eq!(bpe(QuantSpec::mxfp8_e4m3()), 8.25);
         assert_eq!(bpe(QuantSpec::mxfp6_e2m3()), 6.25);
         assert_eq!(bpe(QuantSpec::nvfp4()), 4.5 + 32.0 / (4096.0 * 64.0));
-        assert_eq!(bpe(QuantSpec::int8_weight_per_channel()), 8.0 + 32.0 / 4096.0);
+        assert_eq!(
+            bpe(QuantSpec::int8_weight_per_channel()),
+            8.0 + 32.0 / 4096.0
+        );
         // GPTQ-style: f32 scale + 4-bit zero-point per group of 32.
-        assert_eq!(bpe(QuantSpec::int4_weight_per_group(32).asymmetric()), 4.0 + 36.0 / 32.0);
-        assert_eq!(bpe(QuantSpec::int4_weight_per_group(32).asymmetric().with_stat(ScaleStat::hqq())), 4.0 + 64.0 / 32.0);
+        assert_eq!(
+            bpe(QuantSpec::int4_weight_per_group(32).asymmetric()),
+            4.0 + 36.0 / 32.0
+        );
+        assert_eq!(
+            bpe(QuantSpec::int4_weight_per_group(32)
+                .asymmetric()
+                .with_stat(ScaleStat::hqq())),
+            4.0 + 64.0 / 32.0
+        );
         assert!(QuantSpec::gguf_q4_k().bits_per_element(&[128, 4]).is_err());
     }
 
     #[test]
     fn with_methods_compose_like_brevitas_let() {
         // Brevitas: Int8WeightPerChannelFloat.let(bit_width=4, quant_format="float_ocp_e2m1").
-        let spec = QuantSpec::int8_weight_per_channel().with_format(Format::Minifloat(Minifloat::e2m1()));
+        let spec =
+            QuantSpec::int8_weight_per_channel().with_format(Format::Minifloat(Minifloat::e2m1()));
         assert_eq!(spec.format, Format::Minifloat(Minifloat::e2m1()));
         assert_eq!(spec.granularity, Granularity::PerChannel { axis: 1 });
         assert_eq!(spec.format.bits(), 4);
-        let s = QuantSpec::int4_weight_per_group(32).with_axis(1).with_group_size(64).asymmetric();
+        let s = QuantSpec::int4_weight_per_group(32)
+            .with_axis(1)
+            .with_group_size(64)
+            .asymmetric();
         assert_eq!(s.granularity, Granularity::PerGroup { axis: 1, size: 64 });
         assert_eq!(s.scale.source, ScaleSource::Stats(ScaleStat::MinMax));
         assert!(s.zero_point.is_asymmetric());
         assert_eq!(s.format, Format::uint(4));
-        assert_eq!(QuantSpec::int8_weight_per_tensor().with_bits(3).format, Format::Int { bits: 3, signed: true, narrow: true });
+        assert_eq!(
+            QuantSpec::int8_weight_per_tensor().with_bits(3).format,
+            Format::Int {
+                bits: 3,
+                signed: true,
+                narrow: true
+            }
+        );
     }
 
     #[test]
     fn impossible_combinations_name_the_field() {
         let msg = |s: QuantSpec| s.validate().unwrap_err().to_string();
-        assert!(msg(QuantSpec::mxfp4().with_granularity(Granularity::PerTensor)).contains("scale.restrict"));
+        assert!(
+            msg(QuantSpec::mxfp4().with_granularity(Granularity::PerTensor))
+                .contains("scale.restrict")
+        );
         assert!(msg(QuantSpec::binary_weight().asymmetric()).contains("zero_point"));
         assert!(msg(QuantSpec::int4_weight_per_group(0)).contains("granularity.size"));
-        assert!(msg(QuantSpec::int8_act_per_tensor().with_scale_source(ScaleSource::Const(0.0))).contains("scale.source"));
+        assert!(
+            msg(QuantSpec::int8_act_per_tensor().with_scale_source(ScaleSource::Const(0.0)))
+                .contains("scale.source")
+        );
         assert!(msg(QuantSpec::gguf_q4_k().with_group_size(48)).contains("super_block"));
-        assert!(msg(QuantSpec::nvfp4().with_format(Format::uint(4)).asymmetric()).contains("zero_point"));
+        assert!(
+            msg(QuantSpec::nvfp4().with_format(Format::uint(4)).asymmetric())
+                .contains("zero_point")
+        );
     }
 }
 
@@ -473,8 +591,17 @@ impl std::fmt::Display for Format {
     /// Short names: `int8`, `int4n` (narrow), `uint8`, `e4m3`, `e4m3fnuz`, `e5m2nosat`, `binary`, `ternary`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Format::Int { bits, signed, narrow } => {
-                write!(f, "{}int{bits}{}", if *signed { "" } else { "u" }, if *narrow { "n" } else { "" })
+            Format::Int {
+                bits,
+                signed,
+                narrow,
+            } => {
+                write!(
+                    f,
+                    "{}int{bits}{}",
+                    if *signed { "" } else { "u" },
+                    if *narrow { "n" } else { "" }
+                )
             }
             Format::Minifloat(m) => {
                 let base = format!("e{}m{}", m.exponent, m.mantissa);
@@ -491,11 +618,19 @@ impl std::fmt::Display for Format {
                     .iter()
                     .any(|p| p.with_saturating(m.saturating) == *m);
                 let suffix = if ocp || fnuz {
-                    if fnuz { "fnuz".to_string() } else { String::new() }
+                    if fnuz {
+                        "fnuz".to_string()
+                    } else {
+                        String::new()
+                    }
                 } else {
                     format!("(bias {}, {:?})", m.bias, m.special)
                 };
-                write!(f, "{base}{suffix}{}", if m.saturating { "" } else { "nosat" })
+                write!(
+                    f,
+                    "{base}{suffix}{}",
+                    if m.saturating { "" } else { "nosat" }
+                )
             }
             Format::Binary => write!(f, "binary"),
             Format::Ternary => write!(f, "ternary"),
@@ -511,9 +646,13 @@ impl std::fmt::Display for QuantSpec {
             Granularity::PerChannel { axis } => format!("per-channel(axis {axis})"),
             Granularity::PerGroup { axis, size } => format!("per-group(axis {axis}, {size})"),
         };
-        let zp = if self.zero_point.is_asymmetric() { "asym" } else { "sym" };
+        let zp = if self.zero_point.is_asymmetric() {
+            "asym"
+        } else {
+            "sym"
+        };
         let source = match self.scale.source {
-            ScaleSource::Stats(s) => format!("{}", stat_name(&s)),
+            ScaleSource::Stats(s) => stat_name(&s).to_string(),
             ScaleSource::Dynamic(s) => format!("dynamic {}", stat_name(&s)),
             ScaleSource::Learned(s) => format!("learned from {}", stat_name(&s)),
             ScaleSource::Const(c) => format!("const {c}"),
@@ -523,12 +662,19 @@ impl std::fmt::Display for QuantSpec {
             ScaleRestriction::PowerOfTwo { mode } => format!(" pow2-{mode:?}").to_lowercase(),
             ScaleRestriction::Quantized(ScaleQuant::E8M0) => " e8m0-scales".into(),
             ScaleRestriction::Quantized(ScaleQuant::E4M3Global) => " e4m3-scales+f32-global".into(),
-            ScaleRestriction::Quantized(ScaleQuant::SubBlock { super_block, bits, .. }) => {
+            ScaleRestriction::Quantized(ScaleQuant::SubBlock {
+                super_block, bits, ..
+            }) => {
                 format!(" {bits}bit-scales/{super_block}")
             }
         };
         use crate::rounding::RoundingFn;
-        write!(f, "{} {zp} {gran} {source}{restrict} {}", self.format, self.rounding.name())
+        write!(
+            f,
+            "{} {zp} {gran} {source}{restrict} {}",
+            self.format,
+            self.rounding.name()
+        )
     }
 }
 
@@ -549,11 +695,29 @@ mod display_tests {
 
     #[test]
     fn specs_print_on_one_line() {
-        assert_eq!(QuantSpec::int4_weight_per_group(32).to_string(), "int4 sym per-group(axis 0, 32) absmax nearest_even");
-        assert_eq!(QuantSpec::mxfp4().to_string(), "e2m1 sym per-group(axis 0, 32) absmax e8m0-scales nearest_even");
-        assert_eq!(QuantSpec::int8_weight_per_channel().to_string(), "int8n sym per-channel(axis 1) absmax nearest_even");
-        assert_eq!(QuantSpec::uint8_act_per_tensor().asymmetric().to_string(), "uint8 asym per-tensor minmax nearest_even");
-        assert_eq!(Format::Minifloat(Minifloat::e4m3fnuz().with_saturating(false)).to_string(), "e4m3fnuznosat");
-        assert_eq!(QuantSpec::gguf_q4_k().to_string(), "uint4 asym per-group(axis 0, 32) minmax 6bit-scales/256 nearest_even");
+        assert_eq!(
+            QuantSpec::int4_weight_per_group(32).to_string(),
+            "int4 sym per-group(axis 0, 32) absmax nearest_even"
+        );
+        assert_eq!(
+            QuantSpec::mxfp4().to_string(),
+            "e2m1 sym per-group(axis 0, 32) absmax e8m0-scales nearest_even"
+        );
+        assert_eq!(
+            QuantSpec::int8_weight_per_channel().to_string(),
+            "int8n sym per-channel(axis 1) absmax nearest_even"
+        );
+        assert_eq!(
+            QuantSpec::uint8_act_per_tensor().asymmetric().to_string(),
+            "uint8 asym per-tensor minmax nearest_even"
+        );
+        assert_eq!(
+            Format::Minifloat(Minifloat::e4m3fnuz().with_saturating(false)).to_string(),
+            "e4m3fnuznosat"
+        );
+        assert_eq!(
+            QuantSpec::gguf_q4_k().to_string(),
+            "uint4 asym per-group(axis 0, 32) minmax 6bit-scales/256 nearest_even"
+        );
     }
 }

@@ -23,9 +23,10 @@ pub use burn_quant_core::*;
 pub mod prelude {
     pub use burn::tensor::{Device, Int, Tensor, TensorData};
     pub use burn_quant_core::{
-        compute_params, dequantize, fake_quant, fake_quant_custom, fake_quant_with, quantize, quantize_with, Format,
-        Granularity, Minifloat, Pow2Mode, QuantError, QuantParams, QuantSpec, QuantTensor, Rounding, RoundingFn,
-        ScaleQuant, ScaleRestriction, ScaleSource, ScaleSpec, ScaleStat, ZeroPoint,
+        Format, Granularity, Minifloat, Pow2Mode, QuantError, QuantParams, QuantSpec, QuantTensor,
+        Rounding, RoundingFn, ScaleQuant, ScaleRestriction, ScaleSource, ScaleSpec, ScaleStat,
+        ZeroPoint, compute_params, dequantize, fake_quant, fake_quant_custom, fake_quant_with,
+        quantize, quantize_with,
     };
 }
 
