@@ -34,3 +34,18 @@ pub mod prelude {
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The book's code (`book/src/*.md`), compiled and run as doctests so the book stays true.
+#[cfg(doctest)]
+pub mod book {
+    #[doc = include_str!("../../../book/src/introduction.md")]
+    pub struct Introduction;
+    #[doc = include_str!("../../../book/src/formats.md")]
+    pub struct Formats;
+    #[doc = include_str!("../../../book/src/quickstart.md")]
+    pub struct Quickstart;
+    #[doc = include_str!("../../../book/src/performance.md")]
+    pub struct Performance;
+    #[doc = include_str!("../../../book/src/devices.md")]
+    pub struct Devices;
+}
