@@ -116,13 +116,11 @@ pub fn run(config: &QuickstartConfig) -> Result<QuickstartReport> {
     for recipe in &recipes {
         if let Some(spec) = &recipe.spec {
             for (param, shape) in mlp.linear_weight_shapes() {
-                spec.validate()
-                    .and_then(|()| spec.bits_per_element(&shape))
-                    .map_err(|source| CliError::Quant {
-                        recipe: recipe.name.to_string(),
-                        param: param.to_string(),
-                        source,
-                    })?;
+                spec.check_shape(&shape).map_err(|source| CliError::Quant {
+                    recipe: recipe.name.to_string(),
+                    param: param.to_string(),
+                    source,
+                })?;
             }
         }
     }
