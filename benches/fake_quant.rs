@@ -42,6 +42,20 @@ fn main() {
         gbs(copy)
     );
 
+    let mut inplace = src.clone();
+    let one = std::hint::black_box(1.0f32);
+    let trivial = median_secs(7, || {
+        inplace
+            .par_chunks_mut(1 << 15)
+            .for_each(|c| c.iter_mut().for_each(|x| *x *= one))
+    });
+    println!(
+        "{:<44} {:>8.2} GB/s  ({:.2}x copy)",
+        "in place x *= 1 (read+write, same buffer)",
+        gbs(trivial),
+        copy / trivial
+    );
+
     let device = Device::flex();
     let x = Tensor::<2>::from_data(TensorData::new(src.clone(), [N, N]), &device);
     let tensor_copy = median_secs(7, || {
@@ -57,6 +71,14 @@ fn main() {
     for (name, spec) in [
         ("int8 per-channel", QuantSpec::int8_weight_per_channel()),
         ("MXFP4 (e2m1, block 32, E8M0)", QuantSpec::mxfp4()),
+        (
+            "MXFP4, blocks along axis 1",
+            QuantSpec::mxfp4().with_axis(1),
+        ),
+        (
+            "fp8 e4m3 per-tensor",
+            QuantSpec::fp8_e4m3_weight_per_tensor(),
+        ),
     ] {
         let layout = spec.granularity.layout(&[N, N]).expect("valid layout");
         let t_params = median_secs(3, || {

@@ -429,6 +429,12 @@ impl ScaleDiv for MulInverse {
     }
 }
 
+/// `s` from `1/s` when both are normal powers of two: their exponent fields sum to 254.
+#[inline(always)]
+fn pow2_from_inverse(inv: f32) -> f32 {
+    f32::from_bits(0x7F00_0000 - inv.to_bits())
+}
+
 /// Fake-quantizes `data` in place: one fused, vectorised pass (divide, round, clamp, rescale).
 pub fn fake_quant_in_place(
     data: &mut [f32],
@@ -438,12 +444,13 @@ pub fn fake_quant_in_place(
 ) {
     let scales = &params.scales;
     let zeros = params.zero_points.as_deref();
-    let pow2_scales = scales.iter().all(|&s| s == 0.0 || pow2(floor_log2(s)) == s);
+    // Normal powers of two (E8M0 and power-of-two restrictions): multiply by the exact inverse
+    // and rebuild the scale from it, so the hot loop streams one scale array instead of two.
+    let pow2_scales = scales
+        .iter()
+        .all(|&s| (f32::MIN_POSITIVE..=pow2(126)).contains(&s) && pow2(floor_log2(s)) == s);
     let inverses: Vec<f32> = if pow2_scales {
-        scales
-            .iter()
-            .map(|&s| if s == 0.0 { 0.0 } else { 1.0 / s })
-            .collect()
+        scales.iter().map(|&s| 1.0 / s).collect()
     } else {
         vec![]
     };
@@ -467,7 +474,7 @@ pub fn fake_quant_in_place(
                     if pow2_scales {
                         k.unit_avx2(MulInverse, &inverses, start, unit, cells)
                     } else {
-                        k.unit_avx2(TrueDiv, scales, start, unit, cells)
+                        k.unit_avx2(TrueDiv, &[], start, unit, cells)
                     }
                 }
                 return;
@@ -475,7 +482,7 @@ pub fn fake_quant_in_place(
             if pow2_scales {
                 k.unit(MulInverse, &inverses, start, unit, cells)
             } else {
-                k.unit(TrueDiv, scales, start, unit, cells)
+                k.unit(TrueDiv, &[], start, unit, cells)
             }
         }
     ));
@@ -527,12 +534,18 @@ impl<G: Grid, R: Rounder> Kernel<'_, G, R> {
                     *x = (g.grid(div.grid_units(*x, s, is, z), r, start + i) - z) * s;
                 }
             }
+            (Cells::Run(c0), None) if !inv.is_empty() => {
+                let is = &inv[c0..c0 + unit.len()];
+                for (i, (x, &is)) in unit.iter_mut().zip(is).enumerate() {
+                    *x = g.grid(div.grid_units(*x, 0.0, is, 0.0), r, start + i)
+                        * pow2_from_inverse(is);
+                }
+            }
             (Cells::Run(c0), None) => {
                 let n = unit.len();
                 let ss = &scales[c0..c0 + n];
-                let is = if inv.is_empty() { ss } else { &inv[c0..c0 + n] };
-                for (i, ((x, &s), &is)) in unit.iter_mut().zip(ss).zip(is).enumerate() {
-                    *x = g.grid(div.grid_units(*x, s, is, 0.0), r, start + i) * s;
+                for (i, (x, &s)) in unit.iter_mut().zip(ss).enumerate() {
+                    *x = g.grid(div.grid_units(*x, s, 0.0, 0.0), r, start + i) * s;
                 }
             }
             (Cells::Run(c0), Some(z)) => {
