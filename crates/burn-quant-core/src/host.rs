@@ -51,8 +51,8 @@ pub fn check_input(data: &[f32], shape: &[usize], what: &'static str) -> Result<
             shape: shape.to_vec(),
         });
     }
-    if let Some((index, &value)) = data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(QuantError::NonFinite { what, index, value });
+    if let Some(index) = data.par_iter().position_first(|v| !v.is_finite()) {
+        return Err(QuantError::NonFinite { what, index, value: data[index] });
     }
     Ok(())
 }
