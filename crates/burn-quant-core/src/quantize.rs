@@ -1119,6 +1119,24 @@ mod tests {
         }
 
         #[test]
+        fn prop_same_seed_same_stochastic_rounding(
+            v in proptest::collection::vec(-3.0f32..3.0, 1..200),
+            seed in any::<u64>(),
+        ) {
+            let device = dev();
+            let spec = QuantSpec::int8_act_per_tensor().with_bits(4).with_rounding(Rounding::Stochastic { seed });
+            let x = Tensor::<1>::from_floats(v.as_slice(), &device);
+            let a = quantize(x.clone(), &spec).unwrap().codes_vec();
+            let b = quantize(x.clone(), &spec).unwrap().codes_vec();
+            prop_assert_eq!(&a, &b);
+            // The tensor path draws the same noise as the host kernels.
+            let p = compute_params(&x, &spec).unwrap();
+            let t = to_host(&fake_quant_custom(x.clone(), &spec, &p, &spec.rounding).unwrap());
+            let f = to_host(&fake_quant_fused(x, &spec, &p).unwrap());
+            prop_assert_eq!(t, f);
+        }
+
+        #[test]
         fn prop_minifloat_fake_quant_is_idempotent_and_on_grid(
             v in proptest::collection::vec(-600.0f32..600.0, 32),
             which in 0usize..5,
