@@ -662,6 +662,57 @@ impl Format {
     }
 }
 
+impl std::fmt::Display for Format {
+    /// Short names: `int8`, `int4n` (narrow), `uint8`, `e4m3`, `e4m3fnuz`, `e5m2nosat`, `binary`, `ternary`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Format::Int {
+                bits,
+                signed,
+                narrow,
+            } => {
+                write!(
+                    f,
+                    "{}int{bits}{}",
+                    if *signed { "" } else { "u" },
+                    if *narrow { "n" } else { "" }
+                )
+            }
+            Format::Minifloat(m) => {
+                let base = format!("e{}m{}", m.exponent, m.mantissa);
+                let ocp = [
+                    Minifloat::e4m3(),
+                    Minifloat::e5m2(),
+                    Minifloat::e3m2(),
+                    Minifloat::e2m3(),
+                    Minifloat::e2m1(),
+                ]
+                .iter()
+                .any(|p| p.with_saturating(m.saturating) == *m);
+                let fnuz = [Minifloat::e4m3fnuz(), Minifloat::e5m2fnuz()]
+                    .iter()
+                    .any(|p| p.with_saturating(m.saturating) == *m);
+                let suffix = if ocp || fnuz {
+                    if fnuz {
+                        "fnuz".to_string()
+                    } else {
+                        String::new()
+                    }
+                } else {
+                    format!("(bias {}, {:?})", m.bias, m.special)
+                };
+                write!(
+                    f,
+                    "{base}{suffix}{}",
+                    if m.saturating { "" } else { "nosat" }
+                )
+            }
+            Format::Binary => write!(f, "binary"),
+            Format::Ternary => write!(f, "ternary"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
