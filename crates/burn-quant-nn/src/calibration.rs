@@ -1,0 +1,122 @@
+//! Calibration sessions and switching quantization off, model-wide.
+//!
+//! Burn has no forward hooks and a model's forward takes `&self`, so — like Brevitas's
+//! `calibration_mode` and `disable_enable_quantization` context managers — these are scoped to
+//! a closure on the current thread: every [`Quantizer`](crate::Quantizer) that runs inside it
+//! reacts, whatever model it belongs to, with no change to the model's code.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::tensor::{Tensor, TensorData};
+use burn_quant_core::{Observer, QuantSpec};
+
+use crate::error::{NnError, Result};
+
+struct Entry {
+    observer: Observer,
+    zero_id: Option<ParamId>,
+}
+
+thread_local! {
+    static SESSION: RefCell<Option<HashMap<ParamId, Entry>>> = const { RefCell::new(None) };
+    static DISABLED: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether quantization is switched off on this thread (inside [`without_quantization`]).
+pub fn quantization_disabled() -> bool {
+    DISABLED.with(|d| d.get() > 0)
+}
+
+/// Runs `f` with every quantizer on this thread acting as the identity (float reference runs).
+pub fn without_quantization<R>(f: impl FnOnce() -> R) -> R {
+    struct Guard;
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            DISABLED.with(|d| d.set(d.get() - 1));
+        }
+    }
+    DISABLED.with(|d| d.set(d.get() + 1));
+    let _guard = Guard;
+    f()
+}
+
+/// Records `x` for the quantizer whose stored scale has id `scale_id`, if a calibration
+/// session is running on this thread; returns whether it did.
+pub(crate) fn observe<const D: usize>(
+    scale_id: ParamId,
+    zero_id: Option<ParamId>,
+    spec: &QuantSpec,
+    x: &Tensor<D>,
+) -> Result<bool> {
+    SESSION.with(|s| {
+        let mut s = s.borrow_mut();
+        let Some(session) = s.as_mut() else { return Ok(false) };
+        let entry = match session.entry(scale_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Entry { observer: Observer::new(spec)?, zero_id })
+            }
+        };
+        entry.observer.observe(&x.clone().detach())?;
+        Ok(true)
+    })
+}
+
+/// Calibrates every static or learned quantizer of `model`: runs `run(&model)` (which should
+/// push calibration batches through the model) with quantizers recording their inputs and
+/// passing them through unquantized, then writes each quantizer's statistic into its scale and
+/// zero-point `Param`s (same ids). Returns the calibrated model and what `run` returned.
+///
+/// Quantizers with a per-call scale (weights, dynamic activations) are not affected.
+pub fn calibrate<M: Module, R>(model: M, run: impl FnOnce(&M) -> R) -> Result<(M, R)> {
+    struct Session;
+    impl Drop for Session {
+        fn drop(&mut self) {
+            SESSION.with(|s| s.borrow_mut().take());
+        }
+    }
+    let previous = SESSION.with(|s| s.borrow_mut().replace(HashMap::new()));
+    if previous.is_some() {
+        return Err(NnError::InvalidConfig {
+            field: "calibrate",
+            value: "nested".into(),
+            reason: "a calibration session is already running on this thread".into(),
+        });
+    }
+    let session = Session;
+    let out = run(&model);
+    let entries = SESSION.with(|s| s.borrow_mut().take()).unwrap_or_default();
+    drop(session);
+    let mut values: HashMap<ParamId, Vec<f32>> = HashMap::new();
+    for (scale_id, entry) in entries {
+        let p = entry.observer.host_params()?;
+        if let (Some(zid), Some(z)) = (entry.zero_id, p.zero_points) {
+            values.insert(zid, z);
+        }
+        values.insert(scale_id, p.scales);
+    }
+    let mut writer = Writer { values, written: 0 };
+    let model = model.map(&mut writer);
+    Ok((model, out))
+}
+
+/// Replaces the values of the params whose ids it holds.
+struct Writer {
+    values: HashMap<ParamId, Vec<f32>>,
+    written: usize,
+}
+
+impl ModuleMapper for Writer {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some(v) = self.values.remove(&param.id) else { return param };
+        self.written += 1;
+        param.map(|old| {
+            let shape = old.shape();
+            let require_grad = old.is_require_grad();
+            let t = Tensor::<D>::from_data(TensorData::new(v, shape), &old.device());
+            if require_grad { t.require_grad() } else { t }
+        })
+    }
+}

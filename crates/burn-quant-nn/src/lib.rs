@@ -1,0 +1,21 @@
+//! # burn-quant-nn
+//!
+//! The ways into a Burn model: the [`Quantizer`] module (a `QuantSpec` plus its calibrated or
+//! learned state), quantized layers whose parameter names equal `burn::nn`'s so float records
+//! load unchanged, calibration sessions, and weight quantization of unmodified Burn models
+//! through `QuantPlan` and Burn's reparameterization.
+#![warn(missing_docs)]
+
+pub mod act;
+pub mod calibration;
+pub mod error;
+pub mod linear;
+pub mod plan;
+pub mod quantizer;
+pub mod recipe;
+
+pub use act::{QuantAct, QuantActConfig, QuantReLU, QuantReLUConfig};
+pub use calibration::{calibrate, without_quantization};
+pub use error::{NnError, Result};
+pub use linear::{QuantLinear, QuantLinearConfig};
+pub use quantizer::{Quantizer, QuantizerConfig, QuantizerRole};

@@ -1,0 +1,176 @@
+//! [`Quantizer`]: a [`QuantSpec`] plus its state (calibrated or learned scale and zero-point).
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Tensor};
+use burn_quant_core::{
+    compute_params, fake_quant_with, quantize_with, QuantParams, QuantSpec, QuantTensor, ScaleSource,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::calibration;
+use crate::error::{NnError, Result};
+
+/// What a quantizer quantizes; decides how a statistics-based (`Stats`) scale behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum QuantizerRole {
+    /// A weight: a `Stats` scale is recomputed from the current weight at every call (the
+    /// weight is the whole "calibration set"), so QAT and record loading need no calibration.
+    Weight,
+    /// An activation: a `Stats` scale is static, filled by [`crate::calibrate`]; a `Dynamic`
+    /// one is recomputed per call.
+    Activation,
+}
+
+/// Configuration of a [`Quantizer`].
+#[derive(Config, Debug)]
+pub struct QuantizerConfig {
+    /// The recipe.
+    pub spec: QuantSpec,
+    /// Weight or activation quantizer.
+    #[config(default = "QuantizerRole::Activation")]
+    pub role: QuantizerRole,
+    /// Scale cells of a stored scale: 1 per tensor, the channel count per channel.
+    #[config(default = 1)]
+    pub cells: usize,
+}
+
+/// A quantizer module: fake-quantizes its input in the forward pass.
+///
+/// State: a stored scale (and zero-point) as `Param`s when the scale is static (activations,
+/// calibrated) or learned (LSQ, trained with the model); they are saved in records and moved
+/// between devices with the module. Scale tensors are flat (`[cells]`) and reshaped to the
+/// granularity's scale shape at each call.
+#[derive(Module, Debug)]
+pub struct Quantizer {
+    /// Stored scale, `[cells]`: calibrated (static) or trained (learned); `None` when the
+    /// scale is recomputed per call.
+    pub scale: Option<Param<Tensor<1>>>,
+    /// Stored zero-point in grid units, `[cells]` (asymmetric specs with a stored scale).
+    pub zero_point: Option<Param<Tensor<1>>>,
+    /// The recipe.
+    #[module(skip)]
+    pub spec: QuantSpec,
+    /// Weight or activation.
+    #[module(skip)]
+    pub role: QuantizerRole,
+    /// `false` turns the quantizer into the identity.
+    #[module(skip)]
+    pub enabled: bool,
+}
+
+impl QuantizerConfig {
+    /// A quantizer for `spec` with the given role (one scale cell).
+    pub fn for_spec(spec: QuantSpec, role: QuantizerRole) -> Self {
+        Self::new(spec).with_role(role)
+    }
+
+    /// Builds the quantizer; its stored scale (if any) starts at zero = not calibrated.
+    pub fn init(&self, device: &Device) -> Result<Quantizer> {
+        self.spec.validate()?;
+        if self.cells == 0 {
+            return Err(NnError::InvalidConfig {
+                field: "cells",
+                value: "0".into(),
+                reason: "a stored scale needs at least one cell".into(),
+            });
+        }
+        let learned = matches!(self.spec.scale.source, ScaleSource::Learned(_));
+        let stored = learned
+            || (self.role == QuantizerRole::Activation && matches!(self.spec.scale.source, ScaleSource::Stats(_)));
+        let param = |learn: bool| {
+            Param::from_tensor(Tensor::<1>::zeros([self.cells], device)).set_require_grad(learn)
+        };
+        let scale = stored.then(|| param(learned));
+        let learned_zp = matches!(self.spec.zero_point, burn_quant_core::ZeroPoint::Asymmetric { learned: true });
+        let zero_point = (stored && self.spec.zero_point.is_asymmetric()).then(|| param(learned_zp));
+        Ok(Quantizer { scale, zero_point, spec: self.spec, role: self.role, enabled: true })
+    }
+}
+
+impl Quantizer {
+    /// The same quantizer switched on or off.
+    pub fn with_enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
+    /// Whether the scale is stored (static or learned) rather than recomputed per call.
+    pub fn has_stored_scale(&self) -> bool {
+        self.scale.is_some()
+    }
+
+    /// Fake-quantizes `x` (straight-through gradients). During [`crate::calibrate`] a quantizer
+    /// with a stored scale records `x` and passes it through unchanged; inside
+    /// [`crate::without_quantization`], or when disabled, it is the identity.
+    ///
+    /// # Panics
+    /// On an error of [`Quantizer::try_forward`] (an uncalibrated static scale, a spec that does
+    /// not fit the input's shape, non-finite input), like Burn's own layers on a shape mismatch.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.try_forward(x).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Quantizer::forward`] returning errors instead of panicking.
+    pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>> {
+        Ok(self.forward_with_params(x)?.0)
+    }
+
+    /// Fake-quantizes `x` and also returns the params used (`None` when nothing was quantized).
+    pub fn forward_with_params<const D: usize>(&self, x: Tensor<D>) -> Result<(Tensor<D>, Option<QuantParams<D>>)> {
+        if !self.enabled || calibration::quantization_disabled() {
+            return Ok((x, None));
+        }
+        if let Some(scale) = &self.scale {
+            if calibration::observe(scale.id, self.zero_point.as_ref().map(|z| z.id), &self.spec, &x)? {
+                return Ok((x, None));
+            }
+        }
+        let params = self.params_for(&x)?;
+        let y = fake_quant_with(x, &self.spec, &params)?;
+        Ok((y, Some(params)))
+    }
+
+    /// The params this quantizer applies to an input shaped like `x`: the stored ones reshaped
+    /// to the granularity, or statistics of `x` (detached).
+    pub fn params_for<const D: usize>(&self, x: &Tensor<D>) -> Result<QuantParams<D>> {
+        let Some(scale) = &self.scale else {
+            return Ok(compute_params(&x.clone().detach(), &self.spec)?);
+        };
+        let shape = x.dims();
+        let layout = self.spec.check_shape(&shape)?;
+        let stored = scale.shape().dims::<1>()[0];
+        if stored != layout.cells() {
+            return Err(NnError::CellMismatch {
+                what: self.describe(),
+                stored,
+                needed: layout.cells(),
+                shape: shape.to_vec(),
+            });
+        }
+        let s = scale.val();
+        if !s.clone().detach().greater_elem(0.0).all().into_scalar::<bool>() {
+            return Err(NnError::NotCalibrated { what: self.describe() });
+        }
+        let dims: [usize; D] = layout.scale_shape.clone().try_into().expect("scale shape has the input's rank");
+        Ok(QuantParams {
+            scales: s.reshape(dims),
+            zero_points: self.zero_point.as_ref().map(|z| z.val().reshape(dims)),
+            scale_level: None,
+        })
+    }
+
+    /// The exact integer codes, scales and zero-points this quantizer gives `x`.
+    pub fn quantize<const D: usize>(&self, x: Tensor<D>) -> Result<QuantTensor<D>> {
+        if self.scale.is_none() {
+            // Recomputed params carry the quantized scale level (MX, NVFP4, k-quants) too.
+            return Ok(burn_quant_core::quantize(x, &self.spec)?);
+        }
+        let params = self.params_for(&x)?;
+        Ok(quantize_with(x, &self.spec, params)?)
+    }
+
+    fn describe(&self) -> String {
+        format!("{:?} quantizer ({})", self.role, self.spec)
+    }
+}
