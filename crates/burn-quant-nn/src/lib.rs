@@ -7,12 +7,17 @@
 #![warn(missing_docs)]
 
 pub mod act;
+pub mod attention;
 pub mod calibration;
+pub mod conv;
+pub mod embedding;
 pub mod error;
 pub mod linear;
+pub mod merge;
 pub mod plan;
 pub mod quantizer;
 pub mod recipe;
+pub mod recurrent;
 
 pub use act::{QuantAct, QuantActConfig, QuantReLU, QuantReLUConfig};
 pub use calibration::{calibrate, without_quantization};
