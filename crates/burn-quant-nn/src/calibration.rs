@@ -7,10 +7,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::{Tensor, TensorData};
-use burn_quant_core::{Observer, QuantSpec};
+use burn_quant_core::{Observer, QuantSpec, RoundingFn};
 
 use crate::error::{NnError, Result};
 
@@ -22,6 +23,28 @@ struct Entry {
 thread_local! {
     static SESSION: RefCell<Option<HashMap<ParamId, Entry>>> = const { RefCell::new(None) };
     static DISABLED: Cell<u32> = const { Cell::new(0) };
+    static ROUNDING: RefCell<Option<Arc<dyn RoundingFn>>> = const { RefCell::new(None) };
+}
+
+/// The rounding rule installed by [`with_rounding`] on this thread, if any.
+pub fn rounding_override() -> Option<Arc<dyn RoundingFn>> {
+    ROUNDING.with(|r| r.borrow().clone())
+}
+
+/// Runs `f` with every quantizer on this thread rounding with `rounding` (forward value and
+/// surrogate gradient) instead of its spec's rule: how a custom [`RoundingFn`] reaches every
+/// quantizer of a model, e.g. for a whole QAT run, without touching the model.
+pub fn with_rounding<R>(rounding: Arc<dyn RoundingFn>, f: impl FnOnce() -> R) -> R {
+    struct Guard(Option<Arc<dyn RoundingFn>>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            ROUNDING.with(|r| *r.borrow_mut() = previous);
+        }
+    }
+    let previous = ROUNDING.with(|r| r.borrow_mut().replace(rounding));
+    let _guard = Guard(previous);
+    f()
 }
 
 /// Whether quantization is switched off on this thread (inside [`without_quantization`]).
@@ -77,14 +100,14 @@ pub fn calibrate<M: Module, R>(model: M, run: impl FnOnce(&M) -> R) -> Result<(M
             SESSION.with(|s| s.borrow_mut().take());
         }
     }
-    let previous = SESSION.with(|s| s.borrow_mut().replace(HashMap::new()));
-    if previous.is_some() {
+    if SESSION.with(|s| s.borrow().is_some()) {
         return Err(NnError::InvalidConfig {
             field: "calibrate",
             value: "nested".into(),
             reason: "a calibration session is already running on this thread".into(),
         });
     }
+    SESSION.with(|s| *s.borrow_mut() = Some(HashMap::new()));
     let session = Session;
     let out = run(&model);
     let entries = SESSION.with(|s| s.borrow_mut().take()).unwrap_or_default();
@@ -118,5 +141,43 @@ impl ModuleMapper for Writer {
             let t = Tensor::<D>::from_data(TensorData::new(v, shape), &old.device());
             if require_grad { t.require_grad() } else { t }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{QuantizerConfig, QuantizerRole};
+    use burn::tensor::Device;
+    use burn_quant_core::Rounding;
+
+    #[test]
+    fn rounding_override_reaches_quantizers_and_is_scoped() {
+        let device = Device::flex();
+        let q = QuantizerConfig::for_spec(
+            burn_quant_core::QuantSpec::int8_act_per_tensor().with_scale_source(burn_quant_core::ScaleSource::Const(1.0)),
+            QuantizerRole::Weight,
+        )
+        .init(&device)
+        .unwrap();
+        let x = Tensor::<1>::from_floats([0.4, 1.6, -2.5], &device);
+        let host = |t: Tensor<1>| t.into_data().try_into_vec_as::<f32>().unwrap();
+        assert_eq!(host(q.forward(x.clone())), vec![0.0, 2.0, -2.0]);
+        let floor = with_rounding(Arc::new(Rounding::Floor), || host(q.forward(x.clone())));
+        assert_eq!(floor, vec![0.0, 1.0, -3.0]);
+        assert_eq!(host(q.forward(x.clone())), vec![0.0, 2.0, -2.0], "the override ends with the closure");
+        assert_eq!(without_quantization(|| host(q.forward(x.clone()))), vec![0.4, 1.6, -2.5]);
+    }
+
+    #[test]
+    fn nested_calibration_is_an_error() {
+        let device = Device::flex();
+        let q = || {
+            QuantizerConfig::for_spec(burn_quant_core::QuantSpec::int8_act_per_tensor(), QuantizerRole::Activation)
+                .init(&device)
+                .unwrap()
+        };
+        let (_, inner) = calibrate(q(), |_| calibrate(q(), |_| ()).map(|_| ())).unwrap();
+        assert!(matches!(inner, Err(NnError::InvalidConfig { field: "calibrate", .. })));
     }
 }

@@ -4,7 +4,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use burn_quant_core::{
-    compute_params, fake_quant_with, quantize_with, QuantParams, QuantSpec, QuantTensor, ScaleSource,
+    compute_params, fake_quant_custom, fake_quant_with, quantize_with, QuantParams, QuantSpec, QuantTensor, ScaleSource,
 };
 use serde::{Deserialize, Serialize};
 
@@ -127,7 +127,10 @@ impl Quantizer {
             }
         }
         let params = self.params_for(&x)?;
-        let y = fake_quant_with(x, &self.spec, &params)?;
+        let y = match calibration::rounding_override() {
+            Some(rounding) => fake_quant_custom(x, &self.spec, &params, rounding.as_ref())?,
+            None => fake_quant_with(x, &self.spec, &params)?,
+        };
         Ok((y, Some(params)))
     }
 
