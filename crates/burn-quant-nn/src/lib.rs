@@ -15,6 +15,7 @@ pub mod error;
 pub mod linear;
 pub mod merge;
 pub mod plan;
+pub mod presets;
 pub mod quantizer;
 pub mod recipe;
 pub mod recurrent;
@@ -24,3 +25,12 @@ pub use calibration::{calibrate, with_rounding, without_quantization};
 pub use error::{NnError, Result};
 pub use linear::{QuantLinear, QuantLinearConfig};
 pub use quantizer::{Quantizer, QuantizerConfig, QuantizerRole};
+
+pub mod reparam;
+
+pub use plan::{Decision, Pattern, PlanEntry, PlanError, PlanReport, QuantPlan, Rule};
+pub use recipe::{Recipe, RecipeError, RecipeFormat};
+pub use reparam::{
+    AnyQuantTensor, QuantWeight, WeightFakeQuant, attach_weight_quantizers, quant_weights,
+    quantize_weights,
+};
