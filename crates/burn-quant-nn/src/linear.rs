@@ -297,6 +297,37 @@ mod tests {
         }
     }
 
+    #[derive(Module, Debug)]
+    struct FloatNet {
+        fc: Linear,
+    }
+
+    #[derive(Module, Debug)]
+    struct QuantNet {
+        fc: QuantLinear,
+    }
+
+    #[test]
+    fn float_records_load_into_the_quantized_layer() {
+        use burn::store::ModuleRecord;
+        let device = Device::flex();
+        let float = FloatNet { fc: LinearConfig::new(8, 4).init(&device) };
+        let w = host(float.fc.weight.val());
+        let bytes = float.into_record().into_bytes().unwrap();
+        // Weight quantizers recompute their scales: no extra state, the record loads as is.
+        let q = QuantNet { fc: QuantLinearConfig::new(8, 4).init(&device).unwrap() };
+        let q = q.try_load_record(ModuleRecord::from_bytes(bytes.clone()).unwrap()).unwrap();
+        assert_eq!(host(q.fc.weight.val()), w);
+        // A static input scale is state the float record cannot have: strict loading names it,
+        // partial loading keeps it for calibration.
+        let cfg = QuantLinearConfig::new(8, 4).with_input_quant(Some(QuantSpec::int8_act_per_tensor()));
+        let strict = QuantNet { fc: cfg.init(&device).unwrap() }.try_load_record(ModuleRecord::from_bytes(bytes.clone()).unwrap());
+        assert!(strict.is_err());
+        let partial = ModuleRecord::from_bytes(bytes).unwrap().allow_partial(true);
+        let q = QuantNet { fc: cfg.init(&device).unwrap() }.try_load_record(partial).unwrap();
+        assert_eq!(host(q.fc.weight.val()), w);
+    }
+
     #[test]
     fn parameter_names_match_burn_nn_linear() {
         struct Names(Vec<String>, Vec<String>);
