@@ -18,6 +18,8 @@
 
 pub use burn_quant_core as core;
 pub use burn_quant_core::*;
+/// Quantizer module, quantized layers, presets, calibration, plans and recipes.
+pub use burn_quant_nn as nn;
 
 /// The names most programs need.
 pub mod prelude {
@@ -27,6 +29,10 @@ pub mod prelude {
         Rounding, RoundingFn, ScaleQuant, ScaleRestriction, ScaleSource, ScaleSpec, ScaleStat,
         ZeroPoint, compute_params, dequantize, fake_quant, fake_quant_custom, fake_quant_with,
         quantize, quantize_with,
+    };
+    pub use burn_quant_nn::{
+        QuantAct, QuantActConfig, QuantLinear, QuantLinearConfig, QuantReLU, QuantReLUConfig, Quantizer,
+        QuantizerConfig, QuantizerRole, calibrate, presets, with_rounding, without_quantization,
     };
 }
 
