@@ -50,6 +50,8 @@ pub mod book {
     pub struct Formats;
     #[doc = include_str!("../../../book/src/quickstart.md")]
     pub struct Quickstart;
+    #[doc = include_str!("../../../book/src/layers.md")]
+    pub struct Layers;
     #[doc = include_str!("../../../book/src/performance.md")]
     pub struct Performance;
     #[doc = include_str!("../../../book/src/devices.md")]
