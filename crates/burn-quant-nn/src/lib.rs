@@ -34,3 +34,5 @@ pub use reparam::{
     AnyQuantTensor, QuantWeight, WeightFakeQuant, attach_weight_quantizers, quant_weights,
     quantize_weights,
 };
+pub use attention::{QuantMhaInput, QuantMultiHeadAttention, QuantMultiHeadAttentionConfig};
+pub use recurrent::{QuantGateController, QuantGru, QuantGruConfig, QuantLstm, QuantLstmConfig};
