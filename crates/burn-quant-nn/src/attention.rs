@@ -7,11 +7,11 @@ use burn::nn::attention::{MhaOutput, MultiHeadAttention};
 use burn::nn::{Dropout, DropoutConfig, Initializer, LinearConfig};
 use burn::tensor::activation::{quiet_softmax, softmax};
 use burn::tensor::{Bool, Device, Tensor};
-use burn_quant_core::{Granularity, QuantSpec, ScaleSource};
+use burn_quant_core::QuantSpec;
 
 use crate::error::{NnError, Result};
 use crate::linear::{QuantLinear, QuantLinearConfig};
-use crate::quantizer::{Quantizer, QuantizerConfig, QuantizerRole};
+use crate::quantizer::{Quantizer, activation_quantizer};
 
 /// Configuration of [`QuantMultiHeadAttention`]: the fields and defaults of
 /// `burn::nn::attention::MultiHeadAttentionConfig` plus one spec per quantization point.
@@ -184,49 +184,6 @@ impl QuantMhaInput {
     }
 }
 
-/// An activation quantizer whose stored scale (if any) gets the right number of cells:
-/// `known` lists `(axis, length)` pairs that are fixed at build time; a stored per-channel
-/// scale along another axis, or a stored per-group scale, cannot be sized and is refused.
-pub(crate) fn activation_quantizer(
-    spec: Option<QuantSpec>,
-    field: &'static str,
-    known: &[(usize, usize)],
-    device: &Device,
-) -> Result<Option<Quantizer>> {
-    let Some(spec) = spec else { return Ok(None) };
-    let stored = matches!(
-        spec.scale.source,
-        ScaleSource::Stats(_) | ScaleSource::Learned(_)
-    );
-    let cells = match spec.granularity {
-        _ if !stored => 1,
-        Granularity::PerTensor => 1,
-        Granularity::PerChannel { axis } => match known.iter().find(|(a, _)| *a == axis) {
-            Some(&(_, len)) => len,
-            None => {
-                return Err(NnError::InvalidConfig {
-                    field,
-                    value: format!("{:?}", spec.granularity),
-                    reason: format!(
-                        "a stored (static or learned) per-channel scale needs a channel count known at build time; possible axes: {:?}",
-                        known.iter().map(|(a, _)| *a).collect::<Vec<_>>()
-                    ),
-                });
-            }
-        },
-        Granularity::PerGroup { .. } => {
-            return Err(NnError::InvalidConfig {
-                field,
-                value: format!("{:?}", spec.granularity),
-                reason: "a stored (static or learned) per-group scale needs the input shape; use a dynamic scale".into(),
-            });
-        }
-    };
-    QuantizerConfig::for_spec(spec, QuantizerRole::Activation)
-        .with_cells(cells)
-        .init(device)
-        .map(Some)
-}
 
 impl QuantMultiHeadAttentionConfig {
     /// Builds the layer with freshly initialised projections.
@@ -495,7 +452,7 @@ mod tests {
     use burn::module::{ModuleVisitor, Param, ParamId};
     use burn::nn::attention::{MhaInput, MultiHeadAttentionConfig, generate_autoregressive_mask};
     use burn::tensor::TensorData;
-    use burn_quant_core::{ScaleStat, fake_quant};
+    use burn_quant_core::{Granularity, ScaleSource, ScaleStat, fake_quant};
 
     fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         t.into_data()

@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor, module::linear};
 use burn_quant_core::{QuantParams, QuantSpec, QuantTensor, round_ste};
 
 use crate::error::{NnError, Result};
-use crate::quantizer::{Quantizer, QuantizerConfig, QuantizerRole};
+use crate::quantizer::{Quantizer, QuantizerConfig, QuantizerRole, activation_quantizer};
 
 /// Configuration of [`QuantLinear`].
 #[derive(Config, Debug)]
@@ -87,22 +87,17 @@ impl QuantLinearConfig {
                 QuantizerConfig::for_spec(spec, QuantizerRole::Weight).with_cells(cells).init(device)
             })
             .transpose()?;
-        let act = |spec: Option<QuantSpec>, features: usize| -> Result<Option<Quantizer>> {
-            spec.map(|spec| {
-                let cells = match spec.granularity {
-                    burn_quant_core::Granularity::PerTensor => 1,
-                    _ => features,
-                };
-                QuantizerConfig::for_spec(spec, QuantizerRole::Activation).with_cells(cells).init(device)
-            })
-            .transpose()
+        // A stored per-channel activation scale runs along the feature (last) axis.
+        let act = |spec: Option<QuantSpec>, field: &'static str, features: usize| -> Result<Option<Quantizer>> {
+            let axis = spec.and_then(|s| s.granularity.axis()).unwrap_or(0);
+            activation_quantizer(spec, field, &[(axis, features)], device)
         };
         Ok(QuantLinear {
             weight: linear.weight,
             bias: linear.bias,
             weight_quant,
-            input_quant: act(self.input_quant, d_input)?,
-            output_quant: act(self.output_quant, d_output)?,
+            input_quant: act(self.input_quant, "input_quant", d_input)?,
+            output_quant: act(self.output_quant, "output_quant", d_output)?,
             bias_quant: self.bias_quant,
         })
     }

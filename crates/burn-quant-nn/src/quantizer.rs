@@ -4,6 +4,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use burn_quant_core::{
+    Granularity,
     compute_params, fake_quant_custom, fake_quant_with, quantize_with, QuantParams, QuantSpec, QuantTensor, ScaleSource,
 };
 use serde::{Deserialize, Serialize};
@@ -86,6 +87,51 @@ impl QuantizerConfig {
         let zero_point = (stored && self.spec.zero_point.is_asymmetric()).then(|| param(learned_zp));
         Ok(Quantizer { scale, zero_point, spec: self.spec, role: self.role, enabled: true })
     }
+}
+
+/// Builds an activation quantizer whose stored scale (if any) gets the right number of cells:
+/// `known` lists `(axis, length)` pairs that are fixed at build time; a stored per-channel
+/// scale along another axis, or a stored per-group scale, cannot be sized and is refused at
+/// build time (`field` names the config field in the error).
+pub fn activation_quantizer(
+    spec: Option<QuantSpec>,
+    field: &'static str,
+    known: &[(usize, usize)],
+    device: &Device,
+) -> Result<Option<Quantizer>> {
+    let Some(spec) = spec else { return Ok(None) };
+    let stored = matches!(
+        spec.scale.source,
+        ScaleSource::Stats(_) | ScaleSource::Learned(_)
+    );
+    let cells = match spec.granularity {
+        _ if !stored => 1,
+        Granularity::PerTensor => 1,
+        Granularity::PerChannel { axis } => match known.iter().find(|(a, _)| *a == axis) {
+            Some(&(_, len)) => len,
+            None => {
+                return Err(NnError::InvalidConfig {
+                    field,
+                    value: format!("{:?}", spec.granularity),
+                    reason: format!(
+                        "a stored (static or learned) per-channel scale needs a channel count known at build time; possible axes: {:?}",
+                        known.iter().map(|(a, _)| *a).collect::<Vec<_>>()
+                    ),
+                });
+            }
+        },
+        Granularity::PerGroup { .. } => {
+            return Err(NnError::InvalidConfig {
+                field,
+                value: format!("{:?}", spec.granularity),
+                reason: "a stored (static or learned) per-group scale needs the input shape; use a dynamic scale".into(),
+            });
+        }
+    };
+    QuantizerConfig::for_spec(spec, QuantizerRole::Activation)
+        .with_cells(cells)
+        .init(device)
+        .map(Some)
 }
 
 impl Quantizer {

@@ -8,7 +8,8 @@ use burn::nn::{GateController, Gru, GruConfig, Initializer, Lstm, LstmConfig, Ls
 use burn::tensor::{Device, Tensor};
 use burn_quant_core::QuantSpec;
 
-use crate::attention::{activation_quantizer, describe};
+use crate::attention::describe;
+use crate::quantizer::activation_quantizer;
 use crate::error::{NnError, Result};
 use crate::linear::{QuantLinear, QuantLinearConfig};
 use crate::quantizer::Quantizer;
