@@ -121,12 +121,34 @@ fn describe_quant_error(e: &QuantError) -> String {
 
 impl PlanError {
     /// A spec error of the rule at `index`, located at the faulty field when the core names it.
-    pub fn invalid_spec(index: usize, source: QuantError) -> Self {
+    pub fn invalid_spec(index: usize, spec: &QuantSpec, source: QuantError) -> Self {
         let at = match &source {
-            QuantError::InvalidConfig { field, .. } => format!("rules[{index}].spec.{field}"),
+            QuantError::InvalidConfig { field, .. } => {
+                format!("rules[{index}].spec.{}", spec_field_path(spec, field))
+            }
             _ => format!("rules[{index}].spec"),
         };
         PlanError::InvalidSpec { at, source }
+    }
+}
+
+/// The path, in a serialized spec, of a field the core names in `QuantError::InvalidConfig`.
+///
+/// The core's names are the serde paths except for the statistic, which it calls
+/// `scale.stat.*` and which serializes as `scale.source.<stats|dynamic|learned>.*`.
+pub fn spec_field_path(spec: &QuantSpec, field: &str) -> String {
+    use burn_quant_core::ScaleSource;
+    match field.strip_prefix("scale.stat") {
+        Some(rest) => {
+            let variant = match spec.scale.source {
+                ScaleSource::Stats(_) => "stats",
+                ScaleSource::Dynamic(_) => "dynamic",
+                ScaleSource::Learned(_) => "learned",
+                ScaleSource::Const(_) => "const",
+            };
+            format!("scale.source.{variant}{rest}")
+        }
+        None => field.to_string(),
     }
 }
 
@@ -452,7 +474,7 @@ impl QuantPlan {
             }
             rule.spec
                 .validate()
-                .map_err(|e| PlanError::invalid_spec(i, e))?;
+                .map_err(|e| PlanError::invalid_spec(i, &rule.spec, e))?;
         }
         Ok(())
     }

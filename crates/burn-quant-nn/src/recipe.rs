@@ -34,7 +34,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::plan::{PlanError, QuantPlan};
+use crate::plan::{PlanError, QuantPlan, spec_field_path};
 
 /// The two recipe syntaxes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -246,7 +246,7 @@ impl Recipe for QuantSpec {
     fn check(&self) -> RecipeResult<()> {
         self.validate().map_err(|e| RecipeError::Invalid {
             path: match &e {
-                QuantError::InvalidConfig { field, .. } => (*field).to_string(),
+                QuantError::InvalidConfig { field, .. } => spec_field_path(self, field),
                 _ => ".".into(),
             },
             message: spec_message(&e),
@@ -659,7 +659,7 @@ rounding = { kind = "nearest_even" }
             (
                 "q = 99.5",
                 "q = 120.0",
-                "rules[1].spec.scale.stat.q: invalid value 120",
+                "rules[1].spec.scale.source.stats.q: invalid value 120",
             ),
             (
                 "\"**.weight\"",
@@ -806,6 +806,15 @@ rounding = { kind = "nearest_even" }
         assert!(
             e.to_string()
                 .starts_with("granularity.size: invalid value 0"),
+            "{e}"
+        );
+        // The core calls the statistic `scale.stat`; the error gives its place in the file.
+        let learned = QuantSpec::int8_weight_per_channel()
+            .with_scale_source(ScaleSource::Learned(ScaleStat::Percentile { q: 0.0 }));
+        let e = QuantSpec::from_json_str(&serde_json::to_string(&learned).unwrap()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("scale.source.learned.q: invalid value 0"),
             "{e}"
         );
     }
