@@ -1,0 +1,224 @@
+//! [`QuantEmbedding`]: `burn::nn::Embedding` with a weight (table) quantizer and an optional
+//! output quantizer.
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer};
+use burn::tensor::module::embedding;
+use burn::tensor::{Device, Int, Tensor};
+use burn_quant_core::{QuantSpec, QuantTensor};
+
+use crate::conv::{quant_opt, quant_out, weight_quantizer};
+use crate::error::{NnError, Result};
+use crate::quantizer::{Quantizer, activation_quantizer};
+
+/// Configuration of [`QuantEmbedding`]; the fields and defaults of `burn::nn::EmbeddingConfig`
+/// plus the quantizer specs.
+#[derive(Config, Debug)]
+pub struct QuantEmbeddingConfig {
+    /// Number of embedding vectors (rows of the table).
+    pub n_embedding: usize,
+    /// Size of each vector.
+    pub d_model: usize,
+    /// Table initializer (same default as Burn).
+    #[config(default = "Initializer::Normal{mean:0.0, std:1.0}")]
+    pub initializer: Initializer,
+    /// Table spec (`None`: float table). The table is `[n_embedding, d_model]`: one scale per
+    /// row (per token) is axis 0, groups along a row are axis 1.
+    #[config(default = "Some(QuantSpec::int8_weight_per_channel().with_axis(0))")]
+    pub weight_quant: Option<QuantSpec>,
+    /// Output spec (`None`: float output), on `[batch, seq, d_model]`; a stored scale is per
+    /// tensor or per channel along axis 2.
+    #[config(default = "None")]
+    pub output_quant: Option<QuantSpec>,
+}
+
+/// An embedding table with quantizers: `y = Q_out(Q_w(W)[ids])`.
+///
+/// The parameter name equals `burn::nn::Embedding`'s. The whole table is fake-quantized at
+/// each call (its quantized rows, not the float ones, are looked up), so gradients reach the
+/// looked-up rows straight through.
+#[derive(Module, Debug)]
+pub struct QuantEmbedding {
+    /// Table, `[n_embedding, d_model]`.
+    pub weight: Param<Tensor<2>>,
+    /// Table quantizer.
+    pub weight_quant: Option<Quantizer>,
+    /// Output quantizer.
+    pub output_quant: Option<Quantizer>,
+}
+
+impl QuantEmbeddingConfig {
+    /// Builds the layer with a freshly initialised table (Burn's initialisation).
+    pub fn init(&self, device: &Device) -> Result<QuantEmbedding> {
+        if self.n_embedding == 0 || self.d_model == 0 {
+            return Err(NnError::InvalidConfig {
+                field: "n_embedding/d_model",
+                value: format!("{}x{}", self.n_embedding, self.d_model),
+                reason: "an embedding table needs at least one row and one column".into(),
+            });
+        }
+        let float = EmbeddingConfig::new(self.n_embedding, self.d_model)
+            .with_initializer(self.initializer.clone())
+            .init(device);
+        self.from_float(float, device)
+    }
+
+    /// Wraps an existing `burn::nn::Embedding` (table kept, id included); its shape must equal
+    /// this config's.
+    pub fn from_float(&self, float: Embedding, device: &Device) -> Result<QuantEmbedding> {
+        let [n_embedding, d_model] = float.weight.dims();
+        if (n_embedding, d_model) != (self.n_embedding, self.d_model) {
+            return Err(NnError::InvalidConfig {
+                field: "n_embedding/d_model",
+                value: format!("{}x{}", self.n_embedding, self.d_model),
+                reason: format!("the float layer's table is {n_embedding}x{d_model}"),
+            });
+        }
+        Ok(QuantEmbedding {
+            weight_quant: weight_quantizer(self.weight_quant, &[n_embedding, d_model], device)?,
+            output_quant: activation_quantizer(self.output_quant, "output_quant", &[(2, d_model)], device)?,
+            weight: float.weight,
+        })
+    }
+}
+
+impl QuantEmbedding {
+    /// Looks up `input` (`[batch, seq]` token ids) in the quantized table: output `[batch, seq,
+    /// d_model]`.
+    ///
+    /// # Panics
+    /// On an error of [`QuantEmbedding::try_forward`].
+    pub fn forward(&self, input: Tensor<2, Int>) -> Tensor<3> {
+        self.try_forward(input).unwrap_or_else(|e| panic!("QuantEmbedding: {e}"))
+    }
+
+    /// [`QuantEmbedding::forward`] returning errors instead of panicking: an id outside
+    /// `0..n_embedding`, an uncalibrated static output scale, ...
+    pub fn try_forward(&self, input: Tensor<2, Int>) -> Result<Tensor<3>> {
+        let [n_embedding, _] = self.weight.dims();
+        if input.shape().num_elements() > 0 {
+            let min = input.clone().min().into_scalar::<i64>();
+            let max = input.clone().max().into_scalar::<i64>();
+            if min < 0 || max >= n_embedding as i64 {
+                return Err(NnError::InvalidConfig {
+                    field: "input",
+                    value: format!("ids in {min}..={max}"),
+                    reason: format!("the table has {n_embedding} rows"),
+                });
+            }
+        }
+        let (w, _) = quant_opt(&self.weight_quant, self.weight.val())?;
+        quant_out(&self.output_quant, embedding(w, input))
+    }
+
+    /// The exact integer table, scales and zero-points (`None` without a weight quantizer).
+    pub fn quant_weight(&self) -> Result<Option<QuantTensor<2>>> {
+        self.weight_quant.as_ref().map(|q| q.quantize(self.weight.val())).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{calibrate, without_quantization};
+    use burn::tensor::TensorData;
+    use burn_quant_core::{QuantParams, fake_quant, fake_quant_with};
+
+    fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_into_vec_as::<f32>().expect("f32 data")
+    }
+
+    fn ids(device: &Device) -> Tensor<2, Int> {
+        Tensor::from_data(TensorData::new(vec![0i64, 3, 3, 7, 1, 5, 9, 0], [2, 4]), device)
+    }
+
+    #[track_caller]
+    fn close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "at {i}: {x} vs {y}");
+        }
+    }
+
+    /// A table whose row absmax is `127 · 2⁻⁷` (first column), so each row's scale is exactly
+    /// `2⁻⁷` and no element sits a rounding error outside the grid (see `conv`'s tests).
+    fn table(device: &Device) -> Tensor<2> {
+        let v: Vec<f32> = (0..10 * 6)
+            .map(|i| {
+                if i % 6 == 0 {
+                    if i % 12 == 0 { 127.0 / 128.0 } else { -127.0 / 128.0 }
+                } else {
+                    (burn_quant_core::rounding::uniform(3, i as u64) - 0.5) * 1.8 * 127.0 / 128.0
+                }
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(v, [10, 6]), device)
+    }
+
+    #[test]
+    fn forward_looks_up_the_per_row_quantized_table() {
+        let device = Device::flex();
+        let float = EmbeddingConfig::new(10, 6).init(&device);
+        let layer = QuantEmbeddingConfig::new(10, 6).from_float(float.clone(), &device).unwrap();
+        let q = layer.quant_weight().unwrap().unwrap();
+        assert_eq!(q.scales.dims(), [10, 1], "one scale per row");
+        let w_q = fake_quant(layer.weight.val(), &QuantSpec::int8_weight_per_channel().with_axis(0)).unwrap();
+        close(&host(q.dequantize()), &host(w_q.clone()));
+        let got = host(layer.forward(ids(&device)));
+        close(&got, &host(embedding(w_q, ids(&device))));
+        assert_ne!(got, host(float.forward(ids(&device))), "the table is quantized");
+        assert_eq!(host(without_quantization(|| layer.forward(ids(&device)))), host(float.forward(ids(&device))));
+    }
+
+    #[test]
+    fn from_float_keeps_the_table_and_checks_its_shape() {
+        let device = Device::flex();
+        let float = EmbeddingConfig::new(10, 6).init(&device);
+        let id = float.weight.id;
+        assert_eq!(QuantEmbeddingConfig::new(10, 6).from_float(float.clone(), &device).unwrap().weight.id, id);
+        let err = QuantEmbeddingConfig::new(10, 5).from_float(float, &device).unwrap_err();
+        assert!(matches!(err, NnError::InvalidConfig { field: "n_embedding/d_model", .. }), "{err}");
+        let err = QuantEmbeddingConfig::new(0, 5).init(&device).unwrap_err();
+        assert!(matches!(err, NnError::InvalidConfig { .. }), "{err}");
+        let layer = QuantEmbeddingConfig::new(4, 6).init(&device).unwrap();
+        let err = layer.try_forward(ids(&device)).unwrap_err();
+        assert!(matches!(err, NnError::InvalidConfig { field: "input", .. }), "{err}");
+    }
+
+    #[test]
+    fn straight_through_gradient_equals_the_float_gradient_at_the_quantized_table() {
+        let device = Device::flex().autodiff();
+        let float = Embedding { weight: Param::from_tensor(table(&device)) };
+        let layer = QuantEmbeddingConfig::new(10, 6).from_float(float.clone(), &device).unwrap();
+        let y = layer.forward(ids(&device));
+        let r = Tensor::<3>::from_data(
+            TensorData::new((0..48).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>(), [2, 4, 6]),
+            &device,
+        );
+        let g = host(layer.weight.grad(&(y * r.clone()).sum().backward()).map(Tensor::from_inner).expect("table grad"));
+        let reference = Embedding { weight: Param::from_tensor(layer.quant_weight().unwrap().unwrap().dequantize().detach()) };
+        let want = host(reference.weight.grad(&(reference.forward(ids(&device)) * r).sum().backward()).map(Tensor::from_inner).unwrap());
+        close(&g, &want);
+        // Rows never looked up get nothing; row 3 (twice) gets the sum of two upstream rows.
+        assert!(g[2 * 6..3 * 6].iter().all(|v| *v == 0.0) && g[3 * 6..4 * 6].iter().any(|v| *v != 0.0));
+    }
+
+    #[test]
+    fn static_output_scale_is_calibrated() {
+        let device = Device::flex();
+        let layer = QuantEmbeddingConfig::new(10, 6)
+            .with_weight_quant(None)
+            .with_output_quant(Some(QuantSpec::int8_act_per_tensor()))
+            .init(&device)
+            .unwrap();
+        assert!(matches!(layer.try_forward(ids(&device)), Err(NnError::NotCalibrated { .. })));
+        let (layer, out) = calibrate(layer, |m| m.forward(ids(&device))).unwrap();
+        let absmax = host(out.clone()).iter().fold(0f32, |m, v| m.max(v.abs()));
+        let s = host(layer.output_quant.as_ref().unwrap().scale.as_ref().unwrap().val());
+        assert_eq!(s, vec![absmax / 127.0]);
+        let params = QuantParams::<3> { scales: Tensor::from_floats([[[absmax / 127.0]]], &device), zero_points: None, scale_level: None };
+        let want = fake_quant_with(out, &QuantSpec::int8_act_per_tensor(), &params).unwrap();
+        close(&host(layer.forward(ids(&device))), &host(want));
+    }
+}

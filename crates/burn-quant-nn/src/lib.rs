@@ -36,3 +36,12 @@ pub use reparam::{
 };
 pub use attention::{QuantMhaInput, QuantMultiHeadAttention, QuantMultiHeadAttentionConfig};
 pub use recurrent::{QuantGateController, QuantGru, QuantGruConfig, QuantLstm, QuantLstmConfig};
+pub use act::{
+    QuantHardTanh, QuantHardTanhConfig, QuantSigmoid, QuantSigmoidConfig, QuantTanh, QuantTanhConfig,
+};
+pub use conv::{
+    QuantConv1d, QuantConv1dConfig, QuantConv2d, QuantConv2dConfig, QuantConvTranspose2d,
+    QuantConvTranspose2dConfig,
+};
+pub use embedding::{QuantEmbedding, QuantEmbeddingConfig};
+pub use merge::{QuantAdd, QuantAddConfig, QuantCat, QuantCatConfig};
