@@ -625,18 +625,24 @@ pub fn cell_values(data: &[f32], layout: &Layout) -> Vec<Vec<f32>> {
 pub fn range_params(lo: f32, hi: f32, spec: &QuantSpec) -> (f32, f32) {
     let fmt = &spec.format;
     let (qmin, qmax) = (fmt.min_value(), fmt.max_value());
-    let (raw, lo) = if spec.zero_point.is_asymmetric() {
+    let (raw, lo, amax) = if spec.zero_point.is_asymmetric() {
         let (lo, hi) = (lo.min(0.0), hi.max(0.0));
-        ((hi - lo) / (qmax - qmin), lo)
+        ((hi - lo) / (qmax - qmin), lo, 0.0)
     } else {
         let amax = if qmin < 0.0 {
             lo.abs().max(hi.abs())
         } else {
             hi.max(0.0)
         };
-        (amax / qmax, 0.0)
+        (amax / qmax, 0.0, amax)
     };
     let s = match spec.scale.restrict {
+        // A float scale for the range's end: `amax / s` may round to a hair above the grid's
+        // end, which would clip the largest element (and zero its straight-through gradient).
+        // Move `s` up by ulps until the end is on the grid.
+        ScaleRestriction::Float if raw > 0.0 && raw.is_finite() && amax > 0.0 => {
+            absmax_scale(amax, qmax)
+        }
         _ if raw > 0.0 && raw.is_finite() => restrict_scale(raw, spec),
         // An all-zero cell: a quantized level encodes it as a zero scale; otherwise any
         // scale represents it exactly, and 1 is the least surprising.
@@ -649,6 +655,18 @@ pub fn range_params(lo: f32, hi: f32, spec: &QuantSpec) -> (f32, f32) {
         0.0
     };
     (s, z)
+}
+
+/// The float scale of a symmetric range `[-amax, amax]` on a grid ending at `qmax`:
+/// `amax / qmax`, moved up by ulps until `amax / s <= qmax`. The division can round to a hair
+/// above the grid's end, which would clip the largest element (and zero its straight-through
+/// gradient); this scale never does.
+pub fn absmax_scale(amax: f32, qmax: f32) -> f32 {
+    let mut s = amax / qmax;
+    while amax / s > qmax {
+        s = s.next_up();
+    }
+    s
 }
 
 /// Applies a power-of-two restriction (other restrictions act later, per level).

@@ -9,9 +9,11 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::nn::conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
+use burn::nn::conv::{
+    Conv1d, Conv1dConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig,
+};
 use burn::nn::{Initializer, PaddingConfig1d, PaddingConfig2d};
-use burn::tensor::module::{conv1d, conv2d, conv_transpose2d};
+use burn::tensor::module::{conv_transpose2d, conv1d, conv2d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Device, Tensor};
 use burn_quant_core::{QuantParams, QuantSpec, QuantTensor, round_ste};
@@ -23,10 +25,16 @@ use crate::quantizer::{Quantizer, QuantizerConfig, QuantizerRole, activation_qua
 
 /// A weight quantizer for a weight of `shape` (one stored cell per scale cell, which only a
 /// learned weight scale uses).
-pub(crate) fn weight_quantizer(spec: Option<QuantSpec>, shape: &[usize], device: &Device) -> Result<Option<Quantizer>> {
+pub(crate) fn weight_quantizer(
+    spec: Option<QuantSpec>,
+    shape: &[usize],
+    device: &Device,
+) -> Result<Option<Quantizer>> {
     spec.map(|spec| {
         let cells = spec.check_shape(shape)?.cells();
-        QuantizerConfig::for_spec(spec, QuantizerRole::Weight).with_cells(cells).init(device)
+        QuantizerConfig::for_spec(spec, QuantizerRole::Weight)
+            .with_cells(cells)
+            .init(device)
     })
     .transpose()
 }
@@ -64,9 +72,20 @@ fn same<T: PartialEq + std::fmt::Debug>(field: &'static str, config: T, layer: T
 
 /// The checks Burn makes with a panic (channels divisible by groups) and those its conv ops
 /// make with a panic (non-zero stride, dilation, groups, kernel).
-fn check_conv(channels_in: usize, channels_out: usize, groups: usize, kernel: &[usize], stride: &[usize], dilation: &[usize]) -> Result<()> {
+fn check_conv(
+    channels_in: usize,
+    channels_out: usize,
+    groups: usize,
+    kernel: &[usize],
+    stride: &[usize],
+    dilation: &[usize],
+) -> Result<()> {
     let bad = |field: &'static str, value: String, reason: &str| {
-        Err(NnError::InvalidConfig { field, value, reason: reason.into() })
+        Err(NnError::InvalidConfig {
+            field,
+            value,
+            reason: reason.into(),
+        })
     };
     if groups == 0 {
         return bad("groups", "0".into(), "at least one group is needed");
@@ -75,13 +94,23 @@ fn check_conv(channels_in: usize, channels_out: usize, groups: usize, kernel: &[
         return bad(
             "groups",
             groups.to_string(),
-            &format!("both channel counts must be divisible by it (channels_in = {channels_in}, channels_out = {channels_out})"),
+            &format!(
+                "both channel counts must be divisible by it (channels_in = {channels_in}, channels_out = {channels_out})"
+            ),
         );
     }
     if channels_in == 0 || channels_out == 0 {
-        return bad("channels", format!("[{channels_in}, {channels_out}]"), "channel counts must be non-zero");
+        return bad(
+            "channels",
+            format!("[{channels_in}, {channels_out}]"),
+            "channel counts must be non-zero",
+        );
     }
-    for (field, v) in [("kernel_size", kernel), ("stride", stride), ("dilation", dilation)] {
+    for (field, v) in [
+        ("kernel_size", kernel),
+        ("stride", stride),
+        ("dilation", dilation),
+    ] {
         if v.contains(&0) {
             return bad(field, format!("{v:?}"), "every entry must be non-zero");
         }
@@ -104,12 +133,21 @@ fn check_input_channels(layer: &str, dims: &[usize], expected: usize) -> Result<
 /// Burn's `Same` padding: `(start, end)` with the odd pad at the end (ONNX convention).
 fn same_padding(kernel_size: usize, stride: usize, size_in: usize) -> (usize, usize) {
     let size_out = size_in.div_ceil(stride);
-    let total = if size_out > 0 { ((size_out - 1) * stride + kernel_size).saturating_sub(size_in) } else { 0 };
+    let total = if size_out > 0 {
+        ((size_out - 1) * stride + kernel_size).saturating_sub(size_in)
+    } else {
+        0
+    };
     (total / 2, total - total / 2)
 }
 
 /// `(left, right)` padding of a 1D convolution, as `burn::nn::conv::Conv1d` computes it.
-fn padding_1d(padding: &PaddingConfig1d, length: usize, kernel_size: usize, stride: usize) -> (usize, usize) {
+fn padding_1d(
+    padding: &PaddingConfig1d,
+    length: usize,
+    kernel_size: usize,
+    stride: usize,
+) -> (usize, usize) {
     match padding {
         PaddingConfig1d::Valid => (0, 0),
         PaddingConfig1d::Same => same_padding(kernel_size, stride, length),
@@ -118,10 +156,19 @@ fn padding_1d(padding: &PaddingConfig1d, length: usize, kernel_size: usize, stri
 }
 
 /// `((top, bottom), (left, right))` padding of a 2D convolution, as `Conv2d` computes it.
-fn padding_2d(padding: &PaddingConfig2d, height: usize, width: usize, kernel: [usize; 2], stride: [usize; 2]) -> [(usize, usize); 2] {
+fn padding_2d(
+    padding: &PaddingConfig2d,
+    height: usize,
+    width: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+) -> [(usize, usize); 2] {
     match padding {
         PaddingConfig2d::Valid => [(0, 0), (0, 0)],
-        PaddingConfig2d::Same => [same_padding(kernel[0], stride[0], height), same_padding(kernel[1], stride[1], width)],
+        PaddingConfig2d::Same => [
+            same_padding(kernel[0], stride[0], height),
+            same_padding(kernel[1], stride[1], width),
+        ],
         PaddingConfig2d::Explicit(top, left, bottom, right) => [(*top, *bottom), (*left, *right)],
     }
 }
@@ -140,9 +187,13 @@ fn int32_bias<const DI: usize, const DW: usize>(
     per_channel: [usize; DW],
 ) -> Result<Tensor<1>> {
     if !has_input_quant {
-        return Err(NnError::MissingInputScale { layer: layer.into() });
+        return Err(NnError::MissingInputScale {
+            layer: layer.into(),
+        });
     }
-    let (Some(input), Some(weight)) = (input, weight) else { return Ok(bias) };
+    let (Some(input), Some(weight)) = (input, weight) else {
+        return Ok(bias);
+    };
     let d_output = bias.dims()[0];
     if input.scales.shape().num_elements() != 1 {
         return Err(NnError::InvalidConfig {
@@ -158,11 +209,17 @@ fn int32_bias<const DI: usize, const DW: usize>(
         return Err(NnError::InvalidConfig {
             field: "weight_quant.granularity",
             value: format!("scales {:?}", s_w.dims()),
-            reason: format!("an int32 bias needs a per-tensor or per-output-channel weight scale {per_channel:?}"),
+            reason: format!(
+                "an int32 bias needs a per-tensor or per-output-channel weight scale {per_channel:?}"
+            ),
         });
     }
     let s_w = s_w.reshape([cells]);
-    let s_w = if cells == 1 { s_w.expand([d_output]) } else { s_w.repeat_dim(0, d_output / cells) };
+    let s_w = if cells == 1 {
+        s_w.expand([d_output])
+    } else {
+        s_w.repeat_dim(0, d_output / cells)
+    };
     let s_b = s_w * s_in;
     let limit = i32::MAX as f32;
     Ok(round_ste((bias / s_b.clone()).clamp(-limit, limit)) * s_b)
@@ -247,7 +304,14 @@ pub struct QuantConv1d {
 
 impl QuantConv1dConfig {
     fn check(&self) -> Result<()> {
-        check_conv(self.channels_in, self.channels_out, self.groups, &[self.kernel_size], &[self.stride], &[self.dilation])
+        check_conv(
+            self.channels_in,
+            self.channels_out,
+            self.groups,
+            &[self.kernel_size],
+            &[self.stride],
+            &[self.dilation],
+        )
     }
 
     /// Builds the layer with freshly initialised weights (Burn's initialisation).
@@ -268,7 +332,11 @@ impl QuantConv1dConfig {
     /// stride, dilation, groups and padding must equal this config's; its bias is kept as is.
     pub fn from_float(&self, conv: Conv1d, device: &Device) -> Result<QuantConv1d> {
         self.check()?;
-        let shape = [self.channels_out, self.channels_in / self.groups, self.kernel_size];
+        let shape = [
+            self.channels_out,
+            self.channels_in / self.groups,
+            self.kernel_size,
+        ];
         same("channels/kernel_size", shape, conv.weight.dims())?;
         same("stride", self.stride, conv.stride)?;
         same("dilation", self.dilation, conv.dilation)?;
@@ -276,8 +344,18 @@ impl QuantConv1dConfig {
         same("padding", &self.padding, &conv.padding)?;
         Ok(QuantConv1d {
             weight_quant: weight_quantizer(self.weight_quant, &shape, device)?,
-            input_quant: activation_quantizer(self.input_quant, "input_quant", &[(1, self.channels_in)], device)?,
-            output_quant: activation_quantizer(self.output_quant, "output_quant", &[(1, self.channels_out)], device)?,
+            input_quant: activation_quantizer(
+                self.input_quant,
+                "input_quant",
+                &[(1, self.channels_in)],
+                device,
+            )?,
+            output_quant: activation_quantizer(
+                self.output_quant,
+                "output_quant",
+                &[(1, self.channels_out)],
+                device,
+            )?,
             bias_quant: self.bias_quant,
             weight: conv.weight,
             bias: conv.bias,
@@ -297,7 +375,8 @@ impl QuantConv1d {
     /// # Panics
     /// On an error of [`QuantConv1d::try_forward`].
     pub fn forward(&self, input: Tensor<3>) -> Tensor<3> {
-        self.try_forward(input).unwrap_or_else(|e| panic!("QuantConv1d: {e}"))
+        self.try_forward(input)
+            .unwrap_or_else(|e| panic!("QuantConv1d: {e}"))
     }
 
     /// [`QuantConv1d::forward`] returning errors (wrong channel count, uncalibrated static
@@ -321,13 +400,17 @@ impl QuantConv1d {
             None => None,
         };
         let pad = padding_1d(&self.padding, length, self.kernel_size, self.stride);
-        let options = ConvOptions::new_with_padding([self.stride], [pad], [self.dilation], self.groups);
+        let options =
+            ConvOptions::new_with_padding([self.stride], [pad], [self.dilation], self.groups);
         quant_out(&self.output_quant, conv1d(x, w, bias, options))
     }
 
     /// The exact integer weights, scales and zero-points (`None` without a weight quantizer).
     pub fn quant_weight(&self) -> Result<Option<QuantTensor<3>>> {
-        self.weight_quant.as_ref().map(|q| q.quantize(self.weight.val())).transpose()
+        self.weight_quant
+            .as_ref()
+            .map(|q| q.quantize(self.weight.val()))
+            .transpose()
     }
 }
 
@@ -408,7 +491,14 @@ pub struct QuantConv2d {
 
 impl QuantConv2dConfig {
     fn check(&self) -> Result<()> {
-        check_conv(self.channels[0], self.channels[1], self.groups, &self.kernel_size, &self.stride, &self.dilation)
+        check_conv(
+            self.channels[0],
+            self.channels[1],
+            self.groups,
+            &self.kernel_size,
+            &self.stride,
+            &self.dilation,
+        )
     }
 
     /// Builds the layer with freshly initialised weights (Burn's initialisation).
@@ -430,7 +520,12 @@ impl QuantConv2dConfig {
     pub fn from_float(&self, conv: Conv2d, device: &Device) -> Result<QuantConv2d> {
         self.check()?;
         let [c_in, c_out] = self.channels;
-        let shape = [c_out, c_in / self.groups, self.kernel_size[0], self.kernel_size[1]];
+        let shape = [
+            c_out,
+            c_in / self.groups,
+            self.kernel_size[0],
+            self.kernel_size[1],
+        ];
         same("channels/kernel_size", shape, conv.weight.dims())?;
         same("stride", self.stride, conv.stride)?;
         same("dilation", self.dilation, conv.dilation)?;
@@ -438,8 +533,18 @@ impl QuantConv2dConfig {
         same("padding", &self.padding, &conv.padding)?;
         Ok(QuantConv2d {
             weight_quant: weight_quantizer(self.weight_quant, &shape, device)?,
-            input_quant: activation_quantizer(self.input_quant, "input_quant", &[(1, c_in)], device)?,
-            output_quant: activation_quantizer(self.output_quant, "output_quant", &[(1, c_out)], device)?,
+            input_quant: activation_quantizer(
+                self.input_quant,
+                "input_quant",
+                &[(1, c_in)],
+                device,
+            )?,
+            output_quant: activation_quantizer(
+                self.output_quant,
+                "output_quant",
+                &[(1, c_out)],
+                device,
+            )?,
             bias_quant: self.bias_quant,
             weight: conv.weight,
             bias: conv.bias,
@@ -459,7 +564,8 @@ impl QuantConv2d {
     /// # Panics
     /// On an error of [`QuantConv2d::try_forward`].
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        self.try_forward(input).unwrap_or_else(|e| panic!("QuantConv2d: {e}"))
+        self.try_forward(input)
+            .unwrap_or_else(|e| panic!("QuantConv2d: {e}"))
     }
 
     /// [`QuantConv2d::forward`] returning errors (wrong channel count, uncalibrated static
@@ -482,14 +588,23 @@ impl QuantConv2d {
             Some(b) => Some(b.val()),
             None => None,
         };
-        let pad = padding_2d(&self.padding, dims[2], dims[3], self.kernel_size, self.stride);
+        let pad = padding_2d(
+            &self.padding,
+            dims[2],
+            dims[3],
+            self.kernel_size,
+            self.stride,
+        );
         let options = ConvOptions::new_with_padding(self.stride, pad, self.dilation, self.groups);
         quant_out(&self.output_quant, conv2d(x, w, bias, options))
     }
 
     /// The exact integer weights, scales and zero-points (`None` without a weight quantizer).
     pub fn quant_weight(&self) -> Result<Option<QuantTensor<4>>> {
-        self.weight_quant.as_ref().map(|q| q.quantize(self.weight.val())).transpose()
+        self.weight_quant
+            .as_ref()
+            .map(|q| q.quantize(self.weight.val()))
+            .transpose()
     }
 }
 
@@ -578,7 +693,14 @@ pub struct QuantConvTranspose2d {
 
 impl QuantConvTranspose2dConfig {
     fn check(&self) -> Result<()> {
-        check_conv(self.channels[0], self.channels[1], self.groups, &self.kernel_size, &self.stride, &self.dilation)
+        check_conv(
+            self.channels[0],
+            self.channels[1],
+            self.groups,
+            &self.kernel_size,
+            &self.stride,
+            &self.dilation,
+        )
     }
 
     /// Builds the layer with freshly initialised weights (Burn's initialisation).
@@ -599,10 +721,19 @@ impl QuantConvTranspose2dConfig {
     /// Wraps an existing `burn::nn::conv::ConvTranspose2d` (weights kept, ids included). Its
     /// shape, stride, dilation, groups, padding and output padding must equal this config's;
     /// its bias is kept as is.
-    pub fn from_float(&self, conv: ConvTranspose2d, device: &Device) -> Result<QuantConvTranspose2d> {
+    pub fn from_float(
+        &self,
+        conv: ConvTranspose2d,
+        device: &Device,
+    ) -> Result<QuantConvTranspose2d> {
         self.check()?;
         let [c_in, c_out] = self.channels;
-        let shape = [c_in, c_out / self.groups, self.kernel_size[0], self.kernel_size[1]];
+        let shape = [
+            c_in,
+            c_out / self.groups,
+            self.kernel_size[0],
+            self.kernel_size[1],
+        ];
         same("channels/kernel_size", shape, conv.weight.dims())?;
         same("stride", self.stride, conv.stride)?;
         same("dilation", self.dilation, conv.dilation)?;
@@ -611,8 +742,18 @@ impl QuantConvTranspose2dConfig {
         same("padding_out", self.padding_out, conv.padding_out)?;
         Ok(QuantConvTranspose2d {
             weight_quant: weight_quantizer(self.weight_quant, &shape, device)?,
-            input_quant: activation_quantizer(self.input_quant, "input_quant", &[(1, c_in)], device)?,
-            output_quant: activation_quantizer(self.output_quant, "output_quant", &[(1, c_out)], device)?,
+            input_quant: activation_quantizer(
+                self.input_quant,
+                "input_quant",
+                &[(1, c_in)],
+                device,
+            )?,
+            output_quant: activation_quantizer(
+                self.output_quant,
+                "output_quant",
+                &[(1, c_out)],
+                device,
+            )?,
             bias_quant: self.bias_quant,
             weight: conv.weight,
             bias: conv.bias,
@@ -634,7 +775,8 @@ impl QuantConvTranspose2d {
     /// # Panics
     /// On an error of [`QuantConvTranspose2d::try_forward`].
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        self.try_forward(input).unwrap_or_else(|e| panic!("QuantConvTranspose2d: {e}"))
+        self.try_forward(input)
+            .unwrap_or_else(|e| panic!("QuantConvTranspose2d: {e}"))
     }
 
     /// [`QuantConvTranspose2d::forward`] returning errors (wrong channel count, uncalibrated
@@ -656,13 +798,22 @@ impl QuantConvTranspose2d {
             Some(b) => Some(b.val()),
             None => None,
         };
-        let options = ConvTransposeOptions::new(self.stride, self.padding, self.padding_out, self.dilation, self.groups);
+        let options = ConvTransposeOptions::new(
+            self.stride,
+            self.padding,
+            self.padding_out,
+            self.dilation,
+            self.groups,
+        );
         quant_out(&self.output_quant, conv_transpose2d(x, w, bias, options))
     }
 
     /// The exact integer weights, scales and zero-points (`None` without a weight quantizer).
     pub fn quant_weight(&self) -> Result<Option<QuantTensor<4>>> {
-        self.weight_quant.as_ref().map(|q| q.quantize(self.weight.val())).transpose()
+        self.weight_quant
+            .as_ref()
+            .map(|q| q.quantize(self.weight.val()))
+            .transpose()
     }
 }
 
@@ -689,7 +840,10 @@ mod tests {
     fn close(a: &[f32], b: &[f32]) {
         assert_eq!(a.len(), b.len());
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "at {i}: {x} vs {y}");
+            assert!(
+                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                "at {i}: {x} vs {y}"
+            );
         }
     }
 
@@ -740,18 +894,38 @@ mod tests {
     fn defaults_mirror_burn_configs() {
         let q = QuantConv2dConfig::new([3, 8], [3, 3]);
         let f = Conv2dConfig::new([3, 8], [3, 3]);
-        assert_eq!((q.stride, q.dilation, q.groups, &q.padding, q.bias), (f.stride, f.dilation, f.groups, &f.padding, f.bias));
+        assert_eq!(
+            (q.stride, q.dilation, q.groups, &q.padding, q.bias),
+            (f.stride, f.dilation, f.groups, &f.padding, f.bias)
+        );
         assert_eq!(q.initializer, f.initializer);
         assert_eq!(q.weight_quant, Some(per_channel(0)));
         let q = QuantConv1dConfig::new(3, 8, 3);
         let f = Conv1dConfig::new(3, 8, 3);
-        assert_eq!((q.stride, q.dilation, q.groups, &q.padding, q.bias), (f.stride, f.dilation, f.groups, &f.padding, f.bias));
+        assert_eq!(
+            (q.stride, q.dilation, q.groups, &q.padding, q.bias),
+            (f.stride, f.dilation, f.groups, &f.padding, f.bias)
+        );
         assert_eq!(q.initializer, f.initializer);
         let q = QuantConvTranspose2dConfig::new([3, 8], [3, 3]);
         let f = ConvTranspose2dConfig::new([3, 8], [3, 3]);
         assert_eq!(
-            (q.stride, q.dilation, q.groups, q.padding, q.padding_out, q.bias),
-            (f.stride, f.dilation, f.groups, f.padding, f.padding_out, f.bias)
+            (
+                q.stride,
+                q.dilation,
+                q.groups,
+                q.padding,
+                q.padding_out,
+                q.bias
+            ),
+            (
+                f.stride,
+                f.dilation,
+                f.groups,
+                f.padding,
+                f.padding_out,
+                f.bias
+            )
         );
         assert_eq!(q.initializer, f.initializer);
         assert_eq!(q.weight_quant, Some(per_channel(1)));
@@ -761,7 +935,10 @@ mod tests {
     fn conv2d_fake_quant_forward_equals_the_core_functions() {
         let device = Device::flex();
         let float = float_conv2d(&device);
-        let layer = quant_conv2d_config().with_input_quant(Some(dynamic_act())).from_float(float.clone(), &device).unwrap();
+        let layer = quant_conv2d_config()
+            .with_input_quant(Some(dynamic_act()))
+            .from_float(float.clone(), &device)
+            .unwrap();
         let x = input([2, 4, 7, 6], 1, &device);
         let w_q = fake_quant(layer.weight.val(), &per_channel(0)).unwrap();
         let x_q = fake_quant(x.clone(), &QuantSpec::int8_act_per_tensor()).unwrap();
@@ -774,38 +951,70 @@ mod tests {
         // Quantization changes the answer (so the comparison above can fail).
         assert_ne!(host(got), host(float.forward(x.clone())));
         // Off: exactly the float layer.
-        assert_eq!(host(without_quantization(|| layer.forward(x.clone()))), host(float.forward(x)));
+        assert_eq!(
+            host(without_quantization(|| layer.forward(x.clone()))),
+            host(float.forward(x))
+        );
     }
 
     #[test]
     fn conv1d_fake_quant_forward_equals_the_core_functions() {
         let device = Device::flex();
-        let float = Conv1dConfig::new(4, 6, 4).with_stride(2).with_groups(2).with_padding(PaddingConfig1d::Same).init(&device);
-        let cfg = QuantConv1dConfig::new(4, 6, 4).with_stride(2).with_groups(2).with_padding(PaddingConfig1d::Same);
+        let float = Conv1dConfig::new(4, 6, 4)
+            .with_stride(2)
+            .with_groups(2)
+            .with_padding(PaddingConfig1d::Same)
+            .init(&device);
+        let cfg = QuantConv1dConfig::new(4, 6, 4)
+            .with_stride(2)
+            .with_groups(2)
+            .with_padding(PaddingConfig1d::Same);
         let layer = cfg.from_float(float.clone(), &device).unwrap();
         let x = input([3, 4, 9], 2, &device);
         let w_q = fake_quant(layer.weight.val(), &per_channel(0)).unwrap();
         // Same, length 9, k 4, stride 2: out 5, total pad (5 − 1)·2 + 4 − 9 = 3 → (1, 2).
         let options = ConvOptions::new_with_padding([2], [(1, 2)], [1], 2);
-        let want = conv1d(x.clone(), w_q, layer.bias.as_ref().map(|b| b.val()), options);
+        let want = conv1d(
+            x.clone(),
+            w_q,
+            layer.bias.as_ref().map(|b| b.val()),
+            options,
+        );
         close(&host(layer.forward(x.clone())), &host(want));
-        assert_eq!(host(without_quantization(|| layer.forward(x.clone()))), host(float.forward(x)));
+        assert_eq!(
+            host(without_quantization(|| layer.forward(x.clone()))),
+            host(float.forward(x))
+        );
     }
 
     #[test]
     fn conv_transpose2d_quantizes_per_output_channel_on_axis_1() {
         let device = Device::flex();
         let float = float_conv_t(&device);
-        let layer = quant_conv_t_config().from_float(float.clone(), &device).unwrap();
+        let layer = quant_conv_t_config()
+            .from_float(float.clone(), &device)
+            .unwrap();
         let x = input([2, 4, 5, 4], 3, &device);
         let q = layer.quant_weight().unwrap().unwrap();
-        assert_eq!(q.scales.dims(), [1, 3, 1, 1], "one scale per output channel of a group");
+        assert_eq!(
+            q.scales.dims(),
+            [1, 3, 1, 1],
+            "one scale per output channel of a group"
+        );
         let w_q = fake_quant(layer.weight.val(), &per_channel(1)).unwrap();
         close(&host(q.dequantize()), &host(w_q.clone()));
         let options = ConvTransposeOptions::new([2, 2], [1, 0], [1, 0], [1, 1], 2);
-        let want = conv_transpose2d(x.clone(), w_q, layer.bias.as_ref().map(|b| b.val()), options);
+        let want = conv_transpose2d(
+            x.clone(),
+            w_q,
+            layer.bias.as_ref().map(|b| b.val()),
+            options,
+        );
         close(&host(layer.forward(x.clone())), &host(want));
-        assert_eq!(host(without_quantization(|| layer.forward(x.clone()))), host(float.forward(x)));
+        assert_eq!(
+            host(without_quantization(|| layer.forward(x.clone()))),
+            host(float.forward(x))
+        );
     }
 
     #[test]
@@ -813,43 +1022,144 @@ mod tests {
         let device = Device::flex();
         let float = float_conv2d(&device);
         let (wid, bid) = (float.weight.id, float.bias.as_ref().unwrap().id);
-        let q = quant_conv2d_config().from_float(float.clone(), &device).unwrap();
+        let q = quant_conv2d_config()
+            .from_float(float.clone(), &device)
+            .unwrap();
         assert_eq!((q.weight.id, q.bias.as_ref().unwrap().id), (wid, bid));
-        let err = QuantConv2dConfig::new([4, 6], [2, 3]).from_float(float.clone(), &device).unwrap_err();
-        assert!(matches!(err, NnError::InvalidConfig { field: "channels/kernel_size", .. }), "{err}");
-        let err = quant_conv2d_config().with_stride([1, 1]).from_float(float, &device).unwrap_err();
-        assert!(matches!(err, NnError::InvalidConfig { field: "stride", .. }), "{err}");
+        let err = QuantConv2dConfig::new([4, 6], [2, 3])
+            .from_float(float.clone(), &device)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NnError::InvalidConfig {
+                    field: "channels/kernel_size",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = quant_conv2d_config()
+            .with_stride([1, 1])
+            .from_float(float, &device)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NnError::InvalidConfig {
+                    field: "stride",
+                    ..
+                }
+            ),
+            "{err}"
+        );
 
         let float = Conv1dConfig::new(4, 6, 3).init(&device);
         let wid = float.weight.id;
-        assert_eq!(QuantConv1dConfig::new(4, 6, 3).from_float(float, &device).unwrap().weight.id, wid);
+        assert_eq!(
+            QuantConv1dConfig::new(4, 6, 3)
+                .from_float(float, &device)
+                .unwrap()
+                .weight
+                .id,
+            wid
+        );
 
         let float = float_conv_t(&device);
         let (wid, bid) = (float.weight.id, float.bias.as_ref().unwrap().id);
-        let q = quant_conv_t_config().from_float(float.clone(), &device).unwrap();
+        let q = quant_conv_t_config()
+            .from_float(float.clone(), &device)
+            .unwrap();
         assert_eq!((q.weight.id, q.bias.as_ref().unwrap().id), (wid, bid));
-        let err = quant_conv_t_config().with_padding_out([0, 0]).from_float(float, &device).unwrap_err();
-        assert!(matches!(err, NnError::InvalidConfig { field: "padding_out", .. }), "{err}");
+        let err = quant_conv_t_config()
+            .with_padding_out([0, 0])
+            .from_float(float, &device)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NnError::InvalidConfig {
+                    field: "padding_out",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_configs_and_inputs_are_errors_not_panics() {
         let device = Device::flex();
-        let err = QuantConv2dConfig::new([3, 6], [3, 3]).with_groups(2).init(&device).unwrap_err();
-        assert!(matches!(err, NnError::InvalidConfig { field: "groups", .. }), "{err}");
-        let err = QuantConv1dConfig::new(3, 6, 3).with_stride(0).init(&device).unwrap_err();
-        assert!(matches!(err, NnError::InvalidConfig { field: "stride", .. }), "{err}");
-        let err = QuantConvTranspose2dConfig::new([3, 6], [3, 3]).with_groups(0).init(&device).unwrap_err();
-        assert!(matches!(err, NnError::InvalidConfig { field: "groups", .. }), "{err}");
-        // A static per-group activation scale has no fixed cell count.
-        let err = QuantConv2dConfig::new([4, 4], [3, 3])
-            .with_input_quant(Some(QuantSpec::int8_act_per_tensor().with_granularity(Granularity::PerGroup { axis: 1, size: 2 })))
+        let err = QuantConv2dConfig::new([3, 6], [3, 3])
+            .with_groups(2)
             .init(&device)
             .unwrap_err();
-        assert!(matches!(err, NnError::InvalidConfig { field: "input_quant", .. }), "{err}");
-        let layer = QuantConv2dConfig::new([4, 4], [3, 3]).init(&device).unwrap();
-        let err = layer.try_forward(input([1, 3, 5, 5], 1, &device)).unwrap_err();
-        assert!(matches!(err, NnError::InvalidConfig { field: "input", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                NnError::InvalidConfig {
+                    field: "groups",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = QuantConv1dConfig::new(3, 6, 3)
+            .with_stride(0)
+            .init(&device)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NnError::InvalidConfig {
+                    field: "stride",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = QuantConvTranspose2dConfig::new([3, 6], [3, 3])
+            .with_groups(0)
+            .init(&device)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NnError::InvalidConfig {
+                    field: "groups",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // A static per-group activation scale has no fixed cell count.
+        let err = QuantConv2dConfig::new([4, 4], [3, 3])
+            .with_input_quant(Some(
+                QuantSpec::int8_act_per_tensor()
+                    .with_granularity(Granularity::PerGroup { axis: 1, size: 2 }),
+            ))
+            .init(&device)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NnError::InvalidConfig {
+                    field: "input_quant",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let layer = QuantConv2dConfig::new([4, 4], [3, 3])
+            .init(&device)
+            .unwrap();
+        let err = layer
+            .try_forward(input([1, 3, 5, 5], 1, &device))
+            .unwrap_err();
+        assert!(
+            matches!(err, NnError::InvalidConfig { field: "input", .. }),
+            "{err}"
+        );
     }
 
     /// Seeded weights in `(-0.9 M, 0.9 M)` with `M = qmax / 128` placed at the elements
@@ -862,7 +1172,12 @@ mod tests {
     /// `burn_quant_core::fake_quant_custom`, not of the layers; it also makes
     /// `linear::tests::gradients_reach_weights_and_learned_scales` flaky); these weights keep
     /// the test about the layer.
-    fn anchored<const D: usize>(p: &Param<Tensor<D>>, seed: u64, qmax: f32, anchor: impl Fn([usize; D]) -> bool) -> Param<Tensor<D>> {
+    fn anchored<const D: usize>(
+        p: &Param<Tensor<D>>,
+        seed: u64,
+        qmax: f32,
+        anchor: impl Fn([usize; D]) -> bool,
+    ) -> Param<Tensor<D>> {
         let shape: [usize; D] = p.dims();
         let m = qmax / 128.0;
         let n = shape.iter().product::<usize>();
@@ -888,43 +1203,116 @@ mod tests {
     fn straight_through_weight_gradient_equals_the_float_gradient_at_the_quantized_weight() {
         let device = Device::flex().autodiff();
         let float = float_conv2d(&device);
-        let float = Conv2d { weight: anchored(&float.weight, 20, 127.0, |[_, i, h, w]| i + h + w == 0), ..float };
-        let layer = quant_conv2d_config().with_input_quant(Some(dynamic_act())).from_float(float.clone(), &device).unwrap();
+        let float = Conv2d {
+            weight: anchored(&float.weight, 20, 127.0, |[_, i, h, w]| i + h + w == 0),
+            ..float
+        };
+        let layer = quant_conv2d_config()
+            .with_input_quant(Some(dynamic_act()))
+            .from_float(float.clone(), &device)
+            .unwrap();
         let x = input([2, 4, 7, 6], 4, &device);
         let y = layer.forward(x.clone());
         let r = input(y.dims(), 5, &device);
         let grads = (y * r.clone()).sum().backward();
-        let gw = host(layer.weight.grad(&grads).map(Tensor::from_inner).expect("weight grad"));
-        let gb = host(layer.bias.as_ref().unwrap().grad(&grads).map(Tensor::from_inner).expect("bias grad"));
+        let gw = host(
+            layer
+                .weight
+                .grad(&grads)
+                .map(Tensor::from_inner)
+                .expect("weight grad"),
+        );
+        let gb = host(
+            layer
+                .bias
+                .as_ref()
+                .unwrap()
+                .grad(&grads)
+                .map(Tensor::from_inner)
+                .expect("bias grad"),
+        );
 
         let w_q = layer.quant_weight().unwrap().unwrap().dequantize().detach();
-        let reference = Conv2d { weight: Param::from_tensor(w_q), ..float.clone() };
-        let x_q = fake_quant(x.clone(), &QuantSpec::int8_act_per_tensor()).unwrap().detach();
+        let reference = Conv2d {
+            weight: Param::from_tensor(w_q),
+            ..float.clone()
+        };
+        let x_q = fake_quant(x.clone(), &QuantSpec::int8_act_per_tensor())
+            .unwrap()
+            .detach();
         let grads = (reference.forward(x_q) * r.clone()).sum().backward();
-        let want_w = host(reference.weight.grad(&grads).map(Tensor::from_inner).expect("weight grad"));
-        let want_b = host(reference.bias.as_ref().unwrap().grad(&grads).map(Tensor::from_inner).expect("bias grad"));
+        let want_w = host(
+            reference
+                .weight
+                .grad(&grads)
+                .map(Tensor::from_inner)
+                .expect("weight grad"),
+        );
+        let want_b = host(
+            reference
+                .bias
+                .as_ref()
+                .unwrap()
+                .grad(&grads)
+                .map(Tensor::from_inner)
+                .expect("bias grad"),
+        );
         close(&gw, &want_w);
         close(&gb, &want_b);
         // ... which differs from the float layer's gradient at the float weight and input.
         let grads = (float.forward(x) * r).sum().backward();
-        let float_w = host(float.weight.grad(&grads).map(Tensor::from_inner).expect("weight grad"));
-        assert!(gw.iter().zip(&float_w).any(|(a, b)| (a - b).abs() > 1e-3), "the gradient sees the quantized input");
+        let float_w = host(
+            float
+                .weight
+                .grad(&grads)
+                .map(Tensor::from_inner)
+                .expect("weight grad"),
+        );
+        assert!(
+            gw.iter().zip(&float_w).any(|(a, b)| (a - b).abs() > 1e-3),
+            "the gradient sees the quantized input"
+        );
 
         // Same check for the transposed convolution and Conv1d (weight-only quantization).
         let float = float_conv_t(&device);
-        let float = ConvTranspose2d { weight: anchored(&float.weight, 21, 127.0, |[i, _, h, w]| i + h + w == 0), ..float };
-        let layer = quant_conv_t_config().from_float(float.clone(), &device).unwrap();
+        let float = ConvTranspose2d {
+            weight: anchored(&float.weight, 21, 127.0, |[i, _, h, w]| i + h + w == 0),
+            ..float
+        };
+        let layer = quant_conv_t_config()
+            .from_float(float.clone(), &device)
+            .unwrap();
         let x = input([2, 4, 5, 4], 6, &device);
         let y = layer.forward(x.clone());
         let r = input(y.dims(), 7, &device);
-        let gw = host(layer.weight.grad(&(y * r.clone()).sum().backward()).map(Tensor::from_inner).unwrap());
+        let gw = host(
+            layer
+                .weight
+                .grad(&(y * r.clone()).sum().backward())
+                .map(Tensor::from_inner)
+                .unwrap(),
+        );
         let w_q = layer.quant_weight().unwrap().unwrap().dequantize().detach();
-        let reference = ConvTranspose2d { weight: Param::from_tensor(w_q), ..float };
-        let want = host(reference.weight.grad(&(reference.forward(x) * r).sum().backward()).map(Tensor::from_inner).unwrap());
+        let reference = ConvTranspose2d {
+            weight: Param::from_tensor(w_q),
+            ..float
+        };
+        let want = host(
+            reference
+                .weight
+                .grad(&(reference.forward(x) * r).sum().backward())
+                .map(Tensor::from_inner)
+                .unwrap(),
+        );
         close(&gw, &want);
 
-        let float = Conv1dConfig::new(4, 6, 3).with_padding(PaddingConfig1d::Explicit(2, 1)).init(&device);
-        let float = Conv1d { weight: anchored(&float.weight, 22, 7.0, |[_, i, _]| i % 2 == 0), ..float };
+        let float = Conv1dConfig::new(4, 6, 3)
+            .with_padding(PaddingConfig1d::Explicit(2, 1))
+            .init(&device);
+        let float = Conv1d {
+            weight: anchored(&float.weight, 22, 7.0, |[_, i, _]| i % 2 == 0),
+            ..float
+        };
         let layer = QuantConv1dConfig::new(4, 6, 3)
             .with_padding(PaddingConfig1d::Explicit(2, 1))
             .with_weight_quant(Some(QuantSpec::int4_weight_per_group(2).with_axis(1)))
@@ -933,43 +1321,108 @@ mod tests {
         let x = input([2, 4, 8], 8, &device);
         let y = layer.forward(x.clone());
         let r = input(y.dims(), 9, &device);
-        let gw = host(layer.weight.grad(&(y * r.clone()).sum().backward()).map(Tensor::from_inner).unwrap());
+        let gw = host(
+            layer
+                .weight
+                .grad(&(y * r.clone()).sum().backward())
+                .map(Tensor::from_inner)
+                .unwrap(),
+        );
         let w_q = layer.quant_weight().unwrap().unwrap().dequantize().detach();
-        let reference = Conv1d { weight: Param::from_tensor(w_q), ..float };
-        let want = host(reference.weight.grad(&(reference.forward(x) * r).sum().backward()).map(Tensor::from_inner).unwrap());
+        let reference = Conv1d {
+            weight: Param::from_tensor(w_q),
+            ..float
+        };
+        let want = host(
+            reference
+                .weight
+                .grad(&(reference.forward(x) * r).sum().backward())
+                .map(Tensor::from_inner)
+                .unwrap(),
+        );
         close(&gw, &want);
     }
 
     #[test]
     fn static_activation_scales_are_calibrated_per_channel() {
         let device = Device::flex();
-        let per_ch = QuantSpec::int8_act_per_tensor().with_granularity(Granularity::PerChannel { axis: 1 });
+        let per_ch =
+            QuantSpec::int8_act_per_tensor().with_granularity(Granularity::PerChannel { axis: 1 });
         let layer = QuantConv2dConfig::new([3, 5], [3, 3])
             .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
             .with_input_quant(Some(per_ch))
             .with_output_quant(Some(QuantSpec::int8_act_per_tensor()))
             .init(&device)
             .unwrap();
-        let batches = [input([2, 3, 6, 6], 10, &device), input([2, 3, 6, 6], 11, &device).mul_scalar(2.0)];
-        assert!(matches!(layer.try_forward(batches[0].clone()), Err(NnError::NotCalibrated { .. })));
-        let (layer, outs) = calibrate(layer, |m| batches.iter().map(|b| m.forward(b.clone())).collect::<Vec<_>>()).unwrap();
+        let batches = [
+            input([2, 3, 6, 6], 10, &device),
+            input([2, 3, 6, 6], 11, &device).mul_scalar(2.0),
+        ];
+        assert!(matches!(
+            layer.try_forward(batches[0].clone()),
+            Err(NnError::NotCalibrated { .. })
+        ));
+        let (layer, outs) = calibrate(layer, |m| {
+            batches
+                .iter()
+                .map(|b| m.forward(b.clone()))
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
         // Input: per channel absmax over both batches / 127.
-        let s_in = host(layer.input_quant.as_ref().unwrap().scale.as_ref().unwrap().val());
+        let s_in = host(
+            layer
+                .input_quant
+                .as_ref()
+                .unwrap()
+                .scale
+                .as_ref()
+                .unwrap()
+                .val(),
+        );
         let want: Vec<f32> = (0..3)
             .map(|c| {
-                let m = batches.iter().map(|b| host(b.clone().narrow(1, c, 1).abs().max())[0]).fold(0f32, f32::max);
-                m / 127.0
+                let m = batches
+                    .iter()
+                    .map(|b| host(b.clone().narrow(1, c, 1).abs().max())[0])
+                    .fold(0f32, f32::max);
+                burn_quant_core::host::absmax_scale(m, 127.0)
             })
             .collect();
         assert_eq!(s_in, want);
         // Output: absmax of what the layer produced during calibration (input float, weight
         // quantized) / 127.
-        let s_out = host(layer.output_quant.as_ref().unwrap().scale.as_ref().unwrap().val());
-        let m = outs.iter().map(|o| host(o.clone().abs().max())[0]).fold(0f32, f32::max);
-        assert_eq!(s_out, vec![m / 127.0]);
+        let s_out = host(
+            layer
+                .output_quant
+                .as_ref()
+                .unwrap()
+                .scale
+                .as_ref()
+                .unwrap()
+                .val(),
+        );
+        let m = outs
+            .iter()
+            .map(|o| host(o.clone().abs().max())[0])
+            .fold(0f32, f32::max);
+        assert_eq!(s_out, vec![burn_quant_core::host::absmax_scale(m, 127.0)]);
         // After calibration: Q_out(conv(Q_in(x), Q_w(W), b)) with those scales.
-        let p_in = QuantParams::<4> { scales: Tensor::<1>::from_data(TensorData::new(want.clone(), [3]), &device).reshape([1, 3, 1, 1]), zero_points: None, scale_level: None };
-        let p_out = QuantParams::<4> { scales: Tensor::<1>::from_floats([m / 127.0], &device).reshape([1, 1, 1, 1]), zero_points: None, scale_level: None };
+        let p_in = QuantParams::<4> {
+            scales: Tensor::<1>::from_data(TensorData::new(want.clone(), [3]), &device)
+                .reshape([1, 3, 1, 1]),
+            zero_points: None,
+            scale_level: None,
+        };
+        let p_out = QuantParams::<4> {
+            scales: Tensor::<1>::from_floats(
+                [burn_quant_core::host::absmax_scale(m, 127.0)],
+                &device,
+            )
+            .reshape([1, 1, 1, 1]),
+            zero_points: None,
+            scale_level: None,
+        };
         let x_q = fake_quant_with(batches[1].clone(), &per_ch, &p_in).unwrap();
         let w_q = fake_quant(layer.weight.val(), &per_channel(0)).unwrap();
         let options = ConvOptions::new_with_padding([1, 1], [(1, 1), (1, 1)], [1, 1], 1);
@@ -981,32 +1434,69 @@ mod tests {
     #[test]
     fn int32_bias_sits_on_the_input_times_weight_scale_grid() {
         let device = Device::flex();
-        let no_input = QuantConv2dConfig::new([2, 3], [3, 3]).with_bias_quant(true).init(&device).unwrap();
-        assert!(matches!(no_input.try_forward(input([1, 2, 4, 4], 1, &device)), Err(NnError::MissingInputScale { .. })));
+        let no_input = QuantConv2dConfig::new([2, 3], [3, 3])
+            .with_bias_quant(true)
+            .init(&device)
+            .unwrap();
+        assert!(matches!(
+            no_input.try_forward(input([1, 2, 4, 4], 1, &device)),
+            Err(NnError::MissingInputScale { .. })
+        ));
         let bias = [0.3f32, -0.7, 0.011, 1.5, -0.02, 0.6];
         let x = input([1, 4, 3, 3], 12, &device);
         let s_in = host(x.clone()).iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
         let x_q = fake_quant(x.clone(), &QuantSpec::int8_act_per_tensor()).unwrap();
         // Conv2d (scale per output channel) and the grouped transposed conv (scales repeat per group).
-        let conv = quant_conv2d_config().with_bias_quant(true).with_input_quant(Some(dynamic_act())).init(&device).unwrap();
-        let conv = QuantConv2d { bias: Some(Param::from_tensor(Tensor::from_floats(bias, &device))), ..conv };
+        let conv = quant_conv2d_config()
+            .with_bias_quant(true)
+            .with_input_quant(Some(dynamic_act()))
+            .init(&device)
+            .unwrap();
+        let conv = QuantConv2d {
+            bias: Some(Param::from_tensor(Tensor::from_floats(bias, &device))),
+            ..conv
+        };
         let s_w = host(conv.quant_weight().unwrap().unwrap().scales);
         let y = conv.forward(x.clone());
         let options = ConvOptions::new_with_padding([2, 1], [(0, 1), (1, 1)], [1, 2], 2);
-        let core = conv2d(x_q.clone(), conv.quant_weight().unwrap().unwrap().dequantize(), None, options);
+        let core = conv2d(
+            x_q.clone(),
+            conv.quant_weight().unwrap().unwrap().dequantize(),
+            None,
+            options,
+        );
         let diff = host((y - core).mean_dims(&[0, 2, 3]).reshape([6]));
-        let convt = quant_conv_t_config().with_bias_quant(true).with_input_quant(Some(dynamic_act())).init(&device).unwrap();
-        let convt = QuantConvTranspose2d { bias: Some(Param::from_tensor(Tensor::from_floats(bias, &device))), ..convt };
+        let convt = quant_conv_t_config()
+            .with_bias_quant(true)
+            .with_input_quant(Some(dynamic_act()))
+            .init(&device)
+            .unwrap();
+        let convt = QuantConvTranspose2d {
+            bias: Some(Param::from_tensor(Tensor::from_floats(bias, &device))),
+            ..convt
+        };
         let s_wt = host(convt.quant_weight().unwrap().unwrap().scales);
         let yt = convt.forward(x.clone());
         let options = ConvTransposeOptions::new([2, 2], [1, 0], [1, 0], [1, 1], 2);
-        let coret = conv_transpose2d(x_q, convt.quant_weight().unwrap().unwrap().dequantize(), None, options);
+        let coret = conv_transpose2d(
+            x_q,
+            convt.quant_weight().unwrap().unwrap().dequantize(),
+            None,
+            options,
+        );
         let difft = host((yt - coret).mean_dims(&[0, 2, 3]).reshape([6]));
         for c in 0..6 {
             for (b, s_b) in [(diff[c], s_in * s_w[c]), (difft[c], s_in * s_wt[c % 3])] {
                 let k = b / s_b;
-                assert!((k - k.round()).abs() < 5e-2, "channel {c}: bias {b} is not a multiple of {s_b}");
-                assert!((b - bias[c]).abs() <= s_b / 2.0 + 1e-5, "channel {c}: {b} vs {}", bias[c]);
+                assert!(
+                    (k - k.round()).abs() < 5e-2,
+                    "channel {c}: bias {b} is not a multiple of {s_b}"
+                );
+                assert!(
+                    (b - bias[c]).abs() <= s_b / 2.0 + 1e-5,
+                    "channel {c}: {b} vs {}",
+                    bias[c]
+                );
             }
         }
     }

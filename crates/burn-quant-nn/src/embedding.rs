@@ -77,7 +77,12 @@ impl QuantEmbeddingConfig {
         }
         Ok(QuantEmbedding {
             weight_quant: weight_quantizer(self.weight_quant, &[n_embedding, d_model], device)?,
-            output_quant: activation_quantizer(self.output_quant, "output_quant", &[(2, d_model)], device)?,
+            output_quant: activation_quantizer(
+                self.output_quant,
+                "output_quant",
+                &[(2, d_model)],
+                device,
+            )?,
             weight: float.weight,
         })
     }
@@ -90,7 +95,8 @@ impl QuantEmbedding {
     /// # Panics
     /// On an error of [`QuantEmbedding::try_forward`].
     pub fn forward(&self, input: Tensor<2, Int>) -> Tensor<3> {
-        self.try_forward(input).unwrap_or_else(|e| panic!("QuantEmbedding: {e}"))
+        self.try_forward(input)
+            .unwrap_or_else(|e| panic!("QuantEmbedding: {e}"))
     }
 
     /// [`QuantEmbedding::forward`] returning errors instead of panicking: an id outside
@@ -114,7 +120,10 @@ impl QuantEmbedding {
 
     /// The exact integer table, scales and zero-points (`None` without a weight quantizer).
     pub fn quant_weight(&self) -> Result<Option<QuantTensor<2>>> {
-        self.weight_quant.as_ref().map(|q| q.quantize(self.weight.val())).transpose()
+        self.weight_quant
+            .as_ref()
+            .map(|q| q.quantize(self.weight.val()))
+            .transpose()
     }
 }
 
@@ -130,14 +139,20 @@ mod tests {
     }
 
     fn ids(device: &Device) -> Tensor<2, Int> {
-        Tensor::from_data(TensorData::new(vec![0i64, 3, 3, 7, 1, 5, 9, 0], [2, 4]), device)
+        Tensor::from_data(
+            TensorData::new(vec![0i64, 3, 3, 7, 1, 5, 9, 0], [2, 4]),
+            device,
+        )
     }
 
     #[track_caller]
     fn close(a: &[f32], b: &[f32]) {
         assert_eq!(a.len(), b.len());
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "at {i}: {x} vs {y}");
+            assert!(
+                (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                "at {i}: {x} vs {y}"
+            );
         }
     }
 
@@ -147,7 +162,11 @@ mod tests {
         let v: Vec<f32> = (0..10 * 6)
             .map(|i| {
                 if i % 6 == 0 {
-                    if i % 12 == 0 { 127.0 / 128.0 } else { -127.0 / 128.0 }
+                    if i % 12 == 0 {
+                        127.0 / 128.0
+                    } else {
+                        -127.0 / 128.0
+                    }
                 } else {
                     (burn_quant_core::rounding::uniform(3, i as u64) - 0.5) * 1.8 * 127.0 / 128.0
                 }
@@ -160,15 +179,28 @@ mod tests {
     fn forward_looks_up_the_per_row_quantized_table() {
         let device = Device::flex();
         let float = EmbeddingConfig::new(10, 6).init(&device);
-        let layer = QuantEmbeddingConfig::new(10, 6).from_float(float.clone(), &device).unwrap();
+        let layer = QuantEmbeddingConfig::new(10, 6)
+            .from_float(float.clone(), &device)
+            .unwrap();
         let q = layer.quant_weight().unwrap().unwrap();
         assert_eq!(q.scales.dims(), [10, 1], "one scale per row");
-        let w_q = fake_quant(layer.weight.val(), &QuantSpec::int8_weight_per_channel().with_axis(0)).unwrap();
+        let w_q = fake_quant(
+            layer.weight.val(),
+            &QuantSpec::int8_weight_per_channel().with_axis(0),
+        )
+        .unwrap();
         close(&host(q.dequantize()), &host(w_q.clone()));
         let got = host(layer.forward(ids(&device)));
         close(&got, &host(embedding(w_q, ids(&device))));
-        assert_ne!(got, host(float.forward(ids(&device))), "the table is quantized");
-        assert_eq!(host(without_quantization(|| layer.forward(ids(&device)))), host(float.forward(ids(&device))));
+        assert_ne!(
+            got,
+            host(float.forward(ids(&device))),
+            "the table is quantized"
+        );
+        assert_eq!(
+            host(without_quantization(|| layer.forward(ids(&device)))),
+            host(float.forward(ids(&device)))
+        );
     }
 
     #[test]
@@ -176,32 +208,78 @@ mod tests {
         let device = Device::flex();
         let float = EmbeddingConfig::new(10, 6).init(&device);
         let id = float.weight.id;
-        assert_eq!(QuantEmbeddingConfig::new(10, 6).from_float(float.clone(), &device).unwrap().weight.id, id);
-        let err = QuantEmbeddingConfig::new(10, 5).from_float(float, &device).unwrap_err();
-        assert!(matches!(err, NnError::InvalidConfig { field: "n_embedding/d_model", .. }), "{err}");
+        assert_eq!(
+            QuantEmbeddingConfig::new(10, 6)
+                .from_float(float.clone(), &device)
+                .unwrap()
+                .weight
+                .id,
+            id
+        );
+        let err = QuantEmbeddingConfig::new(10, 5)
+            .from_float(float, &device)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NnError::InvalidConfig {
+                    field: "n_embedding/d_model",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let err = QuantEmbeddingConfig::new(0, 5).init(&device).unwrap_err();
         assert!(matches!(err, NnError::InvalidConfig { .. }), "{err}");
         let layer = QuantEmbeddingConfig::new(4, 6).init(&device).unwrap();
         let err = layer.try_forward(ids(&device)).unwrap_err();
-        assert!(matches!(err, NnError::InvalidConfig { field: "input", .. }), "{err}");
+        assert!(
+            matches!(err, NnError::InvalidConfig { field: "input", .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn straight_through_gradient_equals_the_float_gradient_at_the_quantized_table() {
         let device = Device::flex().autodiff();
-        let float = Embedding { weight: Param::from_tensor(table(&device)) };
-        let layer = QuantEmbeddingConfig::new(10, 6).from_float(float.clone(), &device).unwrap();
+        let float = Embedding {
+            weight: Param::from_tensor(table(&device)),
+        };
+        let layer = QuantEmbeddingConfig::new(10, 6)
+            .from_float(float.clone(), &device)
+            .unwrap();
         let y = layer.forward(ids(&device));
         let r = Tensor::<3>::from_data(
-            TensorData::new((0..48).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>(), [2, 4, 6]),
+            TensorData::new(
+                (0..48).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>(),
+                [2, 4, 6],
+            ),
             &device,
         );
-        let g = host(layer.weight.grad(&(y * r.clone()).sum().backward()).map(Tensor::from_inner).expect("table grad"));
-        let reference = Embedding { weight: Param::from_tensor(layer.quant_weight().unwrap().unwrap().dequantize().detach()) };
-        let want = host(reference.weight.grad(&(reference.forward(ids(&device)) * r).sum().backward()).map(Tensor::from_inner).unwrap());
+        let g = host(
+            layer
+                .weight
+                .grad(&(y * r.clone()).sum().backward())
+                .map(Tensor::from_inner)
+                .expect("table grad"),
+        );
+        let reference = Embedding {
+            weight: Param::from_tensor(
+                layer.quant_weight().unwrap().unwrap().dequantize().detach(),
+            ),
+        };
+        let want = host(
+            reference
+                .weight
+                .grad(&(reference.forward(ids(&device)) * r).sum().backward())
+                .map(Tensor::from_inner)
+                .unwrap(),
+        );
         close(&g, &want);
         // Rows never looked up get nothing; row 3 (twice) gets the sum of two upstream rows.
-        assert!(g[2 * 6..3 * 6].iter().all(|v| *v == 0.0) && g[3 * 6..4 * 6].iter().any(|v| *v != 0.0));
+        assert!(
+            g[2 * 6..3 * 6].iter().all(|v| *v == 0.0) && g[3 * 6..4 * 6].iter().any(|v| *v != 0.0)
+        );
     }
 
     #[test]
@@ -212,12 +290,31 @@ mod tests {
             .with_output_quant(Some(QuantSpec::int8_act_per_tensor()))
             .init(&device)
             .unwrap();
-        assert!(matches!(layer.try_forward(ids(&device)), Err(NnError::NotCalibrated { .. })));
+        assert!(matches!(
+            layer.try_forward(ids(&device)),
+            Err(NnError::NotCalibrated { .. })
+        ));
         let (layer, out) = calibrate(layer, |m| m.forward(ids(&device))).unwrap();
         let absmax = host(out.clone()).iter().fold(0f32, |m, v| m.max(v.abs()));
-        let s = host(layer.output_quant.as_ref().unwrap().scale.as_ref().unwrap().val());
-        assert_eq!(s, vec![absmax / 127.0]);
-        let params = QuantParams::<3> { scales: Tensor::from_floats([[[absmax / 127.0]]], &device), zero_points: None, scale_level: None };
+        let s = host(
+            layer
+                .output_quant
+                .as_ref()
+                .unwrap()
+                .scale
+                .as_ref()
+                .unwrap()
+                .val(),
+        );
+        assert_eq!(s, vec![burn_quant_core::host::absmax_scale(absmax, 127.0)]);
+        let params = QuantParams::<3> {
+            scales: Tensor::from_floats(
+                [[[burn_quant_core::host::absmax_scale(absmax, 127.0)]]],
+                &device,
+            ),
+            zero_points: None,
+            scale_level: None,
+        };
         let want = fake_quant_with(out, &QuantSpec::int8_act_per_tensor(), &params).unwrap();
         close(&host(layer.forward(ids(&device))), &host(want));
     }

@@ -84,11 +84,16 @@ impl QuantLinearConfig {
             .weight_quant
             .map(|spec| {
                 let cells = spec.check_shape(&[d_input, d_output])?.cells();
-                QuantizerConfig::for_spec(spec, QuantizerRole::Weight).with_cells(cells).init(device)
+                QuantizerConfig::for_spec(spec, QuantizerRole::Weight)
+                    .with_cells(cells)
+                    .init(device)
             })
             .transpose()?;
         // A stored per-channel activation scale runs along the feature (last) axis.
-        let act = |spec: Option<QuantSpec>, field: &'static str, features: usize| -> Result<Option<Quantizer>> {
+        let act = |spec: Option<QuantSpec>,
+                   field: &'static str,
+                   features: usize|
+         -> Result<Option<Quantizer>> {
             let axis = spec.and_then(|s| s.granularity.axis()).unwrap_or(0);
             activation_quantizer(spec, field, &[(axis, features)], device)
         };
@@ -109,7 +114,8 @@ impl QuantLinear {
     /// # Panics
     /// On an error of [`QuantLinear::try_forward`] (e.g. an uncalibrated static input scale).
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
-        self.try_forward(input).unwrap_or_else(|e| panic!("QuantLinear: {e}"))
+        self.try_forward(input)
+            .unwrap_or_else(|e| panic!("QuantLinear: {e}"))
     }
 
     /// [`QuantLinear::forward`] returning errors instead of panicking.
@@ -123,7 +129,9 @@ impl QuantLinear {
             None => (self.weight.val(), None),
         };
         let bias = match &self.bias {
-            Some(b) if self.bias_quant => Some(self.quant_bias(b.val(), in_params.as_ref(), w_params.as_ref())?),
+            Some(b) if self.bias_quant => {
+                Some(self.quant_bias(b.val(), in_params.as_ref(), w_params.as_ref())?)
+            }
             Some(b) => Some(b.val()),
             None => None,
         };
@@ -143,9 +151,13 @@ impl QuantLinear {
         weight: Option<&QuantParams<2>>,
     ) -> Result<Tensor<1>> {
         if self.input_quant.is_none() {
-            return Err(NnError::MissingInputScale { layer: "QuantLinear".into() });
+            return Err(NnError::MissingInputScale {
+                layer: "QuantLinear".into(),
+            });
         }
-        let (Some(input), Some(weight)) = (input, weight) else { return Ok(bias) };
+        let (Some(input), Some(weight)) = (input, weight) else {
+            return Ok(bias);
+        };
         let d_output = bias.dims()[0];
         let s_in = input.scales.clone();
         if s_in.shape().num_elements() != 1 {
@@ -161,19 +173,27 @@ impl QuantLinear {
             return Err(NnError::InvalidConfig {
                 field: "weight_quant.granularity",
                 value: format!("scales {:?}", s_w.dims()),
-                reason: "an int32 bias needs a per-tensor or per-output-channel weight scale".into(),
+                reason: "an int32 bias needs a per-tensor or per-output-channel weight scale"
+                    .into(),
             });
         }
         let s_in = s_in.reshape([1]);
         let s_b = s_w.reshape([cells]) * s_in;
-        let s_b = if cells == 1 { s_b.expand([d_output]) } else { s_b };
+        let s_b = if cells == 1 {
+            s_b.expand([d_output])
+        } else {
+            s_b
+        };
         let limit = i32::MAX as f32;
         Ok(round_ste((bias / s_b.clone()).clamp(-limit, limit)) * s_b)
     }
 
     /// The exact integer weights, scales and zero-points (`None` without a weight quantizer).
     pub fn quant_weight(&self) -> Result<Option<QuantTensor<2>>> {
-        self.weight_quant.as_ref().map(|q| q.quantize(self.weight.val())).transpose()
+        self.weight_quant
+            .as_ref()
+            .map(|q| q.quantize(self.weight.val()))
+            .transpose()
     }
 }
 
@@ -183,7 +203,7 @@ mod tests {
     use crate::{calibrate, without_quantization};
     use burn::module::{ModuleVisitor, ParamId};
     use burn::tensor::TensorData;
-    use burn_quant_core::{fake_quant, fake_quant_with, ScaleSource, ScaleStat};
+    use burn_quant_core::{ScaleSource, ScaleStat, fake_quant, fake_quant_with};
 
     fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         t.into_data().try_into_vec_as::<f32>().unwrap()
@@ -199,7 +219,10 @@ mod tests {
     fn close(a: &[f32], b: &[f32]) {
         assert_eq!(a.len(), b.len());
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "at {i}: {x} vs {y}");
+            assert!(
+                (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                "at {i}: {x} vs {y}"
+            );
         }
     }
 
@@ -212,31 +235,76 @@ mod tests {
         let want = linear(x.clone(), w_q, layer.bias.as_ref().map(|b| b.val()));
         close(&host(layer.forward(x.clone())), &host(want));
         // Off: exactly the float layer.
-        let float = linear(x.clone(), layer.weight.val(), layer.bias.as_ref().map(|b| b.val()));
+        let float = linear(
+            x.clone(),
+            layer.weight.val(),
+            layer.bias.as_ref().map(|b| b.val()),
+        );
         assert_eq!(host(without_quantization(|| layer.forward(x))), host(float));
     }
 
     #[test]
     fn static_input_scale_is_calibrated_over_batches() {
         let device = Device::flex();
-        let cfg = QuantLinearConfig::new(16, 4).with_input_quant(Some(QuantSpec::int8_act_per_tensor()));
+        let cfg =
+            QuantLinearConfig::new(16, 4).with_input_quant(Some(QuantSpec::int8_act_per_tensor()));
         let layer = cfg.init(&device).unwrap();
-        let batches = [input(8, 16, 2, &device), input(8, 16, 3, &device).mul_scalar(3.0)];
+        let batches = [
+            input(8, 16, 2, &device),
+            input(8, 16, 3, &device).mul_scalar(3.0),
+        ];
         // Before calibration the static scale is unknown: an error, not a wrong answer.
-        assert!(matches!(layer.try_forward(batches[0].clone()), Err(NnError::NotCalibrated { .. })));
+        assert!(matches!(
+            layer.try_forward(batches[0].clone()),
+            Err(NnError::NotCalibrated { .. })
+        ));
         let (layer, seen) = calibrate(layer, |m| {
-            batches.iter().map(|b| host(m.forward(b.clone()))).collect::<Vec<_>>()
+            batches
+                .iter()
+                .map(|b| host(m.forward(b.clone())))
+                .collect::<Vec<_>>()
         })
         .unwrap();
         // During calibration the input passed through unquantized.
         let w_q = fake_quant(layer.weight.val(), &QuantSpec::int8_weight_per_channel()).unwrap();
-        close(&seen[0], &host(linear(batches[0].clone(), w_q.clone(), layer.bias.as_ref().map(|b| b.val()))));
+        close(
+            &seen[0],
+            &host(linear(
+                batches[0].clone(),
+                w_q.clone(),
+                layer.bias.as_ref().map(|b| b.val()),
+            )),
+        );
         // The scale is absmax over both batches / 127.
-        let absmax = batches.iter().flat_map(|b| host(b.clone())).fold(0f32, |m, v| m.max(v.abs()));
-        let s = host(layer.input_quant.as_ref().unwrap().scale.as_ref().unwrap().val());
-        assert_eq!(s, vec![absmax / 127.0]);
-        let params = QuantParams::<2> { scales: Tensor::from_floats([[absmax / 127.0]], &device), zero_points: None, scale_level: None };
-        let x_q = fake_quant_with(batches[1].clone(), &QuantSpec::int8_act_per_tensor(), &params).unwrap();
+        let absmax = batches
+            .iter()
+            .flat_map(|b| host(b.clone()))
+            .fold(0f32, |m, v| m.max(v.abs()));
+        let s = host(
+            layer
+                .input_quant
+                .as_ref()
+                .unwrap()
+                .scale
+                .as_ref()
+                .unwrap()
+                .val(),
+        );
+        assert_eq!(s, vec![burn_quant_core::host::absmax_scale(absmax, 127.0)]);
+        let params = QuantParams::<2> {
+            scales: Tensor::from_floats(
+                [[burn_quant_core::host::absmax_scale(absmax, 127.0)]],
+                &device,
+            ),
+            zero_points: None,
+            scale_level: None,
+        };
+        let x_q = fake_quant_with(
+            batches[1].clone(),
+            &QuantSpec::int8_act_per_tensor(),
+            &params,
+        )
+        .unwrap();
         let want = linear(x_q, w_q, layer.bias.as_ref().map(|b| b.val()));
         close(&host(layer.forward(batches[1].clone())), &host(want));
     }
@@ -244,7 +312,8 @@ mod tests {
     #[test]
     fn gradients_reach_weights_and_learned_scales() {
         let device = Device::flex().autodiff();
-        let act = QuantSpec::int8_act_per_tensor().with_scale_source(ScaleSource::Learned(ScaleStat::AbsMax));
+        let act = QuantSpec::int8_act_per_tensor()
+            .with_scale_source(ScaleSource::Learned(ScaleStat::AbsMax));
         let cfg = QuantLinearConfig::new(16, 4)
             .with_input_quant(Some(act))
             .with_weight_quant(Some(QuantSpec::int4_weight_per_group(8)));
@@ -253,28 +322,73 @@ mod tests {
         let (layer, _) = calibrate(layer, |m| m.forward(x.clone())).unwrap();
         let y = layer.forward(x.clone());
         let grads = y.sum().backward();
-        let gw = host(layer.weight.grad(&grads).map(Tensor::from_inner).expect("weight grad"));
+        let gw = host(
+            layer
+                .weight
+                .grad(&grads)
+                .map(Tensor::from_inner)
+                .expect("weight grad"),
+        );
         // Straight-through: d sum(x·Q(W)) / dW = Q(x)ᵀ·1 where W is inside its range (absmax
         // scaling never clips a weight), i.e. the column sums of the quantized input.
-        let s = host(layer.input_quant.as_ref().unwrap().scale.as_ref().unwrap().val())[0];
-        let xq = host(x.clone()).iter().map(|v| ((v / s).round_ties_even().clamp(-128.0, 127.0)) * s).collect::<Vec<_>>();
-        let col: Vec<f32> = (0..16).map(|i| (0..8).map(|r| xq[r * 16 + i]).sum()).collect();
-        let want: Vec<f32> = col.iter().flat_map(|&c| std::iter::repeat_n(c, 4)).collect();
+        let s = host(
+            layer
+                .input_quant
+                .as_ref()
+                .unwrap()
+                .scale
+                .as_ref()
+                .unwrap()
+                .val(),
+        )[0];
+        let xq = host(x.clone())
+            .iter()
+            .map(|v| ((v / s).round_ties_even().clamp(-128.0, 127.0)) * s)
+            .collect::<Vec<_>>();
+        let col: Vec<f32> = (0..16)
+            .map(|i| (0..8).map(|r| xq[r * 16 + i]).sum())
+            .collect();
+        let want: Vec<f32> = col
+            .iter()
+            .flat_map(|&c| std::iter::repeat_n(c, 4))
+            .collect();
         close(&gw, &want);
-        let gs = layer.input_quant.as_ref().unwrap().scale.as_ref().unwrap().grad(&grads);
+        let gs = layer
+            .input_quant
+            .as_ref()
+            .unwrap()
+            .scale
+            .as_ref()
+            .unwrap()
+            .grad(&grads);
         assert!(gs.is_some(), "the learned input scale receives a gradient");
     }
 
     #[test]
     fn int32_bias_sits_on_the_input_times_weight_scale_grid() {
         let device = Device::flex();
-        let no_input = QuantLinearConfig::new(8, 4).with_bias_quant(true).init(&device).unwrap();
-        assert!(matches!(no_input.try_forward(input(2, 8, 1, &device)), Err(NnError::MissingInputScale { .. })));
+        let no_input = QuantLinearConfig::new(8, 4)
+            .with_bias_quant(true)
+            .init(&device)
+            .unwrap();
+        assert!(matches!(
+            no_input.try_forward(input(2, 8, 1, &device)),
+            Err(NnError::MissingInputScale { .. })
+        ));
         let cfg = QuantLinearConfig::new(8, 4)
             .with_bias_quant(true)
-            .with_input_quant(Some(QuantSpec::int8_act_per_tensor().with_scale_source(ScaleSource::Dynamic(ScaleStat::AbsMax))));
+            .with_input_quant(Some(
+                QuantSpec::int8_act_per_tensor()
+                    .with_scale_source(ScaleSource::Dynamic(ScaleStat::AbsMax)),
+            ));
         let layer = cfg.init(&device).unwrap();
-        let layer = QuantLinear { bias: Some(Param::from_tensor(Tensor::from_floats([0.3, -0.7, 0.01, 1.5], &device))), ..layer };
+        let layer = QuantLinear {
+            bias: Some(Param::from_tensor(Tensor::from_floats(
+                [0.3, -0.7, 0.01, 1.5],
+                &device,
+            ))),
+            ..layer
+        };
         let x = input(2, 8, 4, &device);
         let s_in = host(x.clone()).iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
         let wq = layer.quant_weight().unwrap().unwrap();
@@ -287,7 +401,10 @@ mod tests {
             let b = y[c] - core[c];
             let s_b = s_in * s_w[c];
             let k = b / s_b;
-            assert!((k - k.round()).abs() < 1e-2, "bias {b} is not a multiple of {s_b}");
+            assert!(
+                (k - k.round()).abs() < 1e-2,
+                "bias {b} is not a multiple of {s_b}"
+            );
             assert!((b - [0.3, -0.7, 0.01, 1.5][c]).abs() <= s_b / 2.0 + 1e-6);
         }
     }
@@ -306,20 +423,34 @@ mod tests {
     fn float_records_load_into_the_quantized_layer() {
         use burn::store::ModuleRecord;
         let device = Device::flex();
-        let float = FloatNet { fc: LinearConfig::new(8, 4).init(&device) };
+        let float = FloatNet {
+            fc: LinearConfig::new(8, 4).init(&device),
+        };
         let w = host(float.fc.weight.val());
         let bytes = float.into_record().into_bytes().unwrap();
         // Weight quantizers recompute their scales: no extra state, the record loads as is.
-        let q = QuantNet { fc: QuantLinearConfig::new(8, 4).init(&device).unwrap() };
-        let q = q.try_load_record(ModuleRecord::from_bytes(bytes.clone()).unwrap()).unwrap();
+        let q = QuantNet {
+            fc: QuantLinearConfig::new(8, 4).init(&device).unwrap(),
+        };
+        let q = q
+            .try_load_record(ModuleRecord::from_bytes(bytes.clone()).unwrap())
+            .unwrap();
         assert_eq!(host(q.fc.weight.val()), w);
         // A static input scale is state the float record cannot have: strict loading names it,
         // partial loading keeps it for calibration.
-        let cfg = QuantLinearConfig::new(8, 4).with_input_quant(Some(QuantSpec::int8_act_per_tensor()));
-        let strict = QuantNet { fc: cfg.init(&device).unwrap() }.try_load_record(ModuleRecord::from_bytes(bytes.clone()).unwrap());
+        let cfg =
+            QuantLinearConfig::new(8, 4).with_input_quant(Some(QuantSpec::int8_act_per_tensor()));
+        let strict = QuantNet {
+            fc: cfg.init(&device).unwrap(),
+        }
+        .try_load_record(ModuleRecord::from_bytes(bytes.clone()).unwrap());
         assert!(strict.is_err());
         let partial = ModuleRecord::from_bytes(bytes).unwrap().allow_partial(true);
-        let q = QuantNet { fc: cfg.init(&device).unwrap() }.try_load_record(partial).unwrap();
+        let q = QuantNet {
+            fc: cfg.init(&device).unwrap(),
+        }
+        .try_load_record(partial)
+        .unwrap();
         assert_eq!(host(q.fc.weight.val()), w);
     }
 
@@ -342,8 +473,15 @@ mod tests {
         let mut a = Names(vec![], vec![]);
         float.visit(&mut a);
         let (wid, bid): (ParamId, ParamId) = (float.weight.id, float.bias.as_ref().unwrap().id);
-        let q = QuantLinearConfig::new(8, 4).with_input_quant(Some(QuantSpec::int8_act_per_tensor())).from_float(float, &device).unwrap();
-        assert_eq!((q.weight.id, q.bias.as_ref().unwrap().id), (wid, bid), "from_float keeps the parameters");
+        let q = QuantLinearConfig::new(8, 4)
+            .with_input_quant(Some(QuantSpec::int8_act_per_tensor()))
+            .from_float(float, &device)
+            .unwrap();
+        assert_eq!(
+            (q.weight.id, q.bias.as_ref().unwrap().id),
+            (wid, bid),
+            "from_float keeps the parameters"
+        );
         let mut b = Names(vec![], vec![]);
         q.visit(&mut b);
         assert_eq!(a.0, vec!["weight", "bias"]);
