@@ -54,7 +54,8 @@ pub struct QuantReLUConfig {
 impl QuantReLUConfig {
     /// Builds the layer.
     pub fn init(&self, device: &Device) -> Result<QuantReLU> {
-        let act_quant = QuantizerConfig::for_spec(self.spec, QuantizerRole::Activation).init(device)?;
+        let act_quant =
+            QuantizerConfig::for_spec(self.spec, QuantizerRole::Activation).init(device)?;
         Ok(QuantReLU { act_quant })
     }
 }
@@ -75,7 +76,9 @@ impl QuantReLU {
 
 /// Builds the output quantizer of an activation layer (`cells` stored scale cells).
 fn output_quantizer(spec: QuantSpec, cells: usize, device: &Device) -> Result<Quantizer> {
-    QuantizerConfig::for_spec(spec, QuantizerRole::Activation).with_cells(cells).init(device)
+    QuantizerConfig::for_spec(spec, QuantizerRole::Activation)
+        .with_cells(cells)
+        .init(device)
 }
 
 /// Configuration of [`QuantSigmoid`].
@@ -92,7 +95,9 @@ pub struct QuantSigmoidConfig {
 impl QuantSigmoidConfig {
     /// Builds the layer.
     pub fn init(&self, device: &Device) -> Result<QuantSigmoid> {
-        Ok(QuantSigmoid { act_quant: output_quantizer(self.spec, self.cells, device)? })
+        Ok(QuantSigmoid {
+            act_quant: output_quantizer(self.spec, self.cells, device)?,
+        })
     }
 }
 
@@ -131,7 +136,9 @@ pub struct QuantTanhConfig {
 impl QuantTanhConfig {
     /// Builds the layer.
     pub fn init(&self, device: &Device) -> Result<QuantTanh> {
-        Ok(QuantTanh { act_quant: output_quantizer(self.spec, self.cells, device)? })
+        Ok(QuantTanh {
+            act_quant: output_quantizer(self.spec, self.cells, device)?,
+        })
     }
 }
 
@@ -208,12 +215,14 @@ impl QuantHardTanh {
     /// # Panics
     /// On an error of [`QuantHardTanh::try_forward`].
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        self.try_forward(x).unwrap_or_else(|e| panic!("QuantHardTanh: {e}"))
+        self.try_forward(x)
+            .unwrap_or_else(|e| panic!("QuantHardTanh: {e}"))
     }
 
     /// [`QuantHardTanh::forward`] returning errors (e.g. an uncalibrated static scale).
     pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>> {
-        self.act_quant.try_forward(activation::hardtanh(x, self.min_val, self.max_val))
+        self.act_quant
+            .try_forward(activation::hardtanh(x, self.min_val, self.max_val))
     }
 }
 
@@ -229,7 +238,9 @@ mod tests {
     }
 
     fn input(seed: u64, device: &Device) -> Tensor<2> {
-        let v: Vec<f32> = (0..64).map(|i| (burn_quant_core::rounding::uniform(seed, i) - 0.5) * 8.0).collect();
+        let v: Vec<f32> = (0..64)
+            .map(|i| (burn_quant_core::rounding::uniform(seed, i) - 0.5) * 8.0)
+            .collect();
         Tensor::from_data(TensorData::new(v, [8, 8]), device)
     }
 
@@ -244,21 +255,39 @@ mod tests {
     ) {
         let device = Device::flex();
         let batches = [input(1, &device), input(2, &device).mul_scalar(0.5)];
-        assert!(matches!(run(&layer, batches[0].clone()), Err(NnError::NotCalibrated { .. })));
+        assert!(matches!(
+            run(&layer, batches[0].clone()),
+            Err(NnError::NotCalibrated { .. })
+        ));
         let (layer, seen) = calibrate(layer, |m| {
-            batches.iter().map(|b| host(run(m, b.clone()).expect("calibration pass"))).collect::<Vec<_>>()
+            batches
+                .iter()
+                .map(|b| host(run(m, b.clone()).expect("calibration pass")))
+                .collect::<Vec<_>>()
         })
         .expect("calibration");
         // During calibration the output passed through unquantized.
         assert_eq!(seen[0], host(f(batches[0].clone())));
-        let absmax = batches.iter().flat_map(|b| host(f(b.clone()))).fold(0f32, |m, v| m.max(v.abs()));
-        let params = QuantParams::<2> { scales: Tensor::from_floats([[absmax / qmax]], &device), zero_points: None, scale_level: None };
+        let absmax = batches
+            .iter()
+            .flat_map(|b| host(f(b.clone())))
+            .fold(0f32, |m, v| m.max(v.abs()));
+        let params = QuantParams::<2> {
+            scales: Tensor::from_floats([[absmax / qmax]], &device),
+            zero_points: None,
+            scale_level: None,
+        };
         let x = input(3, &device);
         let want = host(fake_quant_with(f(x.clone()), &spec, &params).expect("core fake-quant"));
         let got = host(run(&layer, x.clone()).expect("forward"));
         assert_eq!(got, want);
         assert_ne!(got, host(f(x.clone())), "the output is quantized");
-        assert_eq!(host(without_quantization(|| run(&layer, x.clone()).expect("forward"))), host(f(x)));
+        assert_eq!(
+            host(without_quantization(
+                || run(&layer, x.clone()).expect("forward")
+            )),
+            host(f(x))
+        );
     }
 
     #[test]
@@ -266,10 +295,32 @@ mod tests {
         let device = Device::flex();
         let u8 = QuantSpec::uint8_act_per_tensor();
         let i8 = QuantSpec::int8_act_per_tensor();
-        check(QuantSigmoidConfig::new(u8).init(&device).unwrap(), activation::sigmoid, |m, x| m.try_forward(x), u8, 255.0);
-        check(QuantTanhConfig::new(i8).init(&device).unwrap(), activation::tanh, |m, x| m.try_forward(x), i8, 127.0);
-        let hard = QuantHardTanhConfig::new(i8).with_min_val(-0.5).with_max_val(1.5).init(&device).unwrap();
-        check(hard, |x| x.clamp(-0.5, 1.5), |m, x| m.try_forward(x), i8, 127.0);
+        check(
+            QuantSigmoidConfig::new(u8).init(&device).unwrap(),
+            activation::sigmoid,
+            |m, x| m.try_forward(x),
+            u8,
+            255.0,
+        );
+        check(
+            QuantTanhConfig::new(i8).init(&device).unwrap(),
+            activation::tanh,
+            |m, x| m.try_forward(x),
+            i8,
+            127.0,
+        );
+        let hard = QuantHardTanhConfig::new(i8)
+            .with_min_val(-0.5)
+            .with_max_val(1.5)
+            .init(&device)
+            .unwrap();
+        check(
+            hard,
+            |x| x.clamp(-0.5, 1.5),
+            |m, x| m.try_forward(x),
+            i8,
+            127.0,
+        );
     }
 
     #[test]
@@ -279,10 +330,32 @@ mod tests {
         assert_eq!((cfg.min_val, cfg.max_val), (-1.0, 1.0));
         let layer = cfg.init(&device).unwrap();
         let x = Tensor::<1>::from_floats([-3.0, -0.25, 0.5, 2.0], &device);
-        assert_eq!(host(without_quantization(|| layer.forward(x))), vec![-1.0, -0.25, 0.5, 1.0]);
-        for (lo, hi) in [(1.0, 1.0), (2.0, -2.0), (f64::NAN, 1.0), (-1.0, f64::INFINITY)] {
-            let err = cfg.clone().with_min_val(lo).with_max_val(hi).init(&device).unwrap_err();
-            assert!(matches!(err, NnError::InvalidConfig { field: "min_val/max_val", .. }), "{err}");
+        assert_eq!(
+            host(without_quantization(|| layer.forward(x))),
+            vec![-1.0, -0.25, 0.5, 1.0]
+        );
+        for (lo, hi) in [
+            (1.0, 1.0),
+            (2.0, -2.0),
+            (f64::NAN, 1.0),
+            (-1.0, f64::INFINITY),
+        ] {
+            let err = cfg
+                .clone()
+                .with_min_val(lo)
+                .with_max_val(hi)
+                .init(&device)
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    NnError::InvalidConfig {
+                        field: "min_val/max_val",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
         }
     }
 }

@@ -184,7 +184,6 @@ impl QuantMhaInput {
     }
 }
 
-
 impl QuantMultiHeadAttentionConfig {
     /// Builds the layer with freshly initialised projections.
     pub fn init(&self, device: &Device) -> Result<QuantMultiHeadAttention> {

@@ -75,12 +75,15 @@ pub(crate) fn observe<const D: usize>(
 ) -> Result<bool> {
     SESSION.with(|s| {
         let mut s = s.borrow_mut();
-        let Some(session) = s.as_mut() else { return Ok(false) };
+        let Some(session) = s.as_mut() else {
+            return Ok(false);
+        };
         let entry = match session.entry(scale_id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(Entry { observer: Observer::new(spec)?, zero_id })
-            }
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(Entry {
+                observer: Observer::new(spec)?,
+                zero_id,
+            }),
         };
         entry.observer.observe(&x.clone().detach())?;
         Ok(true)
@@ -133,7 +136,9 @@ struct Writer {
 
 impl ModuleMapper for Writer {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let Some(v) = self.values.remove(&param.id) else { return param };
+        let Some(v) = self.values.remove(&param.id) else {
+            return param;
+        };
         self.written += 1;
         param.map(|old| {
             let shape = old.shape();
@@ -155,7 +160,8 @@ mod tests {
     fn rounding_override_reaches_quantizers_and_is_scoped() {
         let device = Device::flex();
         let q = QuantizerConfig::for_spec(
-            burn_quant_core::QuantSpec::int8_act_per_tensor().with_scale_source(burn_quant_core::ScaleSource::Const(1.0)),
+            burn_quant_core::QuantSpec::int8_act_per_tensor()
+                .with_scale_source(burn_quant_core::ScaleSource::Const(1.0)),
             QuantizerRole::Weight,
         )
         .init(&device)
@@ -165,19 +171,35 @@ mod tests {
         assert_eq!(host(q.forward(x.clone())), vec![0.0, 2.0, -2.0]);
         let floor = with_rounding(Arc::new(Rounding::Floor), || host(q.forward(x.clone())));
         assert_eq!(floor, vec![0.0, 1.0, -3.0]);
-        assert_eq!(host(q.forward(x.clone())), vec![0.0, 2.0, -2.0], "the override ends with the closure");
-        assert_eq!(without_quantization(|| host(q.forward(x.clone()))), vec![0.4, 1.6, -2.5]);
+        assert_eq!(
+            host(q.forward(x.clone())),
+            vec![0.0, 2.0, -2.0],
+            "the override ends with the closure"
+        );
+        assert_eq!(
+            without_quantization(|| host(q.forward(x.clone()))),
+            vec![0.4, 1.6, -2.5]
+        );
     }
 
     #[test]
     fn nested_calibration_is_an_error() {
         let device = Device::flex();
         let q = || {
-            QuantizerConfig::for_spec(burn_quant_core::QuantSpec::int8_act_per_tensor(), QuantizerRole::Activation)
-                .init(&device)
-                .unwrap()
+            QuantizerConfig::for_spec(
+                burn_quant_core::QuantSpec::int8_act_per_tensor(),
+                QuantizerRole::Activation,
+            )
+            .init(&device)
+            .unwrap()
         };
         let (_, inner) = calibrate(q(), |_| calibrate(q(), |_| ()).map(|_| ())).unwrap();
-        assert!(matches!(inner, Err(NnError::InvalidConfig { field: "calibrate", .. })));
+        assert!(matches!(
+            inner,
+            Err(NnError::InvalidConfig {
+                field: "calibrate",
+                ..
+            })
+        ));
     }
 }

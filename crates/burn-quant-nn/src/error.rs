@@ -9,13 +9,17 @@ pub enum NnError {
     #[error(transparent)]
     Quant(#[from] burn_quant_core::QuantError),
     /// A static activation scale is used before calibration gave it a value.
-    #[error("quantizer `{what}` has a static scale that was never calibrated: run `calibrate` first or use a dynamic scale")]
+    #[error(
+        "quantizer `{what}` has a static scale that was never calibrated: run `calibrate` first or use a dynamic scale"
+    )]
     NotCalibrated {
         /// Which quantizer (layer and role).
         what: String,
     },
     /// A stored scale does not have as many cells as the input's granularity needs.
-    #[error("quantizer `{what}` stores {stored} scale cells but an input of shape {shape:?} needs {needed}")]
+    #[error(
+        "quantizer `{what}` stores {stored} scale cells but an input of shape {shape:?} needs {needed}"
+    )]
     CellMismatch {
         /// Which quantizer.
         what: String,
@@ -27,7 +31,9 @@ pub enum NnError {
         shape: Vec<usize>,
     },
     /// Bias quantization needs the input's scale, and the layer has none.
-    #[error("layer `{layer}` quantizes its bias (scale = input scale × weight scale) but has no input quantizer: add one or disable the bias quantizer")]
+    #[error(
+        "layer `{layer}` quantizes its bias (scale = input scale × weight scale) but has no input quantizer: add one or disable the bias quantizer"
+    )]
     MissingInputScale {
         /// The layer.
         layer: String,
@@ -43,7 +49,9 @@ pub enum NnError {
         reason: String,
     },
     /// No calibration batch reached a quantizer that needs one.
-    #[error("calibration saw no batch for {count} static quantizer(s); did the closure run the model?")]
+    #[error(
+        "calibration saw no batch for {count} static quantizer(s); did the closure run the model?"
+    )]
     EmptyCalibration {
         /// How many quantizers got nothing.
         count: usize,

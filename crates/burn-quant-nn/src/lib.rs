@@ -28,20 +28,21 @@ pub use quantizer::{Quantizer, QuantizerConfig, QuantizerRole};
 
 pub mod reparam;
 
-pub use plan::{Decision, Pattern, PlanEntry, PlanError, PlanReport, QuantPlan, Rule};
-pub use recipe::{Recipe, RecipeError, RecipeFormat};
-pub use reparam::{
-    AnyQuantTensor, QuantWeight, WeightFakeQuant, attach_weight_quantizers, quant_weights,
-    quantize_weights,
+pub use act::{
+    QuantHardTanh, QuantHardTanhConfig, QuantSigmoid, QuantSigmoidConfig, QuantTanh,
+    QuantTanhConfig,
 };
 pub use attention::{QuantMhaInput, QuantMultiHeadAttention, QuantMultiHeadAttentionConfig};
-pub use recurrent::{QuantGateController, QuantGru, QuantGruConfig, QuantLstm, QuantLstmConfig};
-pub use act::{
-    QuantHardTanh, QuantHardTanhConfig, QuantSigmoid, QuantSigmoidConfig, QuantTanh, QuantTanhConfig,
-};
 pub use conv::{
     QuantConv1d, QuantConv1dConfig, QuantConv2d, QuantConv2dConfig, QuantConvTranspose2d,
     QuantConvTranspose2dConfig,
 };
 pub use embedding::{QuantEmbedding, QuantEmbeddingConfig};
 pub use merge::{QuantAdd, QuantAddConfig, QuantCat, QuantCatConfig};
+pub use plan::{Decision, Pattern, PlanEntry, PlanError, PlanReport, QuantPlan, Rule};
+pub use recipe::{Recipe, RecipeError, RecipeFormat};
+pub use recurrent::{QuantGateController, QuantGru, QuantGruConfig, QuantLstm, QuantLstmConfig};
+pub use reparam::{
+    AnyQuantTensor, QuantWeight, WeightFakeQuant, attach_weight_quantizers, quant_weights,
+    quantize_weights,
+};

@@ -39,7 +39,10 @@ impl QuantAddConfig {
         let act_quant = QuantizerConfig::for_spec(self.spec, QuantizerRole::Activation)
             .with_cells(self.cells)
             .init(device)?;
-        Ok(QuantAdd { act_quant, quantize_sum: self.quantize_sum })
+        Ok(QuantAdd {
+            act_quant,
+            quantize_sum: self.quantize_sum,
+        })
     }
 }
 
@@ -66,7 +69,8 @@ impl QuantAdd {
     /// # Panics
     /// On an error of [`QuantAdd::try_forward`].
     pub fn forward<const D: usize>(&self, a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
-        self.try_forward(a, b).unwrap_or_else(|e| panic!("QuantAdd: {e}"))
+        self.try_forward(a, b)
+            .unwrap_or_else(|e| panic!("QuantAdd: {e}"))
     }
 
     /// [`QuantAdd::forward`] returning errors: an uncalibrated static scale; with a per-call
@@ -78,14 +82,22 @@ impl QuantAdd {
             // One stored scale: each call quantizes on the same grid (and during calibration
             // each call records its input into the same observer).
             let y = q.try_forward(a)? + q.try_forward(b)?;
-            return if self.quantize_sum { q.try_forward(y) } else { Ok(y) };
+            return if self.quantize_sum {
+                q.try_forward(y)
+            } else {
+                Ok(y)
+            };
         }
         if !q.enabled || calibration::quantization_disabled() {
             return Ok(a + b);
         }
         let params = self.joint_params(&a, &b)?;
         let y = fake_quant_with(a, &q.spec, &params)? + fake_quant_with(b, &q.spec, &params)?;
-        if self.quantize_sum { Ok(fake_quant_with(y, &q.spec, &params)?) } else { Ok(y) }
+        if self.quantize_sum {
+            Ok(fake_quant_with(y, &q.spec, &params)?)
+        } else {
+            Ok(y)
+        }
     }
 
     /// Per-call params computed over `a` and `b` together: the statistic of their
@@ -106,11 +118,14 @@ impl QuantAdd {
                 return Err(NnError::InvalidConfig {
                     field: "spec.granularity",
                     value: spec.to_string(),
-                    reason: format!("a per-call scale shared by two inputs of rank {D} must be per tensor or per channel (rank > 1)"),
+                    reason: format!(
+                        "a per-call scale shared by two inputs of rank {D} must be per tensor or per channel (rank > 1)"
+                    ),
                 });
             }
         };
-        self.act_quant.params_for(&Tensor::cat(vec![a.clone(), b.clone()], cat_dim))
+        self.act_quant
+            .params_for(&Tensor::cat(vec![a.clone(), b.clone()], cat_dim))
     }
 }
 
@@ -132,7 +147,10 @@ impl QuantCatConfig {
         let act_quant = QuantizerConfig::for_spec(self.spec, QuantizerRole::Activation)
             .with_cells(self.cells)
             .init(device)?;
-        Ok(QuantCat { act_quant, dim: self.dim })
+        Ok(QuantCat {
+            act_quant,
+            dim: self.dim,
+        })
     }
 }
 
@@ -157,7 +175,8 @@ impl QuantCat {
     /// # Panics
     /// On an error of [`QuantCat::try_forward`].
     pub fn forward<const D: usize>(&self, inputs: Vec<Tensor<D>>) -> Tensor<D> {
-        self.try_forward(inputs).unwrap_or_else(|e| panic!("QuantCat: {e}"))
+        self.try_forward(inputs)
+            .unwrap_or_else(|e| panic!("QuantCat: {e}"))
     }
 
     /// [`QuantCat::forward`] returning errors: no input, `dim` out of range, shapes that
@@ -203,9 +222,16 @@ mod tests {
         t.into_data().try_into_vec_as::<f32>().expect("f32 data")
     }
 
-    fn input<const D: usize>(shape: [usize; D], seed: u64, scale: f32, device: &Device) -> Tensor<D> {
+    fn input<const D: usize>(
+        shape: [usize; D],
+        seed: u64,
+        scale: f32,
+        device: &Device,
+    ) -> Tensor<D> {
         let n = shape.iter().product::<usize>();
-        let v: Vec<f32> = (0..n).map(|i| (burn_quant_core::rounding::uniform(seed, i as u64) - 0.5) * scale).collect();
+        let v: Vec<f32> = (0..n)
+            .map(|i| (burn_quant_core::rounding::uniform(seed, i as u64) - 0.5) * scale)
+            .collect();
         Tensor::from_data(TensorData::new(v, shape), device)
     }
 
@@ -214,12 +240,23 @@ mod tests {
     }
 
     fn per_tensor<const D: usize>(s: f32, device: &Device) -> QuantParams<D> {
-        QuantParams { scales: Tensor::<1>::from_floats([s], device).reshape([1; D]), zero_points: None, scale_level: None }
+        QuantParams {
+            scales: Tensor::<1>::from_floats([s], device).reshape([1; D]),
+            zero_points: None,
+            scale_level: None,
+        }
     }
 
     fn fq<const D: usize>(x: Tensor<D>, s: f32) -> Vec<f32> {
         let device = x.device();
-        host(fake_quant_with(x, &QuantSpec::int8_act_per_tensor(), &per_tensor(s, &device)).expect("core fake-quant"))
+        host(
+            fake_quant_with(
+                x,
+                &QuantSpec::int8_act_per_tensor(),
+                &per_tensor(s, &device),
+            )
+            .expect("core fake-quant"),
+        )
     }
 
     fn dynamic() -> QuantSpec {
@@ -230,58 +267,106 @@ mod tests {
     fn close(a: &[f32], b: &[f32]) {
         assert_eq!(a.len(), b.len());
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "at {i}: {x} vs {y}");
+            assert!(
+                (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                "at {i}: {x} vs {y}"
+            );
         }
     }
 
     #[test]
     fn add_shares_one_calibrated_scale_between_its_inputs() {
         let device = Device::flex();
-        let (a, b) = (input([4, 8], 1, 2.0, &device), input([4, 8], 2, 6.0, &device));
-        let layer = QuantAddConfig::new(QuantSpec::int8_act_per_tensor()).init(&device).unwrap();
-        assert!(matches!(layer.try_forward(a.clone(), b.clone()), Err(NnError::NotCalibrated { .. })));
+        let (a, b) = (
+            input([4, 8], 1, 2.0, &device),
+            input([4, 8], 2, 6.0, &device),
+        );
+        let layer = QuantAddConfig::new(QuantSpec::int8_act_per_tensor())
+            .init(&device)
+            .unwrap();
+        assert!(matches!(
+            layer.try_forward(a.clone(), b.clone()),
+            Err(NnError::NotCalibrated { .. })
+        ));
         let (layer, _) = calibrate(layer, |m| m.forward(a.clone(), b.clone())).unwrap();
         // The scale covers both inputs (b is the wider one): one grid for the join.
         let s = absmax(&a).max(absmax(&b)) / 127.0;
         assert_eq!(host(layer.act_quant.scale.as_ref().unwrap().val()), vec![s]);
-        let want: Vec<f32> = fq(a.clone(), s).iter().zip(fq(b.clone(), s)).map(|(x, y)| x + y).collect();
+        let want: Vec<f32> = fq(a.clone(), s)
+            .iter()
+            .zip(fq(b.clone(), s))
+            .map(|(x, y)| x + y)
+            .collect();
         let got = host(layer.forward(a.clone(), b.clone()));
         close(&got, &want);
         // a on its own scale would be finer: sharing really changed its grid.
         assert_ne!(fq(a.clone(), absmax(&a) / 127.0), fq(a.clone(), s));
         // Every output is a multiple of the shared scale.
         assert!(got.iter().all(|v| ((v / s) - (v / s).round()).abs() < 1e-3));
-        assert_eq!(host(without_quantization(|| layer.forward(a.clone(), b.clone()))), host(a + b));
+        assert_eq!(
+            host(without_quantization(|| layer.forward(a.clone(), b.clone()))),
+            host(a + b)
+        );
     }
 
     #[test]
     fn add_with_quantized_sum_calibrates_over_the_sum_and_saturates() {
         let device = Device::flex();
         let (a, b) = (input([16], 3, 4.0, &device), input([16], 4, 4.0, &device));
-        let layer = QuantAddConfig::new(QuantSpec::int8_act_per_tensor()).with_quantize_sum(true).init(&device).unwrap();
+        let layer = QuantAddConfig::new(QuantSpec::int8_act_per_tensor())
+            .with_quantize_sum(true)
+            .init(&device)
+            .unwrap();
         let (layer, _) = calibrate(layer, |m| m.forward(a.clone(), b.clone())).unwrap();
-        let s = absmax(&a).max(absmax(&b)).max(absmax(&(a.clone() + b.clone()))) / 127.0;
+        let s = absmax(&a)
+            .max(absmax(&b))
+            .max(absmax(&(a.clone() + b.clone())))
+            / 127.0;
         assert_eq!(host(layer.act_quant.scale.as_ref().unwrap().val()), vec![s]);
-        let sum: Vec<f32> = fq(a.clone(), s).iter().zip(fq(b.clone(), s)).map(|(x, y)| x + y).collect();
+        let sum: Vec<f32> = fq(a.clone(), s)
+            .iter()
+            .zip(fq(b.clone(), s))
+            .map(|(x, y)| x + y)
+            .collect();
         let sum = Tensor::<1>::from_data(TensorData::new(sum, [16]), &device);
         close(&host(layer.forward(a.clone(), b.clone())), &fq(sum, s));
         // With a scale calibrated on small inputs, a large sum saturates to [-128·s, 127·s].
-        let small = QuantAddConfig::new(QuantSpec::int8_act_per_tensor()).with_quantize_sum(true).init(&device).unwrap();
-        let (small, _) = calibrate(small, |m| m.forward(a.clone().mul_scalar(0.1), b.clone().mul_scalar(0.1))).unwrap();
+        let small = QuantAddConfig::new(QuantSpec::int8_act_per_tensor())
+            .with_quantize_sum(true)
+            .init(&device)
+            .unwrap();
+        let (small, _) = calibrate(small, |m| {
+            m.forward(a.clone().mul_scalar(0.1), b.clone().mul_scalar(0.1))
+        })
+        .unwrap();
         let s_small = host(small.act_quant.scale.as_ref().unwrap().val())[0];
         let y = host(small.forward(a.clone(), a.clone()));
         let (lo, hi) = (-128.0 * s_small, 127.0 * s_small);
-        assert!(y.iter().all(|v| *v >= lo * (1.0 + 1e-6) && *v <= hi * (1.0 + 1e-6)), "{y:?}");
-        assert!(y.iter().any(|v| (v - hi).abs() < 1e-5) && y.iter().any(|v| (v - lo).abs() < 1e-5), "{y:?}");
+        assert!(
+            y.iter()
+                .all(|v| *v >= lo * (1.0 + 1e-6) && *v <= hi * (1.0 + 1e-6)),
+            "{y:?}"
+        );
+        assert!(
+            y.iter().any(|v| (v - hi).abs() < 1e-5) && y.iter().any(|v| (v - lo).abs() < 1e-5),
+            "{y:?}"
+        );
     }
 
     #[test]
     fn add_with_a_per_call_scale_takes_the_statistic_over_both_inputs() {
         let device = Device::flex();
-        let (a, b) = (input([4, 8], 5, 2.0, &device), input([4, 8], 6, 6.0, &device));
+        let (a, b) = (
+            input([4, 8], 5, 2.0, &device),
+            input([4, 8], 6, 6.0, &device),
+        );
         let layer = QuantAddConfig::new(dynamic()).init(&device).unwrap();
         let s = absmax(&a).max(absmax(&b)) / 127.0;
-        let want: Vec<f32> = fq(a.clone(), s).iter().zip(fq(b.clone(), s)).map(|(x, y)| x + y).collect();
+        let want: Vec<f32> = fq(a.clone(), s)
+            .iter()
+            .zip(fq(b.clone(), s))
+            .map(|(x, y)| x + y)
+            .collect();
         close(&host(layer.forward(a.clone(), b.clone())), &want);
         // Per channel (axis 0): the statistic per row over both inputs.
         let per_row = dynamic().with_granularity(Granularity::PerChannel { axis: 0 });
@@ -290,11 +375,35 @@ mod tests {
         let want = joint.clone().narrow(1, 0, 8) + joint.narrow(1, 8, 8);
         close(&host(layer.forward(a.clone(), b.clone())), &host(want));
         // Errors instead of silently separate scales.
-        let err = layer.try_forward(a.clone(), b.clone().narrow(0, 0, 2)).unwrap_err();
-        assert!(matches!(err, NnError::InvalidConfig { field: "inputs", .. }), "{err}");
-        let grouped = QuantAddConfig::new(dynamic().with_granularity(Granularity::PerGroup { axis: 1, size: 4 })).init(&device).unwrap();
+        let err = layer
+            .try_forward(a.clone(), b.clone().narrow(0, 0, 2))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NnError::InvalidConfig {
+                    field: "inputs",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let grouped = QuantAddConfig::new(
+            dynamic().with_granularity(Granularity::PerGroup { axis: 1, size: 4 }),
+        )
+        .init(&device)
+        .unwrap();
         let err = grouped.try_forward(a, b).unwrap_err();
-        assert!(matches!(err, NnError::InvalidConfig { field: "spec.granularity", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                NnError::InvalidConfig {
+                    field: "spec.granularity",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -302,7 +411,9 @@ mod tests {
         let device = Device::flex().autodiff();
         let a = input([4, 8], 7, 2.0, &device).require_grad();
         let b = input([1, 8], 8, 2.0, &device).require_grad();
-        let layer = QuantAddConfig::new(QuantSpec::int8_act_per_tensor()).init(&device).unwrap();
+        let layer = QuantAddConfig::new(QuantSpec::int8_act_per_tensor())
+            .init(&device)
+            .unwrap();
         let (layer, _) = calibrate(layer, |m| m.forward(a.clone(), b.clone())).unwrap();
         let y = layer.forward(a.clone(), b.clone());
         assert_eq!(y.dims(), [4, 8]);
@@ -318,21 +429,39 @@ mod tests {
     #[test]
     fn cat_quantizes_every_input_on_one_calibrated_scale() {
         let device = Device::flex();
-        let xs = [input([2, 3, 4], 9, 1.0, &device), input([2, 5, 4], 10, 8.0, &device)];
-        let layer = QuantCatConfig::new(QuantSpec::int8_act_per_tensor(), 1).init(&device).unwrap();
-        assert!(matches!(layer.try_forward(xs.to_vec()), Err(NnError::NotCalibrated { .. })));
+        let xs = [
+            input([2, 3, 4], 9, 1.0, &device),
+            input([2, 5, 4], 10, 8.0, &device),
+        ];
+        let layer = QuantCatConfig::new(QuantSpec::int8_act_per_tensor(), 1)
+            .init(&device)
+            .unwrap();
+        assert!(matches!(
+            layer.try_forward(xs.to_vec()),
+            Err(NnError::NotCalibrated { .. })
+        ));
         let (layer, seen) = calibrate(layer, |m| m.forward(xs.to_vec())).unwrap();
-        assert_eq!(host(seen), host(Tensor::cat(xs.to_vec(), 1)), "calibration passes through");
+        assert_eq!(
+            host(seen),
+            host(Tensor::cat(xs.to_vec(), 1)),
+            "calibration passes through"
+        );
         let s = absmax(&xs[0]).max(absmax(&xs[1])) / 127.0;
         assert_eq!(host(layer.act_quant.scale.as_ref().unwrap().val()), vec![s]);
         let y = layer.forward(xs.to_vec());
         assert_eq!(y.dims(), [2, 8, 4]);
         close(&host(y.clone().narrow(1, 0, 3)), &fq(xs[0].clone(), s));
         close(&host(y.narrow(1, 3, 5)), &fq(xs[1].clone(), s));
-        assert_eq!(host(without_quantization(|| layer.forward(xs.to_vec()))), host(Tensor::cat(xs.to_vec(), 1)));
+        assert_eq!(
+            host(without_quantization(|| layer.forward(xs.to_vec()))),
+            host(Tensor::cat(xs.to_vec(), 1))
+        );
         // Per-call scale: the statistic over all inputs.
         let dynamic = QuantCatConfig::new(dynamic(), 1).init(&device).unwrap();
-        close(&host(dynamic.forward(xs.to_vec()).narrow(1, 0, 3)), &fq(xs[0].clone(), s));
+        close(
+            &host(dynamic.forward(xs.to_vec()).narrow(1, 0, 3)),
+            &fq(xs[0].clone(), s),
+        );
     }
 
     #[test]
@@ -340,10 +469,38 @@ mod tests {
         let device = Device::flex();
         let layer = QuantCatConfig::new(dynamic(), 1).init(&device).unwrap();
         let err = layer.try_forward(Vec::<Tensor<2>>::new()).unwrap_err();
-        assert!(matches!(err, NnError::InvalidConfig { field: "inputs", .. }), "{err}");
-        let err = layer.try_forward(vec![input([2, 3], 1, 1.0, &device), input([3, 3], 2, 1.0, &device)]).unwrap_err();
-        assert!(matches!(err, NnError::InvalidConfig { field: "inputs", .. }), "{err}");
-        let err = layer.try_forward(vec![input([4], 1, 1.0, &device)]).unwrap_err();
-        assert!(matches!(err, NnError::InvalidConfig { field: "dim", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                NnError::InvalidConfig {
+                    field: "inputs",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = layer
+            .try_forward(vec![
+                input([2, 3], 1, 1.0, &device),
+                input([3, 3], 2, 1.0, &device),
+            ])
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NnError::InvalidConfig {
+                    field: "inputs",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = layer
+            .try_forward(vec![input([4], 1, 1.0, &device)])
+            .unwrap_err();
+        assert!(
+            matches!(err, NnError::InvalidConfig { field: "dim", .. }),
+            "{err}"
+        );
     }
 }

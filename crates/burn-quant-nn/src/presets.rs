@@ -102,7 +102,8 @@ mod tests {
     /// The talk's example, as one expression.
     #[test]
     fn int8_per_channel_let_four_bit_ocp_e2m1() {
-        let spec = int8_weight_per_channel_float().with_format(Format::Minifloat(Minifloat::e2m1()));
+        let spec =
+            int8_weight_per_channel_float().with_format(Format::Minifloat(Minifloat::e2m1()));
         assert_eq!(spec.format, Format::Minifloat(Minifloat::e2m1()));
         assert_eq!(spec.format.bits(), 4);
         assert_eq!(spec.format.max_value(), 6.0);
@@ -135,7 +136,13 @@ mod tests {
         for spec in all {
             spec.validate().unwrap_or_else(|e| panic!("{spec}: {e}"));
         }
-        assert_eq!(shifted_uint8_weight_per_tensor_float().format, Format::uint(8));
-        assert_eq!(mxfp8e4m3_act(3).granularity, Granularity::PerGroup { axis: 2, size: 32 });
+        assert_eq!(
+            shifted_uint8_weight_per_tensor_float().format,
+            Format::uint(8)
+        );
+        assert_eq!(
+            mxfp8e4m3_act(3).granularity,
+            Granularity::PerGroup { axis: 2, size: 32 }
+        );
     }
 }

@@ -4,8 +4,8 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use burn_quant_core::{
-    Granularity,
-    compute_params, fake_quant_custom, fake_quant_with, quantize_with, QuantParams, QuantSpec, QuantTensor, ScaleSource,
+    Granularity, QuantParams, QuantSpec, QuantTensor, ScaleSource, compute_params,
+    fake_quant_custom, fake_quant_with, quantize_with,
 };
 use serde::{Deserialize, Serialize};
 
@@ -78,14 +78,25 @@ impl QuantizerConfig {
         }
         let learned = matches!(self.spec.scale.source, ScaleSource::Learned(_));
         let stored = learned
-            || (self.role == QuantizerRole::Activation && matches!(self.spec.scale.source, ScaleSource::Stats(_)));
+            || (self.role == QuantizerRole::Activation
+                && matches!(self.spec.scale.source, ScaleSource::Stats(_)));
         let param = |learn: bool| {
             Param::from_tensor(Tensor::<1>::zeros([self.cells], device)).set_require_grad(learn)
         };
         let scale = stored.then(|| param(learned));
-        let learned_zp = matches!(self.spec.zero_point, burn_quant_core::ZeroPoint::Asymmetric { learned: true });
-        let zero_point = (stored && self.spec.zero_point.is_asymmetric()).then(|| param(learned_zp));
-        Ok(Quantizer { scale, zero_point, spec: self.spec, role: self.role, enabled: true })
+        let learned_zp = matches!(
+            self.spec.zero_point,
+            burn_quant_core::ZeroPoint::Asymmetric { learned: true }
+        );
+        let zero_point =
+            (stored && self.spec.zero_point.is_asymmetric()).then(|| param(learned_zp));
+        Ok(Quantizer {
+            scale,
+            zero_point,
+            spec: self.spec,
+            role: self.role,
+            enabled: true,
+        })
     }
 }
 
@@ -163,12 +174,20 @@ impl Quantizer {
     }
 
     /// Fake-quantizes `x` and also returns the params used (`None` when nothing was quantized).
-    pub fn forward_with_params<const D: usize>(&self, x: Tensor<D>) -> Result<(Tensor<D>, Option<QuantParams<D>>)> {
+    pub fn forward_with_params<const D: usize>(
+        &self,
+        x: Tensor<D>,
+    ) -> Result<(Tensor<D>, Option<QuantParams<D>>)> {
         if !self.enabled || calibration::quantization_disabled() {
             return Ok((x, None));
         }
         if let Some(scale) = &self.scale {
-            if calibration::observe(scale.id, self.zero_point.as_ref().map(|z| z.id), &self.spec, &x)? {
+            if calibration::observe(
+                scale.id,
+                self.zero_point.as_ref().map(|z| z.id),
+                &self.spec,
+                &x,
+            )? {
                 return Ok((x, None));
             }
         }
@@ -198,10 +217,22 @@ impl Quantizer {
             });
         }
         let s = scale.val();
-        if !s.clone().detach().greater_elem(0.0).all().into_scalar::<bool>() {
-            return Err(NnError::NotCalibrated { what: self.describe() });
+        if !s
+            .clone()
+            .detach()
+            .greater_elem(0.0)
+            .all()
+            .into_scalar::<bool>()
+        {
+            return Err(NnError::NotCalibrated {
+                what: self.describe(),
+            });
         }
-        let dims: [usize; D] = layout.scale_shape.clone().try_into().expect("scale shape has the input's rank");
+        let dims: [usize; D] = layout
+            .scale_shape
+            .clone()
+            .try_into()
+            .expect("scale shape has the input's rank");
         Ok(QuantParams {
             scales: s.reshape(dims),
             zero_points: self.zero_point.as_ref().map(|z| z.val().reshape(dims)),

@@ -9,10 +9,10 @@ use burn::tensor::{Device, Tensor};
 use burn_quant_core::QuantSpec;
 
 use crate::attention::describe;
-use crate::quantizer::activation_quantizer;
 use crate::error::{NnError, Result};
 use crate::linear::{QuantLinear, QuantLinearConfig};
 use crate::quantizer::Quantizer;
+use crate::quantizer::activation_quantizer;
 
 /// One gate of a recurrent cell: `Q(x)·Q_w(W_x) + b_x` and `Q(h)·Q_w(W_h) + b_h`, the quantized
 /// counterpart of `burn::nn::GateController` with the same parameter paths
