@@ -52,6 +52,8 @@ pub mod book {
     pub struct Quickstart;
     #[doc = include_str!("../../../book/src/layers.md")]
     pub struct Layers;
+    #[doc = include_str!("../../../book/src/plans.md")]
+    pub struct Plans;
     #[doc = include_str!("../../../book/src/performance.md")]
     pub struct Performance;
     #[doc = include_str!("../../../book/src/devices.md")]
