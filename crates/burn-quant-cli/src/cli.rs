@@ -1,11 +1,12 @@
 //! Command-line interface of `burnq` (clap derive).
 //!
-//! `burnq` without a subcommand runs the quickstart. Planned subcommands (not implemented
-//! yet): `ptq-llm`, `export`, `inspect`, `qat`.
+//! `burnq` without a subcommand runs the quickstart; `burnq qat` runs the QAT demo. Planned
+//! subcommands (not implemented yet): `ptq-llm`, `export`, `inspect`.
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::Result;
+use crate::qat::{self, QatConfig};
 use crate::quickstart::{self, QuickstartConfig};
 
 /// burnq: neural-network quantization for Burn.
@@ -15,7 +16,7 @@ use crate::quickstart::{self, QuickstartConfig};
     version,
     about = "Neural-network quantization for the Burn deep learning framework",
     after_help = "Without a subcommand, burnq runs the quickstart.\n\
-                  Planned subcommands: ptq-llm, export, inspect, qat."
+                  Planned subcommands: ptq-llm, export, inspect."
 )]
 pub struct Cli {
     /// What to do; the quickstart when absent.
@@ -28,6 +29,57 @@ pub struct Cli {
 pub enum Command {
     /// Train a small MLP on the embedded MNIST subset and compare quantization formats on it.
     Quickstart(QuickstartArgs),
+    /// Quantization-aware training: a small CNN of quantized layers on the embedded MNIST
+    /// subset, trained in float with burn-train's Learner, then fine-tuned as W8A8, W4A4 with
+    /// learned (LSQ) scales, ternary weights with 8-bit activations, and W4A4 with the RDFS
+    /// rounding rule.
+    Qat(QatArgs),
+}
+
+/// Options of `burnq qat`.
+#[derive(Debug, Clone, Args)]
+pub struct QatArgs {
+    /// Epochs of float training.
+    #[arg(long, default_value_t = QatConfig::default().float_epochs)]
+    pub epochs: usize,
+    /// Epochs of fine-tuning per quantized variant.
+    #[arg(long, default_value_t = QatConfig::default().qat_epochs)]
+    pub qat_epochs: usize,
+    /// Training images (of the embedded 10,000; the test split takes `--test` more).
+    #[arg(long, default_value_t = QatConfig::default().n_train)]
+    pub train: usize,
+    /// Test images.
+    #[arg(long, default_value_t = QatConfig::default().n_test)]
+    pub test: usize,
+    /// Seed of the data split, the initial weights and the shuffles.
+    #[arg(long, default_value_t = QatConfig::default().seed)]
+    pub seed: u64,
+    /// Adam mini-batch size.
+    #[arg(long, default_value_t = QatConfig::default().batch_size)]
+    pub batch_size: usize,
+    /// Adam learning rate of float training.
+    #[arg(long, default_value_t = QatConfig::default().float_lr)]
+    pub lr: f64,
+    /// Adam learning rate of fine-tuning.
+    #[arg(long, default_value_t = QatConfig::default().qat_lr)]
+    pub qat_lr: f64,
+}
+
+impl QatArgs {
+    /// The QAT configuration these options select.
+    pub fn config(&self) -> QatConfig {
+        QatConfig {
+            float_epochs: self.epochs,
+            qat_epochs: self.qat_epochs,
+            n_train: self.train,
+            n_test: self.test,
+            seed: self.seed,
+            batch_size: self.batch_size,
+            float_lr: self.lr,
+            qat_lr: self.qat_lr,
+            ..QatConfig::default()
+        }
+    }
 }
 
 /// Options of `burnq quickstart`.
@@ -82,6 +134,11 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         None => run_quickstart(&QuickstartArgs::default()),
         Some(Command::Quickstart(args)) => run_quickstart(&args),
+        Some(Command::Qat(args)) => {
+            let report = qat::run(&args.config())?;
+            print!("{report}");
+            Ok(())
+        }
     }
 }
 
@@ -105,5 +162,15 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(Cli::try_parse_from(["burnq", "ptq-llm"]).is_err());
+        let cli = Cli::try_parse_from(["burnq", "qat", "--qat-epochs", "1", "--seed", "7"])
+            .expect("parses");
+        match cli.command {
+            Some(Command::Qat(a)) => {
+                let c = a.config();
+                assert_eq!((c.qat_epochs, c.seed), (1, 7));
+                assert_eq!(c.float_epochs, QatConfig::default().float_epochs);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The error type of the `burnq` tool.
 
 use burn::tensor::TensorReadError;
+use burn_quant::nn::NnError;
 use burn_quant_core::QuantError;
 use thiserror::Error;
 
@@ -50,6 +51,17 @@ pub enum CliError {
         /// The core error.
         #[source]
         source: QuantError,
+    },
+    /// A quantized layer or a calibration failed (invalid spec for a layer, uncalibrated scale).
+    #[error("quantized layer")]
+    Layer(#[from] NnError),
+    /// burn-train's Learner stopped with an error or was interrupted.
+    #[error("training `{label}` failed: {reason}")]
+    Training {
+        /// The run's label, e.g. `W8A8`.
+        label: String,
+        /// What the Learner reported.
+        reason: String,
     },
     /// Reading a tensor back to the host failed.
     #[error("cannot read a tensor back from the device")]
