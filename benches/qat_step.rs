@@ -330,7 +330,7 @@ fn layouts_on(name: &str, quantizer: &Quantizer, x: Tensor<4>) -> Result<(), Box
     let net = |v: f64| (v - t[0]).max(0.0);
     println!(
         "  {:<52} {:>8.3}",
-        "Quantizer::forward (fake_quant_custom, view [1,1,n,1])",
+        "Quantizer::forward (fake_quant_custom, view [1,1,1,n])",
         net(t[1])
     );
     println!(

@@ -301,7 +301,7 @@ fn round_with<const D: usize>(v: Tensor<D>, rounding: &dyn RoundingFn) -> Tensor
     let shape = v.dims();
     let n = shape.iter().product::<usize>();
     let flat = v.reshape([n]);
-    let value = rounding.forward(flat.clone().detach());
+    let value = rounding.forward_bounded(flat.clone().detach());
     let out = if rounding.is_straight_through() {
         flat.clone() + (value - flat).detach()
     } else {
@@ -359,13 +359,20 @@ pub fn fake_quant_custom<const D: usize>(
         let data = to_host(&x);
         host::check_input(&data, &shape, "x")?;
     }
-    let sv = layout.scale_view4();
+    // Per tensor, view the data as [1, 1, 1, n]: Burn's flex backend reduces a broadcast
+    // gradient along the last axis several times faster than along an inner one.
+    let (xv, sv) = match spec.granularity {
+        crate::granularity::Granularity::PerTensor => {
+            ([1, 1, 1, shape.iter().product::<usize>()], [1, 1, 1, 1])
+        }
+        _ => (layout.view4(), layout.scale_view4()),
+    };
     let s4 = params.scales.clone().reshape(sv);
     // A zero scale (an all-zero NVFP4 block) maps its elements to 0; divide by 1 there.
     let zero_mask: Tensor<4, Bool> = s4.clone().equal_elem(0.0);
     let s_div = s4.clone().mask_fill(zero_mask, 1.0);
     let z4 = params.zero_points.as_ref().map(|z| z.clone().reshape(sv));
-    let x4 = x.reshape(layout.view4());
+    let x4 = x.reshape(xv);
     let v = x4 / s_div;
     let v = match &z4 {
         Some(z) => v + z.clone(),

@@ -44,6 +44,11 @@ pub trait RoundingFn: Debug + Send + Sync {
     fn name(&self) -> &str;
     /// The rounded value of each element of `x` (x is in grid units).
     fn forward(&self, x: Tensor<1>) -> Tensor<1>;
+    /// [`RoundingFn::forward`] for inputs known to satisfy |x| < 2^22 (every clamped grid
+    /// value); a rule may use a cheaper formula there. The default is `forward`.
+    fn forward_bounded(&self, x: Tensor<1>) -> Tensor<1> {
+        self.forward(x)
+    }
     /// The surrogate derivative d forward / dx at each element, used in backward.
     /// The default is the straight-through estimator (1 everywhere).
     fn surrogate_grad(&self, x: Tensor<1>) -> Tensor<1> {
@@ -81,6 +86,16 @@ impl RoundingFn for Rounding {
                 let noise = uniform_noise(*seed, x.dims()[0], &x.device());
                 (x + noise).floor()
             }
+        }
+    }
+
+    fn forward_bounded(&self, x: Tensor<1>) -> Tensor<1> {
+        match self {
+            // Adding 1.5·2^23 lands in [2^23, 2^24), where the f32 spacing is 1: the FPU's own
+            // ties-to-even rounding does the work, in two element-wise passes (Burn's `round`
+            // is a much slower scalar loop on the CPU backend).
+            Rounding::NearestEven => x.add_scalar(12_582_912.0).sub_scalar(12_582_912.0),
+            other => other.forward(x),
         }
     }
 
