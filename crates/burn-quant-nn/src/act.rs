@@ -39,8 +39,16 @@ pub struct QuantAct {
 
 impl QuantAct {
     /// Fake-quantizes `x` (any shape).
+    ///
+    /// # Panics
+    /// On an error of [`QuantAct::try_forward`].
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         self.act_quant.forward(x)
+    }
+
+    /// [`QuantAct::forward`] returning errors instead of panicking.
+    pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>> {
+        self.act_quant.try_forward(x)
     }
 }
 
@@ -69,8 +77,16 @@ pub struct QuantReLU {
 
 impl QuantReLU {
     /// `Q(relu(x))`.
+    ///
+    /// # Panics
+    /// On an error of [`QuantReLU::try_forward`].
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         self.act_quant.forward(activation::relu(x))
+    }
+
+    /// [`QuantReLU::forward`] returning errors instead of panicking.
+    pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>> {
+        self.act_quant.try_forward(activation::relu(x))
     }
 }
 
