@@ -888,10 +888,14 @@ pub fn compute_params(data: &[f32], shape: &[usize], spec: &QuantSpec) -> Result
             .stat()
             .expect("every non-constant source has a statistic"),
     };
+    let mut amax: Option<Vec<f32>> = None;
     let per_cell: Vec<(f32, f32)> = match stat {
         // Streaming statistics: one parallel pass, no gather.
         ScaleStat::AbsMax | ScaleStat::MinMax | ScaleStat::AbsMean => {
             let acc = cell_moments(data, &layout);
+            if stat == ScaleStat::AbsMax {
+                amax = Some(acc.iter().map(|m| m.lo.abs().max(m.hi.abs())).collect());
+            }
             acc.iter()
                 .map(|m| match stat {
                     ScaleStat::AbsMax => {
@@ -915,7 +919,7 @@ pub fn compute_params(data: &[f32], shape: &[usize], spec: &QuantSpec) -> Result
                 .collect()
         }
     };
-    finish_params(per_cell, spec, &layout)
+    finish_params(per_cell, amax.as_deref(), spec, &layout)
 }
 
 /// Min, max and sum of |x| of one scale cell.
@@ -1033,9 +1037,11 @@ impl Moments {
 }
 
 /// Turns per-cell (scale, zero-point) pairs into [`HostParams`], applying the spec's quantized
-/// scale level if it has one.
+/// scale level if it has one. `amax`, when known, is each cell's exact max |x|: the E8M0 rule
+/// reads its exponent from it (recovering it as `scale · max_elem` can be an ulp off).
 pub fn finish_params(
     per_cell: Vec<(f32, f32)>,
+    amax: Option<&[f32]>,
     spec: &QuantSpec,
     layout: &Layout,
 ) -> Result<HostParams> {
@@ -1051,6 +1057,7 @@ pub fn finish_params(
             layout,
             &mut scales,
             zeros.as_mut(),
+            amax,
         )?),
         _ => None,
     };
@@ -1068,15 +1075,16 @@ fn quantize_scale_level(
     layout: &Layout,
     scales: &mut [f32],
     zeros: Option<&mut Vec<f32>>,
+    amax: Option<&[f32]>,
 ) -> Result<HostLevel> {
     let fmax = spec.format.max_value();
     match kind {
         ScaleQuant::E8M0 => {
             let emax = spec.format.emax();
             let mut codes = Vec::with_capacity(scales.len());
-            for s in scales.iter_mut() {
-                // The per-cell float scale is amax / max_elem; recover amax.
-                let amax = *s * fmax;
+            for (i, s) in scales.iter_mut().enumerate() {
+                // Exact when known; otherwise recovered from the scale (amax / max_elem).
+                let amax = amax.map_or(*s * fmax, |a| a[i]);
                 let e = if amax > 0.0 {
                     (floor_log2(amax) - emax).clamp(-127, 127)
                 } else {

@@ -170,7 +170,16 @@ impl Observer {
                 .collect(),
             State::Empty => unreachable!("batches > 0"),
         };
-        host::finish_params(per_cell, spec, layout)
+        let amax: Option<Vec<f32>> = match (&self.state, self.stat()) {
+            (State::Range { lo, hi }, ScaleStat::AbsMax) => Some(
+                lo.iter()
+                    .zip(hi)
+                    .map(|(l, h)| l.abs().max(h.abs()))
+                    .collect(),
+            ),
+            _ => None,
+        };
+        host::finish_params(per_cell, amax.as_deref(), spec, layout)
     }
 
     /// The frozen params as tensors on `device`.

@@ -601,6 +601,26 @@ mod tests {
         assert_eq!(&q.codes_vec()[..2], &[80, -127]);
     }
 
+    /// The E8M0 exponent comes from the exact amax, even one ulp below a power of two
+    /// (for MXINT8, `amax / 127 · 127` rounds up to 4.0 there and would give the next exponent).
+    #[test]
+    fn mx_exponent_is_exact_just_below_a_power_of_two() {
+        let device = dev();
+        let just_below_4 = f32::from_bits(4.0f32.to_bits() - 1);
+        let mut v = vec![0.0f32; 32];
+        v[0] = just_below_4;
+        let q = quantize(t2(v.clone(), [32, 1], &device), &QuantSpec::mxint8()).unwrap();
+        let code = int_to_host(&q.scale_level.as_ref().unwrap().scale_codes)[0];
+        // floor(log2(3.9999998)) − emax(int8) = 1 − 6 = −5 → biased 122.
+        assert_eq!(code, 122);
+        let mut obs = crate::observer::Observer::new(&QuantSpec::mxint8()).unwrap();
+        obs.observe_slice(&v, &[32, 1]).unwrap();
+        assert_eq!(
+            obs.host_params().unwrap().level.unwrap().scale_codes,
+            vec![122]
+        );
+    }
+
     #[test]
     fn nvfp4_uses_e4m3_block_scales_and_a_global_scale() {
         let device = dev();
