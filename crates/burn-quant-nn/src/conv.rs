@@ -16,10 +16,12 @@ use burn::nn::{Initializer, PaddingConfig1d, PaddingConfig2d};
 use burn::tensor::module::{conv_transpose2d, conv1d, conv2d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Device, Tensor};
-use burn_quant_core::{QuantParams, QuantSpec, QuantTensor, round_ste};
+use burn_quant_core::{QuantParams, QuantSpec, QuantTensor};
 
 use crate::error::{NnError, Result};
-use crate::quantizer::{Quantizer, QuantizerConfig, QuantizerRole, activation_quantizer};
+use crate::quantizer::{
+    Quantizer, QuantizerConfig, QuantizerRole, activation_quantizer, int32_bias,
+};
 
 // ----- helpers shared by the layers of this crate ----------------------------------------
 
@@ -171,58 +173,6 @@ fn padding_2d(
         ],
         PaddingConfig2d::Explicit(top, left, bottom, right) => [(*top, *bottom), (*left, *right)],
     }
-}
-
-/// int32 bias with scale `s_in · s_w[channel]` and straight-through rounding.
-///
-/// `per_channel` is the weight-scale shape of a per-output-channel spec; its cells repeat
-/// `d_output / cells` times (a grouped transposed convolution shares one weight column per
-/// group position). While quantization is off the bias stays float.
-fn int32_bias<const DI: usize, const DW: usize>(
-    layer: &str,
-    has_input_quant: bool,
-    bias: Tensor<1>,
-    input: Option<&QuantParams<DI>>,
-    weight: Option<&QuantParams<DW>>,
-    per_channel: [usize; DW],
-) -> Result<Tensor<1>> {
-    if !has_input_quant {
-        return Err(NnError::MissingInputScale {
-            layer: layer.into(),
-        });
-    }
-    let (Some(input), Some(weight)) = (input, weight) else {
-        return Ok(bias);
-    };
-    let d_output = bias.dims()[0];
-    if input.scales.shape().num_elements() != 1 {
-        return Err(NnError::InvalidConfig {
-            field: "input_quant.granularity",
-            value: "not per tensor".into(),
-            reason: "an int32 bias needs a per-tensor input scale".into(),
-        });
-    }
-    let s_in = input.scales.clone().reshape([1]);
-    let s_w = weight.scales.clone();
-    let cells = s_w.shape().num_elements();
-    if cells != 1 && s_w.dims() != per_channel {
-        return Err(NnError::InvalidConfig {
-            field: "weight_quant.granularity",
-            value: format!("scales {:?}", s_w.dims()),
-            reason: format!(
-                "an int32 bias needs a per-tensor or per-output-channel weight scale {per_channel:?}"
-            ),
-        });
-    }
-    let s_w = s_w.reshape([cells]);
-    let s_w = if cells == 1 {
-        s_w.expand([d_output])
-    } else {
-        s_w.repeat_dim(0, d_output / cells)
-    };
-    let s_b = s_w * s_in;
-    let limit = i32::MAX as f32;
-    Ok(round_ste((bias / s_b.clone()).clamp(-limit, limit)) * s_b)
 }
 
 // ----- QuantConv1d ------------------------------------------------------------------------

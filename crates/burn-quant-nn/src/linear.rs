@@ -4,10 +4,12 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, module::linear};
-use burn_quant_core::{QuantParams, QuantSpec, QuantTensor, round_ste};
+use burn_quant_core::{QuantSpec, QuantTensor};
 
 use crate::error::{NnError, Result};
-use crate::quantizer::{Quantizer, QuantizerConfig, QuantizerRole, activation_quantizer};
+use crate::quantizer::{
+    Quantizer, QuantizerConfig, QuantizerRole, activation_quantizer, int32_bias,
+};
 
 /// Configuration of [`QuantLinear`].
 #[derive(Config, Debug)]
@@ -130,7 +132,15 @@ impl QuantLinear {
         };
         let bias = match &self.bias {
             Some(b) if self.bias_quant => {
-                Some(self.quant_bias(b.val(), in_params.as_ref(), w_params.as_ref())?)
+                let [_, d_output] = self.weight.dims();
+                Some(int32_bias(
+                    "QuantLinear",
+                    self.input_quant.is_some(),
+                    b.val(),
+                    in_params.as_ref(),
+                    w_params.as_ref(),
+                    [1, d_output],
+                )?)
             }
             Some(b) => Some(b.val()),
             None => None,
@@ -140,52 +150,6 @@ impl QuantLinear {
             Some(q) => q.try_forward(y),
             None => Ok(y),
         }
-    }
-
-    /// int32 bias with scale `s_in · s_w` (per output channel), straight-through rounding.
-    /// While quantization is off (calibration, `without_quantization`) the bias stays float.
-    fn quant_bias<const D: usize>(
-        &self,
-        bias: Tensor<1>,
-        input: Option<&QuantParams<D>>,
-        weight: Option<&QuantParams<2>>,
-    ) -> Result<Tensor<1>> {
-        if self.input_quant.is_none() {
-            return Err(NnError::MissingInputScale {
-                layer: "QuantLinear".into(),
-            });
-        }
-        let (Some(input), Some(weight)) = (input, weight) else {
-            return Ok(bias);
-        };
-        let d_output = bias.dims()[0];
-        let s_in = input.scales.clone();
-        if s_in.shape().num_elements() != 1 {
-            return Err(NnError::InvalidConfig {
-                field: "input_quant.granularity",
-                value: "not per tensor".into(),
-                reason: "an int32 bias needs a per-tensor input scale".into(),
-            });
-        }
-        let s_w = weight.scales.clone();
-        let cells = s_w.shape().num_elements();
-        if cells != 1 && s_w.dims() != [1, d_output] {
-            return Err(NnError::InvalidConfig {
-                field: "weight_quant.granularity",
-                value: format!("scales {:?}", s_w.dims()),
-                reason: "an int32 bias needs a per-tensor or per-output-channel weight scale"
-                    .into(),
-            });
-        }
-        let s_in = s_in.reshape([1]);
-        let s_b = s_w.reshape([cells]) * s_in;
-        let s_b = if cells == 1 {
-            s_b.expand([d_output])
-        } else {
-            s_b
-        };
-        let limit = i32::MAX as f32;
-        Ok(round_ste((bias / s_b.clone()).clamp(-limit, limit)) * s_b)
     }
 
     /// The exact integer weights, scales and zero-points (`None` without a weight quantizer).
@@ -203,7 +167,7 @@ mod tests {
     use crate::{calibrate, without_quantization};
     use burn::module::{ModuleVisitor, ParamId};
     use burn::tensor::TensorData;
-    use burn_quant_core::{ScaleSource, ScaleStat, fake_quant, fake_quant_with};
+    use burn_quant_core::{QuantParams, ScaleSource, ScaleStat, fake_quant, fake_quant_with};
 
     fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         t.into_data().try_into_vec_as::<f32>().unwrap()
