@@ -181,15 +181,15 @@ impl Quantizer {
         if !self.enabled || calibration::quantization_disabled() {
             return Ok((x, None));
         }
-        if let Some(scale) = &self.scale {
-            if calibration::observe(
+        if let Some(scale) = &self.scale
+            && calibration::observe(
                 scale.id,
                 self.zero_point.as_ref().map(|z| z.id),
                 &self.spec,
                 &x,
-            )? {
-                return Ok((x, None));
-            }
+            )?
+        {
+            return Ok((x, None));
         }
         let params = self.params_for(&x)?;
         let y = match calibration::rounding_override() {
