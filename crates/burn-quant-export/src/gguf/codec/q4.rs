@@ -1,0 +1,71 @@
+//! Q4_0 (18 bytes: d, qs[16]; x = d·(q − 8)) and Q4_1 (20 bytes: d, m, qs[16]; x = d·q + m).
+//! Nibble pairing: byte j's low nibble is element j, its high nibble element j + 16.
+
+use super::{GgmlBlock, f16_at, min_max, put_f16, signed_absmax};
+use crate::gguf::GgmlType;
+
+/// ggml Q4_0.
+#[derive(Debug, Clone, Copy)]
+pub struct Q4_0;
+
+/// ggml Q4_1.
+#[derive(Debug, Clone, Copy)]
+pub struct Q4_1;
+
+impl GgmlBlock for Q4_0 {
+    const TYPE: GgmlType = GgmlType::Q4_0;
+    const BLOCK_SIZE: usize = 32;
+    const TYPE_SIZE: usize = 18;
+
+    /// Reference: M = largest-magnitude element with its sign, d = M / −8,
+    /// q = min(15, floor(x/d + 8.5)).
+    fn encode_block(x: &[f32], out: &mut [u8]) {
+        let d = signed_absmax(x) / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        put_f16(out, d);
+        for j in 0..16 {
+            let q0 = ((x[j] * id + 8.5) as i8).min(15) as u8;
+            let q1 = ((x[j + 16] * id + 8.5) as i8).min(15) as u8;
+            out[2 + j] = q0 | (q1 << 4);
+        }
+    }
+
+    fn decode_block(block: &[u8], out: &mut [f32]) {
+        let d = f16_at(block);
+        for j in 0..16 {
+            let b = block[2 + j];
+            out[j] = ((b & 0x0F) as i32 - 8) as f32 * d;
+            out[j + 16] = ((b >> 4) as i32 - 8) as f32 * d;
+        }
+    }
+}
+
+impl GgmlBlock for Q4_1 {
+    const TYPE: GgmlType = GgmlType::Q4_1;
+    const BLOCK_SIZE: usize = 32;
+    const TYPE_SIZE: usize = 20;
+
+    /// Reference: d = (max − min)/15, m = min, q = min(15, floor((x − min)/d + 0.5)).
+    fn encode_block(x: &[f32], out: &mut [u8]) {
+        let (min, max) = min_max(x);
+        let d = (max - min) / 15.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        put_f16(&mut out[0..2], d);
+        put_f16(&mut out[2..4], min);
+        for j in 0..16 {
+            let q0 = (((x[j] - min) * id + 0.5) as i8).min(15) as u8;
+            let q1 = (((x[j + 16] - min) * id + 0.5) as i8).min(15) as u8;
+            out[4 + j] = q0 | (q1 << 4);
+        }
+    }
+
+    fn decode_block(block: &[u8], out: &mut [f32]) {
+        let d = f16_at(&block[0..2]);
+        let m = f16_at(&block[2..4]);
+        for j in 0..16 {
+            let b = block[4 + j];
+            out[j] = (b & 0x0F) as f32 * d + m;
+            out[j + 16] = (b >> 4) as f32 * d + m;
+        }
+    }
+}
