@@ -21,6 +21,7 @@ pub mod model;
 pub mod qat;
 pub mod quickstart;
 pub mod rng;
+pub mod table;
 pub mod zoo;
 
 pub use error::{CliError, Result};
