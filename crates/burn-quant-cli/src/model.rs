@@ -123,27 +123,7 @@ pub fn train(
     cfg: &TrainConfig,
     device: &Device,
 ) -> Result<(Mlp, TrainReport)> {
-    if cfg.epochs == 0 {
-        return Err(CliError::config(
-            "epochs",
-            cfg.epochs,
-            "train for at least one epoch",
-        ));
-    }
-    if cfg.batch_size == 0 {
-        return Err(CliError::config(
-            "batch_size",
-            cfg.batch_size,
-            "must be at least 1",
-        ));
-    }
-    if !(cfg.learning_rate.is_finite() && cfg.learning_rate > 0.0) {
-        return Err(CliError::config(
-            "learning_rate",
-            cfg.learning_rate,
-            "must be finite and > 0",
-        ));
-    }
+    crate::model::check_training(cfg.epochs, cfg.batch_size, cfg.learning_rate)?;
     if data.is_empty() {
         return Err(CliError::Data("empty training set".into()));
     }
@@ -202,4 +182,30 @@ pub fn accuracy(model: &Mlp, data: &Dataset, batch_size: usize, device: &Device)
             .count();
     }
     Ok(correct as f64 / data.len() as f64)
+}
+
+/// Checks the training hyper-parameters shared by the quickstart and `burnq qat`.
+pub fn check_training(epochs: usize, batch_size: usize, learning_rate: f64) -> Result<()> {
+    if epochs == 0 {
+        return Err(CliError::config(
+            "epochs",
+            epochs,
+            "train for at least one epoch",
+        ));
+    }
+    if batch_size == 0 {
+        return Err(CliError::config(
+            "batch_size",
+            batch_size,
+            "must be at least 1",
+        ));
+    }
+    if !(learning_rate.is_finite() && learning_rate > 0.0) {
+        return Err(CliError::config(
+            "learning_rate",
+            learning_rate,
+            "must be finite and > 0",
+        ));
+    }
+    Ok(())
 }

@@ -701,27 +701,7 @@ pub const EVAL_BATCH: usize = 500;
 /// thread-scoped settings ([`with_rounding`], `without_quantization`) reach the model. Nothing
 /// is written to disk: no checkpointer, an in-memory metric logger, no application log file.
 pub fn fit(model: QatCnn, split: &ImageSplit, cfg: &FitConfig) -> Result<(QatCnn, FitReport)> {
-    if cfg.epochs == 0 {
-        return Err(CliError::config(
-            "epochs",
-            cfg.epochs,
-            "train for at least one epoch",
-        ));
-    }
-    if cfg.batch_size == 0 {
-        return Err(CliError::config(
-            "batch_size",
-            cfg.batch_size,
-            "must be at least 1",
-        ));
-    }
-    if !(cfg.learning_rate.is_finite() && cfg.learning_rate > 0.0) {
-        return Err(CliError::config(
-            "learning_rate",
-            cfg.learning_rate,
-            "must be finite and > 0",
-        ));
-    }
+    crate::model::check_training(cfg.epochs, cfg.batch_size, cfg.learning_rate)?;
     let train = DataLoaderBuilder::new(ImageBatcher(split.train.clone()))
         .batch_size(cfg.batch_size)
         .shuffle(cfg.seed)
