@@ -16,49 +16,14 @@ use burn::nn::{Initializer, PaddingConfig1d, PaddingConfig2d};
 use burn::tensor::module::{conv_transpose2d, conv1d, conv2d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Device, Tensor};
-use burn_quant_core::{QuantParams, QuantSpec, QuantTensor};
+use burn_quant_core::{QuantSpec, QuantTensor};
 
 use crate::error::{NnError, Result};
 use crate::quantizer::{
-    Quantizer, QuantizerConfig, QuantizerRole, activation_quantizer, int32_bias,
+    Quantizer, activation_quantizer, int32_bias, quant_opt, quant_out, weight_quantizer,
 };
 
-// ----- helpers shared by the layers of this crate ----------------------------------------
-
-/// A weight quantizer for a weight of `shape` (one stored cell per scale cell, which only a
-/// learned weight scale uses).
-pub(crate) fn weight_quantizer(
-    spec: Option<QuantSpec>,
-    shape: &[usize],
-    device: &Device,
-) -> Result<Option<Quantizer>> {
-    spec.map(|spec| {
-        let cells = spec.check_shape(shape)?.cells();
-        QuantizerConfig::for_spec(spec, QuantizerRole::Weight)
-            .with_cells(cells)
-            .init(device)
-    })
-    .transpose()
-}
-
-/// Runs an optional quantizer, returning the params it applied.
-pub(crate) fn quant_opt<const D: usize>(
-    q: &Option<Quantizer>,
-    x: Tensor<D>,
-) -> Result<(Tensor<D>, Option<QuantParams<D>>)> {
-    match q {
-        Some(q) => q.forward_with_params(x),
-        None => Ok((x, None)),
-    }
-}
-
-/// Runs an optional quantizer.
-pub(crate) fn quant_out<const D: usize>(q: &Option<Quantizer>, x: Tensor<D>) -> Result<Tensor<D>> {
-    match q {
-        Some(q) => q.try_forward(x),
-        None => Ok(x),
-    }
-}
+// ----- helpers of the convolutions --------------------------------------------------------
 
 /// `Err` unless the config value equals the float layer's.
 fn same<T: PartialEq + std::fmt::Debug>(field: &'static str, config: T, layer: T) -> Result<()> {
@@ -772,7 +737,9 @@ mod tests {
     use super::*;
     use crate::{calibrate, without_quantization};
     use burn::tensor::TensorData;
-    use burn_quant_core::{Granularity, ScaleSource, ScaleStat, fake_quant, fake_quant_with};
+    use burn_quant_core::{
+        Granularity, QuantParams, ScaleSource, ScaleStat, fake_quant, fake_quant_with,
+    };
 
     fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         t.into_data().try_into_vec_as::<f32>().expect("f32 data")

@@ -8,9 +8,9 @@ use burn::tensor::module::embedding;
 use burn::tensor::{Device, Int, Tensor};
 use burn_quant_core::{QuantSpec, QuantTensor};
 
-use crate::conv::{quant_opt, quant_out, weight_quantizer};
 use crate::error::{NnError, Result};
 use crate::quantizer::{Quantizer, activation_quantizer};
+use crate::quantizer::{quant_opt, quant_out, weight_quantizer};
 
 /// Configuration of [`QuantEmbedding`]; the fields and defaults of `burn::nn::EmbeddingConfig`
 /// plus the quantizer specs.

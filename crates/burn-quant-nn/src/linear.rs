@@ -8,7 +8,7 @@ use burn_quant_core::{QuantSpec, QuantTensor};
 
 use crate::error::{NnError, Result};
 use crate::quantizer::{
-    Quantizer, QuantizerConfig, QuantizerRole, activation_quantizer, int32_bias,
+    Quantizer, activation_quantizer, int32_bias, quant_opt, quant_out, weight_quantizer,
 };
 
 /// Configuration of [`QuantLinear`].
@@ -82,15 +82,7 @@ impl QuantLinearConfig {
                 reason: format!("the float layer's weight is {d_input}x{d_output}"),
             });
         }
-        let weight_quant = self
-            .weight_quant
-            .map(|spec| {
-                let cells = spec.check_shape(&[d_input, d_output])?.cells();
-                QuantizerConfig::for_spec(spec, QuantizerRole::Weight)
-                    .with_cells(cells)
-                    .init(device)
-            })
-            .transpose()?;
+        let weight_quant = weight_quantizer(self.weight_quant, &[d_input, d_output], device)?;
         // A stored per-channel activation scale runs along the feature (last) axis.
         let act = |spec: Option<QuantSpec>,
                    field: &'static str,
@@ -122,14 +114,8 @@ impl QuantLinear {
 
     /// [`QuantLinear::forward`] returning errors instead of panicking.
     pub fn try_forward<const D: usize>(&self, input: Tensor<D>) -> Result<Tensor<D>> {
-        let (x, in_params) = match &self.input_quant {
-            Some(q) => q.forward_with_params(input)?,
-            None => (input, None),
-        };
-        let (w, w_params) = match &self.weight_quant {
-            Some(q) => q.forward_with_params(self.weight.val())?,
-            None => (self.weight.val(), None),
-        };
+        let (x, in_params) = quant_opt(&self.input_quant, input)?;
+        let (w, w_params) = quant_opt(&self.weight_quant, self.weight.val())?;
         let bias = match &self.bias {
             Some(b) if self.bias_quant => {
                 let [_, d_output] = self.weight.dims();
@@ -146,10 +132,7 @@ impl QuantLinear {
             None => None,
         };
         let y = linear(x, w, bias);
-        match &self.output_quant {
-            Some(q) => q.try_forward(y),
-            None => Ok(y),
-        }
+        quant_out(&self.output_quant, y)
     }
 
     /// The exact integer weights, scales and zero-points (`None` without a weight quantizer).

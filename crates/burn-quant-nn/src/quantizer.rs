@@ -306,3 +306,38 @@ pub fn int32_bias<const DI: usize, const DW: usize>(
     let limit = i32::MAX as f32;
     Ok(round_ste((bias / s_b.clone()).clamp(-limit, limit)) * s_b)
 }
+
+/// A weight quantizer for a weight of `shape` (one stored cell per scale cell, which only a
+/// learned weight scale uses).
+pub(crate) fn weight_quantizer(
+    spec: Option<QuantSpec>,
+    shape: &[usize],
+    device: &Device,
+) -> Result<Option<Quantizer>> {
+    spec.map(|spec| {
+        let cells = spec.check_shape(shape)?.cells();
+        QuantizerConfig::for_spec(spec, QuantizerRole::Weight)
+            .with_cells(cells)
+            .init(device)
+    })
+    .transpose()
+}
+
+/// Runs an optional quantizer, returning the params it applied.
+pub(crate) fn quant_opt<const D: usize>(
+    q: &Option<Quantizer>,
+    x: Tensor<D>,
+) -> Result<(Tensor<D>, Option<QuantParams<D>>)> {
+    match q {
+        Some(q) => q.forward_with_params(x),
+        None => Ok((x, None)),
+    }
+}
+
+/// Runs an optional quantizer.
+pub(crate) fn quant_out<const D: usize>(q: &Option<Quantizer>, x: Tensor<D>) -> Result<Tensor<D>> {
+    match q {
+        Some(q) => q.try_forward(x),
+        None => Ok(x),
+    }
+}
