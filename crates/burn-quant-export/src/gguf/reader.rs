@@ -7,7 +7,7 @@ use std::path::Path;
 use super::codec;
 use super::types::GgmlType;
 use super::value::{MetadataArray, MetadataValue, ValueType};
-use super::writer::{check_alignment_value, element_count};
+use super::writer::{check_alignment_value, tensor_byte_size};
 use super::{
     ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufError, MAX_ARRAY_DEPTH, MAX_DIMS,
     MAX_NAME_LEN, Result, align_up,
@@ -291,22 +291,7 @@ impl GgufFile {
                 type_id,
             })?;
             let offset = c.u64("tensor offset")?;
-            let n = element_count(&dims).ok_or_else(|| GgufError::DimsOverflow {
-                name: name.clone(),
-                dims: dims.clone(),
-            })?;
-            if !dims[0].is_multiple_of(ty.block_size() as u64) {
-                return Err(GgufError::NotBlockMultiple {
-                    name,
-                    ty,
-                    ne0: dims[0],
-                    block_size: ty.block_size(),
-                });
-            }
-            let size = ty.byte_size(n).ok_or_else(|| GgufError::DimsOverflow {
-                name: name.clone(),
-                dims: dims.clone(),
-            })?;
+            let size = tensor_byte_size(&name, ty, &dims)?;
             if !names.insert(name.clone()) {
                 return Err(GgufError::DuplicateTensor { name });
             }

@@ -96,22 +96,7 @@ impl GgufWriter {
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(GgufError::DuplicateTensor { name });
         }
-        let n = element_count(dims).ok_or_else(|| GgufError::DimsOverflow {
-            name: name.clone(),
-            dims: dims.to_vec(),
-        })?;
-        if !dims[0].is_multiple_of(ty.block_size() as u64) {
-            return Err(GgufError::NotBlockMultiple {
-                name,
-                ty,
-                ne0: dims[0],
-                block_size: ty.block_size(),
-            });
-        }
-        let expected = ty.byte_size(n).ok_or_else(|| GgufError::DimsOverflow {
-            name: name.clone(),
-            dims: dims.to_vec(),
-        })?;
+        let expected = tensor_byte_size(&name, ty, dims)?;
         if expected != data.len() as u64 {
             return Err(GgufError::DataSizeMismatch {
                 name,
@@ -225,6 +210,25 @@ impl GgufWriter {
         }
         Ok(result?)
     }
+}
+
+/// Bytes of a tensor of `ty` with ggml dims `dims` (the writer's and the reader's one check):
+/// the element count must fit, and `ne[0]` must be a multiple of the type's block size.
+pub(crate) fn tensor_byte_size(name: &str, ty: GgmlType, dims: &[u64]) -> Result<u64> {
+    let overflow = || GgufError::DimsOverflow {
+        name: name.to_string(),
+        dims: dims.to_vec(),
+    };
+    let n = element_count(dims).ok_or_else(overflow)?;
+    if !dims[0].is_multiple_of(ty.block_size() as u64) {
+        return Err(GgufError::NotBlockMultiple {
+            name: name.to_string(),
+            ty,
+            ne0: dims[0],
+            block_size: ty.block_size(),
+        });
+    }
+    ty.byte_size(n).ok_or_else(overflow)
 }
 
 pub(crate) fn element_count(dims: &[u64]) -> Option<u64> {
