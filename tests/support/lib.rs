@@ -66,3 +66,91 @@ pub fn read_linear_weight(bytes: &[u8], name: &str) -> Result<(Vec<f32>, [usize;
 fn safetensors_view(bytes: &[u8]) -> Result<safetensors::SafeTensors<'_>, String> {
     safetensors::SafeTensors::deserialize(bytes).map_err(|e| e.to_string())
 }
+
+/// The Python interpreter of the verifier venv (`target/pyverify`), holding the third-party
+/// readers our exports are checked with (`gguf`, `onnx`, `onnxruntime`, `qonnx`, pinned in
+/// `tests/py/requirements.txt`). The venv is created on first use, so `cargo test --release`
+/// needs nothing prepared but `python3`. Returns `None` with a printed notice when it cannot be
+/// made; with `BURNQ_REQUIRE_DATA=1` (CI) that is a panic instead.
+pub fn python_verifier() -> Option<PathBuf> {
+    static VENV: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    match VENV.get_or_init(make_verifier_venv) {
+        Ok(python) => Some(python.clone()),
+        Err(why) => {
+            if std::env::var("BURNQ_REQUIRE_DATA").is_ok_and(|v| v == "1") {
+                panic!("BURNQ_REQUIRE_DATA=1 but the Python verifier venv is unavailable: {why}");
+            }
+            eprintln!("notice: skipping, Python verifier venv unavailable: {why}");
+            None
+        }
+    }
+}
+
+/// Runs `tests/py/<script>` with the verifier venv's Python and `args`; returns its stdout, or
+/// an error with its stderr when it exits non-zero. `None` when the venv is unavailable.
+pub fn run_python(script: &str, args: &[&std::ffi::OsStr]) -> Option<Result<String, String>> {
+    let python = python_verifier()?;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(python)
+        .arg(root.join("tests/py").join(script))
+        .args(args)
+        .output();
+    Some(match out {
+        Err(e) => Err(format!("cannot run {script}: {e}")),
+        Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
+        Ok(o) => Err(format!(
+            "{script} failed ({}):\n{}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )),
+    })
+}
+
+fn make_verifier_venv() -> Result<PathBuf, String> {
+    use std::process::Command;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let requirements = std::fs::read_to_string(root.join("tests/py/requirements.txt"))
+        .map_err(|e| format!("tests/py/requirements.txt: {e}"))?;
+    let venv = root.join("target/pyverify");
+    let python = venv.join("bin/python");
+    let stamp = venv.join("requirements.done");
+    // Test binaries may run in parallel processes (nextest): one creates, the others wait.
+    let lock = root.join("target/pyverify.lock");
+    std::fs::create_dir_all(root.join("target")).map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    loop {
+        if std::fs::read_to_string(&stamp).is_ok_and(|s| s == requirements) {
+            return Ok(python);
+        }
+        match std::fs::create_dir(&lock) {
+            Ok(()) => break,
+            Err(_) if started.elapsed().as_secs() < 900 => {
+                std::thread::sleep(std::time::Duration::from_millis(500))
+            }
+            Err(_) => return Err(format!("{} held for 15 minutes", lock.display())),
+        }
+    }
+    let result = (|| {
+        if std::fs::read_to_string(&stamp).is_ok_and(|s| s == requirements) {
+            return Ok(());
+        }
+        eprintln!("notice: creating the Python verifier venv in {}", venv.display());
+        let run = |cmd: &mut Command| -> Result<(), String> {
+            let o = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+            if o.status.success() {
+                Ok(())
+            } else {
+                Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&o.stderr)))
+            }
+        };
+        let _ = std::fs::remove_dir_all(&venv);
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(root.join("tests/py/requirements.txt")))?;
+        std::fs::write(&stamp, &requirements).map_err(|e| e.to_string())
+    })();
+    let _ = std::fs::remove_dir(&lock);
+    result.map(|()| python)
+}
