@@ -1126,6 +1126,44 @@ fn quantize_scale_level(
                 super_shape: vec![1; layout.scale_shape.len()],
             })
         }
+        ScaleQuant::F16 => {
+            let mut offset_codes = zeros.as_ref().map(|_| Vec::with_capacity(scales.len()));
+            let mut scale_codes = Vec::with_capacity(scales.len());
+            for (i, s) in scales.iter_mut().enumerate() {
+                let h = half::f16::from_f32(*s);
+                if !h.is_finite() {
+                    return Err(QuantError::InvalidScale { index: i, value: *s });
+                }
+                // A positive scale below half's smallest subnormal stays positive.
+                let h = if h.to_f32() == 0.0 && *s > 0.0 {
+                    half::f16::from_bits(1)
+                } else {
+                    h
+                };
+                scale_codes.push(h.to_bits() as i32);
+                *s = h.to_f32();
+            }
+            if let (Some(z), Some(codes)) = (zeros, offset_codes.as_mut()) {
+                for (i, (z, s)) in z.iter_mut().zip(scales.iter()).enumerate() {
+                    // The offset is what the file holds (ggml's `m = −z·s`): round it, then
+                    // express it back in grid units with the rounded scale.
+                    let m = half::f16::from_f32(*z * *s);
+                    if !m.is_finite() {
+                        return Err(QuantError::InvalidScale { index: i, value: *z * *s });
+                    }
+                    codes.push(m.to_bits() as i32);
+                    *z = m.to_f32() / *s;
+                }
+            }
+            Ok(HostLevel {
+                kind,
+                scale_codes,
+                min_codes: offset_codes,
+                super_scales: vec![],
+                super_mins: None,
+                super_shape: vec![],
+            })
+        }
         ScaleQuant::SubBlock {
             super_block,
             bits,

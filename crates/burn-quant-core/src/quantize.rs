@@ -649,6 +649,51 @@ mod tests {
         assert_eq!(e4m3.decode(codes[0] as u32), 448.0);
     }
 
+    /// ggml's legacy blocks store f16 scales (and offsets): with `ScaleQuant::F16` every
+    /// effective scale is an f16 value whose bits the level carries, offsets `z·s` likewise, and
+    /// the codes were chosen with those rounded values (error within half a step).
+    #[test]
+    fn f16_levels_hold_exact_half_scales_and_offsets() {
+        let device = dev();
+        let v = data(256 * 3, 11);
+        let x = t2(v.clone(), [256, 3], &device);
+        for spec in [
+            QuantSpec::gguf_q8_0(),
+            QuantSpec::gguf_q4_0(),
+            QuantSpec::gguf_q5_0(),
+            QuantSpec::gguf_q4_1(),
+            QuantSpec::gguf_q5_1(),
+        ] {
+            let q = quantize(x.clone(), &spec).unwrap();
+            let l = q.scale_level.as_ref().unwrap();
+            assert_eq!(l.kind, crate::scale::ScaleQuant::F16);
+            let s = host(&q.scales);
+            let bits = int_to_host(&l.scale_codes);
+            for (s, b) in s.iter().zip(&bits) {
+                assert_eq!(half::f16::from_bits(*b as u16).to_f32(), *s, "{spec}");
+            }
+            let codes = int_to_host(&q.codes.clone().reshape([256 * 3]));
+            let (lo, hi) = (spec.format.min_value() as i32, spec.format.max_value() as i32);
+            let zs = q.zero_points.as_ref().map(host);
+            if let Some(zs) = &zs {
+                let m = int_to_host(l.min_codes.as_ref().unwrap());
+                for ((z, s), m) in zs.iter().zip(&s).zip(&m) {
+                    // ggml reads the offset as `m_ggml = −f16(m)`; x̂ = s·q − f16(m).
+                    let off = half::f16::from_bits(*m as u16).to_f32();
+                    assert!((z * s - off).abs() <= off.abs() * 1e-6, "{spec}: {z}·{s} vs {off}");
+                }
+            }
+            for (i, (&c, &xv)) in codes.iter().zip(&v).enumerate() {
+                assert!((lo..=hi).contains(&c), "{spec}: code {c}");
+                let cell = (i / 3 / 32) * 3 + i % 3;
+                let (sc, z) = (s[cell], zs.as_ref().map_or(0.0, |z| z[cell]));
+                let err = ((c as f32 - z) * sc - xv).abs();
+                // Half a step, plus the clip of an end value by the f16 rounding of the scale.
+                assert!(err <= sc * 0.5 + xv.abs() * 1e-3, "{spec}: |err| {err} at {i}");
+            }
+        }
+    }
+
     #[test]
     fn k_quant_levels_are_integer_codes_times_f16_super_scales() {
         let device = dev();

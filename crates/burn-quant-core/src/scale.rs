@@ -186,6 +186,11 @@ pub enum ScaleQuant {
         /// Signed scale codes (Q3_K, Q6_K) instead of unsigned ones.
         signed: bool,
     },
+    /// Each scale (and, for asymmetric specs, each offset `z·s`) is an IEEE half, as ggml's
+    /// Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 blocks and ONNX f16 scales store them. Codes are chosen with
+    /// the rounded values, so what a file holds dequantizes exactly as the `QuantTensor` does.
+    /// Any granularity.
+    F16,
 }
 
 impl ScaleQuant {

@@ -151,6 +151,38 @@ impl QuantSpec {
         )
         .with_scale_restriction(ScaleRestriction::Quantized(ScaleQuant::E4M3Global))
     }
+    /// GGUF Q8_0 structure: int8 codes (−128..127) in groups of 32 along axis 0 (the input
+    /// axis of a Burn `Linear` weight), one f16 scale per group.
+    pub fn gguf_q8_0() -> Self {
+        Self::gguf_legacy(Format::int(8), false)
+    }
+    /// GGUF Q4_0 structure: int4 codes (−8..7, stored as `q + 8`), groups of 32, f16 scales.
+    pub fn gguf_q4_0() -> Self {
+        Self::gguf_legacy(Format::int(4), false)
+    }
+    /// GGUF Q4_1 structure: uint4 codes with a zero-point, groups of 32, f16 scale and f16
+    /// offset (ggml's `m = −z·s`).
+    pub fn gguf_q4_1() -> Self {
+        Self::gguf_legacy(Format::uint(4), true)
+    }
+    /// GGUF Q5_0 structure: int5 codes (−16..15, stored as `q + 16`), groups of 32, f16 scales.
+    pub fn gguf_q5_0() -> Self {
+        Self::gguf_legacy(Format::int(5), false)
+    }
+    /// GGUF Q5_1 structure: uint5 codes with a zero-point, groups of 32, f16 scale and offset.
+    pub fn gguf_q5_1() -> Self {
+        Self::gguf_legacy(Format::uint(5), true)
+    }
+    fn gguf_legacy(format: Format, asymmetric: bool) -> Self {
+        let spec = Self::new(format, Granularity::PerGroup { axis: 0, size: 32 })
+            .with_scale_restriction(ScaleRestriction::Quantized(ScaleQuant::F16));
+        if asymmetric {
+            spec.with_zero_point(ZeroPoint::Asymmetric { learned: false })
+                .with_stat(ScaleStat::MinMax)
+        } else {
+            spec
+        }
+    }
     /// GGUF Q4_K structure: unsigned 4-bit codes, asymmetric, groups of 32 along axis 0,
     /// 6-bit scales and mins per 256-element super-block with f16 super-scales.
     pub fn gguf_q4_k() -> Self {
@@ -359,7 +391,9 @@ impl QuantSpec {
                 ),
             ));
         }
-        if let ScaleRestriction::Quantized(q) = self.scale.restrict {
+        if let ScaleRestriction::Quantized(q) = self.scale.restrict
+            && q != ScaleQuant::F16
+        {
             let Granularity::PerGroup { size, .. } = self.granularity else {
                 return Err(QuantError::config(
                     "scale.restrict",
@@ -448,6 +482,7 @@ impl QuantSpec {
             ScaleRestriction::PowerOfTwo { .. } => cells * (8.0 + zp * zp_bits),
             ScaleRestriction::Quantized(ScaleQuant::E8M0) => cells * 8.0,
             ScaleRestriction::Quantized(ScaleQuant::E4M3Global) => cells * 8.0 + 32.0,
+            ScaleRestriction::Quantized(ScaleQuant::F16) => cells * 16.0 * (1.0 + zp),
             ScaleRestriction::Quantized(ScaleQuant::SubBlock {
                 super_block, bits, ..
             }) => {
@@ -518,6 +553,11 @@ mod tests {
         assert_eq!(bpe(QuantSpec::gguf_q4_k()), 4.5);
         assert_eq!(bpe(QuantSpec::gguf_q5_k()), 5.5);
         assert_eq!(bpe(QuantSpec::gguf_q6_k()), 6.5625);
+        assert_eq!(bpe(QuantSpec::gguf_q8_0()), 8.5);
+        assert_eq!(bpe(QuantSpec::gguf_q4_0()), 4.5);
+        assert_eq!(bpe(QuantSpec::gguf_q4_1()), 5.0);
+        assert_eq!(bpe(QuantSpec::gguf_q5_0()), 5.5);
+        assert_eq!(bpe(QuantSpec::gguf_q5_1()), 6.0);
         assert_eq!(bpe(QuantSpec::mxfp4()), 4.25);
         assert_eq!(bpe(QuantSpec::mxfp8_e4m3()), 8.25);
         assert_eq!(bpe(QuantSpec::mxfp6_e2m3()), 6.25);
@@ -611,6 +651,7 @@ impl std::fmt::Display for QuantSpec {
             ScaleRestriction::PowerOfTwo { mode } => format!(" pow2-{mode:?}").to_lowercase(),
             ScaleRestriction::Quantized(ScaleQuant::E8M0) => " e8m0-scales".into(),
             ScaleRestriction::Quantized(ScaleQuant::E4M3Global) => " e4m3-scales+f32-global".into(),
+            ScaleRestriction::Quantized(ScaleQuant::F16) => " f16-scales".into(),
             ScaleRestriction::Quantized(ScaleQuant::SubBlock {
                 super_block, bits, ..
             }) => {
