@@ -20,6 +20,8 @@ pub use burn_quant_core as core;
 pub use burn_quant_core::*;
 /// Quantizer module, quantized layers, presets, calibration, plans and recipes.
 pub use burn_quant_nn as nn;
+/// Exporters: GGUF (llama.cpp), ONNX QDQ, QONNX, Burn-native records.
+pub use burn_quant_export as export;
 
 /// The names most programs need.
 pub mod prelude {
