@@ -199,6 +199,27 @@ pub enum GgufError {
         /// Bytes given.
         actual: u64,
     },
+    /// A `QuantTensor`'s spec has no ggml block structure.
+    #[error("QuantTensor spec `{spec}` has no ggml type: {reason}")]
+    SpecNotGgml {
+        /// The spec, as displayed.
+        spec: String,
+        /// Why no ggml type holds it.
+        reason: String,
+    },
+    /// A `QuantTensor` was asked to be written as a ggml type its spec does not match.
+    #[error("QuantTensor spec `{spec}` cannot be written as ggml {ty:?} code for code: {reason} (re-quantize explicitly to convert)")]
+    SpecMismatch {
+        /// The spec, as displayed.
+        spec: String,
+        /// The requested ggml type.
+        ty: GgmlType,
+        /// What differs.
+        reason: String,
+    },
+    /// A `QuantTensor` lacks part of the scale level its spec implies.
+    #[error("QuantTensor has no {0} although its spec needs them")]
+    MissingLevel(&'static str),
     /// No codec for the type.
     #[error("no codec for ggml type {0:?}")]
     UnsupportedType(GgmlType),

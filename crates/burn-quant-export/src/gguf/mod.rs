@@ -10,12 +10,16 @@
 
 pub mod codec;
 mod error;
+mod quant_tensor;
 mod reader;
 mod types;
 mod value;
 mod writer;
 
 pub use error::GgufError;
+pub use quant_tensor::{
+    GgmlTensor, encode_quant_tensor, encode_quant_tensor_as, ggml_type_of, requantize_tensor,
+};
 pub use reader::{GgufFile, TensorInfo};
 pub use types::GgmlType;
 pub use value::{MetadataArray, MetadataValue, ValueType};
