@@ -6,6 +6,7 @@
 
 pub mod burnpack;
 pub mod gguf;
+pub mod onnx;
 
 /// Re-export of the core crate, whose `QuantTensor` is what the exporters consume.
 pub use burn_quant_core;

@@ -1,0 +1,181 @@
+//! The mutable graph under construction: nodes, initializers and the operator-set versions
+//! they need.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::proto::{AttributeProto, DataType, Dim, NodeProto, TensorProto, ValueInfoProto};
+
+/// Element type and shape of a value produced by a node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Val {
+    /// Element type.
+    pub dtype: DataType,
+    /// Shape (a symbolic first axis for a dynamic batch).
+    pub dims: Vec<Dim>,
+}
+
+impl Val {
+    /// A FLOAT value of fixed shape.
+    pub(crate) fn f32(shape: &[usize]) -> Self {
+        Self::fixed(DataType::Float, shape)
+    }
+    /// A value of fixed shape.
+    pub(crate) fn fixed(dtype: DataType, shape: &[usize]) -> Self {
+        Self {
+            dtype,
+            dims: shape.iter().map(|&d| Dim::Fixed(d)).collect(),
+        }
+    }
+    /// The same shape with another element type.
+    pub(crate) fn with_dtype(&self, dtype: DataType) -> Self {
+        Self {
+            dtype,
+            dims: self.dims.clone(),
+        }
+    }
+}
+
+/// Nodes and initializers being collected, with the lowest default-domain opset that holds
+/// every node emitted so far and the custom domains used.
+#[derive(Debug, Default)]
+pub struct Graph {
+    pub(crate) nodes: Vec<NodeProto>,
+    pub(crate) initializers: Vec<TensorProto>,
+    /// Type and shape of every node output.
+    pub(crate) value_info: Vec<ValueInfoProto>,
+    /// Every value name defined so far (graph input, initializers, node outputs).
+    names: HashSet<String>,
+    /// Lowest default-domain opset that holds every node.
+    pub(crate) opset: i64,
+    /// Custom domains and their versions.
+    pub(crate) domains: BTreeMap<String, i64>,
+    /// `(key, value)` metadata describing what was exported.
+    pub(crate) metadata: Vec<(String, String)>,
+}
+
+impl Graph {
+    /// An empty graph whose nodes need at least `opset`.
+    pub(crate) fn new(opset: i64) -> Self {
+        Self {
+            opset,
+            ..Default::default()
+        }
+    }
+
+    /// Records an externally defined value name (the graph input).
+    pub(crate) fn define(&mut self, name: &str) {
+        self.names.insert(name.to_string());
+    }
+
+    /// `base` if no value has that name yet, otherwise `base_1`, `base_2`, …
+    pub(crate) fn fresh(&self, base: &str) -> String {
+        if !self.names.contains(base) {
+            return base.to_string();
+        }
+        (1..)
+            .map(|i| format!("{base}_{i}"))
+            .find(|n| !self.names.contains(n))
+            .expect("an unused suffix exists")
+    }
+
+    /// Adds an initializer under a fresh name derived from its own; returns the name used.
+    pub(crate) fn initializer(&mut self, mut tensor: TensorProto) -> String {
+        let name = self.fresh(&tensor.name);
+        tensor.name = name.clone();
+        self.names.insert(name.clone());
+        self.initializers.push(tensor);
+        name
+    }
+
+    /// Raises the default-domain opset to at least `version`.
+    pub(crate) fn need_opset(&mut self, version: i64) {
+        self.opset = self.opset.max(version);
+    }
+
+    /// Imports custom `domain` at `version` (the highest requested wins).
+    pub(crate) fn need_domain(&mut self, domain: &str, version: i64) {
+        let v = self.domains.entry(domain.to_string()).or_insert(version);
+        *v = (*v).max(version);
+    }
+
+    /// Appends a node with one output of type `val`, named (freshly) after `output`; returns
+    /// that name.
+    pub(crate) fn node(
+        &mut self,
+        op_type: &str,
+        domain: &str,
+        inputs: &[&str],
+        output: &str,
+        attribute: Vec<AttributeProto>,
+        val: Val,
+    ) -> String {
+        let out = self.fresh(output);
+        self.names.insert(out.clone());
+        self.value_info
+            .push(ValueInfoProto::tensor(&out, val.dtype, &val.dims));
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.clone()],
+            name: out.clone(),
+            op_type: op_type.into(),
+            domain: domain.into(),
+            attribute,
+            doc_string: String::new(),
+        });
+        out
+    }
+
+    /// Renames the value `from` (the output of the last node producing it) to `to`.
+    /// Returns `false` when no node produces `from` (it is the graph input).
+    pub(crate) fn rename_output(&mut self, from: &str, to: &str) -> bool {
+        let Some(node) = self
+            .nodes
+            .iter_mut()
+            .rev()
+            .find(|n| n.output.iter().any(|o| o == from))
+        else {
+            return false;
+        };
+        for o in node.output.iter_mut().filter(|o| *o == from) {
+            *o = to.to_string();
+        }
+        if node.name == from {
+            node.name = to.to_string();
+        }
+        for n in self.nodes.iter_mut() {
+            for i in n.input.iter_mut().filter(|i| *i == from) {
+                *i = to.to_string();
+            }
+        }
+        for v in self.value_info.iter_mut().filter(|v| v.name == from) {
+            v.name = to.to_string();
+        }
+        self.names.remove(from);
+        self.names.insert(to.to_string());
+        true
+    }
+
+    /// Whether a value of that name exists.
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+}
+
+/// The IR version that goes with a default-domain opset (onnx's own version table: the IR
+/// version of the first onnx release that shipped that opset).
+pub(crate) fn ir_version_for_opset(opset: i64) -> i64 {
+    match opset {
+        ..=8 => 3,
+        9 => 4,
+        10 => 5,
+        11 => 6,
+        12..=14 => 7,
+        15..=18 => 8,
+        19..=20 => 9,
+        21..=22 => 10,
+        23 => 11,
+        24 => 12,
+        25..=27 => 13,
+        _ => 14,
+    }
+}

@@ -1,0 +1,238 @@
+//! Shared by `onnx_export.rs` and `qonnx_export.rs`: `.npy` files to pass tensors to the
+//! Python verifiers, running them, and comparisons.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use burn_quant::export::onnx::{ModelProto, save_onnx};
+
+/// A directory for one test's files under cargo's per-target temporary directory.
+pub fn work_dir(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("onnx")
+        .join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes a little-endian f32 `.npy` (format version 1.0).
+pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) {
+    assert_eq!(shape.iter().product::<usize>(), data.len());
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_txt = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    // Magic (6) + version (2) + header length (2) + header, padded with spaces to 64 bytes,
+    // ending in a newline.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Reads a little-endian f32 C-order `.npy` written by numpy.
+pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[..6], b"\x93NUMPY", "{}", path.display());
+    let (len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        _ => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+    };
+    let header = std::str::from_utf8(&bytes[start..start + len]).unwrap();
+    assert!(header.contains("'descr': '<f4'"), "{header}");
+    assert!(header.contains("'fortran_order': False"), "{header}");
+    let shape_txt = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .unwrap();
+    let shape: Vec<usize> = shape_txt
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let data: Vec<f32> = bytes[start + len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(data.len(), shape.iter().product::<usize>(), "{header}");
+    (shape, data)
+}
+
+/// What a verifier script returned: the graph outputs then the fetched values, and (QDQ with
+/// `--optimized`) the outputs of the optimised session.
+pub struct Run {
+    /// Graph outputs then fetched values, in order.
+    pub values: Vec<(Vec<usize>, Vec<f32>)>,
+    /// Graph outputs of the optimised session.
+    pub optimized: Vec<(Vec<usize>, Vec<f32>)>,
+    /// The script's JSON summary line.
+    pub summary: String,
+}
+
+/// Saves `model`, runs `tests/py/<script>` on it with input `x`, fetching `fetch` values too.
+/// `None` when the Python verifier is unavailable (the test then skips with a notice).
+pub fn run_verifier(
+    script: &str,
+    dir: &Path,
+    model: &ModelProto,
+    x: &[f32],
+    shape: &[usize],
+    fetch: &[&str],
+    extra: &[&str],
+) -> Option<Run> {
+    let model_path = dir.join("model.onnx");
+    save_onnx(&model_path, model).unwrap();
+    let input = dir.join("input.npy");
+    write_npy(&input, shape, x);
+    let out_dir = dir.join("out");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mut args: Vec<&OsStr> = vec![
+        model_path.as_os_str(),
+        input.as_os_str(),
+        out_dir.as_os_str(),
+    ];
+    for f in fetch {
+        args.push(OsStr::new("--fetch"));
+        args.push(OsStr::new(f));
+    }
+    args.extend(extra.iter().map(OsStr::new));
+    let summary = support::run_python(script, &args)?.unwrap_or_else(|e| panic!("{e}"));
+    let read_all = |prefix: &str| {
+        (0..)
+            .map(|i| out_dir.join(format!("{prefix}_{i}.npy")))
+            .take_while(|p| p.exists())
+            .map(|p| read_npy(&p))
+            .collect::<Vec<_>>()
+    };
+    Some(Run {
+        values: read_all("out"),
+        optimized: read_all("opt"),
+        summary: summary.trim().to_string(),
+    })
+}
+
+/// Deterministic pseudo-random values in `[-amp, amp)` (SplitMix64).
+pub fn uniform(n: usize, seed: u64, amp: f32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
+        })
+        .collect()
+}
+
+/// A tensor of `shape` on the flex device.
+pub fn tensor<const D: usize>(data: &[f32], shape: [usize; D]) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(data.to_vec(), shape), &Device::flex())
+}
+
+/// Host values of a tensor.
+pub fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().unwrap()
+}
+
+/// Largest `|a − b| / (1 + |b|)`; panics on a length mismatch.
+pub fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            if x == y {
+                0.0
+            } else {
+                (x - y).abs() / (1.0 + y.abs())
+            }
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Asserts `got` equals `want` element for element (bit-identical up to the sign of zero).
+pub fn assert_exact(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(g == w, "{what}: element {i}: {g} != {w}");
+    }
+}
+
+/// Asserts `got` is within `tol · (1 + |want|)` of `want` everywhere.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    let e = max_rel_err(got, want);
+    assert!(e <= tol, "{what}: max relative error {e} > {tol}");
+}
+
+/// One layer of an exported model: the value it writes and our reference for it, computed
+/// from the verifier's own input of that layer.
+pub struct Stage<'a> {
+    /// Name of the layer's output value in the graph (`output` for the last).
+    pub value: String,
+    /// Bit-exact comparison (quantizers, ReLU) or round-off tolerance (MatMul, Conv).
+    pub exact: bool,
+    /// Our layer's `forward` on `(values, shape)`.
+    pub forward: Box<dyn Fn(&[f32], &[usize]) -> Vec<f32> + 'a>,
+}
+
+/// Runs `model` with the verifier `script`, fetching every stage's output, and checks each
+/// stage against our `forward` on the verifier's input of that stage: a round-off difference
+/// upstream cannot then move a value across a rounding boundary. Returns the run (`values[0]`
+/// is the graph output).
+pub fn check_stages(
+    script: &str,
+    test: &str,
+    model: &ModelProto,
+    x: &[f32],
+    shape: &[usize],
+    stages: &[Stage<'_>],
+    extra: &[&str],
+) -> Option<Run> {
+    let dir = work_dir(test);
+    let fetch: Vec<&str> = stages[..stages.len() - 1]
+        .iter()
+        .map(|s| s.value.as_str())
+        .collect();
+    let run = run_verifier(script, &dir, model, x, shape, &fetch, extra)?;
+    // values: [graph output, stage 0, …, stage n−2]; reorder as stages.
+    let mut outs: Vec<(Vec<usize>, Vec<f32>)> = run.values[1..].to_vec();
+    outs.push(run.values[0].clone());
+    let mut input = (shape.to_vec(), x.to_vec());
+    for (i, stage) in stages.iter().enumerate() {
+        let want = (stage.forward)(&input.1, &input.0);
+        let what = format!("{test}: stage {i} ({})", stage.value);
+        if stage.exact {
+            assert_exact(&what, &outs[i].1, &want);
+        } else {
+            assert_close(&what, &outs[i].1, &want, 1e-5);
+        }
+        input = outs[i].clone();
+    }
+    Some(run)
+}
+
+/// Largest absolute difference.
+pub fn max_abs_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
