@@ -223,6 +223,22 @@ pub enum GgufError {
     /// No codec for the type.
     #[error("no codec for ggml type {0:?}")]
     UnsupportedType(GgmlType),
+    /// Importance vector whose length is not the row length.
+    #[error("importance has {len} values, the row length is {row_len}")]
+    ImportanceLength {
+        /// Values given.
+        len: usize,
+        /// The row length they must match.
+        row_len: usize,
+    },
+    /// An importance value that is NaN, infinite or negative.
+    #[error("importance[{index}] = {value} (must be finite and >= 0)")]
+    InvalidImportance {
+        /// Column of the value.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
     /// Codec input length not a multiple of the block.
     #[error("{what}: length {len} is not a multiple of {multiple}")]
     BadLength {

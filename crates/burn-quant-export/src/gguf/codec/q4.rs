@@ -1,7 +1,11 @@
 //! Q4_0 (18 bytes: d, qs[16]; x = d·(q − 8)) and Q4_1 (20 bytes: d, m, qs[16]; x = d·q + m).
 //! Nibble pairing: byte j's low nibble is element j, its high nibble element j + 16.
 
-use super::{GgmlBlock, f16_at, min_max, put_f16, signed_absmax};
+use super::search::{Sweep, make_qkx_quants, make_qx_quants};
+use super::{
+    GgmlBlock, WeightedBlock, f16_at, importance_weights, min_max, put_f16, sigma2,
+    signed_absmax,
+};
 use crate::gguf::GgmlType;
 
 /// ggml Q4_0.
@@ -66,6 +70,65 @@ impl GgmlBlock for Q4_1 {
             let b = block[4 + j];
             out[j] = (b & 0x0F) as f32 * d + m;
             out[j + 16] = (b >> 4) as f32 * d + m;
+        }
+    }
+}
+
+/// The asymmetric sweep llama.cpp's weighted Q4_1/Q5_1 use (`make_qkx3_quants`, −0.9 + 0.05·k).
+pub(super) fn legacy_sweep(nmax: i32) -> Sweep {
+    Sweep {
+        nmax,
+        rmin: -0.9,
+        rdelta: 0.05,
+        nstep: 36,
+        use_mad: false,
+    }
+}
+
+/// Packs 32 4-bit codes with the nibble pairing (byte j: element j low, j + 16 high).
+fn pack_nibbles(codes: &[u8; 32], qs: &mut [u8]) {
+    for j in 0..16 {
+        qs[j] = codes[j] | (codes[j + 16] << 4);
+    }
+}
+
+impl WeightedBlock for Q4_0 {
+    /// llama.cpp `quantize_q4_0` with weights: w_j = importance_j·sqrt(σ² + x_j²), σ² = mean x²
+    /// of the row; per block `make_qx_quants(nmax = 8)`.
+    fn encode_row_weighted(x: &[f32], importance: &[f32], out: &mut [u8]) {
+        let s2 = sigma2(x, 1.0);
+        let mut w = [0f32; 32];
+        let mut codes = [0u8; 32];
+        for ((xb, qb), ob) in x
+            .chunks_exact(32)
+            .zip(importance.chunks_exact(32))
+            .zip(out.chunks_exact_mut(Self::TYPE_SIZE))
+        {
+            importance_weights(xb, qb, s2, &mut w);
+            let d = make_qx_quants(8, xb, Some(&w), &mut codes);
+            put_f16(ob, d);
+            pack_nibbles(&codes, &mut ob[2..18]);
+        }
+    }
+}
+
+impl WeightedBlock for Q4_1 {
+    /// llama.cpp `quantize_q4_1` with weights: w_j as for Q4_0; per block the asymmetric sweep
+    /// `make_qkx3_quants(nmax = 15)`; m is the (non-positive) fitted offset.
+    fn encode_row_weighted(x: &[f32], importance: &[f32], out: &mut [u8]) {
+        let s2 = sigma2(x, 1.0);
+        let mut w = [0f32; 32];
+        let mut codes = [0u8; 32];
+        for ((xb, qb), ob) in x
+            .chunks_exact(32)
+            .zip(importance.chunks_exact(32))
+            .zip(out.chunks_exact_mut(Self::TYPE_SIZE))
+        {
+            importance_weights(xb, qb, s2, &mut w);
+            let (d, the_min) = make_qkx_quants(legacy_sweep(15), xb, &w, &mut codes);
+            put_f16(&mut ob[0..2], d);
+            put_f16(&mut ob[2..4], -the_min);
+            pack_nibbles(&codes, &mut ob[4..20]);
         }
     }
 }

@@ -253,28 +253,38 @@ fn float_round_trips() {
 
 #[test]
 fn zero_block_and_lengths() {
-    for ty in [
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-    ] {
-        let z = vec![0.0f32; 64];
+    for &ty in ENCODABLE {
+        let n = 2 * ty.block_size().max(32);
+        let z = vec![0.0f32; n];
         let b = encode(ty, &z).unwrap();
-        assert_eq!(b.len() as u64, ty.byte_size(64).unwrap());
+        assert_eq!(b.len() as u64, ty.byte_size(n as u64).unwrap());
         assert_eq!(decode(ty, &b).unwrap(), z, "{ty:?}");
+        if ty.block_size() > 1 {
+            assert!(matches!(
+                encode(ty, &z[..n - 1]),
+                Err(GgufError::BadLength { .. })
+            ));
+        }
+        if ty.type_size() > 1 {
+            assert!(matches!(
+                decode(ty, &b[..b.len() - 1]),
+                Err(GgufError::BadLength { .. })
+            ));
+        }
+    }
+    for ty in [GgmlType::IQ4_XS, GgmlType::Q8_K, GgmlType::NVFP4, GgmlType::TQ1_0] {
+        assert!(!ENCODABLE.contains(&ty));
         assert!(matches!(
-            encode(ty, &[0.0; 33]),
-            Err(GgufError::BadLength { .. })
+            encode(ty, &[0.0; 256]),
+            Err(GgufError::UnsupportedType(_))
         ));
         assert!(matches!(
-            decode(ty, &b[..b.len() - 1]),
-            Err(GgufError::BadLength { .. })
+            encode_weighted(ty, &[0.0; 256], 256, &[1.0; 256]),
+            Err(GgufError::UnsupportedType(_))
         ));
     }
-    assert!(matches!(
-        encode(GgmlType::Q4_K, &[0.0; 256]),
-        Err(GgufError::UnsupportedType(_))
-    ));
 }
+
+mod decode;
+mod golden;
+mod props;
