@@ -1152,7 +1152,8 @@ fn quantize_scale_level(
                         return Err(QuantError::InvalidScale { index: i, value: *z * *s });
                     }
                     codes.push(m.to_bits() as i32);
-                    *z = m.to_f32() / *s;
+                    // An all-zero group has scale 0 and nothing to offset.
+                    *z = if *s > 0.0 { m.to_f32() / *s } else { 0.0 };
                 }
             }
             Ok(HostLevel {

@@ -694,6 +694,18 @@ mod tests {
         }
     }
 
+    /// An all-zero group under an asymmetric f16 level: scale 0, no offset (not 0/0).
+    #[test]
+    fn f16_level_all_zero_group_has_no_offset() {
+        let device = dev();
+        let mut v = vec![0f32; 64 * 2];
+        v[64] = 1.0; // second group of column 0 is not zero
+        let q = quantize(t2(v, [64, 2], &device), &QuantSpec::gguf_q4_1()).unwrap();
+        let z = host(q.zero_points.as_ref().unwrap());
+        assert!(z.iter().all(|z| z.is_finite()), "{z:?}");
+        assert!((host(&q.dequantize())[64] - 1.0).abs() <= 0.5 / 15.0);
+    }
+
     #[test]
     fn k_quant_levels_are_integer_codes_times_f16_super_scales() {
         let device = dev();
