@@ -285,6 +285,8 @@ fn zero_block_and_lengths() {
     }
 }
 
+mod candle;
 mod decode;
 mod golden;
 mod props;
+mod real;
