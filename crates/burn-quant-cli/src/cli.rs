@@ -34,6 +34,16 @@ pub enum Command {
     /// learned (LSQ) scales, ternary weights with 8-bit activations, and W4A4 with the RDFS
     /// rounding rule.
     Qat(QatArgs),
+    /// Show what a GGUF file holds: metadata, tensors (type, dims, bytes, bits per weight) and
+    /// totals by type.
+    Inspect(InspectArgs),
+}
+
+/// Options of `burnq inspect`.
+#[derive(Debug, Clone, Args)]
+pub struct InspectArgs {
+    /// The file to read.
+    pub file: std::path::PathBuf,
 }
 
 /// Options of `burnq qat`.
@@ -134,6 +144,10 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         None => run_quickstart(&QuickstartArgs::default()),
         Some(Command::Quickstart(args)) => run_quickstart(&args),
+        Some(Command::Inspect(args)) => {
+            print!("{}", crate::inspect::inspect(&args.file)?);
+            Ok(())
+        }
         Some(Command::Qat(args)) => {
             let report = qat::run(&args.config())?;
             print!("{report}");

@@ -63,6 +63,24 @@ pub enum CliError {
         /// What the Learner reported.
         reason: String,
     },
+    /// A file could not be read or written.
+    #[error("cannot access `{what}`")]
+    Io {
+        /// The path.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A GGUF file is malformed, or a tensor cannot be written as GGUF.
+    #[error("GGUF `{what}`")]
+    Gguf {
+        /// The path or tensor.
+        what: String,
+        /// The reader's or writer's error.
+        #[source]
+        source: burn_quant::export::gguf::GgufError,
+    },
     /// Reading a tensor back to the host failed.
     #[error("cannot read a tensor back from the device")]
     TensorRead(#[from] TensorReadError),

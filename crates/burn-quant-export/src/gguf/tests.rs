@@ -692,8 +692,8 @@ fn writer_rejects_invalid_input() {
         Err(GgufError::BadLength { .. } | GgufError::NotBlockMultiple { .. })
     ));
     assert!(matches!(
-        w.add_tensor_f32("k4", &[256], GgmlType::Q4_K, &[0.0; 256]),
-        Err(GgufError::UnsupportedType(GgmlType::Q4_K))
+        w.add_tensor_f32("k4", &[256], GgmlType::IQ4_XS, &[0.0; 256]),
+        Err(GgufError::UnsupportedType(GgmlType::IQ4_XS))
     ));
     assert!(matches!(
         w.clone()
