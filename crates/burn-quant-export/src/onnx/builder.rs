@@ -209,12 +209,21 @@ impl<S: QuantStyle> OnnxModelBuilder<S> {
         &self.shape
     }
 
+    /// The next layer's name: the one given with [`Self::named`] or `<kind>_<index>`, with a
+    /// suffix if a layer or value already has it.
     fn layer_name(&mut self, kind: &str) -> String {
         let base = self
             .next_name
             .take()
             .unwrap_or_else(|| format!("{kind}_{}", self.layers.len()));
-        self.graph.fresh(&base)
+        let taken = |n: &str| self.graph.has(n) || self.layers.iter().any(|l| l.name == n);
+        if !taken(&base) {
+            return base;
+        }
+        (1..)
+            .map(|i| format!("{base}_{i}"))
+            .find(|n| !taken(n))
+            .expect("an unused suffix exists")
     }
 
     /// Type of an activation of `shape` (axis 0 symbolic with a dynamic batch).
