@@ -108,8 +108,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let d3 = max_abs_diff(loaded.forward(x3.clone()), fake.forward(x3));
         let x2 = input([32, 768]);
         let d2 = max_abs_diff(loaded.forward(x2.clone()), fake.forward(x2));
-        let lossless =
-            flex_relayout_is_lossless(&q1, &device)? && flex_relayout_is_lossless(&q2, &device)?;
+        let lossless = flex_relayout_is_lossless(&q1)? && flex_relayout_is_lossless(&q2)?;
         let m = burn_mapping(&q1, &BurnQuantOptions::default())?;
         let scheme = format!(
             "{:?} {:?} {:?} {}",

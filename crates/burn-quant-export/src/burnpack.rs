@@ -111,6 +111,16 @@ pub enum BurnpackError {
         /// The scale dtype that cannot hold it.
         dtype: ScaleDtype,
     },
+    /// A forced scale dtype Burn does not accept at this level.
+    #[error("{spec}: {dtype:?} cannot be the block scale dtype here: {reason}")]
+    ScaleDtype {
+        /// The spec, printed.
+        spec: String,
+        /// The dtype asked for.
+        dtype: ScaleDtype,
+        /// Why Burn refuses it.
+        reason: String,
+    },
     /// A code outside the range of the Burn value type chosen for the format.
     #[error("code {code} at flat index {index} is outside {value:?}'s range {min}..={max}")]
     CodeOutOfRange {
@@ -503,6 +513,12 @@ pub fn burn_mapping<const D: usize>(
                     reason: format!("NVFP4 needs one global scale, found {}", globals.len()),
                 });
             };
+            if !(global.is_finite() && global > 0.0) {
+                return Err(BurnpackError::Inconsistent {
+                    spec: spec_name(),
+                    reason: format!("NVFP4 global scale {global:e} is not a positive f32"),
+                });
+            }
             let e4m3 = Minifloat::e4m3();
             let block_scales: Vec<f32> = host_i32(&level.scale_codes)
                 .into_iter()
@@ -535,6 +551,17 @@ pub fn burn_mapping<const D: usize>(
     let (cell_scales, global, dtype) = match two_level {
         Some((block_scales, global)) => {
             let dtype = options.scale_dtype.unwrap_or(ScaleDtype::UE4M3);
+            // Burn's `quantizable`: block scales under a per-tensor scale must stay within f16's
+            // range, or normalising by the global scale drives it subnormal.
+            if dtype.max_representable() > half::f16::MAX.to_f32() {
+                return Err(BurnpackError::ScaleDtype {
+                    spec: spec_name(),
+                    dtype,
+                    reason: "block scales under an f32 per-tensor scale must fit f16's range \
+                             (UE4M3 or F16)"
+                        .into(),
+                });
+            }
             (block_scales, Some(global), dtype)
         }
         None => {
@@ -570,9 +597,9 @@ pub fn burn_mapping<const D: usize>(
                 .map(|&e| u8::try_from(e).expect("block extents are at most 255 by construction"))
                 .collect();
             scheme = scheme.per_block(dims, dtype);
-            if let Some(g) = global {
+            if global.is_some() {
+                // Burn stores the per-tensor scale of a two-level scheme as f32 only.
                 scheme = scheme.per_tensor(ScaleDtype::F32);
-                debug_assert!(g.is_finite());
             }
             block_cells(&shape, b, &layout.scale_shape)
                 .into_iter()
@@ -732,11 +759,9 @@ fn check_device(dtype: DType, device: &Device) -> Result<()> {
 /// transpose, the `unsqueeze` in `burn::nn::Linear::forward`): per-tensor always; per-block only
 /// if Burn's dynamic re-quantization with its own absmax scales (which flex runs on every layout
 /// operation of a per-block tensor) reproduces the values bit for bit. Runs that
-/// re-quantization on `device` and compares.
-pub fn flex_relayout_is_lossless<const D: usize>(
-    q: &QuantTensor<D>,
-    device: &Device,
-) -> Result<bool> {
+/// re-quantization on `Device::flex()` and compares.
+pub fn flex_relayout_is_lossless<const D: usize>(q: &QuantTensor<D>) -> Result<bool> {
+    let device = &Device::flex();
     let data = to_burn_qdata(q, &BurnQuantOptions::default())?;
     let DType::QFloat(scheme) = data.dtype() else {
         unreachable!("to_burn_qdata returns QFloat data")
@@ -970,6 +995,16 @@ mod tests {
     /// Burn's flex `dequantize` of our export equals our dequantization bit for bit.
     fn assert_flex_exact<const D: usize>(x: Tensor<D>, spec: QuantSpec, options: BurnQuantOptions) {
         let q = quantize(x, &spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        let data = to_burn_qdata(&q, &options).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        let DType::QFloat(scheme) = data.dtype() else {
+            panic!("{spec}: not QFloat")
+        };
+        // The buffer is as long as Burn computes it for the scheme (values, scales).
+        assert_eq!(
+            data.bytes().len(),
+            quantized_data_len(&scheme, data.shape()),
+            "{spec} ({options:?})"
+        );
         let burn = to_burn_qfloat_with(&q, &Device::flex(), &options)
             .unwrap_or_else(|e| panic!("{spec}: {e}"));
         assert!(matches!(burn.dtype(), DType::QFloat(_)), "{spec}");
@@ -1338,6 +1373,22 @@ mod tests {
         .unwrap();
         let m = burn_mapping(&q, &opts.with_scale_dtype(ScaleDtype::F16)).unwrap();
         assert_eq!(m.scheme.scale_dtype(), ScaleDtype::F16);
+        // NVFP4 block scales: F16 holds every E4M3 value; f32 blocks under an f32 global
+        // are what Burn's `quantizable` refuses.
+        let q = quantize(x(), &QuantSpec::nvfp4()).unwrap();
+        let m = burn_mapping(&q, &opts.with_scale_dtype(ScaleDtype::F16)).unwrap();
+        assert_eq!(m.scheme.scale_dtype(), ScaleDtype::F16);
+        let err = burn_mapping(&q, &opts.with_scale_dtype(ScaleDtype::F32)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BurnpackError::ScaleDtype {
+                    dtype: ScaleDtype::F32,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         // Stores.
         let q = quantize(tensor([32, 6], 2), &QuantSpec::int4_weight_per_group(8)).unwrap();
         assert!(matches!(
@@ -1504,8 +1555,8 @@ mod tests {
         let d2 = max_abs_diff(loaded.forward(x2.clone()), fake.forward(x2));
         println!("max |burn - ours|: rank 3 {d3:e}, rank 2 {d2:e}");
         assert!(d3 <= 1e-5, "{d3}");
-        assert!(flex_relayout_is_lossless(&q1, &device).unwrap());
-        if flex_relayout_is_lossless(&q2, &device).unwrap() {
+        assert!(flex_relayout_is_lossless(&q1).unwrap());
+        if flex_relayout_is_lossless(&q2).unwrap() {
             assert!(d2 <= 1e-5, "{d2}");
         }
         // Per-tensor weights survive every path, rank 2 included.
@@ -1532,7 +1583,7 @@ mod tests {
         let model = Mlp::new(&device);
         let spec = QuantSpec::int4_weight_per_group(20).with_stat(ScaleStat::mse());
         let q1 = quantize(model.fc1.weight.val(), &spec).unwrap();
-        assert!(!flex_relayout_is_lossless(&q1, &device).unwrap());
+        assert!(!flex_relayout_is_lossless(&q1).unwrap());
         let mut weights = QuantizedWeights::new();
         weights.insert("fc1.weight", &q1).unwrap();
         let dir = temp_dir("relayout");
