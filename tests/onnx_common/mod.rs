@@ -73,13 +73,16 @@ pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     (shape, data)
 }
 
+/// A tensor read back from a verifier: shape and row-major values.
+pub type Value = (Vec<usize>, Vec<f32>);
+
 /// What a verifier script returned: the graph outputs then the fetched values, and (QDQ with
 /// `--optimized`) the outputs of the optimised session.
 pub struct Run {
     /// Graph outputs then fetched values, in order.
-    pub values: Vec<(Vec<usize>, Vec<f32>)>,
+    pub values: Vec<Value>,
     /// Graph outputs of the optimised session.
-    pub optimized: Vec<(Vec<usize>, Vec<f32>)>,
+    pub optimized: Vec<Value>,
     /// The script's JSON summary line.
     pub summary: String,
 }
@@ -212,7 +215,7 @@ pub fn check_stages(
         .collect();
     let run = run_verifier(script, &dir, model, x, shape, &fetch, extra)?;
     // values: [graph output, stage 0, …, stage n−2]; reorder as stages.
-    let mut outs: Vec<(Vec<usize>, Vec<f32>)> = run.values[1..].to_vec();
+    let mut outs: Vec<Value> = run.values[1..].to_vec();
     outs.push(run.values[0].clone());
     let mut input = (shape.to_vec(), x.to_vec());
     for (i, stage) in stages.iter().enumerate() {

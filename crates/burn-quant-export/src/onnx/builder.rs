@@ -4,13 +4,13 @@
 use std::marker::PhantomData;
 
 use burn::nn::PaddingConfig2d;
-use burn_quant_core::Rounding;
 use burn_quant_core::format::round_even;
+use burn_quant_core::{Granularity, Rounding};
 use burn_quant_nn::{NnError, QuantAct, QuantConv2d, QuantLinear, QuantReLU, Quantizer};
 
 use super::error::{OnnxError, Result};
 use super::graph::{Graph, Val, ir_version_for_opset};
-use super::host::{HostAct, HostQuant, floats};
+use super::host::{HostAct, HostQuant, floats, unsupported};
 use super::proto::{
     AttributeProto, DataType, Dim, GraphProto, ModelProto, OperatorSetIdProto,
     StringStringEntryProto, TensorProto, ValueInfoProto,
@@ -265,6 +265,20 @@ impl<S: QuantStyle> OnnxModelBuilder<S> {
             return Ok(None);
         };
         let act = HostAct::new(q, &self.shape, prefix, what, S::TARGET)?;
+        let batch_dependent = match act.layout.granularity {
+            Granularity::PerTensor => false,
+            Granularity::PerChannel { axis } => axis == 0,
+            Granularity::PerGroup { .. } => true,
+        };
+        if self.batch.is_some() && batch_dependent {
+            return Err(unsupported(
+                prefix,
+                what,
+                &act.spec,
+                S::TARGET,
+                "with a dynamic batch a scale cannot vary along the batch axis (per channel of axis 0, or per group, whose scale shape holds the batch size)",
+            ));
+        }
         let val = self.act_val(&self.shape);
         self.current = S::activation(&mut self.graph, prefix, what, &self.current, &val, &act)?;
         self.graph
