@@ -10,6 +10,7 @@
 
 pub mod codec;
 mod error;
+mod imatrix;
 mod quant_tensor;
 mod reader;
 mod types;
@@ -17,6 +18,7 @@ mod value;
 mod writer;
 
 pub use error::GgufError;
+pub use imatrix::{Imatrix, ImatrixEntry};
 pub use quant_tensor::{
     GgmlTensor, encode_quant_tensor, encode_quant_tensor_as, ggml_type_of, requantize_tensor,
 };

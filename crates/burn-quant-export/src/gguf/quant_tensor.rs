@@ -151,8 +151,16 @@ pub fn encode_quant_tensor_as(q: &QuantTensor<2>, ty: GgmlType) -> Result<GgmlTe
 }
 
 /// Re-quantizes a 2-D float weight (row-major `[rows, row_len]`, blocks along rows) as `ty` with
-/// llama.cpp's reference quantizers. The codes are the encoder's, not anyone's earlier choice.
-pub fn requantize_tensor(x: &[f32], row_len: usize, ty: GgmlType) -> Result<GgmlTensor> {
+/// llama.cpp's quantizers: the reference one, or with `importance` (one value per column, e.g.
+/// [`super::Imatrix::importance`]) the importance-weighted search. The codes are the encoder's,
+/// not anyone's earlier choice: this is the explicit conversion [`encode_quant_tensor_as`]
+/// refuses to do silently.
+pub fn requantize_tensor(
+    x: &[f32],
+    row_len: usize,
+    ty: GgmlType,
+    importance: Option<&[f32]>,
+) -> Result<GgmlTensor> {
     if row_len == 0 || !x.len().is_multiple_of(row_len) {
         return Err(GgufError::BadLength {
             what: "values to re-quantize",
@@ -160,10 +168,14 @@ pub fn requantize_tensor(x: &[f32], row_len: usize, ty: GgmlType) -> Result<Ggml
             multiple: row_len.max(1),
         });
     }
+    let data = match importance {
+        Some(w) => codec::encode_weighted(ty, x, row_len, w)?,
+        None => codec::encode(ty, x)?,
+    };
     Ok(GgmlTensor {
         ty,
         dims: [row_len as u64, (x.len() / row_len) as u64],
-        data: codec::encode(ty, x)?,
+        data,
     })
 }
 

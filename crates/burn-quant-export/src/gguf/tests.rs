@@ -743,3 +743,147 @@ fn random_corruption_never_panics() {
     }
     assert!(errors > 0, "corruption must be detected at least sometimes");
 }
+
+/// The checked-in corpus of malformed files (`tests/corpus/gguf-bad/`, also the fuzzer's seeds):
+/// (file name, bytes, the `GgufError` variant the reader must return).
+fn bad_corpus() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    let mut v = vec![];
+    let mut r = Raw::new();
+    r.magic = u32::from_le_bytes(*b"GGML");
+    v.push(("bad-magic.gguf", r.build(), "BadMagic"));
+    let mut r = Raw::new();
+    r.version = 99;
+    v.push(("version-99.gguf", r.build(), "UnsupportedVersion"));
+    v.push(("truncated-header.gguf", Raw::new().build()[..10].to_vec(), "Truncated"));
+    let full = Raw::new().kv("general.name", 8, &{
+        let mut b = 5u64.to_le_bytes().to_vec();
+        b.extend_from_slice(b"hello");
+        b
+    });
+    // Header 24 bytes, key 8 + 12, type 4, string length 8: cut 2 bytes into "hello".
+    let b = full.build();
+    v.push(("truncated-in-string.gguf", b[..24 + 20 + 4 + 8 + 2].to_vec(), "CountTooLarge"));
+    v.push(("truncated-in-key.gguf", b[..24 + 8 + 3].to_vec(), "CountTooLarge"));
+    v.push(("truncated-before-value-type.gguf", b[..24 + 20 + 2].to_vec(), "Truncated"));
+    let mut r = Raw::new();
+    r.kv_count = Some(u64::MAX);
+    v.push(("absurd-kv-count.gguf", r.build(), "CountTooLarge"));
+    let mut r = Raw::new();
+    r.tensor_count = Some(1 << 40);
+    v.push(("absurd-tensor-count.gguf", r.build(), "CountTooLarge"));
+    let mut r = Raw::new().kv("k", 4, &u32b(1));
+    r.kvs[0][..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    v.push(("absurd-key-length.gguf", r.build(), "CountTooLarge"));
+    let mut a = 10u32.to_le_bytes().to_vec();
+    a.extend_from_slice(&(1u64 << 61).to_le_bytes());
+    v.push(("absurd-array-length.gguf", Raw::new().kv("k", 9, &a).build(), "CountTooLarge"));
+    v.push(("unknown-value-type.gguf", Raw::new().kv("k", 13, &[0; 8]).build(), "UnknownValueType"));
+    v.push(("bool-byte-2.gguf", Raw::new().kv("b", 7, &[2]).build(), "InvalidBool"));
+    v.push((
+        "retired-ggml-type.gguf",
+        Raw::new().info("t", &[32], 4, 0).data(64).build(),
+        "UnknownGgmlType",
+    ));
+    v.push((
+        "duplicate-key.gguf",
+        Raw::new().kv("dup", 4, &u32b(1)).kv("dup", 4, &u32b(2)).build(),
+        "DuplicateKey",
+    ));
+    v.push((
+        "duplicate-tensor.gguf",
+        Raw::new().info("t", &[8], 0, 0).info("t", &[8], 0, 32).data(64).build(),
+        "DuplicateTensor",
+    ));
+    v.push((
+        "name-too-long.gguf",
+        Raw::new().info(&"n".repeat(64), &[1], 0, 0).data(32).build(),
+        "NameTooLong",
+    ));
+    v.push((
+        "five-dims.gguf",
+        Raw::new().info("t", &[1, 1, 1, 1, 1], 0, 0).data(32).build(),
+        "BadDimCount",
+    ));
+    v.push((
+        "dims-overflow.gguf",
+        Raw::new().info("t", &[1 << 40, 1 << 40], 0, 0).build(),
+        "DimsOverflow",
+    ));
+    v.push((
+        "row-not-multiple-of-block.gguf",
+        Raw::new()
+            .kv("general.quantization_version", 4, &u32b(2))
+            .info("t", &[48, 2], GgmlType::Q4_0.id(), 0)
+            .data(128)
+            .build(),
+        "NotBlockMultiple",
+    ));
+    v.push((
+        "overlapping-offsets.gguf",
+        Raw::new().info("a", &[8], 0, 0).info("b", &[8], 0, 0).data(64).build(),
+        "OverlappingOffset",
+    ));
+    v.push((
+        "unaligned-offset.gguf",
+        Raw::new().info("a", &[4], 0, 16).data(64).build(),
+        "UnalignedOffset",
+    ));
+    v.push((
+        "gap-between-tensors.gguf",
+        Raw::new().info("a", &[4], 0, 32).data(64).build(),
+        "OffsetGap",
+    ));
+    v.push((
+        "data-past-end.gguf",
+        Raw::new().info("a", &[100], 0, 0).data(64).build(),
+        "OutOfBounds",
+    ));
+    v.push((
+        "alignment-not-power-of-two.gguf",
+        Raw::new().kv(ALIGNMENT_KEY, 4, &u32b(48)).build(),
+        "BadAlignment",
+    ));
+    let mut deep = vec![];
+    for _ in 0..(MAX_ARRAY_DEPTH + 2) {
+        deep.extend_from_slice(&9u32.to_le_bytes());
+        deep.extend_from_slice(&1u64.to_le_bytes());
+    }
+    deep.extend_from_slice(&4u32.to_le_bytes());
+    deep.extend_from_slice(&0u64.to_le_bytes());
+    v.push(("arrays-too-deep.gguf", Raw::new().kv("deep", 9, &deep).build(), "NestingTooDeep"));
+    let mut s = vec![];
+    s.extend_from_slice(&2u64.to_le_bytes());
+    s.extend_from_slice(&[0xff, 0xfe]);
+    v.push(("invalid-utf8-string.gguf", Raw::new().kv("s", 8, &s).build(), "InvalidUtf8"));
+    v
+}
+
+/// Every file of the checked-in corpus gives the typed error it is named for (never a panic),
+/// and the corpus is exactly what [`bad_corpus`] builds (`BURNQ_WRITE_CORPUS=1` rewrites it).
+#[test]
+fn checked_in_bad_file_corpus_gives_typed_errors() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/gguf-bad");
+    let corpus = bad_corpus();
+    if std::env::var("BURNQ_WRITE_CORPUS").is_ok_and(|v| v == "1") {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, bytes, _) in &corpus {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".gguf"))
+        .collect();
+    on_disk.sort();
+    let mut expected: Vec<String> = corpus.iter().map(|c| c.0.to_string()).collect();
+    expected.sort();
+    assert_eq!(on_disk, expected, "corpus directory and bad_corpus() differ");
+    for (name, bytes, variant) in corpus {
+        let file = std::fs::read(dir.join(name)).unwrap();
+        assert_eq!(file, bytes, "{name} differs from its generator");
+        let err = GgufFile::read(dir.join(name)).expect_err(name);
+        let dbg = format!("{err:?}");
+        assert!(dbg.starts_with(variant), "{name}: expected {variant}, got {dbg}");
+    }
+}
