@@ -43,9 +43,17 @@ fn main() {
         std::hint::black_box(x.iter().sum::<f32>());
     });
     let read = median_secs(7, || {
-        std::hint::black_box(x.par_chunks(1 << 16).map(|c| c.iter().sum::<f32>()).sum::<f32>());
+        std::hint::black_box(
+            x.par_chunks(1 << 16)
+                .map(|c| c.iter().sum::<f32>())
+                .sum::<f32>(),
+        );
     });
-    println!("{:<40} {:>9.0} MB/s", "plain read (sum), one thread", mb / read1);
+    println!(
+        "{:<40} {:>9.0} MB/s",
+        "plain read (sum), one thread",
+        mb / read1
+    );
     println!(
         "{:<40} {:>9.0} MB/s  (baseline)",
         format!("plain read (sum), {threads} threads"),
@@ -63,16 +71,26 @@ fn main() {
     let t = median_secs(3, || serial_bytes = Q4_0::encode(&x).expect("Q4_0"));
     row("Q4_0 serial (GgmlBlock::encode)", t);
     let mut par_bytes = Vec::new();
-    let tp = median_secs(5, || par_bytes = codec::encode(GgmlType::Q4_0, &x).expect("Q4_0"));
+    let tp = median_secs(5, || {
+        par_bytes = codec::encode(GgmlType::Q4_0, &x).expect("Q4_0")
+    });
     row("Q4_0 parallel (codec::encode)", tp);
-    assert!(par_bytes == serial_bytes, "Q4_0: parallel bytes differ from serial");
+    assert!(
+        par_bytes == serial_bytes,
+        "Q4_0: parallel bytes differ from serial"
+    );
     println!("{:<40} {:>9.2}x", "Q4_0 parallel speed-up", t / tp);
 
     let t = median_secs(3, || serial_bytes = Q4_K::encode(&x).expect("Q4_K"));
     row("Q4_K serial (GgmlBlock::encode)", t);
-    let tp = median_secs(3, || par_bytes = codec::encode(GgmlType::Q4_K, &x).expect("Q4_K"));
+    let tp = median_secs(3, || {
+        par_bytes = codec::encode(GgmlType::Q4_K, &x).expect("Q4_K")
+    });
     row("Q4_K parallel (codec::encode)", tp);
-    assert!(par_bytes == serial_bytes, "Q4_K: parallel bytes differ from serial");
+    assert!(
+        par_bytes == serial_bytes,
+        "Q4_K: parallel bytes differ from serial"
+    );
     println!("{:<40} {:>9.2}x", "Q4_K parallel speed-up", t / tp);
 
     // The imatrix path for scale: a 36-step sweep per sub-block instead of 20.

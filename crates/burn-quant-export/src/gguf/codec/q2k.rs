@@ -69,8 +69,7 @@ impl GgmlBlock for Q2_K {
             for (wi, &v) in w.iter_mut().zip(xb) {
                 *wi = v.abs();
             }
-            (scales[j], mins[j]) =
-                make_qkx_quants(SWEEP, xb, &w, &mut codes[16 * j..16 * j + 16]);
+            (scales[j], mins[j]) = make_qkx_quants(SWEEP, xb, &w, &mut codes[16 * j..16 * j + 16]);
             if scales[j] > max_scale {
                 max_scale = scales[j];
             }

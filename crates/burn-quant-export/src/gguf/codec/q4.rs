@@ -3,8 +3,7 @@
 
 use super::search::{Sweep, make_qkx_quants, make_qx_quants};
 use super::{
-    GgmlBlock, WeightedBlock, f16_at, importance_weights, min_max, put_f16, sigma2,
-    signed_absmax,
+    GgmlBlock, WeightedBlock, f16_at, importance_weights, min_max, put_f16, sigma2, signed_absmax,
 };
 use crate::gguf::GgmlType;
 

@@ -5,8 +5,7 @@
 use super::q4::legacy_sweep;
 use super::search::{make_qkx_quants, make_qx_quants};
 use super::{
-    GgmlBlock, WeightedBlock, f16_at, importance_weights, min_max, put_f16, sigma2,
-    signed_absmax,
+    GgmlBlock, WeightedBlock, f16_at, importance_weights, min_max, put_f16, sigma2, signed_absmax,
 };
 use crate::gguf::GgmlType;
 

@@ -52,7 +52,8 @@ fn finish(x: &[f32], scales: &[f32; 16], codes: &mut [u8; QK_K], out: &mut [u8])
             let c = |g: usize| codes[128 * h + 32 * g + l];
             out[QL + 64 * h + l] = (c(0) & 0xF) | ((c(2) & 0xF) << 4);
             out[QL + 64 * h + 32 + l] = (c(1) & 0xF) | ((c(3) & 0xF) << 4);
-            out[QH + 32 * h + l] = (c(0) >> 4) | ((c(1) >> 4) << 2) | ((c(2) >> 4) << 4) | ((c(3) >> 4) << 6);
+            out[QH + 32 * h + l] =
+                (c(0) >> 4) | ((c(1) >> 4) << 2) | ((c(2) >> 4) << 4) | ((c(3) >> 4) << 6);
         }
     }
 }
@@ -67,7 +68,12 @@ impl GgmlBlock for Q6_K {
         let mut codes = [0u8; QK_K];
         let mut scales = [0f32; 16];
         for (j, s) in scales.iter_mut().enumerate() {
-            *s = make_qx_quants(32, &x[16 * j..16 * j + 16], None, &mut codes[16 * j..16 * j + 16]);
+            *s = make_qx_quants(
+                32,
+                &x[16 * j..16 * j + 16],
+                None,
+                &mut codes[16 * j..16 * j + 16],
+            );
         }
         finish(x, &scales, &mut codes, out);
     }

@@ -272,7 +272,12 @@ fn zero_block_and_lengths() {
             ));
         }
     }
-    for ty in [GgmlType::IQ4_XS, GgmlType::Q8_K, GgmlType::NVFP4, GgmlType::TQ1_0] {
+    for ty in [
+        GgmlType::IQ4_XS,
+        GgmlType::Q8_K,
+        GgmlType::NVFP4,
+        GgmlType::TQ1_0,
+    ] {
         assert!(!ENCODABLE.contains(&ty));
         assert!(matches!(
             encode(ty, &[0.0; 256]),

@@ -125,7 +125,10 @@ fn decoders_equal_candle_bit_for_bit() {
         }
         let ours = decode(ty, &bytes).unwrap();
         let theirs = candle_decode(ty, &bytes);
-        assert!(same_bits(&ours, &theirs), "{ty:?}: decode differs from candle");
+        assert!(
+            same_bits(&ours, &theirs),
+            "{ty:?}: decode differs from candle"
+        );
     }
 }
 
@@ -133,7 +136,11 @@ fn decoders_equal_candle_bit_for_bit() {
 fn agreement(ty: GgmlType, a: &[u8], b: &[u8]) -> f64 {
     assert_eq!(a.len(), b.len(), "{ty:?}");
     let ts = ty.type_size();
-    let same = a.chunks(ts).zip(b.chunks(ts)).filter(|(x, y)| x == y).count();
+    let same = a
+        .chunks(ts)
+        .zip(b.chunks(ts))
+        .filter(|(x, y)| x == y)
+        .count();
     same as f64 / (a.len() / ts) as f64
 }
 
@@ -150,19 +157,41 @@ pub(super) fn compare_with_candle(label: &str, x: &[f32], row: usize, imp: &[f32
         GgmlType::Q5_1,
         GgmlType::Q8_0,
     ] {
-        assert!(encode(ty, x).unwrap() == candle_encode(ty, x), "{label} {ty:?}: bytes differ from candle");
+        assert!(
+            encode(ty, x).unwrap() == candle_encode(ty, x),
+            "{label} {ty:?}: bytes differ from candle"
+        );
     }
     let near = |ty: GgmlType, what: &str, ours: Vec<u8>, theirs: Vec<u8>| {
         let a = agreement(ty, &ours, &theirs);
-        eprintln!("{label} {ty:?} {what}: {:.4} % of blocks identical to candle", 100.0 * a);
-        assert!(a >= 0.9, "{label} {ty:?} {what}: only {a} of blocks identical");
+        eprintln!(
+            "{label} {ty:?} {what}: {:.4} % of blocks identical to candle",
+            100.0 * a
+        );
+        assert!(
+            a >= 0.9,
+            "{label} {ty:?} {what}: only {a} of blocks identical"
+        );
         // Where they differ, the two choices are equally good.
         let (y1, y2) = (decode(ty, &ours).unwrap(), candle_decode(ty, &theirs));
-        let err = |y: &[f32]| x.iter().zip(y).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>();
+        let err = |y: &[f32]| {
+            x.iter()
+                .zip(y)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>()
+        };
         let (e1, e2) = (err(&y1), err(&y2));
-        assert!((e1 - e2).abs() <= 0.01 * e2, "{label} {ty:?} {what}: error {e1} vs candle {e2}");
+        assert!(
+            (e1 - e2).abs() <= 0.01 * e2,
+            "{label} {ty:?} {what}: error {e1} vs candle {e2}"
+        );
     };
-    near(GgmlType::Q3_K, "reference", encode(GgmlType::Q3_K, x).unwrap(), candle_encode(GgmlType::Q3_K, x));
+    near(
+        GgmlType::Q3_K,
+        "reference",
+        encode(GgmlType::Q3_K, x).unwrap(),
+        candle_encode(GgmlType::Q3_K, x),
+    );
     for ty in [GgmlType::Q2_K, GgmlType::Q4_K, GgmlType::Q5_K] {
         near(
             ty,
@@ -181,6 +210,9 @@ fn encoders_equal_candle_on_random_rows() {
         .zip(values(row * 64, 42, 1.0))
         .map(|(a, b)| a * b.abs().powi(3) * 4.0) // heavier tails than uniform
         .collect();
-    let imp: Vec<f32> = values(row, 43, 1.0).iter().map(|v| (3.0 * v).exp()).collect();
+    let imp: Vec<f32> = values(row, 43, 1.0)
+        .iter()
+        .map(|v| (3.0 * v).exp())
+        .collect();
     compare_with_candle("random", &x, row, &imp);
 }

@@ -16,7 +16,11 @@ fn f16b(v: f32) -> [u8; 2] {
 
 /// Deterministic small integers in 0..n for element i.
 fn code(i: usize, n: u32, salt: u32) -> u32 {
-    ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(salt.wrapping_mul(40_503)) >> 7) % n
+    ((i as u32)
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(salt.wrapping_mul(40_503))
+        >> 7)
+        % n
 }
 
 #[test]
@@ -29,7 +33,11 @@ fn bf16_decode_and_encode_rules() {
     // Ties to even: 1 + 2^-8 is half an ulp above 1 (even) → 1; 1 + 3·2^-8 → 1 + 2^-6 (even).
     assert_eq!(enc(1.0 + 2f32.powi(-8)), 0x3F80);
     assert_eq!(enc(1.0 + 3.0 * 2f32.powi(-8)), 0x3F82);
-    assert_eq!(enc(1.0 + 2f32.powi(-8) + 2f32.powi(-20)), 0x3F81, "above the tie rounds up");
+    assert_eq!(
+        enc(1.0 + 2f32.powi(-8) + 2f32.powi(-20)),
+        0x3F81,
+        "above the tie rounds up"
+    );
     assert_eq!(enc(f32::MAX), 0x7F80, "rounds to +inf");
     assert_eq!(enc(-0.0), 0x8000);
     // NaN: upper half kept and made quiet, even when the payload is only in the low half.
@@ -149,15 +157,25 @@ fn q4_k_and_q5_k_hand_made() {
     for i in 0..256 {
         let j = i / 32;
         let off = dmin * m[j] as f32;
-        assert_eq!(y4[i], d * s[j] as f32 * q4[i] as f32 - off, "Q4_K element {i}");
-        assert_eq!(y5[i], d * s[j] as f32 * q5[i] as f32 - off, "Q5_K element {i}");
+        assert_eq!(
+            y4[i],
+            d * s[j] as f32 * q4[i] as f32 - off,
+            "Q4_K element {i}"
+        );
+        assert_eq!(
+            y5[i],
+            d * s[j] as f32 * q5[i] as f32 - off,
+            "Q5_K element {i}"
+        );
     }
 }
 
 #[test]
 fn q6_k_hand_made() {
     let d = 0.0625f32;
-    let sc: Vec<i8> = (0..16).map(|j| (code(j, 256, 10) as i32 - 128) as i8).collect();
+    let sc: Vec<i8> = (0..16)
+        .map(|j| (code(j, 256, 10) as i32 - 128) as i8)
+        .collect();
     let q: Vec<u32> = (0..256).map(|i| code(i, 64, 11)).collect();
     let mut b = vec![0u8; 210];
     for (i, &qi) in q.iter().enumerate() {
@@ -209,11 +227,20 @@ fn mxfp4_hand_made() {
         let scale = 2f64.powi(e as i32 - 127);
         for j in 0..16 {
             assert_eq!(y[j] as f64, E2M1[j] as f64 * scale, "e {e} code {j}");
-            assert_eq!(y[j + 16] as f64, E2M1[j ^ 5] as f64 * scale, "e {e} code {}", j ^ 5);
+            assert_eq!(
+                y[j + 16] as f64,
+                E2M1[j ^ 5] as f64 * scale,
+                "e {e} code {}",
+                j ^ 5
+            );
         }
     }
     assert_eq!(e8m0_to_f32_half(0), 2f32.powi(-128));
-    assert_eq!(e8m0_to_f32_half(255), 2f32.powi(127), "ggml does not treat 0xFF as NaN");
+    assert_eq!(
+        e8m0_to_f32_half(255),
+        2f32.powi(127),
+        "ggml does not treat 0xFF as NaN"
+    );
 }
 
 #[test]
@@ -223,7 +250,11 @@ fn mxfp4_exponent_rule_and_nearest_level() {
     assert_eq!(mxfp4_exponent(8.0), 128);
     assert_eq!(mxfp4_exponent(7.99), 127);
     assert_eq!(mxfp4_exponent(0.0), 0);
-    assert_eq!(mxfp4_exponent(1e-40), 0, "saturates where ggml's cast is undefined");
+    assert_eq!(
+        mxfp4_exponent(1e-40),
+        0,
+        "saturates where ggml's cast is undefined"
+    );
     assert_eq!(mxfp4_exponent(f32::INFINITY), 255);
     let mut x = vec![0f32; 32];
     x[0] = 6.0;

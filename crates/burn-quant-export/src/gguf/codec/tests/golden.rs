@@ -86,7 +86,11 @@ fn compare_dir(dir: &std::path::Path, cols: usize) {
         assert_same(ty, "reference", &ours, &theirs, &skip, cols);
         for &b in &skip {
             let s = b * ty.type_size();
-            assert_eq!(&ours[s..s + 2], &theirs[s..s + 2], "IQ4_NL zero block {b}: d");
+            assert_eq!(
+                &ours[s..s + 2],
+                &theirs[s..s + 2],
+                "IQ4_NL zero block {b}: d"
+            );
             assert_eq!(&theirs[s..s + 2], &[0, 0]);
         }
         if matches!(ty, GgmlType::F16 | GgmlType::BF16) {
@@ -135,5 +139,9 @@ fn golden_data_covers_special_blocks() {
     assert!(imp[320..336].iter().all(|&v| v == 0.0));
     // …and the zero-importance sub-block decodes to zero where the importance path is used.
     let q3 = Q3_K::decode(&golden("Q3_K.imatrix")).unwrap();
-    assert!(q3[320..336].iter().all(|&v| v == 0.0), "{:?}", &q3[320..336]);
+    assert!(
+        q3[320..336].iter().all(|&v| v == 0.0),
+        "{:?}",
+        &q3[320..336]
+    );
 }

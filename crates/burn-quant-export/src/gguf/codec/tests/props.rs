@@ -51,11 +51,23 @@ fn k_levels(ty: GgmlType, b: &[u8], i: usize) -> Vec<f32> {
 }
 
 /// |x − y| exceeds the distance to the nearest level by more than f32 rounding of the ratio.
-fn check_nearest(ty: GgmlType, what: &str, x: &[f32], y: &[f32], levels: impl Fn(usize) -> Vec<f32>) {
+fn check_nearest(
+    ty: GgmlType,
+    what: &str,
+    x: &[f32],
+    y: &[f32],
+    levels: impl Fn(usize) -> Vec<f32>,
+) {
     for (i, (&a, &b)) in x.iter().zip(y).enumerate() {
         let lv = levels(i);
-        assert!(lv.contains(&b), "{ty:?} {what} elem {i}: {b} is not a level");
-        let best = lv.iter().map(|l| (a - l).abs()).fold(f32::INFINITY, f32::min);
+        assert!(
+            lv.contains(&b),
+            "{ty:?} {what} elem {i}: {b} is not a level"
+        );
+        let best = lv
+            .iter()
+            .map(|l| (a - l).abs())
+            .fold(f32::INFINITY, f32::min);
         let span = lv.iter().fold(0f32, |m, l| m.max(l.abs()));
         let slack = 4e-6 * (a.abs() + span) + 1e-30;
         assert!(
@@ -67,8 +79,17 @@ fn check_nearest(ty: GgmlType, what: &str, x: &[f32], y: &[f32], levels: impl Fn
 
 #[test]
 fn k_quants_decode_to_the_nearest_level_of_the_final_grid() {
-    let kinds = [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
-    let imp: Vec<f32> = values(512, 77, 1.0).iter().map(|v| (3.0 * v).exp()).collect();
+    let kinds = [
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ];
+    let imp: Vec<f32> = values(512, 77, 1.0)
+        .iter()
+        .map(|v| (3.0 * v).exp())
+        .collect();
     for (seed, scale) in [(1u64, 1.0f32), (2, 0.01), (3, 300.0)] {
         let x: Vec<f32> = normal(512 * 8, seed).iter().map(|v| v * scale).collect();
         for ty in kinds {
@@ -78,7 +99,9 @@ fn k_quants_decode_to_the_nearest_level_of_the_final_grid() {
             ] {
                 let y = decode(ty, &bytes).unwrap();
                 let ts = ty.type_size();
-                check_nearest(ty, what, &x, &y, |i| k_levels(ty, &bytes[i / 256 * ts..], i % 256));
+                check_nearest(ty, what, &x, &y, |i| {
+                    k_levels(ty, &bytes[i / 256 * ts..], i % 256)
+                });
             }
         }
     }
@@ -104,7 +127,10 @@ fn mxfp4_and_iq4_nl_weighted_pick_the_nearest_level() {
             .iter()
             .map(|&k| (a - d * k as f32).abs())
             .fold(f32::INFINITY, f32::min);
-        assert!((a - v).abs() <= best + 2.0 * 127.0 * d.abs() * 2f32.powi(-11), "elem {i}");
+        assert!(
+            (a - v).abs() <= best + 2.0 * 127.0 * d.abs() * 2f32.powi(-11),
+            "elem {i}"
+        );
     }
 }
 
@@ -171,7 +197,10 @@ fn parallel_encode_equals_serial_blocks() {
     // Weighted rows: each row alone gives the same bytes as inside the batch.
     let imp: Vec<f32> = values(768, 3, 1.0).iter().map(|v| v.abs()).collect();
     let rows = normal(768 * 40, 17);
-    for &ty in IMPORTANCE_AWARE.iter().filter(|t| 768 % t.block_size() == 0) {
+    for &ty in IMPORTANCE_AWARE
+        .iter()
+        .filter(|t| 768 % t.block_size() == 0)
+    {
         let all = encode_weighted(ty, &rows, 768, &imp).unwrap();
         let rb = all.len() / 40;
         for (r, row) in rows.chunks(768).enumerate() {
@@ -189,7 +218,16 @@ fn importance_is_validated() {
     let x = vec![0.5f32; 512];
     let ok = vec![1.0f32; 256];
     let e = encode_weighted(GgmlType::Q4_K, &x, 256, &ok[..255]).unwrap_err();
-    assert!(matches!(e, GgufError::ImportanceLength { len: 255, row_len: 256 }), "{e}");
+    assert!(
+        matches!(
+            e,
+            GgufError::ImportanceLength {
+                len: 255,
+                row_len: 256
+            }
+        ),
+        "{e}"
+    );
     for (bad, idx) in [(f32::NAN, 3), (-1e-9, 7), (f32::INFINITY, 0)] {
         let mut imp = ok.clone();
         imp[idx] = bad;
@@ -212,10 +250,19 @@ fn importance_is_validated() {
         encode_weighted(GgmlType::Q4_0, &x[..96], 64, &vec![1.0; 64]),
         Err(GgufError::BadLength { .. })
     ));
-    assert_eq!(encode_weighted(GgmlType::Q4_0, &[], 0, &[]).unwrap(), Vec::<u8>::new());
+    assert_eq!(
+        encode_weighted(GgmlType::Q4_0, &[], 0, &[]).unwrap(),
+        Vec::<u8>::new()
+    );
     assert!(encode_weighted(GgmlType::Q4_0, &x, 0, &[]).is_err());
     // Types without an importance path give the reference bytes.
-    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::MXFP4] {
+    for ty in [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q8_0,
+        GgmlType::MXFP4,
+    ] {
         let y = normal(512, 2);
         assert_eq!(
             encode_weighted(ty, &y, 256, &ok).unwrap(),
@@ -250,8 +297,14 @@ fn importance_lowers_the_weighted_error_on_synthetic_rows() {
     for &ty in IMPORTANCE_AWARE {
         let reference = decode(ty, &encode(ty, &x).unwrap()).unwrap();
         let weighted = decode(ty, &encode_weighted(ty, &x, row, &imp).unwrap()).unwrap();
-        let (er, ew) = (weighted_sq_error(&x, &reference, &imp), weighted_sq_error(&x, &weighted, &imp));
-        eprintln!("{ty:?}: weighted error reference {er:.4e}, importance path {ew:.4e} ({:.3})", ew / er);
+        let (er, ew) = (
+            weighted_sq_error(&x, &reference, &imp),
+            weighted_sq_error(&x, &weighted, &imp),
+        );
+        eprintln!(
+            "{ty:?}: weighted error reference {er:.4e}, importance path {ew:.4e} ({:.3})",
+            ew / er
+        );
         assert!(ew < er, "{ty:?}: {ew} ≥ {er}");
     }
 }

@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 
+use super::super::*;
 use super::candle::{candle_decode, compare_with_candle};
 use super::props::weighted_sq_error;
-use super::super::*;
 use crate::gguf::{GgmlType, GgufFile};
 
 /// `../shared/data/<relative>` beside the repository root, as the workspace's `support` crate
@@ -25,8 +25,11 @@ fn shared_data(relative: &str) -> Option<PathBuf> {
     None
 }
 
-/// The 2-D F32 weights of MiniLM: (name, row-major values, [rows, cols]).
-fn minilm_weights() -> Option<Vec<(String, Vec<f32>, [usize; 2])>> {
+/// A named 2-D weight: (name, row-major values, [rows, cols]).
+type Weight = (String, Vec<f32>, [usize; 2]);
+
+/// The 2-D F32 weights of MiniLM.
+fn minilm_weights() -> Option<Vec<Weight>> {
     let path = shared_data("all-minilm-l6-v2/model.safetensors")?;
     let bytes = std::fs::read(&path).expect("read MiniLM");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("MiniLM safetensors");
@@ -60,7 +63,9 @@ fn lognormal_importance(n: usize, seed: u64) -> Vec<f32> {
 
 #[test]
 fn minilm_encoders_agree_with_candle() {
-    let Some(weights) = minilm_weights() else { return };
+    let Some(weights) = minilm_weights() else {
+        return;
+    };
     // The encoder layers' matrices (no embeddings), flattened as rows of 1536: every size is a
     // multiple of it, and the reference encoders do not see rows anyway.
     let x: Vec<f32> = weights
@@ -77,14 +82,28 @@ fn minilm_encoders_agree_with_candle() {
 /// importance-weighted squared error is lower than the reference encoder's, on real weights.
 #[test]
 fn minilm_importance_lowers_weighted_error() {
-    let Some(weights) = minilm_weights() else { return };
-    for (name, x, [_, cols]) in weights.iter().filter(|(n, ..)| n.starts_with("encoder.layer.3.")) {
+    let Some(weights) = minilm_weights() else {
+        return;
+    };
+    for (name, x, [_, cols]) in weights
+        .iter()
+        .filter(|(n, ..)| n.starts_with("encoder.layer.3."))
+    {
         let imp = lognormal_importance(*cols, 11);
-        for &ty in IMPORTANCE_AWARE.iter().filter(|t| cols % t.block_size() == 0) {
+        for &ty in IMPORTANCE_AWARE
+            .iter()
+            .filter(|t| cols % t.block_size() == 0)
+        {
             let r = decode(ty, &encode(ty, x).unwrap()).unwrap();
             let w = decode(ty, &encode_weighted(ty, x, *cols, &imp).unwrap()).unwrap();
-            let (er, ew) = (weighted_sq_error(x, &r, &imp), weighted_sq_error(x, &w, &imp));
-            eprintln!("{name} {ty:?}: weighted error ratio importance/reference {:.3}", ew / er);
+            let (er, ew) = (
+                weighted_sq_error(x, &r, &imp),
+                weighted_sq_error(x, &w, &imp),
+            );
+            eprintln!(
+                "{name} {ty:?}: weighted error ratio importance/reference {:.3}",
+                ew / er
+            );
             assert!(ew < 0.9 * er, "{name} {ty:?}: {ew} vs reference {er}");
         }
     }
@@ -119,16 +138,27 @@ fn smollm2_gguf_decodes_like_candle_and_re_encodes_to_its_bytes() {
         }
         let theirs = candle_decode(info.ty, bytes);
         assert!(
-            ours.iter().zip(&theirs).all(|(a, b)| a.to_bits() == b.to_bits()),
+            ours.iter()
+                .zip(&theirs)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
             "{}: decode differs from candle",
             info.name
         );
         let again = encode(info.ty, &ours).unwrap();
         let ts = info.ty.type_size();
         blocks += bytes.len() / ts;
-        same_blocks += bytes.chunks(ts).zip(again.chunks(ts)).filter(|(a, b)| a == b).count();
+        same_blocks += bytes
+            .chunks(ts)
+            .zip(again.chunks(ts))
+            .filter(|(a, b)| a == b)
+            .count();
     }
-    eprintln!("SmolLM2 tensors checked by type: {seen:?}; re-encoded blocks identical: {same_blocks} of {blocks}");
+    eprintln!(
+        "SmolLM2 tensors checked by type: {seen:?}; re-encoded blocks identical: {same_blocks} of {blocks}"
+    );
     assert!(seen.contains_key("Q4_1") && seen.contains_key("Q8_0") && seen.contains_key("F32"));
-    assert!(same_blocks as f64 >= 0.999 * blocks as f64, "{same_blocks} of {blocks}");
+    assert!(
+        same_blocks as f64 >= 0.999 * blocks as f64,
+        "{same_blocks} of {blocks}"
+    );
 }
