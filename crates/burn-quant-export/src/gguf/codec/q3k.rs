@@ -106,12 +106,15 @@ impl GgmlBlock for Q3_K {
 
     fn decode_block(block: &[u8], out: &mut [f32]) {
         let d_all = f16_at(&block[D..]);
+        let mut dl = [0f32; 16];
+        for (j, d) in dl.iter_mut().enumerate() {
+            *d = d_all * scale(block, j) as f32;
+        }
         for (i, o) in out.iter_mut().enumerate().take(QK_K) {
             let (h, g, l) = (i / 128, (i % 128) / 32, i % 32);
             let q2 = ((block[QS + 32 * h + l] >> (2 * g)) & 3) as i32;
             let high = block[HMASK + l] & (1 << (4 * h + g)) != 0;
-            let dl = d_all * scale(block, i / 16) as f32;
-            *o = dl * (q2 - if high { 0 } else { 4 }) as f32;
+            *o = dl[i / 16] * (q2 - if high { 0 } else { 4 }) as f32;
         }
     }
 }
