@@ -11,18 +11,28 @@
 pub mod codec;
 mod error;
 mod imatrix;
+pub mod llama;
 mod quant_tensor;
 mod reader;
+mod tokenizer;
 mod types;
 mod value;
 mod writer;
 
 pub use error::GgufError;
 pub use imatrix::{Imatrix, ImatrixEntry};
+pub use llama::{
+    HfTensor, LlamaError, LlamaExportReport, LlamaGgufConfig, LlamaGgufSource, LlamaHParams,
+    LlamaMix, LlamaTensor, build_llama_gguf, export_llama_gguf,
+};
 pub use quant_tensor::{
     GgmlTensor, encode_quant_tensor, encode_quant_tensor_as, ggml_type_of, requantize_tensor,
 };
 pub use reader::{GgufFile, TensorInfo};
+pub use tokenizer::{
+    GgufTokenizer, HfTokenizerSide, SpecialTokens, TokenType, TokenizerOptions,
+    derive_pre_tokenizer,
+};
 pub use types::GgmlType;
 pub use value::{MetadataArray, MetadataValue, ValueType};
 pub use writer::GgufWriter;

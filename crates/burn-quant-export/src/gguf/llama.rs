@@ -1,0 +1,964 @@
+//! llama.cpp-loadable GGUF export of Llama-family models (architecture `llama`).
+//!
+//! * [`LlamaHParams`]: the hyper-parameters, from a Hugging Face `config.json` or a GGUF file,
+//!   written as the `llama.*` keys of formats.md §1.4 (counts as u32, floats as f32).
+//! * [`GgufTokenizer`]: the `tokenizer.*` keys (module `tokenizer`).
+//! * Tensor names ([`LlamaTensorName`]): Hugging Face `model.layers.N.self_attn.q_proj.weight`
+//!   ↔ GGUF `blk.N.attn_q.weight`; a row-major `[out, in]` weight is written with ggml dims
+//!   `[in, out]` (no data movement), and the rows of `q_proj`/`k_proj` are permuted from the
+//!   Hugging Face rotate-half RoPE layout to llama.cpp's adjacent-pair layout
+//!   ([`permute_qk_rows`], undone by [`unpermute_qk_rows`]).
+//! * [`LlamaMix`]: per-tensor ggml types as `llama-quantize` chooses them (Q4_K_M and friends,
+//!   with its shape fallbacks), 1-D tensors F32.
+//! * [`export_llama_gguf`]: writes the file atomically; [`LlamaGgufSource`] reads a llama GGUF
+//!   back into Hugging Face names and orientation (dequantized to f32), so that any llama GGUF
+//!   can be re-exported with another mix.
+
+mod mix;
+mod names;
+mod source;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+pub use mix::LlamaMix;
+use names::reorder_rows;
+pub use names::{LlamaTensorKind, LlamaTensorName, permute_qk_rows, unpermute_qk_rows};
+pub use source::LlamaGgufSource;
+
+use super::tokenizer::{GgufTokenizer, integer};
+use super::value::MetadataValue;
+use super::{GgmlTensor, GgmlType, GgufError, GgufFile, GgufWriter, Imatrix, codec};
+
+/// Errors of the llama exporter, the tokenizer conversion and the llama GGUF source reader.
+#[derive(Debug, thiserror::Error)]
+pub enum LlamaError {
+    /// The GGUF container or a codec failed.
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A JSON file is not valid JSON.
+    #[error("{file}: invalid JSON: {source}")]
+    Json {
+        /// Which file (e.g. "config.json").
+        file: String,
+        /// The parser error.
+        source: serde_json::Error,
+    },
+    /// A required JSON field is absent.
+    #[error("{file}: missing field {field:?}")]
+    MissingField {
+        /// Which file.
+        file: String,
+        /// The field path.
+        field: String,
+    },
+    /// A JSON field has an unusable value.
+    #[error("{file}: field {field:?}: {why}")]
+    BadField {
+        /// Which file.
+        file: String,
+        /// The field path.
+        field: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The tokenizer is not one this exporter can convert.
+    #[error("unsupported tokenizer: {description}")]
+    UnsupportedTokenizer {
+        /// What was found.
+        description: String,
+    },
+    /// The pre-tokenizer does not match a family llama.cpp knows; pass
+    /// [`TokenizerOptions::pre`](super::TokenizerOptions::pre) explicitly.
+    #[error("cannot tell llama.cpp's pre-tokenizer from {description}; set TokenizerOptions::pre")]
+    UnknownPreTokenizer {
+        /// The `pre_tokenizer` JSON (shortened).
+        description: String,
+    },
+    /// `model_type` is not a Llama-family architecture.
+    #[error("unsupported architecture {found:?} (supported: llama, mistral)")]
+    UnsupportedArchitecture {
+        /// The `model_type` or `general.architecture` found.
+        found: String,
+    },
+    /// A RoPE scaling scheme that needs tensors or keys this exporter does not write.
+    #[error("unsupported rope scaling {kind:?} (supported: none, linear)")]
+    UnsupportedRopeScaling {
+        /// The `rope_type` found.
+        kind: String,
+    },
+    /// Hyper-parameters that cannot describe a valid model.
+    #[error("invalid hyper-parameters: {why}")]
+    BadHParams {
+        /// What is inconsistent.
+        why: String,
+    },
+    /// Two counts that must agree do not.
+    #[error("{what}: expected {expected}, found {actual}")]
+    VocabMismatch {
+        /// What was compared.
+        what: String,
+        /// Expected count.
+        expected: usize,
+        /// Count found.
+        actual: usize,
+    },
+    /// A GGUF metadata key is absent.
+    #[error("missing GGUF key {key:?}")]
+    MissingKey {
+        /// The key.
+        key: String,
+    },
+    /// A GGUF metadata key has the wrong value type.
+    #[error("GGUF key {key:?} must be {expected}")]
+    WrongKeyType {
+        /// The key.
+        key: String,
+        /// The type expected.
+        expected: String,
+    },
+    /// A GGUF metadata value is unusable.
+    #[error("GGUF key {key:?}: {why}")]
+    BadKey {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A tensor name that is not part of a Llama model.
+    #[error("unknown tensor name {name:?}")]
+    UnknownTensor {
+        /// The name.
+        name: String,
+    },
+    /// A tensor whose shape does not match the hyper-parameters.
+    #[error("tensor {name:?}: shape {actual:?}, the hyper-parameters need {expected:?}")]
+    ShapeMismatch {
+        /// Hugging Face name.
+        name: String,
+        /// Shape the hyper-parameters give (row-major, Hugging Face order).
+        expected: Vec<usize>,
+        /// Shape given.
+        actual: Vec<usize>,
+    },
+    /// Data length not equal to the product of the shape.
+    #[error("tensor {name:?}: {actual} values for shape {shape:?}")]
+    DataLength {
+        /// Name.
+        name: String,
+        /// Shape given.
+        shape: Vec<usize>,
+        /// Number of values given.
+        actual: usize,
+    },
+    /// The same tensor given twice.
+    #[error("tensor {name:?} given twice")]
+    DuplicateTensor {
+        /// Hugging Face name.
+        name: String,
+    },
+    /// A tensor the model needs was not given.
+    #[error("missing tensor {name:?}")]
+    MissingTensor {
+        /// Hugging Face name.
+        name: String,
+    },
+    /// An importance vector of the wrong length.
+    #[error("importance for {name:?}: {actual} values, the tensor has {expected} columns")]
+    ImportanceLength {
+        /// Tensor name.
+        name: String,
+        /// Columns (ne\[0\]).
+        expected: usize,
+        /// Length given.
+        actual: usize,
+    },
+    /// A mix name that is not known.
+    #[error("unknown mix {0:?}")]
+    UnknownMix(String),
+}
+
+impl LlamaError {
+    fn hparams(why: impl Into<String>) -> Self {
+        LlamaError::BadHParams { why: why.into() }
+    }
+}
+
+/// RoPE frequency scaling.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    /// Plain RoPE.
+    None,
+    /// Positions divided by `factor` (`llama.rope.scaling.type` = "linear").
+    Linear {
+        /// The scaling factor.
+        factor: f32,
+    },
+}
+
+/// Hyper-parameters of a Llama-family model (Hugging Face `LlamaConfig` names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaHParams {
+    /// Number of token ids (rows of the embedding).
+    pub vocab_size: usize,
+    /// Model width (`n_embd`).
+    pub hidden_size: usize,
+    /// FFN width (`n_ff`).
+    pub intermediate_size: usize,
+    /// Number of transformer blocks.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (GQA); equal to `num_attention_heads` without GQA.
+    pub num_key_value_heads: usize,
+    /// Per-head dimension (also the RoPE dimension count).
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f32,
+    /// RoPE base frequency.
+    pub rope_theta: f32,
+    /// RoPE scaling.
+    pub rope_scaling: RopeScaling,
+    /// Training context length.
+    pub max_position_embeddings: usize,
+    /// Whether the output projection reuses the token embedding (no `output.weight`).
+    pub tie_word_embeddings: bool,
+}
+
+fn json_usize(cfg: &Value, field: &str) -> Result<Option<usize>, LlamaError> {
+    match cfg.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| LlamaError::BadField {
+                file: "config.json".into(),
+                field: field.into(),
+                why: format!("{v} is not a non-negative integer"),
+            }),
+    }
+}
+
+fn json_f32(cfg: &Value, field: &str) -> Result<Option<f32>, LlamaError> {
+    match cfg.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .map(|x| Some(x as f32))
+            .ok_or_else(|| LlamaError::BadField {
+                file: "config.json".into(),
+                field: field.into(),
+                why: format!("{v} is not a number"),
+            }),
+    }
+}
+
+fn required<T>(v: Option<T>, field: &str) -> Result<T, LlamaError> {
+    v.ok_or_else(|| LlamaError::MissingField {
+        file: "config.json".into(),
+        field: field.into(),
+    })
+}
+
+impl LlamaHParams {
+    /// Parses a Hugging Face `config.json` (`LlamaForCausalLM` / `MistralForCausalLM`).
+    ///
+    /// Defaults follow transformers' `LlamaConfig`: `num_key_value_heads` = heads,
+    /// `head_dim` = hidden / heads, `rope_theta` = 10000 (also read from
+    /// `rope_parameters.rope_theta`, transformers ≥ 5), `max_position_embeddings` = 2048,
+    /// `tie_word_embeddings` = false.
+    pub fn from_hf_config_json(text: &str) -> Result<Self, LlamaError> {
+        let cfg: Value = serde_json::from_str(text).map_err(|source| LlamaError::Json {
+            file: "config.json".into(),
+            source,
+        })?;
+        if let Some(mt) = cfg.get("model_type").and_then(Value::as_str)
+            && mt != "llama"
+            && mt != "mistral"
+        {
+            return Err(LlamaError::UnsupportedArchitecture { found: mt.into() });
+        }
+        let hidden = required(json_usize(&cfg, "hidden_size")?, "hidden_size")?;
+        let heads = required(
+            json_usize(&cfg, "num_attention_heads")?,
+            "num_attention_heads",
+        )?;
+        let kv = json_usize(&cfg, "num_key_value_heads")?.unwrap_or(heads);
+        let head_dim = match json_usize(&cfg, "head_dim")? {
+            Some(h) => h,
+            None if heads > 0 => hidden / heads,
+            None => 0,
+        };
+        let rope_params = cfg.get("rope_parameters");
+        let rope_theta = match json_f32(&cfg, "rope_theta")? {
+            Some(t) => t,
+            None => match rope_params {
+                Some(p) => json_f32(p, "rope_theta")?.unwrap_or(10000.0),
+                None => 10000.0,
+            },
+        };
+        // transformers < 5: `rope_scaling` {type|rope_type, factor}; ≥ 5: `rope_parameters`.
+        let scaling_obj = match cfg.get("rope_scaling") {
+            Some(Value::Null) | None => rope_params,
+            Some(s) => Some(s),
+        };
+        let rope_scaling = match scaling_obj {
+            None => RopeScaling::None,
+            Some(s) => {
+                let kind = s
+                    .get("rope_type")
+                    .or_else(|| s.get("type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                match kind {
+                    "default" => RopeScaling::None,
+                    "linear" => RopeScaling::Linear {
+                        factor: required(json_f32(s, "factor")?, "rope_scaling.factor")?,
+                    },
+                    other => {
+                        return Err(LlamaError::UnsupportedRopeScaling { kind: other.into() });
+                    }
+                }
+            }
+        };
+        let hp = Self {
+            vocab_size: required(json_usize(&cfg, "vocab_size")?, "vocab_size")?,
+            hidden_size: hidden,
+            intermediate_size: required(
+                json_usize(&cfg, "intermediate_size")?,
+                "intermediate_size",
+            )?,
+            num_hidden_layers: required(
+                json_usize(&cfg, "num_hidden_layers")?,
+                "num_hidden_layers",
+            )?,
+            num_attention_heads: heads,
+            num_key_value_heads: kv,
+            head_dim,
+            rms_norm_eps: required(json_f32(&cfg, "rms_norm_eps")?, "rms_norm_eps")?,
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: json_usize(&cfg, "max_position_embeddings")?.unwrap_or(2048),
+            tie_word_embeddings: cfg
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        };
+        hp.validate()?;
+        Ok(hp)
+    }
+
+    /// Reads and parses a `config.json` file.
+    pub fn from_hf_config_file(path: impl AsRef<Path>) -> Result<Self, LlamaError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| LlamaError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_hf_config_json(&text)
+    }
+
+    /// Reads the `llama.*` keys of a GGUF file (u32 or u64 counts accepted). The vocabulary size
+    /// comes from `llama.vocab_size` or the token count; embeddings are tied when the file has
+    /// no `output.weight`.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, LlamaError> {
+        let arch = file
+            .get("general.architecture")
+            .ok_or_else(|| LlamaError::MissingKey {
+                key: "general.architecture".into(),
+            })?
+            .as_str()
+            .ok_or_else(|| LlamaError::WrongKeyType {
+                key: "general.architecture".into(),
+                expected: "string".into(),
+            })?;
+        if arch != "llama" {
+            return Err(LlamaError::UnsupportedArchitecture { found: arch.into() });
+        }
+        let count = |key: &str| -> Result<Option<usize>, LlamaError> {
+            match file.get(key) {
+                None => Ok(None),
+                Some(v) => integer(v)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .map(Some)
+                    .ok_or_else(|| LlamaError::WrongKeyType {
+                        key: key.into(),
+                        expected: "unsigned integer".into(),
+                    }),
+            }
+        };
+        let float = |key: &str| -> Result<Option<f32>, LlamaError> {
+            match file.get(key) {
+                None => Ok(None),
+                Some(MetadataValue::F32(x)) => Ok(Some(*x)),
+                Some(MetadataValue::F64(x)) => Ok(Some(*x as f32)),
+                Some(_) => Err(LlamaError::WrongKeyType {
+                    key: key.into(),
+                    expected: "f32".into(),
+                }),
+            }
+        };
+        let need = |v: Option<usize>, key: &str| {
+            v.ok_or_else(|| LlamaError::MissingKey { key: key.into() })
+        };
+        let hidden = need(count("llama.embedding_length")?, "llama.embedding_length")?;
+        let heads = need(
+            count("llama.attention.head_count")?,
+            "llama.attention.head_count",
+        )?;
+        let vocab_size = match count("llama.vocab_size")? {
+            Some(v) => v,
+            None => match file.get("tokenizer.ggml.tokens") {
+                Some(MetadataValue::Array(a)) => a.len(),
+                _ => {
+                    return Err(LlamaError::MissingKey {
+                        key: "llama.vocab_size".into(),
+                    });
+                }
+            },
+        };
+        let rope_scaling = match file.get("llama.rope.scaling.type").and_then(|v| v.as_str()) {
+            None | Some("none") => RopeScaling::None,
+            Some("linear") => RopeScaling::Linear {
+                factor: float("llama.rope.scaling.factor")?.ok_or_else(|| {
+                    LlamaError::MissingKey {
+                        key: "llama.rope.scaling.factor".into(),
+                    }
+                })?,
+            },
+            Some(other) => {
+                return Err(LlamaError::UnsupportedRopeScaling { kind: other.into() });
+            }
+        };
+        let head_dim = match count("llama.attention.key_length")? {
+            Some(h) => h,
+            None if heads > 0 => hidden / heads,
+            None => 0,
+        };
+        let hp = Self {
+            vocab_size,
+            hidden_size: hidden,
+            intermediate_size: need(
+                count("llama.feed_forward_length")?,
+                "llama.feed_forward_length",
+            )?,
+            num_hidden_layers: need(count("llama.block_count")?, "llama.block_count")?,
+            num_attention_heads: heads,
+            num_key_value_heads: count("llama.attention.head_count_kv")?.unwrap_or(heads),
+            head_dim,
+            rms_norm_eps: float("llama.attention.layer_norm_rms_epsilon")?.ok_or_else(|| {
+                LlamaError::MissingKey {
+                    key: "llama.attention.layer_norm_rms_epsilon".into(),
+                }
+            })?,
+            rope_theta: float("llama.rope.freq_base")?.unwrap_or(10000.0),
+            rope_scaling,
+            max_position_embeddings: need(count("llama.context_length")?, "llama.context_length")?,
+            tie_word_embeddings: file.tensor("output.weight").is_none(),
+        };
+        hp.validate()?;
+        Ok(hp)
+    }
+
+    /// Checks that the numbers describe a model llama.cpp can build: non-zero sizes, heads a
+    /// multiple of KV heads, an even head dimension (RoPE pairs), counts that fit u32.
+    pub fn validate(&self) -> Result<(), LlamaError> {
+        let fields = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        for (name, v) in fields {
+            if v == 0 {
+                return Err(LlamaError::hparams(format!("{name} is 0")));
+            }
+            if u32::try_from(v).is_err() {
+                return Err(LlamaError::hparams(format!(
+                    "{name} = {v} does not fit u32"
+                )));
+            }
+        }
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
+            return Err(LlamaError::hparams(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads, self.num_key_value_heads
+            )));
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(LlamaError::hparams(format!(
+                "head_dim {} is odd (RoPE rotates pairs)",
+                self.head_dim
+            )));
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
+            return Err(LlamaError::hparams(format!(
+                "rms_norm_eps {} must be positive",
+                self.rms_norm_eps
+            )));
+        }
+        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
+            return Err(LlamaError::hparams(format!(
+                "rope_theta {} must be positive",
+                self.rope_theta
+            )));
+        }
+        Ok(())
+    }
+
+    /// Query heads per KV head (llama.cpp's `n_gqa`).
+    pub fn n_gqa(&self) -> usize {
+        self.num_attention_heads / self.num_key_value_heads.max(1)
+    }
+
+    /// The `llama.*` metadata pairs (formats.md §1.4), counts as u32.
+    pub fn metadata(&self) -> Vec<(String, MetadataValue)> {
+        // validate() guarantees every count fits u32.
+        let u = |v: usize| MetadataValue::U32(v as u32);
+        let mut m = vec![
+            ("llama.vocab_size".to_string(), u(self.vocab_size)),
+            (
+                "llama.context_length".into(),
+                u(self.max_position_embeddings),
+            ),
+            ("llama.embedding_length".into(), u(self.hidden_size)),
+            ("llama.block_count".into(), u(self.num_hidden_layers)),
+            (
+                "llama.feed_forward_length".into(),
+                u(self.intermediate_size),
+            ),
+            ("llama.rope.dimension_count".into(), u(self.head_dim)),
+            (
+                "llama.attention.head_count".into(),
+                u(self.num_attention_heads),
+            ),
+            (
+                "llama.attention.head_count_kv".into(),
+                u(self.num_key_value_heads),
+            ),
+            ("llama.attention.key_length".into(), u(self.head_dim)),
+            ("llama.attention.value_length".into(), u(self.head_dim)),
+            (
+                "llama.rope.freq_base".into(),
+                MetadataValue::F32(self.rope_theta),
+            ),
+            (
+                "llama.attention.layer_norm_rms_epsilon".into(),
+                MetadataValue::F32(self.rms_norm_eps),
+            ),
+        ];
+        if let RopeScaling::Linear { factor } = self.rope_scaling {
+            m.push((
+                "llama.rope.scaling.type".into(),
+                MetadataValue::String("linear".into()),
+            ));
+            m.push((
+                "llama.rope.scaling.factor".into(),
+                MetadataValue::F32(factor),
+            ));
+        }
+        m
+    }
+}
+
+/// What goes into the file besides tensors and tokenizer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaGgufConfig {
+    /// The model's hyper-parameters.
+    pub hparams: LlamaHParams,
+    /// `general.name`.
+    pub name: String,
+    /// `general.alignment` (power of two; llama.cpp's default is 32).
+    pub alignment: u32,
+    /// Extra `burnq.*` provenance strings (key suffix, value), written after `burnq.version`
+    /// and `burnq.mix`, e.g. `("source", "SmolLM2-135M-Instruct.Q4_1.gguf")`.
+    pub provenance: Vec<(String, String)>,
+}
+
+impl LlamaGgufConfig {
+    /// A configuration with alignment 32 and no extra provenance.
+    pub fn new(hparams: LlamaHParams, name: impl Into<String>) -> Self {
+        Self {
+            hparams,
+            name: name.into(),
+            alignment: super::DEFAULT_ALIGNMENT,
+            provenance: Vec::new(),
+        }
+    }
+
+    /// Adds a `burnq.<key>` provenance string.
+    pub fn with_provenance(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.provenance.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// One tensor in Hugging Face naming and orientation: row-major, a Linear weight `[out, in]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HfTensor {
+    /// Hugging Face name, e.g. `model.layers.0.self_attn.q_proj.weight`.
+    pub name: String,
+    /// Row-major shape.
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub data: Vec<f32>,
+}
+
+impl HfTensor {
+    /// A tensor from its parts.
+    pub fn new(name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) -> Self {
+        Self {
+            name: name.into(),
+            shape,
+            data,
+        }
+    }
+
+    /// A Linear weight in Burn's orientation (`burn::nn::Linear.weight` is `[d_input,
+    /// d_output]`), transposed to Hugging Face's `[d_output, d_input]`.
+    pub fn from_burn_linear(
+        name: impl Into<String>,
+        d_input: usize,
+        d_output: usize,
+        data: &[f32],
+    ) -> Result<Self, LlamaError> {
+        let name = name.into();
+        if data.len() != d_input * d_output {
+            return Err(LlamaError::DataLength {
+                name,
+                shape: vec![d_input, d_output],
+                actual: data.len(),
+            });
+        }
+        let mut t = vec![0f32; data.len()];
+        for i in 0..d_input {
+            for o in 0..d_output {
+                t[o * d_input + i] = data[i * d_output + o];
+            }
+        }
+        Ok(Self::new(name, vec![d_output, d_input], t))
+    }
+}
+
+/// One input tensor of the exporter: float values the mix encodes, or blocks already encoded
+/// (e.g. by [`encode_quant_tensor`](super::encode_quant_tensor) from what GPTQ chose), which are
+/// written code for code with their own type whatever the mix says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LlamaTensor {
+    /// f32 values in Hugging Face orientation, encoded with the mix's type.
+    Float(HfTensor),
+    /// A 2-D weight already encoded as ggml blocks along its input axis: `dims = [in, out]`
+    /// (ggml order, the reverse of the Hugging Face `[out, in]` shape), rows in Hugging Face
+    /// order (the exporter moves whole encoded rows for the q/k permutation).
+    Encoded {
+        /// Hugging Face name.
+        name: String,
+        /// The encoded blocks.
+        tensor: GgmlTensor,
+    },
+}
+
+impl From<HfTensor> for LlamaTensor {
+    fn from(t: HfTensor) -> Self {
+        LlamaTensor::Float(t)
+    }
+}
+
+impl LlamaTensor {
+    /// The Hugging Face name.
+    pub fn name(&self) -> &str {
+        match self {
+            LlamaTensor::Float(t) => &t.name,
+            LlamaTensor::Encoded { name, .. } => name,
+        }
+    }
+}
+
+/// One tensor as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedTensor {
+    /// GGUF name.
+    pub name: String,
+    /// ggml dims (`ne[0]` first).
+    pub dims: Vec<u64>,
+    /// Type chosen by the mix.
+    pub ty: GgmlType,
+    /// Encoded bytes (unpadded).
+    pub bytes: u64,
+    /// Whether an importance vector was used to encode it.
+    pub weighted: bool,
+    /// Whether it was given already encoded ([`LlamaTensor::Encoded`]) and written code for code.
+    pub given: bool,
+}
+
+/// What [`export_llama_gguf`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LlamaExportReport {
+    /// Tensors in file order.
+    pub tensors: Vec<ExportedTensor>,
+    /// `general.file_type` written.
+    pub file_type: u32,
+    /// Total file size in bytes.
+    pub file_bytes: u64,
+}
+
+impl LlamaExportReport {
+    /// How many tensors got each type, sorted by type id.
+    pub fn type_counts(&self) -> Vec<(GgmlType, usize)> {
+        let mut counts: Vec<(GgmlType, usize)> = Vec::new();
+        for t in &self.tensors {
+            match counts.iter_mut().find(|(ty, _)| *ty == t.ty) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((t.ty, 1)),
+            }
+        }
+        counts.sort_by_key(|(ty, _)| ty.id());
+        counts
+    }
+}
+
+/// Builds the complete GGUF (metadata + encoded tensors) in memory; [`export_llama_gguf`]
+/// writes it. Tensors may come in any order; they are written in a canonical order
+/// (`token_embd`, `output_norm`, `output`, then each block's tensors) so the file does not
+/// depend on the iteration order. Fails when a tensor is unknown, duplicated, mis-shaped or
+/// missing, or when the tokenizer does not have `vocab_size` tokens.
+pub fn build_llama_gguf<T: Into<LlamaTensor>>(
+    config: &LlamaGgufConfig,
+    tokenizer: &GgufTokenizer,
+    tensors: impl IntoIterator<Item = Result<T, LlamaError>>,
+    mix: LlamaMix,
+    imatrix: Option<&Imatrix>,
+) -> Result<(GgufWriter, LlamaExportReport), LlamaError> {
+    let hp = &config.hparams;
+    hp.validate()?;
+    tokenizer.validate()?;
+    if tokenizer.len() != hp.vocab_size {
+        return Err(LlamaError::VocabMismatch {
+            what: "tokenizer tokens vs vocab_size".into(),
+            expected: hp.vocab_size,
+            actual: tokenizer.len(),
+        });
+    }
+
+    // Encode each tensor as it arrives, so that only encoded bytes stay in memory.
+    let mut encoded: Vec<(LlamaTensorName, ExportedTensor, Vec<u8>)> = Vec::new();
+    for t in tensors {
+        let t: LlamaTensor = t?.into();
+        let Some(tn) = LlamaTensorName::parse_hf_skippable(t.name())? else {
+            continue;
+        };
+        if tn.kind == LlamaTensorKind::Output && hp.tie_word_embeddings {
+            // A tied checkpoint may still store lm_head; llama.cpp reuses token_embd instead.
+            continue;
+        }
+        if encoded.iter().any(|(n, _, _)| *n == tn) {
+            return Err(LlamaError::DuplicateTensor {
+                name: t.name().to_string(),
+            });
+        }
+        let expected = tn.hf_shape(hp)?;
+        let gguf_name = tn.gguf_name();
+        let (info, bytes) = match t {
+            LlamaTensor::Float(t) => encode_float(t, &tn, expected, gguf_name, hp, mix, imatrix)?,
+            LlamaTensor::Encoded { name, tensor } => {
+                place_encoded(name, tensor, &tn, expected, gguf_name, hp)?
+            }
+        };
+        encoded.push((tn, info, bytes));
+    }
+    for needed in LlamaTensorName::required(hp) {
+        if !encoded.iter().any(|(n, _, _)| *n == needed) {
+            return Err(LlamaError::MissingTensor {
+                name: needed.hf_name(),
+            });
+        }
+    }
+    encoded.sort_by_key(|(n, _, _)| n.order_key());
+
+    let mut w = GgufWriter::new();
+    w.add_metadata(
+        "general.architecture",
+        MetadataValue::String("llama".into()),
+    )?;
+    w.add_metadata("general.name", MetadataValue::String(config.name.clone()))?;
+    let file_type = mix.file_type();
+    w.add_metadata("general.file_type", MetadataValue::U32(file_type))?;
+    w.add_metadata("general.quantization_version", MetadataValue::U32(2))?;
+    w.set_alignment(config.alignment)?;
+    for (k, v) in hp.metadata() {
+        w.add_metadata(k, v)?;
+    }
+    for (k, v) in tokenizer.metadata() {
+        w.add_metadata(k, v)?;
+    }
+    w.add_metadata(
+        "burnq.version",
+        MetadataValue::String(env!("CARGO_PKG_VERSION").into()),
+    )?;
+    w.add_metadata("burnq.mix", MetadataValue::String(mix.to_string()))?;
+    for (k, v) in &config.provenance {
+        w.add_metadata(format!("burnq.{k}"), MetadataValue::String(v.clone()))?;
+    }
+    let mut report = LlamaExportReport {
+        tensors: Vec::with_capacity(encoded.len()),
+        file_type,
+        file_bytes: 0,
+    };
+    for (_, info, bytes) in encoded {
+        w.add_tensor_bytes(info.name.clone(), &info.dims, info.ty, bytes)?;
+        report.tensors.push(info);
+    }
+    Ok((w, report))
+}
+
+/// Checks, permutes and encodes one float tensor with the mix's type.
+fn encode_float(
+    t: HfTensor,
+    tn: &LlamaTensorName,
+    expected: Vec<usize>,
+    gguf_name: String,
+    hp: &LlamaHParams,
+    mix: LlamaMix,
+    imatrix: Option<&Imatrix>,
+) -> Result<(ExportedTensor, Vec<u8>), LlamaError> {
+    if t.shape != expected {
+        return Err(LlamaError::ShapeMismatch {
+            name: t.name,
+            expected,
+            actual: t.shape,
+        });
+    }
+    if t.data.len() != t.shape.iter().product::<usize>() {
+        return Err(LlamaError::DataLength {
+            name: t.name,
+            shape: t.shape,
+            actual: t.data.len(),
+        });
+    }
+    let mut data = t.data;
+    if let Some(heads) = tn.rope_heads(hp) {
+        let cols = if t.shape.len() == 2 { t.shape[1] } else { 1 };
+        data = permute_qk_rows(&data, t.shape[0], cols, heads)?;
+    }
+    // Row-major [out, in] is ggml [in, out] as is.
+    let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
+    let ty = mix.tensor_type(tn, &dims, hp, imatrix.is_some());
+    let importance = imatrix.and_then(|m| m.importance(&gguf_name));
+    let (bytes, weighted) = match importance {
+        Some(w) if ty.is_quantized() && dims.len() >= 2 => {
+            let cols = dims[0] as usize;
+            if w.len() != cols {
+                return Err(LlamaError::ImportanceLength {
+                    name: gguf_name,
+                    expected: cols,
+                    actual: w.len(),
+                });
+            }
+            (codec::encode_weighted(ty, &data, cols, &w)?, true)
+        }
+        _ => (codec::encode(ty, &data)?, false),
+    };
+    let info = ExportedTensor {
+        name: gguf_name,
+        dims,
+        ty,
+        bytes: bytes.len() as u64,
+        weighted,
+        given: false,
+    };
+    Ok((info, bytes))
+}
+
+/// Checks an already encoded weight against the hyper-parameters and moves its encoded rows
+/// into llama.cpp's q/k order (each row holds whole blocks, so rows move as byte runs).
+fn place_encoded(
+    name: String,
+    tensor: GgmlTensor,
+    tn: &LlamaTensorName,
+    expected: Vec<usize>,
+    gguf_name: String,
+    hp: &LlamaHParams,
+) -> Result<(ExportedTensor, Vec<u8>), LlamaError> {
+    let [ne0, ne1] = tensor.dims;
+    let actual = vec![ne1 as usize, ne0 as usize];
+    if actual != expected {
+        return Err(LlamaError::ShapeMismatch {
+            name,
+            expected,
+            actual,
+        });
+    }
+    let dims = tensor.dims.to_vec();
+    let size = super::writer::tensor_byte_size(&gguf_name, tensor.ty, &dims)?;
+    if size != tensor.data.len() as u64 {
+        return Err(LlamaError::DataLength {
+            name,
+            shape: actual,
+            actual: tensor.data.len(),
+        });
+    }
+    let mut bytes = tensor.data;
+    if let Some(heads) = tn.rope_heads(hp) {
+        let row_bytes = bytes.len() / ne1 as usize;
+        bytes = reorder_rows(&bytes, ne1 as usize, row_bytes, heads, true)?;
+    }
+    let info = ExportedTensor {
+        name: gguf_name,
+        dims,
+        ty: tensor.ty,
+        bytes: bytes.len() as u64,
+        weighted: false,
+        given: true,
+    };
+    Ok((info, bytes))
+}
+
+/// Exports a Llama-family model as a llama.cpp-loadable GGUF at `path`, written atomically
+/// (temporary file renamed into place).
+///
+/// `tensors` are in Hugging Face naming and orientation: [`HfTensor`]s of f32 values (a Burn
+/// Linear weight must be transposed first, see [`HfTensor::from_burn_linear`]), or
+/// [`LlamaTensor::Encoded`] weights written code for code; `mix` picks each float tensor's
+/// ggml type as llama-quantize would; `imatrix` (keyed by GGUF weight names, e.g. from our
+/// calibration or a `llama-imatrix` file), when given, makes the quantized weights that have an
+/// entry use llama.cpp's importance-weighted encoders, and selects the mix rules that depend on
+/// an imatrix.
+pub fn export_llama_gguf<T: Into<LlamaTensor>>(
+    path: impl AsRef<Path>,
+    config: &LlamaGgufConfig,
+    tokenizer: &GgufTokenizer,
+    tensors: impl IntoIterator<Item = Result<T, LlamaError>>,
+    mix: LlamaMix,
+    imatrix: Option<&Imatrix>,
+) -> Result<LlamaExportReport, LlamaError> {
+    let path = path.as_ref();
+    let (w, mut report) = build_llama_gguf(config, tokenizer, tensors, mix, imatrix)?;
+    w.write_file(path)?;
+    report.file_bytes = std::fs::metadata(path)
+        .map_err(|source| LlamaError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests;
