@@ -5,7 +5,7 @@
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::error::Result;
+use crate::error::{CliError, Result};
 use crate::qat::{self, QatConfig};
 use crate::quickstart::{self, QuickstartConfig};
 
@@ -34,9 +34,38 @@ pub enum Command {
     /// learned (LSQ) scales, ternary weights with 8-bit activations, and W4A4 with the RDFS
     /// rounding rule.
     Qat(QatArgs),
-    /// Show what a GGUF file holds: metadata, tensors (type, dims, bytes, bits per weight) and
-    /// totals by type.
+    /// Show what a GGUF, ONNX or burnpack file holds: metadata, tensors (type, dims, bytes,
+    /// bits per weight for GGUF), totals; ONNX opsets, inputs/outputs, ops and initializers.
     Inspect(InspectArgs),
+    /// Write a quantized model: a llama GGUF re-quantized with a llama.cpp mix
+    /// (`--format gguf:Q4_K_M`), or the quickstart MLP (`--model mnist-mlp`, trained here) as
+    /// ONNX QDQ, QONNX or a Burn burnpack record.
+    Export(ExportArgs),
+}
+
+/// Options of `burnq export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// `mnist-mlp` (the quickstart MLP, trained on the embedded MNIST subset) or a llama GGUF
+    /// file (dequantized on load).
+    #[arg(long, default_value = "mnist-mlp")]
+    pub model: String,
+    /// `gguf:<mix>` (Q4_K_M, Q4_K_S, Q5_K_M, Q6_K, Q8_0, Q4_0, …), `onnx-qdq`, `qonnx` or
+    /// `burnpack`.
+    #[arg(long)]
+    pub format: crate::export::ExportFormat,
+    /// The file to write (atomically: a temporary file renamed into place).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Weight recipe of `mnist-mlp`: int8, int4-g32, int4-g128, fp8-e4m3 or ternary.
+    #[arg(long, default_value = "int8")]
+    pub weights: String,
+    /// llama.cpp importance matrix (GGUF) for the importance-weighted GGUF quantizers.
+    #[arg(long)]
+    pub imatrix: Option<std::path::PathBuf>,
+    /// Seed of `mnist-mlp`'s data split, weights and shuffles.
+    #[arg(long, default_value_t = QuickstartConfig::default().seed)]
+    pub seed: u64,
 }
 
 /// Options of `burnq inspect`.
@@ -144,6 +173,10 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         None => run_quickstart(&QuickstartArgs::default()),
         Some(Command::Quickstart(args)) => run_quickstart(&args),
+        Some(Command::Export(args)) => {
+            print!("{}", run_export(&args)?);
+            Ok(())
+        }
         Some(Command::Inspect(args)) => {
             print!("{}", crate::inspect::inspect(&args.file)?);
             Ok(())
@@ -154,6 +187,61 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Runs `burnq export` and returns its report.
+pub fn run_export(args: &ExportArgs) -> Result<String> {
+    use crate::export::{ExportFormat, export_llm_gguf, export_mnist_mlp};
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    match (&args.format, args.model.as_str()) {
+        (ExportFormat::Gguf(mix), model) if model != "mnist-mlp" => {
+            let e = export_llm_gguf(
+                std::path::Path::new(model),
+                mix.clone(),
+                args.imatrix.as_deref(),
+                &args.out,
+            )?;
+            let _ = writeln!(
+                out,
+                "wrote {} ({} bytes, {} tensors, mix {mix})",
+                e.path.display(),
+                e.report.file_bytes,
+                e.report.tensors.len()
+            );
+            for (ty, n) in e.report.type_counts() {
+                let _ = writeln!(out, "  {ty:?}: {n} tensors");
+            }
+            let _ = writeln!(
+                out,
+                "run it: llama-cli -m {} -p \"Once upon a time\" -n 64 --temp 0",
+                e.path.display()
+            );
+        }
+        (format, "mnist-mlp") => {
+            let config = QuickstartConfig {
+                seed: args.seed,
+                ..QuickstartConfig::default()
+            };
+            let e = export_mnist_mlp(&config, &args.weights, format, &args.out)?;
+            let _ = writeln!(
+                out,
+                "mnist-mlp, weights {}: float accuracy {:.2} %, quantized {:.2} %",
+                args.weights,
+                e.float_accuracy * 100.0,
+                e.quant_accuracy * 100.0
+            );
+            let _ = writeln!(out, "wrote {} ({} bytes) as {format}", e.path.display(), e.bytes);
+        }
+        (format, model) => {
+            return Err(CliError::config(
+                "model",
+                model,
+                format!("{format} export is for mnist-mlp; llama GGUF files export as gguf:<mix>"),
+            ));
+        }
+    }
+    Ok(out)
 }
 
 fn run_quickstart(args: &QuickstartArgs) -> Result<()> {

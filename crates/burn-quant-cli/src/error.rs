@@ -81,6 +81,33 @@ pub enum CliError {
         #[source]
         source: burn_quant::export::gguf::GgufError,
     },
+    /// A Llama-family model cannot be read or exported as GGUF.
+    #[error("llama model `{what}`")]
+    Llama {
+        /// The path.
+        what: String,
+        /// The exporter's error.
+        #[source]
+        source: burn_quant::export::gguf::LlamaError,
+    },
+    /// An ONNX file is malformed, or a model cannot be exported to ONNX.
+    #[error("ONNX `{what}`")]
+    Onnx {
+        /// The path or model.
+        what: String,
+        /// The exporter's or reader's error.
+        #[source]
+        source: burn_quant::export::onnx::OnnxError,
+    },
+    /// A burnpack record cannot be read or written.
+    #[error("burnpack `{what}`")]
+    Burnpack {
+        /// The path or model.
+        what: String,
+        /// The exporter's error.
+        #[source]
+        source: burn_quant::export::burnpack::BurnpackError,
+    },
     /// Reading a tensor back to the host failed.
     #[error("cannot read a tensor back from the device")]
     TensorRead(#[from] TensorReadError),

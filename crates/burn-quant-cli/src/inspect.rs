@@ -17,17 +17,30 @@ const SHOWN_ELEMENTS: usize = 6;
 pub enum FileKind {
     /// GGUF v2/v3 (recognised by its magic).
     Gguf,
+    /// A Burn burnpack record (recognised by its magic).
+    Burnpack,
+    /// An ONNX model (protobuf has no magic: recognised by the `.onnx` extension).
+    Onnx,
 }
+
+/// burnpack's magic number, little-endian on disk.
+const BURNPACK_MAGIC: [u8; 4] = 0x4255_524Eu32.to_le_bytes();
 
 /// Recognises a file by its first bytes (and, where a format has no magic, its extension).
 pub fn detect(path: &Path, head: &[u8]) -> Result<FileKind> {
     if head.starts_with(b"GGUF") {
         return Ok(FileKind::Gguf);
     }
+    if head.starts_with(&BURNPACK_MAGIC) {
+        return Ok(FileKind::Burnpack);
+    }
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+        return Ok(FileKind::Onnx);
+    }
     Err(CliError::config(
         "file",
         path.display(),
-        "not a GGUF file (no \"GGUF\" magic)",
+        "neither GGUF nor burnpack (no magic) nor ONNX (no .onnx extension)",
     ))
 }
 
@@ -45,7 +58,55 @@ pub fn inspect(path: &Path) -> Result<String> {
             })?;
             Ok(gguf_report(&file))
         }
+        FileKind::Onnx => {
+            let onnx_err = |source| CliError::Onnx {
+                what: path.display().to_string(),
+                source,
+            };
+            let model = burn_quant::export::onnx::decode_onnx(&bytes).map_err(onnx_err)?;
+            Ok(format!(
+                "ONNX, {} bytes\n{}",
+                bytes.len(),
+                burn_quant::export::onnx::summarize(&model)
+            ))
+        }
+        FileKind::Burnpack => {
+            let (tensors, metadata) = burn_quant::export::burnpack::describe(path).map_err(
+                |source| CliError::Burnpack {
+                    what: path.display().to_string(),
+                    source,
+                },
+            )?;
+            Ok(burnpack_report(bytes.len(), &tensors, &metadata))
+        }
     }
+}
+
+/// Renders a burnpack record: metadata, then name, dtype, shape and bytes of every tensor.
+pub fn burnpack_report(
+    file_len: usize,
+    tensors: &[burn_quant::export::burnpack::PackedTensorInfo],
+    metadata: &[(String, String)],
+) -> String {
+    let mut out = format!("burnpack: {} tensors, {file_len} bytes\n", tensors.len());
+    out.push_str("\nmetadata\n");
+    for (k, v) in metadata {
+        let _ = writeln!(out, "  {k} = {}", quote(v));
+    }
+    let rows: Vec<[String; 4]> = tensors
+        .iter()
+        .map(|t| {
+            [
+                t.name.clone(),
+                t.dtype.clone(),
+                format!("{:?}", t.shape),
+                t.bytes.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str("\ntensors\n");
+    out.push_str(&table::aligned(["name", "dtype", "shape", "bytes"], &rows));
+    out
 }
 
 /// Renders a parsed GGUF: header facts, every metadata pair, a tensor table and totals by type.

@@ -16,6 +16,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod export;
 pub mod inspect;
 pub mod mnist;
 pub mod model;

@@ -160,6 +160,17 @@ pub fn train(
 ///
 /// Evaluates in batches of `batch_size` examples on `device`.
 pub fn accuracy(model: &Mlp, data: &Dataset, batch_size: usize, device: &Device) -> Result<f64> {
+    accuracy_with(|x| model.forward(x), data, batch_size, device)
+}
+
+/// Top-1 accuracy of any classifier `forward` (logits `[batch, classes]` of `[batch, dim]`
+/// inputs) on `data`, in batches of `batch_size` on `device`.
+pub fn accuracy_with(
+    forward: impl Fn(Tensor<2>) -> Tensor<2>,
+    data: &Dataset,
+    batch_size: usize,
+    device: &Device,
+) -> Result<f64> {
     if data.is_empty() || batch_size == 0 {
         return Err(CliError::Data(
             "accuracy needs a non-empty data set and batch size".into(),
@@ -170,8 +181,7 @@ pub fn accuracy(model: &Mlp, data: &Dataset, batch_size: usize, device: &Device)
     for idx in all.chunks(batch_size) {
         let (x, _) = batch(data, idx, device);
         let n = idx.len();
-        let pred: Vec<i64> = model
-            .forward(x)
+        let pred: Vec<i64> = forward(x)
             .argmax(1)
             .reshape([n])
             .try_into_vec_as::<i64>()?;

@@ -955,6 +955,47 @@ pub fn load_quantized<M: Module>(module: M, path: impl AsRef<Path>) -> Result<M>
     module.try_load_record(record).map_err(record_err)
 }
 
+/// One tensor of a burnpack file, as `burnq inspect` lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedTensorInfo {
+    /// Parameter path, e.g. `fc1.weight`.
+    pub name: String,
+    /// Burn dtype, e.g. `F32` or `QFloat(QuantScheme { … })`, as Burn prints it.
+    pub dtype: String,
+    /// Logical shape.
+    pub shape: Vec<usize>,
+    /// Bytes of data in the file.
+    pub bytes: usize,
+}
+
+/// The tensors (sorted by name) and the string metadata of the burnpack file at `path`, read
+/// from its header alone: no tensor data is decoded.
+pub fn describe(path: impl AsRef<Path>) -> Result<(Vec<PackedTensorInfo>, Vec<(String, String)>)> {
+    let path = path.as_ref();
+    let pack_err = |source| BurnpackError::Pack {
+        path: path.to_path_buf(),
+        source,
+    };
+    let reader = burn_pack::Reader::from_file_exact(path).map_err(pack_err)?;
+    let metadata: Vec<(String, String)> = reader
+        .metadata()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let tensors = reader
+        .into_tensors()
+        .map_err(pack_err)?
+        .into_iter()
+        .map(|t| PackedTensorInfo {
+            dtype: format!("{:?}", t.dtype),
+            shape: t.shape.iter().copied().collect(),
+            bytes: t.byte_len(),
+            name: t.name,
+        })
+        .collect();
+    Ok((tensors, metadata))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
