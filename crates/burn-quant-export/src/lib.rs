@@ -1,7 +1,12 @@
-//! Exporters for burn-quant.
+//! Exporters for burn-quant: a `QuantTensor` is written with its own codes and scales, or the
+//! exporter says why the format cannot hold it.
 //!
-//! Currently provides [`gguf`]: a GGUF v3 container writer/reader (hardened against malformed
-//! input) and reference block codecs for the ggml types F32, F16, Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1.
+//! - [`gguf`]: GGUF v3 container writer and hardened reader; ggml block codecs (F32, F16, BF16,
+//!   Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K…Q6_K, IQ4_NL, MXFP4) with ggml's reference and
+//!   importance-weighted quantizers; `QuantTensor` → blocks code for code; importance matrices;
+//!   llama.cpp-loadable Llama-family models (metadata, tokenizer, q/k permutation, type mixes).
+//! - [`onnx`]: ONNX QDQ and QONNX graphs of quantized layers, and a reader for any ONNX file.
+//! - [`burnpack`]: Burn `QFloat` tensors and burnpack records that load into the float model.
 #![warn(missing_docs)]
 
 pub mod burnpack;

@@ -56,6 +56,8 @@ pub mod book {
     pub struct Layers;
     #[doc = include_str!("../../../book/src/plans.md")]
     pub struct Plans;
+    #[doc = include_str!("../../../book/src/export.md")]
+    pub struct Export;
     #[doc = include_str!("../../../book/src/performance.md")]
     pub struct Performance;
     #[doc = include_str!("../../../book/src/devices.md")]
