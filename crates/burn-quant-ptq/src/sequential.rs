@@ -1,0 +1,177 @@
+//! The greedy sequential sweep every GPTQ-family algorithm runs: input channels (rows of the
+//! Burn weight) are quantized one at a time in processing order, and each one's error feeds
+//! the rows not yet quantized through a triangular feedback matrix, with lazy block updates
+//! (in-block rank-1 updates, one GEMM per block for the rest).
+//!
+//! Row `t` (processing position) with current value `v` and dequantized value `q` feeds row
+//! `t' > t` as `x[t'] −= M[t, t']·e₁ + M₂[t, t']·e₂`, where
+//! - GPTQ / Qronos: `M = U` (upper Cholesky factor of the damped inverse Hessian),
+//!   `e₁ = (v − q)/U[t, t]`;
+//! - GPTAQ: as GPTQ plus `M₂ = P` (the asymmetry matrix) and `e₂ = −v`;
+//! - GPFQ: `M[s, t] = H[s, t]/H[t, t]`, `e₁ = q` (the rows hold the running greedy targets).
+
+use crate::error::Result;
+use crate::linalg::{View, ViewMut, matmul};
+use crate::quantizer::RowQuantizer;
+
+/// How a quantized row feeds the later rows. Matrices are f32, square of side `n − start`,
+/// row-major, indexed from processing position `start`.
+pub(crate) enum Feedback<'a> {
+    /// GPTQ: `e = (v − q)/U_tt` through `U`.
+    Obs { u: &'a [f32] },
+    /// GPTAQ: GPTQ's term plus `P[t, t']·v`.
+    Asymmetric { u: &'a [f32], p: &'a [f32] },
+    /// GPFQ: `q` through the normalised Gram matrix.
+    Greedy { f: &'a [f32] },
+}
+
+/// One sweep over rows `start..n` of the working buffer.
+pub(crate) struct Sweep<'a> {
+    pub n: usize,
+    pub m: usize,
+    /// Processing position → original row index (the identity without act-order).
+    pub order: &'a [usize],
+    /// First processing position to quantize; earlier rows are already done.
+    pub start: usize,
+    pub feedback: Feedback<'a>,
+    /// Lazy-update block size (adjusted so that dynamic parameter units never straddle a
+    /// block end, see [`effective_block`]).
+    pub block: usize,
+}
+
+/// The block size actually used: with dynamic group parameters of `unit` rows, a unit must
+/// have received every earlier row's feedback when its first row is reached, so units either
+/// fit inside one block or start at a block boundary.
+pub(crate) fn effective_block(block: usize, unit: Option<usize>) -> usize {
+    let block = block.max(1);
+    match unit {
+        Some(u) if u > 1 && u <= block => u * (block / u),
+        Some(u) if u > block => (1..=block).rev().find(|d| u % d == 0).unwrap_or(1),
+        _ => block,
+    }
+}
+
+impl Sweep<'_> {
+    /// Runs the sweep. `x` holds the rows' current values in processing order (modified in
+    /// place); codes and dequantized values are written at each row's original index. With
+    /// `record`, returns the `e₁` rows (processing order; zero before `start`).
+    pub(crate) fn run(
+        &self,
+        x: &mut [f32],
+        rq: &mut RowQuantizer,
+        codes: &mut [i32],
+        w_hat: &mut [f32],
+        record: bool,
+    ) -> Result<Option<Vec<f32>>> {
+        let (n, m, s0) = (self.n, self.m, self.start);
+        let dim = n - s0;
+        let block = effective_block(self.block, rq.dynamic_unit());
+        let (m1, m2) = match self.feedback {
+            Feedback::Obs { u } => (u, None),
+            Feedback::Asymmetric { u, p } => (u, Some(p)),
+            Feedback::Greedy { f } => (f, None),
+        };
+        debug_assert_eq!(m1.len(), dim * dim);
+        let mut recorded = record.then(|| vec![0f32; n * m]);
+        let mut e1 = vec![0f32; block * m];
+        let mut e2 = if m2.is_some() {
+            vec![0f32; block * m]
+        } else {
+            vec![]
+        };
+        let mut v = vec![0f32; m];
+        let mut deq = vec![0f32; m];
+        let first_block = s0 / block;
+        for b in first_block..n.div_ceil(block) {
+            let i1 = (b * block).max(s0);
+            let i2 = ((b + 1) * block).min(n);
+            for t in i1..i2 {
+                let row = self.order[t];
+                if let Some(rows) = rq.needs_unit(row) {
+                    // Units of several rows only exist without act-order, where positions
+                    // are rows; a one-row unit is the row being processed.
+                    let pos = if rows.len() == 1 {
+                        t..t + 1
+                    } else {
+                        rows.clone()
+                    };
+                    let data = x[pos.start * m..pos.end * m].to_vec();
+                    rq.compute_unit(rows, &data)?;
+                }
+                v.copy_from_slice(&x[t * m..(t + 1) * m]);
+                rq.quantize_row(row, &v, &mut codes[row * m..(row + 1) * m], &mut deq);
+                w_hat[row * m..(row + 1) * m].copy_from_slice(&deq);
+                let k = t - i1;
+                let er = &mut e1[k * m..(k + 1) * m];
+                match self.feedback {
+                    Feedback::Obs { .. } | Feedback::Asymmetric { .. } => {
+                        let d = m1[(t - s0) * dim + (t - s0)];
+                        for ((e, a), q) in er.iter_mut().zip(&v).zip(&deq) {
+                            *e = (a - q) / d;
+                        }
+                    }
+                    Feedback::Greedy { .. } => er.copy_from_slice(&deq),
+                }
+                if m2.is_some() {
+                    for (e, a) in e2[k * m..(k + 1) * m].iter_mut().zip(&v) {
+                        *e = -a;
+                    }
+                }
+                if let Some(r) = recorded.as_mut() {
+                    r[t * m..(t + 1) * m].copy_from_slice(er);
+                }
+                // In-block updates of the rows after t.
+                let er = &e1[k * m..(k + 1) * m];
+                let mrow = &m1[(t - s0) * dim..(t - s0 + 1) * dim];
+                let (_, rest) = x.split_at_mut((t + 1) * m);
+                for (j, xr) in rest[..(i2 - t - 1) * m].chunks_exact_mut(m).enumerate() {
+                    let c = mrow[t + 1 + j - s0];
+                    if c != 0.0 {
+                        xr.iter_mut().zip(er).for_each(|(a, e)| *a -= c * e);
+                    }
+                    if let Some(p) = m2 {
+                        let c2 = p[(t - s0) * dim + t + 1 + j - s0];
+                        if c2 != 0.0 {
+                            let e = &e2[k * m..(k + 1) * m];
+                            xr.iter_mut().zip(e).for_each(|(a, e)| *a -= c2 * e);
+                        }
+                    }
+                }
+            }
+            // Lazy update of every later row: x[i2..] −= M[i1..i2, i2..]ᵀ · E.
+            if i2 < n {
+                let rows = i2 - i1;
+                for (mat, e) in std::iter::once((m1, &e1)).chain(m2.map(|p| (p, &e2))) {
+                    let lhs = View::strided(mat, (i1 - s0) * dim + (i2 - s0), n - i2, rows, 1, dim);
+                    let dst = ViewMut::strided(x, i2 * m, n - i2, m, m, 1);
+                    matmul(
+                        dst,
+                        true,
+                        1.0,
+                        lhs,
+                        View::rows(&e[..rows * m], rows, m),
+                        -1.0,
+                    );
+                }
+            }
+        }
+        Ok(recorded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_never_split_a_dynamic_unit() {
+        assert_eq!(effective_block(128, None), 128);
+        assert_eq!(effective_block(128, Some(1)), 128);
+        assert_eq!(effective_block(128, Some(32)), 128);
+        assert_eq!(effective_block(128, Some(96)), 96);
+        assert_eq!(effective_block(128, Some(256)), 128);
+        assert_eq!(effective_block(128, Some(192)), 96);
+        assert_eq!(effective_block(7, Some(32)), 4);
+        assert_eq!(effective_block(0, None), 1);
+    }
+}
