@@ -3,4 +3,60 @@
 //! A Llama-family decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU MLP, tied
 //! embeddings) built on burn-quant's layers, with Hugging Face / GGUF loading, the
 //! `tokenizers` tokenizer, a perplexity evaluator and greedy generation.
+//!
+//! * [`LlamaModel`]: every projection is a [`burn_quant_nn::QuantLinear`] (float while its
+//!   weight spec is `None`), laid out block by block for sequential PTQ:
+//!   [`LlamaModel::embed`] → [`DecoderBlock::forward`] with an optional [`Observer`] that sees
+//!   the input of every linear layer → [`LlamaModel::final_norm_and_head`]; weights and
+//!   quantizers are replaced per [`LinearSlot`].
+//! * Loading: [`load_model`] / [`load_with_tokenizer`] take a Hugging Face directory
+//!   (`config.json`, `model.safetensors` or sharded, F32/F16/BF16, `tokenizer.json`) or a
+//!   llama `.gguf` file (dequantized on load, q/k rows un-permuted).
+//! * [`perplexity`] under the windowed protocol of [`PerplexityConfig`] (default: 16 windows
+//!   of 512 tokens, tokens 256..512 scored), [`calibration_windows`] from a seeded sampler.
+//! * [`generate_greedy`] / [`generate_text`] with a key/value cache.
+//!
+//! ```no_run
+//! use burn::tensor::Device;
+//! use burn_quant_llm::{PerplexityConfig, generate_text, load_with_tokenizer, perplexity_of_text};
+//!
+//! let device = Device::flex();
+//! let m = load_with_tokenizer("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf", &device)?;
+//! let text = std::fs::read_to_string("austen-text/pride_prejudice_eval_slice.txt").unwrap();
+//! let ppl = perplexity_of_text(&m.model, &m.tokenizer, &text, &PerplexityConfig::default())?;
+//! println!("perplexity {:.2}", ppl.perplexity);
+//! println!("{}", generate_text(&m.model, &m.tokenizer, "The capital of France is", 16)?);
+//! # Ok::<(), burn_quant_llm::LlmError>(())
+//! ```
 #![warn(missing_docs)]
+
+pub mod block;
+pub mod error;
+pub mod generate;
+pub mod load;
+pub mod model;
+pub mod norm;
+pub mod perplexity;
+pub mod rng;
+pub mod rope;
+pub mod tokenizer;
+
+pub use block::{BlockCache, DecoderBlock, InputSite, LinearSlot, LlamaAttention, LlamaMlp, Observer};
+pub use error::{LlmError, Result};
+pub use generate::{generate_greedy, generate_text};
+pub use load::{LoadedModel, load_model, load_with_tokenizer};
+pub use model::{KvCache, LlamaModel};
+pub use norm::RmsNorm;
+pub use perplexity::{
+    CALIBRATION_TEXT, CalibrationConfig, EVAL_TEXT, PerplexityConfig, PerplexityReport,
+    calibration_windows, calibration_windows_from_text, eval_windows, perplexity,
+    perplexity_of_text, window_nll,
+};
+pub use rope::Rope;
+pub use tokenizer::{LlamaTokenizer, tokenizer_path};
+
+/// Hyper-parameters and llama-GGUF reading, re-exported from the export crate.
+pub use burn_quant_export::gguf::{LlamaHParams, llama::RopeScaling};
+
+#[cfg(test)]
+mod tests;
