@@ -314,6 +314,26 @@ impl LlamaModel {
         Ok(x)
     }
 
+    /// Runs `tokens` (`[batch, seq]`) through blocks `0..=index` and lets `observer` see the
+    /// inputs of block `index`'s linear layers (one call per [`InputSite`](crate::InputSite),
+    /// `[batch, seq, width]`); returns that block's output. The way to capture real
+    /// activations of one layer, e.g. on calibration windows.
+    pub fn observe_block(
+        &self,
+        tokens: Tensor<2, Int>,
+        index: usize,
+        observer: crate::block::Observer<'_>,
+    ) -> Result<Tensor<3>> {
+        let target = self.block(index)?;
+        let [_, s] = tokens.dims();
+        let rope = self.rope(s)?;
+        let mut x = self.embed(tokens)?;
+        for block in &self.layers[..index] {
+            x = block.forward(x, &rope, None)?;
+        }
+        target.forward(x, &rope, Some(observer))
+    }
+
     /// Logits for every position: `[batch, seq]` → `[batch, seq, vocab]`.
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Result<Tensor<3>> {
         let x = self.hidden(tokens)?;

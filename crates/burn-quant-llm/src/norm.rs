@@ -81,7 +81,7 @@ mod tests {
         let norm = RmsNorm::new(Tensor::from_floats([1.0, 2.0, 3.0, 4.0], &device), 1e-12);
         let a = norm.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
         let b = norm
-            .forward(x.mul_scalar(37.0))
+            .forward(x.clone().mul_scalar(37.0))
             .into_data()
             .try_to_vec::<f32>()
             .unwrap();
