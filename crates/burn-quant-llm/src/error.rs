@@ -153,7 +153,11 @@ impl LlmError {
         }
     }
 
-    pub(crate) fn invalid(field: &'static str, value: impl ToString, why: impl Into<String>) -> Self {
+    pub(crate) fn invalid(
+        field: &'static str,
+        value: impl ToString,
+        why: impl Into<String>,
+    ) -> Self {
         LlmError::InvalidArgument {
             field,
             value: value.to_string(),

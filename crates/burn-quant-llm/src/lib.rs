@@ -41,7 +41,9 @@ pub mod rng;
 pub mod rope;
 pub mod tokenizer;
 
-pub use block::{BlockCache, DecoderBlock, InputSite, LinearSlot, LlamaAttention, LlamaMlp, Observer};
+pub use block::{
+    BlockCache, DecoderBlock, InputSite, LinearSlot, LlamaAttention, LlamaMlp, Observer,
+};
 pub use error::{LlmError, Result};
 pub use generate::{generate_greedy, generate_text};
 pub use load::{LoadedModel, load_model, load_with_tokenizer};

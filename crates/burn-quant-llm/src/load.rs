@@ -32,7 +32,11 @@ pub fn load_model(path: impl AsRef<Path>, device: &Device) -> Result<LlamaModel>
     let path = path.as_ref();
     if path.is_dir() {
         LlamaModel::from_hf_dir(path, device)
-    } else if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+    } else if path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
         LlamaModel::from_gguf(path, device)
     } else {
         Err(LlmError::NotAModel {
@@ -68,7 +72,9 @@ impl LlamaModel {
                 Ok(t) => Ok(Some(t)),
                 // Absent, or a name a llama GGUF cannot carry (a bias the format has no slot
                 // for): the model goes without it.
-                Err(LlamaError::MissingTensor { .. } | LlamaError::UnknownTensor { .. }) => Ok(None),
+                Err(LlamaError::MissingTensor { .. } | LlamaError::UnknownTensor { .. }) => {
+                    Ok(None)
+                }
                 Err(e) => Err(e.into()),
             }
         };

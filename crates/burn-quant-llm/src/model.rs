@@ -5,7 +5,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_quant_export::gguf::{HfTensor, LlamaHParams};
 use burn_quant_nn::{QuantEmbedding, QuantLinear};
 
-use crate::block::{BlockCache, DecoderBlock, LlamaAttention, LlamaMlp, LinearSlot};
+use crate::block::{BlockCache, DecoderBlock, LinearSlot, LlamaAttention, LlamaMlp};
 use crate::error::{LlmError, Result};
 use crate::norm::RmsNorm;
 use crate::rng::SplitMix64;
@@ -95,7 +95,6 @@ impl LlamaModel {
             output_quant: None,
         };
         let lm_head = float_linear(tensor2(head_weight, [d, hp.vocab_size], device), None);
-        drop(need);
         let mut layers = Vec::with_capacity(hp.num_hidden_layers);
         for l in 0..hp.num_hidden_layers {
             let mut linear = |slot: LinearSlot, out: usize, inp: usize| -> Result<QuantLinear> {
@@ -367,7 +366,10 @@ impl LlamaModel {
     }
 
     /// Sets (or with `None` removes) the weight quantizer of the LM head.
-    pub fn set_head_weight_quant(&mut self, spec: Option<burn_quant_core::QuantSpec>) -> Result<()> {
+    pub fn set_head_weight_quant(
+        &mut self,
+        spec: Option<burn_quant_core::QuantSpec>,
+    ) -> Result<()> {
         let device = self.device();
         self.lm_head.weight_quant =
             crate::block::weight_quantizer(spec, &self.lm_head.weight.dims(), &device)?;

@@ -74,12 +74,13 @@ mod tests {
         // RMSNorm(c·x) = RMSNorm(x) for c > 0 when eps is negligible: a property of the
         // definition that a wrong axis or a missing square root breaks.
         let device = Device::flex();
-        let x = Tensor::<3>::from_floats(
-            [[[0.3, -1.2, 2.0, 0.7], [1.0, 1.0, -1.0, 0.5]]],
-            &device,
-        );
+        let x = Tensor::<3>::from_floats([[[0.3, -1.2, 2.0, 0.7], [1.0, 1.0, -1.0, 0.5]]], &device);
         let norm = RmsNorm::new(Tensor::from_floats([1.0, 2.0, 3.0, 4.0], &device), 1e-12);
-        let a = norm.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+        let a = norm
+            .forward(x.clone())
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         let b = norm
             .forward(x.clone().mul_scalar(37.0))
             .into_data()

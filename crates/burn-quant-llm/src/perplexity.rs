@@ -144,7 +144,13 @@ pub fn window_nll(model: &LlamaModel, windows: &[&[u32]], score_from: usize) -> 
         .map_err(|e| LlmError::invalid("logits", "tensor", format!("{e:?}")))?;
     // Means in f64 on the host: 256 values per window, negligible transfer.
     Ok((0..b)
-        .map(|i| -values[i * n..(i + 1) * n].iter().map(|&v| v as f64).sum::<f64>() / n as f64)
+        .map(|i| {
+            -values[i * n..(i + 1) * n]
+                .iter()
+                .map(|&v| v as f64)
+                .sum::<f64>()
+                / n as f64
+        })
         .collect())
 }
 
@@ -276,12 +282,19 @@ mod tests {
         let too_many = cfg.clone().with_num_windows(Some(11));
         assert!(matches!(
             eval_windows(&tokens, &too_many),
-            Err(LlmError::TextTooShort { needed: 1100, available: 1000, .. })
+            Err(LlmError::TextTooShort {
+                needed: 1100,
+                available: 1000,
+                ..
+            })
         ));
         for bad in [0, 100] {
             assert!(matches!(
                 eval_windows(&tokens, &cfg.clone().with_score_from(bad)),
-                Err(LlmError::InvalidArgument { field: "score_from", .. })
+                Err(LlmError::InvalidArgument {
+                    field: "score_from",
+                    ..
+                })
             ));
         }
     }
@@ -289,7 +302,9 @@ mod tests {
     #[test]
     fn calibration_windows_depend_on_the_seed_only() {
         let tokens: Vec<u32> = (0..5000).collect();
-        let cfg = CalibrationConfig::default().with_window(64).with_num_windows(8);
+        let cfg = CalibrationConfig::default()
+            .with_window(64)
+            .with_num_windows(8);
         let a = calibration_windows(&tokens, &cfg).unwrap();
         let b = calibration_windows(&tokens, &cfg).unwrap();
         let c = calibration_windows(&tokens, &cfg.clone().with_seed(1)).unwrap();

@@ -115,11 +115,18 @@ impl Rope {
                 len: self.len,
             });
         }
-        let cos = self.cos.clone().slice([offset..end]).unsqueeze::<4>();
-        let sin = self.sin_signed.clone().slice([offset..end]).unsqueeze::<4>();
+        let cos = self.cos.clone().narrow(0, offset, s).unsqueeze::<4>();
+        let sin = self
+            .sin_signed
+            .clone()
+            .narrow(0, offset, s)
+            .unsqueeze::<4>();
         let half = d / 2;
         let swapped = Tensor::cat(
-            vec![x.clone().narrow(3, half, half), x.clone().narrow(3, 0, half)],
+            vec![
+                x.clone().narrow(3, half, half),
+                x.clone().narrow(3, 0, half),
+            ],
             3,
         );
         Ok(x * cos + swapped * sin)
@@ -162,7 +169,8 @@ mod tests {
         let device = Device::flex();
         let plain = Rope::new(8, 500.0, RopeScaling::None, 8, &device).unwrap();
         let scaled = Rope::new(8, 500.0, RopeScaling::Linear { factor: 2.0 }, 8, &device).unwrap();
-        let x = Tensor::<4>::from_floats([[[[0.5, -1.0, 2.0, 0.25, 1.5, 0.0, -0.75, 1.0]]]], &device);
+        let x =
+            Tensor::<4>::from_floats([[[[0.5, -1.0, 2.0, 0.25, 1.5, 0.0, -0.75, 1.0]]]], &device);
         let a = host(plain.apply(x.clone(), 3).unwrap());
         let b = host(scaled.apply(x, 6).unwrap());
         for (p, q) in a.iter().zip(&b) {

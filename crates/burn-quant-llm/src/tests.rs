@@ -68,7 +68,10 @@ fn random_tensors(hp: &LlamaHParams, seed: u64) -> HashMap<String, HfTensor> {
     let (d, ff, hd) = (hp.hidden_size, hp.intermediate_size, hp.head_dim);
     let (q, kv) = (hp.num_attention_heads * hd, hp.num_key_value_heads * hd);
     let mut shapes = vec![
-        ("model.embed_tokens.weight".to_string(), vec![hp.vocab_size, d]),
+        (
+            "model.embed_tokens.weight".to_string(),
+            vec![hp.vocab_size, d],
+        ),
         ("model.norm.weight".to_string(), vec![d]),
     ];
     if !hp.tie_word_embeddings {
@@ -121,7 +124,10 @@ fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
         .zip(b)
         .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
         .fold(0f32, f32::max);
-    assert!(worst <= tol, "{what}: max relative difference {worst} > {tol}");
+    assert!(
+        worst <= tol,
+        "{what}: max relative difference {worst} > {tol}"
+    );
 }
 
 const IDS: [u32; 9] = [3, 17, 42, 5, 60, 0, 33, 17, 8];
@@ -146,7 +152,10 @@ fn gqa_equals_mha_with_repeated_kv_heads() {
                 let kv = h / 2;
                 data.extend_from_slice(&t.data[kv * hd * d..(kv + 1) * hd * d]);
             }
-            mha_tensors.insert(name.clone(), HfTensor::new(name.clone(), vec![4 * hd, d], data));
+            mha_tensors.insert(
+                name.clone(),
+                HfTensor::new(name.clone(), vec![4 * hd, d], data),
+            );
         }
     }
     let mha = build(&mha_hp, &mha_tensors).unwrap();
@@ -164,14 +173,24 @@ fn gqa_equals_mha_with_repeated_kv_heads() {
                 let kv = h % 2;
                 data.extend_from_slice(&t.data[kv * hd * d..(kv + 1) * hd * d]);
             }
-            wrong.insert(name.clone(), HfTensor::new(name.clone(), vec![4 * hd, d], data));
+            wrong.insert(
+                name.clone(),
+                HfTensor::new(name.clone(), vec![4 * hd, d], data),
+            );
         } else if name.ends_with("v_proj.weight") {
             wrong.insert(name.clone(), mha_tensors[name].clone());
         }
     }
     let c = logits(&build(&mha_hp, &wrong).unwrap(), &IDS);
-    let diff = a.iter().zip(&c).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-    assert!(diff > 1e-3, "a different head grouping should change the logits");
+    let diff = a
+        .iter()
+        .zip(&c)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        diff > 1e-3,
+        "a different head grouping should change the logits"
+    );
 }
 
 #[test]
@@ -184,7 +203,12 @@ fn causal_mask_hides_later_tokens() {
     let b = logits(&model, &changed);
     let v = hp.vocab_size;
     // Positions 0..5 never see token 5.
-    assert_close(&a[..5 * v], &b[..5 * v], 1e-6, "positions before the change");
+    assert_close(
+        &a[..5 * v],
+        &b[..5 * v],
+        1e-6,
+        "positions before the change",
+    );
     // From position 5 on they do.
     for p in 5..IDS.len() {
         let diff = (0..v)
@@ -212,7 +236,12 @@ fn incremental_decoding_equals_the_full_forward() {
         let step = model
             .forward_cached(model.tokens(&[&IDS[p..p + 1]]).unwrap(), &rope, &mut cache)
             .unwrap();
-        assert_close(&host(step), &full[p * v..(p + 1) * v], 1e-5, &format!("step {p}"));
+        assert_close(
+            &host(step),
+            &full[p * v..(p + 1) * v],
+            1e-5,
+            &format!("step {p}"),
+        );
     }
     assert_eq!(cache.len(), IDS.len());
 }
@@ -223,7 +252,11 @@ fn batched_rows_are_independent() {
     let hp = tiny(2, true);
     let model = build(&hp, &random_tensors(&hp, 4)).unwrap();
     let other = [9u32, 9, 1, 2, 50, 7, 7, 30, 11];
-    let both = host(model.forward(model.tokens(&[&IDS, &other]).unwrap()).unwrap());
+    let both = host(
+        model
+            .forward(model.tokens(&[&IDS, &other]).unwrap())
+            .unwrap(),
+    );
     let n = IDS.len() * hp.vocab_size;
     assert_close(&both[..n], &logits(&model, &IDS), 1e-5, "row 0");
     assert_close(&both[n..], &logits(&model, &other), 1e-5, "row 1");
@@ -282,11 +315,15 @@ fn observer_sees_every_linear_input_once() {
     // observe_block(…, 1, …) sees block 1's Q/K/V input: the first norm of block 0's output.
     let mut qkv = None;
     model
-        .observe_block(model.tokens(&[&IDS]).unwrap(), 1, &mut |site, t: &Tensor<3>| {
-            if site == InputSite::Qkv {
-                qkv = Some(t.clone());
-            }
-        })
+        .observe_block(
+            model.tokens(&[&IDS]).unwrap(),
+            1,
+            &mut |site, t: &Tensor<3>| {
+                if site == InputSite::Qkv {
+                    qkv = Some(t.clone());
+                }
+            },
+        )
         .unwrap();
     let want = model.block(1).unwrap().input_layernorm.forward(out);
     assert_close(&host(qkv.unwrap()), &host(want), 1e-6, "observe_block");
@@ -302,19 +339,36 @@ fn replacing_weights_and_weight_quantizers() {
     let mut model = build(&hp, &random_tensors(&hp, 6)).unwrap();
     let rope = model.rope(IDS.len()).unwrap();
     let x = model.embed(model.tokens(&[&IDS]).unwrap()).unwrap();
-    let before = host(model.block(1).unwrap().forward(x.clone(), &rope, None).unwrap());
+    let before = host(
+        model
+            .block(1)
+            .unwrap()
+            .forward(x.clone(), &rope, None)
+            .unwrap(),
+    );
     // A weight quantizer on `down` gives exactly what replacing its weight with the
     // fake-quantized weight (the core function, computed independently) gives.
     let spec = QuantSpec::int4_weight_per_group(16);
-    let w = model.block(1).unwrap().linear(LinearSlot::Down).weight.val();
+    let w = model
+        .block(1)
+        .unwrap()
+        .linear(LinearSlot::Down)
+        .weight
+        .val();
     let id = model.block(1).unwrap().linear(LinearSlot::Down).weight.id;
     let wq = burn_quant_core::fake_quant(w.clone(), &spec).unwrap();
     let block = model.block_mut(1).unwrap();
-    block.set_weight_quant(LinearSlot::Down, Some(spec)).unwrap();
+    block
+        .set_weight_quant(LinearSlot::Down, Some(spec))
+        .unwrap();
     let quant = host(block.forward(x.clone(), &rope, None).unwrap());
     block.set_weight_quant(LinearSlot::Down, None).unwrap();
     block.set_linear_weight(LinearSlot::Down, wq).unwrap();
-    assert_eq!(block.linear(LinearSlot::Down).weight.id, id, "parameter id kept");
+    assert_eq!(
+        block.linear(LinearSlot::Down).weight.id,
+        id,
+        "parameter id kept"
+    );
     let replaced = host(block.forward(x.clone(), &rope, None).unwrap());
     assert_close(&quant, &replaced, 1e-6, "quantizer vs replaced weight");
     let diff = quant
@@ -336,7 +390,9 @@ fn replacing_weights_and_weight_quantizers() {
         model.block(2),
         Err(LlmError::NoSuchBlock { index: 2, count: 2 })
     ));
-    model.set_head_weight_quant(Some(QuantSpec::int8_weight_per_channel())).unwrap();
+    model
+        .set_head_weight_quant(Some(QuantSpec::int8_weight_per_channel()))
+        .unwrap();
     assert!(model.lm_head.weight_quant.is_some());
 }
 
@@ -367,10 +423,19 @@ fn input_errors_are_typed() {
         model.tokens(&[&[1, 61]]),
         Err(LlmError::TokenOutOfRange { id: 61, vocab: 61 })
     ));
-    assert!(matches!(model.tokens(&[&[1, 2], &[3]]), Err(LlmError::InvalidArgument { .. })));
-    assert!(matches!(model.tokens(&[]), Err(LlmError::InvalidArgument { .. })));
+    assert!(matches!(
+        model.tokens(&[&[1, 2], &[3]]),
+        Err(LlmError::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        model.tokens(&[]),
+        Err(LlmError::InvalidArgument { .. })
+    ));
     let bad = Tensor::<2, burn::tensor::Int>::from_ints([[0, -1]], &Device::flex());
-    assert!(matches!(model.embed(bad), Err(LlmError::TokenOutOfRange { id: -1, .. })));
+    assert!(matches!(
+        model.embed(bad),
+        Err(LlmError::TokenOutOfRange { id: -1, .. })
+    ));
     let rope = model.rope(4).unwrap();
     let x = Tensor::<3>::zeros([1, 5, 32], &Device::flex());
     assert!(matches!(
@@ -382,12 +447,18 @@ fn input_errors_are_typed() {
         model.block(0).unwrap().forward(x, &rope, None),
         Err(LlmError::BadInput { .. })
     ));
-    assert!(matches!(generate_greedy(&model, &[], 3, &[]), Err(LlmError::InvalidArgument { .. })));
+    assert!(matches!(
+        generate_greedy(&model, &[], 3, &[]),
+        Err(LlmError::InvalidArgument { .. })
+    ));
     // Generation stops at a stop id and includes it; without stop ids it runs to the limit.
     let free = generate_greedy(&model, &[1, 2, 3], 5, &[]).unwrap();
     assert_eq!(free.len(), 5);
     let stopped = generate_greedy(&model, &[1, 2, 3], 5, &[free[1]]).unwrap();
-    assert_eq!(stopped, free[..=free.iter().position(|&t| t == free[1]).unwrap()].to_vec());
+    assert_eq!(
+        stopped,
+        free[..=free.iter().position(|&t| t == free[1]).unwrap()].to_vec()
+    );
 }
 
 #[test]
@@ -500,10 +571,15 @@ fn safetensors_directories_load_in_f32_f16_bf16_and_shards() {
     // storage dtype by `half`, independently of the loader): logits must be identical.
     let hp = tiny(2, false);
     let tensors = random_tensors(&hp, 11);
-    let cases: [(&str, safetensors::Dtype, usize, fn(f32) -> f32); 4] = [
+    type Case = (&'static str, safetensors::Dtype, usize, fn(f32) -> f32);
+    let cases: [Case; 4] = [
         ("f32", safetensors::Dtype::F32, 1, |v| v),
-        ("f16", safetensors::Dtype::F16, 1, |v| half::f16::from_f32(v).to_f32()),
-        ("bf16", safetensors::Dtype::BF16, 1, |v| half::bf16::from_f32(v).to_f32()),
+        ("f16", safetensors::Dtype::F16, 1, |v| {
+            half::f16::from_f32(v).to_f32()
+        }),
+        ("bf16", safetensors::Dtype::BF16, 1, |v| {
+            half::bf16::from_f32(v).to_f32()
+        }),
         ("sharded", safetensors::Dtype::F32, 3, |v| v),
     ];
     for (name, dtype, shards, round) in cases {
@@ -528,11 +604,17 @@ fn loading_errors_are_typed() {
         load_model(dir.join("nothing-here"), &device),
         Err(LlmError::NotAModel { .. })
     ));
-    assert!(matches!(load_model(&dir, &device), Err(LlmError::NotAModel { .. })));
+    assert!(matches!(
+        load_model(&dir, &device),
+        Err(LlmError::NotAModel { .. })
+    ));
     // config.json but no weights.
     write_hf_dir(&dir, &hp, &tensors, safetensors::Dtype::F32, 1);
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
-    assert!(matches!(load_model(&dir, &device), Err(LlmError::Io { .. })));
+    assert!(matches!(
+        load_model(&dir, &device),
+        Err(LlmError::Io { .. })
+    ));
     // A missing tensor, then a tensor of the wrong shape.
     let mut partial = tensors.clone();
     partial.remove("model.layers.1.mlp.up_proj.weight");
@@ -542,10 +624,15 @@ fn loading_errors_are_typed() {
         Err(LlmError::MissingTensor { ref name }) if name == "model.layers.1.mlp.up_proj.weight"
     ));
     let mut wrong = tensors.clone();
-    let t = wrong.get_mut("model.layers.0.self_attn.k_proj.weight").unwrap();
+    let t = wrong
+        .get_mut("model.layers.0.self_attn.k_proj.weight")
+        .unwrap();
     t.shape = vec![8, 64];
     write_hf_dir(&dir, &hp, &wrong, safetensors::Dtype::F32, 1);
-    assert!(matches!(load_model(&dir, &device), Err(LlmError::ShapeMismatch { .. })));
+    assert!(matches!(
+        load_model(&dir, &device),
+        Err(LlmError::ShapeMismatch { .. })
+    ));
     // A dtype the loader does not convert.
     // (The embedding is the first tensor the loader asks for.)
     let i32_bytes = vec![0u8; 4 * 61 * 32];
@@ -559,8 +646,15 @@ fn loading_errors_are_typed() {
         Err(LlmError::UnsupportedDtype { ref name, .. }) if name == "model.embed_tokens.weight"
     ));
     // Corrupt safetensors, corrupt config, unsupported architecture.
-    std::fs::write(dir.join("model.safetensors"), b"\x08\0\0\0\0\0\0\0{not json").unwrap();
-    assert!(matches!(load_model(&dir, &device), Err(LlmError::Safetensors { .. })));
+    std::fs::write(
+        dir.join("model.safetensors"),
+        b"\x08\0\0\0\0\0\0\0{not json",
+    )
+    .unwrap();
+    assert!(matches!(
+        load_model(&dir, &device),
+        Err(LlmError::Safetensors { .. })
+    ));
     std::fs::write(dir.join("config.json"), "{").unwrap();
     assert!(matches!(load_model(&dir, &device), Err(LlmError::Llama(_))));
     std::fs::write(dir.join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
@@ -572,7 +666,10 @@ fn loading_errors_are_typed() {
         r#"{"weight_map": {"model.norm.weight": "../x.safetensors"}}"#,
     )
     .unwrap();
-    assert!(matches!(load_model(&dir, &device), Err(LlmError::Json { .. })));
+    assert!(matches!(
+        load_model(&dir, &device),
+        Err(LlmError::Json { .. })
+    ));
     std::fs::remove_file(dir.join("model.safetensors.index.json")).unwrap();
     // Without tokenizer.json, load_with_tokenizer refuses before reading weights; a garbage
     // GGUF is a typed GGUF error.
@@ -582,7 +679,10 @@ fn loading_errors_are_typed() {
     ));
     let gguf = dir.join("broken.gguf");
     std::fs::write(&gguf, b"GGUF\x03\0\0\0garbage").unwrap();
-    assert!(matches!(load_model(&gguf, &device), Err(LlmError::Llama(_))));
+    assert!(matches!(
+        load_model(&gguf, &device),
+        Err(LlmError::Llama(_))
+    ));
     assert!(matches!(
         load_with_tokenizer(&gguf, &device),
         Err(LlmError::MissingTokenizer { .. })
@@ -592,6 +692,9 @@ fn loading_errors_are_typed() {
         Err(LlmError::MissingTokenizer { .. })
     ));
     std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
-    assert!(matches!(LlamaTokenizer::from_dir(&dir), Err(LlmError::Tokenizer { .. })));
+    assert!(matches!(
+        LlamaTokenizer::from_dir(&dir),
+        Err(LlmError::Tokenizer { .. })
+    ));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -175,8 +175,8 @@ impl LlamaTokenizer {
     /// the layout of SmolLM2's chat template; without `system` the template's default system
     /// message is used.
     pub fn chat_prompt(system: Option<&str>, user: &str) -> String {
-        let system =
-            system.unwrap_or("You are a helpful AI assistant named SmolLM, trained by Hugging Face");
+        let system = system
+            .unwrap_or("You are a helpful AI assistant named SmolLM, trained by Hugging Face");
         format!(
             "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
         )

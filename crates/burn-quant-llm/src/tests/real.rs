@@ -50,7 +50,12 @@ fn perplexity_matches_transformers_fp32() {
     assert_eq!(report.window_nll.len(), 16);
     assert_eq!(report.tokens_scored, 16 * 256);
     let rel = (report.perplexity - 20.11).abs() / 20.11;
-    assert!(rel < 0.005, "perplexity {} vs 20.11 ({:.3} %)", report.perplexity, rel * 100.0);
+    assert!(
+        rel < 0.005,
+        "perplexity {} vs 20.11 ({:.3} %)",
+        report.perplexity,
+        rel * 100.0
+    );
 }
 
 #[test]
@@ -59,8 +64,13 @@ fn batch_size_does_not_change_the_per_window_loss() {
     let (Some(m), Some(text)) = (smollm2(), shared_data(EVAL_TEXT)) else {
         return;
     };
-    let tokens = m.tokenizer.encode(&std::fs::read_to_string(text).unwrap(), false).unwrap();
-    let cfg = PerplexityConfig::default().with_window(128).with_score_from(64);
+    let tokens = m
+        .tokenizer
+        .encode(&std::fs::read_to_string(text).unwrap(), false)
+        .unwrap();
+    let cfg = PerplexityConfig::default()
+        .with_window(128)
+        .with_score_from(64);
     let windows = eval_windows(&tokens, &cfg.clone().with_num_windows(Some(2))).unwrap();
     let both = window_nll(&m.model, &windows, 64).unwrap();
     for (i, w) in windows.iter().enumerate() {
@@ -142,14 +152,27 @@ fn hugging_face_directory_equals_gguf() {
     };
     let src_dir = path.parent().unwrap();
     let dir = scratch_dir("smollm2-hf");
-    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
         std::fs::copy(src_dir.join(f), dir.join(f)).unwrap();
     }
     let src = LlamaGgufSource::open(&path).unwrap();
-    let tensors: Vec<_> = src.tensors().collect::<std::result::Result<_, _>>().unwrap();
+    let tensors: Vec<_> = src
+        .tensors()
+        .collect::<std::result::Result<_, _>>()
+        .unwrap();
     let bytes: HashMap<String, Vec<u8>> = tensors
         .iter()
-        .map(|t| (t.name.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
         .collect();
     let views: Vec<_> = tensors
         .iter()
@@ -165,12 +188,18 @@ fn hugging_face_directory_equals_gguf() {
             )
         })
         .collect();
-    std::fs::write(dir.join("model.safetensors"), safetensors::serialize(views, None).unwrap())
-        .unwrap();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
     drop(bytes);
     let hf = load_with_tokenizer(&dir, &Device::flex()).unwrap();
     assert_eq!(hf.model.hparams(), m.model.hparams());
-    let ids = m.tokenizer.encode("Elizabeth walked to Netherfield.", false).unwrap();
+    let ids = m
+        .tokenizer
+        .encode("Elizabeth walked to Netherfield.", false)
+        .unwrap();
     let a = host(m.model.forward(m.model.tokens(&[&ids]).unwrap()).unwrap());
     let b = host(hf.model.forward(hf.model.tokens(&[&ids]).unwrap()).unwrap());
     assert_eq!(a, b);
