@@ -164,6 +164,8 @@ pub(crate) struct Problem {
     pub h: Vec<f64>,
     /// Mean `X̃ᵀX`, if required.
     pub g: Option<Vec<f64>>,
+    /// Indices of the dead inputs.
+    pub dead: Vec<usize>,
     pub report: LayerReport,
     pub started: Instant,
 }
@@ -197,19 +199,19 @@ pub(crate) fn problem(
     }
     let mut w = weight.to_vec();
     let mut report = LayerReport::new(algorithm, shape, stats.tokens());
-    for j in 0..n {
-        if h[j * n + j] == 0.0 {
-            h[j * n + j] = 1.0;
-            w[j * m..(j + 1) * m].fill(0.0);
-            report.dead_inputs += 1;
-        }
+    let dead: Vec<usize> = (0..n).filter(|&j| h[j * n + j] == 0.0).collect();
+    for &j in &dead {
+        h[j * n + j] = 1.0;
+        w[j * m..(j + 1) * m].fill(0.0);
     }
+    report.dead_inputs = dead.len();
     Ok(Problem {
         n,
         m,
         w,
         h,
         g,
+        dead,
         report,
         started,
     })

@@ -204,22 +204,8 @@ mod tests {
         s
     }
 
-    /// ‖X(W − Ŵ)‖ / ‖XW‖ computed from the activations.
     pub(crate) fn out_err(x: &[f32], w: &[f32], w_hat: &[f32], n: usize, m: usize) -> f64 {
-        let t = x.len() / n;
-        let (mut num, mut den) = (0f64, 0f64);
-        for r in 0..t {
-            for c in 0..m {
-                let (mut a, mut b) = (0f64, 0f64);
-                for j in 0..n {
-                    a += x[r * n + j] as f64 * w[j * m + c] as f64;
-                    b += x[r * n + j] as f64 * w_hat[j * m + c] as f64;
-                }
-                num += (a - b) * (a - b);
-                den += a * a;
-            }
-        }
-        (num / den).sqrt()
+        crate::testutil::output_error(x, x, w, w_hat, n, m)
     }
 
     #[test]

@@ -41,9 +41,13 @@
 #![warn(missing_docs)]
 
 pub mod algorithm;
+mod choice;
 pub mod error;
+pub mod gpfq;
+pub mod gptaq;
 pub mod gptq;
 pub mod linalg;
+pub mod qronos;
 mod quantizer;
 pub mod rtn;
 mod sequential;
@@ -52,7 +56,11 @@ pub mod stats;
 mod testutil;
 
 pub use algorithm::{HostQuantized, LayerReport, Quantized, Stage2Algorithm};
+pub use choice::Algorithm;
 pub use error::{PtqError, Result};
+pub use gpfq::Gpfq;
+pub use gptaq::Gptaq;
 pub use gptq::Gptq;
+pub use qronos::Qronos;
 pub use rtn::Rtn;
 pub use stats::{Accumulation, CalibInputs, LayerStats, OutputError};

@@ -320,7 +320,7 @@ mod tests {
                 let params = rq.into_params();
                 assert_eq!(params, core.params().to_host(), "{spec} {timing:?}");
                 let q = quant_tensor(codes, params, &spec, n, m, &device).unwrap();
-                let back: Vec<f32> = q.dequantize().into_data().to_vec().unwrap();
+                let back: Vec<f32> = q.dequantize().try_into_vec_as::<f32>().unwrap();
                 assert!(
                     back.iter()
                         .zip(&deq)

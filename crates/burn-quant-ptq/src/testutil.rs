@@ -76,3 +76,74 @@ pub fn weights(n: usize, m: usize, seed: u64) -> Vec<f32> {
         .map(|(i, g)| g / (n as f32).sqrt() * if i % 97 == 0 { 4.0 } else { 1.0 })
         .collect()
 }
+
+/// `‖X·W − X̃·Ŵ‖ / ‖X·W‖` from activations (f64), for `[tokens, n]` inputs and `[n, m]`
+/// weights; `x_quant = x` gives the plain output error `‖X(W − Ŵ)‖ / ‖XW‖`.
+pub fn output_error(
+    x: &[f32],
+    x_quant: &[f32],
+    w: &[f32],
+    w_hat: &[f32],
+    n: usize,
+    m: usize,
+) -> f64 {
+    let t = x.len() / n;
+    let (mut num, mut den) = (0f64, 0f64);
+    for r in 0..t {
+        for c in 0..m {
+            let (mut a, mut b) = (0f64, 0f64);
+            for j in 0..n {
+                a += x[r * n + j] as f64 * w[j * m + c] as f64;
+                b += x_quant[r * n + j] as f64 * w_hat[j * m + c] as f64;
+            }
+            num += (a - b) * (a - b);
+            den += a * a;
+        }
+    }
+    (num / den).sqrt()
+}
+
+/// Statistics of one batch: paired (`H = X̃ᵀX̃`, `G = X̃ᵀX`) or quantized-input only.
+pub fn stats(x: &[f32], x_quant: Option<&[f32]>, n: usize, paired: bool) -> crate::LayerStats {
+    use crate::{CalibInputs, LayerStats};
+    let kind = if paired {
+        CalibInputs::FloatAndQuantized
+    } else {
+        CalibInputs::Quantized
+    };
+    let mut s = LayerStats::new(n, kind);
+    s.observe_host(x, x_quant).expect("valid test batch");
+    s
+}
+
+/// Float and quantized-path inputs of a layer behind a quantized producer: `X = Z·A·diag(c)`
+/// and `X̃ = Z·Â·diag(c)`, where `Â` is `A` rounded to `bits` bits (symmetric, per column) —
+/// the mismatch is correlated with `X`, as after a real quantized layer.
+pub fn upstream(tokens: usize, n: usize, bits: u32, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let z = gaussian(tokens * n, seed);
+    let a = gaussian(n * n, seed + 1);
+    let c: Vec<f32> = gaussian(n, seed + 2)
+        .iter()
+        .map(|g| (0.8 * g).exp() * if g.abs() > 2.0 { 8.0 } else { 1.0 })
+        .collect();
+    let qmax = ((1u32 << (bits - 1)) - 1) as f32;
+    let mut aq = a.clone();
+    for j in 0..n {
+        let amax = (0..n).map(|k| a[k * n + j].abs()).fold(0f32, f32::max);
+        let s = amax / qmax;
+        for k in 0..n {
+            aq[k * n + j] = (a[k * n + j] / s).round_ties_even() * s;
+        }
+    }
+    let mul = |a: &[f32]| -> Vec<f32> {
+        let mut x = vec![0f32; tokens * n];
+        for t in 0..tokens {
+            for j in 0..n {
+                x[t * n + j] = (0..n).map(|k| z[t * n + k] * a[k * n + j]).sum::<f32>() * c[j]
+                    / (n as f32).sqrt();
+            }
+        }
+        x
+    };
+    (mul(&a), mul(&aq))
+}
