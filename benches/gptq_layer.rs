@@ -156,7 +156,7 @@ fn main() {
             }
         });
 
-        let group = if d_in % 128 == 0 { 128 } else { 64 };
+        let group = if d_in.is_multiple_of(128) { 128 } else { 64 };
         let spec = QuantSpec::int4_weight_per_group(group);
         let run = |gptq: Gptq| {
             let mut secs = 0.0;
@@ -191,8 +191,8 @@ fn main() {
         // Whole model: per block, q/k/v share the 576 input, gate/up share theirs; o and down
         // have their own. Accumulations: 3 × 576 inputs + 1 × 1536; algorithm: each layer.
         let per_block_layers = match (d_in, d_out) {
-            (576, 576) => 2.0, // q, o
-            (576, 192) => 2.0, // k, v
+            (576, 576) => 2.0,  // q, o
+            (576, 192) => 2.0,  // k, v
             (576, 1536) => 2.0, // gate, up
             _ => 1.0,           // down
         };

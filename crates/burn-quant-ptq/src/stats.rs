@@ -341,7 +341,7 @@ impl LayerStats {
                 algorithm: "output_error",
             });
         }
-        if n == 0 || w.len() % n != 0 || w_hat.len() != w.len() {
+        if n == 0 || !w.len().is_multiple_of(n) || w_hat.len() != w.len() {
             return Err(PtqError::ShapeMismatch {
                 what: "w / w_hat",
                 got: vec![w.len(), w_hat.len()],
