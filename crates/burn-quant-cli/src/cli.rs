@@ -41,6 +41,84 @@ pub enum Command {
     /// (`--format gguf:Q4_K_M`), or the quickstart MLP (`--model mnist-mlp`, trained here) as
     /// ONNX QDQ, QONNX or a Burn burnpack record.
     Export(ExportArgs),
+    /// Post-training quantization of a Llama-family LLM (Hugging Face directory or llama
+    /// GGUF): block-by-block calibration, a Stage-2 algorithm (RTN, GPTQ, GPFQ, GPTAQ,
+    /// Qronos), optional activation quantization, then perplexity under the fixed protocol.
+    PtqLlm(PtqLlmArgs),
+}
+
+/// Options of `burnq ptq-llm` (see `PtqLlmOptions` for their meaning).
+#[derive(Debug, Clone, Args)]
+pub struct PtqLlmArgs {
+    /// A Hugging Face directory (config.json, model.safetensors, tokenizer.json) or a llama
+    /// GGUF file with tokenizer.json beside it.
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// Weight bits.
+    #[arg(long, default_value_t = 4)]
+    pub weight_bits: u8,
+    /// Group size along the input axis (0: per output channel).
+    #[arg(long, default_value_t = 128)]
+    pub group_size: usize,
+    /// Asymmetric (unsigned + zero-point) weights.
+    #[arg(long)]
+    pub asymmetric: bool,
+    /// rtn, gptq, gpfq, gptaq or qronos.
+    #[arg(long, default_value = "gptq")]
+    pub algo: String,
+    /// Act-order (GPTQ family).
+    #[arg(long)]
+    pub act_order: bool,
+    /// Activation bits (W8A8, W4A8 flows); float activations when absent.
+    #[arg(long)]
+    pub input_bits: Option<u8>,
+    /// `tensor` (static per-tensor) or `token` (dynamic per-token) activation scales.
+    #[arg(long, default_value = "tensor")]
+    pub input_granularity: String,
+    /// Calibration windows of 512 tokens from the calibration text.
+    #[arg(long, default_value_t = 16)]
+    pub calib_windows: usize,
+    /// Seed of the calibration sampler.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Evaluation windows (default: the protocol's 16).
+    #[arg(long)]
+    pub eval_windows: Option<usize>,
+    /// A TOML or JSON recipe with the same fields (snake_case), instead of the flags above.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Skip the FP32 evaluation.
+    #[arg(long)]
+    pub no_float: bool,
+    /// Evaluation text.
+    #[arg(long, default_value = "../shared/data/austen-text/pride_prejudice_eval_slice.txt")]
+    pub eval_text: std::path::PathBuf,
+    /// Calibration text (never the evaluation text).
+    #[arg(long, default_value = "../shared/data/austen-text/emma.txt")]
+    pub calib_text: std::path::PathBuf,
+}
+
+impl PtqLlmArgs {
+    /// The options these flags (or the `--config` recipe) select.
+    pub fn options(&self) -> Result<crate::ptq_llm::PtqLlmOptions> {
+        if let Some(path) = &self.config {
+            return crate::ptq_llm::PtqLlmOptions::from_file(path);
+        }
+        Ok(crate::ptq_llm::PtqLlmOptions {
+            weight_bits: self.weight_bits,
+            group_size: self.group_size,
+            asymmetric: self.asymmetric,
+            algo: self.algo.clone(),
+            act_order: self.act_order,
+            input_bits: self.input_bits,
+            input_granularity: self.input_granularity.clone(),
+            calib_windows: self.calib_windows,
+            seed: self.seed,
+            eval_windows: self.eval_windows,
+            eval_float: !self.no_float,
+            ..Default::default()
+        })
+    }
 }
 
 /// Options of `burnq export`.
@@ -173,6 +251,30 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         None => run_quickstart(&QuickstartArgs::default()),
         Some(Command::Quickstart(args)) => run_quickstart(&args),
+        Some(Command::PtqLlm(args)) => {
+            let opts = args.options()?;
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {pos}/{len} blocks, {elapsed_precise}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_message(format!("{} W{}", opts.algo, opts.weight_bits));
+            let report = crate::ptq_llm::run(
+                &args.model,
+                &args.eval_text,
+                &args.calib_text,
+                &opts,
+                &mut |p| {
+                    bar.set_length(p.blocks as u64);
+                    bar.set_position(p.block as u64 + 1);
+                },
+            )?;
+            bar.finish_and_clear();
+            print!("{report}");
+            Ok(())
+        }
         Some(Command::Export(args)) => {
             print!("{}", run_export(&args)?);
             Ok(())
@@ -263,7 +365,7 @@ mod tests {
             Some(Command::Quickstart(a)) => assert_eq!(a.config().epochs, 3),
             other => panic!("unexpected {other:?}"),
         }
-        assert!(Cli::try_parse_from(["burnq", "ptq-llm"]).is_err());
+        assert!(Cli::try_parse_from(["burnq", "ptq-llm"]).is_err(), "--model is required");
         let cli = Cli::try_parse_from(["burnq", "qat", "--qat-epochs", "1", "--seed", "7"])
             .expect("parses");
         match cli.command {

@@ -81,6 +81,9 @@ pub enum CliError {
         #[source]
         source: burn_quant::export::gguf::GgufError,
     },
+    /// Loading, calibrating, quantizing or evaluating the LLM failed.
+    #[error("LLM")]
+    Llm(#[from] burn_quant_llm::LlmError),
     /// A Llama-family model cannot be read or exported as GGUF.
     #[error("llama model `{what}`")]
     Llama {

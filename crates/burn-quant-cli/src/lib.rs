@@ -20,6 +20,7 @@ pub mod export;
 pub mod inspect;
 pub mod mnist;
 pub mod model;
+pub mod ptq_llm;
 pub mod qat;
 pub mod quickstart;
 pub mod rng;

@@ -155,7 +155,7 @@ pub struct LlamaAttention {
 
 impl LlamaAttention {
     /// `h`: `[batch, seq, d_model]` (already normalized) → `[batch, seq, d_model]`.
-    fn forward(
+    pub(crate) fn forward(
         &self,
         h: Tensor<3>,
         rope: &Rope,

@@ -95,6 +95,12 @@ pub enum LlmError {
     /// A layer failed (e.g. a static activation scale used before calibration).
     #[error(transparent)]
     Layer(#[from] NnError),
+    /// A Stage-2 algorithm failed (statistics, shapes, spec).
+    #[error(transparent)]
+    Ptq(#[from] burn_quant_ptq::PtqError),
+    /// The calibration data cannot drive the pipeline.
+    #[error("calibration: {0}")]
+    Calibration(String),
     /// A block index past the last block.
     #[error("block {index} does not exist (the model has {count})")]
     NoSuchBlock {

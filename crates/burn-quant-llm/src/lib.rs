@@ -37,6 +37,7 @@ pub mod load;
 pub mod model;
 pub mod norm;
 pub mod perplexity;
+pub mod pipeline;
 pub mod rng;
 pub mod rope;
 pub mod tokenizer;
@@ -54,6 +55,7 @@ pub use perplexity::{
     calibration_windows, calibration_windows_from_text, eval_windows, perplexity,
     perplexity_of_text, window_nll,
 };
+pub use pipeline::{BlockProgress, PtqConfig, PtqResult, PtqTimings, hf_weight_name, quantize_model};
 pub use rope::Rope;
 pub use tokenizer::{LlamaTokenizer, tokenizer_path};
 

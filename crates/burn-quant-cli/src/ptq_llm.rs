@@ -1,0 +1,346 @@
+//! `burnq ptq-llm`: post-training quantization of a Llama-family model (Hugging Face directory
+//! or llama GGUF), block by block with a Stage-2 algorithm, then perplexity under the fixed
+//! windowed protocol, with time, peak memory and weight bytes.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use burn::tensor::Device;
+use burn_quant::{Format, Granularity, QuantSpec, ZeroPoint};
+use burn_quant_llm::pipeline::InputQuant;
+use burn_quant_llm::{
+    CalibrationConfig, LlamaModel, LlamaTokenizer, PerplexityConfig, PtqConfig,
+    calibration_windows_from_text, load_with_tokenizer, perplexity_of_text, quantize_model,
+};
+use burn_quant_ptq::Algorithm;
+use serde::Deserialize;
+
+use crate::error::{CliError, Result};
+use crate::table;
+
+/// Everything `ptq-llm` needs besides the model path; the command-line flags or a TOML/JSON
+/// recipe (`--config`) with the same field names.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PtqLlmOptions {
+    /// Weight bits (signed integer grid unless `asymmetric`).
+    pub weight_bits: u8,
+    /// Group size along the input axis; 0 = one scale per output channel.
+    pub group_size: usize,
+    /// Unsigned grid with a zero-point per group (min-max).
+    pub asymmetric: bool,
+    /// `rtn`, `gptq`, `gpfq`, `gptaq` or `qronos`.
+    pub algo: String,
+    /// Process input channels by decreasing Hessian diagonal (GPTQ family).
+    pub act_order: bool,
+    /// Activation (linear input) bits; `None` keeps activations float.
+    pub input_bits: Option<u8>,
+    /// `tensor` (static, calibrated) or `token` (dynamic) activation scales.
+    pub input_granularity: String,
+    /// Calibration windows drawn from the calibration text.
+    pub calib_windows: usize,
+    /// Tokens per calibration window.
+    pub calib_window: usize,
+    /// Seed of the calibration sampler.
+    pub seed: u64,
+    /// Evaluation windows (`None`: the protocol's default, as many as the text holds up to 16).
+    pub eval_windows: Option<usize>,
+    /// Calibration windows per forward batch.
+    pub batch_windows: usize,
+    /// Also evaluate the float model (the FP32 row of the table).
+    pub eval_float: bool,
+}
+
+impl Default for PtqLlmOptions {
+    fn default() -> Self {
+        Self {
+            weight_bits: 4,
+            group_size: 128,
+            asymmetric: false,
+            algo: "gptq".into(),
+            act_order: false,
+            input_bits: None,
+            input_granularity: "tensor".into(),
+            calib_windows: 16,
+            calib_window: 512,
+            seed: 0,
+            eval_windows: None,
+            batch_windows: 4,
+            eval_float: true,
+        }
+    }
+}
+
+impl PtqLlmOptions {
+    /// Reads a recipe file (`.toml` or `.json`); unknown keys are errors.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| CliError::Io {
+            what: path.display().to_string(),
+            source,
+        })?;
+        let bad = |why: String| CliError::config("config", path.display(), why);
+        if path.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))
+        } else {
+            toml::from_str(&text).map_err(|e| bad(e.to_string()))
+        }
+    }
+
+    /// The weight spec these options describe (Burn layout: groups along axis 0, channels on
+    /// axis 1).
+    pub fn weight_spec(&self) -> Result<QuantSpec> {
+        if !(2..=8).contains(&self.weight_bits) {
+            return Err(CliError::config(
+                "weight_bits",
+                self.weight_bits,
+                "must be in 2..=8",
+            ));
+        }
+        let granularity = if self.group_size == 0 {
+            Granularity::PerChannel { axis: 1 }
+        } else {
+            Granularity::PerGroup {
+                axis: 0,
+                size: self.group_size,
+            }
+        };
+        let spec = QuantSpec::new(Format::int(self.weight_bits), granularity);
+        let spec = if self.asymmetric {
+            spec.asymmetric()
+        } else {
+            spec
+        };
+        spec.validate()
+            .map_err(|source| CliError::Quant {
+                recipe: "ptq-llm".into(),
+                param: "weights".into(),
+                source,
+            })?;
+        debug_assert!(spec.zero_point.is_asymmetric() == self.asymmetric || spec.zero_point == ZeroPoint::Symmetric);
+        Ok(spec)
+    }
+
+    /// The algorithm these options select.
+    pub fn algorithm(&self) -> Result<Algorithm> {
+        let a: Algorithm = self
+            .algo
+            .parse()
+            .map_err(|e: burn_quant_ptq::PtqError| CliError::config("algo", &self.algo, e.to_string()))?;
+        Ok(a.with_act_order(self.act_order))
+    }
+
+    /// The activation quantization these options select.
+    pub fn input_quant(&self) -> Result<Option<InputQuant>> {
+        let Some(bits) = self.input_bits else {
+            return Ok(None);
+        };
+        if !(2..=8).contains(&bits) {
+            return Err(CliError::config("input_bits", bits, "must be in 2..=8"));
+        }
+        match self.input_granularity.as_str() {
+            "tensor" => Ok(Some(InputQuant::PerTensorStatic { bits })),
+            "token" => Ok(Some(InputQuant::PerTokenDynamic { bits })),
+            other => Err(CliError::config(
+                "input_granularity",
+                other,
+                "expected `tensor` (static) or `token` (dynamic)",
+            )),
+        }
+    }
+}
+
+/// One row of the final table.
+#[derive(Clone, Debug)]
+pub struct PtqLlmRow {
+    /// `FP32` or the recipe.
+    pub label: String,
+    /// Perplexity under the protocol.
+    pub perplexity: f64,
+    /// Quantization wall time (zero for FP32).
+    pub quantize_time: Duration,
+    /// Evaluation wall time.
+    pub eval_time: Duration,
+    /// Bytes of all weights (quantized layers at their spec's bits per weight, scales and
+    /// zero-points included; the rest f32).
+    pub weight_bytes: f64,
+}
+
+/// The report of a `ptq-llm` run.
+#[derive(Clone, Debug)]
+pub struct PtqLlmReport {
+    /// FP32 (if evaluated) and the quantized model.
+    pub rows: Vec<PtqLlmRow>,
+    /// Time split of the quantization (forward passes, statistics, algorithm).
+    pub timings: burn_quant_llm::PtqTimings,
+    /// Peak resident memory of the process (VmHWM), bytes, where the OS reports it.
+    pub peak_rss: Option<u64>,
+    /// Layers whose Hessian needed extra damping.
+    pub damped_layers: usize,
+}
+
+impl std::fmt::Display for PtqLlmReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rows: Vec<[String; 5]> = self
+            .rows
+            .iter()
+            .map(|r| {
+                [
+                    r.label.clone(),
+                    format!("{:.3}", r.perplexity),
+                    format!("{:.1} s", r.quantize_time.as_secs_f64()),
+                    format!("{:.1} s", r.eval_time.as_secs_f64()),
+                    format!("{:.1} MB", r.weight_bytes / 1e6),
+                ]
+            })
+            .collect();
+        f.write_str(&table::aligned(
+            ["model", "perplexity", "quantize", "eval", "weights"],
+            &rows,
+        ))?;
+        let t = &self.timings;
+        writeln!(
+            f,
+            "quantization time: forward passes {:.1} s, statistics {:.1} s, algorithm {:.1} s, total {:.1} s",
+            t.forward.as_secs_f64(),
+            t.statistics.as_secs_f64(),
+            t.algorithm.as_secs_f64(),
+            t.total.as_secs_f64()
+        )?;
+        if let Some(rss) = self.peak_rss {
+            writeln!(f, "peak memory (VmHWM): {:.0} MB", rss as f64 / 1e6)?;
+        }
+        if self.damped_layers > 0 {
+            writeln!(f, "layers that needed extra damping: {}", self.damped_layers)?;
+        }
+        Ok(())
+    }
+}
+
+/// Peak resident set size of this process (Linux `/proc/self/status` VmHWM).
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Bytes of the model's weights: every block linear at `spec`'s bits per weight (or f32 when
+/// `spec` is `None`), the embedding and norms at f32.
+pub fn weight_bytes(model: &LlamaModel, spec: Option<&QuantSpec>) -> Result<f64> {
+    let h = model.hparams();
+    let mut linear = 0f64;
+    let mut linear_elems = 0usize;
+    for i in 0..model.num_blocks() {
+        let block = model.block(i)?;
+        for slot in burn_quant_llm::LinearSlot::ALL {
+            let dims = block.linear(slot).weight.dims();
+            let n = dims[0] * dims[1];
+            linear_elems += n;
+            linear += match spec {
+                Some(s) => {
+                    s.bits_per_element(&dims).map_err(|source| CliError::Quant {
+                        recipe: "ptq-llm".into(),
+                        param: slot.hf_name().into(),
+                        source,
+                    })? * n as f64
+                        / 8.0
+                }
+                None => 4.0 * n as f64,
+            };
+        }
+    }
+    let _ = linear_elems;
+    let rest = h.vocab_size * h.hidden_size + (2 * model.num_blocks() + 1) * h.hidden_size;
+    Ok(linear + 4.0 * rest as f64)
+}
+
+/// Runs `ptq-llm` on the model at `model_path` with text files `eval_text` and `calib_text`.
+pub fn run(
+    model_path: &Path,
+    eval_text: &Path,
+    calib_text: &Path,
+    opts: &PtqLlmOptions,
+    progress: &mut dyn FnMut(&burn_quant_llm::BlockProgress),
+) -> Result<PtqLlmReport> {
+    let spec = opts.weight_spec()?;
+    let algorithm = opts.algorithm()?;
+    let input_quant = opts.input_quant()?;
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|source| CliError::Io {
+            what: p.display().to_string(),
+            source,
+        })
+    };
+    let (eval, calib) = (read(eval_text)?, read(calib_text)?);
+    let device = Device::flex();
+    let loaded = load_with_tokenizer(model_path, &device)?;
+    let tokenizer: LlamaTokenizer = loaded.tokenizer;
+    let mut model = loaded.model;
+    let ppl_cfg = PerplexityConfig::default().with_num_windows(opts.eval_windows);
+    let mut rows = vec![];
+    if opts.eval_float {
+        let t = Instant::now();
+        let r = perplexity_of_text(&model, &tokenizer, &eval, &ppl_cfg)?;
+        rows.push(PtqLlmRow {
+            label: "FP32".into(),
+            perplexity: r.perplexity,
+            quantize_time: Duration::ZERO,
+            eval_time: t.elapsed(),
+            weight_bytes: weight_bytes(&model, None)?,
+        });
+    }
+    let calib_cfg = CalibrationConfig::default()
+        .with_num_windows(opts.calib_windows)
+        .with_window(opts.calib_window)
+        .with_seed(opts.seed);
+    let windows = calibration_windows_from_text(&tokenizer, &calib, &calib_cfg)?;
+    let t = Instant::now();
+    let config = PtqConfig {
+        weights: spec.clone(),
+        algorithm,
+        batch_windows: opts.batch_windows,
+    };
+    let result = quantize_model(&mut model, &windows, &config, progress)?;
+    if let Some(q) = input_quant {
+        model = burn_quant_llm::pipeline::quantize_inputs(model, q, &windows, opts.batch_windows)?;
+    }
+    let quantize_time = t.elapsed();
+    let t = Instant::now();
+    let r = perplexity_of_text(&model, &tokenizer, &eval, &ppl_cfg)?;
+    let label = format!(
+        "{} W{}{} {}{}{}",
+        opts.algo,
+        opts.weight_bits,
+        opts.input_bits.map(|b| format!("A{b}")).unwrap_or_default(),
+        if opts.group_size == 0 {
+            "per-channel".to_string()
+        } else {
+            format!("g{}", opts.group_size)
+        },
+        if opts.asymmetric { " asym" } else { "" },
+        if opts.act_order { " act-order" } else { "" },
+    );
+    rows.push(PtqLlmRow {
+        label,
+        perplexity: r.perplexity,
+        quantize_time,
+        eval_time: t.elapsed(),
+        weight_bytes: weight_bytes(&model, Some(&spec))?,
+    });
+    let damped_layers = result
+        .layers
+        .iter()
+        .filter(|(_, r)| r.damping_retries > 0)
+        .count();
+    Ok(PtqLlmReport {
+        rows,
+        timings: result.timings,
+        peak_rss: peak_rss(),
+        damped_layers,
+    })
+}
+
+/// Default location of a shared-data text, relative to the working directory.
+pub fn default_text(relative: &str) -> PathBuf {
+    PathBuf::from("../shared/data").join(relative)
+}

@@ -1,0 +1,489 @@
+//! Sequential post-training quantization of a [`LlamaModel`], block by block.
+//!
+//! Memory holds one block's calibration activations at a time. For block `i`:
+//!
+//! 1. **Float path** (only for algorithms that target the float model's output, GPFQ, GPTAQ,
+//!    Qronos): the float block runs on the float-path input `X` and an observer keeps the input
+//!    of each of its four linear-input sites (q/k/v, o, gate/up, down).
+//! 2. **Quantized path**, site by site in forward order: the block's input `X̃` comes from the
+//!    already-quantized blocks `0..i`; the input of the current site is computed with every
+//!    earlier site of this block already quantized ("true sequential"), the statistics are
+//!    accumulated batch by batch through [`Stage2Algorithm::observe`], and each layer reading
+//!    the site is quantized with [`Stage2Algorithm::quantize`]. Only the pieces of the block a
+//!    site needs are recomputed: q/k/v need a norm, o the attention, gate/up the residual and a
+//!    norm, down the gated product — about one block forward in all.
+//! 3. Both paths move on to block `i + 1`.
+//!
+//! The model's weights are replaced by their dequantization Ŵ, and every layer's
+//! [`QuantTensor`] is kept (by Hugging Face name) for export, code for code.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use burn::tensor::Tensor;
+use burn_quant_core::{QuantSpec, QuantTensor};
+use burn_quant_ptq::{Algorithm, CalibInputs, LayerReport, LayerStats, Stage2Algorithm};
+
+use crate::block::{DecoderBlock, InputSite, LinearSlot};
+use crate::error::{LlmError, Result};
+use crate::model::LlamaModel;
+use crate::rope::Rope;
+
+/// What to quantize and how.
+#[derive(Clone, Debug)]
+pub struct PtqConfig {
+    /// Spec of every linear weight of every block, in Burn's `[d_input, d_output]` layout
+    /// (groups along axis 0). The tied embedding / LM head stays float.
+    pub weights: QuantSpec,
+    /// The Stage-2 algorithm.
+    pub algorithm: Algorithm,
+    /// Calibration windows per forward batch (memory: one batch of one block's activations).
+    pub batch_windows: usize,
+}
+
+/// Progress of the sweep, reported after each block.
+#[derive(Clone, Debug)]
+pub struct BlockProgress {
+    /// Block just quantized.
+    pub block: usize,
+    /// Number of blocks.
+    pub blocks: usize,
+    /// Wall time of this block.
+    pub elapsed: Duration,
+}
+
+/// Where the time went.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PtqTimings {
+    /// Forward passes of the float and quantized paths.
+    pub forward: Duration,
+    /// Statistics accumulation (`XᵀX` and cross terms).
+    pub statistics: Duration,
+    /// The Stage-2 algorithm itself.
+    pub algorithm: Duration,
+    /// Everything.
+    pub total: Duration,
+}
+
+/// The result of [`quantize_model`].
+#[derive(Debug)]
+pub struct PtqResult {
+    /// Every quantized weight by Hugging Face name (`model.layers.3.self_attn.q_proj.weight`),
+    /// in Burn's `[d_input, d_output]` layout.
+    pub weights: BTreeMap<String, QuantTensor<2>>,
+    /// Per-layer diagnostics, in order.
+    pub layers: Vec<(String, LayerReport)>,
+    /// Where the time went.
+    pub timings: PtqTimings,
+}
+
+/// The Hugging Face name of a block's linear weight.
+pub fn hf_weight_name(block: usize, slot: LinearSlot) -> String {
+    format!("model.layers.{block}.{}.weight", slot.hf_name())
+}
+
+/// Quantizes every linear layer of `model`'s blocks with `config`, calibrating on `windows`
+/// (token ids, all of the same length), block by block; `progress` is called after each block.
+pub fn quantize_model(
+    model: &mut LlamaModel,
+    windows: &[Vec<u32>],
+    config: &PtqConfig,
+    progress: &mut dyn FnMut(&BlockProgress),
+) -> Result<PtqResult> {
+    let start = Instant::now();
+    let algo = &config.algorithm;
+    let inputs = algo.inputs();
+    let mut timings = PtqTimings::default();
+    let mut result = PtqResult {
+        weights: BTreeMap::new(),
+        layers: vec![],
+        timings: PtqTimings::default(),
+    };
+    let needs_data = inputs != CalibInputs::None;
+    if needs_data && windows.is_empty() {
+        return Err(LlmError::Calibration(
+            "no calibration windows: the algorithm needs data".into(),
+        ));
+    }
+    let seq = windows.first().map_or(0, Vec::len);
+    if windows.iter().any(|w| w.len() != seq || w.is_empty()) {
+        return Err(LlmError::Calibration(
+            "calibration windows must be non-empty and of one length".into(),
+        ));
+    }
+    let batch = config.batch_windows.max(1);
+    let rope = if needs_data { Some(model.rope(seq)?) } else { None };
+
+    // Block inputs, one tensor per batch of windows: float path and quantized path.
+    let t = Instant::now();
+    let mut x_float: Vec<Tensor<3>> = vec![];
+    if needs_data {
+        for chunk in windows.chunks(batch) {
+            let rows: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+            x_float.push(model.embed(model.tokens(&rows)?)?);
+        }
+    }
+    let mut x_quant = x_float.clone();
+    timings.forward += t.elapsed();
+
+    let blocks = model.num_blocks();
+    for i in 0..blocks {
+        let block_start = Instant::now();
+        let float_block = model.block(i)?.clone();
+        let block = model.block_mut(i)?;
+        if let Some(rope) = &rope {
+            // 1. Float path: inputs of every site, and the next block's float input.
+            let mut float_sites: Vec<BTreeMap<InputSite, Tensor<3>>> = vec![];
+            if inputs == CalibInputs::FloatAndQuantized {
+                let t = Instant::now();
+                for x in x_float.iter_mut() {
+                    let mut sites = BTreeMap::new();
+                    let mut keep = |s: InputSite, v: &Tensor<3>| {
+                        sites.insert(s, v.clone());
+                    };
+                    *x = float_block.forward(x.clone(), rope, Some(&mut keep))?;
+                    float_sites.push(sites);
+                }
+                timings.forward += t.elapsed();
+            }
+            // 2. Quantized path, site by site.
+            let mut state: Vec<SiteState> = x_quant.iter().map(|x| SiteState::new(x.clone())).collect();
+            for site in InputSite::ALL {
+                let t = Instant::now();
+                let site_inputs: Vec<Tensor<3>> = state
+                    .iter_mut()
+                    .map(|s| s.input_of(site, block, rope))
+                    .collect::<Result<_>>()?;
+                timings.forward += t.elapsed();
+                let t = Instant::now();
+                let d_in = site_inputs[0].dims()[2];
+                let mut stats: LayerStats = algo.new_stats(d_in);
+                for (b, xq) in site_inputs.iter().enumerate() {
+                    let xq = flatten(xq.clone());
+                    match inputs {
+                        CalibInputs::FloatAndQuantized => {
+                            let xf = flatten(float_sites[b][&site].clone());
+                            algo.observe(&mut stats, &xf, Some(&xq))?;
+                        }
+                        _ => algo.observe(&mut stats, &xq, None)?,
+                    }
+                }
+                timings.statistics += t.elapsed();
+                for &slot in site.consumers() {
+                    let t = Instant::now();
+                    let w = block.linear(slot).weight.val();
+                    let q = algo.quantize(&w, &stats, &config.weights)?;
+                    timings.algorithm += t.elapsed();
+                    block.set_linear_weight(slot, q.tensor.dequantize())?;
+                    let name = hf_weight_name(i, slot);
+                    result.layers.push((name.clone(), q.report));
+                    result.weights.insert(name, q.tensor);
+                }
+            }
+            // 3. The quantized path's output feeds the next block.
+            let t = Instant::now();
+            for (x, s) in x_quant.iter_mut().zip(state) {
+                *x = s.output(block)?;
+            }
+            timings.forward += t.elapsed();
+        } else {
+            // Data-free (RTN): quantize each weight on its own.
+            for slot in LinearSlot::ALL {
+                let t = Instant::now();
+                let w = block.linear(slot).weight.val();
+                let stats = algo.new_stats(w.dims()[0]);
+                let q = algo.quantize(&w, &stats, &config.weights)?;
+                timings.algorithm += t.elapsed();
+                block.set_linear_weight(slot, q.tensor.dequantize())?;
+                let name = hf_weight_name(i, slot);
+                result.layers.push((name.clone(), q.report));
+                result.weights.insert(name, q.tensor);
+            }
+        }
+        progress(&BlockProgress {
+            block: i,
+            blocks,
+            elapsed: block_start.elapsed(),
+        });
+    }
+    timings.total = start.elapsed();
+    result.timings = timings;
+    Ok(result)
+}
+
+/// `[batch, seq, d]` → `[batch·seq, d]`.
+fn flatten(x: Tensor<3>) -> Tensor<2> {
+    let [b, s, d] = x.dims();
+    x.reshape([b * s, d])
+}
+
+/// The quantized path through one block for one batch, computed piece by piece so that each
+/// site's input sees every earlier site already quantized, without recomputing the rest.
+struct SiteState {
+    /// Block input.
+    x: Tensor<3>,
+    /// Normalized input (q/k/v site).
+    h: Option<Tensor<3>>,
+    /// Concatenated heads (o site).
+    ctx: Option<Tensor<3>>,
+    /// Residual after attention.
+    x_attn: Option<Tensor<3>>,
+    /// Normalized residual (gate/up site).
+    h2: Option<Tensor<3>>,
+    /// Gated product (down site).
+    act: Option<Tensor<3>>,
+}
+
+impl SiteState {
+    fn new(x: Tensor<3>) -> Self {
+        Self {
+            x,
+            h: None,
+            ctx: None,
+            x_attn: None,
+            h2: None,
+            act: None,
+        }
+    }
+
+    /// The input of `site`, with the block's current (partly quantized) weights. Sites must be
+    /// asked in forward order.
+    fn input_of(&mut self, site: InputSite, block: &DecoderBlock, rope: &Rope) -> Result<Tensor<3>> {
+        match site {
+            InputSite::Qkv => {
+                let h = block.input_layernorm.forward(self.x.clone());
+                self.h = Some(h.clone());
+                Ok(h)
+            }
+            InputSite::AttnOut => {
+                let h = self.h.clone().ok_or_else(order_error)?;
+                let mut ctx = None;
+                let mut keep = |s: InputSite, v: &Tensor<3>| {
+                    if s == InputSite::AttnOut {
+                        ctx = Some(v.clone());
+                    }
+                };
+                block.self_attn.forward(h, rope, None, &mut keep)?;
+                let ctx = ctx.ok_or_else(order_error)?;
+                self.ctx = Some(ctx.clone());
+                Ok(ctx)
+            }
+            InputSite::GateUp => {
+                let ctx = self.ctx.clone().ok_or_else(order_error)?;
+                let x_attn = self.x.clone() + block.self_attn.o_proj.try_forward(ctx)?;
+                let h2 = block.post_attention_layernorm.forward(x_attn.clone());
+                self.x_attn = Some(x_attn);
+                self.h2 = Some(h2.clone());
+                Ok(h2)
+            }
+            InputSite::Down => {
+                let h2 = self.h2.clone().ok_or_else(order_error)?;
+                let gate = block.mlp.gate_proj.try_forward(h2.clone())?;
+                let up = block.mlp.up_proj.try_forward(h2)?;
+                let act = burn::tensor::activation::silu(gate) * up;
+                self.act = Some(act.clone());
+                Ok(act)
+            }
+        }
+    }
+
+    /// The block's output once every site is quantized.
+    fn output(self, block: &DecoderBlock) -> Result<Tensor<3>> {
+        let (x_attn, act) = (
+            self.x_attn.ok_or_else(order_error)?,
+            self.act.ok_or_else(order_error)?,
+        );
+        Ok(x_attn + block.mlp.down_proj.try_forward(act)?)
+    }
+}
+
+fn order_error() -> LlmError {
+    LlmError::Calibration("block sites were not visited in forward order".into())
+}
+
+/// Activation quantization of the input of every block linear layer (W8A8, W4A8 flows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputQuant {
+    /// One static symmetric scale per layer input, calibrated (absmax) on calibration windows.
+    PerTensorStatic {
+        /// Bits of the signed integer grid.
+        bits: u8,
+    },
+    /// One symmetric scale per token, recomputed at every call (absmax over the features).
+    PerTokenDynamic {
+        /// Bits of the signed integer grid.
+        bits: u8,
+    },
+}
+
+impl InputQuant {
+    /// The spec for an input of `d_in` features (`[batch, seq, d_in]` activations).
+    pub fn spec(self, d_in: usize) -> QuantSpec {
+        use burn_quant_core::{Granularity, ScaleSource, ScaleStat};
+        match self {
+            InputQuant::PerTensorStatic { bits } => QuantSpec::int8_act_per_tensor().with_bits(bits),
+            InputQuant::PerTokenDynamic { bits } => QuantSpec::int8_act_per_tensor()
+                .with_bits(bits)
+                .with_granularity(Granularity::PerGroup {
+                    axis: 2,
+                    size: d_in,
+                })
+                .with_scale_source(ScaleSource::Dynamic(ScaleStat::AbsMax)),
+        }
+    }
+}
+
+/// Puts an input quantizer on every linear layer of every block; static ones are calibrated on
+/// `windows` (batches of `batch_windows`), dynamic ones need no data.
+pub fn quantize_inputs(
+    mut model: LlamaModel,
+    quant: InputQuant,
+    windows: &[Vec<u32>],
+    batch_windows: usize,
+) -> Result<LlamaModel> {
+    let device = model.device();
+    for i in 0..model.num_blocks() {
+        let block = model.block_mut(i)?;
+        for slot in LinearSlot::ALL {
+            let layer = block.linear_mut(slot);
+            let d_in = layer.weight.dims()[0];
+            layer.input_quant = burn_quant_nn::quantizer::activation_quantizer(
+                Some(quant.spec(d_in)),
+                "input_quant",
+                &[(2, d_in)],
+                &device,
+            )?;
+        }
+    }
+    if let InputQuant::PerTensorStatic { .. } = quant {
+        if windows.is_empty() {
+            return Err(LlmError::Calibration(
+                "static activation scales need calibration windows".into(),
+            ));
+        }
+        let mut failure = None;
+        let (calibrated, _) = burn_quant_nn::calibrate(model, |m: &LlamaModel| {
+            for chunk in windows.chunks(batch_windows.max(1)) {
+                let rows: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+                if let Err(e) = m.tokens(&rows).and_then(|t| m.hidden(t)) {
+                    failure.get_or_insert(e);
+                }
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        model = calibrated;
+    }
+    Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+    use burn_quant_export::gguf::llama::RopeScaling;
+    use burn_quant_export::gguf::LlamaHParams;
+
+    fn hparams() -> LlamaHParams {
+        LlamaHParams {
+            vocab_size: 61,
+            hidden_size: 64,
+            intermediate_size: 96,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 16,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: RopeScaling::None,
+            max_position_embeddings: 64,
+            tie_word_embeddings: true,
+        }
+    }
+
+    fn windows(n: usize, len: usize, seed: u64) -> Vec<Vec<u32>> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                (0..len)
+                    .map(|_| {
+                        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        ((s >> 33) % 61) as u32
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn host(t: Tensor<3>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    /// The piecewise quantized path computes exactly the block's forward.
+    #[test]
+    fn site_by_site_path_equals_the_block_forward() {
+        let device = Device::flex();
+        let model = LlamaModel::random(&hparams(), 3, &device).unwrap();
+        let w = windows(2, 12, 1);
+        let rows: Vec<&[u32]> = w.iter().map(Vec::as_slice).collect();
+        let x = model.embed(model.tokens(&rows).unwrap()).unwrap();
+        let rope = model.rope(12).unwrap();
+        let block = model.block(0).unwrap();
+        let mut s = SiteState::new(x.clone());
+        for site in InputSite::ALL {
+            s.input_of(site, block, &rope).unwrap();
+        }
+        let (a, b) = (host(s.output(block).unwrap()), host(block.forward(x, &rope, None).unwrap()));
+        assert_eq!(a, b);
+    }
+
+    /// Output error of the whole quantized model against the float model on held-out windows:
+    /// GPTQ (calibrated, error feedback) beats RTN, and every weight is recorded.
+    #[test]
+    fn gptq_pipeline_beats_rtn_on_held_out_windows() {
+        let device = Device::flex();
+        let float = LlamaModel::random(&hparams(), 5, &device).unwrap();
+        let calib = windows(8, 32, 2);
+        let held_out = windows(2, 32, 9);
+        let rows: Vec<&[u32]> = held_out.iter().map(Vec::as_slice).collect();
+        let reference = host(float.hidden(float.tokens(&rows).unwrap()).unwrap());
+        let spec = QuantSpec::int4_weight_per_group(16).with_bits(3);
+        let err = |algo: &str| {
+            let mut m = float.clone();
+            let cfg = PtqConfig {
+                weights: spec.clone(),
+                algorithm: algo.parse().unwrap(),
+                batch_windows: 3,
+            };
+            let mut seen = 0;
+            let r = quantize_model(&mut m, &calib, &cfg, &mut |_| seen += 1).unwrap();
+            assert_eq!(seen, 2);
+            assert_eq!(r.weights.len(), 14);
+            let out = host(m.hidden(m.tokens(&rows).unwrap()).unwrap());
+            out.iter().zip(&reference).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>()
+        };
+        let (rtn, gptq) = (err("rtn"), err("gptq"));
+        assert!(gptq < rtn, "gptq {gptq} vs rtn {rtn}");
+    }
+
+    #[test]
+    fn calibration_data_is_checked() {
+        let device = Device::flex();
+        let mut m = LlamaModel::random(&hparams(), 5, &device).unwrap();
+        let cfg = PtqConfig {
+            weights: QuantSpec::int4_weight_per_group(16),
+            algorithm: "gptq".parse().unwrap(),
+            batch_windows: 2,
+        };
+        assert!(matches!(
+            quantize_model(&mut m, &[], &cfg, &mut |_| {}),
+            Err(LlmError::Calibration(_))
+        ));
+        let ragged = vec![vec![1, 2, 3], vec![1, 2]];
+        assert!(matches!(
+            quantize_model(&mut m, &ragged, &cfg, &mut |_| {}),
+            Err(LlmError::Calibration(_))
+        ));
+    }
+}
