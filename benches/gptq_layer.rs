@@ -18,7 +18,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_quant::core::QuantSpec;
 use burn_quant_ptq::linalg::{View, ViewMut, matmul};
-use burn_quant_ptq::{Accumulation, CalibInputs, Gptq, LayerStats, Stage2Algorithm};
+use burn_quant_ptq::{Accumulation, CalibInputs, Gptq, LayerStats, Qronos, Stage2Algorithm};
 use support::median_secs;
 
 const TOKENS: usize = 512;
@@ -86,44 +86,62 @@ fn real_weight(d_in: usize, d_out: usize) -> Option<Vec<f32>> {
     Some(w)
 }
 
-fn main() {
-    let threads = rayon::current_num_threads();
-    // The machine's matmul rate: a 1024³ f32 GEMM through the same kernel.
-    let k = 1024;
-    let (a, b) = (normal(k * k, 1), normal(k * k, 2));
-    let mut c = vec![0f32; k * k];
-    let t_mm = median_secs(5, || {
+/// Seconds of a `k³` GEMM in `T` through the crate's wrapper (median of 5).
+fn gemm_secs<T: burn_quant_ptq::linalg::Real>(k: usize, a: &[T], b: &[T], zero: T, one: T) -> f64 {
+    let mut c = vec![zero; k * k];
+    median_secs(5, || {
         matmul(
             ViewMut::rows(&mut c, k, k),
             false,
-            0.0,
-            View::rows(&a, k, k),
-            View::rows(&b, k, k),
-            1.0,
+            zero,
+            View::rows(a, k, k),
+            View::rows(b, k, k),
+            one,
         )
-    });
-    let rate = 2.0 * (k * k * k) as f64 / t_mm / 1e9;
+    })
+}
+
+fn main() {
+    let threads = rayon::current_num_threads();
+    // The machine's matmul rates: 1024³ GEMMs through the same kernel, f32 and f64.
+    let k = 1024;
+    let flop = 2.0 * (k * k * k) as f64;
+    let (a, b) = (normal(k * k, 1), normal(k * k, 2));
+    let rate32 = flop / gemm_secs(k, &a, &b, 0.0f32, 1.0) / 1e9;
+    let (a64, b64): (Vec<f64>, Vec<f64>) = (
+        a.iter().map(|&v| v as f64).collect(),
+        b.iter().map(|&v| v as f64).collect(),
+    );
+    let rate64 = flop / gemm_secs(k, &a64, &b64, 0.0f64, 1.0) / 1e9;
     println!(
         "GPTQ per linear layer, {BATCHES}×{TOKENS} calibration tokens, {threads} threads; \
-         measured f32 matmul rate (1024³): {rate:.1} GFLOP/s"
+         measured matmul rate (1024³): f32 {rate32:.1} GFLOP/s, f64 {rate64:.1} GFLOP/s"
     );
     println!(
-        "{:<10} {:>6} | {:>9} {:>7} | {:>9} {:>7} | {:>9} {:>9} {:>9} | {:>8} {:>8}",
+        "statistics: H = XᵀX over {BATCHES} batches (host: gemm, upper block triangle only; \
+         device: Burn matmul on flex, full product); 'paired' adds G = X̃ᵀX (GPFQ/GPTAQ/Qronos)"
+    );
+    println!(
+        "GF/s columns count the full Gram product (2·N·n²), so the host path's symmetric saving \
+         shows as a rate above the GEMM rate"
+    );
+    println!(
+        "{:<10} {:>5} | {:>15} {:>15} {:>9} | {:>8} {:>8} {:>8} | {:>7} {:>7} {:>7} {:>8}",
         "d_in×d_out",
         "group",
-        "acc host",
-        "GFLOP/s",
-        "acc dev",
-        "GFLOP/s",
+        "stats host",
+        "stats device",
+        "paired",
         "gptq",
         "act-ord",
-        "at rate",
-        "acc GF",
-        "algo GF"
+        "qronos",
+        "stat GF",
+        "fact GF",
+        "swp GF",
+        "at rate"
     );
     let device = Device::flex();
-    let mut model_acc = 0.0;
-    let mut model_algo = 0.0;
+    let (mut model_acc, mut model_algo, mut model_paired, mut model_qronos) = (0.0, 0.0, 0.0, 0.0);
     for (d_in, d_out) in [(576, 576), (576, 192), (576, 1536), (1536, 576)] {
         let w = real_weight(d_in, d_out).unwrap_or_else(|| {
             normal(d_in * d_out, 3)
@@ -134,8 +152,17 @@ fn main() {
         let batches: Vec<Vec<f32>> = (0..BATCHES)
             .map(|i| activations(TOKENS, d_in, 10 + i as u64))
             .collect();
+        // A quantized-path input of the same tokens (a perturbed copy), for the paired path.
+        let batches_q: Vec<Vec<f32>> = batches
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let noise = normal(x.len(), 100 + i as u64);
+                x.iter().zip(&noise).map(|(a, e)| a + 0.05 * e).collect()
+            })
+            .collect();
         let n_tok = (BATCHES * TOKENS) as f64;
-        let acc_flop = 2.0 * n_tok * (d_in * d_in) as f64;
+        let full_gram = 2.0 * n_tok * (d_in * d_in) as f64;
 
         let mut stats = LayerStats::new(d_in, CalibInputs::Quantized);
         let t_acc = median_secs(3, || {
@@ -155,59 +182,71 @@ fn main() {
                 s.observe(x, None).expect("valid batch");
             }
         });
+        let mut paired = LayerStats::new(d_in, CalibInputs::FloatAndQuantized);
+        let t_paired = median_secs(3, || {
+            paired = LayerStats::new(d_in, CalibInputs::FloatAndQuantized);
+            for (x, xq) in batches.iter().zip(&batches_q) {
+                paired.observe_host(x, Some(xq)).expect("valid batch");
+            }
+        });
 
         let group = if d_in.is_multiple_of(128) { 128 } else { 64 };
         let spec = QuantSpec::int4_weight_per_group(group);
-        let run = |gptq: Gptq| {
-            let mut secs = 0.0;
-            let t = median_secs(3, || {
-                let q = gptq
-                    .quantize_host(&w, [d_in, d_out], &stats, &spec)
+        let time = |algo: &dyn Stage2Algorithm, stats: &LayerStats| {
+            median_secs(3, || {
+                algo.quantize_host(&w, [d_in, d_out], stats, &spec)
                     .expect("quantizes");
-                secs = q.report.seconds;
-            });
-            (t, secs)
+            })
         };
-        let (t_gptq, _) = run(Gptq::default());
-        let (t_act, _) = run(Gptq::default().with_act_order(true));
+        let t_gptq = time(&Gptq::default(), &stats);
+        let t_act = time(&Gptq::default().with_act_order(true), &stats);
+        let t_qronos = time(&Qronos::default().with_act_order(true), &paired);
         let (n, m) = (d_in as f64, d_out as f64);
-        // Cholesky (n³/3 multiply-adds) + triangular inverse (n³/3) + lazy updates (n²·m/2
-        // in the trailing GEMMs, n·B·m/2 in-block), 2 flops each.
-        let algo_flop = 2.0 * (2.0 * n * n * n / 3.0 + n * n * m / 2.0 + n * 128.0 * m / 2.0);
+        // Block-upper Gram (128-column blocks), Cholesky (n³/3 multiply-adds) + triangular
+        // inverse (n³/6) in f64, lazy sweep (n²·m/2 in the trailing GEMMs + n·B·m/2 in-block).
+        let blocks = d_in.div_ceil(128);
+        let sym_cols: f64 = (0..blocks).map(|i| (d_in - 128 * i) as f64).sum::<f64>() * 128.0;
+        let stat_flop = 2.0 * n_tok * sym_cols.min(n * n);
+        let fact_flop = n * n * n;
+        let sweep_flop = n * n * m + n * 128.0 * m;
+        let at_rate =
+            stat_flop / (rate32 * 1e9) + fact_flop / (rate64 * 1e9) + sweep_flop / (rate32 * 1e9);
         println!(
-            "{:<10} {:>6} | {:>8.1}ms {:>7.1} | {:>8.1}ms {:>7.1} | {:>7.1}ms {:>7.1}ms {:>7.1}ms | {:>8.2} {:>8.2}",
+            "{:<10} {:>5} | {:>6.1}ms {:>5.0}GF/s {:>6.1}ms {:>5.0}GF/s {:>7.1}ms | {:>6.1}ms {:>6.1}ms {:>6.1}ms | {:>7.2} {:>7.2} {:>7.2} {:>6.1}ms",
             format!("{d_in}×{d_out}"),
             format!("g{group}"),
             t_acc * 1e3,
-            acc_flop / t_acc / 1e9,
+            full_gram / t_acc / 1e9,
             t_dev * 1e3,
-            acc_flop / t_dev / 1e9,
+            full_gram / t_dev / 1e9,
+            t_paired * 1e3,
             t_gptq * 1e3,
             t_act * 1e3,
-            (acc_flop + algo_flop) / (rate * 1e9) * 1e3,
-            acc_flop / 1e9,
-            algo_flop / 1e9,
+            t_qronos * 1e3,
+            stat_flop / 1e9,
+            fact_flop / 1e9,
+            sweep_flop / 1e9,
+            at_rate * 1e3,
         );
-        // Whole model: per block, q/k/v share the 576 input, gate/up share theirs; o and down
-        // have their own. Accumulations: 3 × 576 inputs + 1 × 1536; algorithm: each layer.
-        let per_block_layers = match (d_in, d_out) {
-            (576, 576) => 2.0,  // q, o
-            (576, 192) => 2.0,  // k, v
-            (576, 1536) => 2.0, // gate, up
-            _ => 1.0,           // down
+        // Whole model, per block: q/k/v share one 576-wide input, o has its own, gate/up share
+        // one, down reads the 1536-wide one; seven layers are quantized.
+        let (inputs, layers) = match (d_in, d_out) {
+            (576, 576) => (2.0, 2.0),  // q/k/v input + o input; q and o
+            (576, 192) => (0.0, 2.0),  // k and v
+            (576, 1536) => (1.0, 2.0), // gate/up input; gate and up
+            _ => (1.0, 1.0),           // down
         };
-        let per_block_inputs = match (d_in, d_out) {
-            (576, 576) => 2.0, // q/k/v input, o input
-            (576, 1536) => 1.0,
-            (1536, 576) => 1.0,
-            _ => 0.0,
-        };
-        model_acc += 30.0 * per_block_inputs * t_acc;
-        model_algo += 30.0 * per_block_layers * t_act;
+        model_acc += 30.0 * inputs * t_acc;
+        model_paired += 30.0 * inputs * t_paired;
+        model_algo += 30.0 * layers * t_act;
+        model_qronos += 30.0 * layers * t_qronos;
     }
     println!(
-        "whole model (30 blocks, act-order): statistics {model_acc:.1} s + GPTQ {model_algo:.1} s \
-         = {:.1} s, excluding the calibration forward passes",
-        model_acc + model_algo
+        "whole model, 30 blocks (estimate from the rows above; the calibration forward passes \
+         are not included): GPTQ act-order: statistics {model_acc:.1} s + algorithm \
+         {model_algo:.1} s = {:.1} s; Qronos act-order: paired statistics {model_paired:.1} s + \
+         algorithm {model_qronos:.1} s = {:.1} s",
+        model_acc + model_algo,
+        model_paired + model_qronos
     );
 }

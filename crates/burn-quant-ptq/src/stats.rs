@@ -259,7 +259,7 @@ impl LayerStats {
             let mut scratch = std::mem::take(&mut self.scratch);
             scratch.resize(n * n, 0.0);
             // H += X̃ᵀX̃
-            gram(&mut scratch, xq, xq, tokens, n);
+            sym_gram(&mut scratch, xq, tokens, n);
             add_f32(&mut self.h, &scratch);
             let same = x_quant.is_none();
             if let Some(g) = self.g.as_mut() {
@@ -411,6 +411,34 @@ pub(crate) fn gram(out: &mut [f32], a: &[f32], b: &[f32], tokens: usize, n: usiz
     );
 }
 
+/// `out ← aᵀ·a` for a row-major `[tokens, n]` input, multiplying only the block upper
+/// triangle (blocks of 128 columns: 62% of the full product's flops at n = 576, 54% at 1536)
+/// and mirroring the rest, so the result is exactly symmetric.
+pub(crate) fn sym_gram(out: &mut [f32], a: &[f32], tokens: usize, n: usize) {
+    const BS: usize = 128;
+    if n <= BS {
+        return gram(out, a, a, tokens, n);
+    }
+    let x = View::rows(a, tokens, n);
+    for i0 in (0..n).step_by(BS) {
+        let b = BS.min(n - i0);
+        matmul(
+            ViewMut::strided(out, i0 * n + i0, b, n - i0, n, 1),
+            false,
+            0.0,
+            x.block(0, i0, tokens, b).t(),
+            x.block(0, i0, tokens, n - i0),
+            1.0,
+        );
+    }
+    for i in 1..n {
+        let (upper, lower) = out.split_at_mut(i * n);
+        for (j, v) in lower[..i].iter_mut().enumerate() {
+            *v = upper[j * n + i];
+        }
+    }
+}
+
 fn add(acc: &mut [f64], v: &[f64]) {
     acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
 }
@@ -482,6 +510,26 @@ mod tests {
             &mean(naive_gram(&x, &x, t, n)),
             1e-6,
         );
+    }
+
+    #[test]
+    fn symmetric_gram_equals_the_full_product() {
+        for n in [100, 129, 300] {
+            let t = 70;
+            let x = correlated(t, n, n as u64);
+            let mut full = vec![0f32; n * n];
+            let mut sym = vec![1f32; n * n];
+            gram(&mut full, &x, &x, t, n);
+            sym_gram(&mut sym, &x, t, n);
+            let scale = full.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(
+                full.iter()
+                    .zip(&sym)
+                    .all(|(a, b)| (a - b).abs() <= 1e-5 * scale),
+                "n = {n}"
+            );
+            assert!((0..n).all(|i| (0..n).all(|j| sym[i * n + j] == sym[j * n + i])));
+        }
     }
 
     #[test]
