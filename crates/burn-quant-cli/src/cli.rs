@@ -1,7 +1,8 @@
 //! Command-line interface of `burnq` (clap derive).
 //!
-//! `burnq` without a subcommand runs the quickstart; `burnq qat` runs the QAT demo. Planned
-//! subcommands (not implemented yet): `ptq-llm`, `export`, `inspect`.
+//! `burnq` without a subcommand runs the quickstart; `burnq qat` runs the QAT demo, `burnq
+//! ptq-llm` post-training quantization of an LLM, `burnq export` and `burnq inspect` write and
+//! read GGUF, ONNX and burnpack files.
 
 use clap::{Args, Parser, Subcommand};
 
@@ -15,8 +16,7 @@ use crate::quickstart::{self, QuickstartConfig};
     name = "burnq",
     version,
     about = "Neural-network quantization for the Burn deep learning framework",
-    after_help = "Without a subcommand, burnq runs the quickstart.\n\
-                  Planned subcommands: ptq-llm, export, inspect."
+    after_help = "Without a subcommand, burnq runs the quickstart."
 )]
 pub struct Cli {
     /// What to do; the quickstart when absent.

@@ -344,3 +344,36 @@ pub fn run(
 pub fn default_text(relative: &str) -> PathBuf {
     PathBuf::from("../shared/data").join(relative)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn_quant_ptq::Stage2Algorithm;
+
+    #[test]
+    fn recipe_files_and_flags_give_the_same_options() {
+        let dir = std::env::temp_dir().join(format!("burnq-ptq-recipe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w3.toml");
+        std::fs::write(&path, "weight_bits = 3\ngroup_size = 64\nalgo = \"qronos\"\nact_order = true\ninput_bits = 8\ninput_granularity = \"token\"\n").unwrap();
+        let o = PtqLlmOptions::from_file(&path).unwrap();
+        assert_eq!((o.weight_bits, o.group_size, o.algo.as_str(), o.act_order), (3, 64, "qronos", true));
+        assert_eq!(o.calib_windows, 16, "unspecified fields keep their defaults");
+        assert_eq!(o.input_quant().unwrap(), Some(InputQuant::PerTokenDynamic { bits: 8 }));
+        let spec = o.weight_spec().unwrap();
+        assert_eq!(spec.format, Format::int(3));
+        assert_eq!(spec.granularity, Granularity::PerGroup { axis: 0, size: 64 });
+        assert_eq!(o.algorithm().unwrap().name(), "qronos");
+        // Unknown keys and bad values are errors naming them.
+        std::fs::write(&path, "weight_bitz = 3\n").unwrap();
+        let e = PtqLlmOptions::from_file(&path).unwrap_err().to_string();
+        assert!(e.contains("config"), "{e}");
+        let bad = PtqLlmOptions { weight_bits: 1, ..Default::default() };
+        assert!(bad.weight_spec().unwrap_err().to_string().contains("weight_bits"));
+        let bad = PtqLlmOptions { algo: "awq".into(), ..Default::default() };
+        assert!(bad.algorithm().is_err());
+        let bad = PtqLlmOptions { input_bits: Some(8), input_granularity: "channel".into(), ..Default::default() };
+        assert!(bad.input_quant().is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -22,6 +22,11 @@ pub use burn_quant_core::*;
 pub use burn_quant_nn as nn;
 /// Exporters: GGUF (llama.cpp), ONNX QDQ, QONNX, Burn-native records.
 pub use burn_quant_export as export;
+/// Post-training quantization: calibration statistics and the Stage-2 algorithms (RTN, GPTQ,
+/// GPFQ, GPTAQ, Qronos).
+pub use burn_quant_ptq as ptq;
+/// Llama-family models: loading, tokenizer, perplexity, generation, the sequential PTQ pipeline.
+pub use burn_quant_llm as llm;
 
 /// The names most programs need.
 pub mod prelude {
@@ -56,6 +61,8 @@ pub mod book {
     pub struct Layers;
     #[doc = include_str!("../../../book/src/plans.md")]
     pub struct Plans;
+    #[doc = include_str!("../../../book/src/llm-ptq.md")]
+    pub struct LlmPtq;
     #[doc = include_str!("../../../book/src/export.md")]
     pub struct Export;
     #[doc = include_str!("../../../book/src/performance.md")]
