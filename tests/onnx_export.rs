@@ -18,26 +18,6 @@ use burn_quant::nn::{
 };
 use onnx_common::*;
 
-fn device() -> burn::tensor::Device {
-    burn::tensor::Device::flex()
-}
-
-fn stage<'a>(value: &str, exact: bool, f: impl Fn(&[f32], &[usize]) -> Vec<f32> + 'a) -> Stage<'a> {
-    Stage {
-        value: value.into(),
-        exact,
-        forward: Box::new(f),
-    }
-}
-
-fn t2(v: &[f32], s: &[usize]) -> Tensor<2> {
-    tensor(v, [s[0], s[1]])
-}
-
-fn t4(v: &[f32], s: &[usize]) -> Tensor<4> {
-    tensor(v, [s[0], s[1], s[2], s[3]])
-}
-
 /// Every weight format QDQ can hold, through one `QuantLinear` (no activation quantizer): the
 /// `DequantizeLinear` output onnxruntime computes from our initializers equals
 /// `QuantTensor::dequantize()` exactly, the layer output equals `forward` to round-off, and

@@ -19,26 +19,6 @@ use burn_quant::nn::{
 };
 use onnx_common::*;
 
-fn device() -> burn::tensor::Device {
-    burn::tensor::Device::flex()
-}
-
-fn stage<'a>(value: &str, exact: bool, f: impl Fn(&[f32], &[usize]) -> Vec<f32> + 'a) -> Stage<'a> {
-    Stage {
-        value: value.into(),
-        exact,
-        forward: Box::new(f),
-    }
-}
-
-fn t2(v: &[f32], s: &[usize]) -> Tensor<2> {
-    tensor(v, [s[0], s[1]])
-}
-
-fn t4(v: &[f32], s: &[usize]) -> Tensor<4> {
-    tensor(v, [s[0], s[1], s[2], s[3]])
-}
-
 /// Weight formats, including those QDQ cannot hold (real-valued k-quant and HQQ zero-points,
 /// MXFP4/MXFP6/NVFP4 minifloats, binary): the value qonnx's Quant/FloatQuant/BipolarQuant
 /// node computes from our initializers equals `QuantTensor::dequantize()` exactly, and the

@@ -239,3 +239,31 @@ pub fn max_abs_err(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// The CPU device the tests run on.
+pub fn device() -> burn::tensor::Device {
+    burn::tensor::Device::flex()
+}
+
+/// A [`Stage`] from its output name, comparison kind and our forward.
+pub fn stage<'a>(
+    value: &str,
+    exact: bool,
+    f: impl Fn(&[f32], &[usize]) -> Vec<f32> + 'a,
+) -> Stage<'a> {
+    Stage {
+        value: value.into(),
+        exact,
+        forward: Box::new(f),
+    }
+}
+
+/// A rank-2 tensor from values and a shape slice.
+pub fn t2(v: &[f32], s: &[usize]) -> Tensor<2> {
+    tensor(v, [s[0], s[1]])
+}
+
+/// A rank-4 tensor from values and a shape slice.
+pub fn t4(v: &[f32], s: &[usize]) -> Tensor<4> {
+    tensor(v, [s[0], s[1], s[2], s[3]])
+}

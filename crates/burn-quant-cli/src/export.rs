@@ -19,7 +19,7 @@ use burn_quant::nn::{QuantLinear, QuantLinearConfig, QuantReLU, QuantReLUConfig,
 
 use crate::error::{CliError, Result};
 use crate::mnist::{self, Dataset, Mnist, NUM_CLASSES};
-use crate::model::{self, MlpConfig, TrainConfig};
+use crate::model::{self, MlpConfig};
 use crate::quickstart::QuickstartConfig;
 
 /// What `burnq export` writes.
@@ -133,16 +133,7 @@ pub fn export_mnist_mlp(
         d_hidden: config.d_hidden,
         d_output: NUM_CLASSES,
     };
-    let train_device = Device::flex().autodiff();
-    let model = geometry.init(config.seed.wrapping_add(1), &train_device);
-    let train_cfg = TrainConfig {
-        epochs: config.epochs,
-        batch_size: config.batch_size,
-        learning_rate: config.learning_rate,
-        seed: config.seed.wrapping_add(2),
-    };
-    let (model, _) = model::train(model, &split.train, &train_cfg, &train_device)?;
-    let float = model.valid();
+    let (float, _) = crate::quickstart::train_float(config, &geometry, &split.train)?;
     let device = Device::flex();
     let float_accuracy = model::accuracy(&float, &split.test, 1000, &device)?;
 

@@ -125,18 +125,7 @@ pub fn run(config: &QuickstartConfig) -> Result<QuickstartReport> {
         }
     }
 
-    let train_device = Device::flex().autodiff();
-    let model = mlp.init(config.seed.wrapping_add(1), &train_device);
-    let train_cfg = TrainConfig {
-        epochs: config.epochs,
-        batch_size: config.batch_size,
-        learning_rate: config.learning_rate,
-        seed: config.seed.wrapping_add(2),
-    };
-    let (model, train_report) = model::train(model, &split.train, &train_cfg, &train_device)?;
-
-    // Inference and quantization without the autodiff decorator.
-    let model = model.valid();
+    let (model, train_report) = train_float(config, &mlp, &split.train)?;
     let device = Device::flex();
     let eval_batch = 1000;
     let float_accuracy = model::accuracy(&model, &split.test, eval_batch, &device)?;
@@ -174,6 +163,26 @@ pub fn run(config: &QuickstartConfig) -> Result<QuickstartReport> {
         float_accuracy,
         rows,
     })
+}
+
+/// Trains the quickstart's float MLP of geometry `mlp` on `train` with `config`'s epochs,
+/// batch size, learning rate and seeds (`seed + 1` initial weights, `seed + 2` shuffles) on
+/// `Device::flex().autodiff()`, and returns it without the autodiff decorator.
+pub fn train_float(
+    config: &QuickstartConfig,
+    mlp: &MlpConfig,
+    train: &crate::mnist::Dataset,
+) -> Result<(crate::model::Mlp, crate::model::TrainReport)> {
+    let train_device = Device::flex().autodiff();
+    let model = mlp.init(config.seed.wrapping_add(1), &train_device);
+    let train_cfg = TrainConfig {
+        epochs: config.epochs,
+        batch_size: config.batch_size,
+        learning_rate: config.learning_rate,
+        seed: config.seed.wrapping_add(2),
+    };
+    let (model, report) = model::train(model, train, &train_cfg, &train_device)?;
+    Ok((model.valid(), report))
 }
 
 /// Renders rows as an aligned text table (names left-aligned, numbers right-aligned).
