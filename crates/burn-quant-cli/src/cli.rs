@@ -63,6 +63,10 @@ pub struct PtqLlmArgs {
     /// Asymmetric (unsigned + zero-point) weights.
     #[arg(long)]
     pub asymmetric: bool,
+    /// f16 scales and offsets (ggml's legacy layout; with --asymmetric --group-size 32 and 4
+    /// bits, Q4_1's structure).
+    #[arg(long)]
+    pub f16_scales: bool,
     /// rtn, gptq, gpfq, gptaq or qronos.
     #[arg(long, default_value = "gptq")]
     pub algo: String,
@@ -108,6 +112,7 @@ impl PtqLlmArgs {
             weight_bits: self.weight_bits,
             group_size: self.group_size,
             asymmetric: self.asymmetric,
+            f16_scales: self.f16_scales,
             algo: self.algo.clone(),
             act_order: self.act_order,
             input_bits: self.input_bits,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
-use burn_quant::{Format, Granularity, QuantSpec, ZeroPoint};
+use burn_quant::{Format, Granularity, QuantSpec, ScaleQuant, ScaleRestriction, ZeroPoint};
 use burn_quant_llm::pipeline::InputQuant;
 use burn_quant_llm::{
     CalibrationConfig, LlamaModel, LlamaTokenizer, PerplexityConfig, PtqConfig,
@@ -29,6 +29,9 @@ pub struct PtqLlmOptions {
     pub group_size: usize,
     /// Unsigned grid with a zero-point per group (min-max).
     pub asymmetric: bool,
+    /// Scales (and offsets) stored as f16, ggml's legacy layout: with `asymmetric` and groups
+    /// of 32 this is exactly Q4_1's structure (grid over [min, max], real-valued offset).
+    pub f16_scales: bool,
     /// `rtn`, `gptq`, `gpfq`, `gptaq` or `qronos`.
     pub algo: String,
     /// Process input channels by decreasing Hessian diagonal (GPTQ family).
@@ -57,6 +60,7 @@ impl Default for PtqLlmOptions {
             weight_bits: 4,
             group_size: 128,
             asymmetric: false,
+            f16_scales: false,
             algo: "gptq".into(),
             act_order: false,
             input_bits: None,
@@ -107,6 +111,11 @@ impl PtqLlmOptions {
         let spec = QuantSpec::new(Format::int(self.weight_bits), granularity);
         let spec = if self.asymmetric {
             spec.asymmetric()
+        } else {
+            spec
+        };
+        let spec = if self.f16_scales {
+            spec.with_scale_restriction(ScaleRestriction::Quantized(ScaleQuant::F16))
         } else {
             spec
         };
@@ -317,7 +326,11 @@ pub fn run(
         } else {
             format!("g{}", opts.group_size)
         },
-        if opts.asymmetric { " asym" } else { "" },
+        format!(
+            "{}{}",
+            if opts.asymmetric { " asym" } else { "" },
+            if opts.f16_scales { " f16" } else { "" }
+        ),
         if opts.act_order { " act-order" } else { "" },
     );
     rows.push(PtqLlmRow {

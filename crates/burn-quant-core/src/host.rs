@@ -625,8 +625,22 @@ pub fn cell_values(data: &[f32], layout: &Layout) -> Vec<Vec<f32>> {
 pub fn range_params(lo: f32, hi: f32, spec: &QuantSpec) -> (f32, f32) {
     let fmt = &spec.format;
     let (qmin, qmax) = (fmt.min_value(), fmt.max_value());
+    // ggml's Q4_1/Q5_1 (asymmetric with f16 scale and offset): the grid spans exactly
+    // [min, max] with a real-valued offset, as llama.cpp's reference quantizer makes it; other
+    // asymmetric grids contain 0 exactly (integer zero-point convention).
+    let offset_grid = spec.zero_point.is_asymmetric()
+        && matches!(spec.scale.restrict, ScaleRestriction::Quantized(ScaleQuant::F16));
+    if offset_grid && hi == lo && lo != 0.0 {
+        // A constant block: any scale; code 0 sits on the value.
+        let s = lo.abs() / (qmax - qmin);
+        return (s, qmin - lo / s);
+    }
     let (raw, lo, amax) = if spec.zero_point.is_asymmetric() {
-        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        let (lo, hi) = if offset_grid {
+            (lo, hi)
+        } else {
+            (lo.min(0.0), hi.max(0.0))
+        };
         ((hi - lo) / (qmax - qmin), lo, 0.0)
     } else {
         let amax = if qmin < 0.0 {
@@ -649,7 +663,9 @@ pub fn range_params(lo: f32, hi: f32, spec: &QuantSpec) -> (f32, f32) {
         ScaleRestriction::Quantized(_) => return (0.0, 0.0),
         _ => 1.0,
     };
-    let z = if spec.zero_point.is_asymmetric() {
+    let z = if offset_grid {
+        qmin - lo / s
+    } else if spec.zero_point.is_asymmetric() {
         (qmin - lo / s).round_ties_even().clamp(qmin, qmax)
     } else {
         0.0

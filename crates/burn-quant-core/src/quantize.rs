@@ -694,6 +694,33 @@ mod tests {
         }
     }
 
+    /// Weights already on a Q4_1 grid (`m + d·q`, f16 `d` and `m`, blocks that do not contain
+    /// 0, and a constant block) come back exactly: the `gguf_q4_1` grid spans [min, max] with a
+    /// real offset, as ggml's does, instead of forcing 0 onto the grid.
+    #[test]
+    fn q4_1_grids_are_reproduced() {
+        let device = dev();
+        let h = |x: f32| half::f16::from_f32(x).to_f32();
+        let mut v = vec![0f32; 96];
+        for b in 0..3 {
+            let (d, m) = (h(0.013 * (b + 1) as f32), h([0.2, -0.9, 0.05][b]));
+            for i in 0..32 {
+                v[b * 32 + i] = if b == 2 { m } else { m + d * ((i * 7 + b) % 16) as f32 };
+            }
+            // Make sure the block spans its whole grid (min and max present).
+            if b < 2 {
+                v[b * 32] = m;
+                v[b * 32 + 1] = m + 15.0 * d;
+            }
+        }
+        let x = t2(v.clone(), [96, 1], &device);
+        let q = quantize(x, &QuantSpec::gguf_q4_1()).unwrap();
+        let back = host(&q.dequantize());
+        for (i, (a, b)) in back.iter().zip(&v).enumerate() {
+            assert!((a - b).abs() <= b.abs() * 2e-6 + 1e-7, "{i}: {a} vs {b}");
+        }
+    }
+
     /// An all-zero group under an asymmetric f16 level: scale 0, no offset (not 0/0).
     #[test]
     fn f16_level_all_zero_group_has_no_offset() {
