@@ -94,6 +94,10 @@ pub struct PtqLlmArgs {
     /// Skip the FP32 evaluation.
     #[arg(long)]
     pub no_float: bool,
+    /// Write the quantized model as GGUF, code for code (needs a ggml weight structure, e.g.
+    /// `--f16-scales --group-size 32`: Q4_0, or Q4_1 with `--asymmetric`).
+    #[arg(long)]
+    pub export: Option<std::path::PathBuf>,
     /// Evaluation text.
     #[arg(long, default_value = "../shared/data/austen-text/pride_prejudice_eval_slice.txt")]
     pub eval_text: std::path::PathBuf,
@@ -106,7 +110,9 @@ impl PtqLlmArgs {
     /// The options these flags (or the `--config` recipe) select.
     pub fn options(&self) -> Result<crate::ptq_llm::PtqLlmOptions> {
         if let Some(path) = &self.config {
-            return crate::ptq_llm::PtqLlmOptions::from_file(path);
+            let mut o = crate::ptq_llm::PtqLlmOptions::from_file(path)?;
+            o.export = o.export.or_else(|| self.export.clone());
+            return Ok(o);
         }
         Ok(crate::ptq_llm::PtqLlmOptions {
             weight_bits: self.weight_bits,
@@ -121,6 +127,7 @@ impl PtqLlmArgs {
             seed: self.seed,
             eval_windows: self.eval_windows,
             eval_float: !self.no_float,
+            export: self.export.clone(),
             ..Default::default()
         })
     }

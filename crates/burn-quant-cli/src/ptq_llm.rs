@@ -52,6 +52,9 @@ pub struct PtqLlmOptions {
     pub batch_windows: usize,
     /// Also evaluate the float model (the FP32 row of the table).
     pub eval_float: bool,
+    /// Write the quantized model as GGUF here, code for code (the weight spec must have a ggml
+    /// structure, e.g. `--f16-scales --group-size 32` at 4, 5 or 8 bits).
+    pub export: Option<PathBuf>,
 }
 
 impl Default for PtqLlmOptions {
@@ -71,6 +74,7 @@ impl Default for PtqLlmOptions {
             eval_windows: None,
             batch_windows: 4,
             eval_float: true,
+            export: None,
         }
     }
 }
@@ -340,6 +344,9 @@ pub fn run(
         eval_time: t.elapsed(),
         weight_bytes: weight_bytes(&model, Some(&spec))?,
     });
+    if let Some(out) = &opts.export {
+        export_gguf(&model, &result.weights, model_path, &spec, out)?;
+    }
     let damped_layers = result
         .layers
         .iter()
@@ -351,6 +358,72 @@ pub fn run(
         peak_rss: peak_rss(),
         damped_layers,
     })
+}
+
+/// Writes the PTQ result as a llama.cpp GGUF: every block linear code for code from its
+/// `QuantTensor` (what the algorithm chose is what the file holds), the embedding with the same
+/// ggml type (llama-quantize `--pure`), norms in f32, the tokenizer of the source.
+pub fn export_gguf(
+    model: &LlamaModel,
+    weights: &std::collections::BTreeMap<String, burn_quant::QuantTensor<2>>,
+    model_path: &Path,
+    spec: &QuantSpec,
+    out: &Path,
+) -> Result<burn_quant::export::gguf::LlamaExportReport> {
+    use burn_quant::export::gguf::{
+        GgufTokenizer, HfTensor, LlamaGgufConfig, LlamaGgufSource, LlamaMix, LlamaTensor,
+        TokenizerOptions, encode_quant_tensor, export_llama_gguf, ggml_type_of,
+    };
+    let gguf_err = |source| CliError::Gguf {
+        what: out.display().to_string(),
+        source,
+    };
+    let llama_err = |source| CliError::Llama {
+        what: out.display().to_string(),
+        source,
+    };
+    let ty = ggml_type_of(spec).map_err(gguf_err)?;
+    let tokenizer = if model_path.is_dir() {
+        GgufTokenizer::from_hf_dir(model_path, &TokenizerOptions::default()).map_err(llama_err)?
+    } else {
+        LlamaGgufSource::open(model_path)
+            .map_err(llama_err)?
+            .tokenizer()
+            .clone()
+    };
+    let mut tensors: Vec<std::result::Result<LlamaTensor, burn_quant::export::gguf::LlamaError>> = vec![];
+    for (name, q) in weights {
+        tensors.push(Ok(LlamaTensor::Encoded {
+            name: name.clone(),
+            tensor: encode_quant_tensor(q).map_err(gguf_err)?,
+        }));
+    }
+    let h = model.hparams();
+    let embed = host(model.embed_tokens.weight.val())?;
+    tensors.push(Ok(HfTensor::new("model.embed_tokens.weight", vec![h.vocab_size, h.hidden_size], embed).into()));
+    let norm = |name: String, w: &burn::module::Param<burn::tensor::Tensor<1>>| -> Result<_> {
+        Ok(Ok(HfTensor::new(name, vec![h.hidden_size], host(w.val())?).into()))
+    };
+    tensors.push(norm("model.norm.weight".into(), &model.norm.weight)?);
+    for i in 0..model.num_blocks() {
+        let b = model.block(i)?;
+        tensors.push(norm(format!("model.layers.{i}.input_layernorm.weight"), &b.input_layernorm.weight)?);
+        tensors.push(norm(
+            format!("model.layers.{i}.post_attention_layernorm.weight"),
+            &b.post_attention_layernorm.weight,
+        )?);
+    }
+    if !h.tie_word_embeddings {
+        let w = host(model.lm_head.weight.val().transpose())?;
+        tensors.push(Ok(HfTensor::new("lm_head.weight", vec![h.vocab_size, h.hidden_size], w).into()));
+    }
+    let config = LlamaGgufConfig::new(h.clone(), "burnq ptq-llm").with_provenance("spec", spec.to_string());
+    export_llama_gguf(out, &config, &tokenizer, tensors, LlamaMix::Uniform(ty), None).map_err(llama_err)
+}
+
+/// A tensor's values on the host.
+fn host<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<f32>> {
+    Ok(t.try_into_vec_as::<f32>()?)
 }
 
 /// Default location of a shared-data text, relative to the working directory.

@@ -1,0 +1,50 @@
+//! GPTQ's codes reach the GGUF file exactly: SmolLM2 quantized by the sequential pipeline with
+//! a Q4_0-structured spec, exported by `burnq ptq-llm --export`'s function, read back.
+
+use burn::tensor::Device;
+use burn_quant::export::gguf::{GgufFile, codec, encode_quant_tensor};
+use burn_quant::llm::{PtqConfig, load_with_tokenizer, quantize_model};
+use burn_quant::{QuantSpec, ScaleQuant, ScaleRestriction};
+
+#[test]
+fn gptq_codes_are_what_the_gguf_holds() {
+    let Some(path) = support::shared_data("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+    else {
+        return;
+    };
+    let device = Device::flex();
+    let loaded = load_with_tokenizer(&path, &device).unwrap();
+    let mut model = loaded.model;
+    let text = "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife. ".repeat(8);
+    let ids = loaded.tokenizer.encode(&text, false).unwrap();
+    let windows: Vec<Vec<u32>> = ids.chunks_exact(64).take(2).map(<[u32]>::to_vec).collect();
+    let spec = QuantSpec::int4_weight_per_group(32)
+        .with_scale_restriction(ScaleRestriction::Quantized(ScaleQuant::F16));
+    let config = PtqConfig {
+        weights: spec.clone(),
+        algorithm: "gptq".parse().unwrap(),
+        batch_windows: 2,
+    };
+    let result = quantize_model(&mut model, &windows, &config, &mut |_| {}).unwrap();
+    let dir = std::env::temp_dir().join(format!("burnq-ptq-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("gptq-q4_0.gguf");
+    let report =
+        burn_quant_cli::ptq_llm::export_gguf(&model, &result.weights, &path, &spec, &out).unwrap();
+    assert_eq!(report.tensors.len(), 272);
+    let file = GgufFile::read(&out).unwrap();
+    // v_proj and down_proj are not permuted: their bytes are the QuantTensor's blocks.
+    for (hf, gguf) in [
+        ("model.layers.4.self_attn.v_proj.weight", "blk.4.attn_v.weight"),
+        ("model.layers.17.mlp.down_proj.weight", "blk.17.ffn_down.weight"),
+    ] {
+        let q = &result.weights[hf];
+        let info = file.tensor(gguf).unwrap();
+        let bytes = file.tensor_bytes(info);
+        assert_eq!(bytes, encode_quant_tensor(q).unwrap().data.as_slice(), "{hf}");
+        let decoded = codec::decode(info.ty, bytes).unwrap();
+        let ours: Vec<f32> = q.dequantize().transpose().into_data().try_into_vec().unwrap();
+        assert_eq!(decoded, ours, "{hf}: the file dequantizes to GPTQ's Ŵ");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
