@@ -243,6 +243,24 @@ pub(crate) fn act_order(h: &[f64], n: usize) -> Vec<usize> {
     order
 }
 
+/// The processing order (act-order when `enabled`, the identity otherwise) and the square
+/// `d_in × d_in` matrices `h` and `others` permuted into it (moved unchanged for the identity),
+/// the one preparation every GPTQ-family algorithm shares.
+pub(crate) fn in_processing_order<const K: usize>(
+    enabled: bool,
+    n: usize,
+    h: Vec<f64>,
+    others: [Vec<f64>; K],
+) -> (Vec<usize>, Vec<f64>, [Vec<f64>; K]) {
+    if !enabled {
+        return ((0..n).collect(), h, others);
+    }
+    let order = act_order(&h, n);
+    let h = permute_square(&h, n, &order);
+    let others = others.map(|a| permute_square(&a, n, &order));
+    (order, h, others)
+}
+
 /// `a[order][:, order]` of a square matrix.
 pub(crate) fn permute_square(a: &[f64], n: usize, order: &[usize]) -> Vec<f64> {
     let mut out = vec![0f64; n * n];

@@ -17,7 +17,7 @@ use burn_quant_core::QuantSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::algorithm::{
-    HostQuantized, Problem, Stage2Algorithm, act_order, check_block, permute_rows, permute_square,
+    HostQuantized, Problem, Stage2Algorithm, check_block, in_processing_order, permute_rows,
     problem,
 };
 use crate::error::Result;
@@ -87,16 +87,7 @@ impl Stage2Algorithm for Gpfq {
             ..
         } = problem("gpfq", weight, shape, stats, true)?;
         let g = g.expect("requested");
-        let order: Vec<usize> = if self.act_order {
-            act_order(&h, n)
-        } else {
-            (0..n).collect()
-        };
-        let (h, g) = if self.act_order {
-            (permute_square(&h, n, &order), permute_square(&g, n, &order))
-        } else {
-            (h, g)
-        };
+        let (order, h, [g]) = in_processing_order(self.act_order, n, h, [g]);
         let mut rq = RowQuantizer::new("gpfq", spec, &w, n, m, ParamTiming::Static, true)?;
         let w0 = permute_rows(&w, m, &order);
         // T = diag(1/H_tt)·tril(G)·W₀ and F[s, t] = H_st/H_tt (s < t), in processing order.

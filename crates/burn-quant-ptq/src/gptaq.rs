@@ -15,8 +15,8 @@ use burn_quant_core::QuantSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::algorithm::{
-    HostQuantized, Problem, Stage2Algorithm, act_order, check_block, check_percentage,
-    permute_rows, permute_square, problem, relative_damping, to_f32,
+    HostQuantized, Problem, Stage2Algorithm, check_block, check_percentage, in_processing_order,
+    permute_rows, problem, relative_damping, to_f32,
 };
 use crate::error::{PtqError, Result};
 use crate::linalg::{View, ViewMut, damped_inverse_factor, matmul};
@@ -138,19 +138,7 @@ impl Stage2Algorithm for Gptaq {
         for &j in &dead {
             p0[j * n + j] += 1.0;
         }
-        let order: Vec<usize> = if self.act_order {
-            act_order(&h, n)
-        } else {
-            (0..n).collect()
-        };
-        let (h, p0) = if self.act_order {
-            (
-                permute_square(&h, n, &order),
-                permute_square(&p0, n, &order),
-            )
-        } else {
-            (h, p0)
-        };
+        let (order, h, [p0]) = in_processing_order(self.act_order, n, h, [p0]);
         let timing = if self.static_groups {
             ParamTiming::Static
         } else {

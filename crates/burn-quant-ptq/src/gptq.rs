@@ -17,8 +17,8 @@ use burn_quant_core::QuantSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::algorithm::{
-    HostQuantized, Problem, Stage2Algorithm, act_order, check_block, check_percentage,
-    permute_rows, permute_square, problem, relative_damping, to_f32,
+    HostQuantized, Problem, Stage2Algorithm, check_block, check_percentage, in_processing_order,
+    permute_rows, problem, relative_damping, to_f32,
 };
 use crate::error::Result;
 use crate::linalg::damped_inverse_factor;
@@ -95,16 +95,7 @@ impl Gptq {
             started,
             ..
         } = problem("gptq", weight, shape, stats, false)?;
-        let order: Vec<usize> = if self.act_order {
-            act_order(&h, n)
-        } else {
-            (0..n).collect()
-        };
-        let h = if self.act_order {
-            permute_square(&h, n, &order)
-        } else {
-            h
-        };
+        let (order, h, []) = in_processing_order(self.act_order, n, h, []);
         let timing = if self.static_groups {
             ParamTiming::Static
         } else {

@@ -21,7 +21,7 @@ use burn_quant_core::QuantSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::algorithm::{
-    HostQuantized, Problem, Stage2Algorithm, act_order, check_block, permute_rows, permute_square,
+    HostQuantized, Problem, Stage2Algorithm, check_block, in_processing_order, permute_rows,
     problem, to_f32,
 };
 use crate::error::{PtqError, Result};
@@ -126,16 +126,7 @@ impl Qronos {
             ..
         } = problem("qronos", weight, shape, stats, true)?;
         let g = g.expect("requested");
-        let order: Vec<usize> = if self.act_order {
-            act_order(&h, n)
-        } else {
-            (0..n).collect()
-        };
-        let (h, g) = if self.act_order {
-            (permute_square(&h, n, &order), permute_square(&g, n, &order))
-        } else {
-            (h, g)
-        };
+        let (order, h, [g]) = in_processing_order(self.act_order, n, h, [g]);
         let timing = if self.static_groups {
             ParamTiming::Static
         } else {
