@@ -173,17 +173,7 @@ fn qonnx_activation_quantizers_equal_fake_quant() {
     let calib = uniform(6 * 32, 3, 2.0);
     let x = uniform(6 * 32, 4, 3.0);
     for (name, spec, cells) in cases {
-        let act = QuantActConfig::new(spec)
-            .with_cells(cells)
-            .init(&device())
-            .unwrap();
-        let act = if act.act_quant.has_stored_scale() {
-            calibrate(act, |a| a.forward(tensor(&calib, [6, 32])))
-                .unwrap()
-                .0
-        } else {
-            act
-        };
+        let act = calibrated_act(spec, cells, &calib);
         let model = QonnxModelBuilder::new("x", &[6, 32])
             .act(&act)
             .unwrap()

@@ -267,3 +267,23 @@ pub fn t2(v: &[f32], s: &[usize]) -> Tensor<2> {
 pub fn t4(v: &[f32], s: &[usize]) -> Tensor<4> {
     tensor(v, [s[0], s[1], s[2], s[3]])
 }
+
+/// A `QuantAct` of `spec` with `cells` scale cells on `[6, 32]` inputs, calibrated on `calib`
+/// when its scale is stored (static), as built.
+pub fn calibrated_act(
+    spec: burn_quant::core::QuantSpec,
+    cells: usize,
+    calib: &[f32],
+) -> burn_quant::nn::QuantAct {
+    let act = burn_quant::nn::QuantActConfig::new(spec)
+        .with_cells(cells)
+        .init(&device())
+        .unwrap();
+    if act.act_quant.has_stored_scale() {
+        burn_quant::nn::calibrate(act, |a| a.forward(tensor(calib, [6, 32])))
+            .unwrap()
+            .0
+    } else {
+        act
+    }
+}
