@@ -208,7 +208,9 @@ pub enum GgufError {
         reason: String,
     },
     /// A `QuantTensor` was asked to be written as a ggml type its spec does not match.
-    #[error("QuantTensor spec `{spec}` cannot be written as ggml {ty:?} code for code: {reason} (re-quantize explicitly to convert)")]
+    #[error(
+        "QuantTensor spec `{spec}` cannot be written as ggml {ty:?} code for code: {reason} (re-quantize explicitly to convert)"
+    )]
     SpecMismatch {
         /// The spec, as displayed.
         spec: String,

@@ -130,8 +130,14 @@ impl Imatrix {
         if let Some(MetadataValue::Array(MetadataArray::String(d))) = f.get("imatrix.datasets") {
             m.datasets = d.clone();
         }
-        m.chunk_count = f.get("imatrix.chunk_count").and_then(|v| v.as_u32()).unwrap_or(0);
-        m.chunk_size = f.get("imatrix.chunk_size").and_then(|v| v.as_u32()).unwrap_or(0);
+        m.chunk_count = f
+            .get("imatrix.chunk_count")
+            .and_then(|v| v.as_u32())
+            .unwrap_or(0);
+        m.chunk_size = f
+            .get("imatrix.chunk_size")
+            .and_then(|v| v.as_u32())
+            .unwrap_or(0);
         for t in &f.tensors {
             let Some(name) = t.name.strip_suffix(".in_sum2") else {
                 continue;

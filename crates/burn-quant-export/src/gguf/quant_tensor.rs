@@ -54,30 +54,132 @@ pub fn ggml_type_of(spec: &QuantSpec) -> Result<GgmlType> {
         )));
     };
     let ty = match (spec.format, level, size, asym) {
-        (Format::Int { bits: 8, signed: true, .. }, ScaleQuant::F16, 32, false) => GgmlType::Q8_0,
-        (Format::Int { bits: 4, signed: true, .. }, ScaleQuant::F16, 32, false) => GgmlType::Q4_0,
-        (Format::Int { bits: 5, signed: true, .. }, ScaleQuant::F16, 32, false) => GgmlType::Q5_0,
-        (Format::Int { bits: 4, signed: false, .. }, ScaleQuant::F16, 32, true) => GgmlType::Q4_1,
-        (Format::Int { bits: 5, signed: false, .. }, ScaleQuant::F16, 32, true) => GgmlType::Q5_1,
+        (
+            Format::Int {
+                bits: 8,
+                signed: true,
+                ..
+            },
+            ScaleQuant::F16,
+            32,
+            false,
+        ) => GgmlType::Q8_0,
+        (
+            Format::Int {
+                bits: 4,
+                signed: true,
+                ..
+            },
+            ScaleQuant::F16,
+            32,
+            false,
+        ) => GgmlType::Q4_0,
+        (
+            Format::Int {
+                bits: 5,
+                signed: true,
+                ..
+            },
+            ScaleQuant::F16,
+            32,
+            false,
+        ) => GgmlType::Q5_0,
+        (
+            Format::Int {
+                bits: 4,
+                signed: false,
+                ..
+            },
+            ScaleQuant::F16,
+            32,
+            true,
+        ) => GgmlType::Q4_1,
+        (
+            Format::Int {
+                bits: 5,
+                signed: false,
+                ..
+            },
+            ScaleQuant::F16,
+            32,
+            true,
+        ) => GgmlType::Q5_1,
         (Format::Minifloat(m), ScaleQuant::E8M0, 32, false)
             if m == burn_quant_core::Minifloat::e2m1() =>
         {
             GgmlType::MXFP4
         }
-        (f, ScaleQuant::SubBlock { super_block: 256, bits, signed }, g, a) => {
-            match (f, bits, signed, g, a) {
-                (Format::Int { bits: 2, signed: false, .. }, 4, false, 16, true) => GgmlType::Q2_K,
-                (Format::Int { bits: 3, signed: true, .. }, 6, true, 16, false) => GgmlType::Q3_K,
-                (Format::Int { bits: 4, signed: false, .. }, 6, false, 32, true) => GgmlType::Q4_K,
-                (Format::Int { bits: 5, signed: false, .. }, 6, false, 32, true) => GgmlType::Q5_K,
-                (Format::Int { bits: 6, signed: true, .. }, 8, true, 16, false) => GgmlType::Q6_K,
-                _ => {
-                    return Err(not(
-                        "no k-quant has this element format, group size and scale bits".into(),
-                    ));
-                }
+        (
+            f,
+            ScaleQuant::SubBlock {
+                super_block: 256,
+                bits,
+                signed,
+            },
+            g,
+            a,
+        ) => match (f, bits, signed, g, a) {
+            (
+                Format::Int {
+                    bits: 2,
+                    signed: false,
+                    ..
+                },
+                4,
+                false,
+                16,
+                true,
+            ) => GgmlType::Q2_K,
+            (
+                Format::Int {
+                    bits: 3,
+                    signed: true,
+                    ..
+                },
+                6,
+                true,
+                16,
+                false,
+            ) => GgmlType::Q3_K,
+            (
+                Format::Int {
+                    bits: 4,
+                    signed: false,
+                    ..
+                },
+                6,
+                false,
+                32,
+                true,
+            ) => GgmlType::Q4_K,
+            (
+                Format::Int {
+                    bits: 5,
+                    signed: false,
+                    ..
+                },
+                6,
+                false,
+                32,
+                true,
+            ) => GgmlType::Q5_K,
+            (
+                Format::Int {
+                    bits: 6,
+                    signed: true,
+                    ..
+                },
+                8,
+                true,
+                16,
+                false,
+            ) => GgmlType::Q6_K,
+            _ => {
+                return Err(not(
+                    "no k-quant has this element format, group size and scale bits".into(),
+                ));
             }
-        }
+        },
         _ => {
             return Err(not(
                 "no ggml type has this element format, group size, zero-point and scale storage"
@@ -195,11 +297,14 @@ impl<'a> View<'a> {
         spec: &QuantSpec,
         params: &'a HostParams,
     ) -> Result<Self> {
-        let level = params.level.as_ref().ok_or_else(|| GgufError::SpecMismatch {
-            spec: spec.to_string(),
-            ty: GgmlType::F32,
-            reason: "the QuantTensor carries no scale-level codes".into(),
-        })?;
+        let level = params
+            .level
+            .as_ref()
+            .ok_or_else(|| GgufError::SpecMismatch {
+                spec: spec.to_string(),
+                ty: GgmlType::F32,
+                reason: "the QuantTensor carries no scale-level codes".into(),
+            })?;
         let Granularity::PerGroup { size, .. } = spec.granularity else {
             unreachable!("ggml_type_of checked the granularity")
         };
@@ -356,7 +461,11 @@ fn pack_block(
             d_out.copy_from_slice(&f16_bits(d));
         }
         GgmlType::Q2_K | GgmlType::Q3_K => {
-            let (hmask_len, scales_len) = if ty == GgmlType::Q3_K { (32, 12) } else { (0, 16) };
+            let (hmask_len, scales_len) = if ty == GgmlType::Q3_K {
+                (32, 12)
+            } else {
+                (0, 16)
+            };
             let (pre, rest) = out.split_at_mut(if ty == GgmlType::Q3_K { hmask_len } else { 16 });
             let (qs, rest) = rest.split_at_mut(64);
             qs.fill(0);

@@ -754,7 +754,11 @@ fn bad_corpus() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let mut r = Raw::new();
     r.version = 99;
     v.push(("version-99.gguf", r.build(), "UnsupportedVersion"));
-    v.push(("truncated-header.gguf", Raw::new().build()[..10].to_vec(), "Truncated"));
+    v.push((
+        "truncated-header.gguf",
+        Raw::new().build()[..10].to_vec(),
+        "Truncated",
+    ));
     let full = Raw::new().kv("general.name", 8, &{
         let mut b = 5u64.to_le_bytes().to_vec();
         b.extend_from_slice(b"hello");
@@ -762,9 +766,21 @@ fn bad_corpus() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     });
     // Header 24 bytes, key 8 + 12, type 4, string length 8: cut 2 bytes into "hello".
     let b = full.build();
-    v.push(("truncated-in-string.gguf", b[..24 + 20 + 4 + 8 + 2].to_vec(), "CountTooLarge"));
-    v.push(("truncated-in-key.gguf", b[..24 + 8 + 3].to_vec(), "CountTooLarge"));
-    v.push(("truncated-before-value-type.gguf", b[..24 + 20 + 2].to_vec(), "Truncated"));
+    v.push((
+        "truncated-in-string.gguf",
+        b[..24 + 20 + 4 + 8 + 2].to_vec(),
+        "CountTooLarge",
+    ));
+    v.push((
+        "truncated-in-key.gguf",
+        b[..24 + 8 + 3].to_vec(),
+        "CountTooLarge",
+    ));
+    v.push((
+        "truncated-before-value-type.gguf",
+        b[..24 + 20 + 2].to_vec(),
+        "Truncated",
+    ));
     let mut r = Raw::new();
     r.kv_count = Some(u64::MAX);
     v.push(("absurd-kv-count.gguf", r.build(), "CountTooLarge"));
@@ -776,9 +792,21 @@ fn bad_corpus() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     v.push(("absurd-key-length.gguf", r.build(), "CountTooLarge"));
     let mut a = 10u32.to_le_bytes().to_vec();
     a.extend_from_slice(&(1u64 << 61).to_le_bytes());
-    v.push(("absurd-array-length.gguf", Raw::new().kv("k", 9, &a).build(), "CountTooLarge"));
-    v.push(("unknown-value-type.gguf", Raw::new().kv("k", 13, &[0; 8]).build(), "UnknownValueType"));
-    v.push(("bool-byte-2.gguf", Raw::new().kv("b", 7, &[2]).build(), "InvalidBool"));
+    v.push((
+        "absurd-array-length.gguf",
+        Raw::new().kv("k", 9, &a).build(),
+        "CountTooLarge",
+    ));
+    v.push((
+        "unknown-value-type.gguf",
+        Raw::new().kv("k", 13, &[0; 8]).build(),
+        "UnknownValueType",
+    ));
+    v.push((
+        "bool-byte-2.gguf",
+        Raw::new().kv("b", 7, &[2]).build(),
+        "InvalidBool",
+    ));
     v.push((
         "retired-ggml-type.gguf",
         Raw::new().info("t", &[32], 4, 0).data(64).build(),
@@ -786,22 +814,35 @@ fn bad_corpus() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     ));
     v.push((
         "duplicate-key.gguf",
-        Raw::new().kv("dup", 4, &u32b(1)).kv("dup", 4, &u32b(2)).build(),
+        Raw::new()
+            .kv("dup", 4, &u32b(1))
+            .kv("dup", 4, &u32b(2))
+            .build(),
         "DuplicateKey",
     ));
     v.push((
         "duplicate-tensor.gguf",
-        Raw::new().info("t", &[8], 0, 0).info("t", &[8], 0, 32).data(64).build(),
+        Raw::new()
+            .info("t", &[8], 0, 0)
+            .info("t", &[8], 0, 32)
+            .data(64)
+            .build(),
         "DuplicateTensor",
     ));
     v.push((
         "name-too-long.gguf",
-        Raw::new().info(&"n".repeat(64), &[1], 0, 0).data(32).build(),
+        Raw::new()
+            .info(&"n".repeat(64), &[1], 0, 0)
+            .data(32)
+            .build(),
         "NameTooLong",
     ));
     v.push((
         "five-dims.gguf",
-        Raw::new().info("t", &[1, 1, 1, 1, 1], 0, 0).data(32).build(),
+        Raw::new()
+            .info("t", &[1, 1, 1, 1, 1], 0, 0)
+            .data(32)
+            .build(),
         "BadDimCount",
     ));
     v.push((
@@ -820,7 +861,11 @@ fn bad_corpus() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     ));
     v.push((
         "overlapping-offsets.gguf",
-        Raw::new().info("a", &[8], 0, 0).info("b", &[8], 0, 0).data(64).build(),
+        Raw::new()
+            .info("a", &[8], 0, 0)
+            .info("b", &[8], 0, 0)
+            .data(64)
+            .build(),
         "OverlappingOffset",
     ));
     v.push((
@@ -850,11 +895,19 @@ fn bad_corpus() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     }
     deep.extend_from_slice(&4u32.to_le_bytes());
     deep.extend_from_slice(&0u64.to_le_bytes());
-    v.push(("arrays-too-deep.gguf", Raw::new().kv("deep", 9, &deep).build(), "NestingTooDeep"));
+    v.push((
+        "arrays-too-deep.gguf",
+        Raw::new().kv("deep", 9, &deep).build(),
+        "NestingTooDeep",
+    ));
     let mut s = vec![];
     s.extend_from_slice(&2u64.to_le_bytes());
     s.extend_from_slice(&[0xff, 0xfe]);
-    v.push(("invalid-utf8-string.gguf", Raw::new().kv("s", 8, &s).build(), "InvalidUtf8"));
+    v.push((
+        "invalid-utf8-string.gguf",
+        Raw::new().kv("s", 8, &s).build(),
+        "InvalidUtf8",
+    ));
     v
 }
 
@@ -878,12 +931,18 @@ fn checked_in_bad_file_corpus_gives_typed_errors() {
     on_disk.sort();
     let mut expected: Vec<String> = corpus.iter().map(|c| c.0.to_string()).collect();
     expected.sort();
-    assert_eq!(on_disk, expected, "corpus directory and bad_corpus() differ");
+    assert_eq!(
+        on_disk, expected,
+        "corpus directory and bad_corpus() differ"
+    );
     for (name, bytes, variant) in corpus {
         let file = std::fs::read(dir.join(name)).unwrap();
         assert_eq!(file, bytes, "{name} differs from its generator");
         let err = GgufFile::read(dir.join(name)).expect_err(name);
         let dbg = format!("{err:?}");
-        assert!(dbg.starts_with(variant), "{name}: expected {variant}, got {dbg}");
+        assert!(
+            dbg.starts_with(variant),
+            "{name}: expected {variant}, got {dbg}"
+        );
     }
 }

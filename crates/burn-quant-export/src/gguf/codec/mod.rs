@@ -367,5 +367,29 @@ pub(crate) fn importance_weights(x: &[f32], importance: &[f32], sigma2: f32, out
     }
 }
 
+/// The shared loop of llama.cpp's importance-weighted encoders for the 32-element legacy types
+/// (Q4_0, Q4_1, Q5_0, Q5_1): σ² of the row, then for each block of 32 values its weights
+/// `w_j = importance_j·sqrt(σ² + x_j²)` and its `type_size`-byte output, handed to `encode`
+/// with a scratch code buffer.
+pub(crate) fn for_each_weighted_legacy_block(
+    x: &[f32],
+    importance: &[f32],
+    out: &mut [u8],
+    type_size: usize,
+    mut encode: impl FnMut(&[f32], &[f32; 32], &mut [u8; 32], &mut [u8]),
+) {
+    let s2 = sigma2(x, 1.0);
+    let mut w = [0f32; 32];
+    let mut codes = [0u8; 32];
+    for ((xb, qb), ob) in x
+        .chunks_exact(32)
+        .zip(importance.chunks_exact(32))
+        .zip(out.chunks_exact_mut(type_size))
+    {
+        importance_weights(xb, qb, s2, &mut w);
+        encode(xb, &w, &mut codes, ob);
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,8 @@
 
 use super::search::{Sweep, make_qkx_quants, make_qx_quants};
 use super::{
-    GgmlBlock, WeightedBlock, f16_at, importance_weights, min_max, put_f16, sigma2, signed_absmax,
+    GgmlBlock, WeightedBlock, f16_at, for_each_weighted_legacy_block, min_max, put_f16,
+    signed_absmax,
 };
 use crate::gguf::GgmlType;
 
@@ -95,19 +96,11 @@ impl WeightedBlock for Q4_0 {
     /// llama.cpp `quantize_q4_0` with weights: w_j = importance_j·sqrt(σ² + x_j²), σ² = mean x²
     /// of the row; per block `make_qx_quants(nmax = 8)`.
     fn encode_row_weighted(x: &[f32], importance: &[f32], out: &mut [u8]) {
-        let s2 = sigma2(x, 1.0);
-        let mut w = [0f32; 32];
-        let mut codes = [0u8; 32];
-        for ((xb, qb), ob) in x
-            .chunks_exact(32)
-            .zip(importance.chunks_exact(32))
-            .zip(out.chunks_exact_mut(Self::TYPE_SIZE))
-        {
-            importance_weights(xb, qb, s2, &mut w);
-            let d = make_qx_quants(8, xb, Some(&w), &mut codes);
+        for_each_weighted_legacy_block(x, importance, out, Self::TYPE_SIZE, |xb, w, codes, ob| {
+            let d = make_qx_quants(8, xb, Some(w), codes);
             put_f16(ob, d);
-            pack_nibbles(&codes, &mut ob[2..18]);
-        }
+            pack_nibbles(codes, &mut ob[2..18]);
+        });
     }
 }
 
@@ -115,19 +108,11 @@ impl WeightedBlock for Q4_1 {
     /// llama.cpp `quantize_q4_1` with weights: w_j as for Q4_0; per block the asymmetric sweep
     /// `make_qkx3_quants(nmax = 15)`; m is the (non-positive) fitted offset.
     fn encode_row_weighted(x: &[f32], importance: &[f32], out: &mut [u8]) {
-        let s2 = sigma2(x, 1.0);
-        let mut w = [0f32; 32];
-        let mut codes = [0u8; 32];
-        for ((xb, qb), ob) in x
-            .chunks_exact(32)
-            .zip(importance.chunks_exact(32))
-            .zip(out.chunks_exact_mut(Self::TYPE_SIZE))
-        {
-            importance_weights(xb, qb, s2, &mut w);
-            let (d, the_min) = make_qkx_quants(legacy_sweep(15), xb, &w, &mut codes);
+        for_each_weighted_legacy_block(x, importance, out, Self::TYPE_SIZE, |xb, w, codes, ob| {
+            let (d, the_min) = make_qkx_quants(legacy_sweep(15), xb, w, codes);
             put_f16(&mut ob[0..2], d);
             put_f16(&mut ob[2..4], -the_min);
-            pack_nibbles(&codes, &mut ob[4..20]);
-        }
+            pack_nibbles(codes, &mut ob[4..20]);
+        });
     }
 }

@@ -5,7 +5,8 @@
 use super::q4::legacy_sweep;
 use super::search::{make_qkx_quants, make_qx_quants};
 use super::{
-    GgmlBlock, WeightedBlock, f16_at, importance_weights, min_max, put_f16, sigma2, signed_absmax,
+    GgmlBlock, WeightedBlock, f16_at, for_each_weighted_legacy_block, min_max, put_f16,
+    signed_absmax,
 };
 use crate::gguf::GgmlType;
 
@@ -102,40 +103,24 @@ impl WeightedBlock for Q5_0 {
     /// llama.cpp `quantize_q5_0` with weights: w_j = importance_j·sqrt(σ² + x_j²), σ² = mean x²
     /// of the row; per block `make_qx_quants(nmax = 16)`.
     fn encode_row_weighted(x: &[f32], importance: &[f32], out: &mut [u8]) {
-        let s2 = sigma2(x, 1.0);
-        let mut w = [0f32; 32];
-        let mut codes = [0u8; 32];
-        for ((xb, qb), ob) in x
-            .chunks_exact(32)
-            .zip(importance.chunks_exact(32))
-            .zip(out.chunks_exact_mut(Self::TYPE_SIZE))
-        {
-            importance_weights(xb, qb, s2, &mut w);
-            let d = make_qx_quants(16, xb, Some(&w), &mut codes);
+        for_each_weighted_legacy_block(x, importance, out, Self::TYPE_SIZE, |xb, w, codes, ob| {
+            let d = make_qx_quants(16, xb, Some(w), codes);
             put_f16(ob, d);
             let (head, qs) = ob.split_at_mut(6);
-            pack(&codes, &mut head[2..6], qs);
-        }
+            pack(codes, &mut head[2..6], qs);
+        });
     }
 }
 
 impl WeightedBlock for Q5_1 {
     /// llama.cpp `quantize_q5_1` with weights: as Q4_1 with `nmax = 31`.
     fn encode_row_weighted(x: &[f32], importance: &[f32], out: &mut [u8]) {
-        let s2 = sigma2(x, 1.0);
-        let mut w = [0f32; 32];
-        let mut codes = [0u8; 32];
-        for ((xb, qb), ob) in x
-            .chunks_exact(32)
-            .zip(importance.chunks_exact(32))
-            .zip(out.chunks_exact_mut(Self::TYPE_SIZE))
-        {
-            importance_weights(xb, qb, s2, &mut w);
-            let (d, the_min) = make_qkx_quants(legacy_sweep(31), xb, &w, &mut codes);
+        for_each_weighted_legacy_block(x, importance, out, Self::TYPE_SIZE, |xb, w, codes, ob| {
+            let (d, the_min) = make_qkx_quants(legacy_sweep(31), xb, w, codes);
             put_f16(&mut ob[0..2], d);
             put_f16(&mut ob[2..4], -the_min);
             let (head, qs) = ob.split_at_mut(8);
-            pack(&codes, &mut head[4..8], qs);
-        }
+            pack(codes, &mut head[4..8], qs);
+        });
     }
 }

@@ -66,11 +66,20 @@ fn packed_blocks_decode_to_the_quant_tensors_dequantization() {
             for i in 0..d_in {
                 let (a, b) = (decoded[o * d_in + i], ours[i * d_out + o]);
                 if exact {
-                    assert_eq!(a.to_bits(), b.to_bits(), "{ty:?} row {o} elem {i}: {a} vs {b}");
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{ty:?} row {o} elem {i}: {a} vs {b}"
+                    );
                 } else {
-                    let Granularity::PerGroup { size, .. } = spec.granularity else { unreachable!() };
+                    let Granularity::PerGroup { size, .. } = spec.granularity else {
+                        unreachable!()
+                    };
                     let step = s[(i / size) * d_out + o];
-                    assert!((a - b).abs() <= step * 1e-4, "{ty:?} row {o} elem {i}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= step * 1e-4,
+                        "{ty:?} row {o} elem {i}: {a} vs {b}"
+                    );
                 }
             }
         }
@@ -113,5 +122,8 @@ fn structures_ggml_cannot_hold_are_errors_naming_spec_and_type() {
     let q = quantize(x, &QuantSpec::gguf_q4_0()).unwrap();
     let e = encode_quant_tensor_as(&q, GgmlType::Q4_K).unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("Q4_K") && msg.contains("Q4_0") && msg.contains(&q.spec.to_string()), "{msg}");
+    assert!(
+        msg.contains("Q4_K") && msg.contains("Q4_0") && msg.contains(&q.spec.to_string()),
+        "{msg}"
+    );
 }
