@@ -17,14 +17,18 @@ pub enum QuantError {
         /// Why it is not allowed.
         reason: String,
     },
-    /// A group size does not divide the length of the axis it groups.
-    #[error("group size {size} does not divide axis {axis} of length {len} (shape {shape:?})")]
+    /// A block size that must divide the axis it runs along does not (a k-quant super-block;
+    /// plain groups may leave a shorter last group instead).
+    #[error(
+        "block size {size} does not divide axis {axis} of length {len} (shape {shape:?}): \
+         k-quant super-blocks must tile the axis exactly"
+    )]
     GroupSizeMismatch {
         /// Axis the groups run along.
         axis: usize,
         /// Length of that axis.
         len: usize,
-        /// Requested group size.
+        /// The block size.
         size: usize,
         /// Shape of the tensor.
         shape: Vec<usize>,

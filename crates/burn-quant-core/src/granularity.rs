@@ -5,6 +5,11 @@
 //! `(o, n, i)` maps to one scale *cell*. Scales are stored in the tensor's own rank with the
 //! axis shrunk (per group), kept (per channel) or every dimension set to 1 (per tensor), so
 //! they broadcast against the input after a reshape.
+//!
+//! A group size need not divide the axis: the last group along the axis is then shorter (as
+//! Brevitas, GPTQ and ONNX blocked quantization allow; e.g. groups of 128 over SmolLM2's 576
+//! inputs are 4 of 128 and one of 64), and the scale tensor has `ceil(len / size)` entries
+//! along the axis. Such a layout is *ragged* ([`Layout::is_ragged`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +30,8 @@ pub enum Granularity {
     },
     /// One scale per `size` consecutive elements along `axis`, for every position of the other
     /// axes (e.g. axis 0 of a Burn `Linear` weight = groups along the input dimension, as GPTQ
-    /// and GGUF use them). `size` must divide the axis length.
+    /// and GGUF use them). When `size` does not divide the axis length, the last group is
+    /// shorter.
     PerGroup {
         /// The axis the groups run along.
         axis: usize,
@@ -87,14 +93,6 @@ impl Granularity {
             return Err(QuantError::AxisOutOfRange { axis, rank });
         }
         let axis_len = shape[axis];
-        if !axis_len.is_multiple_of(group) {
-            return Err(QuantError::GroupSizeMismatch {
-                axis,
-                len: axis_len,
-                size: group,
-                shape: shape.to_vec(),
-            });
-        }
         let outer = shape[..axis].iter().product();
         let inner = shape[axis + 1..].iter().product();
         let scale_shape = match self {
@@ -105,7 +103,7 @@ impl Granularity {
             }
             _ => {
                 let mut s = shape.to_vec();
-                s[axis] = axis_len / group;
+                s[axis] = axis_len.div_ceil(group);
                 s
             }
         };
@@ -135,9 +133,23 @@ impl Layout {
         self.scale_shape.iter().product()
     }
 
-    /// Number of groups along the axis.
+    /// Number of groups along the axis (the last one may be shorter, see
+    /// [`Layout::is_ragged`]).
     pub fn groups(&self) -> usize {
-        self.axis_len / self.group
+        self.axis_len.div_ceil(self.group)
+    }
+
+    /// Whether the last group along the axis is shorter than the others (the group size does
+    /// not divide the axis). Such a layout has no [`Layout::view4`]: the tensor paths expand
+    /// the scales along the axis instead.
+    pub fn is_ragged(&self) -> bool {
+        !self.axis_len.is_multiple_of(self.group.max(1))
+    }
+
+    /// Number of elements along the axis in group `g` (`group`, or fewer for the last group of
+    /// a ragged layout).
+    pub fn group_len(&self, g: usize) -> usize {
+        self.group.min(self.axis_len.saturating_sub(g * self.group))
     }
 
     /// Whether every scale cell spans the outer and inner dimensions (per tensor, per channel).
@@ -173,8 +185,10 @@ impl Layout {
         out
     }
 
-    /// Shape of the 4-D broadcasting view of the input, `[outer, groups, group, inner]`.
+    /// Shape of the 4-D broadcasting view of the input, `[outer, groups, group, inner]`
+    /// (only for layouts that are not [ragged](Layout::is_ragged)).
     pub fn view4(&self) -> [usize; 4] {
+        debug_assert!(!self.is_ragged(), "a ragged layout has no 4-D group view");
         [self.outer, self.groups(), self.group, self.inner]
     }
 
@@ -228,16 +242,37 @@ mod tests {
     }
 
     #[test]
-    fn bad_granularities_are_errors() {
+    fn a_group_size_that_does_not_divide_the_axis_leaves_a_short_last_group() {
+        // 576 = 4·128 + 64: SmolLM2's inputs in groups of 128.
+        let l = Granularity::PerGroup { axis: 0, size: 128 }
+            .layout(&[576, 3])
+            .unwrap();
+        assert!(l.is_ragged());
+        assert_eq!((l.groups(), l.scale_shape.clone()), (5, vec![5, 3]));
         assert_eq!(
-            Granularity::PerGroup { axis: 1, size: 4 }.layout(&[3, 6]),
-            Err(QuantError::GroupSizeMismatch {
-                axis: 1,
-                len: 6,
-                size: 4,
-                shape: vec![3, 6]
-            })
+            (0..5).map(|g| l.group_len(g)).collect::<Vec<_>>(),
+            vec![128, 128, 128, 128, 64]
         );
+        assert_eq!(l.cell(0, 575, 2), 4 * 3 + 2);
+        let members = l.members();
+        assert_eq!(members.iter().map(Vec::len).sum::<usize>(), 576 * 3);
+        assert_eq!(members[4 * 3].len(), 64);
+        assert_eq!(members[4 * 3][0], 512 * 3);
+        // A group larger than the axis is one short group.
+        let l = Granularity::PerGroup { axis: 1, size: 8 }
+            .layout(&[2, 5])
+            .unwrap();
+        assert_eq!((l.groups(), l.group_len(0), l.cells()), (1, 5, 2));
+        assert!(
+            !Granularity::PerGroup { axis: 1, size: 5 }
+                .layout(&[2, 10])
+                .unwrap()
+                .is_ragged()
+        );
+    }
+
+    #[test]
+    fn bad_granularities_are_errors() {
         assert_eq!(
             Granularity::PerChannel { axis: 2 }.layout(&[3, 6]),
             Err(QuantError::AxisOutOfRange { axis: 2, rank: 2 })

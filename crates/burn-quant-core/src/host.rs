@@ -369,6 +369,24 @@ where
         layout.axis_len.max(1),
         layout.group.max(1),
     );
+    if matches!(layout.granularity, Granularity::PerGroup { .. }) && inner == 1 && layout.is_ragged()
+    {
+        // Groups along the last axis with a short last group: units are the groups of each
+        // row, so they differ in length; rows are distributed over tasks.
+        let groups = layout.groups();
+        let rows_per_task = ((1usize << 15) / axis_len).max(1);
+        data.par_chunks_mut(rows_per_task * axis_len)
+            .enumerate()
+            .for_each(|(task, chunk)| {
+                for (k, row) in chunk.chunks_mut(axis_len).enumerate() {
+                    let o = task * rows_per_task + k;
+                    for (g, unit) in row.chunks_mut(group).enumerate() {
+                        f(o * axis_len + g * group, unit, Cells::One(o * groups + g));
+                    }
+                }
+            });
+        return;
+    }
     let (unit_len, cells): (usize, Box<dyn Fn(usize) -> Cells + Sync>) = match layout.granularity {
         Granularity::PerTensor => (data.len().clamp(1, 1 << 15), Box::new(|_| Cells::One(0))),
         Granularity::PerChannel { .. } if inner == 1 => (axis_len, Box::new(|_| Cells::Run(0))),
@@ -1020,11 +1038,17 @@ pub fn cell_moments(data: &[f32], layout: &Layout) -> Vec<Moments> {
                 )
         }
         Granularity::PerGroup { .. } => {
-            // A block of `group` rows of one outer index owns `inner` consecutive cells.
+            // A block of `group` rows of one outer index owns `inner` consecutive cells (the
+            // last block of each outer index is shorter in a ragged layout).
             let group = layout.group;
             let mut acc = vec![Moments::EMPTY; layout.cells()];
-            acc.par_chunks_mut(inner)
-                .zip(data.par_chunks(group * inner))
+            acc.par_chunks_mut((layout.groups() * inner).max(1))
+                .zip(data.par_chunks((layout.axis_len * inner).max(1)))
+                .flat_map(|(cells, slab)| {
+                    cells
+                        .par_chunks_mut(inner)
+                        .zip(slab.par_chunks(group * inner))
+                })
                 .for_each(|(cells, block)| {
                     if inner == 1 {
                         cells[0].push_slice(block);

@@ -209,10 +209,10 @@ impl<const D: usize> QuantTensor<D> {
             }
             _ => self.codes.clone().float(),
         };
-        let v4 = values.reshape(layout.view4());
-        let s4 = self.scales.clone().reshape(layout.scale_view4());
+        let v4 = values.reshape(input_view4(&layout));
+        let s4 = scale_view4(&layout, self.scales.clone());
         let v4 = match &self.zero_points {
-            Some(z) => v4 - z.clone().reshape(layout.scale_view4()),
+            Some(z) => v4 - scale_view4(&layout, z.clone()),
             None => v4,
         };
         (v4 * s4).reshape(shape)
@@ -236,6 +236,37 @@ impl<const D: usize> QuantTensor<D> {
     pub fn shape(&self) -> [usize; D] {
         self.codes.dims()
     }
+}
+
+/// The input viewed in 4-D so that [`scale_view4`] broadcasts against it:
+/// `[outer, groups, group, inner]`, or `[outer, axis_len, 1, inner]` for a ragged layout.
+fn input_view4(layout: &Layout) -> [usize; 4] {
+    if layout.is_ragged() {
+        [layout.outer, layout.axis_len, 1, layout.inner]
+    } else {
+        layout.view4()
+    }
+}
+
+/// A scale-shaped tensor (scales or zero-points) viewed in 4-D to broadcast against
+/// [`input_view4`]. In a ragged layout the groups are expanded along the axis (each axis
+/// position gathers its group's entry), which autodiff differentiates as a scatter-add, so a
+/// learned per-group scale still receives the sum over its group.
+fn scale_view4<const D: usize>(layout: &Layout, t: Tensor<D>) -> Tensor<4> {
+    let [so, groups, _, si] = layout.scale_view4();
+    if !layout.is_ragged() {
+        return t.reshape([so, groups, 1, si]);
+    }
+    let group_of: Vec<i64> = (0..layout.axis_len)
+        .map(|n| (n / layout.group) as i64)
+        .collect();
+    let index = Tensor::<1, Int>::from_data(
+        TensorData::new(group_of, [layout.axis_len]),
+        &t.device(),
+    );
+    t.reshape([so, groups, si])
+        .select(1, index)
+        .reshape([so, layout.axis_len, 1, si])
 }
 
 /// Dequantizes a [`QuantTensor`] (same as [`QuantTensor::dequantize`]).
@@ -365,13 +396,17 @@ pub fn fake_quant_custom<const D: usize>(
         crate::granularity::Granularity::PerTensor => {
             ([1, 1, 1, shape.iter().product::<usize>()], [1, 1, 1, 1])
         }
-        _ => (layout.view4(), layout.scale_view4()),
+        _ => (input_view4(&layout), [0; 4]),
     };
-    let s4 = params.scales.clone().reshape(sv);
+    let to4 = |t: Tensor<D>| match spec.granularity {
+        crate::granularity::Granularity::PerTensor => t.reshape(sv),
+        _ => scale_view4(&layout, t),
+    };
+    let s4 = to4(params.scales.clone());
     // A zero scale (an all-zero NVFP4 block) maps its elements to 0; divide by 1 there.
     let zero_mask: Tensor<4, Bool> = s4.clone().equal_elem(0.0);
     let s_div = s4.clone().mask_fill(zero_mask, 1.0);
-    let z4 = params.zero_points.as_ref().map(|z| z.clone().reshape(sv));
+    let z4 = params.zero_points.as_ref().map(|z| to4(z.clone()));
     let x4 = x.reshape(xv);
     let v = x4 / s_div;
     let v = match &z4 {
@@ -513,6 +548,152 @@ mod tests {
                 "{spec:?}"
             );
         }
+    }
+
+    /// Specs whose groups do not divide a `[200, 70]` tensor (200 = 6·32 + 8 along axis 0,
+    /// 70 = 4·16 + 6 along axis 1).
+    fn ragged_specs() -> Vec<QuantSpec> {
+        vec![
+            QuantSpec::int4_weight_per_group(32),
+            QuantSpec::int4_weight_per_group(32).asymmetric(),
+            QuantSpec::int4_weight_per_group(32).with_stat(ScaleStat::mse()),
+            QuantSpec::int4_weight_per_group(32)
+                .asymmetric()
+                .with_stat(ScaleStat::hqq()),
+            QuantSpec::int4_weight_per_group(32).with_stat(ScaleStat::Percentile { q: 99.0 }),
+            QuantSpec::int4_weight_per_group(16).with_axis(1),
+            QuantSpec::int4_weight_per_group(16)
+                .with_axis(1)
+                .asymmetric()
+                .with_rounding(Rounding::Floor),
+            QuantSpec::int4_weight_per_group(16)
+                .with_axis(1)
+                .with_rounding(Rounding::Stochastic { seed: 3 }),
+            QuantSpec::int4_weight_per_group(32).with_pow2_scale(crate::scale::Pow2Mode::Ceil),
+            QuantSpec::gguf_q4_1(),
+            QuantSpec::mxfp4(),
+            QuantSpec::mxint8(),
+            QuantSpec::mxfp6_e3m2().with_axis(1),
+            QuantSpec::nvfp4(),
+            QuantSpec::ternary_weight().with_group_size(32),
+        ]
+    }
+
+    #[test]
+    fn ragged_groups_agree_across_host_and_tensor_paths() {
+        let device = dev();
+        let x = t2(data(200 * 70, 5), [200, 70], &device);
+        for spec in ragged_specs() {
+            let layout = spec.check_shape(&[200, 70]).unwrap();
+            assert!(layout.is_ragged(), "{spec:?}");
+            let q = quantize(x.clone(), &spec).unwrap();
+            let deq = host(&q.dequantize());
+            let params = q.params();
+            let fused = host(&fake_quant_fused(x.clone(), &spec, &params).unwrap());
+            let tensor =
+                host(&fake_quant_custom(x.clone(), &spec, &params, &spec.rounding).unwrap());
+            for i in 0..deq.len() {
+                assert_eq!(deq[i], fused[i], "{spec:?} fused at {i}");
+                assert_eq!(deq[i], tensor[i], "{spec:?} tensor path at {i}");
+            }
+            // Re-quantizing the dequantized tensor with the same params keeps the codes
+            // (round to nearest: a grid point rounds to itself).
+            if spec.rounding == Rounding::NearestEven {
+                let again = quantize_with(q.dequantize(), &spec, params).unwrap();
+                let (a, b) = (again.codes_vec(), q.codes_vec());
+                let bad = a.iter().zip(&b).position(|(x, y)| x != y);
+                assert_eq!(bad, None, "{spec:?}");
+            }
+        }
+    }
+
+    /// A ragged layout is the full groups and the short last group quantized on their own: the
+    /// tensor is cut at the last group boundary, the head keeps the spec, the tail is one group
+    /// of its own length.
+    #[test]
+    fn the_short_last_group_is_quantized_as_a_group_of_its_own() {
+        let device = dev();
+        let (n, m) = (200, 70);
+        let xv = data(n * m, 9);
+        let x = t2(xv.clone(), [n, m], &device);
+        for spec in ragged_specs() {
+            // Stochastic noise is indexed by the flat position, and NVFP4's global scale sees
+            // the whole tensor: neither splits.
+            if matches!(spec.rounding, Rounding::Stochastic { .. })
+                || spec.scale.restrict
+                    == crate::scale::ScaleRestriction::Quantized(ScaleQuant::E4M3Global)
+            {
+                continue;
+            }
+            let Granularity::PerGroup { axis, size } = spec.granularity else {
+                unreachable!()
+            };
+            let len = [n, m][axis];
+            let cut = len / size * size;
+            let whole = host(&quantize(x.clone(), &spec).unwrap().dequantize());
+            let part = |range: std::ops::Range<usize>, group: usize| -> Vec<f32> {
+                let t = x.clone().narrow(axis, range.start, range.len());
+                host(
+                    &quantize(t, &spec.with_group_size(group))
+                        .unwrap()
+                        .dequantize(),
+                )
+            };
+            let (head, tail) = (part(0..cut, size), part(cut..len, len - cut));
+            for r in 0..n {
+                for c in 0..m {
+                    let (k, (hr, hc)) = if axis == 0 { (r, (r, c)) } else { (c, (r, c)) };
+                    let got = whole[r * m + c];
+                    let want = if k < cut {
+                        let w = if axis == 0 { m } else { cut };
+                        head[hr * w + hc]
+                    } else if axis == 0 {
+                        tail[(hr - cut) * m + hc]
+                    } else {
+                        tail[hr * (len - cut) + hc - cut]
+                    };
+                    assert_eq!(got, want, "{spec:?} at ({r}, {c})");
+                }
+            }
+        }
+        let _ = xv;
+    }
+
+    #[test]
+    fn learned_scales_of_ragged_groups_get_the_gradient_of_their_own_elements() {
+        let device = Device::flex().autodiff();
+        let (n, m) = (20, 3);
+        let spec = QuantSpec::int4_weight_per_group(8);
+        let xv = data(n * m, 2);
+        let s0: Vec<f32> = (0..3 * m).map(|i| 0.05 + 0.01 * i as f32).collect();
+        let grad_of = |rows: std::ops::Range<usize>, scales: &[f32], groups: usize| {
+            let x = Tensor::<2>::from_data(
+                TensorData::new(xv[rows.start * m..rows.end * m].to_vec(), [rows.len(), m]),
+                &device,
+            );
+            let s = Tensor::<2>::from_data(TensorData::new(scales.to_vec(), [groups, m]), &device)
+                .require_grad();
+            let params = QuantParams::<2> {
+                scales: s.clone(),
+                zero_points: None,
+                scale_level: None,
+            };
+            let y = fake_quant_with(x, &spec, &params).unwrap();
+            to_host(&s.grad(&y.sum().backward()).unwrap())
+        };
+        // 20 rows in groups of 8: 8, 8, 4.
+        let whole = grad_of(0..20, &s0, 3);
+        let head = grad_of(0..16, &s0[..2 * m], 2);
+        let tail = grad_of(16..20, &s0[2 * m..], 1);
+        // Equal up to the order of the sums (a gather's backward is a scatter-add).
+        let close = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .all(|(x, y)| (x - y).abs() <= 1e-5 * x.abs().max(1.0))
+        };
+        assert!(close(&whole[..2 * m], &head), "{whole:?} vs {head:?}");
+        assert!(close(&whole[2 * m..], &tail), "{whole:?} vs {tail:?}");
+        assert!(whole.iter().any(|&g| g != 0.0));
     }
 
     #[test]
@@ -888,17 +1069,6 @@ mod tests {
             Err(QuantError::EmptyTensor { .. })
         ));
         let x = t2(data(48 * 2, 1), [48, 2], &device);
-        let err = quantize(x.clone(), &QuantSpec::int4_weight_per_group(32)).unwrap_err();
-        assert_eq!(
-            err,
-            QuantError::GroupSizeMismatch {
-                axis: 0,
-                len: 48,
-                size: 32,
-                shape: vec![48, 2]
-            }
-        );
-        assert!(err.to_string().contains("group size 32"));
         let err = quantize(
             x.clone(),
             &QuantSpec::int8_weight_per_channel().with_axis(5),
@@ -925,10 +1095,16 @@ mod tests {
             &QuantSpec::gguf_q4_k(),
         )
         .unwrap_err();
-        assert!(
-            matches!(err, QuantError::GroupSizeMismatch { size: 256, .. }),
-            "{err}"
+        assert_eq!(
+            err,
+            QuantError::GroupSizeMismatch {
+                axis: 0,
+                len: 64,
+                size: 256,
+                shape: vec![64, 2]
+            }
         );
+        assert!(err.to_string().contains("block size 256"), "{err}");
         // Params of the wrong shape.
         let p = compute_params(&x, &QuantSpec::int8_weight_per_channel()).unwrap();
         let err = fake_quant_with(x.clone(), &QuantSpec::int8_weight_per_tensor(), &p).unwrap_err();

@@ -440,8 +440,9 @@ impl QuantSpec {
         Ok(())
     }
 
-    /// Checks the spec against a tensor shape (axis in range, group size and k-quant
-    /// super-block dividing the axis) and returns the resolved layout.
+    /// Checks the spec against a tensor shape (axis in range, k-quant super-block dividing the
+    /// axis; a plain group size need not, see [`crate::granularity::Layout::is_ragged`]) and
+    /// returns the resolved layout.
     pub fn check_shape(&self, shape: &[usize]) -> Result<crate::granularity::Layout> {
         self.validate()?;
         let layout = self.granularity.layout(shape)?;
