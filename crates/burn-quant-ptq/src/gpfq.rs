@@ -256,6 +256,8 @@ mod tests {
         let paired = stats(&x, Some(&xq), n, true);
         for spec in [
             QuantSpec::int4_weight_per_group(32),
+            // A short last group: 128 = 2·48 + 32.
+            QuantSpec::int4_weight_per_group(48),
             QuantSpec::int8_weight_per_channel().with_bits(3),
         ] {
             let rtn = Rtn.quantize_host(&w, [n, m], &paired, &spec).unwrap();

@@ -272,6 +272,8 @@ mod tests {
         for spec in [
             QuantSpec::int4_weight_per_group(32),
             QuantSpec::int4_weight_per_group(32).with_bits(3),
+            // A short last group: 128 = 3·40 + 8.
+            QuantSpec::int4_weight_per_group(40).with_bits(3),
         ] {
             let e_rtn = output_error(
                 &x,

@@ -215,6 +215,9 @@ mod tests {
                 .asymmetric(),
             QuantSpec::int8_weight_per_channel().with_bits(4),
             QuantSpec::gguf_q4_k(),
+            // A short last group: 256 = 2·96 + 64.
+            QuantSpec::int4_weight_per_group(96),
+            QuantSpec::int4_weight_per_group(96).with_axis(1).with_bits(3),
         ] {
             for gptq in [
                 Gptq::default(),
@@ -241,6 +244,8 @@ mod tests {
             (128, QuantSpec::int4_weight_per_group(32)),
             (7, QuantSpec::int8_weight_per_channel().with_bits(3)),
             (1, QuantSpec::int4_weight_per_group(16).asymmetric()),
+            // A short last group: 96 = 2·40 + 16.
+            (32, QuantSpec::int4_weight_per_group(40)),
         ] {
             let gptq = Gptq::default().with_block_size(block);
             let (q, e) = gptq.run(&w, [n, m], &stats, &spec, true).unwrap();
@@ -309,6 +314,8 @@ mod tests {
         let specs = [
             QuantSpec::int4_weight_per_group(32),
             QuantSpec::int8_weight_per_channel().with_bits(3),
+            // A short last group: 128 = 2·48 + 32.
+            QuantSpec::int4_weight_per_group(48),
         ];
         let x = mixed(t, n, 11);
         let stats = stats_of(&x, n);
@@ -449,7 +456,7 @@ mod tests {
             Err(PtqError::InvalidConfig { .. })
         ));
         assert!(matches!(
-            Gptq::default().quantize_host(&w, [n, 4], &stats, &QuantSpec::int4_weight_per_group(3)),
+            Gptq::default().quantize_host(&w, [n, 4], &stats, &QuantSpec::gguf_q4_k()),
             Err(PtqError::Quant(_))
         ));
         let mut h = vec![0f64; n * n];

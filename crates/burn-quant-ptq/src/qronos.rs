@@ -417,6 +417,8 @@ mod tests {
         for spec in [
             QuantSpec::int4_weight_per_group(32),
             QuantSpec::int4_weight_per_group(32).with_bits(3),
+            // A short last group: 128 = 2·48 + 32.
+            QuantSpec::int4_weight_per_group(48).with_bits(3),
         ] {
             let e_rtn = output_error(
                 &x,

@@ -113,7 +113,7 @@ impl RowQuantizer {
                     zero_points: spec.zero_point.is_asymmetric().then(|| vec![0.0; cells]),
                     level: None,
                 };
-                (params, Some((u, vec![false; n / u])))
+                (params, Some((u, vec![false; n.div_ceil(u)])))
             }
         };
         let seed = match spec.rounding {
@@ -139,11 +139,12 @@ impl RowQuantizer {
     }
 
     /// Whether `row`'s parameters still have to be computed; if so, `row` starts its unit and
-    /// the caller must pass the unit's current rows to [`RowQuantizer::compute_unit`].
+    /// the caller must pass the unit's current rows to [`RowQuantizer::compute_unit`]. The last
+    /// unit is shorter when the group size does not divide the rows.
     pub(crate) fn needs_unit(&self, row: usize) -> Option<std::ops::Range<usize>> {
         let (u, done) = self.dynamic.as_ref()?;
         let k = row / u;
-        (!done[k]).then(|| k * u..(k + 1) * u)
+        (!done[k]).then(|| k * u..((k + 1) * u).min(self.n))
     }
 
     /// Computes the parameters of the unit starting at `rows.start` from its current values
@@ -155,8 +156,9 @@ impl RowQuantizer {
     ) -> Result<()> {
         let (u, done) = self.dynamic.as_mut().expect("dynamic parameters");
         let k = rows.start / *u;
-        debug_assert_eq!(rows.len(), *u);
-        let sub = host::compute_params(data, &[*u, self.m], &self.spec)?;
+        debug_assert_eq!(rows.len(), (*u).min(self.n - rows.start));
+        // A short last unit is one (short) group of the spec: the same cells as the others.
+        let sub = host::compute_params(data, &[rows.len(), self.m], &self.spec)?;
         done[k] = true;
         let units = done.len();
         let len = sub.scales.len();
@@ -206,7 +208,7 @@ impl RowQuantizer {
             CellMap::Tensor => (0, 1, 0),
             CellMap::Row => (row, 1, 0),
             CellMap::Col { group } => ((row / group) * m, 1, 1),
-            CellMap::RowGroups { group } => (row * (m / group), group, 1),
+            CellMap::RowGroups { group } => (row * m.div_ceil(group), group, 1),
         };
         let scales = &self.params.scales;
         let zeros = self.params.zero_points.as_deref();
@@ -291,13 +293,36 @@ mod tests {
 
     /// Row by row with dynamic units (computed from the untouched weight), the quantizer gives
     /// the core's own codes and parameters, and `QuantTensor::dequantize` reproduces the
-    /// dequantized rows bit for bit.
+    /// dequantized rows bit for bit; also where groups do not divide the weight (500 rows =
+    /// 15·32 + 20, 70 columns = 4·16 + 6: a short last group, here a short last unit).
     #[test]
     fn untouched_rows_give_the_cores_codes_for_every_spec() {
         let device = Device::flex();
-        let (n, m) = (512, 64);
-        let w = crate::testutil::weights(n, m, 11);
-        for spec in specs() {
+        for (n, m) in [(512, 64), (500, 70)] {
+            let w = crate::testutil::weights(n, m, 11);
+            for spec in specs() {
+                if n == 500
+                    && matches!(
+                        spec.scale.restrict,
+                        ScaleRestriction::Quantized(ScaleQuant::SubBlock { .. })
+                    )
+                {
+                    // k-quant super-blocks must tile the axis.
+                    assert!(
+                        RowQuantizer::new("t", &spec, &w, n, m, ParamTiming::Dynamic, false)
+                            .is_err()
+                    );
+                    continue;
+                }
+                untouched_rows_case(&device, &spec, &w, n, m);
+            }
+        }
+    }
+
+    fn untouched_rows_case(device: &Device, spec: &QuantSpec, w: &[f32], n: usize, m: usize) {
+        let spec = *spec;
+        let device = device.clone();
+        {
             for timing in [ParamTiming::Static, ParamTiming::Dynamic] {
                 let mut rq = RowQuantizer::new("test", &spec, &w, n, m, timing, false).unwrap();
                 let mut codes = vec![0i32; n * m];
@@ -314,7 +339,7 @@ mod tests {
                         &mut deq[r * m..(r + 1) * m],
                     );
                 }
-                let wt = Tensor::<2>::from_data(TensorData::new(w.clone(), [n, m]), &device);
+                let wt = Tensor::<2>::from_data(TensorData::new(w.to_vec(), [n, m]), &device);
                 let core = quantize(wt, &spec).unwrap();
                 assert_eq!(codes, core.codes_vec(), "{spec} {timing:?}");
                 let params = rq.into_params();
@@ -365,7 +390,7 @@ mod tests {
         let w = vec![0.5f32; 64 * 8];
         let e = RowQuantizer::new(
             "gptq",
-            &QuantSpec::int4_weight_per_group(48),
+            &QuantSpec::gguf_q4_k(),
             &w,
             64,
             8,
