@@ -98,13 +98,45 @@ fn qdq_weight_formats_dequantize_exactly_in_onnxruntime() {
         ("binary", QuantSpec::binary_weight(), 25, DataType::Int2),
         ("q6_k_structure", QuantSpec::gguf_q6_k(), 21, DataType::Int8),
     ];
-    let x = uniform(4 * 256, 7, 2.0);
-    for (name, spec, opset, dtype) in cases {
-        let layer = QuantLinearConfig::new(256, 24)
+    // Blocks that do not divide the weight (200 inputs = 6·32 + 8; 24 outputs = 16 + 8): ONNX
+    // blocked quantization takes a short last block (scale dimension ceil(len / block)).
+    let ragged: Vec<(&str, QuantSpec, i64, DataType)> = vec![
+        (
+            "ragged_int4_block32",
+            QuantSpec::int4_weight_per_group(32),
+            21,
+            DataType::Int4,
+        ),
+        (
+            "ragged_uint4_block32_zp",
+            QuantSpec::int4_weight_per_group(32).asymmetric(),
+            21,
+            DataType::Uint4,
+        ),
+        (
+            "ragged_int4_block16_outputs",
+            QuantSpec::int4_weight_per_group(16).with_axis(1),
+            21,
+            DataType::Int4,
+        ),
+        (
+            "ragged_mxfp8_e4m3",
+            QuantSpec::mxfp8_e4m3(),
+            21,
+            DataType::Float8e4m3fn,
+        ),
+    ];
+    let cases = cases
+        .into_iter()
+        .map(|c| (c, 256))
+        .chain(ragged.into_iter().map(|c| (c, 200)));
+    for ((name, spec, opset, dtype), d_in) in cases {
+        let x = uniform(4 * d_in, 7, 2.0);
+        let layer = QuantLinearConfig::new(d_in, 24)
             .with_weight_quant(Some(spec))
             .init(&device())
             .unwrap();
-        let model = QdqModelBuilder::new("x", &[4, 256])
+        let model = QdqModelBuilder::new("x", &[4, d_in])
             .linear(&layer)
             .unwrap()
             .build()
@@ -139,7 +171,7 @@ fn qdq_weight_formats_dequantize_exactly_in_onnxruntime() {
             &dir,
             &model,
             &x,
-            &[4, 256],
+            &[4, d_in],
             &["linear_0.weight"],
             &[],
         ) else {
@@ -151,13 +183,13 @@ fn qdq_weight_formats_dequantize_exactly_in_onnxruntime() {
             run.summary
         );
         let (wshape, w) = &run.values[1];
-        assert_eq!(wshape, &vec![256, 24], "{name}");
+        assert_eq!(wshape, &vec![d_in, 24], "{name}");
         assert_exact(
             &format!("{name}: dequantized weight"),
             w,
             &host(q.dequantize()),
         );
-        let want = host(layer.forward(tensor(&x, [4, 256])));
+        let want = host(layer.forward(tensor(&x, [4, d_in])));
         assert_close(&format!("{name}: output"), &run.values[0].1, &want, 1e-5);
     }
 }

@@ -338,7 +338,8 @@ fn singular_real_hessians_stay_finite() {
 
 /// Through the tensor API the result is a `QuantTensor` whose dequantization is the
 /// algorithm's Ŵ bit for bit, for integer, F16-scale (GGUF Q4_0), k-quant (Q4_K), MX and NVFP4
-/// specs; a group size that does not divide d_in is a typed error.
+/// specs, and groups of 128 over q_proj's 576 inputs (a short last group of 64); a k-quant
+/// super-block that does not tile d_in is a typed error.
 #[test]
 fn results_are_quant_tensors_that_dequantize_exactly() {
     let Some(c) = captured() else { return };
@@ -351,6 +352,7 @@ fn results_are_quant_tensors_that_dequantize_exactly() {
                 .with_stat(ScaleStat::mse()),
         ),
         (LinearSlot::Q, QuantSpec::gguf_q4_0()),
+        (LinearSlot::Q, QuantSpec::int4_weight_per_group(128).with_bits(3)),
         (LinearSlot::Q, QuantSpec::mxfp4()),
         (LinearSlot::Q, QuantSpec::nvfp4()),
         (LinearSlot::Down, QuantSpec::gguf_q4_k()),
@@ -398,7 +400,7 @@ fn results_are_quant_tensors_that_dequantize_exactly() {
     let (w, [n, m]) = &c.weights[&LinearSlot::Q];
     let stats = stats_for(c, LinearSlot::Q, &Gptq::default());
     let err = Gptq::default()
-        .quantize_host(w, [*n, *m], &stats, &QuantSpec::int4_weight_per_group(128))
+        .quantize_host(w, [*n, *m], &stats, &QuantSpec::gguf_q4_k())
         .unwrap_err();
     assert!(err.to_string().contains("does not divide"), "{err}");
 }

@@ -68,13 +68,37 @@ fn qonnx_weight_formats_give_back_the_dequantized_weight() {
         ("mxfp6_e3m2", QuantSpec::mxfp6_e3m2(), "FloatQuant"),
         ("nvfp4", QuantSpec::nvfp4(), "FloatQuant"),
     ];
-    let x = uniform(4 * 256, 9, 2.0);
-    for (name, spec, op) in cases {
-        let layer = QuantLinearConfig::new(256, 24)
+    // Groups that do not divide the weight (200 inputs = 6·32 + 8; 24 outputs = 16 + 8): a
+    // short last group, exported with per-element scales.
+    let ragged: Vec<(&str, QuantSpec, &str)> = vec![
+        (
+            "ragged_int4_group32",
+            QuantSpec::int4_weight_per_group(32),
+            "Quant",
+        ),
+        (
+            "ragged_uint4_group32_zp",
+            QuantSpec::int4_weight_per_group(32).asymmetric(),
+            "Quant",
+        ),
+        (
+            "ragged_int4_group16_outputs",
+            QuantSpec::int4_weight_per_group(16).with_axis(1),
+            "Quant",
+        ),
+        ("ragged_mxfp4", QuantSpec::mxfp4(), "FloatQuant"),
+    ];
+    let cases = cases
+        .into_iter()
+        .map(|c| (c, 256))
+        .chain(ragged.into_iter().map(|c| (c, 200)));
+    for ((name, spec, op), d_in) in cases {
+        let x = uniform(4 * d_in, 9, 2.0);
+        let layer = QuantLinearConfig::new(d_in, 24)
             .with_weight_quant(Some(spec))
             .init(&device())
             .unwrap();
-        let model = QonnxModelBuilder::new("x", &[4, 256])
+        let model = QonnxModelBuilder::new("x", &[4, d_in])
             .linear(&layer)
             .unwrap()
             .build()
@@ -94,7 +118,7 @@ fn qonnx_weight_formats_give_back_the_dequantized_weight() {
             &dir,
             &model,
             &x,
-            &[4, 256],
+            &[4, d_in],
             &["linear_0.weight"],
             &[],
         ) else {
@@ -110,7 +134,7 @@ fn qonnx_weight_formats_give_back_the_dequantized_weight() {
             &run.values[1].1,
             &host(q.dequantize()),
         );
-        let want = host(layer.forward(tensor(&x, [4, 256])));
+        let want = host(layer.forward(tensor(&x, [4, d_in])));
         assert_close(&format!("{name}: output"), &run.values[0].1, &want, 1e-5);
     }
 }

@@ -220,7 +220,7 @@ pub struct QuickstartArgs {
     /// Seed of the data split, the initial weights and the shuffles.
     #[arg(long, default_value_t = QuickstartConfig::default().seed)]
     pub seed: u64,
-    /// Hidden units of the MLP (a multiple of 128 keeps every group size of the zoo valid).
+    /// Hidden units of the MLP (a multiple of 128 gives every group size of the zoo whole groups).
     #[arg(long, default_value_t = QuickstartConfig::default().d_hidden)]
     pub hidden: usize,
     /// Adam mini-batch size.

@@ -23,7 +23,8 @@ pub struct QuickstartConfig {
     /// Test images (disjoint from the training ones).
     pub n_test: usize,
     /// Hidden units of the MLP `768 → d_hidden → 10`; it is the group axis of the output
-    /// layer's weight, so it must be a multiple of 128 for every recipe of the zoo to apply.
+    /// layer's weight (a multiple of 128 gives every group recipe of the zoo whole groups;
+    /// other sizes leave a short last group).
     pub d_hidden: usize,
     /// Training epochs.
     pub epochs: usize,
@@ -92,6 +93,23 @@ impl QuickstartReport {
     }
 }
 
+/// Checks every recipe's spec against every weight shape of `mlp` (axis in range, a k-quant
+/// super-block tiling the axis), naming the first recipe and parameter that do not fit.
+fn check_recipes_fit(recipes: &[zoo::Recipe], mlp: &MlpConfig) -> Result<()> {
+    for recipe in recipes {
+        if let Some(spec) = &recipe.spec {
+            for (param, shape) in mlp.linear_weight_shapes() {
+                spec.check_shape(&shape).map_err(|source| CliError::Quant {
+                    recipe: recipe.name.to_string(),
+                    param: param.to_string(),
+                    source,
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs the quickstart: split, train on `Device::flex().autodiff()`, evaluate, and quantize
 /// the trained weights with every recipe.
 pub fn run(config: &QuickstartConfig) -> Result<QuickstartReport> {
@@ -110,20 +128,9 @@ pub fn run(config: &QuickstartConfig) -> Result<QuickstartReport> {
         d_output: NUM_CLASSES,
     };
 
-    // Fail before training if a recipe cannot apply to a weight shape (e.g. a group size
-    // that does not divide `d_hidden`).
+    // Fail before training if a recipe cannot apply to a weight shape.
     let recipes = zoo::recipes();
-    for recipe in &recipes {
-        if let Some(spec) = &recipe.spec {
-            for (param, shape) in mlp.linear_weight_shapes() {
-                spec.check_shape(&shape).map_err(|source| CliError::Quant {
-                    recipe: recipe.name.to_string(),
-                    param: param.to_string(),
-                    source,
-                })?;
-            }
-        }
-    }
+    check_recipes_fit(&recipes, &mlp)?;
 
     let (model, train_report) = train_float(config, &mlp, &split.train)?;
     let device = Device::flex();
@@ -264,6 +271,7 @@ impl fmt::Display for QuickstartReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn_quant_core::QuantSpec;
 
     /// A shorter quickstart (2 epochs, same data and geometry) checked for what it promises.
     #[test]
@@ -351,16 +359,21 @@ mod tests {
 
     #[test]
     fn a_hidden_size_that_breaks_a_recipe_fails_before_training() {
-        let config = QuickstartConfig {
+        let mlp = MlpConfig {
+            d_input: 768,
             d_hidden: 100,
-            ..QuickstartConfig::default()
+            d_output: NUM_CLASSES,
         };
-        match run(&config) {
+        // Every zoo recipe fits 100 hidden units (groups of 32 and 128 leave a short last group).
+        check_recipes_fit(&zoo::recipes(), &mlp).unwrap();
+        // A k-quant super-block of 256 must tile fc2's 100 inputs.
+        let q4_k = [zoo::Recipe {
+            name: "q4_k",
+            spec: Some(QuantSpec::gguf_q4_k()),
+        }];
+        match check_recipes_fit(&q4_k, &mlp) {
             Err(CliError::Quant { recipe, param, .. }) => {
-                assert_eq!(
-                    (recipe.as_str(), param.as_str()),
-                    ("int4 g32 sym", "fc2.weight")
-                )
+                assert_eq!((recipe.as_str(), param.as_str()), ("q4_k", "fc2.weight"))
             }
             other => panic!("unexpected {other:?}"),
         }

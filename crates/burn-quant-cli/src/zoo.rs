@@ -185,8 +185,8 @@ pub struct QuantizedModel<M> {
 /// Quantizes and dequantizes every `Linear` weight of `model` with `spec` (weight-only
 /// round-to-nearest with the spec's own scale statistic); `recipe` names it in errors.
 ///
-/// Errors if the spec is invalid or does not fit a weight's shape (e.g. a group size that
-/// does not divide `d_input`), or if the model has no `Linear` weight.
+/// Errors if the spec is invalid or does not fit a weight's shape (e.g. a k-quant super-block
+/// that does not tile `d_input`), or if the model has no `Linear` weight.
 pub fn quantize_linear_weights<M: Module>(
     model: M,
     spec: &QuantSpec,
@@ -256,17 +256,17 @@ mod tests {
 
     #[test]
     fn a_spec_that_does_not_fit_is_an_error_naming_the_param() {
+        // k-quant super-blocks of 256 must tile the input axis: 512 does, 48 does not.
         let model = MlpConfig {
             d_input: 48,
-            d_hidden: 32,
+            d_hidden: 512,
             d_output: 10,
         }
         .init(1, &Device::flex());
-        let err = quantize_linear_weights(model, &QuantSpec::int4_weight_per_group(32), "g32")
-            .unwrap_err();
+        let err = quantize_linear_weights(model, &QuantSpec::gguf_q4_k(), "q4_k").unwrap_err();
         match err {
             CliError::Quant { recipe, param, .. } => {
-                assert_eq!((recipe.as_str(), param.as_str()), ("g32", "fc1.weight"))
+                assert_eq!((recipe.as_str(), param.as_str()), ("q4_k", "fc1.weight"))
             }
             other => panic!("unexpected error {other}"),
         }

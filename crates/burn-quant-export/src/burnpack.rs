@@ -355,12 +355,24 @@ fn block_dims(layout: &Layout, shape: &[usize]) -> Option<Vec<usize>> {
                 .map(|(d, &n)| if d == axis { 1 } else { block_extent(n) })
                 .collect(),
         ),
+        // A Burn block must divide the axis and stay inside one group: a divisor of both the
+        // group size and the axis (so a short last group is tiled too).
         Granularity::PerGroup { axis, size } => Some(
             (0..shape.len())
-                .map(|d| if d == axis { block_extent(size) } else { 1 })
+                .map(|d| {
+                    if d == axis {
+                        block_extent(gcd(size, shape[axis]))
+                    } else {
+                        1
+                    }
+                })
                 .collect(),
         ),
     }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// Row-major strides of `dims`.
@@ -373,7 +385,8 @@ fn strides(dims: &[usize]) -> Vec<usize> {
 }
 
 /// For every Burn block (row-major over the block grid), the index of our scale cell it lies in.
-fn block_cells(shape: &[usize], block: &[usize], scale_shape: &[usize]) -> Vec<usize> {
+fn block_cells(layout: &Layout, block: &[usize]) -> Vec<usize> {
+    let (shape, scale_shape) = (&layout.shape, &layout.scale_shape);
     let grid: Vec<usize> = shape.iter().zip(block).map(|(n, b)| n / b).collect();
     let cell_strides = strides(scale_shape);
     let n_blocks: usize = grid.iter().product();
@@ -382,8 +395,12 @@ fn block_cells(shape: &[usize], block: &[usize], scale_shape: &[usize]) -> Vec<u
     for _ in 0..n_blocks {
         let cell = (0..shape.len())
             .map(|d| {
-                // Elements per scale cell along d; the block's first element picks the cell.
-                let per_cell = shape[d] / scale_shape[d];
+                // Elements per scale cell along d (the group size on a group axis, whose last
+                // group may be shorter); the block's first element picks the cell.
+                let per_cell = match layout.granularity {
+                    Granularity::PerGroup { axis, size } if axis == d => size,
+                    _ => shape[d] / scale_shape[d],
+                };
                 (g[d] * block[d] / per_cell) * cell_strides[d]
             })
             .sum();
@@ -601,7 +618,7 @@ pub fn burn_mapping<const D: usize>(
                 // Burn stores the per-tensor scale of a two-level scheme as f32 only.
                 scheme = scheme.per_tensor(ScaleDtype::F32);
             }
-            block_cells(&shape, b, &layout.scale_shape)
+            block_cells(&layout, b)
                 .into_iter()
                 .map(|c| cell_scales[c])
                 .collect()
@@ -1089,6 +1106,11 @@ mod tests {
             QuantSpec::mxint8(),
             QuantSpec::gguf_q8_0(),
             QuantSpec::gguf_q4_0(),
+            // Short last groups: 640 = 2·256 + 128 (Burn blocks of 128), 640 = 6·96 + 64
+            // (blocks of 32), 32 = 3·10 + 2 along the outputs (blocks of 2).
+            QuantSpec::int4_weight_per_group(256),
+            QuantSpec::int4_weight_per_group(96),
+            per_group(int(4, true), 1, 10),
         ];
         for spec in specs_2d {
             for store in [StorePolicy::Auto, StorePolicy::Native, StorePolicy::Packed] {

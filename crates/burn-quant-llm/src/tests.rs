@@ -383,7 +383,7 @@ fn replacing_weights_and_weight_quantizers() {
         Err(LlmError::ShapeMismatch { .. })
     ));
     assert!(matches!(
-        block.set_weight_quant(LinearSlot::Q, Some(QuantSpec::int4_weight_per_group(7))),
+        block.set_weight_quant(LinearSlot::Q, Some(QuantSpec::gguf_q4_k())),
         Err(LlmError::Layer(_))
     ));
     assert!(matches!(

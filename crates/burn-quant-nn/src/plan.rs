@@ -61,8 +61,8 @@ pub enum PlanError {
         /// The core's error.
         source: QuantError,
     },
-    /// A matched parameter's shape does not fit its rule's spec (axis out of range, group size
-    /// not dividing the axis, ...).
+    /// A matched parameter's shape does not fit its rule's spec (axis out of range, a k-quant
+    /// super-block not tiling the axis, ...).
     #[error(
         "parameter `{path}` (shape {shape:?}) does not fit the spec of rules[{rule}] ({spec}): {source}"
     )]

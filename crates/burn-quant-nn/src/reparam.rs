@@ -951,8 +951,8 @@ mod tests {
     fn shape_errors_name_the_parameter() {
         let device = Device::flex();
         let net = Net::new(&device);
-        // 16 inputs cannot be split into groups of 5.
-        let bad = plan(QuantSpec::int4_weight_per_group(5));
+        // 16 inputs cannot hold a k-quant super-block of 256.
+        let bad = plan(QuantSpec::gguf_q4_k());
         let check = |e: PlanError| {
             let s = e.to_string();
             assert!(

@@ -356,9 +356,27 @@ fn qonnx_quant(g: &mut Graph, x: &str, val: &Val, p: QonnxQuant<'_>) -> Result<S
         g.initializer(TensorProto::f32s(&format!("{prefix}_{name}"), &[], &[v]))
     };
     // The broadcast shape of the scale, and for groups the shape the input is viewed in.
+    let mut scales = p.scales;
+    let mut zero_points = p.zero_points.map(<[f32]>::to_vec);
     let (scale_dims, grouped): (Vec<usize>, Option<Vec<usize>>) = match layout.granularity {
         Granularity::PerTensor => (vec![], None),
         Granularity::PerChannel { .. } => (layout.scale_shape.clone(), None),
+        Granularity::PerGroup { .. } if layout.is_ragged() => {
+            // A short last group cannot be an axis of its own: the scales (and zero-points)
+            // are expanded to one per element, which Quant broadcasts trivially.
+            let per_element = |cells: &[f32]| -> Vec<f32> {
+                let mut out = Vec::with_capacity(layout.shape.iter().product());
+                for o in 0..layout.outer {
+                    for n in 0..layout.axis_len {
+                        out.extend((0..layout.inner).map(|i| cells[layout.cell(o, n, i)]));
+                    }
+                }
+                out
+            };
+            scales = per_element(&scales);
+            zero_points = zero_points.map(|z| per_element(&z));
+            (layout.shape.clone(), None)
+        }
         Granularity::PerGroup { axis, size } => {
             let split = |inner: usize| -> Vec<usize> {
                 let mut s = layout.shape[..axis].to_vec();
@@ -391,7 +409,7 @@ fn qonnx_quant(g: &mut Graph, x: &str, val: &Val, p: QonnxQuant<'_>) -> Result<S
     let scale = g.initializer(TensorProto::f32s(
         &format!("{prefix}_scale"),
         &scale_dims,
-        &p.scales,
+        &scales,
     ));
     let out_name = if grouped.is_some() {
         format!("{prefix}_quant")
@@ -422,7 +440,7 @@ fn qonnx_quant(g: &mut Graph, x: &str, val: &Val, p: QonnxQuant<'_>) -> Result<S
                         .into(),
                 ));
             }
-            let zp = match p.zero_points {
+            let zp = match &zero_points {
                 Some(z) => g.initializer(TensorProto::f32s(
                     &format!("{prefix}_zero_point"),
                     &scale_dims,

@@ -127,3 +127,22 @@ fn structures_ggml_cannot_hold_are_errors_naming_spec_and_type() {
         "{msg}"
     );
 }
+
+/// A Q4_0-structured tensor whose rows are not whole blocks (48 = 32 + a short group of 16):
+/// the core holds it, ggml cannot.
+#[test]
+fn a_short_last_group_is_an_error_not_a_partial_block() {
+    let q = quantize(tensor(data(48 * 3, 5), [48, 3]), &QuantSpec::gguf_q4_0()).unwrap();
+    let e = encode_quant_tensor(&q).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            GgufError::BadLength {
+                len: 48,
+                multiple: 32,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
