@@ -26,7 +26,11 @@ fn export_llm_gguf_and_inspect_it() {
     assert!(report.contains("Q8_0: 211 tensors"), "{report}");
     let file = GgufFile::read(&out).unwrap();
     assert_eq!(file.tensors.len(), 272);
-    let q8 = file.tensors.iter().filter(|t| t.ty == GgmlType::Q8_0).count();
+    let q8 = file
+        .tensors
+        .iter()
+        .filter(|t| t.ty == GgmlType::Q8_0)
+        .count();
     assert_eq!(q8, 211);
     let text = burn_quant_cli::inspect::inspect(&out).unwrap();
     assert!(text.contains("general.architecture = \"llama\""), "{text}");

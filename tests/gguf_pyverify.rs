@@ -45,13 +45,38 @@ fn metadata() -> Vec<(&'static str, MetadataValue, &'static str, serde_json::Val
         ("t.i8", MetadataValue::I8(-7), "INT8", json!(-7)),
         ("t.u16", MetadataValue::U16(65000), "UINT16", json!(65000)),
         ("t.i16", MetadataValue::I16(-30000), "INT16", json!(-30000)),
-        ("t.u32", MetadataValue::U32(4_000_000_000), "UINT32", json!(4_000_000_000u32)),
-        ("t.i32", MetadataValue::I32(-2_000_000_000), "INT32", json!(-2_000_000_000)),
+        (
+            "t.u32",
+            MetadataValue::U32(4_000_000_000),
+            "UINT32",
+            json!(4_000_000_000u32),
+        ),
+        (
+            "t.i32",
+            MetadataValue::I32(-2_000_000_000),
+            "INT32",
+            json!(-2_000_000_000),
+        ),
         ("t.f32", MetadataValue::F32(0.5), "FLOAT32", json!(0.5)),
         ("t.bool", MetadataValue::Bool(true), "BOOL", json!(true)),
-        ("t.string", MetadataValue::String("Grüße, GGUF".into()), "STRING", json!("Grüße, GGUF")),
-        ("t.u64", MetadataValue::U64(1 << 40), "UINT64", json!(1u64 << 40)),
-        ("t.i64", MetadataValue::I64(-(1 << 40)), "INT64", json!(-(1i64 << 40))),
+        (
+            "t.string",
+            MetadataValue::String("Grüße, GGUF".into()),
+            "STRING",
+            json!("Grüße, GGUF"),
+        ),
+        (
+            "t.u64",
+            MetadataValue::U64(1 << 40),
+            "UINT64",
+            json!(1u64 << 40),
+        ),
+        (
+            "t.i64",
+            MetadataValue::I64(-(1 << 40)),
+            "INT64",
+            json!(-(1i64 << 40)),
+        ),
         ("t.f64", MetadataValue::F64(-2.25), "FLOAT64", json!(-2.25)),
         (
             "t.array_i32",
@@ -61,7 +86,11 @@ fn metadata() -> Vec<(&'static str, MetadataValue, &'static str, serde_json::Val
         ),
         (
             "t.array_str",
-            MetadataValue::Array(MetadataArray::String(vec!["a b".into(), "".into(), "ç".into()])),
+            MetadataValue::Array(MetadataArray::String(vec![
+                "a b".into(),
+                "".into(),
+                "ç".into(),
+            ])),
             "ARRAY",
             json!(["a b", "", "ç"]),
         ),
@@ -97,8 +126,10 @@ fn gguf_py_reads_our_files_and_agrees_bit_for_bit() {
         let bytes = codec::encode(ty, &x).unwrap();
         let dec = codec::decode(ty, &bytes).unwrap();
         w.add_tensor_bytes(name.clone(), &dims, ty, bytes).unwrap();
-        w.add_tensor_f32(format!("{name}.dec"), &dims, GgmlType::F32, &dec).unwrap();
-        w.add_tensor_f32(format!("{name}.src"), &dims, GgmlType::F32, &x).unwrap();
+        w.add_tensor_f32(format!("{name}.dec"), &dims, GgmlType::F32, &dec)
+            .unwrap();
+        w.add_tensor_f32(format!("{name}.src"), &dims, GgmlType::F32, &x)
+            .unwrap();
     }
     // Code for code: a Burn-oriented [d_in, d_out] weight, each ggml structure.
     let device = Device::flex();
@@ -127,12 +158,20 @@ fn gguf_py_reads_our_files_and_agrees_bit_for_bit() {
         let q = quantize(wt.clone(), &spec).unwrap();
         let g = encode_quant_tensor(&q).unwrap();
         let name = format!("qt.{:?}", g.ty);
-        let deq: Vec<f32> = q.dequantize().transpose().into_data().try_into_vec().unwrap();
+        let deq: Vec<f32> = q
+            .dequantize()
+            .transpose()
+            .into_data()
+            .try_into_vec()
+            .unwrap();
         let dec = codec::decode(g.ty, &g.data).unwrap();
         let max_scale: f32 = q.scales.clone().max().into_scalar();
-        w.add_tensor_bytes(name.clone(), &g.dims, g.ty, g.data).unwrap();
-        w.add_tensor_f32(format!("{name}.dec"), &g.dims, GgmlType::F32, &dec).unwrap();
-        w.add_tensor_f32(format!("{name}.deq"), &g.dims, GgmlType::F32, &deq).unwrap();
+        w.add_tensor_bytes(name.clone(), &g.dims, g.ty, g.data)
+            .unwrap();
+        w.add_tensor_f32(format!("{name}.dec"), &g.dims, GgmlType::F32, &dec)
+            .unwrap();
+        w.add_tensor_f32(format!("{name}.deq"), &g.dims, GgmlType::F32, &deq)
+            .unwrap();
         expect_close.push((name, spec.zero_point.is_asymmetric(), max_scale));
     }
     let dir = std::env::temp_dir().join(format!("burnq-gguf-py-{}", std::process::id()));
@@ -154,22 +193,48 @@ fn gguf_py_reads_our_files_and_agrees_bit_for_bit() {
         }
     }
     // Every codec tensor and every code-for-code tensor was decoded identically by gguf-py.
-    let checked: Vec<&str> = report["checked"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let checked: Vec<&str> = report["checked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     for &ty in codec::ENCODABLE {
-        assert!(checked.contains(&format!("t.{ty:?}").as_str()), "{ty:?} not checked: {checked:?}");
+        assert!(
+            checked.contains(&format!("t.{ty:?}").as_str()),
+            "{ty:?} not checked: {checked:?}"
+        );
     }
     for (name, _, _) in &expect_close {
         assert!(checked.contains(&name.as_str()), "{name} not checked");
     }
     // gguf-py's encoders (the ones it has) produce our bytes.
-    let equal: Vec<&str> = report["encoder_equal"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::MXFP4, GgmlType::BF16] {
-        assert!(equal.contains(&format!("t.{ty:?}").as_str()), "{ty:?} encoder not compared: {equal:?}");
+    let equal: Vec<&str> = report["encoder_equal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::MXFP4,
+        GgmlType::BF16,
+    ] {
+        assert!(
+            equal.contains(&format!("t.{ty:?}").as_str()),
+            "{ty:?} encoder not compared: {equal:?}"
+        );
     }
     // QuantTensors: gguf-py's reading of the file is their own dequantization (exact when
     // symmetric; offsets differ only in f32 rounding).
     for (name, asym, max_scale) in expect_close {
-        let d = report["max_abs_diff_vs_quant_tensor"][&name].as_f64().unwrap();
+        let d = report["max_abs_diff_vs_quant_tensor"][&name]
+            .as_f64()
+            .unwrap();
         let tol = if asym { max_scale as f64 * 1e-4 } else { 0.0 };
         assert!(d <= tol, "{name}: max |gguf-py − ours| = {d} > {tol}");
     }

@@ -35,15 +35,30 @@ fn gptq_codes_are_what_the_gguf_holds() {
     let file = GgufFile::read(&out).unwrap();
     // v_proj and down_proj are not permuted: their bytes are the QuantTensor's blocks.
     for (hf, gguf) in [
-        ("model.layers.4.self_attn.v_proj.weight", "blk.4.attn_v.weight"),
-        ("model.layers.17.mlp.down_proj.weight", "blk.17.ffn_down.weight"),
+        (
+            "model.layers.4.self_attn.v_proj.weight",
+            "blk.4.attn_v.weight",
+        ),
+        (
+            "model.layers.17.mlp.down_proj.weight",
+            "blk.17.ffn_down.weight",
+        ),
     ] {
         let q = &result.weights[hf];
         let info = file.tensor(gguf).unwrap();
         let bytes = file.tensor_bytes(info);
-        assert_eq!(bytes, encode_quant_tensor(q).unwrap().data.as_slice(), "{hf}");
+        assert_eq!(
+            bytes,
+            encode_quant_tensor(q).unwrap().data.as_slice(),
+            "{hf}"
+        );
         let decoded = codec::decode(info.ty, bytes).unwrap();
-        let ours: Vec<f32> = q.dequantize().transpose().into_data().try_into_vec().unwrap();
+        let ours: Vec<f32> = q
+            .dequantize()
+            .transpose()
+            .into_data()
+            .try_into_vec()
+            .unwrap();
         assert_eq!(decoded, ours, "{hf}: the file dequantizes to GPTQ's Ŵ");
     }
     std::fs::remove_dir_all(&dir).ok();

@@ -352,7 +352,10 @@ fn results_are_quant_tensors_that_dequantize_exactly() {
                 .with_stat(ScaleStat::mse()),
         ),
         (LinearSlot::Q, QuantSpec::gguf_q4_0()),
-        (LinearSlot::Q, QuantSpec::int4_weight_per_group(128).with_bits(3)),
+        (
+            LinearSlot::Q,
+            QuantSpec::int4_weight_per_group(128).with_bits(3),
+        ),
         (LinearSlot::Q, QuantSpec::mxfp4()),
         (LinearSlot::Q, QuantSpec::nvfp4()),
         (LinearSlot::Down, QuantSpec::gguf_q4_k()),

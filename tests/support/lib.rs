@@ -135,19 +135,32 @@ fn make_verifier_venv() -> Result<PathBuf, String> {
         if std::fs::read_to_string(&stamp).is_ok_and(|s| s == requirements) {
             return Ok(());
         }
-        eprintln!("notice: creating the Python verifier venv in {}", venv.display());
+        eprintln!(
+            "notice: creating the Python verifier venv in {}",
+            venv.display()
+        );
         let run = |cmd: &mut Command| -> Result<(), String> {
             let o = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
             if o.status.success() {
                 Ok(())
             } else {
-                Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&o.stderr)))
+                Err(format!(
+                    "{cmd:?} failed: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                ))
             }
         };
         let _ = std::fs::remove_dir_all(&venv);
         run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
         run(Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
             .arg(root.join("tests/py/requirements.txt")))?;
         std::fs::write(&stamp, &requirements).map_err(|e| e.to_string())
     })();

@@ -99,7 +99,10 @@ pub struct PtqLlmArgs {
     #[arg(long)]
     pub export: Option<std::path::PathBuf>,
     /// Evaluation text.
-    #[arg(long, default_value = "../shared/data/austen-text/pride_prejudice_eval_slice.txt")]
+    #[arg(
+        long,
+        default_value = "../shared/data/austen-text/pride_prejudice_eval_slice.txt"
+    )]
     pub eval_text: std::path::PathBuf,
     /// Calibration text (never the evaluation text).
     #[arg(long, default_value = "../shared/data/austen-text/emma.txt")]
@@ -345,7 +348,12 @@ pub fn run_export(args: &ExportArgs) -> Result<String> {
                 e.float_accuracy * 100.0,
                 e.quant_accuracy * 100.0
             );
-            let _ = writeln!(out, "wrote {} ({} bytes) as {format}", e.path.display(), e.bytes);
+            let _ = writeln!(
+                out,
+                "wrote {} ({} bytes) as {format}",
+                e.path.display(),
+                e.bytes
+            );
         }
         (format, model) => {
             return Err(CliError::config(
@@ -377,7 +385,10 @@ mod tests {
             Some(Command::Quickstart(a)) => assert_eq!(a.config().epochs, 3),
             other => panic!("unexpected {other:?}"),
         }
-        assert!(Cli::try_parse_from(["burnq", "ptq-llm"]).is_err(), "--model is required");
+        assert!(
+            Cli::try_parse_from(["burnq", "ptq-llm"]).is_err(),
+            "--model is required"
+        );
         let cli = Cli::try_parse_from(["burnq", "qat", "--qat-epochs", "1", "--seed", "7"])
             .expect("parses");
         match cli.command {

@@ -44,7 +44,10 @@ impl FromStr for ExportFormat {
             "qonnx" => Ok(Self::Qonnx),
             "burnpack" => Ok(Self::Burnpack),
             _ => match s.strip_prefix("gguf:") {
-                Some(mix) => mix.parse::<LlamaMix>().map(Self::Gguf).map_err(|e| e.to_string()),
+                Some(mix) => mix
+                    .parse::<LlamaMix>()
+                    .map(Self::Gguf)
+                    .map_err(|e| e.to_string()),
                 None => Err(format!(
                     "unknown format {s:?}: expected gguf:<mix> (e.g. gguf:Q4_K_M, gguf:Q4_0), \
                      onnx-qdq, qonnx or burnpack"
@@ -183,7 +186,9 @@ pub fn export_mnist_mlp(
             };
             let mut w = QuantizedWeights::new();
             for (path, layer) in [("fc1.weight", &quant.fc1), ("fc2.weight", &quant.fc2)] {
-                let q = layer.quant_weight()?.expect("both layers quantize their weights");
+                let q = layer
+                    .quant_weight()?
+                    .expect("both layers quantize their weights");
                 w.insert(path, &q).map_err(pack_err)?;
             }
             save_quantized(&float, &w, out).map_err(pack_err)?;
@@ -260,8 +265,8 @@ pub fn export_llm_gguf(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let config = LlamaGgufConfig::new(source.hparams().clone(), name)
-        .with_provenance("source", file_name);
+    let config =
+        LlamaGgufConfig::new(source.hparams().clone(), name).with_provenance("source", file_name);
     let report = export_llama_gguf(
         out,
         &config,
@@ -285,7 +290,14 @@ mod tests {
 
     #[test]
     fn formats_parse_and_print_back() {
-        for s in ["gguf:Q4_K_M", "gguf:Q4_0", "gguf:Q8_0", "onnx-qdq", "qonnx", "burnpack"] {
+        for s in [
+            "gguf:Q4_K_M",
+            "gguf:Q4_0",
+            "gguf:Q8_0",
+            "onnx-qdq",
+            "qonnx",
+            "burnpack",
+        ] {
             let f: ExportFormat = s.parse().unwrap();
             assert_eq!(f.to_string(), s);
         }

@@ -34,7 +34,10 @@ pub fn detect(path: &Path, head: &[u8]) -> Result<FileKind> {
     if head.starts_with(&BURNPACK_MAGIC) {
         return Ok(FileKind::Burnpack);
     }
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    {
         return Ok(FileKind::Onnx);
     }
     Err(CliError::config(
@@ -71,12 +74,13 @@ pub fn inspect(path: &Path) -> Result<String> {
             ))
         }
         FileKind::Burnpack => {
-            let (tensors, metadata) = burn_quant::export::burnpack::describe(path).map_err(
-                |source| CliError::Burnpack {
-                    what: path.display().to_string(),
-                    source,
-                },
-            )?;
+            let (tensors, metadata) =
+                burn_quant::export::burnpack::describe(path).map_err(|source| {
+                    CliError::Burnpack {
+                        what: path.display().to_string(),
+                        source,
+                    }
+                })?;
             Ok(burnpack_report(bytes.len(), &tensors, &metadata))
         }
     }
@@ -220,7 +224,11 @@ fn quote(s: &str) -> String {
 fn show_array(a: &MetadataArray) -> String {
     fn list<T>(name: &str, v: &[T], f: impl Fn(&T) -> String) -> String {
         let shown: Vec<String> = v.iter().take(SHOWN_ELEMENTS).map(f).collect();
-        let more = if v.len() > SHOWN_ELEMENTS { ", …" } else { "" };
+        let more = if v.len() > SHOWN_ELEMENTS {
+            ", …"
+        } else {
+            ""
+        };
         format!("[{} × {name}] [{}{more}]", v.len(), shown.join(", "))
     }
     match a {
@@ -270,7 +278,10 @@ mod tests {
             r.lines()
                 .any(|l| l.split_whitespace().collect::<Vec<_>>() == cells)
         };
-        assert!(has_row(&["blk.0.w", "Q8_0", "[64,", "2]", "136", "8.500"]), "{r}");
+        assert!(
+            has_row(&["blk.0.w", "Q8_0", "[64,", "2]", "136", "8.500"]),
+            "{r}"
+        );
         // 136 + 256 bytes for 192 weights.
         assert!(has_row(&["total", "2", "192", "392", "16.333"]), "{r}");
     }

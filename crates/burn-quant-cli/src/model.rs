@@ -181,10 +181,7 @@ pub fn accuracy_with(
     for idx in all.chunks(batch_size) {
         let (x, _) = batch(data, idx, device);
         let n = idx.len();
-        let pred: Vec<i64> = forward(x)
-            .argmax(1)
-            .reshape([n])
-            .try_into_vec_as::<i64>()?;
+        let pred: Vec<i64> = forward(x).argmax(1).reshape([n]).try_into_vec_as::<i64>()?;
         correct += idx
             .iter()
             .zip(&pred)

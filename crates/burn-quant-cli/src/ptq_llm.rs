@@ -123,22 +123,23 @@ impl PtqLlmOptions {
         } else {
             spec
         };
-        spec.validate()
-            .map_err(|source| CliError::Quant {
-                recipe: "ptq-llm".into(),
-                param: "weights".into(),
-                source,
-            })?;
-        debug_assert!(spec.zero_point.is_asymmetric() == self.asymmetric || spec.zero_point == ZeroPoint::Symmetric);
+        spec.validate().map_err(|source| CliError::Quant {
+            recipe: "ptq-llm".into(),
+            param: "weights".into(),
+            source,
+        })?;
+        debug_assert!(
+            spec.zero_point.is_asymmetric() == self.asymmetric
+                || spec.zero_point == ZeroPoint::Symmetric
+        );
         Ok(spec)
     }
 
     /// The algorithm these options select.
     pub fn algorithm(&self) -> Result<Algorithm> {
-        let a: Algorithm = self
-            .algo
-            .parse()
-            .map_err(|e: burn_quant_ptq::PtqError| CliError::config("algo", &self.algo, e.to_string()))?;
+        let a: Algorithm = self.algo.parse().map_err(|e: burn_quant_ptq::PtqError| {
+            CliError::config("algo", &self.algo, e.to_string())
+        })?;
         Ok(a.with_act_order(self.act_order))
     }
 
@@ -223,7 +224,11 @@ impl std::fmt::Display for PtqLlmReport {
             writeln!(f, "peak memory (VmHWM): {:.0} MB", rss as f64 / 1e6)?;
         }
         if self.damped_layers > 0 {
-            writeln!(f, "layers that needed extra damping: {}", self.damped_layers)?;
+            writeln!(
+                f,
+                "layers that needed extra damping: {}",
+                self.damped_layers
+            )?;
         }
         Ok(())
     }
@@ -251,11 +256,13 @@ pub fn weight_bytes(model: &LlamaModel, spec: Option<&QuantSpec>) -> Result<f64>
             linear_elems += n;
             linear += match spec {
                 Some(s) => {
-                    s.bits_per_element(&dims).map_err(|source| CliError::Quant {
-                        recipe: "ptq-llm".into(),
-                        param: slot.hf_name().into(),
-                        source,
-                    })? * n as f64
+                    s.bits_per_element(&dims)
+                        .map_err(|source| CliError::Quant {
+                            recipe: "ptq-llm".into(),
+                            param: slot.hf_name().into(),
+                            source,
+                        })?
+                        * n as f64
                         / 8.0
                 }
                 None => 4.0 * n as f64,
@@ -391,7 +398,8 @@ pub fn export_gguf(
             .tokenizer()
             .clone()
     };
-    let mut tensors: Vec<std::result::Result<LlamaTensor, burn_quant::export::gguf::LlamaError>> = vec![];
+    let mut tensors: Vec<std::result::Result<LlamaTensor, burn_quant::export::gguf::LlamaError>> =
+        vec![];
     for (name, q) in weights {
         tensors.push(Ok(LlamaTensor::Encoded {
             name: name.clone(),
@@ -400,14 +408,24 @@ pub fn export_gguf(
     }
     let h = model.hparams();
     let embed = host(model.embed_tokens.weight.val())?;
-    tensors.push(Ok(HfTensor::new("model.embed_tokens.weight", vec![h.vocab_size, h.hidden_size], embed).into()));
+    tensors.push(Ok(HfTensor::new(
+        "model.embed_tokens.weight",
+        vec![h.vocab_size, h.hidden_size],
+        embed,
+    )
+    .into()));
     let norm = |name: String, w: &burn::module::Param<burn::tensor::Tensor<1>>| -> Result<_> {
-        Ok(Ok(HfTensor::new(name, vec![h.hidden_size], host(w.val())?).into()))
+        Ok(Ok(
+            HfTensor::new(name, vec![h.hidden_size], host(w.val())?).into()
+        ))
     };
     tensors.push(norm("model.norm.weight".into(), &model.norm.weight)?);
     for i in 0..model.num_blocks() {
         let b = model.block(i)?;
-        tensors.push(norm(format!("model.layers.{i}.input_layernorm.weight"), &b.input_layernorm.weight)?);
+        tensors.push(norm(
+            format!("model.layers.{i}.input_layernorm.weight"),
+            &b.input_layernorm.weight,
+        )?);
         tensors.push(norm(
             format!("model.layers.{i}.post_attention_layernorm.weight"),
             &b.post_attention_layernorm.weight,
@@ -415,10 +433,24 @@ pub fn export_gguf(
     }
     if !h.tie_word_embeddings {
         let w = host(model.lm_head.weight.val().transpose())?;
-        tensors.push(Ok(HfTensor::new("lm_head.weight", vec![h.vocab_size, h.hidden_size], w).into()));
+        tensors.push(Ok(HfTensor::new(
+            "lm_head.weight",
+            vec![h.vocab_size, h.hidden_size],
+            w,
+        )
+        .into()));
     }
-    let config = LlamaGgufConfig::new(h.clone(), "burnq ptq-llm").with_provenance("spec", spec.to_string());
-    export_llama_gguf(out, &config, &tokenizer, tensors, LlamaMix::Uniform(ty), None).map_err(llama_err)
+    let config =
+        LlamaGgufConfig::new(h.clone(), "burnq ptq-llm").with_provenance("spec", spec.to_string());
+    export_llama_gguf(
+        out,
+        &config,
+        &tokenizer,
+        tensors,
+        LlamaMix::Uniform(ty),
+        None,
+    )
+    .map_err(llama_err)
 }
 
 /// A tensor's values on the host.
@@ -443,22 +475,49 @@ mod tests {
         let path = dir.join("w3.toml");
         std::fs::write(&path, "weight_bits = 3\ngroup_size = 64\nalgo = \"qronos\"\nact_order = true\ninput_bits = 8\ninput_granularity = \"token\"\n").unwrap();
         let o = PtqLlmOptions::from_file(&path).unwrap();
-        assert_eq!((o.weight_bits, o.group_size, o.algo.as_str(), o.act_order), (3, 64, "qronos", true));
-        assert_eq!(o.calib_windows, 16, "unspecified fields keep their defaults");
-        assert_eq!(o.input_quant().unwrap(), Some(InputQuant::PerTokenDynamic { bits: 8 }));
+        assert_eq!(
+            (o.weight_bits, o.group_size, o.algo.as_str(), o.act_order),
+            (3, 64, "qronos", true)
+        );
+        assert_eq!(
+            o.calib_windows, 16,
+            "unspecified fields keep their defaults"
+        );
+        assert_eq!(
+            o.input_quant().unwrap(),
+            Some(InputQuant::PerTokenDynamic { bits: 8 })
+        );
         let spec = o.weight_spec().unwrap();
         assert_eq!(spec.format, Format::int(3));
-        assert_eq!(spec.granularity, Granularity::PerGroup { axis: 0, size: 64 });
+        assert_eq!(
+            spec.granularity,
+            Granularity::PerGroup { axis: 0, size: 64 }
+        );
         assert_eq!(o.algorithm().unwrap().name(), "qronos");
         // Unknown keys and bad values are errors naming them.
         std::fs::write(&path, "weight_bitz = 3\n").unwrap();
         let e = PtqLlmOptions::from_file(&path).unwrap_err().to_string();
         assert!(e.contains("config"), "{e}");
-        let bad = PtqLlmOptions { weight_bits: 1, ..Default::default() };
-        assert!(bad.weight_spec().unwrap_err().to_string().contains("weight_bits"));
-        let bad = PtqLlmOptions { algo: "awq".into(), ..Default::default() };
+        let bad = PtqLlmOptions {
+            weight_bits: 1,
+            ..Default::default()
+        };
+        assert!(
+            bad.weight_spec()
+                .unwrap_err()
+                .to_string()
+                .contains("weight_bits")
+        );
+        let bad = PtqLlmOptions {
+            algo: "awq".into(),
+            ..Default::default()
+        };
         assert!(bad.algorithm().is_err());
-        let bad = PtqLlmOptions { input_bits: Some(8), input_granularity: "channel".into(), ..Default::default() };
+        let bad = PtqLlmOptions {
+            input_bits: Some(8),
+            input_granularity: "channel".into(),
+            ..Default::default()
+        };
         assert!(bad.input_quant().is_err());
         std::fs::remove_dir_all(&dir).ok();
     }

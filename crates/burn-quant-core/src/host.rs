@@ -369,7 +369,9 @@ where
         layout.axis_len.max(1),
         layout.group.max(1),
     );
-    if matches!(layout.granularity, Granularity::PerGroup { .. }) && inner == 1 && layout.is_ragged()
+    if matches!(layout.granularity, Granularity::PerGroup { .. })
+        && inner == 1
+        && layout.is_ragged()
     {
         // Groups along the last axis with a short last group: units are the groups of each
         // row, so they differ in length; rows are distributed over tasks.
@@ -647,7 +649,10 @@ pub fn range_params(lo: f32, hi: f32, spec: &QuantSpec) -> (f32, f32) {
     // [min, max] with a real-valued offset, as llama.cpp's reference quantizer makes it; other
     // asymmetric grids contain 0 exactly (integer zero-point convention).
     let offset_grid = spec.zero_point.is_asymmetric()
-        && matches!(spec.scale.restrict, ScaleRestriction::Quantized(ScaleQuant::F16));
+        && matches!(
+            spec.scale.restrict,
+            ScaleRestriction::Quantized(ScaleQuant::F16)
+        );
     if offset_grid && hi == lo && lo != 0.0 {
         // A constant block: any scale; code 0 sits on the value.
         let s = lo.abs() / (qmax - qmin);
@@ -1172,7 +1177,10 @@ fn quantize_scale_level(
             for (i, s) in scales.iter_mut().enumerate() {
                 let h = half::f16::from_f32(*s);
                 if !h.is_finite() {
-                    return Err(QuantError::InvalidScale { index: i, value: *s });
+                    return Err(QuantError::InvalidScale {
+                        index: i,
+                        value: *s,
+                    });
                 }
                 // A positive scale below half's smallest subnormal stays positive.
                 let h = if h.to_f32() == 0.0 && *s > 0.0 {
@@ -1189,7 +1197,10 @@ fn quantize_scale_level(
                     // express it back in grid units with the rounded scale.
                     let m = half::f16::from_f32(*z * *s);
                     if !m.is_finite() {
-                        return Err(QuantError::InvalidScale { index: i, value: *z * *s });
+                        return Err(QuantError::InvalidScale {
+                            index: i,
+                            value: *z * *s,
+                        });
                     }
                     codes.push(m.to_bits() as i32);
                     // An all-zero group has scale 0 and nothing to offset.

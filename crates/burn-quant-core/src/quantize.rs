@@ -260,10 +260,8 @@ fn scale_view4<const D: usize>(layout: &Layout, t: Tensor<D>) -> Tensor<4> {
     let group_of: Vec<i64> = (0..layout.axis_len)
         .map(|n| (n / layout.group) as i64)
         .collect();
-    let index = Tensor::<1, Int>::from_data(
-        TensorData::new(group_of, [layout.axis_len]),
-        &t.device(),
-    );
+    let index =
+        Tensor::<1, Int>::from_data(TensorData::new(group_of, [layout.axis_len]), &t.device());
     t.reshape([so, groups, si])
         .select(1, index)
         .reshape([so, layout.axis_len, 1, si])
@@ -854,14 +852,20 @@ mod tests {
                 assert_eq!(half::f16::from_bits(*b as u16).to_f32(), *s, "{spec}");
             }
             let codes = int_to_host(&q.codes.clone().reshape([256 * 3]));
-            let (lo, hi) = (spec.format.min_value() as i32, spec.format.max_value() as i32);
+            let (lo, hi) = (
+                spec.format.min_value() as i32,
+                spec.format.max_value() as i32,
+            );
             let zs = q.zero_points.as_ref().map(host);
             if let Some(zs) = &zs {
                 let m = int_to_host(l.min_codes.as_ref().unwrap());
                 for ((z, s), m) in zs.iter().zip(&s).zip(&m) {
                     // ggml reads the offset as `m_ggml = −f16(m)`; x̂ = s·q − f16(m).
                     let off = half::f16::from_bits(*m as u16).to_f32();
-                    assert!((z * s - off).abs() <= off.abs() * 1e-6, "{spec}: {z}·{s} vs {off}");
+                    assert!(
+                        (z * s - off).abs() <= off.abs() * 1e-6,
+                        "{spec}: {z}·{s} vs {off}"
+                    );
                 }
             }
             for (i, (&c, &xv)) in codes.iter().zip(&v).enumerate() {
@@ -870,7 +874,10 @@ mod tests {
                 let (sc, z) = (s[cell], zs.as_ref().map_or(0.0, |z| z[cell]));
                 let err = ((c as f32 - z) * sc - xv).abs();
                 // Half a step, plus the clip of an end value by the f16 rounding of the scale.
-                assert!(err <= sc * 0.5 + xv.abs() * 1e-3, "{spec}: |err| {err} at {i}");
+                assert!(
+                    err <= sc * 0.5 + xv.abs() * 1e-3,
+                    "{spec}: |err| {err} at {i}"
+                );
             }
         }
     }
@@ -886,7 +893,11 @@ mod tests {
         for b in 0..3 {
             let (d, m) = (h(0.013 * (b + 1) as f32), h([0.2, -0.9, 0.05][b]));
             for i in 0..32 {
-                v[b * 32 + i] = if b == 2 { m } else { m + d * ((i * 7 + b) % 16) as f32 };
+                v[b * 32 + i] = if b == 2 {
+                    m
+                } else {
+                    m + d * ((i * 7 + b) % 16) as f32
+                };
             }
             // Make sure the block spans its whole grid (min and max present).
             if b < 2 {

@@ -55,7 +55,9 @@ pub use perplexity::{
     calibration_windows, calibration_windows_from_text, eval_windows, perplexity,
     perplexity_of_text, window_nll,
 };
-pub use pipeline::{BlockProgress, PtqConfig, PtqResult, PtqTimings, hf_weight_name, quantize_model};
+pub use pipeline::{
+    BlockProgress, PtqConfig, PtqResult, PtqTimings, hf_weight_name, quantize_model,
+};
 pub use rope::Rope;
 pub use tokenizer::{LlamaTokenizer, tokenizer_path};
 

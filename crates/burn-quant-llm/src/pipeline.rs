@@ -112,7 +112,11 @@ pub fn quantize_model(
         ));
     }
     let batch = config.batch_windows.max(1);
-    let rope = if needs_data { Some(model.rope(seq)?) } else { None };
+    let rope = if needs_data {
+        Some(model.rope(seq)?)
+    } else {
+        None
+    };
 
     // Block inputs, one tensor per batch of windows: float path and quantized path.
     let t = Instant::now();
@@ -147,7 +151,8 @@ pub fn quantize_model(
                 timings.forward += t.elapsed();
             }
             // 2. Quantized path, site by site.
-            let mut state: Vec<SiteState> = x_quant.iter().map(|x| SiteState::new(x.clone())).collect();
+            let mut state: Vec<SiteState> =
+                x_quant.iter().map(|x| SiteState::new(x.clone())).collect();
             for site in InputSite::ALL {
                 let t = Instant::now();
                 let site_inputs: Vec<Tensor<3>> = state
@@ -248,7 +253,12 @@ impl SiteState {
 
     /// The input of `site`, with the block's current (partly quantized) weights. Sites must be
     /// asked in forward order.
-    fn input_of(&mut self, site: InputSite, block: &DecoderBlock, rope: &Rope) -> Result<Tensor<3>> {
+    fn input_of(
+        &mut self,
+        site: InputSite,
+        block: &DecoderBlock,
+        rope: &Rope,
+    ) -> Result<Tensor<3>> {
         match site {
             InputSite::Qkv => {
                 let h = block.input_layernorm.forward(self.x.clone());
@@ -321,7 +331,9 @@ impl InputQuant {
     pub fn spec(self, d_in: usize) -> QuantSpec {
         use burn_quant_core::{Granularity, ScaleSource, ScaleStat};
         match self {
-            InputQuant::PerTensorStatic { bits } => QuantSpec::int8_act_per_tensor().with_bits(bits),
+            InputQuant::PerTensorStatic { bits } => {
+                QuantSpec::int8_act_per_tensor().with_bits(bits)
+            }
             InputQuant::PerTokenDynamic { bits } => QuantSpec::int8_act_per_tensor()
                 .with_bits(bits)
                 .with_granularity(Granularity::PerGroup {
@@ -382,8 +394,8 @@ pub fn quantize_inputs(
 mod tests {
     use super::*;
     use burn::tensor::Device;
-    use burn_quant_export::gguf::llama::RopeScaling;
     use burn_quant_export::gguf::LlamaHParams;
+    use burn_quant_export::gguf::llama::RopeScaling;
 
     fn hparams() -> LlamaHParams {
         LlamaHParams {
@@ -408,7 +420,9 @@ mod tests {
             .map(|_| {
                 (0..len)
                     .map(|_| {
-                        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        s = s
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
                         ((s >> 33) % 61) as u32
                     })
                     .collect()
@@ -434,7 +448,10 @@ mod tests {
         for site in InputSite::ALL {
             s.input_of(site, block, &rope).unwrap();
         }
-        let (a, b) = (host(s.output(block).unwrap()), host(block.forward(x, &rope, None).unwrap()));
+        let (a, b) = (
+            host(s.output(block).unwrap()),
+            host(block.forward(x, &rope, None).unwrap()),
+        );
         assert_eq!(a, b);
     }
 
@@ -461,7 +478,10 @@ mod tests {
             assert_eq!(seen, 2);
             assert_eq!(r.weights.len(), 14);
             let out = host(m.hidden(m.tokens(&rows).unwrap()).unwrap());
-            out.iter().zip(&reference).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>()
+            out.iter()
+                .zip(&reference)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>()
         };
         let (rtn, gptq) = (err("rtn"), err("gptq"));
         assert!(gptq < rtn, "gptq {gptq} vs rtn {rtn}");
@@ -480,19 +500,57 @@ mod tests {
         let reference = host(float.hidden(float.tokens(&rows).unwrap()).unwrap());
         let rel = |m: &LlamaModel| {
             let out = host(m.hidden(m.tokens(&rows).unwrap()).unwrap());
-            let num: f64 = out.iter().zip(&reference).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+            let num: f64 = out
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum();
             let den: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
             (num / den).sqrt()
         };
-        let stat8 = quantize_inputs(float.clone(), InputQuant::PerTensorStatic { bits: 8 }, &calib, 2).unwrap();
-        let q = stat8.block(0).unwrap().linear(LinearSlot::Q).input_quant.as_ref().unwrap();
-        let s: Vec<f32> = q.scale.as_ref().unwrap().val().into_data().try_to_vec().unwrap();
+        let stat8 = quantize_inputs(
+            float.clone(),
+            InputQuant::PerTensorStatic { bits: 8 },
+            &calib,
+            2,
+        )
+        .unwrap();
+        let q = stat8
+            .block(0)
+            .unwrap()
+            .linear(LinearSlot::Q)
+            .input_quant
+            .as_ref()
+            .unwrap();
+        let s: Vec<f32> = q
+            .scale
+            .as_ref()
+            .unwrap()
+            .val()
+            .into_data()
+            .try_to_vec()
+            .unwrap();
         assert!(s.iter().all(|v| v.is_finite() && *v > 0.0), "{s:?}");
-        let dyn8 = quantize_inputs(float.clone(), InputQuant::PerTokenDynamic { bits: 8 }, &[], 2).unwrap();
-        let stat4 = quantize_inputs(float.clone(), InputQuant::PerTensorStatic { bits: 4 }, &calib, 2).unwrap();
+        let dyn8 = quantize_inputs(
+            float.clone(),
+            InputQuant::PerTokenDynamic { bits: 8 },
+            &[],
+            2,
+        )
+        .unwrap();
+        let stat4 = quantize_inputs(
+            float.clone(),
+            InputQuant::PerTensorStatic { bits: 4 },
+            &calib,
+            2,
+        )
+        .unwrap();
         let (e_s8, e_d8, e_s4) = (rel(&stat8), rel(&dyn8), rel(&stat4));
         assert!(e_s8 > 0.0 && e_s8 < 0.05, "static int8 {e_s8}");
-        assert!(e_d8 > 0.0 && e_d8 <= e_s8 * 1.5, "dynamic int8 {e_d8} vs static {e_s8}");
+        assert!(
+            e_d8 > 0.0 && e_d8 <= e_s8 * 1.5,
+            "dynamic int8 {e_d8} vs static {e_s8}"
+        );
         assert!(e_s4 > e_s8, "int4 {e_s4} vs int8 {e_s8}");
         assert!(matches!(
             quantize_inputs(float, InputQuant::PerTensorStatic { bits: 8 }, &[], 2),

@@ -217,7 +217,9 @@ mod tests {
             QuantSpec::gguf_q4_k(),
             // A short last group: 256 = 2·96 + 64.
             QuantSpec::int4_weight_per_group(96),
-            QuantSpec::int4_weight_per_group(96).with_axis(1).with_bits(3),
+            QuantSpec::int4_weight_per_group(96)
+                .with_axis(1)
+                .with_bits(3),
         ] {
             for gptq in [
                 Gptq::default(),

@@ -18,15 +18,15 @@
 
 pub use burn_quant_core as core;
 pub use burn_quant_core::*;
-/// Quantizer module, quantized layers, presets, calibration, plans and recipes.
-pub use burn_quant_nn as nn;
 /// Exporters: GGUF (llama.cpp), ONNX QDQ, QONNX, Burn-native records.
 pub use burn_quant_export as export;
+/// Llama-family models: loading, tokenizer, perplexity, generation, the sequential PTQ pipeline.
+pub use burn_quant_llm as llm;
+/// Quantizer module, quantized layers, presets, calibration, plans and recipes.
+pub use burn_quant_nn as nn;
 /// Post-training quantization: calibration statistics and the Stage-2 algorithms (RTN, GPTQ,
 /// GPFQ, GPTAQ, Qronos).
 pub use burn_quant_ptq as ptq;
-/// Llama-family models: loading, tokenizer, perplexity, generation, the sequential PTQ pipeline.
-pub use burn_quant_llm as llm;
 
 /// The names most programs need.
 pub mod prelude {
@@ -38,8 +38,9 @@ pub mod prelude {
         quantize, quantize_with,
     };
     pub use burn_quant_nn::{
-        QuantAct, QuantActConfig, QuantLinear, QuantLinearConfig, QuantReLU, QuantReLUConfig, Quantizer,
-        QuantizerConfig, QuantizerRole, calibrate, presets, with_rounding, without_quantization,
+        QuantAct, QuantActConfig, QuantLinear, QuantLinearConfig, QuantReLU, QuantReLUConfig,
+        Quantizer, QuantizerConfig, QuantizerRole, calibrate, presets, with_rounding,
+        without_quantization,
     };
 }
 
