@@ -186,6 +186,9 @@ pub struct PtqLlmReport {
     pub rows: Vec<PtqLlmRow>,
     /// Time split of the quantization (forward passes, statistics, algorithm).
     pub timings: burn_quant_llm::PtqTimings,
+    /// Calibration of the static activation quantizers after the weights (zero without
+    /// `--input-bits`, or for dynamic per-token scales, which need none beyond a forward pass).
+    pub input_calibration: std::time::Duration,
     /// Peak resident memory of the process (VmHWM), bytes, where the OS reports it.
     pub peak_rss: Option<u64>,
     /// Layers whose Hessian needed extra damping.
@@ -220,6 +223,13 @@ impl std::fmt::Display for PtqLlmReport {
             t.algorithm.as_secs_f64(),
             t.total.as_secs_f64()
         )?;
+        if !self.input_calibration.is_zero() {
+            writeln!(
+                f,
+                "activation quantizers: {:.1} s (calibration passes after the weights)",
+                self.input_calibration.as_secs_f64()
+            )?;
+        }
         if let Some(rss) = self.peak_rss {
             writeln!(f, "peak memory (VmHWM): {:.0} MB", rss as f64 / 1e6)?;
         }
@@ -321,9 +331,15 @@ pub fn run(
         batch_windows: opts.batch_windows,
     };
     let result = quantize_model(&mut model, &windows, &config, progress)?;
-    if let Some(q) = input_quant {
-        model = burn_quant_llm::pipeline::quantize_inputs(model, q, &windows, opts.batch_windows)?;
-    }
+    let input_calibration = match input_quant {
+        Some(q) => {
+            let t = Instant::now();
+            model =
+                burn_quant_llm::pipeline::quantize_inputs(model, q, &windows, opts.batch_windows)?;
+            t.elapsed()
+        }
+        None => std::time::Duration::ZERO,
+    };
     let quantize_time = t.elapsed();
     let t = Instant::now();
     let r = perplexity_of_text(&model, &tokenizer, &eval, &ppl_cfg)?;
@@ -362,6 +378,7 @@ pub fn run(
     Ok(PtqLlmReport {
         rows,
         timings: result.timings,
+        input_calibration,
         peak_rss: peak_rss(),
         damped_layers,
     })
