@@ -5,8 +5,8 @@
 //! - the statistics accumulation (`H = XᵀX` over 16 batches of 512 tokens) on the host path
 //!   (`gemm` on the raw buffers, the default) and on the device path (Burn `matmul` on
 //!   `Device::flex()`), each with its achieved GFLOP/s;
-//! - the algorithm (factorization + sweep) for W4 symmetric groups (g128 where d_in allows it,
-//!   g64 for d_in = 576, which 128 does not divide), with and without act-order;
+//! - the algorithm (factorization + sweep) for W4 symmetric groups of 128 (d_in = 576 ends in
+//!   a short group of 64), with and without act-order;
 //! - the FLOP-count estimate of each part and the time it would take at the machine's measured
 //!   matmul rate (a plain 1024³ f32 GEMM, same run), so the gap to the hardware shows.
 //!
@@ -190,7 +190,7 @@ fn main() {
             }
         });
 
-        let group = if d_in.is_multiple_of(128) { 128 } else { 64 };
+        let group = 128;
         let spec = QuantSpec::int4_weight_per_group(group);
         let time = |algo: &dyn Stage2Algorithm, stats: &LayerStats| {
             median_secs(3, || {
