@@ -524,21 +524,27 @@ mod tests {
         ]
     }
 
+    /// Quantizes `x` and checks that `dequantize`, the fused host fake-quant and the
+    /// differentiable tensor path give the same values bit for bit.
+    fn quantize_through_every_path(x: &Tensor<2>, spec: &QuantSpec) -> QuantTensor<2> {
+        let q = quantize(x.clone(), spec).unwrap();
+        let deq = host(&q.dequantize());
+        let params = q.params();
+        let fused = host(&fake_quant_fused(x.clone(), spec, &params).unwrap());
+        let tensor = host(&fake_quant_custom(x.clone(), spec, &params, &spec.rounding).unwrap());
+        for i in 0..deq.len() {
+            assert_eq!(deq[i], fused[i], "{spec:?} fused at {i}");
+            assert_eq!(deq[i], tensor[i], "{spec:?} tensor path at {i}");
+        }
+        q
+    }
+
     #[test]
     fn dequantize_equals_fused_fake_quant_and_tensor_path_for_every_spec() {
         let device = dev();
         let x = t2(data(256 * 64, 1), [256, 64], &device);
         for spec in specs() {
-            let q = quantize(x.clone(), &spec).unwrap();
-            let deq = host(&q.dequantize());
-            let params = q.params();
-            let fused = host(&fake_quant_fused(x.clone(), &spec, &params).unwrap());
-            let tensor =
-                host(&fake_quant_custom(x.clone(), &spec, &params, &spec.rounding).unwrap());
-            for i in 0..deq.len() {
-                assert_eq!(deq[i], fused[i], "{spec:?} fused at {i}");
-                assert_eq!(deq[i], tensor[i], "{spec:?} tensor path at {i}");
-            }
+            let q = quantize_through_every_path(&x, &spec);
             // Codes lie in the format's code range.
             let (lo, hi) = spec.format.code_range();
             assert!(
@@ -584,16 +590,8 @@ mod tests {
         for spec in ragged_specs() {
             let layout = spec.check_shape(&[200, 70]).unwrap();
             assert!(layout.is_ragged(), "{spec:?}");
-            let q = quantize(x.clone(), &spec).unwrap();
-            let deq = host(&q.dequantize());
+            let q = quantize_through_every_path(&x, &spec);
             let params = q.params();
-            let fused = host(&fake_quant_fused(x.clone(), &spec, &params).unwrap());
-            let tensor =
-                host(&fake_quant_custom(x.clone(), &spec, &params, &spec.rounding).unwrap());
-            for i in 0..deq.len() {
-                assert_eq!(deq[i], fused[i], "{spec:?} fused at {i}");
-                assert_eq!(deq[i], tensor[i], "{spec:?} tensor path at {i}");
-            }
             // Re-quantizing the dequantized tensor with the same params keeps the codes
             // (round to nearest: a grid point rounds to itself).
             if spec.rounding == Rounding::NearestEven {
