@@ -60,6 +60,24 @@ pub trait RoundingFn: Debug + Send + Sync {
     }
 }
 
+impl Rounding {
+    /// The rule for the `call`-th use of a quantizer: stochastic rounding gets a seed derived
+    /// from its own and `call` (call 0 keeps the seed), so a quantizer that counts its calls
+    /// draws fresh noise at every training step while the whole run stays a function of the
+    /// seed. Every other rule is returned unchanged.
+    pub fn for_call(self, call: u64) -> Rounding {
+        match self {
+            Rounding::Stochastic { seed } if call > 0 => {
+                let mut z = seed ^ call.wrapping_mul(0xD1B5_4A32_D192_ED03);
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                Rounding::Stochastic { seed: z ^ (z >> 31) }
+            }
+            other => other,
+        }
+    }
+}
+
 impl RoundingFn for Rounding {
     fn name(&self) -> &str {
         match self {
@@ -128,6 +146,20 @@ pub fn uniform_noise(seed: u64, len: usize, device: &Device) -> Tensor<1> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_call_seeds_are_distinct_and_leave_other_rules_alone() {
+        let r = Rounding::Stochastic { seed: 7 };
+        assert_eq!(r.for_call(0), r);
+        let seeds: std::collections::HashSet<Rounding> = (0..1000).map(|c| r.for_call(c)).collect();
+        assert_eq!(seeds.len(), 1000);
+        assert_eq!(r.for_call(5), r.for_call(5));
+        assert_ne!(
+            Rounding::Stochastic { seed: 8 }.for_call(5),
+            r.for_call(5)
+        );
+        assert_eq!(Rounding::Floor.for_call(3), Rounding::Floor);
+    }
     use crate::format::RoundMode;
 
     #[test]

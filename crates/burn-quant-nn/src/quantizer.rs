@@ -4,7 +4,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use burn_quant_core::{
-    Granularity, QuantParams, QuantSpec, QuantTensor, ScaleSource, compute_params,
+    Granularity, QuantParams, QuantSpec, QuantTensor, Rounding, ScaleSource, compute_params,
     fake_quant_custom, fake_quant_with, quantize_with, round_ste,
 };
 use serde::{Deserialize, Serialize};
@@ -58,6 +58,22 @@ pub struct Quantizer {
     /// `false` turns the quantizer into the identity.
     #[module(skip)]
     pub enabled: bool,
+    /// Forward calls that fake-quantized so far: stochastic rounding draws fresh noise at each
+    /// (see [`Rounding::for_call`]). Shared by clones, so a model that is cloned or mapped
+    /// during training keeps counting; not saved in records.
+    #[module(skip)]
+    calls: CallCounter,
+}
+
+/// A call counter shared by the clones of one quantizer.
+#[derive(Clone, Debug, Default)]
+struct CallCounter(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl CallCounter {
+    /// The number of calls before this one, counting this one.
+    fn next(&self) -> u64 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl QuantizerConfig {
@@ -96,6 +112,7 @@ impl QuantizerConfig {
             spec: self.spec,
             role: self.role,
             enabled: true,
+            calls: CallCounter::default(),
         })
     }
 }
@@ -194,9 +211,20 @@ impl Quantizer {
         let params = self.params_for(&x)?;
         let y = match calibration::rounding_override() {
             Some(rounding) => fake_quant_custom(x, &self.spec, &params, rounding.as_ref())?,
-            None => fake_quant_with(x, &self.spec, &params)?,
+            None => fake_quant_with(x, &self.spec_for_this_call(), &params)?,
         };
         Ok((y, Some(params)))
+    }
+
+    /// The spec for the next fake-quant call: stochastic rounding with a per-call seed (the
+    /// first call uses the spec's own seed), anything else as is.
+    fn spec_for_this_call(&self) -> QuantSpec {
+        match self.spec.rounding {
+            Rounding::Stochastic { .. } => self
+                .spec
+                .with_rounding(self.spec.rounding.for_call(self.calls.next())),
+            _ => self.spec,
+        }
     }
 
     /// The params this quantizer applies to an input shaped like `x`: the stored ones reshaped
@@ -339,5 +367,61 @@ pub(crate) fn quant_out<const D: usize>(q: &Option<Quantizer>, x: Tensor<D>) -> 
     match q {
         Some(q) => q.try_forward(x),
         None => Ok(x),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn_quant_core::fake_quant;
+
+    fn host(t: Tensor<2>) -> Vec<f32> {
+        t.into_data().try_into_vec_as::<f32>().expect("f32")
+    }
+
+    /// QAT with stochastic rounding needs new noise at every step: each call of a quantizer
+    /// draws a fresh seed (the first uses the spec's own), the sequence is a function of the
+    /// seed only, clones continue it, and the mean over many calls tends to the input
+    /// (stochastic rounding is unbiased).
+    #[test]
+    fn stochastic_rounding_draws_fresh_noise_at_every_call() {
+        let device = Device::flex();
+        let spec = QuantSpec::int8_weight_per_tensor()
+            .with_bits(4)
+            .with_rounding(Rounding::Stochastic { seed: 11 });
+        let xs: Vec<f32> = (0..64).map(|i| ((i * 37 % 64) as f32 - 31.5) / 9.0).collect();
+        let x = Tensor::<2>::from_data(burn::tensor::TensorData::new(xs.clone(), [8, 8]), &device);
+        let make = || {
+            QuantizerConfig::for_spec(spec, QuantizerRole::Weight)
+                .init(&device)
+                .expect("valid")
+        };
+        let q = make();
+        let first = host(q.forward(x.clone()));
+        let second = host(q.forward(x.clone()));
+        assert_ne!(first, second, "the same noise twice");
+        assert_eq!(first, host(fake_quant(x.clone(), &spec).expect("fits")));
+        // A fresh quantizer replays the sequence; a clone continues it.
+        let fresh = make();
+        assert_eq!(host(fresh.forward(x.clone())), first);
+        assert_eq!(host(fresh.forward(x.clone())), second);
+        let third = host(q.clone().forward(x.clone()));
+        assert_eq!(host(fresh.forward(x.clone())), third);
+        // Unbiased: the mean over 400 calls is within a few standard errors of x.
+        let n = 400;
+        let mut mean = vec![0f64; xs.len()];
+        for _ in 0..n {
+            for (m, v) in mean.iter_mut().zip(host(q.forward(x.clone()))) {
+                *m += v as f64 / n as f64;
+            }
+        }
+        let scale = xs.iter().fold(0f32, |a, v| a.max(v.abs())) as f64 / 7.0;
+        let worst = mean
+            .iter()
+            .zip(&xs)
+            .map(|(m, &v)| (m - v as f64).abs())
+            .fold(0f64, f64::max);
+        // One call's error is at most `scale` with std ≤ scale/2; 5 standard errors of 400.
+        assert!(worst < 5.0 * 0.5 * scale / (n as f64).sqrt(), "{worst} vs scale {scale}");
     }
 }
