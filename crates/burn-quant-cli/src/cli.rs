@@ -79,6 +79,11 @@ pub struct PtqLlmArgs {
     /// `tensor` (static per-tensor) or `token` (dynamic per-token) activation scales.
     #[arg(long, default_value = "tensor")]
     pub input_granularity: String,
+    /// Calibrate the weight algorithm on quantized activations (Brevitas's
+    /// `--gpxq-use-quant-activations`): the activation quantizers are attached (and static ones
+    /// calibrated) before the weights are quantized. Needs --input-bits.
+    #[arg(long)]
+    pub use_quant_activations: bool,
     /// Calibration windows of 512 tokens from the calibration text.
     #[arg(long, default_value_t = 16)]
     pub calib_windows: usize,
@@ -126,6 +131,7 @@ impl PtqLlmArgs {
             act_order: self.act_order,
             input_bits: self.input_bits,
             input_granularity: self.input_granularity.clone(),
+            use_quant_activations: self.use_quant_activations,
             calib_windows: self.calib_windows,
             seed: self.seed,
             eval_windows: self.eval_windows,

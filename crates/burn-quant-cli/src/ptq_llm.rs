@@ -40,6 +40,10 @@ pub struct PtqLlmOptions {
     pub input_bits: Option<u8>,
     /// `tensor` (static, calibrated) or `token` (dynamic) activation scales.
     pub input_granularity: String,
+    /// Attach (and calibrate) the activation quantizers before the weights, so the weight
+    /// algorithm sees quantized inputs (Brevitas's `use_quant_activations`); needs
+    /// `input_bits`. Otherwise they are attached after the weights are quantized.
+    pub use_quant_activations: bool,
     /// Calibration windows drawn from the calibration text.
     pub calib_windows: usize,
     /// Tokens per calibration window.
@@ -68,6 +72,7 @@ impl Default for PtqLlmOptions {
             act_order: false,
             input_bits: None,
             input_granularity: "tensor".into(),
+            use_quant_activations: false,
             calib_windows: 16,
             calib_window: 512,
             seed: 0,
@@ -146,6 +151,13 @@ impl PtqLlmOptions {
     /// The activation quantization these options select.
     pub fn input_quant(&self) -> Result<Option<InputQuant>> {
         let Some(bits) = self.input_bits else {
+            if self.use_quant_activations {
+                return Err(CliError::config(
+                    "use_quant_activations",
+                    true,
+                    "needs input_bits (activations to quantize)",
+                ));
+            }
             return Ok(None);
         };
         if !(2..=8).contains(&bits) {
@@ -330,21 +342,37 @@ pub fn run(
         algorithm,
         batch_windows: opts.batch_windows,
     };
-    let result = quantize_model(&mut model, &windows, &config, progress)?;
-    let input_calibration = match input_quant {
-        Some(q) => {
-            let t = Instant::now();
-            model =
-                burn_quant_llm::pipeline::quantize_inputs(model, q, &windows, opts.batch_windows)?;
-            t.elapsed()
+    // Activation quantizers: before the weights when the weight algorithm should see them
+    // (static scales then come from the float model, as in Brevitas), after them otherwise.
+    let mut input_calibration = Duration::ZERO;
+    let mut attach_inputs = |model: LlamaModel| -> Result<LlamaModel> {
+        match input_quant {
+            Some(q) => {
+                let t = Instant::now();
+                let m = burn_quant_llm::pipeline::quantize_inputs(
+                    model,
+                    q,
+                    &windows,
+                    opts.batch_windows,
+                )?;
+                input_calibration = t.elapsed();
+                Ok(m)
+            }
+            None => Ok(model),
         }
-        None => std::time::Duration::ZERO,
     };
+    if opts.use_quant_activations {
+        model = attach_inputs(model)?;
+    }
+    let result = quantize_model(&mut model, &windows, &config, progress)?;
+    if !opts.use_quant_activations {
+        model = attach_inputs(model)?;
+    }
     let quantize_time = t.elapsed();
     let t = Instant::now();
     let r = perplexity_of_text(&model, &tokenizer, &eval, &ppl_cfg)?;
     let label = format!(
-        "{} W{}{} {}{}{}",
+        "{} W{}{} {}{}{}{}",
         opts.algo,
         opts.weight_bits,
         opts.input_bits.map(|b| format!("A{b}")).unwrap_or_default(),
@@ -359,6 +387,11 @@ pub fn run(
             if opts.f16_scales { " f16" } else { "" }
         ),
         if opts.act_order { " act-order" } else { "" },
+        if opts.use_quant_activations {
+            " qact"
+        } else {
+            ""
+        },
     );
     rows.push(PtqLlmRow {
         label,
@@ -536,6 +569,12 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.input_quant().is_err());
+        let bad = PtqLlmOptions {
+            use_quant_activations: true,
+            ..Default::default()
+        };
+        let e = bad.input_quant().unwrap_err().to_string();
+        assert!(e.contains("use_quant_activations"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

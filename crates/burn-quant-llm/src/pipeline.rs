@@ -16,6 +16,13 @@
 //!
 //! The model's weights are replaced by their dequantization Ŵ, and every layer's
 //! [`QuantTensor`] is kept (by Hugging Face name) for export, code for code.
+//!
+//! **Quantized activations during calibration** (Brevitas's `use_quant_activations`): when the
+//! block linears already carry input quantizers ([`quantize_inputs`] called before
+//! [`quantize_model`]), the quantized path is the deployed one, so the statistics of each site
+//! are taken on its *quantized* input `Q_a(X̃)` (what the layer multiplies), while the float
+//! path runs with every quantizer off and stays the float model's target. Without input
+//! quantizers the algorithms see float activations.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -145,7 +152,10 @@ pub fn quantize_model(
                     let mut keep = |s: InputSite, v: &Tensor<3>| {
                         sites.insert(s, v.clone());
                     };
-                    *x = float_block.forward(x.clone(), rope, Some(&mut keep))?;
+                    // The float model: input quantizers (if any) off.
+                    *x = burn_quant_nn::without_quantization(|| {
+                        float_block.forward(x.clone(), rope, Some(&mut keep))
+                    })?;
                     float_sites.push(sites);
                 }
                 timings.forward += t.elapsed();
@@ -159,6 +169,15 @@ pub fn quantize_model(
                     .iter_mut()
                     .map(|s| s.input_of(site, block, rope))
                     .collect::<Result<_>>()?;
+                // What the layers multiply: the input through their quantizer, if they have
+                // one (the consumers of a site share their input and their input spec).
+                let site_inputs = match &block.linear(site.consumers()[0]).input_quant {
+                    Some(q) => site_inputs
+                        .into_iter()
+                        .map(|x| q.try_forward(x))
+                        .collect::<std::result::Result<_, _>>()?,
+                    None => site_inputs,
+                };
                 timings.forward += t.elapsed();
                 let t = Instant::now();
                 let d_in = site_inputs[0].dims()[2];
@@ -556,6 +575,82 @@ mod tests {
             quantize_inputs(float, InputQuant::PerTensorStatic { bits: 8 }, &[], 2),
             Err(LlmError::Calibration(_))
         ));
+    }
+
+    /// With input quantizers attached first, the weight algorithm is calibrated on the inputs
+    /// the layers multiply: on the q/k/v site of block 0 (where both paths start from the
+    /// embeddings) the pipeline's GPTQ codes are exactly GPTQ's on statistics of `Q(X)`, and
+    /// without quantizers exactly GPTQ's on statistics of `X`; GPTAQ's are exactly GPTAQ's on
+    /// the float target `X` (the float path runs with the quantizers off) and input `Q(X)`.
+    #[test]
+    fn weight_algorithms_see_quantized_inputs_when_quantizers_are_attached() {
+        let device = Device::flex();
+        let float = LlamaModel::random(&hparams(), 13, &device).unwrap();
+        let calib = windows(8, 32, 4);
+        let act = InputQuant::PerTokenDynamic { bits: 4 };
+        let spec = QuantSpec::int4_weight_per_group(16).with_bits(3);
+        let cfg = |algo: &str| PtqConfig {
+            weights: spec,
+            algorithm: algo.parse().unwrap(),
+            batch_windows: 4,
+        };
+        let attached = quantize_inputs(float.clone(), act, &calib, 4).unwrap();
+        let run = |start: &LlamaModel, algo: &str| {
+            let mut m = start.clone();
+            let r = quantize_model(&mut m, &calib, &cfg(algo), &mut |_| {}).unwrap();
+            (m, r)
+        };
+        let (_, aware) = run(&attached, "gptq");
+        let (_, unaware) = run(&float, "gptq");
+        // The reference: GPTQ on statistics of the site's input, batch by batch as the
+        // pipeline observes them, with and without the input quantizer.
+        let algo: Algorithm = "gptq".parse().unwrap();
+        let block = attached.block(0).unwrap();
+        let quantizer = block.linear(LinearSlot::Q).input_quant.clone().unwrap();
+        let reference = |through_quantizer: bool, slot: LinearSlot| {
+            let mut stats = algo.new_stats(hparams().hidden_size);
+            for chunk in calib.chunks(4) {
+                let rows: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+                let x = attached.embed(attached.tokens(&rows).unwrap()).unwrap();
+                let mut h = block.input_layernorm.forward(x);
+                if through_quantizer {
+                    h = quantizer.try_forward(h).unwrap();
+                }
+                algo.observe(&mut stats, &flatten(h), None).unwrap();
+            }
+            let w = float.block(0).unwrap().linear(slot).weight.val();
+            algo.quantize(&w, &stats, &spec).unwrap().tensor.codes_vec()
+        };
+        for slot in [LinearSlot::Q, LinearSlot::K, LinearSlot::V] {
+            let name = hf_weight_name(0, slot);
+            let (with_q, without) = (reference(true, slot), reference(false, slot));
+            assert_ne!(with_q, without, "{name}: the quantizer changes nothing");
+            assert_eq!(aware.weights[&name].codes_vec(), with_q, "{name}");
+            assert_eq!(unaware.weights[&name].codes_vec(), without, "{name}");
+        }
+        // GPTAQ: float target X (quantizers off on the float path), quantized input Q(X).
+        let gptaq: Algorithm = "gptaq".parse().unwrap();
+        let mut stats = gptaq.new_stats(hparams().hidden_size);
+        for chunk in calib.chunks(4) {
+            let rows: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+            let x = attached.embed(attached.tokens(&rows).unwrap()).unwrap();
+            let h = block.input_layernorm.forward(x);
+            let hq = quantizer.try_forward(h.clone()).unwrap();
+            gptaq
+                .observe(&mut stats, &flatten(h), Some(&flatten(hq)))
+                .unwrap();
+        }
+        let w = float.block(0).unwrap().linear(LinearSlot::Q).weight.val();
+        let want = gptaq.quantize(&w, &stats, &spec).unwrap().tensor.codes_vec();
+        let (m, r) = run(&attached, "gptaq");
+        assert_eq!(r.weights[&hf_weight_name(0, LinearSlot::Q)].codes_vec(), want);
+        assert_eq!(r.weights.len(), 14);
+        let rows: Vec<&[u32]> = calib[..2].iter().map(Vec::as_slice).collect();
+        assert!(
+            host(m.hidden(m.tokens(&rows).unwrap()).unwrap())
+                .iter()
+                .all(|v| v.is_finite())
+        );
     }
 
     #[test]
