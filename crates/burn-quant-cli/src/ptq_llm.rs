@@ -198,9 +198,9 @@ pub struct PtqLlmReport {
     pub rows: Vec<PtqLlmRow>,
     /// Time split of the quantization (forward passes, statistics, algorithm).
     pub timings: burn_quant_llm::PtqTimings,
-    /// Calibration of the static activation quantizers after the weights (zero without
-    /// `--input-bits`, or for dynamic per-token scales, which need none beyond a forward pass).
-    pub input_calibration: std::time::Duration,
+    /// Time spent calibrating static activation scales (`None` without them: float or
+    /// dynamic per-token activations need no calibration).
+    pub input_calibration: Option<Duration>,
     /// Peak resident memory of the process (VmHWM), bytes, where the OS reports it.
     pub peak_rss: Option<u64>,
     /// Layers whose Hessian needed extra damping.
@@ -235,11 +235,11 @@ impl std::fmt::Display for PtqLlmReport {
             t.algorithm.as_secs_f64(),
             t.total.as_secs_f64()
         )?;
-        if !self.input_calibration.is_zero() {
+        if let Some(t) = self.input_calibration {
             writeln!(
                 f,
-                "activation quantizers: {:.1} s (calibration passes after the weights)",
-                self.input_calibration.as_secs_f64()
+                "static activation scales: {:.1} s of calibration passes",
+                t.as_secs_f64()
             )?;
         }
         if let Some(rss) = self.peak_rss {
@@ -344,7 +344,7 @@ pub fn run(
     };
     // Activation quantizers: before the weights when the weight algorithm should see them
     // (static scales then come from the float model, as in Brevitas), after them otherwise.
-    let mut input_calibration = Duration::ZERO;
+    let mut input_calibration = None;
     let mut attach_inputs = |model: LlamaModel| -> Result<LlamaModel> {
         match input_quant {
             Some(q) => {
@@ -355,7 +355,9 @@ pub fn run(
                     &windows,
                     opts.batch_windows,
                 )?;
-                input_calibration = t.elapsed();
+                if let InputQuant::PerTensorStatic { .. } = q {
+                    input_calibration = Some(t.elapsed());
+                }
                 Ok(m)
             }
             None => Ok(model),
