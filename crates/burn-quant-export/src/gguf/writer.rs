@@ -22,7 +22,8 @@ struct PendingTensor {
     data: Vec<u8>,
 }
 
-/// Builds a GGUF v3 file in memory and writes it atomically.
+/// Collects the metadata and the encoded tensors of a GGUF v3 file, then streams the file out
+/// (`write_to`) or writes it atomically (`write_file`) without a second in-memory copy.
 ///
 /// Metadata keys and tensors are written in insertion order; tensor offsets are the running sum
 /// of padded sizes (llama.cpp's rule). Dims are given in ggml order (`dims[0]` = contiguous axis).
@@ -140,6 +141,14 @@ impl GgufWriter {
 
     /// Serializes the whole file.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.write_to(&mut out)?;
+        Ok(out)
+    }
+
+    /// Streams the file to `out`: the header (metadata and tensor infos) is built in memory,
+    /// the tensor data is written from the writer's buffers without another copy of the file.
+    pub fn write_to<W: Write>(&self, out: &mut W) -> Result<()> {
         let mut metadata = self.metadata.clone();
         if let Some(t) = self.tensors.iter().find(|t| t.ty.is_quantized()) {
             match metadata.iter().find(|(k, _)| k == QUANTIZATION_VERSION_KEY) {
@@ -153,40 +162,44 @@ impl GgufWriter {
             }
         }
         let align = self.alignment() as u64;
-        let mut out = Vec::new();
-        out.extend_from_slice(&GGUF_MAGIC.to_le_bytes());
-        out.extend_from_slice(&GGUF_VERSION.to_le_bytes());
-        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+        let mut head = Vec::new();
+        head.extend_from_slice(&GGUF_MAGIC.to_le_bytes());
+        head.extend_from_slice(&GGUF_VERSION.to_le_bytes());
+        head.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        head.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
         for (k, v) in &metadata {
-            write_string(&mut out, k);
-            out.extend_from_slice(&v.value_type().id().to_le_bytes());
-            write_value(&mut out, v);
+            write_string(&mut head, k);
+            head.extend_from_slice(&v.value_type().id().to_le_bytes());
+            write_value(&mut head, v);
         }
         let mut offset = 0u64;
         for t in &self.tensors {
-            write_string(&mut out, &t.name);
-            out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+            write_string(&mut head, &t.name);
+            head.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
             for d in &t.dims {
-                out.extend_from_slice(&d.to_le_bytes());
+                head.extend_from_slice(&d.to_le_bytes());
             }
-            out.extend_from_slice(&t.ty.id().to_le_bytes());
-            out.extend_from_slice(&offset.to_le_bytes());
+            head.extend_from_slice(&t.ty.id().to_le_bytes());
+            head.extend_from_slice(&offset.to_le_bytes());
             offset = align_up(offset + t.data.len() as u64, align).expect("size fits memory");
         }
-        pad(&mut out, align);
+        pad(&mut head, align);
+        out.write_all(&head)?;
+        let zeros = vec![0u8; align as usize];
         for t in &self.tensors {
-            out.extend_from_slice(&t.data);
-            pad(&mut out, align);
+            out.write_all(&t.data)?;
+            let rem = (t.data.len() as u64 % align) as usize;
+            if rem != 0 {
+                out.write_all(&zeros[..align as usize - rem])?;
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Writes the file atomically: to a temporary file in the same directory, synced, then
-    /// renamed over `path`.
+    /// Writes the file atomically: streamed to a temporary file in the same directory,
+    /// synced, then renamed over `path`.
     pub fn write_file(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let bytes = self.to_bytes()?;
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => std::path::PathBuf::from("."),
@@ -198,17 +211,18 @@ impl GgufWriter {
         tmp_name.push(file_name);
         tmp_name.push(format!(".tmp{}", std::process::id()));
         let tmp = dir.join(tmp_name);
-        let result = (|| -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
+        let result = (|| -> Result<()> {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            self.write_to(&mut f)?;
+            let f = f.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
             drop(f);
-            std::fs::rename(&tmp, path)
+            Ok(std::fs::rename(&tmp, path)?)
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        Ok(result?)
+        result
     }
 }
 
