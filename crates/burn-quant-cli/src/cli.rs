@@ -79,6 +79,10 @@ pub struct PtqLlmArgs {
     /// `tensor` (static per-tensor) or `token` (dynamic per-token) activation scales.
     #[arg(long, default_value = "tensor")]
     pub input_granularity: String,
+    /// Statistic of static activation scales: absmax, percentile (99.999, Brevitas's
+    /// default), percentile:Q or mse.
+    #[arg(long, default_value = "absmax")]
+    pub input_stat: String,
     /// Calibrate the weight algorithm on quantized activations (Brevitas's
     /// `--gpxq-use-quant-activations`): the activation quantizers are attached (and static ones
     /// calibrated) before the weights are quantized. Needs --input-bits.
@@ -131,6 +135,7 @@ impl PtqLlmArgs {
             act_order: self.act_order,
             input_bits: self.input_bits,
             input_granularity: self.input_granularity.clone(),
+            input_stat: self.input_stat.clone(),
             use_quant_activations: self.use_quant_activations,
             calib_windows: self.calib_windows,
             seed: self.seed,

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
-use burn_quant::{Format, Granularity, QuantSpec, ScaleQuant, ScaleRestriction, ZeroPoint};
+use burn_quant::{
+    Format, Granularity, QuantSpec, ScaleQuant, ScaleRestriction, ScaleStat, ZeroPoint,
+};
 use burn_quant_llm::pipeline::InputQuant;
 use burn_quant_llm::{
     CalibrationConfig, LlamaModel, LlamaTokenizer, PerplexityConfig, PtqConfig,
@@ -40,6 +42,9 @@ pub struct PtqLlmOptions {
     pub input_bits: Option<u8>,
     /// `tensor` (static, calibrated) or `token` (dynamic) activation scales.
     pub input_granularity: String,
+    /// Statistic of static (`tensor`) activation scales: `absmax`, `percentile` (99.999, as
+    /// Brevitas), `percentile:Q` or `mse`.
+    pub input_stat: String,
     /// Attach (and calibrate) the activation quantizers before the weights, so the weight
     /// algorithm sees quantized inputs (Brevitas's `use_quant_activations`); needs
     /// `input_bits`. Otherwise they are attached after the weights are quantized.
@@ -72,6 +77,7 @@ impl Default for PtqLlmOptions {
             act_order: false,
             input_bits: None,
             input_granularity: "tensor".into(),
+            input_stat: "absmax".into(),
             use_quant_activations: false,
             calib_windows: 16,
             calib_window: 512,
@@ -148,6 +154,23 @@ impl PtqLlmOptions {
         Ok(a.with_act_order(self.act_order))
     }
 
+    /// The statistic of static activation scales.
+    pub fn input_scale_stat(&self) -> Result<ScaleStat> {
+        let bad = |why: &str| CliError::config("input_stat", &self.input_stat, why.to_string());
+        match self.input_stat.as_str() {
+            "absmax" => Ok(ScaleStat::AbsMax),
+            "mse" => Ok(ScaleStat::mse()),
+            "percentile" => Ok(ScaleStat::Percentile { q: 99.999 }),
+            other => match other.strip_prefix("percentile:").map(str::parse::<f32>) {
+                Some(Ok(q)) if q > 0.0 && q <= 100.0 => Ok(ScaleStat::Percentile { q }),
+                Some(_) => Err(bad("the percentile must be a number in (0, 100]")),
+                None => Err(bad(
+                    "expected `absmax`, `percentile`, `percentile:Q` or `mse`",
+                )),
+            },
+        }
+    }
+
     /// The activation quantization these options select.
     pub fn input_quant(&self) -> Result<Option<InputQuant>> {
         let Some(bits) = self.input_bits else {
@@ -164,7 +187,10 @@ impl PtqLlmOptions {
             return Err(CliError::config("input_bits", bits, "must be in 2..=8"));
         }
         match self.input_granularity.as_str() {
-            "tensor" => Ok(Some(InputQuant::PerTensorStatic { bits })),
+            "tensor" => Ok(Some(InputQuant::PerTensorStatic {
+                bits,
+                stat: self.input_scale_stat()?,
+            })),
             "token" => Ok(Some(InputQuant::PerTokenDynamic { bits })),
             other => Err(CliError::config(
                 "input_granularity",
@@ -577,6 +603,23 @@ mod tests {
         };
         let e = bad.input_quant().unwrap_err().to_string();
         assert!(e.contains("use_quant_activations"), "{e}");
+        let stat = |s: &str| {
+            PtqLlmOptions {
+                input_bits: Some(8),
+                input_stat: s.into(),
+                ..Default::default()
+            }
+            .input_quant()
+        };
+        assert_eq!(
+            stat("percentile:99.9").unwrap(),
+            Some(InputQuant::PerTensorStatic {
+                bits: 8,
+                stat: ScaleStat::Percentile { q: 99.9 }
+            })
+        );
+        assert!(stat("percentile:0").is_err());
+        assert!(stat("median").is_err());
         std::fs::remove_dir_all(&dir).ok();
     }
 }
