@@ -5,17 +5,12 @@
 
 mod onnx_common;
 
-use burn::module::Module;
 use burn::nn::PaddingConfig2d;
-use burn::tensor::Tensor;
 use burn_quant::core::{Format, Granularity, Minifloat, QuantSpec, ScaleSource};
 use burn_quant::export::onnx::{
     QdqModelBuilder, proto::DataType, read_onnx, summarize, tensor_values,
 };
-use burn_quant::nn::{
-    QuantAct, QuantActConfig, QuantConv2d, QuantConv2dConfig, QuantLinear, QuantLinearConfig,
-    QuantReLU, QuantReLUConfig, calibrate,
-};
+use burn_quant::nn::{QuantActConfig, QuantConv2dConfig, QuantLinearConfig, QuantReLUConfig};
 use onnx_common::*;
 
 /// Every weight format QDQ can hold, through one `QuantLinear` (no activation quantizer): the
@@ -194,27 +189,6 @@ fn qdq_weight_formats_dequantize_exactly_in_onnxruntime() {
     }
 }
 
-#[derive(Module, Debug)]
-struct Mlp {
-    fc1: QuantLinear,
-    relu: QuantReLU,
-    fc2: QuantLinear,
-}
-
-impl Mlp {
-    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.fc2.forward(self.relu.forward(self.fc1.forward(x)))
-    }
-}
-
-/// Pixel-like inputs in [0, 1), `[8, 768]`.
-fn pixels(seed: u64) -> Vec<f32> {
-    uniform(8 * 768, seed, 0.5)
-        .iter()
-        .map(|v| v + 0.5)
-        .collect()
-}
-
 /// The quickstart's shape (768-256-10, ReLU) with int8 per-channel weights, a static int8
 /// input quantizer and a uint8 ReLU output quantizer, calibrated on three batches.
 fn calibrated_mlp() -> Mlp {
@@ -229,13 +203,7 @@ fn calibrated_mlp() -> Mlp {
             .unwrap(),
         fc2: QuantLinearConfig::new(256, 10).init(&dev).unwrap(),
     };
-    calibrate(mlp, |m| {
-        for seed in 1..4 {
-            m.forward(tensor(&pixels(seed), [8, 768]));
-        }
-    })
-    .unwrap()
-    .0
+    mlp.calibrated()
 }
 
 /// The quickstart MLP exported as QDQ with a dynamic batch (built for batch 1, run with 8):
@@ -258,15 +226,7 @@ fn qdq_quickstart_mlp_matches_forward_layer_by_layer() {
     let model = b.build().unwrap();
     assert_eq!((model.default_opset(), model.ir_version), (Some(13), 7));
     let x = pixels(11);
-    let stages = [
-        stage("linear_0.add", false, |v, s| {
-            host(mlp.fc1.forward(t2(v, s)))
-        }),
-        stage("relu_1.act_quant", true, |v, s| {
-            host(mlp.relu.forward(t2(v, s)))
-        }),
-        stage("output", false, |v, s| host(mlp.fc2.forward(t2(v, s)))),
-    ];
+    let stages = mlp.stages();
     let Some(run) = check_stages(
         "onnx_qdq_run.py",
         "mlp_int8",
@@ -429,26 +389,6 @@ fn qdq_activation_quantizers_equal_fake_quant() {
     }
 }
 
-#[derive(Module, Debug)]
-struct Cnn {
-    input: QuantAct,
-    conv1: QuantConv2d,
-    relu1: QuantReLU,
-    conv2: QuantConv2d,
-    relu2: QuantReLU,
-    fc: QuantLinear,
-}
-
-impl Cnn {
-    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self.input.forward(x);
-        let x = self.relu1.forward(self.conv1.forward(x));
-        let x = self.relu2.forward(self.conv2.forward(x));
-        let [b, c, h, w] = x.dims();
-        self.fc.forward(x.reshape([b, c * h * w]))
-    }
-}
-
 /// A CNN like `burnq qat`'s: int8 input quantizer, a `Same`-padded 3×3 convolution with int8
 /// per-output-channel weights, uint8 ReLU, a strided convolution with uint4 asymmetric
 /// per-channel weights, an int8 input quantizer and an int32 bias, uint8 ReLU, flatten and a
@@ -483,14 +423,7 @@ fn calibrated_cnn() -> (Cnn, Vec<f32>) {
             .init(&dev)
             .unwrap(),
     };
-    let images = |seed| uniform(2 * 144, seed, 1.0);
-    let (cnn, _) = calibrate(cnn, |m| {
-        for seed in 20..23 {
-            m.forward(tensor(&images(seed), [2, 1, 12, 12]));
-        }
-    })
-    .unwrap();
-    (cnn, images(30))
+    (cnn.calibrated(), images(30))
 }
 
 /// The CNN exported as QDQ: int32 biases become INT32 initializers with a per-channel
@@ -498,21 +431,7 @@ fn calibrated_cnn() -> (Cnn, Vec<f32>) {
 #[test]
 fn qdq_small_cnn_matches_forward_layer_by_layer() {
     let (cnn, x) = calibrated_cnn();
-    let b = QdqModelBuilder::new("images", &[2, 1, 12, 12])
-        .act(&cnn.input)
-        .unwrap()
-        .conv2d(&cnn.conv1)
-        .unwrap()
-        .relu(&cnn.relu1)
-        .unwrap()
-        .conv2d(&cnn.conv2)
-        .unwrap()
-        .relu(&cnn.relu2)
-        .unwrap()
-        .flatten()
-        .unwrap()
-        .linear(&cnn.fc)
-        .unwrap();
+    let b = cnn.export(QdqModelBuilder::new("images", &[2, 1, 12, 12]));
     let names: Vec<String> = b.layers().iter().map(|l| l.output.clone()).collect();
     assert_eq!(b.current_shape(), &[2, 10]);
     let model = b.build().unwrap();
@@ -527,15 +446,7 @@ fn qdq_small_cnn_matches_forward_layer_by_layer() {
     let conv1 = graph.node.iter().find(|n| n.op_type == "Conv").unwrap();
     let pads = conv1.attribute.iter().find(|a| a.name == "pads").unwrap();
     assert_eq!(pads.ints, vec![1, 1, 1, 1]);
-    let stages = [
-        stage(&names[0], true, |v, s| host(cnn.input.forward(t4(v, s)))),
-        stage(&names[1], false, |v, s| host(cnn.conv1.forward(t4(v, s)))),
-        stage(&names[2], true, |v, s| host(cnn.relu1.forward(t4(v, s)))),
-        stage(&names[3], false, |v, s| host(cnn.conv2.forward(t4(v, s)))),
-        stage(&names[4], true, |v, s| host(cnn.relu2.forward(t4(v, s)))),
-        stage(&names[5], true, |v, _| v.to_vec()),
-        stage("output", false, |v, s| host(cnn.fc.forward(t2(v, s)))),
-    ];
+    let stages = cnn.stages(&names);
     let Some(run) = check_stages(
         "onnx_qdq_run.py",
         "cnn",

@@ -6,16 +6,13 @@
 
 mod onnx_common;
 
-use burn::module::Module;
 use burn::nn::PaddingConfig2d;
-use burn::tensor::Tensor;
 use burn_quant::core::{
     Format, Granularity, Minifloat, QuantSpec, Rounding, ScaleSource, ScaleStat,
 };
 use burn_quant::export::onnx::{QONNX_DOMAIN, QonnxModelBuilder, TruncSpec};
 use burn_quant::nn::{
-    QuantAct, QuantActConfig, QuantConv2d, QuantConv2dConfig, QuantLinear, QuantLinearConfig,
-    QuantReLU, QuantReLUConfig, calibrate,
+    QuantAct, QuantActConfig, QuantConv2dConfig, QuantLinearConfig, QuantReLUConfig,
 };
 use onnx_common::*;
 
@@ -298,13 +295,6 @@ fn qonnx_nodes_reproduce_the_formats_md_examples() {
     );
 }
 
-#[derive(Module, Debug)]
-struct Mlp {
-    fc1: QuantLinear,
-    relu: QuantReLU,
-    fc2: QuantLinear,
-}
-
 /// The quickstart's MLP shape with int4 per-channel and per-group weights, a calibrated int8
 /// input scale, a uint8 ReLU and an int32 bias, through qonnx's executor layer by layer.
 #[test]
@@ -324,22 +314,8 @@ fn qonnx_quickstart_mlp_matches_forward_layer_by_layer() {
             .with_weight_quant(Some(QuantSpec::int4_weight_per_group(32)))
             .init(&dev)
             .unwrap(),
-    };
-    let pixels = |seed| {
-        uniform(8 * 768, seed, 0.5)
-            .iter()
-            .map(|v| v + 0.5)
-            .collect::<Vec<f32>>()
-    };
-    let (mlp, _) = calibrate(mlp, |m| {
-        for seed in 1..4 {
-            m.fc2.forward(
-                m.relu
-                    .forward(m.fc1.forward(tensor(&pixels(seed), [8, 768]))),
-            );
-        }
-    })
-    .unwrap();
+    }
+    .calibrated();
     let model = QonnxModelBuilder::new("pixels", &[8, 768])
         .linear(&mlp.fc1)
         .unwrap()
@@ -359,15 +335,7 @@ fn qonnx_quickstart_mlp_matches_forward_layer_by_layer() {
         .collect();
     // Input, fc1 weight, fc1 int32 bias, ReLU output, fc2 weight (grouped: Reshape around it).
     assert_eq!(ops.iter().filter(|o| **o == "Quant").count(), 5, "{ops:?}");
-    let stages = [
-        stage("linear_0.add", false, |v, s| {
-            host(mlp.fc1.forward(t2(v, s)))
-        }),
-        stage("relu_1.act_quant", true, |v, s| {
-            host(mlp.relu.forward(t2(v, s)))
-        }),
-        stage("output", false, |v, s| host(mlp.fc2.forward(t2(v, s)))),
-    ];
+    let stages = mlp.stages();
     check_stages(
         "qonnx_exec.py",
         "qonnx_mlp",
@@ -377,16 +345,6 @@ fn qonnx_quickstart_mlp_matches_forward_layer_by_layer() {
         &stages,
         &[],
     );
-}
-
-#[derive(Module, Debug)]
-struct Cnn {
-    input: QuantAct,
-    conv1: QuantConv2d,
-    relu1: QuantReLU,
-    conv2: QuantConv2d,
-    relu2: QuantReLU,
-    fc: QuantLinear,
 }
 
 /// A small CNN (int4 input quantizer, padded convolution, ternary and fp8 weights, int32
@@ -423,49 +381,15 @@ fn qonnx_small_cnn_matches_forward_layer_by_layer() {
             .with_bias_quant(true)
             .init(&dev)
             .unwrap(),
-    };
-    let images = |seed| uniform(2 * 144, seed, 1.0);
-    let run_cnn = |m: &Cnn, x: Tensor<4>| {
-        let x = m.relu1.forward(m.conv1.forward(m.input.forward(x)));
-        let x = m.relu2.forward(m.conv2.forward(x));
-        let [b, c, h, w] = x.dims();
-        m.fc.forward(x.reshape([b, c * h * w]))
-    };
-    let (cnn, _) = calibrate(cnn, |m| {
-        for seed in 20..23 {
-            run_cnn(m, tensor(&images(seed), [2, 1, 12, 12]));
-        }
-    })
-    .unwrap();
-    let b = QonnxModelBuilder::new("images", &[2, 1, 12, 12])
-        .act(&cnn.input)
-        .unwrap()
-        .conv2d(&cnn.conv1)
-        .unwrap()
-        .relu(&cnn.relu1)
-        .unwrap()
-        .conv2d(&cnn.conv2)
-        .unwrap()
-        .relu(&cnn.relu2)
-        .unwrap()
-        .flatten()
-        .unwrap()
-        .linear(&cnn.fc)
-        .unwrap();
+    }
+    .calibrated();
+    let b = cnn.export(QonnxModelBuilder::new("images", &[2, 1, 12, 12]));
     // 12×12 padded top 2, left 0, bottom 1, right 1 → 15×13 → 13×11 after a 3×3 → strided:
     // (13 − 3)/2 + 1 = 6 by (11 − 3)/2 + 1 = 5.
     assert_eq!(b.layers()[3].output_shape, vec![2, 8, 6, 5]);
     let names: Vec<String> = b.layers().iter().map(|l| l.output.clone()).collect();
     let model = b.build().unwrap();
-    let stages = [
-        stage(&names[0], true, |v, s| host(cnn.input.forward(t4(v, s)))),
-        stage(&names[1], false, |v, s| host(cnn.conv1.forward(t4(v, s)))),
-        stage(&names[2], true, |v, s| host(cnn.relu1.forward(t4(v, s)))),
-        stage(&names[3], false, |v, s| host(cnn.conv2.forward(t4(v, s)))),
-        stage(&names[4], true, |v, s| host(cnn.relu2.forward(t4(v, s)))),
-        stage(&names[5], true, |v, _| v.to_vec()),
-        stage("output", false, |v, s| host(cnn.fc.forward(t2(v, s)))),
-    ];
+    let stages = cnn.stages(&names);
     check_stages(
         "qonnx_exec.py",
         "qonnx_cnn",

@@ -287,3 +287,123 @@ pub fn calibrated_act(
         act
     }
 }
+
+/// The quickstart's MLP shape (768 → 256 → 10 with a quantized ReLU) that both test files
+/// export; each test chooses the layers' specs.
+#[derive(burn::module::Module, Debug)]
+pub struct Mlp {
+    pub fc1: burn_quant::nn::QuantLinear,
+    pub relu: burn_quant::nn::QuantReLU,
+    pub fc2: burn_quant::nn::QuantLinear,
+}
+
+impl Mlp {
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.fc2.forward(self.relu.forward(self.fc1.forward(x)))
+    }
+
+    /// Static scales calibrated on three batches of [`pixels`].
+    pub fn calibrated(self) -> Self {
+        burn_quant::nn::calibrate(self, |m| {
+            for seed in 1..4 {
+                m.forward(tensor(&pixels(seed), [8, 768]));
+            }
+        })
+        .unwrap()
+        .0
+    }
+
+    /// The exported layers (`linear`, `relu`, `linear`) and our forward of each.
+    pub fn stages(&self) -> [Stage<'_>; 3] {
+        [
+            stage("linear_0.add", false, |v, s| {
+                host(self.fc1.forward(t2(v, s)))
+            }),
+            stage("relu_1.act_quant", true, |v, s| {
+                host(self.relu.forward(t2(v, s)))
+            }),
+            stage("output", false, |v, s| host(self.fc2.forward(t2(v, s)))),
+        ]
+    }
+}
+
+/// Pixel-like inputs in [0, 1), `[8, 768]`.
+pub fn pixels(seed: u64) -> Vec<f32> {
+    uniform(8 * 768, seed, 0.5)
+        .iter()
+        .map(|v| v + 0.5)
+        .collect()
+}
+
+/// A small CNN like `burnq qat`'s (input quantizer, two convolutions with quantized ReLUs,
+/// flatten, classifier) on `[2, 1, 12, 12]` images; each test chooses the specs.
+#[derive(burn::module::Module, Debug)]
+pub struct Cnn {
+    pub input: burn_quant::nn::QuantAct,
+    pub conv1: burn_quant::nn::QuantConv2d,
+    pub relu1: burn_quant::nn::QuantReLU,
+    pub conv2: burn_quant::nn::QuantConv2d,
+    pub relu2: burn_quant::nn::QuantReLU,
+    pub fc: burn_quant::nn::QuantLinear,
+}
+
+impl Cnn {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let x = self.input.forward(x);
+        let x = self.relu1.forward(self.conv1.forward(x));
+        let x = self.relu2.forward(self.conv2.forward(x));
+        let [b, c, h, w] = x.dims();
+        self.fc.forward(x.reshape([b, c * h * w]))
+    }
+
+    /// Static scales calibrated on three batches of [`images`].
+    pub fn calibrated(self) -> Self {
+        burn_quant::nn::calibrate(self, |m| {
+            for seed in 20..23 {
+                m.forward(tensor(&images(seed), [2, 1, 12, 12]));
+            }
+        })
+        .unwrap()
+        .0
+    }
+
+    /// Every layer appended to `b`, in forward order.
+    pub fn export<S: burn_quant::export::onnx::QuantStyle>(
+        &self,
+        b: burn_quant::export::onnx::OnnxModelBuilder<S>,
+    ) -> burn_quant::export::onnx::OnnxModelBuilder<S> {
+        b.act(&self.input)
+            .unwrap()
+            .conv2d(&self.conv1)
+            .unwrap()
+            .relu(&self.relu1)
+            .unwrap()
+            .conv2d(&self.conv2)
+            .unwrap()
+            .relu(&self.relu2)
+            .unwrap()
+            .flatten()
+            .unwrap()
+            .linear(&self.fc)
+            .unwrap()
+    }
+
+    /// The exported layers (named `names`, as the builder reports them) and our forward of
+    /// each; the flatten is checked as a plain copy.
+    pub fn stages<'a>(&'a self, names: &[String]) -> [Stage<'a>; 7] {
+        [
+            stage(&names[0], true, |v, s| host(self.input.forward(t4(v, s)))),
+            stage(&names[1], false, |v, s| host(self.conv1.forward(t4(v, s)))),
+            stage(&names[2], true, |v, s| host(self.relu1.forward(t4(v, s)))),
+            stage(&names[3], false, |v, s| host(self.conv2.forward(t4(v, s)))),
+            stage(&names[4], true, |v, s| host(self.relu2.forward(t4(v, s)))),
+            stage(&names[5], true, |v, _| v.to_vec()),
+            stage("output", false, |v, s| host(self.fc.forward(t2(v, s)))),
+        ]
+    }
+}
+
+/// Image-like inputs in [-1, 1), `[2, 1, 12, 12]`.
+pub fn images(seed: u64) -> Vec<f32> {
+    uniform(2 * 144, seed, 1.0)
+}

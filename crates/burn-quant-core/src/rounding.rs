@@ -71,7 +71,9 @@ impl Rounding {
                 let mut z = seed ^ call.wrapping_mul(0xD1B5_4A32_D192_ED03);
                 z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
                 z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                Rounding::Stochastic { seed: z ^ (z >> 31) }
+                Rounding::Stochastic {
+                    seed: z ^ (z >> 31),
+                }
             }
             other => other,
         }
@@ -154,10 +156,7 @@ mod tests {
         let seeds: std::collections::HashSet<Rounding> = (0..1000).map(|c| r.for_call(c)).collect();
         assert_eq!(seeds.len(), 1000);
         assert_eq!(r.for_call(5), r.for_call(5));
-        assert_ne!(
-            Rounding::Stochastic { seed: 8 }.for_call(5),
-            r.for_call(5)
-        );
+        assert_ne!(Rounding::Stochastic { seed: 8 }.for_call(5), r.for_call(5));
         assert_eq!(Rounding::Floor.for_call(3), Rounding::Floor);
     }
     use crate::format::RoundMode;

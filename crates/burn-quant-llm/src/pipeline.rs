@@ -583,10 +583,15 @@ mod tests {
         );
         assert!(e_s4 > e_s8, "int4 {e_s4} vs int8 {e_s8}");
         assert!(matches!(
-            quantize_inputs(float, InputQuant::PerTensorStatic {
-                bits: 8,
-                stat: burn_quant_core::ScaleStat::AbsMax,
-            }, &[], 2),
+            quantize_inputs(
+                float,
+                InputQuant::PerTensorStatic {
+                    bits: 8,
+                    stat: burn_quant_core::ScaleStat::AbsMax,
+                },
+                &[],
+                2
+            ),
             Err(LlmError::Calibration(_))
         ));
     }
@@ -655,9 +660,16 @@ mod tests {
                 .unwrap();
         }
         let w = float.block(0).unwrap().linear(LinearSlot::Q).weight.val();
-        let want = gptaq.quantize(&w, &stats, &spec).unwrap().tensor.codes_vec();
+        let want = gptaq
+            .quantize(&w, &stats, &spec)
+            .unwrap()
+            .tensor
+            .codes_vec();
         let (m, r) = run(&attached, "gptaq");
-        assert_eq!(r.weights[&hf_weight_name(0, LinearSlot::Q)].codes_vec(), want);
+        assert_eq!(
+            r.weights[&hf_weight_name(0, LinearSlot::Q)].codes_vec(),
+            want
+        );
         assert_eq!(r.weights.len(), 14);
         let rows: Vec<&[u32]> = calib[..2].iter().map(Vec::as_slice).collect();
         assert!(
@@ -686,7 +698,13 @@ mod tests {
             let mut out = vec![];
             for i in 0..m.num_blocks() {
                 for slot in LinearSlot::ALL {
-                    let q = m.block(i).unwrap().linear(slot).input_quant.clone().unwrap();
+                    let q = m
+                        .block(i)
+                        .unwrap()
+                        .linear(slot)
+                        .input_quant
+                        .clone()
+                        .unwrap();
                     let s: Vec<f32> = q.scale.unwrap().val().into_data().try_to_vec().unwrap();
                     out.push(s[0]);
                 }

@@ -389,7 +389,9 @@ mod tests {
         let spec = QuantSpec::int8_weight_per_tensor()
             .with_bits(4)
             .with_rounding(Rounding::Stochastic { seed: 11 });
-        let xs: Vec<f32> = (0..64).map(|i| ((i * 37 % 64) as f32 - 31.5) / 9.0).collect();
+        let xs: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 64) as f32 - 31.5) / 9.0)
+            .collect();
         let x = Tensor::<2>::from_data(burn::tensor::TensorData::new(xs.clone(), [8, 8]), &device);
         let make = || {
             QuantizerConfig::for_spec(spec, QuantizerRole::Weight)
@@ -422,6 +424,9 @@ mod tests {
             .map(|(m, &v)| (m - v as f64).abs())
             .fold(0f64, f64::max);
         // One call's error is at most `scale` with std ≤ scale/2; 5 standard errors of 400.
-        assert!(worst < 5.0 * 0.5 * scale / (n as f64).sqrt(), "{worst} vs scale {scale}");
+        assert!(
+            worst < 5.0 * 0.5 * scale / (n as f64).sqrt(),
+            "{worst} vs scale {scale}"
+        );
     }
 }
