@@ -67,14 +67,9 @@ impl Rounding {
     /// seed. Every other rule is returned unchanged.
     pub fn for_call(self, call: u64) -> Rounding {
         match self {
-            Rounding::Stochastic { seed } if call > 0 => {
-                let mut z = seed ^ call.wrapping_mul(0xD1B5_4A32_D192_ED03);
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                Rounding::Stochastic {
-                    seed: z ^ (z >> 31),
-                }
-            }
+            Rounding::Stochastic { seed } if call > 0 => Rounding::Stochastic {
+                seed: mix64(seed ^ call.wrapping_mul(0xD1B5_4A32_D192_ED03)),
+            },
             other => other,
         }
     }
@@ -130,13 +125,19 @@ impl RoundingFn for Rounding {
 /// parallel schedule.
 #[inline(always)]
 pub fn uniform(seed: u64, index: u64) -> f32 {
-    let mut z = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
+    let z = mix64(
+        (seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_add(0x9E37_79B9_7F4A_7C15),
+    );
     // 24 random bits -> exactly representable in f32, strictly below 1.
     (z >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
+}
+
+/// SplitMix64's output function (Steele, Lea & Flood 2014): a bijective 64-bit mixer.
+#[inline(always)]
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// A tensor of `len` uniform samples for `seed`, element i = [`uniform`]`(seed, i)`.
