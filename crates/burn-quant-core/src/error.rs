@@ -69,9 +69,9 @@ pub enum QuantError {
         /// Shape that the granularity requires.
         expected: Vec<usize>,
     },
-    /// A scale is zero, negative or not finite.
+    /// A scale is negative (where the spec's convention makes none) or not finite.
     #[error(
-        "scale at index {index} is {value}; scales must be finite and >= 0 (0 only for an all-zero block)"
+        "scale at index {index} is {value}; scales must be finite and >= 0 (0 only for an all-zero block; negative only under the signed-extreme or MSE symmetric-scale convention)"
     )]
     InvalidScale {
         /// Flat index of the scale.

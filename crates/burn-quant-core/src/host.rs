@@ -10,7 +10,9 @@ use crate::error::{QuantError, Result};
 use crate::format::{Format, Minifloat, RoundMode, Special, floor_log2, pow2};
 use crate::granularity::{Granularity, Layout};
 use crate::rounding::{Rounding, uniform};
-use crate::scale::{Pow2Mode, ScaleQuant, ScaleRestriction, ScaleSource, ScaleStat};
+use crate::scale::{
+    Pow2Mode, ScaleQuant, ScaleRestriction, ScaleSource, ScaleStat, SymmetricScale,
+};
 use crate::spec::QuantSpec;
 
 /// Scales and zero-points of one tensor, on the host, one entry per scale cell (row-major in
@@ -70,8 +72,9 @@ pub fn check_input(data: &[f32], shape: &[usize], what: &'static str) -> Result<
     })
 }
 
-/// Checks that externally supplied params fit `layout` and are usable.
-pub fn check_params(params: &HostParams, layout: &Layout) -> Result<()> {
+/// Checks that externally supplied params fit `layout` and are usable under `spec` (negative
+/// scales only where its symmetric-scale convention makes them).
+pub fn check_params(params: &HostParams, layout: &Layout, spec: &QuantSpec) -> Result<()> {
     let cells = layout.cells();
     if params.scales.len() != cells {
         return Err(QuantError::ShapeMismatch {
@@ -84,7 +87,7 @@ pub fn check_params(params: &HostParams, layout: &Layout) -> Result<()> {
         .scales
         .iter()
         .enumerate()
-        .find(|(_, s)| !(s.is_finite() && **s >= 0.0))
+        .find(|(_, s)| !(s.is_finite() && (**s >= 0.0 || spec.allows_negative_scales())))
     {
         return Err(QuantError::InvalidScale { index, value });
     }
@@ -641,45 +644,39 @@ pub fn cell_values(data: &[f32], layout: &Layout) -> Vec<Vec<f32>> {
 }
 
 /// Scale and zero-point for the range [lo, hi] of one cell under `spec` (restriction
-/// `Float` or `PowerOfTwo`; quantized levels are applied afterwards).
+/// `Float` or `PowerOfTwo`; quantized levels are applied afterwards). A symmetric spec uses
+/// `max(|lo|, |hi|)` (`hi` on an unsigned grid) and, for [`SymmetricScale::SignedExtreme`], the
+/// sign of the larger end; see [`symmetric_params`].
 pub fn range_params(lo: f32, hi: f32, spec: &QuantSpec) -> (f32, f32) {
     let fmt = &spec.format;
     let (qmin, qmax) = (fmt.min_value(), fmt.max_value());
-    // ggml's Q4_1/Q5_1 (asymmetric with f16 scale and offset): the grid spans exactly
-    // [min, max] with a real-valued offset, as llama.cpp's reference quantizer makes it; other
-    // asymmetric grids contain 0 exactly (integer zero-point convention).
-    let offset_grid = spec.zero_point.is_asymmetric()
-        && matches!(
-            spec.scale.restrict,
-            ScaleRestriction::Quantized(ScaleQuant::F16)
-        );
-    if offset_grid && hi == lo && lo != 0.0 {
-        // A constant block: any scale; code 0 sits on the value.
-        let s = lo.abs() / (qmax - qmin);
-        return (s, qmin - lo / s);
-    }
-    let (raw, lo, amax) = if spec.zero_point.is_asymmetric() {
-        let (lo, hi) = if offset_grid {
-            (lo, hi)
-        } else {
-            (lo.min(0.0), hi.max(0.0))
-        };
-        ((hi - lo) / (qmax - qmin), lo, 0.0)
-    } else {
+    if !spec.zero_point.is_asymmetric() {
         let amax = if qmin < 0.0 {
             lo.abs().max(hi.abs())
         } else {
             hi.max(0.0)
         };
-        (amax / qmax, 0.0, amax)
+        return symmetric_params(amax, hi > -lo, spec);
+    }
+    // ggml's Q4_1/Q5_1 (asymmetric with f16 scale and offset): the grid spans exactly
+    // [min, max] with a real-valued offset, as llama.cpp's reference quantizer makes it; other
+    // asymmetric grids contain 0 exactly (integer zero-point convention).
+    let offset_grid = matches!(
+        spec.scale.restrict,
+        ScaleRestriction::Quantized(ScaleQuant::F16)
+    );
+    if offset_grid && hi == lo && lo != 0.0 {
+        // A constant block: any scale; code 0 sits on the value.
+        let s = lo.abs() / (qmax - qmin);
+        return (s, qmin - lo / s);
+    }
+    let (lo, hi) = if offset_grid {
+        (lo, hi)
+    } else {
+        (lo.min(0.0), hi.max(0.0))
     };
+    let raw = (hi - lo) / (qmax - qmin);
     let s = match spec.scale.restrict {
-        // A float scale for the range's end: `amax / s` may round to a hair above the grid's
-        // end, which would clip the largest element (and zero its straight-through gradient).
-        // Move `s` up by ulps until the end is on the grid.
-        ScaleRestriction::Float if raw > 0.0 && raw.is_finite() && amax > 0.0 => {
-            absmax_scale(amax, qmax)
-        }
         _ if raw > 0.0 && raw.is_finite() => restrict_scale(raw, spec),
         // An all-zero cell: a quantized level encodes it as a zero scale; otherwise any
         // scale represents it exactly, and 1 is the least surprising.
@@ -688,12 +685,112 @@ pub fn range_params(lo: f32, hi: f32, spec: &QuantSpec) -> (f32, f32) {
     };
     let z = if offset_grid {
         qmin - lo / s
-    } else if spec.zero_point.is_asymmetric() {
-        (qmin - lo / s).round_ties_even().clamp(qmin, qmax)
     } else {
-        0.0
+        (qmin - lo / s).round_ties_even().clamp(qmin, qmax)
     };
     (s, z)
+}
+
+/// Scale (zero-point 0) of a symmetric cell whose largest magnitude is `amax`, under the
+/// spec's [`SymmetricScale`] convention; `positive_extreme` says whether that magnitude is
+/// reached by a positive value (only [`SymmetricScale::SignedExtreme`] reads it). Without the
+/// values, [`SymmetricScale::Mse`] gives the `Qmax` scale here (the search is in
+/// [`cell_params`]).
+pub fn symmetric_params(amax: f32, positive_extreme: bool, spec: &QuantSpec) -> (f32, f32) {
+    let fmt = &spec.format;
+    let (qmin, qmax) = (fmt.min_value(), fmt.max_value());
+    let (div, sign) = match spec.scale.symmetric {
+        _ if !spec.has_full_range_signed_grid() => (qmax, 1.0),
+        SymmetricScale::Qmax | SymmetricScale::Mse { .. } => (qmax, 1.0),
+        SymmetricScale::NegQmin => (-qmin, 1.0),
+        SymmetricScale::SignedExtreme => (-qmin, if positive_extreme { -1.0 } else { 1.0 }),
+    };
+    let raw = amax / div;
+    let s = match spec.scale.restrict {
+        // A float scale for the range's end: `amax / s` may round to a hair above the grid's
+        // end, which would clip the largest element (and zero its straight-through gradient).
+        // Move `s` up by ulps until the end is on the grid.
+        ScaleRestriction::Float if raw > 0.0 && raw.is_finite() => absmax_scale(amax, div),
+        _ if raw > 0.0 && raw.is_finite() => restrict_scale(raw, spec),
+        // An all-zero cell: a quantized level encodes it as a zero scale; otherwise any
+        // scale represents it exactly, and 1 is the least surprising.
+        ScaleRestriction::Quantized(_) => return (0.0, 0.0),
+        _ => return (1.0, 0.0),
+    };
+    (s * sign, 0.0)
+}
+
+/// The range a symmetric statistic reads from a cell's `[lo, hi]`: the cell's own ends on a
+/// signed grid (so the sign of the extreme is known), `[−amax, amax]` on an unsigned one (whose
+/// scale covers max |x|).
+pub(crate) fn abs_range(lo: f32, hi: f32, spec: &QuantSpec) -> (f32, f32) {
+    if spec.format.min_value() < 0.0 {
+        (lo, hi)
+    } else {
+        let a = lo.abs().max(hi.abs());
+        (-a, a)
+    }
+}
+
+/// The least-squared-error symmetric scale of the cell `v` whose statistic gave `amax`
+/// ([`SymmetricScale::Mse`]): candidates `±r·amax/qmax` and `±amax/−qmin` (both signs only on a
+/// full-range signed grid), each after the scale restriction; the first best wins, `+amax/qmax`
+/// being first.
+fn mse_symmetric_params(
+    v: &[f32],
+    amax: f32,
+    spec: &QuantSpec,
+    grid: u32,
+    min_ratio: f32,
+) -> (f32, f32) {
+    let plain = symmetric_params(amax, false, spec);
+    if !(amax > 0.0 && amax.is_finite()) {
+        return plain;
+    }
+    let fmt = &spec.format;
+    let (qmin, qmax) = (fmt.min_value(), fmt.max_value());
+    let signs: &[f32] = if spec.has_full_range_signed_grid() {
+        &[1.0, -1.0]
+    } else {
+        &[1.0]
+    };
+    let restricted = |s: f32| -> f32 {
+        let m = match spec.scale.restrict {
+            ScaleRestriction::PowerOfTwo { mode } => pow2_scale(s.abs(), mode),
+            ScaleRestriction::Quantized(ScaleQuant::F16) => {
+                let h = f16_round(s.abs());
+                if h == 0.0 {
+                    half::f16::from_bits(1).to_f32()
+                } else {
+                    h
+                }
+            }
+            _ => s.abs(),
+        };
+        m.copysign(s)
+    };
+    let mut best = plain;
+    let mut best_err = sq_error(v, fmt, restricted(plain.0), 0.0);
+    let mut try_scale = |s: f32| {
+        let s = restricted(s);
+        if s.is_finite() && s != 0.0 {
+            let err = sq_error(v, fmt, s, 0.0);
+            if err < best_err {
+                best_err = err;
+                best = (s, 0.0);
+            }
+        }
+    };
+    for &sign in signs {
+        for k in 0..grid {
+            let r = 1.0 - (k as f32 / grid as f32) * (1.0 - min_ratio);
+            try_scale(sign * absmax_scale(amax * r, qmax));
+        }
+        if qmin < 0.0 {
+            try_scale(sign * absmax_scale(amax, -qmin));
+        }
+    }
+    best
 }
 
 /// The float scale of a symmetric range `[-amax, amax]` on a grid ending at `qmax`:
@@ -772,13 +869,35 @@ fn sq_error(v: &[f32], format: &Format, s: f32, z: f32) -> f64 {
         .sum()
 }
 
-/// (scale, zero-point) of one cell from its values, per the spec's statistic.
+/// (scale, zero-point) of one cell from its values, per the spec's statistic and, for a
+/// symmetric spec with [`SymmetricScale::Mse`], the least-squared-error scale around it.
 pub fn cell_params(v: &[f32], spec: &QuantSpec, stat: ScaleStat) -> (f32, f32) {
+    match spec.scale.symmetric {
+        SymmetricScale::Mse { grid, min_ratio }
+            if !spec.zero_point.is_asymmetric() && !v.is_empty() =>
+        {
+            // The statistic's range (validated: absmax, min-max or a percentile).
+            let amax = match stat {
+                ScaleStat::Percentile { q } => {
+                    let mut a: Vec<f32> = v.iter().map(|x| x.abs()).collect();
+                    percentile(&mut a, q)
+                }
+                _ => abs_max(v),
+            };
+            mse_symmetric_params(v, amax, spec, grid, min_ratio)
+        }
+        _ => stat_params(v, spec, stat),
+    }
+}
+
+/// (scale, zero-point) of one cell from its values, per the spec's statistic alone.
+fn stat_params(v: &[f32], spec: &QuantSpec, stat: ScaleStat) -> (f32, f32) {
     let sym = !spec.zero_point.is_asymmetric();
     match stat {
         ScaleStat::AbsMax => {
-            let a = abs_max(v);
-            range_params(-a, a, spec)
+            let (lo, hi) = min_max(v);
+            let (lo, hi) = abs_range(lo, hi, spec);
+            range_params(lo, hi, spec)
         }
         ScaleStat::MinMax => {
             let (lo, hi) = min_max(v);
@@ -798,7 +917,8 @@ pub fn cell_params(v: &[f32], spec: &QuantSpec, stat: ScaleStat) -> (f32, f32) {
             if sym {
                 let mut a: Vec<f32> = v.iter().map(|x| x.abs()).collect();
                 let p = percentile(&mut a, q);
-                range_params(-p, p, spec)
+                let (lo, hi) = min_max(v);
+                symmetric_params(p, hi > -lo, spec)
             } else {
                 let mut a = v.to_vec();
                 let hi = percentile(&mut a, q);
@@ -807,11 +927,11 @@ pub fn cell_params(v: &[f32], spec: &QuantSpec, stat: ScaleStat) -> (f32, f32) {
             }
         }
         ScaleStat::Mse { grid, min_ratio } => {
+            let (lo, hi) = min_max(v);
             let (lo, hi) = if sym {
-                let a = abs_max(v);
-                (-a, a)
+                abs_range(lo, hi, spec)
             } else {
-                min_max(v)
+                (lo, hi)
             };
             let mut best = range_params(lo, hi, spec);
             let mut best_err = sq_error(v, &spec.format, best.0, best.1);
@@ -928,9 +1048,11 @@ pub fn compute_params(data: &[f32], shape: &[usize], spec: &QuantSpec) -> Result
             .expect("every non-constant source has a statistic"),
     };
     let mut amax: Option<Vec<f32>> = None;
+    let search = matches!(spec.scale.symmetric, SymmetricScale::Mse { .. })
+        && !spec.zero_point.is_asymmetric();
     let per_cell: Vec<(f32, f32)> = match stat {
         // Streaming statistics: one parallel pass, no gather.
-        ScaleStat::AbsMax | ScaleStat::MinMax | ScaleStat::AbsMean => {
+        ScaleStat::AbsMax | ScaleStat::MinMax | ScaleStat::AbsMean if !search => {
             let acc = cell_moments(data, &layout);
             if stat == ScaleStat::AbsMax {
                 amax = Some(acc.iter().map(|m| m.lo.abs().max(m.hi.abs())).collect());
@@ -938,8 +1060,8 @@ pub fn compute_params(data: &[f32], shape: &[usize], spec: &QuantSpec) -> Result
             acc.iter()
                 .map(|m| match stat {
                     ScaleStat::AbsMax => {
-                        let a = m.lo.abs().max(m.hi.abs());
-                        range_params(-a, a, spec)
+                        let (lo, hi) = abs_range(m.lo, m.hi, spec);
+                        range_params(lo, hi, spec)
                     }
                     ScaleStat::MinMax => range_params(m.lo, m.hi, spec),
                     _ => {
@@ -1182,9 +1304,10 @@ fn quantize_scale_level(
                         value: *s,
                     });
                 }
-                // A positive scale below half's smallest subnormal stays positive.
-                let h = if h.to_f32() == 0.0 && *s > 0.0 {
-                    half::f16::from_bits(1)
+                // A non-zero scale below half's smallest subnormal keeps its sign and stays
+                // non-zero (negative scales come from the signed-extreme convention).
+                let h = if h.to_f32() == 0.0 && *s != 0.0 {
+                    half::f16::from_bits(if *s < 0.0 { 0x8001 } else { 1 })
                 } else {
                     h
                 };
@@ -1262,9 +1385,10 @@ fn quantize_scale_level(
                             } else {
                                 0
                             };
-                            // A non-zero scale never collapses to zero: that would lose the min.
-                            let code = if code == 0 && scales[c] > 0.0 && d > 0.0 {
-                                1
+                            // A non-zero scale never collapses to zero: that would lose the min
+                            // (a negative one, from the signed-extreme convention, to −1).
+                            let code = if code == 0 && scales[c] != 0.0 && d > 0.0 {
+                                if scales[c] < 0.0 { -1 } else { 1 }
                             } else {
                                 code
                             };

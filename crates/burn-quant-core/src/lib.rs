@@ -44,6 +44,7 @@ pub use quantize::{
 };
 pub use rounding::{Rounding, RoundingFn};
 pub use scale::{
-    Pow2Mode, ScaleQuant, ScaleRestriction, ScaleSource, ScaleSpec, ScaleStat, ZeroPoint,
+    Pow2Mode, ScaleQuant, ScaleRestriction, ScaleSource, ScaleSpec, ScaleStat, SymmetricScale,
+    ZeroPoint,
 };
 pub use spec::QuantSpec;

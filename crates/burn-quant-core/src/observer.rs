@@ -6,7 +6,7 @@ use crate::error::{QuantError, Result};
 use crate::granularity::Layout;
 use crate::host::{self, HostParams};
 use crate::quantize::QuantParams;
-use crate::scale::{ScaleSource, ScaleStat};
+use crate::scale::{ScaleSource, ScaleStat, SymmetricScale};
 use crate::spec::QuantSpec;
 
 /// Accumulates the spec's statistic over calibration batches (a static scale).
@@ -76,9 +76,12 @@ impl Observer {
         let cells = host::cell_values(data, &layout);
         let stat = self.stat();
         let n = cells.len();
+        // The MSE convention of a symmetric spec searches over the values themselves.
+        let search = matches!(self.spec.scale.symmetric, SymmetricScale::Mse { .. })
+            && !self.spec.zero_point.is_asymmetric();
         if let State::Empty = self.state {
             self.state = match stat {
-                ScaleStat::AbsMax | ScaleStat::MinMax => State::Range {
+                ScaleStat::AbsMax | ScaleStat::MinMax if !search => State::Range {
                     lo: vec![f32::INFINITY; n],
                     hi: vec![f32::NEG_INFINITY; n],
                 },
@@ -149,8 +152,8 @@ impl Observer {
                 .zip(hi)
                 .map(|(&lo, &hi)| match self.stat() {
                     ScaleStat::AbsMax => {
-                        let a = lo.abs().max(hi.abs());
-                        host::range_params(-a, a, spec)
+                        let (lo, hi) = host::abs_range(lo, hi, spec);
+                        host::range_params(lo, hi, spec)
                     }
                     _ => host::range_params(lo, hi, spec),
                 })

@@ -176,7 +176,7 @@ pub fn quantize_with<const D: usize>(
     let data = to_host(&x);
     host::check_input(&data, &shape, "x")?;
     let hp = params.to_host();
-    host::check_params(&hp, &layout)?;
+    host::check_params(&hp, &layout, spec)?;
     let codes = host::quantize_codes(&data, &layout, spec, &hp);
     Ok(QuantTensor {
         codes: int_tensor(codes, &shape, &x.device()),
@@ -320,7 +320,7 @@ pub fn fake_quant_fused<const D: usize>(
         .expect("converted to f32 above");
     host::check_input(&data, &shape, "x")?;
     let hp = params.to_host();
-    host::check_params(&hp, &layout)?;
+    host::check_params(&hp, &layout, spec)?;
     host::fake_quant_in_place(&mut data, &layout, spec, &hp);
     Ok(float_tensor(data, &shape, &device))
 }
@@ -383,7 +383,7 @@ pub fn fake_quant_custom<const D: usize>(
         });
     }
     // Scales are small: check them on the host. For x, one device-side reduction.
-    host::check_params(&params.to_host(), &layout)?;
+    host::check_params(&params.to_host(), &layout, spec)?;
     if !x.clone().is_finite().all().into_scalar::<bool>() {
         let data = to_host(&x);
         host::check_input(&data, &shape, "x")?;

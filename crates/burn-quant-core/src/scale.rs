@@ -12,6 +12,10 @@ pub struct ScaleSpec {
     pub source: ScaleSource,
     /// Which values the scale may take.
     pub restrict: ScaleRestriction,
+    /// How a symmetric range becomes the scale of a signed integer grid (absent in older
+    /// recipes: [`SymmetricScale::Qmax`]).
+    #[serde(default, skip_serializing_if = "SymmetricScale::is_qmax")]
+    pub symmetric: SymmetricScale,
 }
 
 impl Default for ScaleSpec {
@@ -19,7 +23,115 @@ impl Default for ScaleSpec {
         Self {
             source: ScaleSource::Stats(ScaleStat::AbsMax),
             restrict: ScaleRestriction::Float,
+            symmetric: SymmetricScale::Qmax,
         }
+    }
+}
+
+/// How the range `amax` of a symmetric spec becomes its scale on a grid `[qmin, qmax]`.
+///
+/// The conventions differ only on full-range signed integer grids, where `qmin = −qmax − 1`
+/// (int4: −8..7); there `Qmax` leaves code −8 unused, `NegQmin` uses it and clips the positive
+/// extreme, and `SignedExtreme` uses every level and never clips the extreme by letting the
+/// scale's sign follow the extreme's. Serialised as `"qmax"`, `"neg_qmin"`, `"signed_extreme"` or
+/// `{"mse": {"grid": 100, "min_ratio": 0.2}}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SymmetricScale {
+    /// `s = amax / qmax`: nothing clips; on a full-range signed grid code `qmin` is never used
+    /// (int4 amax/7; Brevitas's `narrow_range=True` result, llama.cpp's Q8_0).
+    #[default]
+    Qmax,
+    /// `s = amax / −qmin` (2^(b−1) for int b): the negative extreme lands on `qmin`, the positive
+    /// one clips to `qmax·s` (int4 amax/8; Brevitas's default, `narrow_range=False`).
+    NegQmin,
+    /// `s = x_e / qmin` where `x_e` is the value of largest magnitude (ties: the negative one):
+    /// `x_e` lands exactly on `qmin`, so every level is used and the extreme never clips (values
+    /// of the other sign beyond `qmax·|s|` do); the scale is negative when `x_e > 0`
+    /// (llama.cpp's Q4_0 / Q5_0 rule, `d = max / −8`).
+    SignedExtreme,
+    /// Per scale cell, the candidate with the least squared error: the `NegQmin` and
+    /// `SignedExtreme` scales and `r·amax/qmax` for `r = 1 − k/grid·(1 − min_ratio)`,
+    /// `k = 0..grid`, each with either sign on a full-range signed grid (so never worse than
+    /// any of the other conventions). Candidates are compared after the scale restriction.
+    Mse {
+        /// Number of shrink factors (k = 0 is the full range).
+        grid: u32,
+        /// Smallest shrink factor, in (0, 1].
+        min_ratio: f32,
+    },
+}
+
+impl SymmetricScale {
+    /// The MSE search with the same candidates as GPTQ's `mse=True` search (100 shrink factors
+    /// down to 0.2), plus the other conventions.
+    pub const fn mse() -> Self {
+        SymmetricScale::Mse {
+            grid: 100,
+            min_ratio: 0.2,
+        }
+    }
+
+    /// Whether this is the default `Qmax` (skipped when serialising).
+    pub fn is_qmax(&self) -> bool {
+        *self == SymmetricScale::Qmax
+    }
+
+    /// The name used by recipes and `burnq` flags: `qmax`, `neg-qmin`, `signed-extreme`, `mse`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SymmetricScale::Qmax => "qmax",
+            SymmetricScale::NegQmin => "neg-qmin",
+            SymmetricScale::SignedExtreme => "signed-extreme",
+            SymmetricScale::Mse { .. } => "mse",
+        }
+    }
+
+    /// Every name [`std::str::FromStr`] accepts, with aliases after the canonical names.
+    pub const NAMES: [&'static str; 6] = [
+        "qmax",
+        "neg-qmin",
+        "signed-extreme",
+        "mse",
+        "brevitas",
+        "ggml",
+    ];
+
+    /// Checks the search parameters.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            SymmetricScale::Mse { grid: 0, .. } => Err(QuantError::config(
+                "scale.symmetric.grid",
+                0,
+                "needs at least one candidate",
+            )),
+            SymmetricScale::Mse { min_ratio, .. } if !(min_ratio > 0.0 && min_ratio <= 1.0) => Err(
+                QuantError::config("scale.symmetric.min_ratio", min_ratio, "must be in (0, 1]"),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::str::FromStr for SymmetricScale {
+    type Err = QuantError;
+
+    /// `qmax`, `neg-qmin` (alias `brevitas`), `signed-extreme` (alias `ggml`) or `mse`
+    /// ([`SymmetricScale::mse`]); `_` may stand for `-`.
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "qmax" => SymmetricScale::Qmax,
+            "neg-qmin" | "brevitas" => SymmetricScale::NegQmin,
+            "signed-extreme" | "ggml" => SymmetricScale::SignedExtreme,
+            "mse" => SymmetricScale::mse(),
+            _ => {
+                return Err(QuantError::config(
+                    "scale.symmetric",
+                    s,
+                    format!("expected one of {}", Self::NAMES.join(", ")),
+                ));
+            }
+        })
     }
 }
 
@@ -221,3 +333,6 @@ impl ZeroPoint {
         matches!(self, ZeroPoint::Asymmetric { .. })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,7 +7,8 @@ use crate::format::{Format, Minifloat};
 use crate::granularity::Granularity;
 use crate::rounding::Rounding;
 use crate::scale::{
-    Pow2Mode, ScaleQuant, ScaleRestriction, ScaleSource, ScaleSpec, ScaleStat, ZeroPoint,
+    Pow2Mode, ScaleQuant, ScaleRestriction, ScaleSource, ScaleSpec, ScaleStat, SymmetricScale,
+    ZeroPoint,
 };
 
 /// Everything that defines a quantizer: plain serde data, printable, comparable, storable in a
@@ -302,6 +303,12 @@ impl QuantSpec {
         self.scale.restrict = restrict;
         self
     }
+    /// How a symmetric range becomes the scale of a signed integer grid (see
+    /// [`SymmetricScale`]: `amax/qmax`, Brevitas's `amax/−qmin`, ggml's signed extreme, MSE).
+    pub fn with_symmetric_scale(mut self, symmetric: SymmetricScale) -> Self {
+        self.scale.symmetric = symmetric;
+        self
+    }
     /// Power-of-two scales.
     pub fn with_pow2_scale(self, mode: Pow2Mode) -> Self {
         self.with_scale_restriction(ScaleRestriction::PowerOfTwo { mode })
@@ -374,6 +381,7 @@ impl QuantSpec {
                 "a constant scale must be finite and > 0",
             ));
         }
+        self.validate_symmetric_scale()?;
         if let Granularity::PerGroup { size: 0, .. } = self.granularity {
             return Err(QuantError::config(
                 "granularity.size",
@@ -436,6 +444,84 @@ impl QuantSpec {
                 }
                 _ => {}
             }
+        }
+        Ok(())
+    }
+
+    /// Whether the grid is a full-range signed integer grid (`qmin = −qmax − 1`), the only
+    /// grid on which the [`SymmetricScale`] conventions other than MSE differ.
+    pub fn has_full_range_signed_grid(&self) -> bool {
+        matches!(
+            self.format,
+            Format::Int {
+                signed: true,
+                narrow: false,
+                ..
+            }
+        ) && !self.zero_point.is_asymmetric()
+    }
+
+    /// Whether scales may be negative: the signed-extreme convention (and the MSE search,
+    /// which tries both signs) makes them on a full-range signed grid.
+    pub fn allows_negative_scales(&self) -> bool {
+        self.has_full_range_signed_grid()
+            && matches!(
+                self.scale.symmetric,
+                SymmetricScale::SignedExtreme | SymmetricScale::Mse { .. }
+            )
+    }
+
+    /// The symmetric-scale convention must fit the rest of the spec: it is a rule for symmetric
+    /// grids, `NegQmin` and `SignedExtreme` only differ from `Qmax` on full-range signed
+    /// integers, and MX / NVFP4 levels fix the scale themselves.
+    fn validate_symmetric_scale(&self) -> Result<()> {
+        let conv = self.scale.symmetric;
+        conv.validate()?;
+        if conv.is_qmax() {
+            return Ok(());
+        }
+        let bad = |why: String| Err(QuantError::config("scale.symmetric", conv.name(), why));
+        if self.zero_point.is_asymmetric() {
+            return bad(
+                "a symmetric-scale convention needs a symmetric spec (no zero-point)".into(),
+            );
+        }
+        if let ScaleRestriction::Quantized(q @ (ScaleQuant::E8M0 | ScaleQuant::E4M3Global)) =
+            self.scale.restrict
+        {
+            return bad(format!(
+                "{q:?} scale levels derive the scale from amax themselves"
+            ));
+        }
+        match (conv, self.scale.source) {
+            (SymmetricScale::Mse { .. }, ScaleSource::Stats(ScaleStat::Mse { .. }))
+            | (SymmetricScale::Mse { .. }, ScaleSource::Dynamic(ScaleStat::Mse { .. }))
+            | (SymmetricScale::Mse { .. }, ScaleSource::Learned(ScaleStat::Mse { .. })) => {
+                return bad("the MSE statistic already searches the scale; choose one".into());
+            }
+            (_, ScaleSource::Const(_)) => {
+                return bad("a constant scale is not computed from a range".into());
+            }
+            (SymmetricScale::Mse { .. }, source)
+                if !matches!(
+                    source.stat(),
+                    Some(ScaleStat::AbsMax | ScaleStat::MinMax | ScaleStat::Percentile { .. })
+                ) =>
+            {
+                return bad(
+                    "the MSE search starts from a range: use absmax, minmax or a percentile".into(),
+                );
+            }
+            (SymmetricScale::NegQmin | SymmetricScale::SignedExtreme, _)
+                if !self.has_full_range_signed_grid() =>
+            {
+                return bad(format!(
+                    "only differs from qmax on a full-range signed integer grid (int{{b}} with \
+                     qmin = -qmax - 1), not {}",
+                    self.format
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -659,10 +745,14 @@ impl std::fmt::Display for QuantSpec {
                 format!(" {bits}bit-scales/{super_block}")
             }
         };
+        let symmetric = match self.scale.symmetric {
+            SymmetricScale::Qmax => String::new(),
+            other => format!(" scale={}", other.name()),
+        };
         use crate::rounding::RoundingFn;
         write!(
             f,
-            "{} {zp} {gran} {source}{restrict} {}",
+            "{} {zp} {gran} {source}{symmetric}{restrict} {}",
             self.format,
             self.rounding.name()
         )

@@ -254,7 +254,7 @@ pub(crate) fn quant_tensor(
     device: &Device,
 ) -> Result<QuantTensor<2>> {
     let layout = spec.check_shape(&[n, m])?;
-    host::check_params(&params, &layout)?;
+    host::check_params(&params, &layout, spec)?;
     let p = QuantParams::<2>::from_host(params, &layout, device);
     Ok(QuantTensor {
         codes: Tensor::<2, Int>::from_data(TensorData::new(codes, [n, m]), device),
