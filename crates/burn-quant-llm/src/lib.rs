@@ -12,8 +12,10 @@
 //! * Loading: [`load_model`] / [`load_with_tokenizer`] take a Hugging Face directory
 //!   (`config.json`, `model.safetensors` or sharded, F32/F16/BF16, `tokenizer.json`) or a
 //!   llama `.gguf` file (dequantized on load, q/k rows un-permuted).
-//! * [`perplexity`] under the windowed protocol of [`PerplexityConfig`] (default: 16 windows
-//!   of 512 tokens, tokens 256..512 scored), [`calibration_windows`] from a seeded sampler.
+//! * [`perplexity()`] under the windowed protocol of [`PerplexityConfig`] (default: 16 windows
+//!   of 512 tokens, tokens 256..512 scored); [`compare_with_reference`] on the same windows:
+//!   mean KL divergence (nats per token) from a reference model such as the FP32 original,
+//!   top-1 agreement, with standard errors; [`calibration_windows`] from a seeded sampler.
 //! * [`generate_greedy`] / [`generate_text`] with a key/value cache.
 //!
 //! ```no_run
@@ -52,7 +54,8 @@ pub use model::{KvCache, LlamaModel};
 pub use norm::RmsNorm;
 pub use perplexity::{
     CALIBRATION_TEXT, CalibrationConfig, EVAL_TEXT, PerplexityConfig, PerplexityReport,
-    calibration_windows, calibration_windows_from_text, eval_windows, perplexity,
+    ReferenceComparison, calibration_windows, calibration_windows_from_text,
+    compare_with_reference, compare_with_reference_of_text, eval_windows, perplexity,
     perplexity_of_text, window_nll,
 };
 pub use pipeline::{

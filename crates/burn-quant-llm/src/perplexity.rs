@@ -6,8 +6,15 @@
 //! `256..512` are scored by mean cross-entropy (token `t` predicted from the logits at
 //! position `t − 1`; the first half of the window is context only). The perplexity is
 //! `exp` of the mean of the per-window means.
+//!
+//! [`compare_with_reference`] runs a model and a reference model (e.g. quantized and FP32)
+//! over the same windows and reports, besides both perplexities, the mean per-token KL
+//! divergence of the model's next-token distribution from the reference's and how often their
+//! top-1 tokens agree, each with its standard error (llama.cpp's `--kl-divergence`
+//! statistics), computed batch by batch without keeping the logits.
 
 use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor};
 
 use crate::error::{LlmError, Result};
 use crate::model::LlamaModel;
@@ -123,6 +130,24 @@ pub fn eval_windows<'a>(tokens: &'a [u32], cfg: &PerplexityConfig) -> Result<Vec
 /// length), predicted from the logits one position earlier. One forward pass for all the
 /// windows given; the LM head runs on the scored positions only.
 pub fn window_nll(model: &LlamaModel, windows: &[&[u32]], score_from: usize) -> Result<Vec<f64>> {
+    let scored = scored_logits(model, windows, score_from)?;
+    mean_nll(scored.logits, scored.targets)
+}
+
+/// The logits that predict the scored tokens of a batch of windows.
+struct ScoredLogits {
+    /// `[batch, window − score_from, vocab]`: position `score_from − 1 + j` of each window.
+    logits: Tensor<3>,
+    /// `[batch, window − score_from, 1]`: the tokens `score_from + j` they predict.
+    targets: Tensor<3, Int>,
+}
+
+/// One forward pass of `model` over `windows`, with the LM head on the scored positions only.
+fn scored_logits(
+    model: &LlamaModel,
+    windows: &[&[u32]],
+    score_from: usize,
+) -> Result<ScoredLogits> {
     let w = windows.first().map_or(0, |r| r.len());
     if score_from == 0 || score_from >= w {
         return Err(LlmError::invalid(
@@ -132,16 +157,19 @@ pub fn window_nll(model: &LlamaModel, windows: &[&[u32]], score_from: usize) -> 
         ));
     }
     let tokens = model.tokens(windows)?;
-    let b = windows.len();
     let n = w - score_from;
     let hidden = model.hidden(tokens.clone())?;
     let logits = model.final_norm_and_head(hidden.narrow(1, score_from - 1, n))?;
     let targets = tokens.narrow(1, score_from, n).unsqueeze_dim::<3>(2);
+    Ok(ScoredLogits { logits, targets })
+}
+
+/// Per-row mean negative log-likelihood (nats) of `targets` under `logits` (both as in
+/// [`ScoredLogits`]).
+fn mean_nll(logits: Tensor<3>, targets: Tensor<3, Int>) -> Result<Vec<f64>> {
+    let [b, n, _] = logits.dims();
     let logp = log_softmax(logits, 2).gather(2, targets);
-    let values = logp
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| LlmError::invalid("logits", "tensor", format!("{e:?}")))?;
+    let values = host_f32(logp)?;
     // Means in f64 on the host: 256 values per window, negligible transfer.
     Ok((0..b)
         .map(|i| {
@@ -152,6 +180,13 @@ pub fn window_nll(model: &LlamaModel, windows: &[&[u32]], score_from: usize) -> 
                 / n as f64
         })
         .collect())
+}
+
+/// The values of an f32 tensor, on the host.
+fn host_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| LlmError::invalid("logits", "tensor", format!("{e:?}")))
 }
 
 /// Perplexity of `tokens` under `cfg`.
@@ -165,13 +200,7 @@ pub fn perplexity(
     for batch in windows.chunks(cfg.batch_size) {
         window_nll_all.extend(window_nll(model, batch, cfg.score_from)?);
     }
-    let mean_nll = window_nll_all.iter().sum::<f64>() / window_nll_all.len() as f64;
-    Ok(PerplexityReport {
-        perplexity: mean_nll.exp(),
-        mean_nll,
-        tokens_scored: window_nll_all.len() * (cfg.window - cfg.score_from),
-        window_nll: window_nll_all,
-    })
+    Ok(report(window_nll_all, cfg))
 }
 
 /// Perplexity of `text`, tokenized as one string without special tokens.
@@ -183,6 +212,229 @@ pub fn perplexity_of_text(
 ) -> Result<PerplexityReport> {
     let tokens = tokenizer.encode(text, false)?;
     perplexity(model, &tokens, cfg)
+}
+
+/// How a model's next-token distributions differ from a reference model's (e.g. a quantized
+/// model from its FP32 original) on the scored tokens of the perplexity protocol, with
+/// llama.cpp's `--kl-divergence` definitions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReferenceComparison {
+    /// The evaluated model under the protocol: equal to what [`perplexity`] reports for it.
+    pub model: PerplexityReport,
+    /// The reference model under the same protocol: equal to what [`perplexity`] reports for
+    /// it.
+    pub reference: PerplexityReport,
+    /// Mean over scored tokens of `KL(P_ref ‖ P) = Σ_v p_ref(v) · (ln p_ref(v) − ln p(v))`,
+    /// the divergence of the model's next-token distribution `P` from the reference's
+    /// `P_ref` (nats per token; 0 for identical logits).
+    pub kl_divergence: f64,
+    /// Standard error of [`kl_divergence`](Self::kl_divergence): `sqrt(var / (n − 1))` of the
+    /// `n` per-token values, `var` their population variance (nats; NaN when `n = 1`).
+    pub kl_divergence_stderr: f64,
+    /// Per-window mean KL divergence (nats per token), in window order.
+    pub window_kl: Vec<f64>,
+    /// Fraction of scored tokens (in `[0, 1]`) at which the model's most likely next token
+    /// (first maximal logit) is the reference's.
+    pub top1_agreement: f64,
+    /// Standard error of [`top1_agreement`](Self::top1_agreement): `sqrt(p (1 − p) / (n − 1))`
+    /// (a fraction; NaN when `n = 1`).
+    pub top1_agreement_stderr: f64,
+    /// Tokens scored in all (`n`).
+    pub tokens_scored: usize,
+}
+
+/// Runs `model` and `reference` window by window over `tokens` under `cfg` (the windows and
+/// scored positions of [`perplexity`]) and compares their next-token distributions at every
+/// scored position: mean KL divergence of `model` from `reference`, top-1 agreement, and both
+/// perplexities. Memory holds the scored logits of one batch of windows of each model
+/// (`batch_size · (window − score_from) · vocab` floats per model, and a host copy), never
+/// all windows'. Costs two perplexity evaluations: the host work is a few percent of it.
+///
+/// The KL divergence and the argmaxes are computed on the host from the f32 logits, in f64
+/// and with no cut-off (llama.cpp skips reference probabilities below `e^-16` and stores
+/// them as 16-bit log-probabilities).
+pub fn compare_with_reference(
+    model: &LlamaModel,
+    reference: &LlamaModel,
+    tokens: &[u32],
+    cfg: &PerplexityConfig,
+) -> Result<ReferenceComparison> {
+    let (vocab, ref_vocab) = (model.hparams().vocab_size, reference.hparams().vocab_size);
+    if vocab != ref_vocab {
+        return Err(LlmError::invalid(
+            "reference",
+            format!("a model with a vocabulary of {ref_vocab}"),
+            format!("the compared model's vocabulary has {vocab} tokens; they must be the same"),
+        ));
+    }
+    let windows = eval_windows(tokens, cfg)?;
+    let mut nll = Vec::with_capacity(windows.len());
+    let mut ref_nll = Vec::with_capacity(windows.len());
+    let mut stats = DivergenceStats::default();
+    let mut window_kl = Vec::with_capacity(windows.len());
+    for batch in windows.chunks(cfg.batch_size) {
+        // The evaluated model exactly as `window_nll` runs it, so its perplexity is the same.
+        let q = scored_logits(model, batch, cfg.score_from)?;
+        nll.extend(mean_nll(q.logits.clone(), q.targets)?);
+        let r = scored_logits(reference, batch, cfg.score_from)?;
+        ref_nll.extend(mean_nll(r.logits.clone(), r.targets)?);
+        let q = host_f32(q.logits)?;
+        let r = host_f32(r.logits)?;
+        let per_token = token_divergences(&q, &r, vocab);
+        for window in per_token.chunks(cfg.window - cfg.score_from) {
+            let sum: f64 = window.iter().map(|d| d.kl).sum();
+            window_kl.push(sum / window.len() as f64);
+            window.iter().for_each(|d| stats.push(d));
+        }
+    }
+    let (kl_divergence, kl_divergence_stderr) = stats.kl();
+    let (top1_agreement, top1_agreement_stderr) = stats.top1();
+    Ok(ReferenceComparison {
+        model: report(nll, cfg),
+        reference: report(ref_nll, cfg),
+        kl_divergence,
+        kl_divergence_stderr,
+        window_kl,
+        top1_agreement,
+        top1_agreement_stderr,
+        tokens_scored: stats.count,
+    })
+}
+
+/// [`compare_with_reference`] on `text`, tokenized as one string without special tokens.
+pub fn compare_with_reference_of_text(
+    model: &LlamaModel,
+    reference: &LlamaModel,
+    tokenizer: &LlamaTokenizer,
+    text: &str,
+    cfg: &PerplexityConfig,
+) -> Result<ReferenceComparison> {
+    let tokens = tokenizer.encode(text, false)?;
+    compare_with_reference(model, reference, &tokens, cfg)
+}
+
+/// The comparison at one scored position.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct TokenDivergence {
+    /// `KL(P_ref ‖ P)`, nats.
+    kl: f64,
+    /// Whether the two argmaxes are the same token.
+    same_top1: bool,
+}
+
+/// Running sums over scored tokens (llama.cpp's accumulators).
+#[derive(Debug, Default)]
+struct DivergenceStats {
+    sum_kl: f64,
+    sum_kl2: f64,
+    same_top1: usize,
+    count: usize,
+}
+
+impl DivergenceStats {
+    fn push(&mut self, d: &TokenDivergence) {
+        self.sum_kl += d.kl;
+        self.sum_kl2 += d.kl * d.kl;
+        self.same_top1 += usize::from(d.same_top1);
+        self.count += 1;
+    }
+
+    /// Mean KL and its standard error `sqrt(var / (n − 1))`.
+    fn kl(&self) -> (f64, f64) {
+        let n = self.count as f64;
+        let mean = self.sum_kl / n;
+        // Population variance from the sums; rounding can leave it slightly negative.
+        let var = (self.sum_kl2 / n - mean * mean).max(0.0);
+        (mean, (var / (n - 1.0)).sqrt())
+    }
+
+    /// Top-1 agreement and its binomial standard error `sqrt(p (1 − p) / (n − 1))`.
+    fn top1(&self) -> (f64, f64) {
+        let n = self.count as f64;
+        let p = self.same_top1 as f64 / n;
+        (p, (p * (1.0 - p) / (n - 1.0)).sqrt())
+    }
+}
+
+fn report(window_nll: Vec<f64>, cfg: &PerplexityConfig) -> PerplexityReport {
+    let mean_nll = window_nll.iter().sum::<f64>() / window_nll.len() as f64;
+    PerplexityReport {
+        perplexity: mean_nll.exp(),
+        mean_nll,
+        tokens_scored: window_nll.len() * (cfg.window - cfg.score_from),
+        window_nll,
+    }
+}
+
+/// [`token_divergence`] of every row of `vocab` logits, rows split over the available cores.
+fn token_divergences(logits: &[f32], reference: &[f32], vocab: usize) -> Vec<TokenDivergence> {
+    let rows = logits.len() / vocab;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(rows.max(1));
+    let per_thread = rows.div_ceil(threads) * vocab;
+    if threads <= 1 {
+        return rows_divergence(logits, reference, vocab);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = logits
+            .chunks(per_thread)
+            .zip(reference.chunks(per_thread))
+            .map(|(q, r)| scope.spawn(move || rows_divergence(q, r, vocab)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("the divergence loop does not panic"))
+            .collect()
+    })
+}
+
+fn rows_divergence(logits: &[f32], reference: &[f32], vocab: usize) -> Vec<TokenDivergence> {
+    let mut scratch = vec![0f64; vocab];
+    logits
+        .chunks_exact(vocab)
+        .zip(reference.chunks_exact(vocab))
+        .map(|(q, r)| token_divergence(q, r, &mut scratch))
+        .collect()
+}
+
+/// `KL(P_ref ‖ P)` and argmax agreement at one position from the two logit rows (`scratch`:
+/// one row of working space), in f64. With `ln p(v) = z(v) − Z`,
+/// `Z = max z + ln Σ exp(z − max z)`, the log-ratio is `(z_ref(v) − z(v)) − (Z_ref − Z)`,
+/// which is exactly 0 for equal rows.
+fn token_divergence(logits: &[f32], reference: &[f32], scratch: &mut [f64]) -> TokenDivergence {
+    let (top, max) = first_max(logits);
+    let (ref_top, ref_max) = first_max(reference);
+    let (max, ref_max) = (max as f64, ref_max as f64);
+    let mut sum = 0f64;
+    for &z in logits {
+        sum += (z as f64 - max).exp();
+    }
+    let mut ref_sum = 0f64;
+    for (e, &z) in scratch.iter_mut().zip(reference) {
+        *e = (z as f64 - ref_max).exp();
+        ref_sum += *e;
+    }
+    let shift = (ref_max + ref_sum.ln()) - (max + sum.ln());
+    let mut kl = 0f64;
+    for ((&e, &zr), &z) in scratch.iter().zip(reference).zip(logits) {
+        kl += e * ((zr as f64 - z as f64) - shift);
+    }
+    TokenDivergence {
+        kl: kl / ref_sum,
+        same_top1: top == ref_top,
+    }
+}
+
+/// Index and value of the first maximal element (`(0, −∞)` for an empty row).
+fn first_max(row: &[f32]) -> (usize, f32) {
+    let mut best = (0, f32::NEG_INFINITY);
+    for (i, &v) in row.iter().enumerate() {
+        if v > best.1 {
+            best = (i, v);
+        }
+    }
+    best
 }
 
 /// How calibration windows are drawn.
@@ -297,6 +549,84 @@ mod tests {
                 })
             ));
         }
+    }
+
+    /// `KL(P_ref ‖ P)` straight from the definition, in f64.
+    fn kl_by_definition(logits: &[f32], reference: &[f32]) -> f64 {
+        let log_softmax = |z: &[f32]| -> Vec<f64> {
+            let z: Vec<f64> = z.iter().map(|&v| v as f64).collect();
+            let lse = z.iter().map(|v| v.exp()).sum::<f64>().ln();
+            z.iter().map(|v| v - lse).collect()
+        };
+        let (lq, lr) = (log_softmax(logits), log_softmax(reference));
+        lr.iter().zip(&lq).map(|(r, q)| r.exp() * (r - q)).sum()
+    }
+
+    #[test]
+    fn token_divergence_follows_the_definition() {
+        let mut rng = SplitMix64::new(3);
+        let mut scratch = vec![0f64; 50];
+        for case in 0..20 {
+            let r: Vec<f32> = (0..50).map(|_| 6.0 * rng.unit_f32() - 3.0).collect();
+            let q: Vec<f32> = r.iter().map(|v| v + 0.5 * rng.unit_f32() - 0.25).collect();
+            let d = token_divergence(&q, &r, &mut scratch);
+            let want = kl_by_definition(&q, &r);
+            assert!(
+                want > 0.0 && (d.kl - want).abs() < 1e-12 * want,
+                "case {case}: {d:?} vs {want}"
+            );
+            assert_eq!(d.same_top1, first_max(&q).0 == first_max(&r).0);
+            // Equal rows: exactly 0, same top token.
+            let same = token_divergence(&r, &r, &mut scratch);
+            assert_eq!(
+                same,
+                TokenDivergence {
+                    kl: 0.0,
+                    same_top1: true
+                }
+            );
+        }
+        // A shift of all logits changes nothing; the direction matters (KL is asymmetric).
+        let r = [2.0f32, 0.0, -1.0, 0.5];
+        let q = [0.0f32, 1.0, -1.0, 0.5];
+        let shifted = q.map(|v| v + 100.0);
+        let a = token_divergence(&q, &r, &mut scratch);
+        let b = token_divergence(&shifted, &r, &mut scratch);
+        assert!((a.kl - b.kl).abs() < 1e-12, "{a:?} vs {b:?}");
+        assert!((a.kl - kl_by_definition(&q, &r)).abs() < 1e-12);
+        let swapped = token_divergence(&r, &q, &mut scratch);
+        assert!((swapped.kl - kl_by_definition(&r, &q)).abs() < 1e-12);
+        assert!((swapped.kl - a.kl).abs() > 1e-3);
+        assert!(!a.same_top1);
+        // Ties go to the first maximum, in both rows.
+        assert_eq!(first_max(&[1.0, 3.0, 3.0]), (1, 3.0));
+        // Rows split over threads come back in order.
+        let rows: Vec<f32> = (0..7 * 50).map(|_| rng.unit_f32()).collect();
+        let refs: Vec<f32> = (0..7 * 50).map(|_| rng.unit_f32()).collect();
+        let all = token_divergences(&rows, &refs, 50);
+        let one_by_one: Vec<_> = rows
+            .chunks(50)
+            .zip(refs.chunks(50))
+            .map(|(q, r)| token_divergence(q, r, &mut scratch))
+            .collect();
+        assert_eq!(all, one_by_one);
+    }
+
+    #[test]
+    fn divergence_statistics_are_llama_cpp_s() {
+        // KL values 0, 1, 2, 3 with the top token agreeing at three of the four tokens:
+        // mean 1.5, population variance 1.25, standard error sqrt(1.25 / 3); p = 0.75 with
+        // standard error sqrt(0.75 · 0.25 / 3).
+        let mut stats = DivergenceStats::default();
+        for (kl, same_top1) in [(0.0, true), (1.0, true), (2.0, false), (3.0, true)] {
+            stats.push(&TokenDivergence { kl, same_top1 });
+        }
+        let (mean, se) = stats.kl();
+        assert_eq!(mean, 1.5);
+        assert!((se - (1.25f64 / 3.0).sqrt()).abs() < 1e-15);
+        let (p, se) = stats.top1();
+        assert_eq!(p, 0.75);
+        assert!((se - (0.75f64 * 0.25 / 3.0).sqrt()).abs() < 1e-15);
     }
 
     #[test]

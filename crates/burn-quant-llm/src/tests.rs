@@ -1,6 +1,7 @@
 //! Model-level tests on small random models (no data needed); the tests on the real shared
-//! model are in `tests/real.rs`.
+//! model are in `tests/real.rs`; the comparison with a reference model in `tests/compare.rs`.
 
+mod compare;
 mod real;
 
 use std::collections::HashMap;

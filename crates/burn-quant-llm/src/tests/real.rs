@@ -80,6 +80,55 @@ fn batch_size_does_not_change_the_per_window_loss() {
 }
 
 #[test]
+fn int4_rtn_weights_diverge_from_fp32() {
+    // Every block linear of SmolLM2 rounded to int4 (symmetric, groups of 64 inputs, absmax
+    // scales), compared with the FP32 model on 2 evaluation windows: the next-token
+    // distributions differ (KL > 0), and the top-1 token mostly, not always, agrees.
+    let (Some(m), Some(text)) = (smollm2(), shared_data(EVAL_TEXT)) else {
+        return;
+    };
+    let text = std::fs::read_to_string(text).unwrap();
+    let spec = burn_quant_core::QuantSpec::int4_weight_per_group(64);
+    let mut quantized = m.model.clone();
+    for b in 0..quantized.num_blocks() {
+        let block = quantized.block_mut(b).unwrap();
+        for slot in LinearSlot::ALL {
+            let w = block.linear(slot).weight.val();
+            let wq = burn_quant_core::fake_quant(w, &spec).unwrap();
+            block.set_linear_weight(slot, wq).unwrap();
+        }
+    }
+    let cfg = PerplexityConfig::default().with_num_windows(Some(2));
+    let t = Instant::now();
+    let c =
+        compare_with_reference_of_text(&quantized, &m.model, &m.tokenizer, &text, &cfg).unwrap();
+    println!(
+        "SmolLM2-135M RTN int4 g64 vs FP32 (2 x 512, tokens 256..512): KL {:.4} ± {:.4} nats, \
+         top-1 agreement {:.4} ± {:.4}, perplexity {:.3} vs {:.3}, per-window KL {:?}, in {:.1} s",
+        c.kl_divergence,
+        c.kl_divergence_stderr,
+        c.top1_agreement,
+        c.top1_agreement_stderr,
+        c.model.perplexity,
+        c.reference.perplexity,
+        c.window_kl,
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(c.tokens_scored, 2 * 256);
+    assert!(
+        c.kl_divergence > 0.0 && c.kl_divergence_stderr > 0.0,
+        "{c:?}"
+    );
+    assert!(c.window_kl.iter().all(|&k| k > 0.0), "{:?}", c.window_kl);
+    assert!(
+        c.top1_agreement > 0.5 && c.top1_agreement < 1.0,
+        "{}",
+        c.top1_agreement
+    );
+    assert!(c.model.perplexity > c.reference.perplexity);
+}
+
+#[test]
 fn greedy_generation_is_fluent_english() {
     let Some(m) = smollm2() else {
         return;
