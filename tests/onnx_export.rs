@@ -6,7 +6,7 @@
 mod onnx_common;
 
 use burn::nn::PaddingConfig2d;
-use burn_quant::core::{Format, Granularity, Minifloat, QuantSpec, ScaleSource};
+use burn_quant::core::{Format, Granularity, Minifloat, QuantSpec, ScaleSource, SymmetricScale};
 use burn_quant::export::onnx::{
     QdqModelBuilder, proto::DataType, read_onnx, summarize, tensor_values,
 };
@@ -92,6 +92,27 @@ fn qdq_weight_formats_dequantize_exactly_in_onnxruntime() {
         ("ternary", QuantSpec::ternary_weight(), 25, DataType::Int2),
         ("binary", QuantSpec::binary_weight(), 25, DataType::Int2),
         ("q6_k_structure", QuantSpec::gguf_q6_k(), 21, DataType::Int8),
+        // Symmetric-scale conventions (negative scales for signed-extreme and MSE).
+        (
+            "int4_block32_neg_qmin",
+            QuantSpec::int4_weight_per_group(32).with_symmetric_scale(SymmetricScale::NegQmin),
+            21,
+            DataType::Int4,
+        ),
+        (
+            "int4_block32_signed_extreme",
+            QuantSpec::int4_weight_per_group(32)
+                .with_symmetric_scale(SymmetricScale::SignedExtreme),
+            21,
+            DataType::Int4,
+        ),
+        (
+            "int8_channel_full_range_mse",
+            QuantSpec::new(Format::int(8), Granularity::PerChannel { axis: 1 })
+                .with_symmetric_scale(SymmetricScale::mse()),
+            13,
+            DataType::Int8,
+        ),
     ];
     // Blocks that do not divide the weight (200 inputs = 6·32 + 8; 24 outputs = 16 + 8): ONNX
     // blocked quantization takes a short last block (scale dimension ceil(len / block)).

@@ -8,7 +8,7 @@ mod onnx_common;
 
 use burn::nn::PaddingConfig2d;
 use burn_quant::core::{
-    Format, Granularity, Minifloat, QuantSpec, Rounding, ScaleSource, ScaleStat,
+    Format, Granularity, Minifloat, QuantSpec, Rounding, ScaleSource, ScaleStat, SymmetricScale,
 };
 use burn_quant::export::onnx::{QONNX_DOMAIN, QonnxModelBuilder, TruncSpec};
 use burn_quant::nn::{
@@ -64,6 +64,25 @@ fn qonnx_weight_formats_give_back_the_dequantized_weight() {
         ("mxfp4", QuantSpec::mxfp4(), "FloatQuant"),
         ("mxfp6_e3m2", QuantSpec::mxfp6_e3m2(), "FloatQuant"),
         ("nvfp4", QuantSpec::nvfp4(), "FloatQuant"),
+        // Symmetric-scale conventions (negative scales for signed-extreme and MSE).
+        (
+            "int4_group32_neg_qmin",
+            QuantSpec::int4_weight_per_group(32).with_symmetric_scale(SymmetricScale::NegQmin),
+            "Quant",
+        ),
+        (
+            "int4_group32_signed_extreme",
+            QuantSpec::int4_weight_per_group(32)
+                .with_symmetric_scale(SymmetricScale::SignedExtreme),
+            "Quant",
+        ),
+        (
+            "int3_group32_mse",
+            QuantSpec::int4_weight_per_group(32)
+                .with_bits(3)
+                .with_symmetric_scale(SymmetricScale::mse()),
+            "Quant",
+        ),
     ];
     // Groups that do not divide the weight (200 inputs = 6·32 + 8; 24 outputs = 16 + 8): a
     // short last group, exported with per-element scales.

@@ -33,6 +33,11 @@
 //! scales as `F32` blocks of the group size. [`BurnQuantOptions::scale_dtype`] forces another
 //! dtype, checked scale by scale to be exact.
 //!
+//! Negative scales (the signed-extreme and MSE symmetric-scale conventions) are stored as their
+//! magnitude with the cell's codes negated, in a value type that holds the negated range (int4
+//! codes −8..=7 become −7..=8, so `Q8S`): Burn's scales are never negative, and the values are
+//! the same numbers. Full-range int8 with negative scales is refused (code 128).
+//!
 //! Refused with a [`BurnpackError`] naming the spec: asymmetric specs (Burn has no zero-point),
 //! unsigned 8-bit and every 9- to 16-bit integer (no Burn value holds the codes), minifloats other
 //! than OCP e4m3/e5m2/e2m1 (FNUZ, MX FP6 e3m2/e2m3, IEEE-like), tensors whose block layout needs
@@ -274,6 +279,10 @@ pub struct BurnMapping {
     pub scales: Vec<f32>,
     /// The per-tensor scale of a two-level scheme (NVFP4).
     pub global: Option<f32>,
+    /// Whether cells with a negative scale (the signed-extreme and MSE conventions) are stored
+    /// with the scale's magnitude and negated codes: Burn's scales are never negative, and
+    /// `(−q)·|s| = q·s` exactly.
+    pub negated_cells: bool,
 }
 
 impl BurnMapping {
@@ -300,6 +309,15 @@ pub fn burn_value(format: &Format) -> std::result::Result<QuantValue, String> {
         }
         other => {
             let (lo, hi) = other.code_range();
+            burn_int_value(lo, hi)
+        }
+    }
+}
+
+/// The narrowest Burn integer value type whose range holds the codes `lo..=hi`.
+fn burn_int_value(lo: i32, hi: i32) -> std::result::Result<QuantValue, String> {
+    {
+        {
             // Narrowest first; at equal width the symmetric range, which Burn's own quantizer
             // would also pick for a narrow grid.
             const CANDIDATES: [QuantValue; 6] = [
@@ -480,7 +498,18 @@ pub fn burn_mapping<const D: usize>(
     if spec.zero_point.is_asymmetric() || q.zero_points.is_some() {
         return Err(BurnpackError::Asymmetric { spec: spec_name() });
     }
-    let value = burn_value(&spec.format).map_err(|reason| BurnpackError::Format {
+    let mut scales = host_f32(&q.scales);
+    // (A negative scale under any other spec is corrupt and fails the scale check below.)
+    let negated_cells = spec.allows_negative_scales() && scales.iter().any(|&s| s < 0.0);
+    let value = if negated_cells {
+        // Negated codes of an int4 grid span −7..=8: the value type must hold both signs.
+        let (lo, hi) = spec.format.code_range();
+        scales.iter_mut().for_each(|s| *s = s.abs());
+        burn_int_value(lo.min(-hi), hi.max(-lo))
+    } else {
+        burn_value(&spec.format)
+    }
+    .map_err(|reason| BurnpackError::Format {
         spec: spec_name(),
         format: spec.format.to_string(),
         reason,
@@ -498,7 +527,6 @@ pub fn burn_mapping<const D: usize>(
         .granularity
         .layout(&shape)
         .map_err(|e| granularity_err(e.to_string()))?;
-    let scales = host_f32(&q.scales);
     if q.scales.dims().as_slice() != layout.scale_shape.as_slice() {
         return Err(BurnpackError::Inconsistent {
             spec: spec_name(),
@@ -629,6 +657,7 @@ pub fn burn_mapping<const D: usize>(
         block,
         scales: burn_scales,
         global,
+        negated_cells,
     })
 }
 
@@ -704,7 +733,24 @@ pub fn to_burn_qdata<const D: usize>(
 ) -> Result<TensorData> {
     let mapping = burn_mapping(q, options)?;
     let value = mapping.scheme.value;
-    let codes = host_i32(&q.codes);
+    let mut codes = host_i32(&q.codes);
+    if mapping.negated_cells {
+        // Each element's cell sign, spread by the core's own dequantization: codes 1 under
+        // scales ±1 dequantize to exactly ±1.
+        let signs = QuantTensor {
+            codes: q.codes.ones_like(),
+            scales: q.scales.clone().sign(),
+            zero_points: None,
+            scale_level: None,
+            spec: q.spec,
+        }
+        .dequantize();
+        for (c, s) in codes.iter_mut().zip(host_f32(&signs)) {
+            if s < 0.0 {
+                *c = -*c;
+            }
+        }
+    }
     let (lo, hi) = if is_minifloat(value) {
         (0, (1i32 << value.size_bits()) - 1)
     } else {
@@ -1020,7 +1066,7 @@ mod tests {
     use burn::nn::{Linear, LinearConfig};
     use burn::tensor::activation::relu;
     use burn::tensor::quantization::QuantizedBytes;
-    use burn_quant_core::{Pow2Mode, ScaleStat, ZeroPoint, quantize};
+    use burn_quant_core::{Pow2Mode, ScaleStat, SymmetricScale, ZeroPoint, quantize};
     use cubecl_common::{e2m1, e4m3, e5m2, ue8m0};
 
     /// Deterministic pseudo-normal data (xorshift + sum of uniforms), with a few outliers so
@@ -1068,7 +1114,13 @@ mod tests {
         assert!(matches!(burn.dtype(), DType::QFloat(_)), "{spec}");
         let ours = bits(q.dequantize());
         let theirs = bits(burn.dequantize());
-        let diff = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
+        // Bit for bit, except that a zero code under a negative scale (stored negated under
+        // its magnitude) is −0 in ours and +0 in Burn's.
+        let diff = ours
+            .iter()
+            .zip(&theirs)
+            .filter(|&(&a, &b)| a != b && f32::from_bits(a) != f32::from_bits(b))
+            .count();
         assert_eq!(diff, 0, "{spec} ({options:?}): {diff} values differ");
     }
 
@@ -1111,6 +1163,13 @@ mod tests {
             QuantSpec::int4_weight_per_group(256),
             QuantSpec::int4_weight_per_group(96),
             per_group(int(4, true), 1, 10),
+            // Symmetric-scale conventions: negative scales (signed extreme, MSE) in f32 and
+            // f16 scale tensors.
+            QuantSpec::int4_weight_per_group(20)
+                .with_symmetric_scale(SymmetricScale::SignedExtreme),
+            QuantSpec::int4_weight_per_group(32).with_symmetric_scale(SymmetricScale::NegQmin),
+            per_channel(int(6, false), 1).with_symmetric_scale(SymmetricScale::mse()),
+            QuantSpec::gguf_q4_0().with_symmetric_scale(SymmetricScale::SignedExtreme),
         ];
         for spec in specs_2d {
             for store in [StorePolicy::Auto, StorePolicy::Native, StorePolicy::Packed] {
@@ -1122,7 +1181,11 @@ mod tests {
             }
         }
         // Symmetric k-quant structures: effective scales as f32 blocks [16, 1].
-        for spec in [QuantSpec::gguf_q6_k(), QuantSpec::gguf_q3_k()] {
+        for spec in [
+            QuantSpec::gguf_q6_k(),
+            QuantSpec::gguf_q3_k(),
+            QuantSpec::gguf_q3_k().with_symmetric_scale(SymmetricScale::SignedExtreme),
+        ] {
             assert_flex_exact(tensor([512, 16], 3), spec, BurnQuantOptions::default());
         }
         // Rank 3 and 4: groups along a middle axis, per output channel of a conv weight.
@@ -1389,6 +1452,16 @@ mod tests {
             burn_mapping(&q, &opts),
             Err(BurnpackError::Asymmetric { .. })
         ));
+        // Full-range int8 with negative scales: the negated code 128 fits no Burn value.
+        let e = mapping(
+            QuantSpec::new(Format::int(8), Granularity::PerChannel { axis: 1 })
+                .with_symmetric_scale(SymmetricScale::SignedExtreme),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, BurnpackError::Format { .. }) && e.to_string().contains("-128..=128"),
+            "{e}"
+        );
         for format in [
             Format::uint(8),
             Format::int(9),

@@ -90,11 +90,12 @@ fn check_scales(
     scales: &[f32],
     allow_zero: bool,
 ) -> Result<()> {
-    match scales
-        .iter()
-        .enumerate()
-        .find(|(_, s)| !(s.is_finite() && (**s > 0.0 || (allow_zero && **s == 0.0))))
-    {
+    // ONNX's (De)QuantizeLinear and QONNX's Quant are plain arithmetic in the scale, so the
+    // negative scales of the signed-extreme and MSE conventions are written as they are.
+    let negative_ok = spec.allows_negative_scales();
+    match scales.iter().enumerate().find(|(_, s)| {
+        !(s.is_finite() && (**s > 0.0 || (allow_zero && **s == 0.0) || (negative_ok && **s < 0.0)))
+    }) {
         Some((i, s)) => Err(unsupported(
             prefix,
             what,

@@ -26,9 +26,41 @@ fn host(t: Tensor<2>) -> Vec<f32> {
     t.into_data().try_into_vec::<f32>().unwrap()
 }
 
-/// Every preset with a ggml structure, with the type it must map to.
+/// Every preset with a ggml structure, with the type it must map to; the signed-integer ones
+/// also under the other symmetric-scale conventions (ggml's own Q4_0/Q5_0 rule is the signed
+/// extreme, whose negative scales the blocks' f16 `d` and the signed k-quant scale codes hold).
 fn presets() -> Vec<(QuantSpec, GgmlType)> {
+    use burn_quant_core::SymmetricScale::{NegQmin, SignedExtreme};
+    let mse = burn_quant_core::SymmetricScale::mse();
     vec![
+        (
+            QuantSpec::gguf_q4_0().with_symmetric_scale(SignedExtreme),
+            GgmlType::Q4_0,
+        ),
+        (
+            QuantSpec::gguf_q4_0().with_symmetric_scale(NegQmin),
+            GgmlType::Q4_0,
+        ),
+        (
+            QuantSpec::gguf_q4_0().with_symmetric_scale(mse),
+            GgmlType::Q4_0,
+        ),
+        (
+            QuantSpec::gguf_q5_0().with_symmetric_scale(SignedExtreme),
+            GgmlType::Q5_0,
+        ),
+        (
+            QuantSpec::gguf_q8_0().with_symmetric_scale(mse),
+            GgmlType::Q8_0,
+        ),
+        (
+            QuantSpec::gguf_q3_k().with_symmetric_scale(SignedExtreme),
+            GgmlType::Q3_K,
+        ),
+        (
+            QuantSpec::gguf_q6_k().with_symmetric_scale(mse),
+            GgmlType::Q6_K,
+        ),
         (QuantSpec::gguf_q8_0(), GgmlType::Q8_0),
         (QuantSpec::gguf_q4_0(), GgmlType::Q4_0),
         (QuantSpec::gguf_q4_1(), GgmlType::Q4_1),
