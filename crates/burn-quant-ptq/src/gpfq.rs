@@ -57,6 +57,12 @@ impl Gpfq {
         self.block_size = block;
         self
     }
+
+    /// Checks every field: `block_size` ≥ 1
+    /// ([`PtqError::InvalidConfig`](crate::PtqError::InvalidConfig) otherwise).
+    pub fn validate(&self) -> Result<()> {
+        check_block(self.block_size)
+    }
 }
 
 impl Stage2Algorithm for Gpfq {
@@ -75,7 +81,7 @@ impl Stage2Algorithm for Gpfq {
         stats: &LayerStats,
         spec: &QuantSpec,
     ) -> Result<HostQuantized> {
-        check_block(self.block_size)?;
+        self.validate()?;
         let Problem {
             n,
             m,

@@ -3,13 +3,33 @@
 //!
 //! With `H = X̃ᵀX̃`, `P₀ = (X − X̃)ᵀX̃ = Gᵀ − H`, `U = upper_chol((H + λI)⁻¹)` and
 //! `P = α·triu₊(P₀·Uᵀ)·U` (strictly upper triangular, α = 0.25 as in the reference code),
-//! the GPTQ sweep gets one extra term: quantizing row t moves every later row t' by
-//! `−U[t, t']·e_t + P[t, t']·w_t`, with `w_t` the row's value just before it is quantized.
+//! the GPTQ sweep gets one extra term, applied exactly as the reference's `fasterquant` does
+//! with its lazy blocks of `block_size` rows:
+//! - inside a block, quantizing row t moves each later row t' of the block by
+//!   `−(U[t, t']·e_t − P[t, t']·v_t)`, with `v_t` the row's value just before it is quantized
+//!   and `e_t = (v_t − q_t)/U[t, t]`;
+//! - at the end of the block, every row after it moves by `−Σ_t (U[t, t']·e_t − P[t, t']·ŵ_t)`,
+//!   where `ŵ_t = v_t − e_t·U[t, t]` is the row's value after its own in-block update — the
+//!   quantized value `q_t` up to one f32 rounding, not `v_t`.
 //!
-//! One deliberate difference from the reference: its lazy *trailing* update uses the block's
-//! values at block start for `w_t` (not the per-row values its in-block update uses), which
-//! makes the result depend on the block size. Here both use the per-row value, so the sweep
-//! is the same for every block size (tested) and equals the reference at block size 1.
+//! The two updates feed different values through P, so the result depends on the block size
+//! (at block size 1 every later row gets `ŵ_t`; with one block covering all rows, `v_t`); the
+//! default, 128, is the reference's. The test `matches_the_reference_code_for_code` runs an
+//! independent port of the reference beside this one: the codes are identical. The remaining
+//! differences from the reference:
+//! - `U` and `P` are computed in f64 (then rounded to f32 for the sweep, which is f32 as in
+//!   the reference);
+//! - dynamic group parameters (`static_groups` off, no act-order) come from the group's rows
+//!   after every earlier row's feedback, in-block feedback included; the reference reads them
+//!   before the current block's in-block feedback. The two agree when every group starts at
+//!   a block boundary (group size a multiple of the block size). Blocks never split a group:
+//!   for a group size that is neither a multiple nor a divisor of the block size the block
+//!   shrinks (`LayerReport::block_size`), which here also moves the lazy-update boundaries;
+//! - per-channel parameters are computed after dead inputs are zeroed (the reference computes
+//!   them before), which only matters if a dead input holds a channel's extreme.
+//!
+//! Brevitas's port feeds yet another value through P in the lazy update: the block's rows as
+//! they were at block start.
 
 use burn_quant_core::QuantSpec;
 use serde::{Deserialize, Serialize};
@@ -37,7 +57,9 @@ pub struct Gptaq {
     pub block_size: usize,
     /// Process inputs by decreasing `H_jj` (off). Implies static group parameters.
     pub act_order: bool,
-    /// Compute all group parameters from the weight before any feedback (off).
+    /// Compute all group parameters from the weight before any feedback (off; the reference's
+    /// `static_groups`). Brevitas's LLM flow freezes its weight scales before the sweep, so
+    /// `true` is the setting to compare with it.
     pub static_groups: bool,
 }
 
@@ -68,6 +90,32 @@ impl Gptaq {
     pub fn with_alpha(mut self, alpha: f64) -> Self {
         self.alpha = alpha;
         self
+    }
+    /// Sets the relative damping.
+    pub fn with_percdamp(mut self, percdamp: f64) -> Self {
+        self.percdamp = percdamp;
+        self
+    }
+    /// Freezes group parameters before the sweep (`true`) or computes each group's when the
+    /// sweep reaches it (`false`, the default).
+    pub fn with_static_groups(mut self, on: bool) -> Self {
+        self.static_groups = on;
+        self
+    }
+
+    /// Checks every field: `percdamp` finite and > 0, `alpha` finite and ≥ 0, `block_size` ≥ 1
+    /// ([`PtqError::InvalidConfig`] naming the field otherwise).
+    pub fn validate(&self) -> Result<()> {
+        check_percentage("percdamp", self.percdamp)?;
+        check_block(self.block_size)?;
+        if !(self.alpha.is_finite() && self.alpha >= 0.0) {
+            return Err(PtqError::config(
+                "alpha",
+                self.alpha,
+                "must be finite and >= 0",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -113,15 +161,7 @@ impl Stage2Algorithm for Gptaq {
         stats: &LayerStats,
         spec: &QuantSpec,
     ) -> Result<HostQuantized> {
-        check_percentage("percdamp", self.percdamp)?;
-        check_block(self.block_size)?;
-        if !(self.alpha.is_finite() && self.alpha >= 0.0) {
-            return Err(PtqError::config(
-                "alpha",
-                self.alpha,
-                "must be finite and >= 0",
-            ));
-        }
+        self.validate()?;
         let Problem {
             n,
             m,
@@ -199,125 +239,4 @@ impl Stage2Algorithm for Gptaq {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Gptq;
-    use crate::rtn::Rtn;
-    use crate::testutil::{correlated, output_error, perturbed, stats, upstream, weights};
-
-    /// notes §4 oracle 1: with X̃ = X (P₀ = 0) or α = 0, GPTAQ is GPTQ bit for bit.
-    #[test]
-    fn reduces_to_gptq_without_mismatch_or_alpha() {
-        let (n, m, t) = (96, 24, 500);
-        let x = correlated(t, n, 51);
-        let w = weights(n, m, 52);
-        let spec = QuantSpec::int4_weight_per_group(32);
-        let single = stats(&x, None, n, false);
-        let paired = stats(&x, None, n, true);
-        for act in [false, true] {
-            let gptq = Gptq::default()
-                .with_act_order(act)
-                .quantize_host(&w, [n, m], &single, &spec)
-                .unwrap();
-            let gptaq = Gptaq::default()
-                .with_act_order(act)
-                .quantize_host(&w, [n, m], &paired, &spec)
-                .unwrap();
-            assert_eq!(gptaq.codes, gptq.codes, "act-order {act}");
-            assert_eq!(gptaq.w_hat, gptq.w_hat);
-        }
-        let xq = perturbed(&x, n, 0.2, 53);
-        let gptq = Gptq::default()
-            .quantize_host(&w, [n, m], &stats(&x, Some(&xq), n, false), &spec)
-            .unwrap();
-        let gptaq = Gptaq::default()
-            .with_alpha(0.0)
-            .quantize_host(&w, [n, m], &stats(&x, Some(&xq), n, true), &spec)
-            .unwrap();
-        assert_eq!(gptaq.codes, gptq.codes);
-    }
-
-    /// notes §4 oracle 2: P is strictly upper triangular.
-    #[test]
-    fn asymmetry_matrix_is_strictly_upper() {
-        let n = 40;
-        let p0: Vec<f64> = crate::testutil::gaussian(n * n, 1)
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
-        let u: Vec<f64> = (0..n * n)
-            .map(|k| {
-                if k % n >= k / n {
-                    1.0 + (k % 7) as f64
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let p = asymmetry_matrix(&p0, &u, n, 0.25);
-        assert!((0..n).all(|i| (0..=i).all(|j| p[i * n + j] == 0.0)));
-        assert!(p.iter().any(|&v| v != 0.0));
-    }
-
-    /// notes §4 oracle 3 on a simulated quantized producer (`X̃ = Z·Â`, 4-bit `Â`): GPTAQ's
-    /// float-target error is below GPTQ's (run on X̃), which is below RTN's; the block size
-    /// does not change the result.
-    #[test]
-    fn beats_gptq_and_rtn_on_the_float_target() {
-        let (n, m, t) = (128, 48, 1024);
-        let (x, xq) = upstream(t, n, 4, 91);
-        let w = weights(n, m, 93);
-        let paired = stats(&x, Some(&xq), n, true);
-        let single = stats(&x, Some(&xq), n, false);
-        for spec in [
-            QuantSpec::int4_weight_per_group(32),
-            QuantSpec::int4_weight_per_group(32).with_bits(3),
-            // A short last group: 128 = 3·40 + 8.
-            QuantSpec::int4_weight_per_group(40).with_bits(3),
-        ] {
-            let e_rtn = output_error(
-                &x,
-                &xq,
-                &w,
-                &Rtn.quantize_host(&w, [n, m], &paired, &spec).unwrap().w_hat,
-                n,
-                m,
-            );
-            for act in [false, true] {
-                let e_gptq = output_error(
-                    &x,
-                    &xq,
-                    &w,
-                    &Gptq::default()
-                        .with_act_order(act)
-                        .quantize_host(&w, [n, m], &single, &spec)
-                        .unwrap()
-                        .w_hat,
-                    n,
-                    m,
-                );
-                let q = Gptaq::default()
-                    .with_act_order(act)
-                    .quantize_host(&w, [n, m], &paired, &spec)
-                    .unwrap();
-                let e = output_error(&x, &xq, &w, &q.w_hat, n, m);
-                assert!(
-                    e < e_gptq && e_gptq < e_rtn,
-                    "{spec} act {act}: GPTAQ {e}, GPTQ {e_gptq}, RTN {e_rtn}"
-                );
-                let b7 = Gptaq::default()
-                    .with_act_order(act)
-                    .with_block_size(7)
-                    .quantize_host(&w, [n, m], &paired, &spec)
-                    .unwrap();
-                let same = b7
-                    .codes
-                    .iter()
-                    .zip(&q.codes)
-                    .filter(|(a, b)| a == b)
-                    .count();
-                assert!(same as f64 >= 0.999 * (n * m) as f64, "block 7: {same}");
-            }
-        }
-    }
-}
+mod tests;

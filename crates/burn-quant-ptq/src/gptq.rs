@@ -37,7 +37,9 @@ pub struct Gptq {
     pub block_size: usize,
     /// Process inputs by decreasing `H_jj` (off). Implies static group parameters.
     pub act_order: bool,
-    /// Compute all group parameters from the weight before any feedback (off).
+    /// Compute all group parameters from the weight before any feedback (off; the reference's
+    /// `static_groups`). Brevitas's LLM flow freezes its weight scales before the sweep, so
+    /// `true` is the setting to compare with it.
     pub static_groups: bool,
 }
 
@@ -68,10 +70,19 @@ impl Gptq {
         self.percdamp = percdamp;
         self
     }
-    /// Freezes group parameters before the sweep.
+    /// Freezes group parameters before the sweep (`true`) or computes each group's when the
+    /// sweep reaches it (`false`, the default).
     pub fn with_static_groups(mut self, on: bool) -> Self {
         self.static_groups = on;
         self
+    }
+
+    /// Checks every field: `percdamp` finite and > 0, `block_size` ≥ 1
+    /// ([`PtqError::InvalidConfig`](crate::PtqError::InvalidConfig) naming the field
+    /// otherwise).
+    pub fn validate(&self) -> Result<()> {
+        check_percentage("percdamp", self.percdamp)?;
+        check_block(self.block_size)
     }
 
     /// The algorithm, also returning the scaled errors `E` (processing order) of the sweep
@@ -84,8 +95,7 @@ impl Gptq {
         spec: &QuantSpec,
         record: bool,
     ) -> Result<(HostQuantized, Option<Vec<f32>>)> {
-        check_percentage("percdamp", self.percdamp)?;
-        check_block(self.block_size)?;
+        self.validate()?;
         let Problem {
             n,
             m,

@@ -14,8 +14,11 @@
 //! the ridge solve uses it too (`V = U'ᵀ·U'·RHS`, f64). `λ = α·λ_max(H)` with λ_max from 30
 //! power iterations; a failed factorization multiplies λ by 10 (warning).
 //!
-//! Two defaults differ from Brevitas's, both measured (see the fields): α = 1e-5 instead of
-//! 1e-6, and group parameters frozen from W₀ before the algorithm.
+//! Group parameters are frozen from W₀ before the algorithm by default, as in Brevitas: its LLM
+//! flow uses `parameter_from_stats` weight scales (and zero-points), set from the weights by
+//! one forward pass before Qronos runs, so every group's scale comes from the weights before
+//! any update. One default differs from Brevitas's, measured (see the field): α = 1e-5 instead
+//! of 1e-6.
 
 use burn_quant_core::QuantSpec;
 use serde::{Deserialize, Serialize};
@@ -34,7 +37,7 @@ use crate::stats::{CalibInputs, LayerStats};
 /// The rows right after step 1 (`[n − 1, d_out]`, processing order, f64) and the λ used.
 pub(crate) type AfterStep1 = (Vec<f64>, f64);
 
-/// Qronos (defaults: Brevitas's, except α and static groups; see the fields).
+/// Qronos (defaults: Brevitas's, except α; see the fields).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Qronos {
@@ -52,10 +55,11 @@ pub struct Qronos {
     pub block_size: usize,
     /// Process inputs by decreasing `H_jj` (off). Implies static group parameters.
     pub act_order: bool,
-    /// Compute all group parameters from W₀ before any update (on). Step 1's ridge re-fit can
-    /// move rows far from W₀ where `H` is ill-conditioned; parameters computed from those rows
-    /// then waste the grid (measured on synthetic heavy-tailed inputs: 3-bit error 0.69 with
-    /// dynamic parameters vs 0.25 static; on SmolLM2's real inputs the two are within 1%).
+    /// Compute all group parameters from W₀ before any update (on, as Brevitas's frozen weight
+    /// scales). Step 1's ridge re-fit can move rows far from W₀ where `H` is ill-conditioned;
+    /// parameters computed from those rows then waste the grid (measured on synthetic
+    /// heavy-tailed inputs: 3-bit error 0.69 with dynamic parameters vs 0.25 static; on
+    /// SmolLM2's real inputs the two are within 1%).
     pub static_groups: bool,
 }
 
@@ -94,16 +98,9 @@ impl Qronos {
         self
     }
 
-    /// The algorithm; with `after_step1`, also returns the rows `V` right after step 1
-    /// (processing order, f64) and the λ used, for the normal-equation oracle.
-    pub(crate) fn run(
-        &self,
-        weight: &[f32],
-        shape: [usize; 2],
-        stats: &LayerStats,
-        spec: &QuantSpec,
-        after_step1: bool,
-    ) -> Result<(HostQuantized, Option<AfterStep1>)> {
+    /// Checks every field: `alpha` finite and > 0, `power_iters` ≥ 1, `block_size` ≥ 1
+    /// ([`PtqError::InvalidConfig`] naming the field otherwise).
+    pub fn validate(&self) -> Result<()> {
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
             return Err(PtqError::config(
                 "alpha",
@@ -114,7 +111,20 @@ impl Qronos {
         if self.power_iters == 0 {
             return Err(PtqError::config("power_iters", 0, "must be at least 1"));
         }
-        check_block(self.block_size)?;
+        check_block(self.block_size)
+    }
+
+    /// The algorithm; with `after_step1`, also returns the rows `V` right after step 1
+    /// (processing order, f64) and the λ used, for the normal-equation oracle.
+    pub(crate) fn run(
+        &self,
+        weight: &[f32],
+        shape: [usize; 2],
+        stats: &LayerStats,
+        spec: &QuantSpec,
+        after_step1: bool,
+    ) -> Result<(HostQuantized, Option<AfterStep1>)> {
+        self.validate()?;
         let Problem {
             n,
             m,

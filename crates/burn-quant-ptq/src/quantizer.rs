@@ -324,7 +324,7 @@ mod tests {
         let device = device.clone();
         {
             for timing in [ParamTiming::Static, ParamTiming::Dynamic] {
-                let mut rq = RowQuantizer::new("test", &spec, &w, n, m, timing, false).unwrap();
+                let mut rq = RowQuantizer::new("test", &spec, w, n, m, timing, false).unwrap();
                 let mut codes = vec![0i32; n * m];
                 let mut deq = vec![0f32; n * m];
                 for r in 0..n {

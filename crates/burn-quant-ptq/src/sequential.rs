@@ -7,7 +7,10 @@
 //! `t' > t` as `x[t'] −= M[t, t']·e₁ + M₂[t, t']·e₂`, where
 //! - GPTQ / Qronos: `M = U` (upper Cholesky factor of the damped inverse Hessian),
 //!   `e₁ = (v − q)/U[t, t]`;
-//! - GPTAQ: as GPTQ plus `M₂ = P` (the asymmetry matrix) and `e₂ = −v`;
+//! - GPTAQ: as GPTQ plus `M₂ = P` (the asymmetry matrix), with the reference's two values of
+//!   `e₂`: `−v` for the rows of the same block (in-block update), and `−(v − e₁·U[t, t])` —
+//!   the row's own value after its update, `q` up to one rounding — for the rows after the
+//!   block (lazy update);
 //! - GPFQ: `M[s, t] = H[s, t]/H[t, t]`, `e₁ = q` (the rows hold the running greedy targets).
 
 use crate::error::Result;
@@ -19,7 +22,8 @@ use crate::quantizer::RowQuantizer;
 pub(crate) enum Feedback<'a> {
     /// GPTQ: `e = (v − q)/U_tt` through `U`.
     Obs { u: &'a [f32] },
-    /// GPTAQ: GPTQ's term plus `P[t, t']·v`.
+    /// GPTAQ: GPTQ's term plus `P[t, t']·v` inside the block and `P[t, t']·(v − e·U_tt)`
+    /// after it (the GPTAQ reference's lazy update, see `gptaq.rs`).
     Asymmetric { u: &'a [f32], p: &'a [f32] },
     /// GPFQ: `q` through the normalised Gram matrix.
     Greedy { f: &'a [f32] },
@@ -113,8 +117,12 @@ impl Sweep<'_> {
                     Feedback::Greedy { .. } => er.copy_from_slice(&deq),
                 }
                 if m2.is_some() {
-                    for (e, a) in e2[k * m..(k + 1) * m].iter_mut().zip(&v) {
-                        *e = -a;
+                    // The lazy update feeds the row's value after its own in-block update,
+                    // `v − (e·U_tt − v·P_tt)` with `P_tt = 0`, as the reference's block buffer
+                    // holds it at the end of the block.
+                    let d = m1[(t - s0) * dim + (t - s0)];
+                    for ((o, a), e) in e2[k * m..(k + 1) * m].iter_mut().zip(&v).zip(&*er) {
+                        *o = -(a - e * d);
                     }
                 }
                 if let Some(r) = recorded.as_mut() {
@@ -126,14 +134,22 @@ impl Sweep<'_> {
                 let (_, rest) = x.split_at_mut((t + 1) * m);
                 for (j, xr) in rest[..(i2 - t - 1) * m].chunks_exact_mut(m).enumerate() {
                     let c = mrow[t + 1 + j - s0];
-                    if c != 0.0 {
-                        xr.iter_mut().zip(er).for_each(|(a, e)| *a -= c * e);
-                    }
-                    if let Some(p) = m2 {
-                        let c2 = p[(t - s0) * dim + t + 1 + j - s0];
-                        if c2 != 0.0 {
-                            let e = &e2[k * m..(k + 1) * m];
-                            xr.iter_mut().zip(e).for_each(|(a, e)| *a -= c2 * e);
+                    match m2 {
+                        None => {
+                            if c != 0.0 {
+                                xr.iter_mut().zip(er).for_each(|(a, e)| *a -= c * e);
+                            }
+                        }
+                        Some(p) => {
+                            // GPTAQ, in the reference's arithmetic: `x −= e·U − v·P` (one
+                            // rounding of the difference, then the subtraction).
+                            let c2 = p[(t - s0) * dim + t + 1 + j - s0];
+                            if c != 0.0 || c2 != 0.0 {
+                                xr.iter_mut()
+                                    .zip(er)
+                                    .zip(&v)
+                                    .for_each(|((a, e), w)| *a -= c * e - c2 * w);
+                            }
                         }
                     }
                 }
