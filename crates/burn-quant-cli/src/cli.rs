@@ -47,19 +47,24 @@ pub enum Command {
     PtqLlm(PtqLlmArgs),
 }
 
-/// Options of `burnq ptq-llm` (see `PtqLlmOptions` for their meaning).
+/// Options of `burnq ptq-llm` (see `PtqLlmOptions` for their meaning and defaults). With
+/// `--config`, every flag given overrides the recipe's value.
 #[derive(Debug, Clone, Args)]
 pub struct PtqLlmArgs {
     /// A Hugging Face directory (config.json, model.safetensors, tokenizer.json) or a llama
     /// GGUF file with tokenizer.json beside it.
     #[arg(long)]
     pub model: std::path::PathBuf,
-    /// Weight bits.
-    #[arg(long, default_value_t = 4)]
-    pub weight_bits: u8,
-    /// Group size along the input axis (0: per output channel).
-    #[arg(long, default_value_t = 128)]
-    pub group_size: usize,
+    /// A TOML or JSON recipe with the fields of the flags (snake_case) plus `stage1`,
+    /// `weights` (a preset name or a full spec) and `kv`.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Weight bits [default: 4].
+    #[arg(long)]
+    pub weight_bits: Option<u8>,
+    /// Group size along the input axis, 0 for per output channel [default: 128].
+    #[arg(long)]
+    pub group_size: Option<usize>,
     /// Asymmetric (unsigned + zero-point) weights.
     #[arg(long)]
     pub asymmetric: bool,
@@ -67,42 +72,61 @@ pub struct PtqLlmArgs {
     /// bits, Q4_1's structure).
     #[arg(long)]
     pub f16_scales: bool,
-    /// rtn, gptq, gpfq, gptaq or qronos.
-    #[arg(long, default_value = "gptq")]
-    pub algo: String,
+    /// Symmetric weight scale convention: qmax, neg-qmin (Brevitas's default), signed-extreme
+    /// (ggml's Q4_0 rule) or mse.
+    #[arg(long)]
+    pub weight_scale: Option<String>,
+    /// Narrow signed weight grid (−7..7 at 4 bits; Brevitas's --weight-narrow-range).
+    #[arg(long)]
+    pub narrow_range: bool,
+    /// The weight spec in full by preset name (int4_g128, gguf_q4_0, mxfp4, …) instead of the
+    /// short weight flags.
+    #[arg(long)]
+    pub weights: Option<String>,
+    /// rtn, gptq, gpfq, gptaq or qronos [default: gptq].
+    #[arg(long)]
+    pub algo: Option<String>,
     /// Act-order (GPTQ family).
     #[arg(long)]
     pub act_order: bool,
+    /// Group scales from the original weights before the sweep (GPTQ/GPTAQ/Qronos; Brevitas
+    /// always does): `true` or `false` [default: the algorithm's].
+    #[arg(long)]
+    pub static_groups: Option<bool>,
+    /// Qronos's ridge parameter α [default: 1e-5; Brevitas 1e-6].
+    #[arg(long)]
+    pub qronos_alpha: Option<f64>,
     /// Activation bits (W8A8, W4A8 flows); float activations when absent.
     #[arg(long)]
     pub input_bits: Option<u8>,
-    /// `tensor` (static per-tensor) or `token` (dynamic per-token) activation scales.
-    #[arg(long, default_value = "tensor")]
-    pub input_granularity: String,
+    /// `tensor` (static per-tensor) or `token` (dynamic per-token) activation scales
+    /// [default: tensor].
+    #[arg(long)]
+    pub input_granularity: Option<String>,
     /// Statistic of static activation scales: absmax, percentile (99.999, Brevitas's
-    /// default), percentile:Q or mse.
-    #[arg(long, default_value = "absmax")]
-    pub input_stat: String,
+    /// default), percentile:Q or mse [default: absmax].
+    #[arg(long)]
+    pub input_stat: Option<String>,
     /// Calibrate the weight algorithm on quantized activations (Brevitas's
     /// `--gpxq-use-quant-activations`): the activation quantizers are attached (and static ones
     /// calibrated) before the weights are quantized. Needs --input-bits.
     #[arg(long)]
     pub use_quant_activations: bool,
-    /// Calibration windows of 512 tokens from the calibration text.
-    #[arg(long, default_value_t = 16)]
-    pub calib_windows: usize,
-    /// Seed of the calibration sampler.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Evaluation windows (default: the protocol's 16).
+    /// Calibration windows of 512 tokens from the calibration text [default: 16].
+    #[arg(long)]
+    pub calib_windows: Option<usize>,
+    /// Seed of the calibration sampler [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Evaluation windows [default: the protocol's 16].
     #[arg(long)]
     pub eval_windows: Option<usize>,
-    /// A TOML or JSON recipe with the same fields (snake_case), instead of the flags above.
-    #[arg(long)]
-    pub config: Option<std::path::PathBuf>,
     /// Skip the FP32 evaluation.
     #[arg(long)]
     pub no_float: bool,
+    /// Skip the KL divergence from FP32 (halves the evaluation time).
+    #[arg(long)]
+    pub no_kl: bool,
     /// Write the quantized model as GGUF, code for code (needs a ggml weight structure, e.g.
     /// `--f16-scales --group-size 32`: Q4_0, or Q4_1 with `--asymmetric`).
     #[arg(long)]
@@ -119,31 +143,60 @@ pub struct PtqLlmArgs {
 }
 
 impl PtqLlmArgs {
-    /// The options these flags (or the `--config` recipe) select.
+    /// The options these flags select: the `--config` recipe (or the defaults) with every flag
+    /// that was given applied on top, then checked before anything is loaded.
     pub fn options(&self) -> Result<crate::ptq_llm::PtqLlmOptions> {
-        if let Some(path) = &self.config {
-            let mut o = crate::ptq_llm::PtqLlmOptions::from_file(path)?;
-            o.export = o.export.or_else(|| self.export.clone());
-            return Ok(o);
+        let mut o = match &self.config {
+            Some(path) => crate::ptq_llm::PtqLlmOptions::from_file(path)?,
+            None => crate::ptq_llm::PtqLlmOptions::default(),
+        };
+        fn set<T: Clone>(field: &mut T, flag: &Option<T>) {
+            if let Some(v) = flag {
+                *field = v.clone();
+            }
         }
-        Ok(crate::ptq_llm::PtqLlmOptions {
-            weight_bits: self.weight_bits,
-            group_size: self.group_size,
-            asymmetric: self.asymmetric,
-            f16_scales: self.f16_scales,
-            algo: self.algo.clone(),
-            act_order: self.act_order,
-            input_bits: self.input_bits,
-            input_granularity: self.input_granularity.clone(),
-            input_stat: self.input_stat.clone(),
-            use_quant_activations: self.use_quant_activations,
-            calib_windows: self.calib_windows,
-            seed: self.seed,
-            eval_windows: self.eval_windows,
-            eval_float: !self.no_float,
-            export: self.export.clone(),
-            ..Default::default()
-        })
+        fn set_opt<T: Clone>(field: &mut Option<T>, flag: &Option<T>) {
+            if flag.is_some() {
+                *field = flag.clone();
+            }
+        }
+        let on = |b: bool| b.then_some(true);
+        set_opt(&mut o.weight_bits, &self.weight_bits);
+        set_opt(&mut o.group_size, &self.group_size);
+        set_opt(&mut o.asymmetric, &on(self.asymmetric));
+        set_opt(&mut o.f16_scales, &on(self.f16_scales));
+        set_opt(&mut o.weight_scale, &self.weight_scale);
+        set_opt(&mut o.narrow_range, &on(self.narrow_range));
+        set_opt(
+            &mut o.weights,
+            &self
+                .weights
+                .clone()
+                .map(crate::ptq_llm::WeightSpecChoice::Preset),
+        );
+        set(&mut o.algo, &self.algo);
+        set(&mut o.act_order, &on(self.act_order));
+        set_opt(&mut o.static_groups, &self.static_groups);
+        set_opt(&mut o.qronos_alpha, &self.qronos_alpha);
+        set_opt(&mut o.input_bits, &self.input_bits);
+        set(&mut o.input_granularity, &self.input_granularity);
+        set(&mut o.input_stat, &self.input_stat);
+        set(
+            &mut o.use_quant_activations,
+            &on(self.use_quant_activations),
+        );
+        set(&mut o.calib_windows, &self.calib_windows);
+        set(&mut o.seed, &self.seed);
+        set_opt(&mut o.eval_windows, &self.eval_windows);
+        if self.no_float {
+            o.eval_float = false;
+        }
+        if self.no_kl {
+            o.kl = false;
+        }
+        set_opt(&mut o.export, &self.export);
+        o.check()?;
+        Ok(o)
     }
 }
 
@@ -286,7 +339,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 )
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            bar.set_message(format!("{} W{}", opts.algo, opts.weight_bits));
+            bar.set_message(opts.label());
             let report = crate::ptq_llm::run(
                 &args.model,
                 &args.eval_text,

@@ -7,37 +7,60 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
 use burn_quant::{
-    Format, Granularity, QuantSpec, ScaleQuant, ScaleRestriction, ScaleStat, ZeroPoint,
+    Format, Granularity, QuantSpec, ScaleQuant, ScaleRestriction, ScaleStat, SymmetricScale,
 };
 use burn_quant_llm::pipeline::InputQuant;
 use burn_quant_llm::{
     CalibrationConfig, LlamaModel, LlamaTokenizer, PerplexityConfig, PtqConfig,
-    calibration_windows_from_text, load_with_tokenizer, perplexity_of_text, quantize_model,
+    calibration_windows_from_text, compare_with_reference_of_text, load_with_tokenizer,
+    perplexity_of_text, quantize_model,
 };
 use burn_quant_ptq::Algorithm;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{CliError, Result};
 use crate::table;
 
-/// Everything `ptq-llm` needs besides the model path; the command-line flags or a TOML/JSON
-/// recipe (`--config`) with the same field names.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+/// Everything `ptq-llm` needs besides the model path: the recipe. The command-line flags and a
+/// TOML/JSON recipe (`--config`) use the same field names; a flag given with `--config`
+/// overrides the recipe's value. The weight spec comes either from the short fields
+/// (`weight_bits`, `group_size`, `asymmetric`, `f16_scales`, `weight_scale`, `narrow_range`) or
+/// in full from `weights` (a preset name or a whole [`QuantSpec`]), never from both.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PtqLlmOptions {
-    /// Weight bits (signed integer grid unless `asymmetric`).
-    pub weight_bits: u8,
-    /// Group size along the input axis; 0 = one scale per output channel.
-    pub group_size: usize,
+    /// Stage 1 transforms, in order (none exist yet: any entry is an error until the Stage 1
+    /// issue adds them).
+    pub stage1: Vec<String>,
+    /// The weight spec in full, instead of the short fields: a preset name
+    /// ([`weight_preset`]) or a serialised [`QuantSpec`] (Burn `[d_in, d_out]` layout).
+    pub weights: Option<WeightSpecChoice>,
+    /// KV-cache spec (not built yet: an error when set).
+    pub kv: Option<WeightSpecChoice>,
+    /// Weight bits (signed integer grid unless `asymmetric`; default 4).
+    pub weight_bits: Option<u8>,
+    /// Group size along the input axis; 0 = one scale per output channel (default 128).
+    pub group_size: Option<usize>,
     /// Unsigned grid with a zero-point per group (min-max).
-    pub asymmetric: bool,
+    pub asymmetric: Option<bool>,
     /// Scales (and offsets) stored as f16, ggml's legacy layout: with `asymmetric` and groups
     /// of 32 this is exactly Q4_1's structure (grid over [min, max], real-valued offset).
-    pub f16_scales: bool,
+    pub f16_scales: Option<bool>,
+    /// How a symmetric group's range becomes its scale: `qmax`, `neg-qmin` (Brevitas's
+    /// default), `signed-extreme` (ggml's Q4_0 rule) or `mse` (see [`SymmetricScale`]).
+    pub weight_scale: Option<String>,
+    /// Narrow signed grid (−7..7 at 4 bits; Brevitas's `--weight-narrow-range`).
+    pub narrow_range: Option<bool>,
     /// `rtn`, `gptq`, `gpfq`, `gptaq` or `qronos`.
     pub algo: String,
     /// Process input channels by decreasing Hessian diagonal (GPTQ family).
     pub act_order: bool,
+    /// Compute every group's scale from the original weight before the sweep (GPTQ, GPTAQ,
+    /// Qronos; Brevitas always does); `None` keeps the algorithm's default (GPTQ/GPTAQ off,
+    /// Qronos on). Act-order implies it.
+    pub static_groups: Option<bool>,
+    /// Qronos's ridge parameter α (ours 1e-5, Brevitas 1e-6); `None` keeps the default.
+    pub qronos_alpha: Option<f64>,
     /// Activation (linear input) bits; `None` keeps activations float.
     pub input_bits: Option<u8>,
     /// `tensor` (static, calibrated) or `token` (dynamic) activation scales.
@@ -61,20 +84,114 @@ pub struct PtqLlmOptions {
     pub batch_windows: usize,
     /// Also evaluate the float model (the FP32 row of the table).
     pub eval_float: bool,
+    /// Report the KL divergence from the FP32 model and the top-1 agreement (keeps a float
+    /// copy of the model; the evaluation runs both models).
+    pub kl: bool,
     /// Write the quantized model as GGUF here, code for code (the weight spec must have a ggml
     /// structure, e.g. `--f16-scales --group-size 32` at 4, 5 or 8 bits).
     pub export: Option<PathBuf>,
 }
 
+/// A spec given by preset name or in full.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum WeightSpecChoice {
+    /// A name [`weight_preset`] knows, e.g. `int4_g128`, `gguf_q4_0`, `mxfp4`.
+    Preset(String),
+    /// A whole spec.
+    Full(QuantSpec),
+}
+
+impl WeightSpecChoice {
+    /// The spec this choice names.
+    pub fn spec(&self) -> Result<QuantSpec> {
+        match self {
+            WeightSpecChoice::Preset(name) => weight_preset(name),
+            WeightSpecChoice::Full(spec) => Ok(*spec),
+        }
+    }
+}
+
+/// Weight presets by name, in the Burn `[d_in, d_out]` layout (groups along the input):
+/// `int{b}_g{size}` (symmetric int, groups of `size`), `int{b}_channel` (per output channel),
+/// `uint{b}_g{size}` (asymmetric), `int8_channel_narrow`, `gguf_q8_0`, `gguf_q4_0`,
+/// `gguf_q4_1`, `gguf_q5_0`, `gguf_q5_1`, `gguf_q2_k` … `gguf_q6_k`, `mxfp4`, `mxfp8_e4m3`,
+/// `mxint8`, `nvfp4`, `fp8_e4m3`.
+pub fn weight_preset(name: &str) -> Result<QuantSpec> {
+    let fixed = match name {
+        "int8_channel_narrow" => Some(QuantSpec::int8_weight_per_channel()),
+        "gguf_q8_0" => Some(QuantSpec::gguf_q8_0()),
+        "gguf_q4_0" => Some(QuantSpec::gguf_q4_0()),
+        "gguf_q4_1" => Some(QuantSpec::gguf_q4_1()),
+        "gguf_q5_0" => Some(QuantSpec::gguf_q5_0()),
+        "gguf_q5_1" => Some(QuantSpec::gguf_q5_1()),
+        "gguf_q2_k" => Some(QuantSpec::gguf_q2_k()),
+        "gguf_q3_k" => Some(QuantSpec::gguf_q3_k()),
+        "gguf_q4_k" => Some(QuantSpec::gguf_q4_k()),
+        "gguf_q5_k" => Some(QuantSpec::gguf_q5_k()),
+        "gguf_q6_k" => Some(QuantSpec::gguf_q6_k()),
+        "mxfp4" => Some(QuantSpec::mxfp4()),
+        "mxfp8_e4m3" => Some(QuantSpec::mxfp8_e4m3()),
+        "mxint8" => Some(QuantSpec::mxint8()),
+        "nvfp4" => Some(QuantSpec::nvfp4()),
+        "fp8_e4m3" => Some(QuantSpec::fp8_e4m3_weight_per_tensor()),
+        _ => None,
+    };
+    if let Some(spec) = fixed {
+        return Ok(spec);
+    }
+    let bad = || {
+        CliError::config(
+            "weights",
+            name,
+            "expected int{b}_g{size}, int{b}_channel, uint{b}_g{size}, int8_channel_narrow, \
+             gguf_q8_0, gguf_q4_0, gguf_q4_1, gguf_q5_0, gguf_q5_1, gguf_q2_k..gguf_q6_k, mxfp4, \
+             mxfp8_e4m3, mxint8, nvfp4 or fp8_e4m3",
+        )
+    };
+    let (unsigned, rest) = match (name.strip_prefix("uint"), name.strip_prefix("int")) {
+        (Some(r), _) => (true, r),
+        (None, Some(r)) => (false, r),
+        _ => return Err(bad()),
+    };
+    let (bits, gran) = rest.split_once('_').ok_or_else(bad)?;
+    let bits: u8 = bits.parse().map_err(|_| bad())?;
+    let granularity = match gran {
+        "channel" => Granularity::PerChannel { axis: 1 },
+        g => Granularity::PerGroup {
+            axis: 0,
+            size: g
+                .strip_prefix('g')
+                .and_then(|g| g.parse().ok())
+                .ok_or_else(bad)?,
+        },
+    };
+    let spec = QuantSpec::new(Format::int(bits), granularity);
+    let spec = if unsigned { spec.asymmetric() } else { spec };
+    spec.validate().map_err(|source| CliError::Quant {
+        recipe: "ptq-llm".into(),
+        param: "weights".into(),
+        source,
+    })?;
+    Ok(spec)
+}
+
 impl Default for PtqLlmOptions {
     fn default() -> Self {
         Self {
-            weight_bits: 4,
-            group_size: 128,
-            asymmetric: false,
-            f16_scales: false,
+            stage1: vec![],
+            weights: None,
+            kv: None,
+            weight_bits: None,
+            group_size: None,
+            asymmetric: None,
+            f16_scales: None,
+            weight_scale: None,
+            narrow_range: None,
             algo: "gptq".into(),
             act_order: false,
+            static_groups: None,
+            qronos_alpha: None,
             input_bits: None,
             input_granularity: "tensor".into(),
             input_stat: "absmax".into(),
@@ -85,10 +202,15 @@ impl Default for PtqLlmOptions {
             eval_windows: None,
             batch_windows: 4,
             eval_float: true,
+            kl: true,
             export: None,
         }
     }
 }
+
+/// The default symmetric-scale convention of `ptq-llm` weights (the best measured on SmolLM2;
+/// see the book's LLM chapter).
+pub const DEFAULT_WEIGHT_SCALE: SymmetricScale = SymmetricScale::Qmax;
 
 impl PtqLlmOptions {
     /// Reads a recipe file (`.toml` or `.json`); unknown keys are errors.
@@ -105,45 +227,105 @@ impl PtqLlmOptions {
         }
     }
 
+    /// Checks everything that can be checked before loading the model: specs, algorithm,
+    /// activations, Stage 1 list, KV spec and the export target (a weight spec without a ggml
+    /// structure is refused here, not after the PTQ).
+    pub fn check(&self) -> Result<()> {
+        if let Some(t) = self.stage1.first() {
+            return Err(CliError::config(
+                "stage1",
+                t,
+                "no Stage 1 transform exists yet (SmoothQuant, rotations and MagR are the next \
+                 issue); leave the list empty",
+            ));
+        }
+        if let Some(kv) = &self.kv {
+            return Err(CliError::config(
+                "kv",
+                format!("{kv:?}"),
+                "KV-cache quantization is not built yet (it comes with the Stage 1 issue)",
+            ));
+        }
+        let spec = self.weight_spec()?;
+        self.algorithm()?;
+        self.input_quant()?;
+        if let Some(out) = &self.export {
+            burn_quant::export::gguf::ggml_type_of(&spec).map_err(|source| CliError::Gguf {
+                what: out.display().to_string(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     /// The weight spec these options describe (Burn layout: groups along axis 0, channels on
     /// axis 1).
     pub fn weight_spec(&self) -> Result<QuantSpec> {
-        if !(2..=8).contains(&self.weight_bits) {
-            return Err(CliError::config(
-                "weight_bits",
-                self.weight_bits,
-                "must be in 2..=8",
-            ));
+        let quant_err = |source| CliError::Quant {
+            recipe: "ptq-llm".into(),
+            param: "weights".into(),
+            source,
+        };
+        if let Some(choice) = &self.weights {
+            let short = [
+                ("weight_bits", self.weight_bits.is_some()),
+                ("group_size", self.group_size.is_some()),
+                ("asymmetric", self.asymmetric.is_some()),
+                ("f16_scales", self.f16_scales.is_some()),
+                ("weight_scale", self.weight_scale.is_some()),
+                ("narrow_range", self.narrow_range.is_some()),
+            ];
+            if let Some((field, _)) = short.iter().find(|(_, set)| *set) {
+                return Err(CliError::config(
+                    field,
+                    "set",
+                    "the weight spec is given in full by `weights`; drop one of the two",
+                ));
+            }
+            let spec = choice.spec()?;
+            spec.validate().map_err(quant_err)?;
+            return Ok(spec);
         }
-        let granularity = if self.group_size == 0 {
+        let bits = self.weight_bits.unwrap_or(4);
+        if !(2..=8).contains(&bits) {
+            return Err(CliError::config("weight_bits", bits, "must be in 2..=8"));
+        }
+        let group_size = self.group_size.unwrap_or(128);
+        let granularity = if group_size == 0 {
             Granularity::PerChannel { axis: 1 }
         } else {
             Granularity::PerGroup {
                 axis: 0,
-                size: self.group_size,
+                size: group_size,
             }
         };
-        let spec = QuantSpec::new(Format::int(self.weight_bits), granularity);
-        let spec = if self.asymmetric {
+        let asymmetric = self.asymmetric.unwrap_or(false);
+        let spec = QuantSpec::new(Format::int(bits), granularity);
+        let spec = if asymmetric {
             spec.asymmetric()
         } else {
-            spec
+            spec.with_narrow(self.narrow_range.unwrap_or(false))
+                .with_symmetric_scale(self.symmetric_scale()?)
         };
-        let spec = if self.f16_scales {
+        let spec = if self.f16_scales.unwrap_or(false) {
             spec.with_scale_restriction(ScaleRestriction::Quantized(ScaleQuant::F16))
         } else {
             spec
         };
-        spec.validate().map_err(|source| CliError::Quant {
-            recipe: "ptq-llm".into(),
-            param: "weights".into(),
-            source,
-        })?;
-        debug_assert!(
-            spec.zero_point.is_asymmetric() == self.asymmetric
-                || spec.zero_point == ZeroPoint::Symmetric
-        );
+        spec.validate().map_err(quant_err)?;
         Ok(spec)
+    }
+
+    /// The symmetric-scale convention of the weights: `weight_scale` if given, else qmax on a
+    /// narrow or asymmetric grid (where the others do not apply) and the default otherwise.
+    fn symmetric_scale(&self) -> Result<SymmetricScale> {
+        match &self.weight_scale {
+            Some(name) => name.parse().map_err(|e: burn_quant::QuantError| {
+                CliError::config("weight_scale", name, e.to_string())
+            }),
+            None if self.narrow_range.unwrap_or(false) => Ok(SymmetricScale::Qmax),
+            None => Ok(DEFAULT_WEIGHT_SCALE),
+        }
     }
 
     /// The algorithm these options select.
@@ -151,7 +333,85 @@ impl PtqLlmOptions {
         let a: Algorithm = self.algo.parse().map_err(|e: burn_quant_ptq::PtqError| {
             CliError::config("algo", &self.algo, e.to_string())
         })?;
-        Ok(a.with_act_order(self.act_order))
+        let a = a.with_act_order(self.act_order);
+        let a = match self.static_groups {
+            Some(on) => {
+                if matches!(a, Algorithm::Rtn(_) | Algorithm::Gpfq(_)) {
+                    return Err(CliError::config(
+                        "static_groups",
+                        on,
+                        format!(
+                            "{} has no group-parameter timing (GPTQ, GPTAQ, Qronos)",
+                            self.algo
+                        ),
+                    ));
+                }
+                a.with_static_groups(on)
+            }
+            None => a,
+        };
+        match (self.qronos_alpha, a) {
+            (None, a) => Ok(a),
+            (Some(alpha), Algorithm::Qronos(q)) => {
+                if !(alpha.is_finite() && alpha > 0.0) {
+                    return Err(CliError::config(
+                        "qronos_alpha",
+                        alpha,
+                        "must be finite and > 0",
+                    ));
+                }
+                Ok(Algorithm::Qronos(q.with_alpha(alpha)))
+            }
+            (Some(alpha), _) => Err(CliError::config(
+                "qronos_alpha",
+                alpha,
+                format!("only Qronos has this parameter, not {}", self.algo),
+            )),
+        }
+    }
+
+    /// A short name of the recipe, e.g. `gptq W4 g128 neg-qmin act-order`.
+    pub fn label(&self) -> String {
+        let mut l = self.algo.clone();
+        match &self.weights {
+            Some(WeightSpecChoice::Preset(name)) => l += &format!(" {name}"),
+            Some(WeightSpecChoice::Full(spec)) => l += &format!(" [{spec}]"),
+            None => {
+                l += &format!(" W{}", self.weight_bits.unwrap_or(4));
+                if let Some(b) = self.input_bits {
+                    l += &format!("A{b}");
+                }
+                l += &match self.group_size.unwrap_or(128) {
+                    0 => " per-channel".to_string(),
+                    g => format!(" g{g}"),
+                };
+                if self.asymmetric.unwrap_or(false) {
+                    l += " asym";
+                } else if self.narrow_range.unwrap_or(false) {
+                    l += " narrow";
+                } else if let Ok(c) = self.symmetric_scale() {
+                    l += &format!(" {}", c.name());
+                }
+                if self.f16_scales.unwrap_or(false) {
+                    l += " f16";
+                }
+            }
+        }
+        if self.act_order {
+            l += " act-order";
+        }
+        match self.static_groups {
+            Some(true) if !self.act_order => l += " static-groups",
+            Some(false) => l += " dynamic-groups",
+            _ => {}
+        }
+        if let Some(a) = self.qronos_alpha {
+            l += &format!(" α={a:e}");
+        }
+        if self.use_quant_activations {
+            l += " qact";
+        }
+        l
     }
 
     /// The statistic of static activation scales.
@@ -215,6 +475,12 @@ pub struct PtqLlmRow {
     /// Bytes of all weights (quantized layers at their spec's bits per weight, scales and
     /// zero-points included; the rest f32).
     pub weight_bytes: f64,
+    /// Mean per-token KL divergence from the FP32 model's next-token distribution (nats) and
+    /// its standard error (llama.cpp's definitions), when measured.
+    pub kl: Option<(f64, f64)>,
+    /// Fraction of scored tokens whose top-1 token equals the FP32 model's, with its standard
+    /// error, when measured.
+    pub top1: Option<(f64, f64)>,
 }
 
 /// The report of a `ptq-llm` run.
@@ -235,13 +501,17 @@ pub struct PtqLlmReport {
 
 impl std::fmt::Display for PtqLlmReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let rows: Vec<[String; 5]> = self
+        let rows: Vec<[String; 7]> = self
             .rows
             .iter()
             .map(|r| {
                 [
                     r.label.clone(),
                     format!("{:.3}", r.perplexity),
+                    r.kl.map_or("-".into(), |(k, e)| format!("{k:.4} ± {e:.4}")),
+                    r.top1.map_or("-".into(), |(p, e)| {
+                        format!("{:.2} ± {:.2} %", 100.0 * p, 100.0 * e)
+                    }),
                     format!("{:.1} s", r.quantize_time.as_secs_f64()),
                     format!("{:.1} s", r.eval_time.as_secs_f64()),
                     format!("{:.1} MB", r.weight_bytes / 1e6),
@@ -249,7 +519,15 @@ impl std::fmt::Display for PtqLlmReport {
             })
             .collect();
         f.write_str(&table::aligned(
-            ["model", "perplexity", "quantize", "eval", "weights"],
+            [
+                "model",
+                "perplexity",
+                "KL vs FP32",
+                "same top-1",
+                "quantize",
+                "eval",
+                "weights",
+            ],
             &rows,
         ))?;
         let t = &self.timings;
@@ -322,6 +600,163 @@ pub fn weight_bytes(model: &LlamaModel, spec: Option<&QuantSpec>) -> Result<f64>
     Ok(linear + 4.0 * rest as f64)
 }
 
+/// A loaded model with its texts, for running one or many recipes (`burnq sweep`): the float
+/// model, the tokenizer, the evaluation text and the calibration windows are read once.
+pub struct PtqLlmSession {
+    model_path: PathBuf,
+    model: LlamaModel,
+    tokenizer: LlamaTokenizer,
+    eval: String,
+    calib: String,
+    /// The FP32 row per evaluation-window count, computed once.
+    fp32: Vec<(Option<usize>, PtqLlmRow)>,
+}
+
+impl PtqLlmSession {
+    /// Loads the model at `model_path` and reads the evaluation and calibration texts.
+    pub fn open(model_path: &Path, eval_text: &Path, calib_text: &Path) -> Result<Self> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| CliError::Io {
+                what: p.display().to_string(),
+                source,
+            })
+        };
+        let (eval, calib) = (read(eval_text)?, read(calib_text)?);
+        let loaded = load_with_tokenizer(model_path, &Device::flex())?;
+        Ok(Self {
+            model_path: model_path.to_path_buf(),
+            model: loaded.model,
+            tokenizer: loaded.tokenizer,
+            eval,
+            calib,
+            fp32: vec![],
+        })
+    }
+
+    /// The FP32 row under `opts`' evaluation protocol (computed on first use).
+    pub fn fp32_row(&mut self, opts: &PtqLlmOptions) -> Result<PtqLlmRow> {
+        if let Some((_, row)) = self.fp32.iter().find(|(w, _)| *w == opts.eval_windows) {
+            return Ok(row.clone());
+        }
+        let ppl_cfg = PerplexityConfig::default().with_num_windows(opts.eval_windows);
+        let t = Instant::now();
+        let r = perplexity_of_text(&self.model, &self.tokenizer, &self.eval, &ppl_cfg)?;
+        let row = PtqLlmRow {
+            label: "FP32".into(),
+            perplexity: r.perplexity,
+            quantize_time: Duration::ZERO,
+            eval_time: t.elapsed(),
+            weight_bytes: weight_bytes(&self.model, None)?,
+            kl: opts.kl.then_some((0.0, 0.0)),
+            top1: opts.kl.then_some((1.0, 0.0)),
+        };
+        self.fp32.push((opts.eval_windows, row.clone()));
+        Ok(row)
+    }
+
+    /// Runs one recipe on a copy of the float model: calibration, Stage 2, activation
+    /// quantizers, evaluation (perplexity, and KL / top-1 agreement against the float model
+    /// when `opts.kl`), the export if asked.
+    pub fn run(
+        &mut self,
+        opts: &PtqLlmOptions,
+        progress: &mut dyn FnMut(&burn_quant_llm::BlockProgress),
+    ) -> Result<PtqLlmReport> {
+        opts.check()?;
+        let spec = opts.weight_spec()?;
+        let algorithm = opts.algorithm()?;
+        let input_quant = opts.input_quant()?;
+        let mut rows = vec![];
+        if opts.eval_float {
+            rows.push(self.fp32_row(opts)?);
+        }
+        let ppl_cfg = PerplexityConfig::default().with_num_windows(opts.eval_windows);
+        let calib_cfg = CalibrationConfig::default()
+            .with_num_windows(opts.calib_windows)
+            .with_window(opts.calib_window)
+            .with_seed(opts.seed);
+        let windows = calibration_windows_from_text(&self.tokenizer, &self.calib, &calib_cfg)?;
+        let t = Instant::now();
+        let config = PtqConfig {
+            weights: spec,
+            algorithm,
+            batch_windows: opts.batch_windows,
+        };
+        let mut model = self.model.clone();
+        // Activation quantizers: before the weights when the weight algorithm should see them
+        // (static scales then come from the float model, as in Brevitas), after them otherwise.
+        let mut input_calibration = None;
+        let mut attach_inputs = |model: LlamaModel| -> Result<LlamaModel> {
+            match input_quant {
+                Some(q) => {
+                    let t = Instant::now();
+                    let m = burn_quant_llm::pipeline::quantize_inputs(
+                        model,
+                        q,
+                        &windows,
+                        opts.batch_windows,
+                    )?;
+                    if let InputQuant::PerTensorStatic { .. } = q {
+                        input_calibration = Some(t.elapsed());
+                    }
+                    Ok(m)
+                }
+                None => Ok(model),
+            }
+        };
+        if opts.use_quant_activations {
+            model = attach_inputs(model)?;
+        }
+        let result = quantize_model(&mut model, &windows, &config, progress)?;
+        if !opts.use_quant_activations {
+            model = attach_inputs(model)?;
+        }
+        let quantize_time = t.elapsed();
+        let t = Instant::now();
+        let (perplexity, kl, top1) = if opts.kl {
+            let c = compare_with_reference_of_text(
+                &model,
+                &self.model,
+                &self.tokenizer,
+                &self.eval,
+                &ppl_cfg,
+            )?;
+            (
+                c.model.perplexity,
+                Some((c.kl_divergence, c.kl_divergence_stderr)),
+                Some((c.top1_agreement, c.top1_agreement_stderr)),
+            )
+        } else {
+            let r = perplexity_of_text(&model, &self.tokenizer, &self.eval, &ppl_cfg)?;
+            (r.perplexity, None, None)
+        };
+        rows.push(PtqLlmRow {
+            label: opts.label(),
+            perplexity,
+            quantize_time,
+            eval_time: t.elapsed(),
+            weight_bytes: weight_bytes(&model, Some(&spec))?,
+            kl,
+            top1,
+        });
+        if let Some(out) = &opts.export {
+            export_gguf(&model, &result.weights, &self.model_path, &spec, out)?;
+        }
+        let damped_layers = result
+            .layers
+            .iter()
+            .filter(|(_, r)| r.damping_retries > 0)
+            .count();
+        Ok(PtqLlmReport {
+            rows,
+            timings: result.timings,
+            input_calibration,
+            peak_rss: peak_rss(),
+            damped_layers,
+        })
+    }
+}
+
 /// Runs `ptq-llm` on the model at `model_path` with text files `eval_text` and `calib_text`.
 pub fn run(
     model_path: &Path,
@@ -330,119 +765,8 @@ pub fn run(
     opts: &PtqLlmOptions,
     progress: &mut dyn FnMut(&burn_quant_llm::BlockProgress),
 ) -> Result<PtqLlmReport> {
-    let spec = opts.weight_spec()?;
-    let algorithm = opts.algorithm()?;
-    let input_quant = opts.input_quant()?;
-    let read = |p: &Path| {
-        std::fs::read_to_string(p).map_err(|source| CliError::Io {
-            what: p.display().to_string(),
-            source,
-        })
-    };
-    let (eval, calib) = (read(eval_text)?, read(calib_text)?);
-    let device = Device::flex();
-    let loaded = load_with_tokenizer(model_path, &device)?;
-    let tokenizer: LlamaTokenizer = loaded.tokenizer;
-    let mut model = loaded.model;
-    let ppl_cfg = PerplexityConfig::default().with_num_windows(opts.eval_windows);
-    let mut rows = vec![];
-    if opts.eval_float {
-        let t = Instant::now();
-        let r = perplexity_of_text(&model, &tokenizer, &eval, &ppl_cfg)?;
-        rows.push(PtqLlmRow {
-            label: "FP32".into(),
-            perplexity: r.perplexity,
-            quantize_time: Duration::ZERO,
-            eval_time: t.elapsed(),
-            weight_bytes: weight_bytes(&model, None)?,
-        });
-    }
-    let calib_cfg = CalibrationConfig::default()
-        .with_num_windows(opts.calib_windows)
-        .with_window(opts.calib_window)
-        .with_seed(opts.seed);
-    let windows = calibration_windows_from_text(&tokenizer, &calib, &calib_cfg)?;
-    let t = Instant::now();
-    let config = PtqConfig {
-        weights: spec.clone(),
-        algorithm,
-        batch_windows: opts.batch_windows,
-    };
-    // Activation quantizers: before the weights when the weight algorithm should see them
-    // (static scales then come from the float model, as in Brevitas), after them otherwise.
-    let mut input_calibration = None;
-    let mut attach_inputs = |model: LlamaModel| -> Result<LlamaModel> {
-        match input_quant {
-            Some(q) => {
-                let t = Instant::now();
-                let m = burn_quant_llm::pipeline::quantize_inputs(
-                    model,
-                    q,
-                    &windows,
-                    opts.batch_windows,
-                )?;
-                if let InputQuant::PerTensorStatic { .. } = q {
-                    input_calibration = Some(t.elapsed());
-                }
-                Ok(m)
-            }
-            None => Ok(model),
-        }
-    };
-    if opts.use_quant_activations {
-        model = attach_inputs(model)?;
-    }
-    let result = quantize_model(&mut model, &windows, &config, progress)?;
-    if !opts.use_quant_activations {
-        model = attach_inputs(model)?;
-    }
-    let quantize_time = t.elapsed();
-    let t = Instant::now();
-    let r = perplexity_of_text(&model, &tokenizer, &eval, &ppl_cfg)?;
-    let label = format!(
-        "{} W{}{} {}{}{}{}",
-        opts.algo,
-        opts.weight_bits,
-        opts.input_bits.map(|b| format!("A{b}")).unwrap_or_default(),
-        if opts.group_size == 0 {
-            "per-channel".to_string()
-        } else {
-            format!("g{}", opts.group_size)
-        },
-        format!(
-            "{}{}",
-            if opts.asymmetric { " asym" } else { "" },
-            if opts.f16_scales { " f16" } else { "" }
-        ),
-        if opts.act_order { " act-order" } else { "" },
-        if opts.use_quant_activations {
-            " qact"
-        } else {
-            ""
-        },
-    );
-    rows.push(PtqLlmRow {
-        label,
-        perplexity: r.perplexity,
-        quantize_time,
-        eval_time: t.elapsed(),
-        weight_bytes: weight_bytes(&model, Some(&spec))?,
-    });
-    if let Some(out) = &opts.export {
-        export_gguf(&model, &result.weights, model_path, &spec, out)?;
-    }
-    let damped_layers = result
-        .layers
-        .iter()
-        .filter(|(_, r)| r.damping_retries > 0)
-        .count();
-    Ok(PtqLlmReport {
-        rows,
-        timings: result.timings,
-        input_calibration,
-        peak_rss: peak_rss(),
-        damped_layers,
-    })
+    opts.check()?;
+    PtqLlmSession::open(model_path, eval_text, calib_text)?.run(opts, progress)
 }
 
 /// Writes the PTQ result as a llama.cpp GGUF: every block linear code for code from its
@@ -555,7 +879,7 @@ mod tests {
         let o = PtqLlmOptions::from_file(&path).unwrap();
         assert_eq!(
             (o.weight_bits, o.group_size, o.algo.as_str(), o.act_order),
-            (3, 64, "qronos", true)
+            (Some(3), Some(64), "qronos", true)
         );
         assert_eq!(
             o.calib_windows, 16,
@@ -577,7 +901,7 @@ mod tests {
         let e = PtqLlmOptions::from_file(&path).unwrap_err().to_string();
         assert!(e.contains("config"), "{e}");
         let bad = PtqLlmOptions {
-            weight_bits: 1,
+            weight_bits: Some(1),
             ..Default::default()
         };
         assert!(
@@ -621,5 +945,84 @@ mod tests {
         assert!(stat("percentile:0").is_err());
         assert!(stat("median").is_err());
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// The recipe's structured fields: conventions by name, a full spec or a preset name
+    /// (never with the short fields), the Stage 1 list and the KV spec refused until they
+    /// exist, Stage-2 options applied or refused where they do not belong, an export target
+    /// without a ggml structure refused before anything runs.
+    #[test]
+    fn recipes_name_every_stage_and_refuse_what_they_cannot_do() {
+        use burn_quant::SymmetricScale;
+        let o = |toml_text: &str| toml::from_str::<PtqLlmOptions>(toml_text).unwrap();
+        let spec = o("weight_scale = \"neg-qmin\"\nweight_bits = 3\n")
+            .weight_spec()
+            .unwrap();
+        assert_eq!(spec.scale.symmetric, SymmetricScale::NegQmin);
+        assert_eq!(spec.format, Format::int(3));
+        assert_eq!(
+            o("weights = \"gguf_q4_0\"\n").weight_spec().unwrap(),
+            QuantSpec::gguf_q4_0()
+        );
+        assert_eq!(
+            o("weights = \"uint4_g32\"\n").weight_spec().unwrap(),
+            QuantSpec::int4_weight_per_group(32).asymmetric()
+        );
+        let full = QuantSpec::int4_weight_per_group(64).with_symmetric_scale(SymmetricScale::mse());
+        let json = format!("{{\"weights\": {}}}", serde_json::to_string(&full).unwrap());
+        let from_json: PtqLlmOptions = serde_json::from_str(&json).unwrap();
+        assert_eq!(from_json.weight_spec().unwrap(), full);
+        let e = o("weights = \"int4_g128\"\nweight_bits = 3\n")
+            .weight_spec()
+            .unwrap_err();
+        assert!(e.to_string().contains("weight_bits"), "{e}");
+        assert!(o("weights = \"int4_gx\"\n").weight_spec().is_err());
+        // Narrow grids have no −qmin level: the default convention becomes qmax, an explicit
+        // other one is an error naming the field.
+        assert_eq!(
+            o("narrow_range = true\n")
+                .weight_spec()
+                .unwrap()
+                .scale
+                .symmetric,
+            SymmetricScale::Qmax
+        );
+        let e = o("narrow_range = true\nweight_scale = \"signed-extreme\"\n")
+            .weight_spec()
+            .unwrap_err();
+        let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+        assert!(chain.contains("scale.symmetric"), "{chain}");
+        let e = o("weight_scale = \"biggest\"\n").weight_spec().unwrap_err();
+        assert!(e.to_string().contains("weight_scale"), "{e}");
+        let e = o("stage1 = [\"smoothquant\"]\n").check().unwrap_err();
+        assert!(e.to_string().contains("stage1"), "{e}");
+        let e = o("kv = \"int8_channel\"\n").check().unwrap_err();
+        assert!(e.to_string().contains("kv"), "{e}");
+        let e = o("algo = \"gptq\"\nqronos_alpha = 1e-6\n")
+            .check()
+            .unwrap_err();
+        assert!(e.to_string().contains("qronos_alpha"), "{e}");
+        let e = o("algo = \"rtn\"\nstatic_groups = true\n")
+            .check()
+            .unwrap_err();
+        assert!(e.to_string().contains("static_groups"), "{e}");
+        let a = o("algo = \"qronos\"\nqronos_alpha = 1e-6\nstatic_groups = false\n")
+            .algorithm()
+            .unwrap();
+        let burn_quant_ptq::Algorithm::Qronos(q) = a else {
+            panic!("{a:?}")
+        };
+        assert_eq!((q.alpha, q.static_groups), (1e-6, false));
+        // The export target is checked before the model is loaded.
+        let e = o("export = \"out.gguf\"\n").check().unwrap_err();
+        assert!(e.to_string().contains("out.gguf"), "{e}");
+        o("export = \"out.gguf\"\ngroup_size = 32\nf16_scales = true\n")
+            .check()
+            .unwrap();
+        // Options round-trip through both recipe syntaxes.
+        let opts = o("weight_scale = \"mse\"\nalgo = \"gptaq\"\nstatic_groups = true\n");
+        let back: PtqLlmOptions = toml::from_str(&toml::to_string(&opts).unwrap()).unwrap();
+        assert_eq!(back, opts);
+        assert_eq!(opts.label(), "gptaq W4 g128 mse static-groups");
     }
 }
