@@ -45,6 +45,33 @@ pub enum Command {
     /// GGUF): block-by-block calibration, a Stage-2 algorithm (RTN, GPTQ, GPFQ, GPTAQ,
     /// Qronos), optional activation quantization, then perplexity under the fixed protocol.
     PtqLlm(PtqLlmArgs),
+    /// A grid of `ptq-llm` recipes on one loaded model (algorithms × formats × group sizes ×
+    /// scale conventions × …), written as a Markdown table, a CSV file and an SVG plot; a
+    /// failed cell is reported and the sweep goes on.
+    Sweep(SweepArgs),
+}
+
+/// Options of `burnq sweep`.
+#[derive(Debug, Clone, Args)]
+pub struct SweepArgs {
+    /// The sweep file (TOML or JSON): `[base]` recipe fields and `[grid]` axes.
+    #[arg(long)]
+    pub config: std::path::PathBuf,
+    /// The model (overrides the sweep file's `model`).
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
+    /// Directory for sweep.md, sweep.csv and sweep.svg.
+    #[arg(long, default_value = "sweep-out")]
+    pub out: std::path::PathBuf,
+    /// Evaluation text.
+    #[arg(
+        long,
+        default_value = "../shared/data/austen-text/pride_prejudice_eval_slice.txt"
+    )]
+    pub eval_text: std::path::PathBuf,
+    /// Calibration text (never the evaluation text).
+    #[arg(long, default_value = "../shared/data/austen-text/emma.txt")]
+    pub calib_text: std::path::PathBuf,
 }
 
 /// Options of `burnq ptq-llm` (see `PtqLlmOptions` for their meaning and defaults). With
@@ -352,6 +379,37 @@ pub fn run(cli: Cli) -> Result<()> {
             )?;
             bar.finish_and_clear();
             print!("{report}");
+            Ok(())
+        }
+        Some(Command::Sweep(args)) => {
+            let config = crate::sweep::SweepConfig::from_file(&args.config)?;
+            let model = args
+                .model
+                .clone()
+                .or_else(|| config.model.clone())
+                .ok_or_else(|| {
+                    CliError::config("model", "none", "give --model or `model` in the sweep file")
+                })?;
+            // Refuse a malformed grid before the model is loaded.
+            let cells = config.cells()?;
+            let mut session =
+                crate::ptq_llm::PtqLlmSession::open(&model, &args.eval_text, &args.calib_text)?;
+            let bar = indicatif::ProgressBar::new(cells.len() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "[{bar:30}] {pos}/{len} cells, {elapsed_precise} (eta {eta}) {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let report = crate::sweep::run_sweep(&mut session, &config, &mut |i, _, label| {
+                bar.set_position(i as u64);
+                bar.set_message(label.to_string());
+            })?;
+            bar.finish_and_clear();
+            print!("{}", report.markdown());
+            for p in report.write(&args.out)? {
+                println!("wrote {}", p.display());
+            }
             Ok(())
         }
         Some(Command::Export(args)) => {

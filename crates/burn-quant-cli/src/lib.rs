@@ -24,6 +24,7 @@ pub mod ptq_llm;
 pub mod qat;
 pub mod quickstart;
 pub mod rng;
+pub mod sweep;
 pub mod table;
 pub mod zoo;
 

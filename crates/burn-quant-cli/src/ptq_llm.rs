@@ -335,19 +335,18 @@ impl PtqLlmOptions {
         })?;
         let a = a.with_act_order(self.act_order);
         let a = match self.static_groups {
-            Some(on) => {
-                if matches!(a, Algorithm::Rtn(_) | Algorithm::Gpfq(_)) {
-                    return Err(CliError::config(
-                        "static_groups",
-                        on,
-                        format!(
-                            "{} has no group-parameter timing (GPTQ, GPTAQ, Qronos)",
-                            self.algo
-                        ),
-                    ));
-                }
-                a.with_static_groups(on)
+            // RTN and GPFQ always take their group parameters from the original weight.
+            Some(false) if matches!(a, Algorithm::Rtn(_) | Algorithm::Gpfq(_)) => {
+                return Err(CliError::config(
+                    "static_groups",
+                    false,
+                    format!(
+                        "{} always computes group parameters from the original weight",
+                        self.algo
+                    ),
+                ));
             }
+            Some(on) => a.with_static_groups(on),
             None => a,
         };
         match (self.qronos_alpha, a) {
@@ -1002,7 +1001,8 @@ mod tests {
             .check()
             .unwrap_err();
         assert!(e.to_string().contains("qronos_alpha"), "{e}");
-        let e = o("algo = \"rtn\"\nstatic_groups = true\n")
+        o("algo = \"rtn\"\nstatic_groups = true\n").check().unwrap();
+        let e = o("algo = \"gpfq\"\nstatic_groups = false\n")
             .check()
             .unwrap_err();
         assert!(e.to_string().contains("static_groups"), "{e}");
