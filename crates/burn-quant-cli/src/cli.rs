@@ -401,9 +401,18 @@ pub fn run(cli: Cli) -> Result<()> {
                 )
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            let report = crate::sweep::run_sweep(&mut session, &config, &mut |i, _, label| {
+            let started = std::time::Instant::now();
+            let report = crate::sweep::run_sweep(&mut session, &config, &mut |i, n, label| {
                 bar.set_position(i as u64);
                 bar.set_message(label.to_string());
+                if bar.is_hidden() {
+                    // No terminal (a log file): one line per cell instead of the bar.
+                    eprintln!(
+                        "[{:>7.1} s] cell {}/{n}: {label}",
+                        started.elapsed().as_secs_f64(),
+                        i + 1
+                    );
+                }
             })?;
             bar.finish_and_clear();
             print!("{}", report.markdown());

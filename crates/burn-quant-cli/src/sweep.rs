@@ -182,20 +182,30 @@ pub fn run_sweep(
         None
     };
     let total = cells.len();
-    let mut results = Vec::with_capacity(total);
+    let mut results: Vec<SweepResult> = Vec::with_capacity(total);
+    // Cells whose effective recipe is the same (RTN with and without act-order) run once.
+    let mut done: Vec<(String, usize)> = vec![];
     for (i, cell) in cells.into_iter().enumerate() {
         let label = match &cell.options {
             Ok(o) => o.label(),
             Err(_) => describe(&cell.axes),
         };
         progress(i, total, &label);
-        let row = match &cell.options {
-            Err(e) => Err(e.clone()),
-            Ok(o) => session
+        let key = cell.options.as_ref().ok().and_then(effective_key);
+        let earlier = key
+            .as_ref()
+            .and_then(|k| done.iter().find(|(d, _)| d == k).map(|(_, j)| *j));
+        let row = match (&cell.options, earlier) {
+            (Err(e), _) => Err(e.clone()),
+            (Ok(_), Some(j)) => results[j].row.clone(),
+            (Ok(o), None) => session
                 .run(o, &mut |_| {})
                 .map_err(|e| error_chain(&e))
                 .and_then(|r| r.rows.last().cloned().ok_or_else(|| "no result row".into())),
         };
+        if let (Some(k), None) = (key, earlier) {
+            done.push((k, i));
+        }
         results.push(SweepResult { cell, row });
     }
     Ok(SweepReport {
@@ -203,6 +213,22 @@ pub fn run_sweep(
         fp32,
         results,
     })
+}
+
+/// What decides a cell's result: the algorithm as it runs (RTN ignores act-order), the specs
+/// and the protocol; two cells with the same key give the same numbers.
+fn effective_key(o: &PtqLlmOptions) -> Option<String> {
+    Some(format!(
+        "{:?}",
+        (
+            o.algorithm().ok()?,
+            o.weight_spec().ok()?,
+            o.input_quant().ok()?,
+            o.use_quant_activations,
+            (o.calib_windows, o.calib_window, o.seed, o.batch_windows),
+            (o.eval_windows, o.kl, &o.export),
+        )
+    ))
 }
 
 fn describe(axes: &[(String, String)]) -> String {
@@ -509,6 +535,22 @@ mod tests {
         assert!(config("[grid]\nalgo = \"rtn\"\n").cells().is_err());
         assert!(config("[grid]\nalgo = []\n").cells().is_err());
         assert!(toml::from_str::<SweepConfig>("[grud]\n").is_err());
+    }
+
+    /// RTN ignores act-order, so those two cells share one run; GPTQ's differ.
+    #[test]
+    fn cells_with_the_same_effective_recipe_share_a_key() {
+        let cells = config("[grid]\nalgo = [\"rtn\", \"gptq\"]\nact_order = [false, true]\n")
+            .cells()
+            .unwrap();
+        let keys: Vec<String> = cells
+            .iter()
+            .map(|c| effective_key(c.options.as_ref().unwrap()).unwrap())
+            .collect();
+        // Order: act_order=false/rtn, false/gptq, true/rtn, true/gptq.
+        assert_eq!(keys[0], keys[2]);
+        assert_ne!(keys[1], keys[3]);
+        assert_ne!(keys[0], keys[1]);
     }
 
     #[test]
