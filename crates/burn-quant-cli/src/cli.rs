@@ -136,9 +136,11 @@ pub struct PtqLlmArgs {
     pub input_stat: Option<String>,
     /// Calibrate the weight algorithm on quantized activations (Brevitas's
     /// `--gpxq-use-quant-activations`): the activation quantizers are attached (and static ones
-    /// calibrated) before the weights are quantized. Needs --input-bits.
-    #[arg(long)]
-    pub use_quant_activations: bool,
+    /// calibrated) before the weights are quantized. Needs --input-bits. Without the flag,
+    /// Brevitas's rule: on for GPFQ and Qronos, off otherwise; `--use-quant-activations false`
+    /// turns it off.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub use_quant_activations: Option<bool>,
     /// Calibration windows of 512 tokens from the calibration text [default: 16].
     #[arg(long)]
     pub calib_windows: Option<usize>,
@@ -208,10 +210,7 @@ impl PtqLlmArgs {
         set_opt(&mut o.input_bits, &self.input_bits);
         set(&mut o.input_granularity, &self.input_granularity);
         set(&mut o.input_stat, &self.input_stat);
-        set(
-            &mut o.use_quant_activations,
-            &on(self.use_quant_activations),
-        );
+        set_opt(&mut o.use_quant_activations, &self.use_quant_activations);
         set(&mut o.calib_windows, &self.calib_windows);
         set(&mut o.seed, &self.seed);
         set_opt(&mut o.eval_windows, &self.eval_windows);

@@ -70,8 +70,10 @@ pub struct PtqLlmOptions {
     pub input_stat: String,
     /// Attach (and calibrate) the activation quantizers before the weights, so the weight
     /// algorithm sees quantized inputs (Brevitas's `use_quant_activations`); needs
-    /// `input_bits`. Otherwise they are attached after the weights are quantized.
-    pub use_quant_activations: bool,
+    /// `input_bits`. Otherwise they are attached after the weights are quantized. `None`
+    /// follows Brevitas: on for GPFQ and Qronos (which Brevitas always calibrates on quantized
+    /// activations, whatever its flag says), off for the others.
+    pub use_quant_activations: Option<bool>,
     /// Calibration windows drawn from the calibration text.
     pub calib_windows: usize,
     /// Tokens per calibration window.
@@ -195,7 +197,7 @@ impl Default for PtqLlmOptions {
             input_bits: None,
             input_granularity: "tensor".into(),
             input_stat: "absmax".into(),
-            use_quant_activations: false,
+            use_quant_activations: None,
             calib_windows: 16,
             calib_window: 512,
             seed: 0,
@@ -407,10 +409,20 @@ impl PtqLlmOptions {
         if let Some(a) = self.qronos_alpha {
             l += &format!(" α={a:e}");
         }
-        if self.use_quant_activations {
+        if self.use_quant_activations == Some(true) {
             l += " qact";
         }
         l
+    }
+
+    /// Whether the activation quantizers are attached before the weights (see
+    /// `use_quant_activations`): the explicit choice, else Brevitas's rule (GPFQ and Qronos
+    /// with quantized activations, the others without).
+    pub fn quant_activations(&self) -> bool {
+        self.use_quant_activations.unwrap_or_else(|| {
+            self.input_bits.is_some()
+                && matches!(self.algo.to_ascii_lowercase().as_str(), "gpfq" | "qronos")
+        })
     }
 
     /// The statistic of static activation scales.
@@ -433,7 +445,7 @@ impl PtqLlmOptions {
     /// The activation quantization these options select.
     pub fn input_quant(&self) -> Result<Option<InputQuant>> {
         let Some(bits) = self.input_bits else {
-            if self.use_quant_activations {
+            if self.use_quant_activations == Some(true) {
                 return Err(CliError::config(
                     "use_quant_activations",
                     true,
@@ -703,11 +715,11 @@ impl PtqLlmSession {
                 None => Ok(model),
             }
         };
-        if opts.use_quant_activations {
+        if opts.quant_activations() {
             model = attach_inputs(model)?;
         }
         let result = quantize_model(&mut model, &windows, &config, progress)?;
-        if !opts.use_quant_activations {
+        if !opts.quant_activations() {
             model = attach_inputs(model)?;
         }
         let quantize_time = t.elapsed();
@@ -921,7 +933,7 @@ mod tests {
         };
         assert!(bad.input_quant().is_err());
         let bad = PtqLlmOptions {
-            use_quant_activations: true,
+            use_quant_activations: Some(true),
             ..Default::default()
         };
         let e = bad.input_quant().unwrap_err().to_string();
@@ -1019,6 +1031,16 @@ mod tests {
         o("export = \"out.gguf\"\ngroup_size = 32\nf16_scales = true\n")
             .check()
             .unwrap();
+        // Brevitas calibrates GPFQ and Qronos on quantized activations whatever its flag says:
+        // so does the default here, and an explicit choice wins.
+        assert!(o("algo = \"qronos\"\ninput_bits = 8\n").quant_activations());
+        assert!(o("algo = \"gpfq\"\ninput_bits = 8\n").quant_activations());
+        assert!(!o("algo = \"gptq\"\ninput_bits = 8\n").quant_activations());
+        assert!(!o("algo = \"qronos\"\n").quant_activations());
+        assert!(
+            !o("algo = \"qronos\"\ninput_bits = 8\nuse_quant_activations = false\n")
+                .quant_activations()
+        );
         // Options round-trip through both recipe syntaxes.
         let opts = o("weight_scale = \"mse\"\nalgo = \"gptaq\"\nstatic_groups = true\n");
         let back: PtqLlmOptions = toml::from_str(&toml::to_string(&opts).unwrap()).unwrap();

@@ -224,7 +224,7 @@ fn effective_key(o: &PtqLlmOptions) -> Option<String> {
             o.algorithm().ok()?,
             o.weight_spec().ok()?,
             o.input_quant().ok()?,
-            o.use_quant_activations,
+            o.quant_activations(),
             (o.calib_windows, o.calib_window, o.seed, o.batch_windows),
             (o.eval_windows, o.kl, &o.export),
         )
