@@ -51,6 +51,20 @@ pub enum Command {
     Sweep(SweepArgs),
 }
 
+/// The texts of the LLM protocol.
+#[derive(Debug, Clone, Args)]
+pub struct TextArgs {
+    /// Evaluation text.
+    #[arg(
+        long,
+        default_value = "../shared/data/austen-text/pride_prejudice_eval_slice.txt"
+    )]
+    pub eval_text: std::path::PathBuf,
+    /// Calibration text (never the evaluation text).
+    #[arg(long, default_value = "../shared/data/austen-text/emma.txt")]
+    pub calib_text: std::path::PathBuf,
+}
+
 /// Options of `burnq sweep`.
 #[derive(Debug, Clone, Args)]
 pub struct SweepArgs {
@@ -63,15 +77,9 @@ pub struct SweepArgs {
     /// Directory for sweep.md, sweep.csv and sweep.svg.
     #[arg(long, default_value = "sweep-out")]
     pub out: std::path::PathBuf,
-    /// Evaluation text.
-    #[arg(
-        long,
-        default_value = "../shared/data/austen-text/pride_prejudice_eval_slice.txt"
-    )]
-    pub eval_text: std::path::PathBuf,
-    /// Calibration text (never the evaluation text).
-    #[arg(long, default_value = "../shared/data/austen-text/emma.txt")]
-    pub calib_text: std::path::PathBuf,
+    /// The evaluation and calibration texts.
+    #[command(flatten)]
+    pub texts: TextArgs,
 }
 
 /// Options of `burnq ptq-llm` (see `PtqLlmOptions` for their meaning and defaults). With
@@ -160,15 +168,9 @@ pub struct PtqLlmArgs {
     /// `--f16-scales --group-size 32`: Q4_0, or Q4_1 with `--asymmetric`).
     #[arg(long)]
     pub export: Option<std::path::PathBuf>,
-    /// Evaluation text.
-    #[arg(
-        long,
-        default_value = "../shared/data/austen-text/pride_prejudice_eval_slice.txt"
-    )]
-    pub eval_text: std::path::PathBuf,
-    /// Calibration text (never the evaluation text).
-    #[arg(long, default_value = "../shared/data/austen-text/emma.txt")]
-    pub calib_text: std::path::PathBuf,
+    /// The evaluation and calibration texts.
+    #[command(flatten)]
+    pub texts: TextArgs,
 }
 
 impl PtqLlmArgs {
@@ -368,8 +370,8 @@ pub fn run(cli: Cli) -> Result<()> {
             bar.set_message(opts.label());
             let report = crate::ptq_llm::run(
                 &args.model,
-                &args.eval_text,
-                &args.calib_text,
+                &args.texts.eval_text,
+                &args.texts.calib_text,
                 &opts,
                 &mut |p| {
                     bar.set_length(p.blocks as u64);
@@ -391,8 +393,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 })?;
             // Refuse a malformed grid before the model is loaded.
             let cells = config.cells()?;
-            let mut session =
-                crate::ptq_llm::PtqLlmSession::open(&model, &args.eval_text, &args.calib_text)?;
+            let mut session = crate::ptq_llm::PtqLlmSession::open(
+                &model,
+                &args.texts.eval_text,
+                &args.texts.calib_text,
+            )?;
             let bar = indicatif::ProgressBar::new(cells.len() as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(

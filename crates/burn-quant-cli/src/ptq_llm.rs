@@ -94,6 +94,23 @@ pub struct PtqLlmOptions {
     pub export: Option<PathBuf>,
 }
 
+/// Reads a TOML (or, by extension, JSON) file into `T`; errors name `what` and the file.
+pub fn read_recipe_file<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &'static str,
+) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|source| CliError::Io {
+        what: path.display().to_string(),
+        source,
+    })?;
+    let bad = |why: String| CliError::config(what, path.display(), why);
+    if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(|e| bad(e.to_string()))
+    } else {
+        toml::from_str(&text).map_err(|e| bad(e.to_string()))
+    }
+}
+
 /// A spec given by preset name or in full.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(untagged)]
@@ -217,16 +234,7 @@ pub const DEFAULT_WEIGHT_SCALE: SymmetricScale = SymmetricScale::Qmax;
 impl PtqLlmOptions {
     /// Reads a recipe file (`.toml` or `.json`); unknown keys are errors.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| CliError::Io {
-            what: path.display().to_string(),
-            source,
-        })?;
-        let bad = |why: String| CliError::config("config", path.display(), why);
-        if path.extension().is_some_and(|e| e == "json") {
-            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))
-        } else {
-            toml::from_str(&text).map_err(|e| bad(e.to_string()))
-        }
+        read_recipe_file(path, "config")
     }
 
     /// Checks everything that can be checked before loading the model: specs, algorithm,

@@ -72,16 +72,7 @@ pub struct SweepReport {
 impl SweepConfig {
     /// Reads a sweep file (`.toml` or `.json`); unknown keys are errors.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| CliError::Io {
-            what: path.display().to_string(),
-            source,
-        })?;
-        let bad = |why: String| CliError::config("sweep", path.display(), why);
-        if path.extension().is_some_and(|e| e == "json") {
-            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))
-        } else {
-            toml::from_str(&text).map_err(|e| bad(e.to_string()))
-        }
+        crate::ptq_llm::read_recipe_file(path, "sweep")
     }
 
     /// Every cell of the grid (the cartesian product of the axes, the last axis fastest). A
