@@ -6,6 +6,7 @@ use std::time::Instant;
 use burn::tensor::{Device, Tensor};
 use burn_quant_core::host::HostParams;
 use burn_quant_core::{QuantSpec, QuantTensor};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{PtqError, Result, check_finite};
 use crate::quantizer::quant_tensor;
@@ -124,8 +125,8 @@ pub struct LayerReport {
     pub dead_inputs: usize,
     /// Whether the factorization failed even with the largest damping and RTN was used.
     pub fell_back_to_rtn: bool,
-    /// Whether group parameters were computed when the algorithm reached each group (from
-    /// weights carrying earlier feedback) rather than before it started.
+    /// Whether group parameters were computed during the sweep (from weights carrying earlier
+    /// feedback, see [`DynamicGroupTiming`]) rather than before it started.
     pub dynamic_groups: bool,
     /// Lazy-update block size used.
     pub block_size: Option<usize>,
@@ -151,6 +152,25 @@ impl LayerReport {
         eprintln!("burn-quant-ptq warning: {msg}");
         self.warnings.push(msg);
     }
+}
+
+/// When GPTQ and GPTAQ compute a dynamic group's parameters (`static_groups` off, no
+/// act-order, groups along the input axis), relative to their lazy blocks of `block_size`
+/// rows. Serialised as `"block_start"` / `"group_start"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DynamicGroupTiming {
+    /// From the group's rows as they were when the lazy block holding its first row started:
+    /// every earlier block's update included, the feedback of the rows quantized before it in
+    /// the same block not. The GPTQ and GPTAQ reference codes' timing
+    /// (`find_params(W[:, j:j + groupsize])` on the block-start weight `W`), and the default.
+    #[default]
+    BlockStart,
+    /// From the group's rows when the sweep reaches its first row, every earlier row's
+    /// feedback included. Blocks never split a group then: a group size that is neither a
+    /// multiple nor a divisor of the block size shrinks the block
+    /// ([`LayerReport::block_size`]). Qronos's timing with `static_groups` off.
+    GroupStart,
 }
 
 /// A checked layer problem: weight and statistics in f32/f64 host buffers, dead inputs

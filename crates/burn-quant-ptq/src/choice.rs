@@ -46,7 +46,8 @@ impl Algorithm {
 
     /// Freezes group parameters before the sweep (`true`: every group's scales and zero-points
     /// come from the weight before any error feedback, as Brevitas's frozen weight scales) or
-    /// computes each group's when the sweep reaches it (`false`). Sets `static_groups` of GPTQ,
+    /// computes each group's during the sweep (`false`; when, see
+    /// [`DynamicGroupTiming`](crate::DynamicGroupTiming)). Sets `static_groups` of GPTQ,
     /// GPTAQ and Qronos; no effect on RTN (no sweep) or GPFQ (its weight never changes, so its
     /// parameters are always those of the untouched weight).
     pub fn with_static_groups(self, on: bool) -> Self {
@@ -138,6 +139,7 @@ impl Stage2Algorithm for Algorithm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::DynamicGroupTiming;
 
     #[test]
     fn names_round_trip_and_configs_serialise() {
@@ -200,9 +202,14 @@ mod tests {
             block_size: 64,
             act_order: true,
             static_groups: true,
+            dynamic_group_timing: DynamicGroupTiming::GroupStart,
         });
         let json = serde_json::to_string(&a).unwrap();
         assert!(json.contains("\"static_groups\":true"), "{json}");
+        assert!(
+            json.contains("\"dynamic_group_timing\":\"group_start\""),
+            "{json}"
+        );
         assert_eq!(serde_json::from_str::<Algorithm>(&json).unwrap(), a);
         let a: Algorithm =
             serde_json::from_str(r#"{"algo": "gptaq", "static_groups": true, "alpha": 0.5}"#)
@@ -212,6 +219,21 @@ mod tests {
             Algorithm::Gptaq(Gptaq::default().with_static_groups(true).with_alpha(0.5))
         );
         a.validate().unwrap();
+        let a: Algorithm =
+            serde_json::from_str(r#"{"algo": "gptq", "dynamic_group_timing": "group_start"}"#)
+                .unwrap();
+        assert_eq!(
+            a,
+            Algorithm::Gptq(
+                Gptq::default().with_dynamic_group_timing(DynamicGroupTiming::GroupStart)
+            )
+        );
+        assert!(
+            serde_json::from_str::<Algorithm>(
+                r#"{"algo": "gptq", "dynamic_group_timing": "late"}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]

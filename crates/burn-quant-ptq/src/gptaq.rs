@@ -14,17 +14,17 @@
 //!
 //! The two updates feed different values through P, so the result depends on the block size
 //! (at block size 1 every later row gets `ŵ_t`; with one block covering all rows, `v_t`); the
-//! default, 128, is the reference's. The test `matches_the_reference_code_for_code` runs an
-//! independent port of the reference beside this one: the codes are identical. The remaining
-//! differences from the reference:
+//! default, 128, is the reference's. Dynamic group parameters (`static_groups` off, no
+//! act-order) are found as the reference finds them: from the group's rows as they were when
+//! the lazy block holding its first row started, before the in-block feedback of the rows
+//! quantized before it in that block ([`DynamicGroupTiming::BlockStart`];
+//! [`DynamicGroupTiming::GroupStart`] includes that feedback, as this crate did before). The
+//! test `matches_the_reference_code_for_code` runs an independent port of the reference beside
+//! this one: the codes are identical, with frozen groups, with dynamic groups of one block, of
+//! 32 rows (four per block, a short last one of 12) and of 96 rows (straddling blocks). The
+//! remaining differences from the reference:
 //! - `U` and `P` are computed in f64 (then rounded to f32 for the sweep, which is f32 as in
 //!   the reference);
-//! - dynamic group parameters (`static_groups` off, no act-order) come from the group's rows
-//!   after every earlier row's feedback, in-block feedback included; the reference reads them
-//!   before the current block's in-block feedback. The two agree when every group starts at
-//!   a block boundary (group size a multiple of the block size). Blocks never split a group:
-//!   for a group size that is neither a multiple nor a divisor of the block size the block
-//!   shrinks (`LayerReport::block_size`), which here also moves the lazy-update boundaries;
 //! - per-channel parameters are computed after dead inputs are zeroed (the reference computes
 //!   them before), which only matters if a dead input holds a channel's extreme.
 //!
@@ -35,14 +35,14 @@ use burn_quant_core::QuantSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::algorithm::{
-    HostQuantized, Problem, Stage2Algorithm, check_block, check_percentage, in_processing_order,
-    permute_rows, problem, relative_damping, to_f32,
+    DynamicGroupTiming, HostQuantized, Problem, Stage2Algorithm, check_block, check_percentage,
+    in_processing_order, permute_rows, problem, relative_damping, to_f32,
 };
 use crate::error::{PtqError, Result};
 use crate::linalg::{View, ViewMut, damped_inverse_factor, matmul};
 use crate::quantizer::{ParamTiming, RowQuantizer};
 use crate::rtn::rtn_host;
-use crate::sequential::{Feedback, Sweep, effective_block};
+use crate::sequential::{Feedback, Sweep, lazy_block};
 use crate::stats::{CalibInputs, LayerStats};
 
 /// GPTAQ with the reference defaults.
@@ -61,6 +61,10 @@ pub struct Gptaq {
     /// `static_groups`). Brevitas's LLM flow freezes its weight scales before the sweep, so
     /// `true` is the setting to compare with it.
     pub static_groups: bool,
+    /// When dynamic groups find their parameters ([`DynamicGroupTiming::BlockStart`], the
+    /// reference's: from the group's rows at the start of the lazy block holding its first
+    /// row).
+    pub dynamic_group_timing: DynamicGroupTiming,
 }
 
 impl Default for Gptaq {
@@ -71,6 +75,7 @@ impl Default for Gptaq {
             block_size: 128,
             act_order: false,
             static_groups: false,
+            dynamic_group_timing: DynamicGroupTiming::BlockStart,
         }
     }
 }
@@ -100,6 +105,11 @@ impl Gptaq {
     /// sweep reaches it (`false`, the default).
     pub fn with_static_groups(mut self, on: bool) -> Self {
         self.static_groups = on;
+        self
+    }
+    /// Sets when dynamic groups find their parameters.
+    pub fn with_dynamic_group_timing(mut self, timing: DynamicGroupTiming) -> Self {
+        self.dynamic_group_timing = timing;
         self
     }
 
@@ -182,7 +192,7 @@ impl Stage2Algorithm for Gptaq {
         let timing = if self.static_groups {
             ParamTiming::Static
         } else {
-            ParamTiming::Dynamic
+            ParamTiming::Dynamic(self.dynamic_group_timing)
         };
         let mut rq = RowQuantizer::new("gptaq", spec, &w, n, m, timing, self.act_order)?;
         let lambda0 = relative_damping(&h, n, self.percdamp);
@@ -212,7 +222,7 @@ impl Stage2Algorithm for Gptaq {
         report.damping = Some(f.lambda);
         report.damping_retries = f.retries;
         report.dynamic_groups = rq.dynamic_unit().is_some();
-        report.block_size = Some(effective_block(self.block_size, rq.dynamic_unit()));
+        report.block_size = Some(lazy_block(self.block_size, &rq));
         let p = to_f32(&asymmetry_matrix(&p0, &f.u, n, self.alpha));
         let u = to_f32(&f.u);
         let mut x = permute_rows(&w, m, &order);

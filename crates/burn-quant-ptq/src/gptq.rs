@@ -6,9 +6,15 @@
 //! parameters are then static, per original group, so no `g_idx` is needed); damping
 //! `λ = percdamp · mean(diag H)`; `U = upper_chol((H + λI)⁻¹)` (f64); the lazy-block sweep
 //! (f32) with in-block rank-1 updates and one GEMM per block. Group parameters are computed
-//! by the core's rules for the spec, when the sweep reaches a group's first row, from rows
-//! that already carry all earlier feedback (the reference reads them before the current
-//! block's in-block feedback; here blocks never split a group, so the values are final).
+//! by the core's rules for the spec; dynamic ones (the default: `static_groups` off, no
+//! act-order) as the reference code does, from the group's rows as they were when the lazy
+//! block holding its first row started (`find_params(W[:, j:j + groupsize])` on the block-start
+//! `W`): earlier blocks' updates included, the in-block feedback of the rows before it in the
+//! same block not ([`DynamicGroupTiming::BlockStart`]). Groups smaller than the block (e.g. 32
+//! in blocks of 128) are therefore found from values that later in-block feedback still moves;
+//! [`DynamicGroupTiming::GroupStart`] finds them after it instead (shrinking blocks so that none
+//! splits a group). The test `gptaq::tests::matches_the_reference_code_for_code` runs an
+//! independent port of the reference at α = 0 beside [`Gptq`]: the codes are identical.
 //!
 //! Safeguard: a Hessian that is not numerically positive definite gets ×10 more damping per
 //! retry (warning); if even that fails, RTN (warning) — never NaN.
@@ -17,14 +23,14 @@ use burn_quant_core::QuantSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::algorithm::{
-    HostQuantized, Problem, Stage2Algorithm, check_block, check_percentage, in_processing_order,
-    permute_rows, problem, relative_damping, to_f32,
+    DynamicGroupTiming, HostQuantized, Problem, Stage2Algorithm, check_block, check_percentage,
+    in_processing_order, permute_rows, problem, relative_damping, to_f32,
 };
 use crate::error::Result;
 use crate::linalg::damped_inverse_factor;
 use crate::quantizer::{ParamTiming, RowQuantizer};
 use crate::rtn::rtn_host;
-use crate::sequential::{Feedback, Sweep, effective_block};
+use crate::sequential::{Feedback, Sweep, lazy_block};
 use crate::stats::{CalibInputs, LayerStats};
 
 /// GPTQ with its reference defaults.
@@ -41,6 +47,10 @@ pub struct Gptq {
     /// `static_groups`). Brevitas's LLM flow freezes its weight scales before the sweep, so
     /// `true` is the setting to compare with it.
     pub static_groups: bool,
+    /// When dynamic groups find their parameters ([`DynamicGroupTiming::BlockStart`], the
+    /// reference's: from the group's rows at the start of the lazy block holding its first
+    /// row).
+    pub dynamic_group_timing: DynamicGroupTiming,
 }
 
 impl Default for Gptq {
@@ -50,6 +60,7 @@ impl Default for Gptq {
             block_size: 128,
             act_order: false,
             static_groups: false,
+            dynamic_group_timing: DynamicGroupTiming::BlockStart,
         }
     }
 }
@@ -74,6 +85,11 @@ impl Gptq {
     /// sweep reaches it (`false`, the default).
     pub fn with_static_groups(mut self, on: bool) -> Self {
         self.static_groups = on;
+        self
+    }
+    /// Sets when dynamic groups find their parameters.
+    pub fn with_dynamic_group_timing(mut self, timing: DynamicGroupTiming) -> Self {
+        self.dynamic_group_timing = timing;
         self
     }
 
@@ -109,7 +125,7 @@ impl Gptq {
         let timing = if self.static_groups {
             ParamTiming::Static
         } else {
-            ParamTiming::Dynamic
+            ParamTiming::Dynamic(self.dynamic_group_timing)
         };
         let mut rq = RowQuantizer::new("gptq", spec, &w, n, m, timing, self.act_order)?;
         let lambda0 = relative_damping(&h, n, self.percdamp);
@@ -143,7 +159,7 @@ impl Gptq {
         report.damping = Some(f.lambda);
         report.damping_retries = f.retries;
         report.dynamic_groups = rq.dynamic_unit().is_some();
-        report.block_size = Some(effective_block(self.block_size, rq.dynamic_unit()));
+        report.block_size = Some(lazy_block(self.block_size, &rq));
         let u = to_f32(&f.u);
         let mut x = permute_rows(&w, m, &order);
         let mut codes = vec![0i32; n * m];
@@ -384,6 +400,43 @@ mod tests {
                 "heavy-tailed {spec} act-order: {e} vs RTN {e_rtn}"
             );
         }
+    }
+
+    /// Dynamic groups that start at block boundaries (the group a multiple of the block) are
+    /// found at the same moment by both timings, so the results are the same; groups inside a
+    /// block are not. Only [`DynamicGroupTiming::GroupStart`] shrinks a block that would split
+    /// a group.
+    #[test]
+    fn dynamic_group_timings_agree_where_groups_start_blocks() {
+        let (n, m, t) = (256, 24, 800);
+        let x = correlated(t, n, 21);
+        let w = weights(n, m, 22);
+        let stats = stats_of(&x, n);
+        let run = |group, block, timing| {
+            Gptq::default()
+                .with_block_size(block)
+                .with_dynamic_group_timing(timing)
+                .quantize_host(
+                    &w,
+                    [n, m],
+                    &stats,
+                    &QuantSpec::int4_weight_per_group(group).with_bits(3),
+                )
+                .unwrap()
+        };
+        use DynamicGroupTiming::{BlockStart, GroupStart};
+        for (group, block) in [(64, 64), (128, 64), (128, 128)] {
+            let (a, b) = (run(group, block, BlockStart), run(group, block, GroupStart));
+            assert_eq!(a.codes, b.codes, "group {group} block {block}");
+            assert_eq!(a.w_hat, b.w_hat, "group {group} block {block}");
+            assert_eq!(a.report.block_size, Some(block));
+            assert!(a.report.dynamic_groups);
+        }
+        let (a, b) = (run(32, 128, BlockStart), run(32, 128, GroupStart));
+        assert_ne!(a.codes, b.codes);
+        let (a, b) = (run(96, 128, BlockStart), run(96, 128, GroupStart));
+        assert_eq!(a.report.block_size, Some(128));
+        assert_eq!(b.report.block_size, Some(96));
     }
 
     #[test]

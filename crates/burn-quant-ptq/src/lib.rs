@@ -55,7 +55,7 @@ pub mod stats;
 #[cfg(test)]
 mod testutil;
 
-pub use algorithm::{HostQuantized, LayerReport, Quantized, Stage2Algorithm};
+pub use algorithm::{DynamicGroupTiming, HostQuantized, LayerReport, Quantized, Stage2Algorithm};
 pub use choice::Algorithm;
 pub use error::{PtqError, Result};
 pub use gpfq::Gpfq;

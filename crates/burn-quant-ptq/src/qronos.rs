@@ -17,21 +17,26 @@
 //! Group parameters are frozen from W₀ before the algorithm by default, as in Brevitas: its LLM
 //! flow uses `parameter_from_stats` weight scales (and zero-points), set from the weights by
 //! one forward pass before Qronos runs, so every group's scale comes from the weights before
-//! any update. One default differs from Brevitas's, measured (see the field): α = 1e-5 instead
-//! of 1e-6.
+//! any update. With `static_groups` off, a group's parameters come from its rows when the
+//! sweep reaches its first row, every earlier update included
+//! ([`DynamicGroupTiming::GroupStart`]): Brevitas's Qronos has no `find_params` on a block-start
+//! copy of the weight (a runtime-statistics weight quantizer would recompute the scales from
+//! the current weight at every step), so the GPTQ references' block-start timing is not
+//! applied here. One default differs from Brevitas's, measured (see the field): α = 1e-5
+//! instead of 1e-6.
 
 use burn_quant_core::QuantSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::algorithm::{
-    HostQuantized, Problem, Stage2Algorithm, check_block, in_processing_order, permute_rows,
-    problem, to_f32,
+    DynamicGroupTiming, HostQuantized, Problem, Stage2Algorithm, check_block, in_processing_order,
+    permute_rows, problem, to_f32,
 };
 use crate::error::{PtqError, Result};
 use crate::linalg::{View, ViewMut, damped_inverse_factor, lambda_max, matmul};
 use crate::quantizer::{ParamTiming, RowQuantizer};
 use crate::rtn::rtn_host;
-use crate::sequential::{Feedback, Sweep, effective_block};
+use crate::sequential::{Feedback, Sweep, lazy_block};
 use crate::stats::{CalibInputs, LayerStats};
 
 /// The rows right after step 1 (`[n − 1, d_out]`, processing order, f64) and the λ used.
@@ -137,10 +142,11 @@ impl Qronos {
         } = problem("qronos", weight, shape, stats, true)?;
         let g = g.expect("requested");
         let (order, h, [g]) = in_processing_order(self.act_order, n, h, [g]);
+        // Dynamic parameters see every earlier row's feedback (see the module doc).
         let timing = if self.static_groups {
             ParamTiming::Static
         } else {
-            ParamTiming::Dynamic
+            ParamTiming::Dynamic(DynamicGroupTiming::GroupStart)
         };
         let mut rq = RowQuantizer::new("qronos", spec, &w, n, m, timing, self.act_order)?;
         let w0: Vec<f64> = permute_rows(&w, m, &order)
@@ -193,7 +199,7 @@ impl Qronos {
         report.damping = Some(lambda);
         report.damping_retries = f.retries;
         report.dynamic_groups = rq.dynamic_unit().is_some();
-        report.block_size = Some(effective_block(self.block_size, rq.dynamic_unit()));
+        report.block_size = Some(lazy_block(self.block_size, &rq));
 
         // Step 1a: a₀ against the float target, with the other rows at W₀ (undamped H₀₀).
         let mut a0 = vec![0f64; m];
@@ -334,7 +340,8 @@ mod tests {
     use crate::testutil::{correlated, output_error, perturbed, stats, upstream, weights};
 
     /// notes §5 oracle 1: with X̃ = X, Qronos is GPTQ with damping λ = α·λ_max (same order,
-    /// same group-parameter timing).
+    /// same group-parameter timing: Qronos's dynamic groups are found when the sweep reaches
+    /// them, GPTQ's [`DynamicGroupTiming::GroupStart`]).
     #[test]
     fn reduces_to_gptq_without_mismatch() {
         let (n, m, t) = (96, 24, 500);
@@ -358,7 +365,8 @@ mod tests {
                 let gptq = Gptq::default()
                     .with_percdamp(lambda / mean_diag)
                     .with_act_order(act)
-                    .with_static_groups(fixed);
+                    .with_static_groups(fixed)
+                    .with_dynamic_group_timing(DynamicGroupTiming::GroupStart);
                 let g = gptq.quantize_host(&w, [n, m], &s, &spec).unwrap();
                 let same = q.codes.iter().zip(&g.codes).filter(|(a, b)| a == b).count();
                 assert!(

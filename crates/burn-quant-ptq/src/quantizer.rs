@@ -1,8 +1,9 @@
 //! The row quantizer shared by every Stage-2 algorithm: scales and zero-points exactly as the
 //! core computes them for the spec (`burn_quant_core::host::compute_params`), frozen either
-//! before the algorithm (static) or when the algorithm first reaches a group (dynamic), and the
-//! core's element rule to turn one input channel (a row of a Burn `[d_in, d_out]` weight) into
-//! codes and dequantized values.
+//! before the algorithm (static) or during the sweep (dynamic: when the lazy block holding a
+//! group's first row starts, or when the sweep reaches that row), and the core's element rule
+//! to turn one input channel (a row of a Burn `[d_in, d_out]` weight) into codes and
+//! dequantized values.
 //!
 //! The dequantized value used for error feedback is computed as `(decode(code) − z)·s` in f32,
 //! the same arithmetic as `QuantTensor::dequantize`, so the algorithm's Ŵ and the returned
@@ -17,6 +18,7 @@ use burn_quant_core::{
     ScaleRestriction,
 };
 
+use crate::algorithm::DynamicGroupTiming;
 use crate::error::{PtqError, Result};
 
 /// When group parameters are computed.
@@ -24,9 +26,11 @@ use crate::error::{PtqError, Result};
 pub(crate) enum ParamTiming {
     /// Once, from the weight before any error feedback.
     Static,
-    /// When the algorithm reaches a group's first row, from the rows' current values (GPTQ
-    /// reference semantics), where the spec allows it; static otherwise.
-    Dynamic,
+    /// During the sweep, from the rows' values at the given moment, where the spec allows it
+    /// (static otherwise). Units of input-channel groups follow the timing; per-row cells
+    /// (per input channel, groups along the output axis) always come from the row's value
+    /// when it is quantized: the references have no such cells.
+    Dynamic(DynamicGroupTiming),
 }
 
 /// Element → scale cell of a Burn `[n, m]` weight: `cell = base(row) + (c / div) · mul`.
@@ -57,6 +61,9 @@ pub(crate) struct RowQuantizer {
     params: HostParams,
     /// Rows per dynamically computed unit and which units are done; `None` = static.
     dynamic: Option<(usize, Vec<bool>)>,
+    /// Whether dynamic units are computed at the start of the lazy block holding their first
+    /// row ([`DynamicGroupTiming::BlockStart`] on groups along the input axis).
+    at_block_start: bool,
 }
 
 impl RowQuantizer {
@@ -102,8 +109,12 @@ impl RowQuantizer {
             (_, CellMap::Col { group }) if group < n => Some(group),
             _ => None,
         };
-        let unit =
-            unit.filter(|&u| timing == ParamTiming::Dynamic && (!single_row_units_only || u == 1));
+        let unit = unit.filter(|&u| {
+            matches!(timing, ParamTiming::Dynamic(_)) && (!single_row_units_only || u == 1)
+        });
+        let at_block_start = unit.is_some()
+            && timing == ParamTiming::Dynamic(DynamicGroupTiming::BlockStart)
+            && matches!(map, CellMap::Col { .. });
         let (params, dynamic) = match unit {
             None => (host::compute_params(w, &[n, m], spec)?, None),
             Some(u) => {
@@ -130,12 +141,20 @@ impl RowQuantizer {
             map,
             params,
             dynamic,
+            at_block_start,
         })
     }
 
     /// Rows per dynamically computed unit, if parameters are dynamic.
     pub(crate) fn dynamic_unit(&self) -> Option<usize> {
         self.dynamic.as_ref().map(|(u, _)| *u)
+    }
+
+    /// Whether the sweep computes every unit whose first row falls in a lazy block when the
+    /// block starts (the GPTQ / GPTAQ references' timing) rather than when it reaches the
+    /// unit's first row.
+    pub(crate) fn units_at_block_start(&self) -> bool {
+        self.at_block_start
     }
 
     /// Whether `row`'s parameters still have to be computed; if so, `row` starts its unit and
@@ -270,6 +289,8 @@ mod tests {
     use super::*;
     use burn_quant_core::{Minifloat, ScaleStat, quantize};
 
+    const DYNAMIC: ParamTiming = ParamTiming::Dynamic(DynamicGroupTiming::BlockStart);
+
     fn specs() -> Vec<QuantSpec> {
         vec![
             QuantSpec::int4_weight_per_group(32),
@@ -308,10 +329,7 @@ mod tests {
                     )
                 {
                     // k-quant super-blocks must tile the axis.
-                    assert!(
-                        RowQuantizer::new("t", &spec, &w, n, m, ParamTiming::Dynamic, false)
-                            .is_err()
-                    );
+                    assert!(RowQuantizer::new("t", &spec, &w, n, m, DYNAMIC, false).is_err());
                     continue;
                 }
                 untouched_rows_case(&device, &spec, &w, n, m);
@@ -323,7 +341,11 @@ mod tests {
         let spec = *spec;
         let device = device.clone();
         {
-            for timing in [ParamTiming::Static, ParamTiming::Dynamic] {
+            for timing in [
+                ParamTiming::Static,
+                ParamTiming::Dynamic(DynamicGroupTiming::BlockStart),
+                ParamTiming::Dynamic(DynamicGroupTiming::GroupStart),
+            ] {
                 let mut rq = RowQuantizer::new("test", &spec, w, n, m, timing, false).unwrap();
                 let mut codes = vec![0i32; n * m];
                 let mut deq = vec![0f32; n * m];
@@ -361,7 +383,7 @@ mod tests {
         let (n, m) = (512, 64);
         let w = vec![0.5f32; n * m];
         let unit = |s: QuantSpec, only1| {
-            RowQuantizer::new("t", &s, &w, n, m, ParamTiming::Dynamic, only1)
+            RowQuantizer::new("t", &s, &w, n, m, DYNAMIC, only1)
                 .unwrap()
                 .dynamic_unit()
         };
@@ -388,17 +410,9 @@ mod tests {
     #[test]
     fn unusable_specs_are_typed_errors() {
         let w = vec![0.5f32; 64 * 8];
-        let e = RowQuantizer::new(
-            "gptq",
-            &QuantSpec::gguf_q4_k(),
-            &w,
-            64,
-            8,
-            ParamTiming::Dynamic,
-            false,
-        )
-        .err()
-        .unwrap();
+        let e = RowQuantizer::new("gptq", &QuantSpec::gguf_q4_k(), &w, 64, 8, DYNAMIC, false)
+            .err()
+            .unwrap();
         assert!(matches!(e, PtqError::Quant(_)), "{e}");
         let nosat = QuantSpec::fp8_e4m3_weight_per_tensor()
             .with_format(Format::Minifloat(Minifloat::e5m2().with_saturating(false)));

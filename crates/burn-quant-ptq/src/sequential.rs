@@ -12,6 +12,10 @@
 //!   the row's own value after its update, `q` up to one rounding — for the rows after the
 //!   block (lazy update);
 //! - GPFQ: `M[s, t] = H[s, t]/H[t, t]`, `e₁ = q` (the rows hold the running greedy targets).
+//!
+//! Dynamic group parameters are computed from the rows' values either when the lazy block
+//! holding the group's first row starts (the GPTQ / GPTAQ references' timing) or when the
+//! sweep reaches that row (see `DynamicGroupTiming`).
 
 use crate::error::Result;
 use crate::linalg::{View, ViewMut, matmul};
@@ -38,14 +42,26 @@ pub(crate) struct Sweep<'a> {
     /// First processing position to quantize; earlier rows are already done.
     pub start: usize,
     pub feedback: Feedback<'a>,
-    /// Lazy-update block size (adjusted so that dynamic parameter units never straddle a
-    /// block end, see [`effective_block`]).
+    /// Lazy-update block size (adjusted where dynamic parameter units found when the sweep
+    /// reaches them must not straddle a block end, see [`lazy_block`]).
     pub block: usize,
 }
 
-/// The block size actually used: with dynamic group parameters of `unit` rows, a unit must
-/// have received every earlier row's feedback when its first row is reached, so units either
-/// fit inside one block or start at a block boundary.
+/// The lazy-update block size the sweep uses with `rq`: `block` unless `rq`'s dynamic units
+/// are found when the sweep reaches their first row
+/// ([`DynamicGroupTiming::GroupStart`](crate::DynamicGroupTiming::GroupStart)), then
+/// [`effective_block`].
+pub(crate) fn lazy_block(block: usize, rq: &RowQuantizer) -> usize {
+    if rq.units_at_block_start() {
+        block.max(1)
+    } else {
+        effective_block(block, rq.dynamic_unit())
+    }
+}
+
+/// The block size for units found when the sweep reaches them: with dynamic group parameters
+/// of `unit` rows, a unit must have received every earlier row's feedback when its first row
+/// is reached, so units either fit inside one block or start at a block boundary.
 pub(crate) fn effective_block(block: usize, unit: Option<usize>) -> usize {
     let block = block.max(1);
     match unit {
@@ -69,7 +85,7 @@ impl Sweep<'_> {
     ) -> Result<Option<Vec<f32>>> {
         let (n, m, s0) = (self.n, self.m, self.start);
         let dim = n - s0;
-        let block = effective_block(self.block, rq.dynamic_unit());
+        let block = lazy_block(self.block, rq);
         let (m1, m2) = match self.feedback {
             Feedback::Obs { u } => (u, None),
             Feedback::Asymmetric { u, p } => (u, Some(p)),
@@ -89,19 +105,17 @@ impl Sweep<'_> {
         for b in first_block..n.div_ceil(block) {
             let i1 = (b * block).max(s0);
             let i2 = ((b + 1) * block).min(n);
+            if rq.units_at_block_start() {
+                // The references' timing: every unit whose first row is in this block, from
+                // the rows as the earlier blocks' updates left them, before any in-block
+                // feedback (rows of a unit past the block end included).
+                for t in i1..i2 {
+                    self.find_unit(t, x, rq)?;
+                }
+            }
             for t in i1..i2 {
                 let row = self.order[t];
-                if let Some(rows) = rq.needs_unit(row) {
-                    // Units of several rows only exist without act-order, where positions
-                    // are rows; a one-row unit is the row being processed.
-                    let pos = if rows.len() == 1 {
-                        t..t + 1
-                    } else {
-                        rows.clone()
-                    };
-                    let data = x[pos.start * m..pos.end * m].to_vec();
-                    rq.compute_unit(rows, &data)?;
-                }
+                self.find_unit(t, x, rq)?;
                 v.copy_from_slice(&x[t * m..(t + 1) * m]);
                 rq.quantize_row(row, &v, &mut codes[row * m..(row + 1) * m], &mut deq);
                 w_hat[row * m..(row + 1) * m].copy_from_slice(&deq);
@@ -172,6 +186,23 @@ impl Sweep<'_> {
             }
         }
         Ok(recorded)
+    }
+
+    /// Computes the parameters of the unit of the row at position `t` from the rows' current
+    /// values in `x`, if they are not computed yet.
+    fn find_unit(&self, t: usize, x: &[f32], rq: &mut RowQuantizer) -> Result<()> {
+        let m = self.m;
+        if let Some(rows) = rq.needs_unit(self.order[t]) {
+            // Units of several rows only exist without act-order, where positions are rows; a
+            // one-row unit is the row at position t.
+            let pos = if rows.len() == 1 {
+                t..t + 1
+            } else {
+                rows.clone()
+            };
+            rq.compute_unit(rows, &x[pos.start * m..pos.end * m])?;
+        }
+        Ok(())
     }
 }
 

@@ -62,9 +62,13 @@ fn asymmetry_matrix_is_strictly_upper() {
 
 /// notes §4 oracle 3 on a simulated quantized producer (`X̃ = Z·Â`, 4-bit `Â`): GPTAQ's
 /// float-target error is below GPTQ's (run on X̃), which is below RTN's, at the reference's
-/// block size and at a small one (the result depends on the block size, as the reference's
+/// block size (128 = all inputs: dynamic groups are all found from W, as static ones), and
+/// below GPTQ's at a small one too (the result depends on the block size, as the reference's
 /// does: the lazy update feeds the quantized rows through P, the in-block update the rows
-/// before quantization).
+/// before quantization). At blocks of 7 the groups are frozen so that only the feedback
+/// differs: with dynamic groups, found from rows that in-block feedback moves afterwards,
+/// both lose to frozen ones on these inputs and tie at 3 bits (0.32502 each; frozen: GPTAQ
+/// 0.2858, GPTQ 0.2905).
 #[test]
 fn beats_gptq_and_rtn_on_the_float_target() {
     let (n, m, t) = (128, 48, 1024);
@@ -111,12 +115,20 @@ fn beats_gptq_and_rtn_on_the_float_target() {
             let b7 = Gptaq::default()
                 .with_act_order(act)
                 .with_block_size(7)
+                .with_static_groups(true)
                 .quantize_host(&w, [n, m], &paired, &spec)
                 .unwrap();
             let e7 = output_error(&x, &xq, &w, &b7.w_hat, n, m);
+            let g7 = Gptq::default()
+                .with_act_order(act)
+                .with_block_size(7)
+                .with_static_groups(true)
+                .quantize_host(&w, [n, m], &single, &spec)
+                .unwrap();
+            let e_g7 = output_error(&x, &xq, &w, &g7.w_hat, n, m);
             assert!(
-                e7 < e_gptq,
-                "{spec} act {act} block 7: GPTAQ {e7}, GPTQ {e_gptq}"
+                e7 < e_g7,
+                "{spec} act {act} block 7: GPTAQ {e7}, GPTQ {e_g7}"
             );
         }
     }
@@ -124,12 +136,14 @@ fn beats_gptq_and_rtn_on_the_float_target() {
 
 /// The GPTAQ reference code, ported independently in `reference.rs` (its own Cholesky, its
 /// lazy blocks, the lazy update feeding the block's rows as the in-block loop left them — the
-/// quantized values — through P) gives exactly our codes: 300 inputs (blocks of 128, 128 and
-/// a short 44), a dead input, with and without act-order, dynamic and static groups,
-/// per-channel, and at block sizes 1 and 512 too. Where group parameters are frozen, Ŵ is
-/// identical bit for bit as well. With α = 0 the port is the GPTQ reference, and gives
-/// exactly [`Gptq`]'s codes. (Feeding the rows before quantization through P in the lazy
-/// update, as this crate did before, changes 691 of the 19,200 codes of the first case.)
+/// quantized values — through P, dynamic groups found from the block-start `W`) gives exactly
+/// our codes: 300 inputs (blocks of 128, 128 and a short 44), a dead input, with and without
+/// act-order, static groups, dynamic groups of one block, of 32 (four per block and a short
+/// last one of 12, also at blocks of 7, 1 and 512) and of 96 (straddling blocks), per-channel.
+/// Where group parameters are frozen, Ŵ is identical bit for bit as well. With α = 0 the port
+/// is the GPTQ reference, and gives exactly [`Gptq`]'s codes. (Feeding the rows before
+/// quantization through P in the lazy update, as this crate did before, changes 691 of the
+/// 19,200 codes of the first case; finding groups of 32 after the in-block feedback, 4,233.)
 #[test]
 fn matches_the_reference_code_for_code() {
     let (n, m, t) = (300, 64, 1200);
@@ -147,8 +161,20 @@ fn matches_the_reference_code_for_code() {
     let per_channel = QuantSpec::int8_weight_per_channel().with_bits(4);
     let g32 = QuantSpec::int4_weight_per_group(32);
     let cases = [
-        // Dynamic groups of one block: found when the sweep reaches them.
+        // Dynamic groups of one block: found when the block starts.
         (QuantSpec::int4_weight_per_group(128), false, false, 128),
+        // Dynamic groups of 32, four per block and a short last one (300 = 9·32 + 12): each
+        // found from its rows at the start of its block, before the in-block feedback of the
+        // groups before it; also at blocks of 7 (groups start inside blocks), 1 (every block
+        // start is the group's first row) and 512 (one block: every group from W).
+        (g32, false, false, 128),
+        (g32.with_bits(3).asymmetric(), false, false, 128),
+        (g32, false, false, 7),
+        (g32, false, false, 1),
+        (g32, false, false, 512),
+        // Dynamic groups of 96 straddle blocks of 128: the group at 96 is found at the start of
+        // the first block, rows 128..192 included; the last one is 12 rows (300 = 3·96 + 12).
+        (QuantSpec::int4_weight_per_group(96), false, false, 128),
         (QuantSpec::int4_weight_per_group(128), true, true, 128),
         (g32, false, true, 128),
         (g32, true, true, 128),
@@ -184,6 +210,27 @@ fn matches_the_reference_code_for_code() {
                     .unwrap()
             };
             let case = format!("{spec} act-order {act} static {fixed} block {block} α {alpha}");
+            if (spec, fixed, block) == (g32, false, 128) {
+                // The timing is visible: groups found after the in-block feedback (this crate's
+                // timing before) change 4,233 of the codes (4,061 at α = 0).
+                let late = if alpha == 0.0 {
+                    Gptq::default()
+                        .with_dynamic_group_timing(DynamicGroupTiming::GroupStart)
+                        .quantize_host(&w, [n, m], &s, &spec)
+                } else {
+                    Gptaq::default()
+                        .with_dynamic_group_timing(DynamicGroupTiming::GroupStart)
+                        .quantize_host(&w, [n, m], &s, &spec)
+                };
+                let changed = late
+                    .unwrap()
+                    .codes
+                    .iter()
+                    .zip(&codes)
+                    .filter(|(a, b)| a != b)
+                    .count();
+                assert!(changed > n * m / 10, "{case}: {changed} codes change");
+            }
             assert_eq!(ours.report.dead_inputs, 1);
             let differ = ours
                 .codes
@@ -200,9 +247,10 @@ fn matches_the_reference_code_for_code() {
                 .fold(0f64, f64::max);
             // Frozen parameters are the same numbers; a dynamic group's scale comes from rows
             // whose lazy updates are summed in another order (f32 GEMM here, f64 in the port),
-            // so it may differ in the last bits while every code is the same.
+            // so it may differ in the last bits (a few ulps more with every lazy update: up to
+            // 1.5e-6 at blocks of 7) while every code is the same.
             let frozen = fixed || !matches!(spec.granularity, Granularity::PerGroup { .. });
-            let tol = if frozen { 0.0 } else { 1e-6 };
+            let tol = if frozen { 0.0 } else { 1e-5 };
             assert!(worst <= tol, "{case}: Ŵ differs by {worst:e}");
         }
     }
