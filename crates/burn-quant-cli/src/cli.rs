@@ -406,18 +406,32 @@ pub fn run(cli: Cli) -> Result<()> {
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             let started = std::time::Instant::now();
-            let report = crate::sweep::run_sweep(&mut session, &config, &mut |i, n, label| {
-                bar.set_position(i as u64);
-                bar.set_message(label.to_string());
-                if bar.is_hidden() {
-                    // No terminal (a log file): one line per cell instead of the bar.
-                    eprintln!(
-                        "[{:>7.1} s] cell {}/{n}: {label}",
-                        started.elapsed().as_secs_f64(),
-                        i + 1
-                    );
-                }
-            })?;
+            let mut write_error = None;
+            let report = crate::sweep::run_sweep(
+                &mut session,
+                &config,
+                &mut |i, n, label| {
+                    bar.set_position(i as u64);
+                    bar.set_message(label.to_string());
+                    if bar.is_hidden() {
+                        // No terminal (a log file): one line per cell instead of the bar.
+                        eprintln!(
+                            "[{:>7.1} s] cell {}/{n}: {label}",
+                            started.elapsed().as_secs_f64(),
+                            i + 1
+                        );
+                    }
+                },
+                // The files so far after every cell: a stopped sweep keeps what it finished.
+                &mut |partial| {
+                    if let Err(e) = partial.write(&args.out) {
+                        write_error.get_or_insert(e);
+                    }
+                },
+            )?;
+            if let Some(e) = write_error {
+                return Err(e);
+            }
             bar.finish_and_clear();
             print!("{}", report.markdown());
             for p in report.write(&args.out)? {

@@ -155,11 +155,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Runs every cell on `session`; `progress(done, total, label)` is called before each cell.
+/// Runs every cell on `session`; `progress(done, total, label)` is called before each cell and
+/// `finished(report)` after each, with the report so far (so a long sweep can be written as it
+/// goes and a stopped one keeps its finished cells).
 pub fn run_sweep(
     session: &mut PtqLlmSession,
     config: &SweepConfig,
     progress: &mut dyn FnMut(usize, usize, &str),
+    finished: &mut dyn FnMut(&SweepReport),
 ) -> Result<SweepReport> {
     let cells = config.cells()?;
     let axes = config.grid.keys().cloned().collect();
@@ -173,7 +176,11 @@ pub fn run_sweep(
         None
     };
     let total = cells.len();
-    let mut results: Vec<SweepResult> = Vec::with_capacity(total);
+    let mut report = SweepReport {
+        axes,
+        fp32,
+        results: Vec::with_capacity(total),
+    };
     // Cells whose effective recipe is the same (RTN with and without act-order) run once.
     let mut done: Vec<(String, usize)> = vec![];
     for (i, cell) in cells.into_iter().enumerate() {
@@ -188,7 +195,7 @@ pub fn run_sweep(
             .and_then(|k| done.iter().find(|(d, _)| d == k).map(|(_, j)| *j));
         let row = match (&cell.options, earlier) {
             (Err(e), _) => Err(e.clone()),
-            (Ok(_), Some(j)) => results[j].row.clone(),
+            (Ok(_), Some(j)) => report.results[j].row.clone(),
             (Ok(o), None) => session
                 .run(o, &mut |_| {})
                 .map_err(|e| error_chain(&e))
@@ -197,13 +204,10 @@ pub fn run_sweep(
         if let (Some(k), None) = (key, earlier) {
             done.push((k, i));
         }
-        results.push(SweepResult { cell, row });
+        report.results.push(SweepResult { cell, row });
+        finished(&report);
     }
-    Ok(SweepReport {
-        axes,
-        fp32,
-        results,
-    })
+    Ok(report)
 }
 
 /// What decides a cell's result: the algorithm as it runs (RTN ignores act-order), the specs
