@@ -108,7 +108,7 @@ pub struct PtqLlmArgs {
     #[arg(long)]
     pub f16_scales: bool,
     /// Symmetric weight scale convention: qmax, neg-qmin (Brevitas's default), signed-extreme
-    /// (ggml's Q4_0 rule) or mse.
+    /// (ggml's Q4_0 rule) or mse [default: signed-extreme, the best measured on SmolLM2].
     #[arg(long)]
     pub weight_scale: Option<String>,
     /// Narrow signed weight grid (−7..7 at 4 bits; Brevitas's --weight-narrow-range).
