@@ -35,6 +35,10 @@ pub struct PtqLlmOptions {
     /// The weight spec in full, instead of the short fields: a preset name
     /// ([`weight_preset`]) or a serialised [`QuantSpec`] (Burn `[d_in, d_out]` layout).
     pub weights: Option<WeightSpecChoice>,
+    /// The activation (block linear input, `[batch, seq, d_in]`) spec in full, instead of
+    /// `input_bits` / `input_granularity` / `input_stat`: a preset name
+    /// ([`activation_preset`]) or a serialised [`QuantSpec`].
+    pub inputs: Option<WeightSpecChoice>,
     /// KV-cache spec (not built yet: an error when set).
     pub kv: Option<WeightSpecChoice>,
     /// Weight bits (signed integer grid unless `asymmetric`; default 4).
@@ -196,11 +200,64 @@ pub fn weight_preset(name: &str) -> Result<QuantSpec> {
     Ok(spec)
 }
 
+/// Activation presets by name, for `[batch, seq, d_in]` linear inputs: `int{b}_tensor`
+/// (static per-tensor absmax), `int{b}_token` (dynamic per token), `fp8_e4m3_tensor`,
+/// `fp8_e4m3_token`, `mxfp8_e4m3`, `mxfp4`, `mxint8` (blocks of 32 along the features).
+pub fn activation_preset(name: &str) -> Result<QuantSpec> {
+    use burn_quant::{ScaleSource, ScaleStat};
+    // Groups along the features at least as long as any layer input: one scale per token.
+    const PER_TOKEN: Granularity = Granularity::PerGroup {
+        axis: 2,
+        size: usize::MAX >> 1,
+    };
+    let dynamic = |s: QuantSpec| {
+        s.with_granularity(PER_TOKEN)
+            .with_scale_source(ScaleSource::Dynamic(ScaleStat::AbsMax))
+    };
+    let fp8 = QuantSpec::fp8_e4m3_act_per_tensor();
+    let mx = |s: QuantSpec| {
+        s.with_axis(2)
+            .with_scale_source(ScaleSource::Dynamic(ScaleStat::AbsMax))
+    };
+    let spec = match name {
+        "fp8_e4m3_tensor" => fp8,
+        "fp8_e4m3_token" => dynamic(fp8),
+        "mxfp8_e4m3" => mx(QuantSpec::mxfp8_e4m3()),
+        "mxfp4" => mx(QuantSpec::mxfp4()),
+        "mxint8" => mx(QuantSpec::mxint8()),
+        other => {
+            let parsed = other
+                .strip_prefix("int")
+                .and_then(|r| r.split_once('_'))
+                .and_then(|(b, g)| {
+                    b.parse::<u8>()
+                        .ok()
+                        .filter(|b| (2..=16).contains(b))
+                        .map(|b| (b, g))
+                });
+            match parsed {
+                Some((b, "tensor")) => QuantSpec::int8_act_per_tensor().with_bits(b),
+                Some((b, "token")) => dynamic(QuantSpec::int8_act_per_tensor().with_bits(b)),
+                _ => {
+                    return Err(CliError::config(
+                        "inputs",
+                        name,
+                        "expected int{b}_tensor, int{b}_token, fp8_e4m3_tensor, fp8_e4m3_token, \
+                         mxfp8_e4m3, mxfp4 or mxint8",
+                    ));
+                }
+            }
+        }
+    };
+    Ok(spec)
+}
+
 impl Default for PtqLlmOptions {
     fn default() -> Self {
         Self {
             stage1: vec![],
             weights: None,
+            inputs: None,
             kv: None,
             weight_bits: None,
             group_size: None,
@@ -393,6 +450,9 @@ impl PtqLlmOptions {
                 if let Some(b) = self.input_bits {
                     l += &format!("A{b}");
                 }
+                if let Some(WeightSpecChoice::Preset(a)) = &self.inputs {
+                    l += &format!(" A:{a}");
+                }
                 l += &match self.group_size.unwrap_or(128) {
                     0 => " per-channel".to_string(),
                     g => format!(" g{g}"),
@@ -431,7 +491,7 @@ impl PtqLlmOptions {
     /// with quantized activations, the others without).
     pub fn quant_activations(&self) -> bool {
         self.use_quant_activations.unwrap_or_else(|| {
-            self.input_bits.is_some()
+            (self.input_bits.is_some() || self.inputs.is_some())
                 && matches!(self.algo.to_ascii_lowercase().as_str(), "gpfq" | "qronos")
         })
     }
@@ -455,6 +515,25 @@ impl PtqLlmOptions {
 
     /// The activation quantization these options select.
     pub fn input_quant(&self) -> Result<Option<InputQuant>> {
+        if let Some(choice) = &self.inputs {
+            if let Some(b) = self.input_bits {
+                return Err(CliError::config(
+                    "input_bits",
+                    b,
+                    "the activation spec is given in full by `inputs`; drop one of the two",
+                ));
+            }
+            let spec = match choice {
+                WeightSpecChoice::Preset(name) => activation_preset(name)?,
+                WeightSpecChoice::Full(spec) => *spec,
+            };
+            spec.validate().map_err(|source| CliError::Quant {
+                recipe: "ptq-llm".into(),
+                param: "inputs".into(),
+                source,
+            })?;
+            return Ok(Some(InputQuant::Spec(spec)));
+        }
         let Some(bits) = self.input_bits else {
             if self.use_quant_activations == Some(true) {
                 return Err(CliError::config(
@@ -718,7 +797,7 @@ impl PtqLlmSession {
                         &windows,
                         opts.batch_windows,
                     )?;
-                    if let InputQuant::PerTensorStatic { .. } = q {
+                    if q.is_static() {
                         input_calibration = Some(t.elapsed());
                     }
                     Ok(m)
@@ -1042,6 +1121,34 @@ mod tests {
         o("export = \"out.gguf\"\ngroup_size = 32\nf16_scales = true\n")
             .check()
             .unwrap();
+        // Activations by preset or in full, never beside the short fields.
+        let q = o("inputs = \"int4_token\"\n")
+            .input_quant()
+            .unwrap()
+            .unwrap();
+        assert!(!q.is_static());
+        let InputQuant::Spec(spec) = q else {
+            panic!("{q:?}")
+        };
+        assert_eq!(spec.format, Format::int(4));
+        assert_eq!(
+            spec.check_shape(&[2, 5, 576]).unwrap().cells(),
+            10,
+            "one scale per token"
+        );
+        assert!(
+            o("inputs = \"int8_tensor\"\n")
+                .input_quant()
+                .unwrap()
+                .unwrap()
+                .is_static()
+        );
+        assert!(o("inputs = \"mxfp4\"\n").input_quant().is_ok());
+        let e = o("inputs = \"int8_tensor\"\ninput_bits = 8\n")
+            .input_quant()
+            .unwrap_err();
+        assert!(e.to_string().contains("input_bits"), "{e}");
+        assert!(o("inputs = \"int8_channel\"\n").input_quant().is_err());
         // Brevitas calibrates GPFQ and Qronos on quantized activations whatever its flag says:
         // so does the default here, and an explicit choice wins.
         assert!(o("algo = \"qronos\"\ninput_bits = 8\n").quant_activations());

@@ -348,6 +348,10 @@ pub enum InputQuant {
         /// Bits of the signed integer grid.
         bits: u8,
     },
+    /// Any spec for the `[batch, seq, d_in]` inputs, used as given on every layer (a `Stats`
+    /// scale source is calibrated on the windows; per token is groups along axis 2 at least
+    /// `d_in` long).
+    Spec(QuantSpec),
 }
 
 impl InputQuant {
@@ -365,6 +369,18 @@ impl InputQuant {
                     size: d_in,
                 })
                 .with_scale_source(ScaleSource::Dynamic(ScaleStat::AbsMax)),
+            InputQuant::Spec(spec) => spec,
+        }
+    }
+
+    /// Whether the scales are static and must be calibrated.
+    pub fn is_static(self) -> bool {
+        match self {
+            InputQuant::PerTensorStatic { .. } => true,
+            InputQuant::PerTokenDynamic { .. } => false,
+            InputQuant::Spec(spec) => {
+                matches!(spec.scale.source, burn_quant_core::ScaleSource::Stats(_))
+            }
         }
     }
 }
@@ -391,7 +407,7 @@ pub fn quantize_inputs(
             )?;
         }
     }
-    if let InputQuant::PerTensorStatic { .. } = quant {
+    if quant.is_static() {
         if windows.is_empty() {
             return Err(LlmError::Calibration(
                 "static activation scales need calibration windows".into(),
@@ -575,6 +591,28 @@ mod tests {
             2,
         )
         .unwrap();
+        // The same two as full specs: a per-token spec (one group along the features longer
+        // than any input) and a static per-tensor one give exactly the same model.
+        let per_token = QuantSpec::int8_act_per_tensor()
+            .with_granularity(burn_quant_core::Granularity::PerGroup {
+                axis: 2,
+                size: 1 << 30,
+            })
+            .with_scale_source(burn_quant_core::ScaleSource::Dynamic(
+                burn_quant_core::ScaleStat::AbsMax,
+            ));
+        assert!(!InputQuant::Spec(per_token).is_static());
+        let dyn8_spec =
+            quantize_inputs(float.clone(), InputQuant::Spec(per_token), &[], 2).unwrap();
+        assert_eq!(rel(&dyn8_spec), rel(&dyn8));
+        let stat8_spec = quantize_inputs(
+            float.clone(),
+            InputQuant::Spec(QuantSpec::int8_act_per_tensor()),
+            &calib,
+            2,
+        )
+        .unwrap();
+        assert_eq!(rel(&stat8_spec), rel(&stat8));
         let (e_s8, e_d8, e_s4) = (rel(&stat8), rel(&dyn8), rel(&stat4));
         assert!(e_s8 > 0.0 && e_s8 < 0.05, "static int8 {e_s8}");
         assert!(
