@@ -502,6 +502,9 @@ impl QuantSpec {
             (_, ScaleSource::Const(_)) => {
                 return bad("a constant scale is not computed from a range".into());
             }
+            (_, source) if source.stat() == Some(ScaleStat::AbsMean) => {
+                return bad("absmean makes the mean the grid's step, not a range's end".into());
+            }
             (SymmetricScale::Mse { .. }, source)
                 if !matches!(
                     source.stat(),

@@ -319,6 +319,7 @@ fn conventions_that_cannot_apply_are_errors_naming_the_field() {
     assert!(
         msg(int4_group(32, neg).with_scale_source(ScaleSource::Const(0.5))).contains("constant")
     );
+    assert!(msg(int4_group(32, neg).with_stat(ScaleStat::AbsMean)).contains("absmean"));
     assert!(
         msg(int4_group(
             32,
