@@ -525,6 +525,49 @@ fn run_quickstart(args: &QuickstartArgs) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// A flag given with `--config` overrides the recipe's value; the recipe's other fields
+    /// stay; an invalid combination is refused before anything is loaded.
+    #[test]
+    fn ptq_llm_flags_override_the_recipe() {
+        let dir = std::env::temp_dir().join(format!("burnq-cli-recipe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("r.toml");
+        std::fs::write(
+            &path,
+            "algo = \"qronos\"\nweight_bits = 4\nweight_scale = \"mse\"\n",
+        )
+        .unwrap();
+        let args = |extra: &[&str]| {
+            let mut v = vec!["burnq", "ptq-llm", "--model", "m", "--config"];
+            v.push(path.to_str().unwrap());
+            v.extend_from_slice(extra);
+            match Cli::try_parse_from(v).expect("parses").command {
+                Some(Command::PtqLlm(a)) => a.options(),
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        let o = args(&["--weight-bits", "3", "--use-quant-activations", "false"]).unwrap();
+        assert_eq!(
+            (o.algo.as_str(), o.weight_bits, o.weight_scale.as_deref()),
+            ("qronos", Some(3), Some("mse"))
+        );
+        assert_eq!(o.use_quant_activations, Some(false));
+        let o = args(&["--algo", "gptq", "--static-groups", "true", "--no-kl"]).unwrap();
+        assert_eq!(
+            (o.algo.as_str(), o.static_groups, o.kl),
+            ("gptq", Some(true), false)
+        );
+        // `--weights` beside the recipe's short weight fields is an error, not a silent choice.
+        let e = args(&["--weights", "gguf_q4_0"]).unwrap_err().to_string();
+        assert!(e.contains("weight_bits"), "{e}");
+        let e = args(&["--export", "x.gguf"]).unwrap_err().to_string();
+        assert!(
+            e.contains("x.gguf"),
+            "a g128 spec has no ggml structure: {e}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     #[test]
     fn no_subcommand_and_quickstart_parse() {
         let cli = Cli::try_parse_from(["burnq"]).expect("parses");
