@@ -391,7 +391,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 .ok_or_else(|| {
                     CliError::config("model", "none", "give --model or `model` in the sweep file")
                 })?;
-            // Refuse a malformed grid before the model is loaded.
+            // Refuse a malformed base or grid before the model is loaded.
+            config.base_options()?;
             let cells = config.cells()?;
             let mut session = crate::ptq_llm::PtqLlmSession::open(
                 &model,

@@ -75,6 +75,14 @@ impl SweepConfig {
         crate::ptq_llm::read_recipe_file(path, "sweep")
     }
 
+    /// The base recipe alone (what the FP32 row is evaluated under); a base that is not a
+    /// recipe is an error naming `base`.
+    pub fn base_options(&self) -> Result<PtqLlmOptions> {
+        serde_json::to_value(&self.base)
+            .and_then(serde_json::from_value)
+            .map_err(|e| CliError::config("base", "table", e.to_string()))
+    }
+
     /// Every cell of the grid (the cartesian product of the axes, the last axis fastest). A
     /// cell whose merged recipe does not parse or check keeps its error. An axis that is not a
     /// list, or an empty one, is an error of the whole sweep.
@@ -166,10 +174,7 @@ pub fn run_sweep(
 ) -> Result<SweepReport> {
     let cells = config.cells()?;
     let axes = config.grid.keys().cloned().collect();
-    let base: PtqLlmOptions = serde_json::to_value(&config.base)
-        .ok()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default();
+    let base = config.base_options()?;
     let fp32 = if base.eval_float {
         Some(session.fp32_row(&base)?)
     } else {
@@ -530,6 +535,11 @@ mod tests {
         assert!(config("[grid]\nalgo = \"rtn\"\n").cells().is_err());
         assert!(config("[grid]\nalgo = []\n").cells().is_err());
         assert!(toml::from_str::<SweepConfig>("[grud]\n").is_err());
+        // A base that is not a recipe fails the sweep instead of falling back to defaults.
+        let e = config("[base]\nweight_bitz = 3\n")
+            .base_options()
+            .unwrap_err();
+        assert!(e.to_string().contains("base"), "{e}");
     }
 
     /// RTN ignores act-order, so those two cells share one run; GPTQ's differ.
