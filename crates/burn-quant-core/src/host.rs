@@ -858,6 +858,12 @@ fn percentile(v: &mut [f32], q: f32) -> f32 {
     *x
 }
 
+/// Nearest-rank percentile `q` of `|v|` (the range of a symmetric percentile statistic).
+fn abs_percentile(v: &[f32], q: f32) -> f32 {
+    let mut a: Vec<f32> = v.iter().map(|x| x.abs()).collect();
+    percentile(&mut a, q)
+}
+
 /// Sum of squared errors of fake-quantizing `v` with (s, z) and nearest-even rounding.
 fn sq_error(v: &[f32], format: &Format, s: f32, z: f32) -> f64 {
     v.iter()
@@ -878,10 +884,7 @@ pub fn cell_params(v: &[f32], spec: &QuantSpec, stat: ScaleStat) -> (f32, f32) {
         {
             // The statistic's range (validated: absmax, min-max or a percentile).
             let amax = match stat {
-                ScaleStat::Percentile { q } => {
-                    let mut a: Vec<f32> = v.iter().map(|x| x.abs()).collect();
-                    percentile(&mut a, q)
-                }
+                ScaleStat::Percentile { q } => abs_percentile(v, q),
                 _ => abs_max(v),
             };
             mse_symmetric_params(v, amax, spec, grid, min_ratio)
@@ -915,8 +918,7 @@ fn stat_params(v: &[f32], spec: &QuantSpec, stat: ScaleStat) -> (f32, f32) {
         }
         ScaleStat::Percentile { q } => {
             if sym {
-                let mut a: Vec<f32> = v.iter().map(|x| x.abs()).collect();
-                let p = percentile(&mut a, q);
+                let p = abs_percentile(v, q);
                 let (lo, hi) = min_max(v);
                 symmetric_params(p, hi > -lo, spec)
             } else {
