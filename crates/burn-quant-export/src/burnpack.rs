@@ -316,29 +316,23 @@ pub fn burn_value(format: &Format) -> std::result::Result<QuantValue, String> {
 
 /// The narrowest Burn integer value type whose range holds the codes `lo..=hi`.
 fn burn_int_value(lo: i32, hi: i32) -> std::result::Result<QuantValue, String> {
-    {
-        {
-            // Narrowest first; at equal width the symmetric range, which Burn's own quantizer
-            // would also pick for a narrow grid.
-            const CANDIDATES: [QuantValue; 6] = [
-                QuantValue::Q2S,
-                QuantValue::Q2F,
-                QuantValue::Q4S,
-                QuantValue::Q4F,
-                QuantValue::Q8S,
-                QuantValue::Q8F,
-            ];
-            CANDIDATES
-                .into_iter()
-                .find(|v| {
-                    let (a, b) = int_range(*v);
-                    a <= lo && hi <= b
-                })
-                .ok_or_else(|| {
-                    format!("codes {lo}..={hi} need more than Burn's signed 8-bit values hold")
-                })
-        }
-    }
+    // Narrowest first; at equal width the symmetric range, which Burn's own quantizer would
+    // also pick for a narrow grid.
+    const CANDIDATES: [QuantValue; 6] = [
+        QuantValue::Q2S,
+        QuantValue::Q2F,
+        QuantValue::Q4S,
+        QuantValue::Q4F,
+        QuantValue::Q8S,
+        QuantValue::Q8F,
+    ];
+    CANDIDATES
+        .into_iter()
+        .find(|v| {
+            let (a, b) = int_range(*v);
+            a <= lo && hi <= b
+        })
+        .ok_or_else(|| format!("codes {lo}..={hi} need more than Burn's signed 8-bit values hold"))
 }
 
 /// Integer code range of an integer Burn value type.
