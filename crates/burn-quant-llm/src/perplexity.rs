@@ -366,35 +366,17 @@ fn report(window_nll: Vec<f64>, cfg: &PerplexityConfig) -> PerplexityReport {
     }
 }
 
-/// [`token_divergence`] of every row of `vocab` logits, rows split over the available cores.
+/// [`token_divergence`] of every row of `vocab` logits, rows in parallel on rayon's pool (one
+/// scratch row per task), in row order.
 fn token_divergences(logits: &[f32], reference: &[f32], vocab: usize) -> Vec<TokenDivergence> {
-    let rows = logits.len() / vocab;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(rows.max(1));
-    let per_thread = rows.div_ceil(threads) * vocab;
-    if threads <= 1 {
-        return rows_divergence(logits, reference, vocab);
-    }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = logits
-            .chunks(per_thread)
-            .zip(reference.chunks(per_thread))
-            .map(|(q, r)| scope.spawn(move || rows_divergence(q, r, vocab)))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("the divergence loop does not panic"))
-            .collect()
-    })
-}
-
-fn rows_divergence(logits: &[f32], reference: &[f32], vocab: usize) -> Vec<TokenDivergence> {
-    let mut scratch = vec![0f64; vocab];
+    use rayon::prelude::*;
     logits
-        .chunks_exact(vocab)
-        .zip(reference.chunks_exact(vocab))
-        .map(|(q, r)| token_divergence(q, r, &mut scratch))
+        .par_chunks_exact(vocab)
+        .zip(reference.par_chunks_exact(vocab))
+        .map_init(
+            || vec![0f64; vocab],
+            |scratch, (q, r)| token_divergence(q, r, scratch),
+        )
         .collect()
 }
 
