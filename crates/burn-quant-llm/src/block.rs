@@ -7,7 +7,8 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 use burn_quant_core::QuantSpec;
-use burn_quant_nn::{QuantLinear, QuantizerConfig, QuantizerRole};
+use burn_quant_nn::{QuantLinear, Quantizer, QuantizerConfig, QuantizerRole};
+use burn_quant_ptq::stage1::Rotation;
 
 use crate::error::{LlmError, Result};
 use crate::norm::RmsNorm;
@@ -151,6 +152,21 @@ pub struct LlamaAttention {
     pub n_kv_heads: usize,
     /// Width of one head.
     pub head_dim: usize,
+    /// Quantizer of the keys after RoPE (and the query/key rotation), `[batch, n_kv_heads,
+    /// seq, head_dim]`: what the key cache holds.
+    pub key_quant: Option<Quantizer>,
+    /// Quantizer of the values, `[batch, n_kv_heads, seq, head_dim]`: what the value cache
+    /// holds.
+    pub value_quant: Option<Quantizer>,
+    /// Quantizer of the queries after RoPE (and the query/key rotation), `[batch, n_heads,
+    /// seq, head_dim]` (attention-input quantization).
+    pub query_quant: Option<Quantizer>,
+    /// Online rotation of every query and key head after RoPE (QuaRot's R3).
+    #[module(skip)]
+    pub qk_rotation: Option<Rotation>,
+    /// Online rotation of the concatenated heads before `o_proj` (HIP).
+    #[module(skip)]
+    pub attn_out_rotation: Option<Rotation>,
 }
 
 impl LlamaAttention {
@@ -171,6 +187,19 @@ impl LlamaAttention {
         let v = heads(self.v_proj.try_forward(h)?, nkv);
         let q = rope.apply(q, offset)?;
         let k = rope.apply(k, offset)?;
+        let (q, k) = match &self.qk_rotation {
+            Some(r) => (r.apply_tensor(q)?, r.apply_tensor(k)?),
+            None => (q, k),
+        };
+        let quant = |q: &Option<Quantizer>, x: Tensor<4>| -> Result<Tensor<4>> {
+            Ok(match q {
+                Some(q) => q.try_forward(x)?,
+                None => x,
+            })
+        };
+        let q = quant(&self.query_quant, q)?;
+        let k = quant(&self.key_quant, k)?;
+        let v = quant(&self.value_quant, v)?;
         let (k, v) = match cache {
             Some(c) => c.append(k, v),
             None => (k, v),
@@ -186,6 +215,7 @@ impl LlamaAttention {
         let ctx = attention(q, k, v, None, None, options)
             .swap_dims(1, 2)
             .reshape([b, s, nh * hd]);
+        let ctx = rotate(&self.attn_out_rotation, ctx)?;
         see(InputSite::AttnOut, &ctx);
         Ok(self.o_proj.try_forward(ctx)?)
     }
@@ -213,17 +243,25 @@ pub struct LlamaMlp {
     pub up_proj: QuantLinear,
     /// Down projection, `[d_ff, d_model]`.
     pub down_proj: QuantLinear,
+    /// Online rotation of the gated product before `down_proj` (QuaRot's R4, HIP).
+    #[module(skip)]
+    pub down_rotation: Option<Rotation>,
 }
 
 impl LlamaMlp {
+    /// The input of `down_proj`: `silu(gate(h)) · up(h)`, rotated online if the block says so.
+    pub(crate) fn down_input(&self, h: Tensor<3>) -> Result<Tensor<3>> {
+        let gate = self.gate_proj.try_forward(h.clone())?;
+        let up = self.up_proj.try_forward(h)?;
+        rotate(&self.down_rotation, silu(gate) * up)
+    }
+
     fn forward(
         &self,
         h: Tensor<3>,
         see: &mut dyn FnMut(InputSite, &Tensor<3>),
     ) -> Result<Tensor<3>> {
-        let gate = self.gate_proj.try_forward(h.clone())?;
-        let up = self.up_proj.try_forward(h)?;
-        let a = silu(gate) * up;
+        let a = self.down_input(h)?;
         see(InputSite::Down, &a);
         Ok(self.down_proj.try_forward(a)?)
     }
@@ -240,6 +278,12 @@ pub struct DecoderBlock {
     pub post_attention_layernorm: RmsNorm,
     /// Feed-forward network.
     pub mlp: LlamaMlp,
+    /// Online rotation of the normalized input of q/k/v (HIP).
+    #[module(skip)]
+    pub qkv_rotation: Option<Rotation>,
+    /// Online rotation of the normalized input of gate/up (HIP).
+    #[module(skip)]
+    pub gate_up_rotation: Option<Rotation>,
 }
 
 impl DecoderBlock {
@@ -291,13 +335,53 @@ impl DecoderBlock {
                 o(site, t)
             }
         };
-        let h = self.input_layernorm.forward(x.clone());
+        let h = self.attention_input(x.clone())?;
         see(InputSite::Qkv, &h);
         let x = x + self.self_attn.forward(h, rope, cache, &mut see)?;
-        let h = self.post_attention_layernorm.forward(x.clone());
+        let h = self.mlp_input(x.clone())?;
         see(InputSite::GateUp, &h);
         let m = self.mlp.forward(h, &mut see)?;
         Ok(x + m)
+    }
+
+    /// The input of q/k/v: the normalized block input, rotated online if the block says so.
+    pub(crate) fn attention_input(&self, x: Tensor<3>) -> Result<Tensor<3>> {
+        rotate(&self.qkv_rotation, self.input_layernorm.forward(x))
+    }
+
+    /// The input of gate/up: the normalized residual after attention, rotated online if the
+    /// block says so.
+    pub(crate) fn mlp_input(&self, x: Tensor<3>) -> Result<Tensor<3>> {
+        rotate(&self.gate_up_rotation, self.post_attention_layernorm.forward(x))
+    }
+
+    /// The online rotation at `site`, if any.
+    pub fn site_rotation(&self, site: InputSite) -> Option<&Rotation> {
+        match site {
+            InputSite::Qkv => self.qkv_rotation.as_ref(),
+            InputSite::AttnOut => self.self_attn.attn_out_rotation.as_ref(),
+            InputSite::GateUp => self.gate_up_rotation.as_ref(),
+            InputSite::Down => self.mlp.down_rotation.as_ref(),
+        }
+    }
+
+    /// The online rotation slot at `site`, mutably.
+    pub fn site_rotation_mut(&mut self, site: InputSite) -> &mut Option<Rotation> {
+        match site {
+            InputSite::Qkv => &mut self.qkv_rotation,
+            InputSite::AttnOut => &mut self.self_attn.attn_out_rotation,
+            InputSite::GateUp => &mut self.gate_up_rotation,
+            InputSite::Down => &mut self.mlp.down_rotation,
+        }
+    }
+
+    /// Whether any online transform (rotation of a site or of queries/keys) is set: such a
+    /// block computes something a plain Llama runtime (llama.cpp) does not.
+    pub fn has_online_rotations(&self) -> bool {
+        InputSite::ALL
+            .iter()
+            .any(|s| self.site_rotation(*s).is_some())
+            || self.self_attn.qk_rotation.is_some()
     }
 
     /// The linear layer in `slot`.
@@ -352,6 +436,14 @@ impl DecoderBlock {
         layer.weight_quant = weight_quantizer(spec, &layer.weight.dims(), &device)?;
         Ok(())
     }
+}
+
+/// Applies an optional online rotation to the last axis.
+fn rotate<const D: usize>(rotation: &Option<Rotation>, x: Tensor<D>) -> Result<Tensor<D>> {
+    Ok(match rotation {
+        Some(r) => r.apply_tensor(x)?,
+        None => x,
+    })
 }
 
 /// A weight quantizer for a weight of `shape`, sized the way `QuantLinearConfig` sizes it.

@@ -42,6 +42,7 @@ pub mod perplexity;
 pub mod pipeline;
 pub mod rng;
 pub mod rope;
+pub mod stage1;
 pub mod tokenizer;
 
 pub use block::{

@@ -140,13 +140,21 @@ impl LlamaModel {
                     n_heads: hp.num_attention_heads,
                     n_kv_heads: hp.num_key_value_heads,
                     head_dim: hd,
+                    key_quant: None,
+                    value_quant: None,
+                    query_quant: None,
+                    qk_rotation: None,
+                    attn_out_rotation: None,
                 },
                 post_attention_layernorm: norm("post_attention_layernorm")?,
                 mlp: LlamaMlp {
                     gate_proj,
                     up_proj,
                     down_proj,
+                    down_rotation: None,
                 },
+                qkv_rotation: None,
+                gate_up_rotation: None,
             });
         }
         let norm_w = source("model.norm.weight")?.ok_or(LlmError::MissingTensor {

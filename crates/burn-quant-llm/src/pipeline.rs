@@ -280,7 +280,7 @@ impl SiteState {
     ) -> Result<Tensor<3>> {
         match site {
             InputSite::Qkv => {
-                let h = block.input_layernorm.forward(self.x.clone());
+                let h = block.attention_input(self.x.clone())?;
                 self.h = Some(h.clone());
                 Ok(h)
             }
@@ -300,16 +300,14 @@ impl SiteState {
             InputSite::GateUp => {
                 let ctx = self.ctx.clone().ok_or_else(order_error)?;
                 let x_attn = self.x.clone() + block.self_attn.o_proj.try_forward(ctx)?;
-                let h2 = block.post_attention_layernorm.forward(x_attn.clone());
+                let h2 = block.mlp_input(x_attn.clone())?;
                 self.x_attn = Some(x_attn);
                 self.h2 = Some(h2.clone());
                 Ok(h2)
             }
             InputSite::Down => {
                 let h2 = self.h2.clone().ok_or_else(order_error)?;
-                let gate = block.mlp.gate_proj.try_forward(h2.clone())?;
-                let up = block.mlp.up_proj.try_forward(h2)?;
-                let act = burn::tensor::activation::silu(gate) * up;
+                let act = block.mlp.down_input(h2)?;
                 self.act = Some(act.clone());
                 Ok(act)
             }

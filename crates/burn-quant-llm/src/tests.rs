@@ -3,6 +3,7 @@
 
 mod compare;
 mod real;
+mod stage1;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -68,6 +68,17 @@ pub enum PtqError {
         /// Why.
         reason: String,
     },
+    /// A Stage-1 transform cannot act on a region as the model declared it (an unknown path,
+    /// a norm that must be folded first, widths that do not match).
+    #[error("Stage 1 `{transform}` on `{path}`: {reason}")]
+    Region {
+        /// The transform (`smoothquant`, `rotate_residual`, …).
+        transform: &'static str,
+        /// The parameter path or site it was acting on.
+        path: String,
+        /// Why it cannot.
+        reason: String,
+    },
     /// An error of the quantization core (spec validation, shapes, scales).
     #[error(transparent)]
     Quant(#[from] QuantError),

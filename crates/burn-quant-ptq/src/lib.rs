@@ -50,6 +50,7 @@ pub mod linalg;
 pub mod qronos;
 mod quantizer;
 pub mod rtn;
+pub mod stage1;
 mod sequential;
 pub mod stats;
 #[cfg(test)]
