@@ -90,10 +90,21 @@ pub struct PtqLlmArgs {
     /// GGUF file with tokenizer.json beside it.
     #[arg(long)]
     pub model: std::path::PathBuf,
-    /// A TOML or JSON recipe with the fields of the flags (snake_case) plus `stage1`,
-    /// `weights` (a preset name or a full spec) and `kv`.
+    /// A TOML or JSON recipe with the fields of the flags (snake_case); `stage1`, `weights`,
+    /// `inputs` and `kv` also take tables (full steps and specs).
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
+    /// A Stage 1 step, repeatable, applied in the order given (replaces the recipe's list):
+    /// fold_norms, smoothquant[:alpha], rotate_residual, rotate_heads, rotate_down,
+    /// rotate_qk, quarot, hip (each [:had|:ort]), magr[:alpha].
+    #[arg(long)]
+    pub stage1: Vec<String>,
+    /// KV-cache quantization, one dynamic scale per head and token: int4, int8 or fp8_e4m3.
+    #[arg(long)]
+    pub kv: Option<String>,
+    /// Also quantize the attention queries with the key spec (needs --kv).
+    #[arg(long)]
+    pub quant_queries: bool,
     /// Weight bits [default: 4].
     #[arg(long)]
     pub weight_bits: Option<u8>,
@@ -192,6 +203,21 @@ impl PtqLlmArgs {
             }
         }
         let on = |b: bool| b.then_some(true);
+        if !self.stage1.is_empty() {
+            o.stage1 = self
+                .stage1
+                .iter()
+                .cloned()
+                .map(burn_quant_llm::stage1::Stage1Entry::Name)
+                .collect();
+        }
+        set_opt(
+            &mut o.kv,
+            &self.kv.clone().map(crate::ptq_llm::KvChoice::Preset),
+        );
+        if self.quant_queries {
+            o.quant_queries = true;
+        }
         set_opt(&mut o.weight_bits, &self.weight_bits);
         set_opt(&mut o.group_size, &self.group_size);
         set_opt(&mut o.asymmetric, &on(self.asymmetric));

@@ -10,6 +10,7 @@ use burn_quant::{
     Format, Granularity, QuantSpec, ScaleQuant, ScaleRestriction, ScaleStat, SymmetricScale,
 };
 use burn_quant_llm::pipeline::InputQuant;
+use burn_quant_llm::stage1::{KvQuant, Stage1Entry, Stage1Step, apply_stage1, quantize_kv};
 use burn_quant_llm::{
     CalibrationConfig, LlamaModel, LlamaTokenizer, PerplexityConfig, PtqConfig,
     calibration_windows_from_text, compare_with_reference_of_text, load_with_tokenizer,
@@ -29,9 +30,10 @@ use crate::table;
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PtqLlmOptions {
-    /// Stage 1 transforms, in order (none exist yet: any entry is an error until the Stage 1
-    /// issue adds them).
-    pub stage1: Vec<String>,
+    /// Stage 1 transforms, applied in order to the float model before anything else: names
+    /// (`smoothquant`, `hip`, `quarot:ort`, `smoothquant:0.8`, …) or tables
+    /// (`{ smoothquant = { alpha = 0.8 } }`), see [`Stage1Step`].
+    pub stage1: Vec<Stage1Entry>,
     /// The weight spec in full, instead of the short fields: a preset name
     /// ([`weight_preset`]) or a serialised [`QuantSpec`] (Burn `[d_in, d_out]` layout).
     pub weights: Option<WeightSpecChoice>,
@@ -39,8 +41,13 @@ pub struct PtqLlmOptions {
     /// `input_bits` / `input_granularity` / `input_stat`: a preset name
     /// ([`activation_preset`]) or a serialised [`QuantSpec`].
     pub inputs: Option<WeightSpecChoice>,
-    /// KV-cache spec (not built yet: an error when set).
-    pub kv: Option<WeightSpecChoice>,
+    /// Keys and values as the KV cache holds them (after RoPE): a preset (`int4`, `int8`,
+    /// `fp8_e4m3`, one dynamic scale per head and token) or full specs
+    /// (`{ keys = {…}, values = {…} }` on `[batch, heads, seq, head_dim]`, dynamic scales).
+    pub kv: Option<KvChoice>,
+    /// Also quantize the attention queries, with the key spec (attention-input
+    /// quantization; needs `kv`).
+    pub quant_queries: bool,
     /// Weight bits (signed integer grid unless `asymmetric`; default 4).
     pub weight_bits: Option<u8>,
     /// Group size along the input axis; 0 = one scale per output channel (default 128).
@@ -114,6 +121,21 @@ pub fn read_recipe_file<T: serde::de::DeserializeOwned>(
     } else {
         toml::from_str(&text).map_err(|e| bad(e.to_string()))
     }
+}
+
+/// KV-cache specs by preset name or in full.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum KvChoice {
+    /// `int4`, `int8` or `fp8_e4m3`, per head and token ([`KvQuant::preset`]).
+    Preset(String),
+    /// Specs of keys and values on `[batch, heads, seq, head_dim]` (dynamic scales).
+    Full {
+        /// Keys.
+        keys: QuantSpec,
+        /// Values.
+        values: QuantSpec,
+    },
 }
 
 /// A spec given by preset name or in full.
@@ -259,6 +281,7 @@ impl Default for PtqLlmOptions {
             weights: None,
             inputs: None,
             kv: None,
+            quant_queries: false,
             weight_bits: None,
             group_size: None,
             asymmetric: None,
@@ -301,21 +324,8 @@ impl PtqLlmOptions {
     /// activations, Stage 1 list, KV spec and the export target (a weight spec without a ggml
     /// structure is refused here, not after the PTQ).
     pub fn check(&self) -> Result<()> {
-        if let Some(t) = self.stage1.first() {
-            return Err(CliError::config(
-                "stage1",
-                t,
-                "no Stage 1 transform exists yet (SmoothQuant, rotations and MagR are the next \
-                 issue); leave the list empty",
-            ));
-        }
-        if let Some(kv) = &self.kv {
-            return Err(CliError::config(
-                "kv",
-                format!("{kv:?}"),
-                "KV-cache quantization is not built yet (it comes with the Stage 1 issue)",
-            ));
-        }
+        let steps = self.stage1_steps()?;
+        self.kv_quant()?;
         let spec = self.weight_spec()?;
         self.algorithm()?;
         self.input_quant()?;
@@ -324,8 +334,57 @@ impl PtqLlmOptions {
                 what: out.display().to_string(),
                 source,
             })?;
+            if let Some(step) = steps.iter().find(|s| s.has_online_rotation()) {
+                return Err(CliError::config(
+                    "export",
+                    out.display(),
+                    format!(
+                        "Stage 1 `{}` rotates activations online, which a llama.cpp GGUF cannot \
+                         express; fused steps (fold_norms, smoothquant, rotate_residual, \
+                         rotate_heads, magr) export",
+                        step.label()
+                    ),
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// The Stage 1 steps of the recipe, in order.
+    pub fn stage1_steps(&self) -> Result<Vec<Stage1Step>> {
+        self.stage1
+            .iter()
+            .map(|e| {
+                e.step()
+                    .map_err(|err| CliError::config("stage1", format!("{e:?}"), err.to_string()))
+            })
+            .collect()
+    }
+
+    /// The KV-cache (and query) quantization of the recipe, if any.
+    pub fn kv_quant(&self) -> Result<Option<KvQuant>> {
+        let llm = |e: burn_quant_llm::LlmError| {
+            CliError::config("kv", format!("{:?}", self.kv), e.to_string())
+        };
+        let kv = match &self.kv {
+            None if self.quant_queries => {
+                return Err(CliError::config(
+                    "quant_queries",
+                    true,
+                    "queries are quantized with the key spec: set `kv` too",
+                ));
+            }
+            None => return Ok(None),
+            Some(KvChoice::Preset(name)) => KvQuant::preset(name).map_err(llm)?,
+            Some(KvChoice::Full { keys, values }) => KvQuant {
+                keys: *keys,
+                values: *values,
+                queries: None,
+            },
+        };
+        let kv = if self.quant_queries { kv.with_queries() } else { kv };
+        kv.validate().map_err(llm)?;
+        Ok(Some(kv))
     }
 
     /// The weight spec these options describe (Burn layout: groups along axis 0, channels on
@@ -441,7 +500,14 @@ impl PtqLlmOptions {
 
     /// A short name of the recipe, e.g. `gptq W4 g128 neg-qmin act-order`.
     pub fn label(&self) -> String {
-        let mut l = self.algo.clone();
+        let mut l = String::new();
+        for e in &self.stage1 {
+            match e.step() {
+                Ok(s) => l += &format!("{} + ", s.label()),
+                Err(_) => l += "? + ",
+            }
+        }
+        l += &self.algo;
         match &self.weights {
             Some(WeightSpecChoice::Preset(name)) => l += &format!(" {name}"),
             Some(WeightSpecChoice::Full(spec)) => l += &format!(" [{spec}]"),
@@ -482,6 +548,14 @@ impl PtqLlmOptions {
         }
         if self.use_quant_activations == Some(true) {
             l += " qact";
+        }
+        match &self.kv {
+            Some(KvChoice::Preset(p)) => l += &format!(" KV:{p}"),
+            Some(KvChoice::Full { .. }) => l += " KV:spec",
+            None => {}
+        }
+        if self.quant_queries {
+            l += " +Q";
         }
         l
     }
@@ -582,6 +656,9 @@ pub struct PtqLlmRow {
     /// Fraction of scored tokens whose top-1 token equals the FP32 model's, with its standard
     /// error, when measured.
     pub top1: Option<(f64, f64)>,
+    /// Time of the Stage 1 transforms (calibration passes included), part of
+    /// `quantize_time`.
+    pub stage1_time: Duration,
 }
 
 /// The report of a `ptq-llm` run.
@@ -589,6 +666,8 @@ pub struct PtqLlmRow {
 pub struct PtqLlmReport {
     /// FP32 (if evaluated) and the quantized model.
     pub rows: Vec<PtqLlmRow>,
+    /// Each Stage 1 step with its time.
+    pub stage1: Vec<(String, Duration)>,
     /// Time split of the quantization (forward passes, statistics, algorithm).
     pub timings: burn_quant_llm::PtqTimings,
     /// Time spent calibrating static activation scales (`None` without them: float or
@@ -631,6 +710,9 @@ impl std::fmt::Display for PtqLlmReport {
             ],
             &rows,
         ))?;
+        for (step, time) in &self.stage1 {
+            writeln!(f, "stage 1: {step} in {:.1} s", time.as_secs_f64())?;
+        }
         let t = &self.timings;
         writeln!(
             f,
@@ -750,6 +832,7 @@ impl PtqLlmSession {
             weight_bytes: weight_bytes(&self.model, None)?,
             kl: opts.kl.then_some((0.0, 0.0)),
             top1: opts.kl.then_some((1.0, 0.0)),
+            stage1_time: Duration::ZERO,
         };
         self.fp32.push((opts.eval_windows, row.clone()));
         Ok(row)
@@ -784,6 +867,13 @@ impl PtqLlmSession {
             batch_windows: opts.batch_windows,
         };
         let mut model = self.model.clone();
+        let stage1 = apply_stage1(
+            &mut model,
+            &opts.stage1_steps()?,
+            &windows,
+            opts.batch_windows,
+        )?;
+        let kv = opts.kv_quant()?;
         // Activation quantizers: before the weights when the weight algorithm should see them
         // (static scales then come from the float model, as in Brevitas), after them otherwise.
         let mut input_calibration = None;
@@ -804,6 +894,12 @@ impl PtqLlmSession {
                 }
                 None => Ok(model),
             }
+            .and_then(|mut m| {
+                if let Some(kv) = &kv {
+                    quantize_kv(&mut m, kv)?;
+                }
+                Ok(m)
+            })
         };
         if opts.quant_activations() {
             model = attach_inputs(model)?;
@@ -839,6 +935,7 @@ impl PtqLlmSession {
             weight_bytes: weight_bytes(&model, Some(&spec))?,
             kl,
             top1,
+            stage1_time: stage1.iter().map(|t| t.time).sum(),
         });
         if let Some(out) = &opts.export {
             export_gguf(&model, &result.weights, &self.model_path, &spec, out)?;
@@ -850,6 +947,7 @@ impl PtqLlmSession {
             .count();
         Ok(PtqLlmReport {
             rows,
+            stage1: stage1.into_iter().map(|t| (t.step, t.time)).collect(),
             timings: result.timings,
             input_calibration,
             peak_rss: peak_rss(),
@@ -893,6 +991,14 @@ pub fn export_gguf(
         source,
     };
     let ty = ggml_type_of(spec).map_err(gguf_err)?;
+    if model.has_online_rotations() {
+        return Err(CliError::config(
+            "export",
+            out.display(),
+            "the model rotates activations online (HIP, QuaRot's R3/R4), which a llama.cpp \
+             GGUF cannot express",
+        ));
+    }
     let tokenizer = if model_path.is_dir() {
         GgufTokenizer::from_hf_dir(model_path, &TokenizerOptions::default()).map_err(llama_err)?
     } else {
@@ -1095,10 +1201,41 @@ mod tests {
         assert!(chain.contains("scale.symmetric"), "{chain}");
         let e = o("weight_scale = \"biggest\"\n").weight_spec().unwrap_err();
         assert!(e.to_string().contains("weight_scale"), "{e}");
-        let e = o("stage1 = [\"smoothquant\"]\n").check().unwrap_err();
+        // Stage 1 by name or by table, in order; bad entries name the field.
+        let r = o("stage1 = [\"quarot\", { smoothquant = { alpha = 0.6 } }]\nalgo = \"rtn\"\n");
+        r.check().unwrap();
+        let steps = r.stage1_steps().unwrap();
+        assert_eq!(steps.len(), 2);
+        assert_eq!(steps[1].label(), "smoothquant α=0.6");
+        assert!(r.label().starts_with("quarot + smoothquant α=0.6 + rtn"), "{}", r.label());
+        let e = o("stage1 = [\"smoothquant:3\"]\n").check().unwrap_err();
         assert!(e.to_string().contains("stage1"), "{e}");
+        let e = o("stage1 = [\"awq\"]\n").check().unwrap_err();
+        assert!(e.to_string().contains("stage1"), "{e}");
+        // KV by preset or in full (dynamic only); queries need a KV spec.
+        let kv = o("kv = \"int4\"\nquant_queries = true\n").kv_quant().unwrap().unwrap();
+        assert_eq!(kv.keys.format, Format::int(4));
+        assert_eq!(kv.queries, Some(kv.keys));
         let e = o("kv = \"int8_channel\"\n").check().unwrap_err();
         assert!(e.to_string().contains("kv"), "{e}");
+        let e = o("quant_queries = true\n").check().unwrap_err();
+        assert!(e.to_string().contains("quant_queries"), "{e}");
+        let full = QuantSpec::int8_act_per_tensor();
+        let json = format!(
+            "{{\"kv\": {{\"keys\": {0}, \"values\": {0}}}}}",
+            serde_json::to_string(&full).unwrap()
+        );
+        let static_kv: PtqLlmOptions = serde_json::from_str(&json).unwrap();
+        let e = static_kv.check().unwrap_err();
+        assert!(e.to_string().contains("dynamic"), "{e}");
+        // A GGUF cannot hold online rotations: refused before anything runs.
+        let e = o("stage1 = [\"hip\"]\nexport = \"out.gguf\"\ngroup_size = 32\nf16_scales = true\n")
+            .check()
+            .unwrap_err();
+        assert!(e.to_string().contains("online"), "{e}");
+        o("stage1 = [\"rotate_residual\", \"smoothquant\"]\nexport = \"out.gguf\"\ngroup_size = 32\nf16_scales = true\n")
+            .check()
+            .unwrap();
         let e = o("algo = \"gptq\"\nqronos_alpha = 1e-6\n")
             .check()
             .unwrap_err();

@@ -131,7 +131,19 @@ impl SweepConfig {
             // FP32 is evaluated once for the whole sweep.
             map.insert("eval_float".into(), Value::Bool(false));
             for (name, v) in &picked {
-                map.insert(name.clone(), v.clone());
+                match (name.as_str(), v) {
+                    // A `case` sets several fields at once; its `name` labels it.
+                    (CASE_AXIS, Value::Object(fields)) => {
+                        for (f, fv) in fields {
+                            if f != "name" {
+                                map.insert(f.clone(), fv.clone());
+                            }
+                        }
+                    }
+                    _ => {
+                        map.insert(name.clone(), v.clone());
+                    }
+                }
             }
             let options = serde_json::from_value::<PtqLlmOptions>(recipe)
                 .map_err(|e| e.to_string())
@@ -139,16 +151,32 @@ impl SweepConfig {
             let axes = picked
                 .into_iter()
                 .map(|(n, v)| {
-                    let text = match v {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    };
+                    let text = axis_text(&v);
                     (n, text)
                 })
                 .collect();
             cells.push(SweepCell { axes, options });
         }
         Ok(cells)
+    }
+}
+
+/// The axis whose values are tables of recipe fields set together (`grid.case = [{ name =
+/// "W3", weight_bits = 3 }, { name = "W4A4 KV4", inputs = "int4_token", kv = "int4" }]`).
+pub const CASE_AXIS: &str = "case";
+
+/// How an axis value reads in the table: strings bare, lists joined with `+` (`[]` is
+/// `none`), a case by its `name`.
+fn axis_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) if items.is_empty() => "none".into(),
+        Value::Array(items) => items.iter().map(axis_text).collect::<Vec<_>>().join("+"),
+        Value::Object(map) => match map.get("name") {
+            Some(Value::String(n)) => n.clone(),
+            _ => v.to_string(),
+        },
+        other => other.to_string(),
     }
 }
 
@@ -225,6 +253,7 @@ fn effective_key(o: &PtqLlmOptions) -> Option<String> {
             o.weight_spec().ok()?,
             o.input_quant().ok()?,
             o.quant_activations(),
+            (o.stage1_steps().ok()?, o.kv_quant().ok()?),
             (o.calib_windows, o.calib_window, o.seed, o.batch_windows),
             (o.eval_windows, o.kl, &o.export),
         )
@@ -249,6 +278,7 @@ impl SweepReport {
                 "perplexity",
                 "KL vs FP32",
                 "same top-1",
+                "stage 1 s",
                 "quantize s",
                 "eval s",
             ]
@@ -269,7 +299,7 @@ impl SweepReport {
                 Ok(r) => cells.extend(row_cells(r)),
                 Err(e) => {
                     cells.push(format!("failed: {}", e.replace('|', "/")));
-                    cells.extend(["", "", "", ""].map(String::from));
+                    cells.extend(["", "", "", "", ""].map(String::from));
                 }
             }
             writeln!(out, "| {} |", cells.join(" | ")).expect("String");
@@ -289,6 +319,7 @@ impl SweepReport {
                 "kl_stderr",
                 "top1",
                 "top1_stderr",
+                "stage1_s",
                 "quantize_s",
                 "eval_s",
                 "error",
@@ -308,13 +339,14 @@ impl SweepReport {
                         opt(r.kl.map(|k| k.1)),
                         opt(r.top1.map(|k| k.0)),
                         opt(r.top1.map(|k| k.1)),
+                        format!("{:.3}", r.stage1_time.as_secs_f64()),
                         format!("{:.3}", r.quantize_time.as_secs_f64()),
                         format!("{:.3}", r.eval_time.as_secs_f64()),
                         String::new(),
                     ]);
                 }
                 Err(e) => {
-                    cells.extend(std::iter::repeat_n(String::new(), 7));
+                    cells.extend(std::iter::repeat_n(String::new(), 8));
                     cells.push(quote(e));
                 }
             }
@@ -543,6 +575,35 @@ mod tests {
     }
 
     /// RTN ignores act-order, so those two cells share one run; GPTQ's differ.
+    /// A `case` axis sets several fields at once and is labelled by its name; a Stage 1 list
+    /// is an axis like any other (`[]` reads `none`), and it is part of a cell's key.
+    #[test]
+    fn cases_and_stage1_lists_are_axes() {
+        let c = config(
+            "[base]\nweight_bits = 3\n[grid]\nstage1 = [[], [\"smoothquant\"], [\"hip\", \"rotate_qk\"]]\ncase = [{ name = \"W3\" }, { name = \"W4A4 KV4\", weight_bits = 4, inputs = \"int4_token\", kv = \"int4\" }]\n",
+        );
+        let cells = c.cells().unwrap();
+        assert_eq!(cells.len(), 6);
+        // Axes in alphabetical order: case, then stage1 (fastest).
+        let labels: Vec<String> = cells.iter().map(|c| describe(&c.axes)).collect();
+        assert_eq!(labels[0], "case=W3 stage1=none");
+        assert_eq!(labels[5], "case=W4A4 KV4 stage1=hip+rotate_qk");
+        let o = cells[5].options.as_ref().unwrap();
+        assert_eq!(o.weight_bits, Some(4));
+        assert!(o.kv_quant().unwrap().is_some());
+        assert_eq!(o.stage1_steps().unwrap().len(), 2);
+        assert_eq!(cells[0].options.as_ref().unwrap().weight_bits, Some(3));
+        let keys: Vec<String> = cells
+            .iter()
+            .map(|c| effective_key(c.options.as_ref().unwrap()).unwrap())
+            .collect();
+        assert_ne!(keys[0], keys[1]);
+        assert_ne!(keys[1], keys[2]);
+        // A case with a field the recipe does not have is a failed cell, not a panic.
+        let bad = config("[grid]\ncase = [{ name = \"x\", wieght_bits = 3 }]\n");
+        assert!(bad.cells().unwrap()[0].options.is_err());
+    }
+
     #[test]
     fn cells_with_the_same_effective_recipe_share_a_key() {
         let cells = config("[grid]\nalgo = [\"rtn\", \"gptq\"]\nact_order = [false, true]\n")
@@ -570,6 +631,7 @@ mod tests {
             weight_bytes: 1e6,
             kl: Some((0.25, 0.01)),
             top1: Some((0.8, 0.004)),
+            stage1_time: Duration::from_millis(250),
         };
         let report = SweepReport {
             axes: vec!["algo".into()],
@@ -587,7 +649,7 @@ mod tests {
         };
         let md = report.markdown();
         assert!(
-            md.contains("| rtn | 31.500 | 0.2500 ± 0.0100 | 80.00 % | 1.5 | 3.0 |"),
+            md.contains("| rtn | 31.500 | 0.2500 ± 0.0100 | 80.00 % | 0.2 | 1.5 | 3.0 |"),
             "{md}"
         );
         assert!(md.contains("| nope | failed: "), "{md}");
@@ -622,6 +684,7 @@ fn row_cells(r: &PtqLlmRow) -> Vec<String> {
         r.kl.map_or("-".into(), |(k, e)| format!("{k:.4} ± {e:.4}")),
         r.top1
             .map_or("-".into(), |(p, _)| format!("{:.2} %", 100.0 * p)),
+        format!("{:.1}", r.stage1_time.as_secs_f64()),
         format!("{:.1}", r.quantize_time.as_secs_f64()),
         format!("{:.1}", r.eval_time.as_secs_f64()),
     ]

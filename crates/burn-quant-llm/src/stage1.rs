@@ -444,6 +444,18 @@ impl Stage1Step {
         }
     }
 
+    /// Whether the step inserts an online rotation (a runtime without one, such as llama.cpp,
+    /// cannot run the result).
+    pub fn has_online_rotation(&self) -> bool {
+        matches!(
+            self,
+            Stage1Step::RotateDown(_)
+                | Stage1Step::RotateQk(_)
+                | Stage1Step::Quarot(_)
+                | Stage1Step::Hip(_)
+        )
+    }
+
     /// Whether the step needs calibration windows.
     pub fn needs_data(&self) -> bool {
         matches!(self, Stage1Step::SmoothQuant(_) | Stage1Step::Magr(_))

@@ -84,7 +84,7 @@ fn construction_memo(
     if order.is_power_of_two() {
         return Some(Construction::Sylvester);
     }
-    if order % 4 != 0 {
+    if !order.is_multiple_of(4) {
         return None;
     }
     if let Some(&c) = memo.get(&order) {
@@ -99,7 +99,7 @@ fn construction_memo(
         let mut kron = None;
         let mut a = 2;
         while a * a <= order {
-            if order % a == 0
+            if order.is_multiple_of(a)
                 && construction_memo(a, memo).is_some()
                 && construction_memo(order / a, memo).is_some()
             {
@@ -223,14 +223,14 @@ fn prime_power(q: usize) -> Option<(usize, u32)> {
         return None;
     }
     let mut p = 2;
-    while p * p <= q && q % p != 0 {
+    while p * p <= q && !q.is_multiple_of(p) {
         p += 1;
     }
-    if q % p != 0 {
+    if !q.is_multiple_of(p) {
         p = q; // no factor up to √q: q is prime
     }
     let (mut r, mut k) = (q, 0);
-    while r % p == 0 {
+    while r.is_multiple_of(p) {
         r /= p;
         k += 1;
     }
@@ -270,7 +270,7 @@ impl Gf {
             .collect()
     }
 
-    fn from_digits(&self, d: &[usize]) -> usize {
+    fn compose(&self, d: &[usize]) -> usize {
         d.iter().rev().fold(0, |acc, &c| acc * self.p + c)
     }
 
@@ -300,7 +300,7 @@ impl Gf {
             }
         }
         poly_reduce(&mut prod, &self.modulus, self.p);
-        self.from_digits(&prod[..self.k])
+        self.compose(&prod[..self.k])
     }
 
     /// The quadratic character as a table: `χ(0) = 0`, `+1` on nonzero squares, `−1` on

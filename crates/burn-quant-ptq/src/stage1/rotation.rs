@@ -127,7 +127,7 @@ impl fmt::Debug for Rotation {
 /// Above this power-of-two factor `apply_tensor` splits `H_P = H_P₁ ⊗ H_P₂` into two GEMMs
 /// (`O(√P)` instead of `O(P)` multiply-adds per element); measured on `flex`, see the
 /// `time_tensor_variants` test.
-const SPLIT_P_ABOVE: usize = 64;
+const SPLIT_P_ABOVE: usize = 128;
 
 /// Rows handled per f64 GEMM block by the dense paths: bounds the temporary buffers to
 /// `2·BLOCK·n` f64 whatever the number of rows.
@@ -204,7 +204,11 @@ impl Rotation {
     /// Hadamard seed.
     pub fn new(mode: RotationMode, n: usize, seed: u64) -> Result<Self> {
         if n == 0 {
-            return Err(PtqError::config("n", n, "a rotation needs at least one feature"));
+            return Err(PtqError::config(
+                "n",
+                n,
+                "a rotation needs at least one feature",
+            ));
         }
         match mode {
             RotationMode::Had => Self::randomized_hadamard(n, seed),
@@ -251,7 +255,11 @@ impl Rotation {
                     let (a, b) = (i / p, i % p);
                     for (j, out) in row.iter_mut().enumerate() {
                         let (a2, b2) = (j / p, j % p);
-                        let hp = if (b & b2).count_ones() % 2 == 0 { 1.0 } else { -1.0 };
+                        let hp = if (b & b2).count_ones() % 2 == 0 {
+                            1.0
+                        } else {
+                            -1.0
+                        };
                         let s = signs.as_ref().map_or(1.0, |s| f64::from(s[j]));
                         *out = f64::from(hk[a * k + a2]) * hp * s * scale;
                     }
@@ -269,7 +277,7 @@ impl Rotation {
     /// [`PtqError::ShapeMismatch`] when `data.len()` is not a multiple of `n`.
     pub fn apply_rows(&self, data: &mut [f32]) -> Result<()> {
         let n = self.n;
-        if n == 0 || data.len() % n != 0 {
+        if n == 0 || !data.len().is_multiple_of(n) {
             if data.is_empty() {
                 return Ok(());
             }
@@ -391,10 +399,11 @@ impl Rotation {
     /// under autodiff. This is the online transform of a model's forward pass.
     ///
     /// Hadamard: the signs multiply first; then `x` is viewed as `[rows·K, P]` and multiplied
-    /// by `H_P` — one GEMM for `P ≤ 64`, two GEMMs over `H_P = H_P₁ ⊗ H_P₂` above — and as
+    /// by `H_P` — one GEMM for `P ≤ 128`, two GEMMs over `H_P = H_P₁ ⊗ H_P₂` above — and as
     /// `[rows, K, P]` left-multiplied by `H_K` (a broadcast batched GEMM); `1/√n` is folded
-    /// into the last factor. On `flex` this beat `log₂ P` butterfly stages (narrow/add/sub/cat)
-    /// by 3–6× and a transposed `H_K` GEMM by 0–25% (`time_tensor_variants`). The constant
+    /// into the last factor. On `flex` ([8192, n] inputs) this beat `log₂ P` butterfly stages
+    /// (narrow/add/sub/cat) by 3.5–8× and was on par with or faster than a transposed `H_K`
+    /// GEMM (`time_tensor_variants`). The constant
     /// matrices (`K² + P` values at most) are uploaded on every call. Dense: `x·Mᵀ` with `Mᵀ`
     /// (`n²` values, f32) uploaded on every call.
     ///
@@ -460,7 +469,8 @@ impl Rotation {
             1
         };
         // Axes outermost first, with their ±1 matrices (row-major d × d) as f32.
-        let sylvester_f32 = |d: usize| -> Vec<f32> { sylvester(d).into_iter().map(f32::from).collect() };
+        let sylvester_f32 =
+            |d: usize| -> Vec<f32> { sylvester(d).into_iter().map(f32::from).collect() };
         let axes: Vec<(usize, Vec<f32>)> = [
             (k, hk.iter().map(|&v| f32::from(v)).collect()),
             (p1, sylvester_f32(p1)),
@@ -599,7 +609,8 @@ fn random_orthogonal_matrix(n: usize, seed: u64) -> Vec<f64> {
         let vn = v.iter().map(|t| t * t).sum::<f64>().sqrt();
         v.iter_mut().for_each(|t| *t /= vn);
         r_sign[kk] = -s;
-        tail.par_chunks_mut(n).for_each(|col| reflect(&mut col[kk..], &v));
+        tail.par_chunks_mut(n)
+            .for_each(|col| reflect(&mut col[kk..], &v));
         reflectors.push(v);
     }
     // Q = H_0·H_1·…·H_{n−1}·I, accumulated from the right onto the identity's columns.

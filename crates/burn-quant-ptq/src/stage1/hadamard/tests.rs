@@ -4,7 +4,10 @@ use crate::testutil::gaussian;
 /// `H·Hᵀ == order·I` exactly, in integers.
 fn assert_hadamard(h: &[i8], order: usize) {
     assert_eq!(h.len(), order * order, "order {order}: wrong length");
-    assert!(h.iter().all(|&v| v == 1 || v == -1), "order {order}: entries must be ±1");
+    assert!(
+        h.iter().all(|&v| v == 1 || v == -1),
+        "order {order}: entries must be ±1"
+    );
     for i in 0..order {
         for j in i..order {
             let dot: i32 = (0..order)
@@ -81,7 +84,10 @@ fn finite_field_is_a_field() {
         let gf = Gf::new(q).unwrap();
         // Every nonzero element has an inverse, and multiplication commutes.
         for a in 1..q {
-            assert!((1..q).any(|b| gf.mul(a, b) == 1), "GF({q}): {a} has no inverse");
+            assert!(
+                (1..q).any(|b| gf.mul(a, b) == 1),
+                "GF({q}): {a} has no inverse"
+            );
             for b in 1..q {
                 assert_eq!(gf.mul(a, b), gf.mul(b, a));
             }
@@ -132,13 +138,20 @@ fn fwht_equals_the_explicit_sylvester_product() {
         let x = gaussian(n, 7 + log as u64);
         let h = sylvester(n);
         let want: Vec<f64> = (0..n)
-            .map(|i| (0..n).map(|j| f64::from(h[i * n + j]) * f64::from(x[j])).sum())
+            .map(|i| {
+                (0..n)
+                    .map(|j| f64::from(h[i * n + j]) * f64::from(x[j]))
+                    .sum()
+            })
             .collect();
         let mut y = x.clone();
         fwht(&mut y);
         let scale = want.iter().map(|v| v.abs()).fold(1.0, f64::max);
         for (a, b) in y.iter().zip(&want) {
-            assert!((f64::from(*a) - b).abs() <= 1e-5 * scale, "n = {n}: {a} vs {b}");
+            assert!(
+                (f64::from(*a) - b).abs() <= 1e-5 * scale,
+                "n = {n}: {a} vs {b}"
+            );
         }
         // Applying it twice gives n·x.
         fwht(&mut y);
@@ -191,7 +204,22 @@ fn worked_sizes_resolve_to_the_smallest_seed() {
 
 #[test]
 fn sizes_without_a_seed() {
-    for n in [0, 3, 6, 7, 10, 14, 92, 116, 156, 172, 184, 188, 46 * 3, 4097] {
+    for n in [
+        0,
+        3,
+        6,
+        7,
+        10,
+        14,
+        92,
+        116,
+        156,
+        172,
+        184,
+        188,
+        46 * 3,
+        4097,
+    ] {
         assert!(hadamard_seed(n).is_none(), "n = {n}");
     }
     // A larger seed rescues a size whose smallest candidate is out of reach.

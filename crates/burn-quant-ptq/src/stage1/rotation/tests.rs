@@ -82,7 +82,10 @@ fn large_hadamard_rotations_preserve_inner_products() {
         let mut y = x.clone();
         rot.apply_rows(&mut y).unwrap();
         let dot = |a: &[f32], b: &[f32]| -> f64 {
-            a.iter().zip(b).map(|(u, v)| f64::from(*u) * f64::from(*v)).sum()
+            a.iter()
+                .zip(b)
+                .map(|(u, v)| f64::from(*u) * f64::from(*v))
+                .sum()
         };
         for i in 0..4 {
             for j in 0..4 {
@@ -93,7 +96,10 @@ fn large_hadamard_rotations_preserve_inner_products() {
             }
         }
         let mut e = vec![0f32; 8 * n];
-        for (r, j) in [0, 1, 7, n / 3, n / 2, n - 5, n - 2, n - 1].iter().enumerate() {
+        for (r, j) in [0, 1, 7, n / 3, n / 2, n - 5, n - 2, n - 1]
+            .iter()
+            .enumerate()
+        {
             e[r * n + j] = 1.0;
         }
         rot.apply_rows(&mut e).unwrap();
@@ -252,7 +258,9 @@ fn fused_weight_reproduces_the_layer() {
         let mut cols_want = vec![0f64; n * m];
         for i in 0..n {
             for c in 0..m {
-                cols_want[i * m + c] = (0..n).map(|j| mat[i * n + j] * f64::from(w[j * m + c])).sum();
+                cols_want[i * m + c] = (0..n)
+                    .map(|j| mat[i * n + j] * f64::from(w[j * m + c]))
+                    .sum();
             }
         }
         assert!(max_rel_err(&wr, &cols_want) < 1e-5, "{name} n = {n}");
@@ -276,7 +284,11 @@ fn paley_one_rotation_is_not_symmetric_and_the_transpose_breaks_fusion() {
     let w = gaussian(n, 42); // one output column
     let mut xr = x.clone();
     rot.apply_rows(&mut xr).unwrap();
-    let want: f64 = x.iter().zip(&w).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+    let want: f64 = x
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+        .sum();
     let wrong: f64 = (0..n)
         .map(|i| {
             let wt: f64 = (0..n).map(|j| m[j * n + i] * f64::from(w[j])).sum(); // Mᵀ·w
@@ -319,8 +331,14 @@ fn seeds_are_reproducible_and_distinct() {
     // The host paths are deterministic too (same bits for the same input).
     let x = gaussian(4 * 576, 1);
     let (mut y1, mut y2) = (x.clone(), x);
-    Rotation::new(RotationMode::Had, 576, 3).unwrap().apply_rows(&mut y1).unwrap();
-    Rotation::new(RotationMode::Had, 576, 3).unwrap().apply_rows(&mut y2).unwrap();
+    Rotation::new(RotationMode::Had, 576, 3)
+        .unwrap()
+        .apply_rows(&mut y1)
+        .unwrap();
+    Rotation::new(RotationMode::Had, 576, 3)
+        .unwrap()
+        .apply_rows(&mut y2)
+        .unwrap();
     assert_eq!(y1, y2);
 }
 
@@ -338,8 +356,14 @@ fn unsupported_sizes_and_bad_inputs_are_errors() {
     }
     assert!(Rotation::new(RotationMode::Ort, 0, 1).is_err());
     let ort = Rotation::new(RotationMode::Ort, 6, 1).unwrap();
-    assert_eq!((ort.len(), ort.mode(), ort.seed_order()), (6, RotationMode::Ort, None));
-    assert_eq!(Rotation::new(RotationMode::Had, 12, 1).unwrap().mode(), RotationMode::Had);
+    assert_eq!(
+        (ort.len(), ort.mode(), ort.seed_order()),
+        (6, RotationMode::Ort, None)
+    );
+    assert_eq!(
+        Rotation::new(RotationMode::Had, 12, 1).unwrap().mode(),
+        RotationMode::Had
+    );
 
     let rot = Rotation::hadamard(12).unwrap();
     assert!(matches!(
@@ -351,7 +375,10 @@ fn unsupported_sizes_and_bad_inputs_are_errors() {
     assert!(rot.apply_columns(&mut [0.0; 24], 12, 3).is_err());
     rot.apply_columns(&mut [0.0; 24], 12, 2).unwrap();
     let t = Tensor::<2>::from_data(TensorData::new(vec![0f32; 10], [2, 5]), &Device::flex());
-    assert!(matches!(rot.apply_tensor(t), Err(PtqError::ShapeMismatch { .. })));
+    assert!(matches!(
+        rot.apply_tensor(t),
+        Err(PtqError::ShapeMismatch { .. })
+    ));
     let empty = Rotation::random_orthogonal(0, 1);
     empty.apply_rows(&mut []).unwrap();
     assert!(empty.apply_rows(&mut [1.0]).is_err());
@@ -359,7 +386,10 @@ fn unsupported_sizes_and_bad_inputs_are_errors() {
 
 #[test]
 fn rotation_mode_names() {
-    assert_eq!(serde_json::to_string(&RotationMode::Had).unwrap(), "\"had\"");
+    assert_eq!(
+        serde_json::to_string(&RotationMode::Had).unwrap(),
+        "\"had\""
+    );
     assert_eq!(
         serde_json::from_str::<RotationMode>("\"ort\"").unwrap(),
         RotationMode::Ort
@@ -368,7 +398,10 @@ fn rotation_mode_names() {
     assert_eq!(RotationMode::Ort.to_string(), "ort");
     assert!("qr".parse::<RotationMode>().is_err());
     let dbg = format!("{:?}", Rotation::randomized_hadamard(576, 1).unwrap());
-    assert!(dbg.contains("seed_order: 36") && dbg.contains("random_signs: true"), "{dbg}");
+    assert!(
+        dbg.contains("seed_order: 36") && dbg.contains("random_signs: true"),
+        "{dbg}"
+    );
 }
 
 /// The P factor as `log₂ P` butterfly stages (narrow / add / sub / cat), the alternative to
@@ -470,7 +503,10 @@ fn tensor_variants_agree() {
         for pf in [PFactor::Gemm, PFactor::Split, PFactor::Butterfly] {
             for tk in [false, true] {
                 let got = host(hadamard_tensor_variant(&rot, x.clone(), pf, tk));
-                assert!(max_rel_err(&got, &want) < 1e-5, "n = {n}: {pf:?}, transposed K {tk}");
+                assert!(
+                    max_rel_err(&got, &want) < 1e-5,
+                    "n = {n}: {pf:?}, transposed K {tk}"
+                );
             }
         }
     }
@@ -518,6 +554,10 @@ fn time_tensor_variants() {
         });
         report.push(format!("host apply_rows: {ms:.1} ms"));
         let k = rot.seed_order().unwrap();
-        println!("[{rows}, {n}] (K = {k}, P = {}):\n  {}", n / k, report.join("\n  "));
+        println!(
+            "[{rows}, {n}] (K = {k}, P = {}):\n  {}",
+            n / k,
+            report.join("\n  ")
+        );
     }
 }
