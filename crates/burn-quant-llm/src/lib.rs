@@ -16,6 +16,11 @@
 //!   of 512 tokens, tokens 256..512 scored); [`compare_with_reference`] on the same windows:
 //!   mean KL divergence (nats per token) from a reference model such as the FP32 original,
 //!   top-1 agreement, with standard errors; [`calibration_windows`] from a seeded sampler.
+//! * Stage 1 ([`stage1`]): the model declares its transformable regions
+//!   ([`burn_quant_ptq::stage1::Regions`]) and [`stage1::apply_stage1`] runs recipe steps on
+//!   them — norm folding, SmoothQuant, QuaRot's rotations, HIP, MagR — each function-preserving
+//!   (MagR nearly); [`stage1::quantize_kv`] quantizes keys and values (per head and token) as
+//!   the cache holds them.
 //! * [`generate_greedy`] / [`generate_text`] with a key/value cache.
 //!
 //! ```no_run

@@ -12,6 +12,11 @@
 //! | [`Gptaq`] | `‖XW − X̃Ŵ‖` | float + quantized | `gptaq.rs` |
 //! | [`Qronos`] | `‖XW − X̃Ŵ‖` | float + quantized | `qronos.rs` |
 //!
+//! Stage 1 ([`stage1`]) rewrites a model's weights before any of them, without changing its
+//! float function: a model declares its regions ([`stage1::Regions`]) and the transforms —
+//! norm folding, SmoothQuant, rotations fused or online (Hadamard of any order the
+//! Sylvester/Paley constructions reach, or seeded random orthogonal), MagR — act on them.
+//!
 //! Each returns a `QuantTensor<2>` whose codes, scales and zero-points follow the spec exactly
 //! as `burn_quant_core` lays them out (any granularity, F16 / MX / NVFP4 / k-quant scale
 //! levels), so `dequantize()` gives the algorithm's Ŵ bit for bit and the exporters can encode
