@@ -72,7 +72,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let stats = rtn.new_stats(w.dims()[0]);
         Ok(rtn.quantize(w, &stats, &spec)?.tensor.dequantize())
     };
-    println!("RTN W{bits} {}: output SQNR (dB)", if group == 0 { "per-channel".to_string() } else { format!("g{group}") });
+    println!(
+        "RTN W{bits} {}: output SQNR (dB)",
+        if group == 0 {
+            "per-channel".to_string()
+        } else {
+            format!("g{group}")
+        }
+    );
     println!(
         "{:<26} {:>10} {:>10} {:>10} {:>10}",
         "layer", "real X", "real+HIP", "white X", "white+HIP"
@@ -84,10 +91,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut count = 0usize;
     for i in 0..blocks.min(m.model.num_blocks()) {
         let mut sites = std::collections::BTreeMap::new();
-        m.model.observe_block(m.model.tokens(&rows)?, i, &mut |s: InputSite, t: &Tensor<3>| {
-            let [b, l, d] = t.dims();
-            sites.insert(s, t.clone().reshape([b * l, d]));
-        })?;
+        m.model.observe_block(
+            m.model.tokens(&rows)?,
+            i,
+            &mut |s: InputSite, t: &Tensor<3>| {
+                let [b, l, d] = t.dims();
+                sites.insert(s, t.clone().reshape([b * l, d]));
+            },
+        )?;
         for slot in LinearSlot::ALL {
             let x: &Tensor<2> = &sites[&slot.input()];
             let w = m.model.block(i)?.linear(slot).weight.val();
@@ -97,7 +108,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut wr = w.clone().into_data().try_to_vec::<f32>()?;
             rot.apply_columns(&mut wr, d_in, w.dims()[1])?;
             let wr = Tensor::<2>::from_data(burn::tensor::TensorData::new(wr, w.dims()), &device);
-            let white = Tensor::<2>::random([x.dims()[0], d_in], Distribution::Normal(0.0, 1.0), &device);
+            let white =
+                Tensor::<2>::random([x.dims()[0], d_in], Distribution::Normal(0.0, 1.0), &device);
             let white_r = rot.apply_tensor(white.clone())?;
             let (wq, wrq) = (quantize(&w)?, quantize(&wr)?);
             let v = [

@@ -66,7 +66,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let stage1_secs = t.elapsed().as_secs_f64();
         // Function-preserving: the float logits do not move.
         let logits = model.forward(model.tokens(&probe)?)?;
-        let delta = (logits - float_logits.clone()).abs().max().into_scalar::<f32>();
+        let delta = (logits - float_logits.clone())
+            .abs()
+            .max()
+            .into_scalar::<f32>();
         let mut model = quantize_inputs(
             model,
             InputQuant::PerTokenDynamic { bits: 4 },

@@ -382,7 +382,11 @@ impl PtqLlmOptions {
                 queries: None,
             },
         };
-        let kv = if self.quant_queries { kv.with_queries() } else { kv };
+        let kv = if self.quant_queries {
+            kv.with_queries()
+        } else {
+            kv
+        };
         kv.validate().map_err(llm)?;
         Ok(Some(kv))
     }
@@ -1207,13 +1211,20 @@ mod tests {
         let steps = r.stage1_steps().unwrap();
         assert_eq!(steps.len(), 2);
         assert_eq!(steps[1].label(), "smoothquant α=0.6");
-        assert!(r.label().starts_with("quarot + smoothquant α=0.6 + rtn"), "{}", r.label());
+        assert!(
+            r.label().starts_with("quarot + smoothquant α=0.6 + rtn"),
+            "{}",
+            r.label()
+        );
         let e = o("stage1 = [\"smoothquant:3\"]\n").check().unwrap_err();
         assert!(e.to_string().contains("stage1"), "{e}");
         let e = o("stage1 = [\"awq\"]\n").check().unwrap_err();
         assert!(e.to_string().contains("stage1"), "{e}");
         // KV by preset or in full (dynamic only); queries need a KV spec.
-        let kv = o("kv = \"int4\"\nquant_queries = true\n").kv_quant().unwrap().unwrap();
+        let kv = o("kv = \"int4\"\nquant_queries = true\n")
+            .kv_quant()
+            .unwrap()
+            .unwrap();
         assert_eq!(kv.keys.format, Format::int(4));
         assert_eq!(kv.queries, Some(kv.keys));
         let e = o("kv = \"int8_channel\"\n").check().unwrap_err();
@@ -1229,9 +1240,10 @@ mod tests {
         let e = static_kv.check().unwrap_err();
         assert!(e.to_string().contains("dynamic"), "{e}");
         // A GGUF cannot hold online rotations: refused before anything runs.
-        let e = o("stage1 = [\"hip\"]\nexport = \"out.gguf\"\ngroup_size = 32\nf16_scales = true\n")
-            .check()
-            .unwrap_err();
+        let e =
+            o("stage1 = [\"hip\"]\nexport = \"out.gguf\"\ngroup_size = 32\nf16_scales = true\n")
+                .check()
+                .unwrap_err();
         assert!(e.to_string().contains("online"), "{e}");
         o("stage1 = [\"rotate_residual\", \"smoothquant\"]\nexport = \"out.gguf\"\ngroup_size = 32\nf16_scales = true\n")
             .check()

@@ -352,7 +352,10 @@ impl DecoderBlock {
     /// The input of gate/up: the normalized residual after attention, rotated online if the
     /// block says so.
     pub(crate) fn mlp_input(&self, x: Tensor<3>) -> Result<Tensor<3>> {
-        rotate(&self.gate_up_rotation, self.post_attention_layernorm.forward(x))
+        rotate(
+            &self.gate_up_rotation,
+            self.post_attention_layernorm.forward(x),
+        )
     }
 
     /// The online rotation at `site`, if any.

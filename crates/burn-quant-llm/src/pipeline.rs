@@ -472,16 +472,13 @@ mod tests {
         t.into_data().try_to_vec::<f32>().unwrap()
     }
 
-    /// The piecewise quantized path computes exactly the block's forward.
-    #[test]
-    fn site_by_site_path_equals_the_block_forward() {
-        let device = Device::flex();
-        let model = LlamaModel::random(&hparams(), 3, &device).unwrap();
+    /// Runs block `index` of `model` site by site on two windows and compares with its forward.
+    fn assert_site_path_is_the_forward(model: &LlamaModel, index: usize) {
         let w = windows(2, 12, 1);
         let rows: Vec<&[u32]> = w.iter().map(Vec::as_slice).collect();
         let x = model.embed(model.tokens(&rows).unwrap()).unwrap();
         let rope = model.rope(12).unwrap();
-        let block = model.block(0).unwrap();
+        let block = model.block(index).unwrap();
         let mut s = SiteState::new(x.clone());
         for site in InputSite::ALL {
             s.input_of(site, block, &rope).unwrap();
@@ -493,14 +490,20 @@ mod tests {
         assert_eq!(a, b);
     }
 
+    /// The piecewise quantized path computes exactly the block's forward.
+    #[test]
+    fn site_by_site_path_equals_the_block_forward() {
+        let model = LlamaModel::random(&hparams(), 3, &Device::flex()).unwrap();
+        assert_site_path_is_the_forward(&model, 0);
+    }
+
     /// With online rotations (HIP on every site, QuaRot's R3 and R4) and KV quantizers in the
     /// block, the site-by-site path still computes exactly the block's forward, so Stage 2 sees
     /// the inputs the rotated layers multiply.
     #[test]
     fn site_by_site_path_follows_online_rotations() {
         use crate::stage1::{KvQuant, Stage1Step, apply_stage1, quantize_kv};
-        let device = Device::flex();
-        let mut model = LlamaModel::random(&hparams(), 3, &device).unwrap();
+        let mut model = LlamaModel::random(&hparams(), 3, &Device::flex()).unwrap();
         let steps: Vec<Stage1Step> = ["rotate_residual", "rotate_heads", "hip", "rotate_qk"]
             .iter()
             .map(|n| Stage1Step::from_name(n).unwrap())
@@ -508,20 +511,7 @@ mod tests {
         apply_stage1(&mut model, &steps, &[], 2).unwrap();
         quantize_kv(&mut model, &KvQuant::preset("int4").unwrap()).unwrap();
         assert!(model.has_online_rotations());
-        let w = windows(2, 12, 1);
-        let rows: Vec<&[u32]> = w.iter().map(Vec::as_slice).collect();
-        let x = model.embed(model.tokens(&rows).unwrap()).unwrap();
-        let rope = model.rope(12).unwrap();
-        let block = model.block(1).unwrap();
-        let mut s = SiteState::new(x.clone());
-        for site in InputSite::ALL {
-            s.input_of(site, block, &rope).unwrap();
-        }
-        let (a, b) = (
-            host(s.output(block).unwrap()),
-            host(block.forward(x, &rope, None).unwrap()),
-        );
-        assert_eq!(a, b);
+        assert_site_path_is_the_forward(&model, 1);
     }
 
     /// Output error of the whole quantized model against the float model on held-out windows:

@@ -16,8 +16,8 @@ use burn::module::Param;
 use burn::tensor::Tensor;
 use burn_quant_core::{Granularity, QuantSpec, ScaleSource, ScaleStat};
 use burn_quant_ptq::stage1::{
-    Heads, Magr, Region, Regions, Rotation, RotationMode, Stage1Report, fold_norms,
-    rotate_heads, rotate_online, rotate_query_key, rotate_residual, smooth,
+    Heads, Magr, Region, Regions, Rotation, RotationMode, Stage1Report, fold_norms, rotate_heads,
+    rotate_online, rotate_query_key, rotate_residual, smooth,
 };
 use burn_quant_ptq::{CalibInputs, LayerStats, PtqError};
 use serde::{Deserialize, Serialize};
@@ -66,7 +66,9 @@ impl LlamaModel {
             "model.embed_tokens" => return Ok(Target::Embedding),
             _ => {}
         }
-        let rest = path.strip_prefix("model.layers.").ok_or_else(|| unknown(path))?;
+        let rest = path
+            .strip_prefix("model.layers.")
+            .ok_or_else(|| unknown(path))?;
         let (i, name) = rest.split_once('.').ok_or_else(|| unknown(path))?;
         let i: usize = i.parse().map_err(|_| unknown(path))?;
         if i >= self.num_blocks() {
@@ -436,8 +438,14 @@ impl Stage1Step {
     /// Checks the step's parameters.
     pub fn validate(&self) -> Result<()> {
         match self {
-            Stage1Step::SmoothQuant(c) if !(c.alpha.is_finite() && (0.0..=1.0).contains(&c.alpha)) => {
-                Err(LlmError::invalid("stage1.smoothquant.alpha", c.alpha, "must be in [0, 1]"))
+            Stage1Step::SmoothQuant(c)
+                if !(c.alpha.is_finite() && (0.0..=1.0).contains(&c.alpha)) =>
+            {
+                Err(LlmError::invalid(
+                    "stage1.smoothquant.alpha",
+                    c.alpha,
+                    "must be in [0, 1]",
+                ))
             }
             Stage1Step::Magr(m) => Ok(m.validate()?),
             _ => Ok(()),
@@ -592,9 +600,7 @@ fn apply_step(
             let rotation = c.fused(model.hparams.head_dim)?;
             rotate_heads(model, &rotation)?
         }
-        Stage1Step::RotateDown(c) => {
-            rotate_online(model, &site(".down"), &mut online_by_width(c))?
-        }
+        Stage1Step::RotateDown(c) => rotate_online(model, &site(".down"), &mut online_by_width(c))?,
         Stage1Step::RotateQk(c) => rotate_query_key(model, &mut online_by_width(c))?,
         Stage1Step::Quarot(c) => {
             let mut r = Stage1Report::default();
@@ -639,7 +645,11 @@ fn channel_absmax(x: &Tensor<3>) -> Result<Vec<f32>> {
         .map_err(data_error)
 }
 
-fn batches(model: &LlamaModel, windows: &[Vec<u32>], batch_windows: usize) -> Result<Vec<Tensor<3>>> {
+fn batches(
+    model: &LlamaModel,
+    windows: &[Vec<u32>],
+    batch_windows: usize,
+) -> Result<Vec<Tensor<3>>> {
     windows
         .chunks(batch_windows.max(1))
         .map(|chunk| {
@@ -799,9 +809,14 @@ impl KvQuant {
 
     /// Checks every spec: valid, and dynamic.
     pub fn validate(&self) -> Result<()> {
-        for (field, spec) in [("kv.keys", Some(&self.keys)), ("kv.values", Some(&self.values)), ("kv.queries", self.queries.as_ref())] {
+        for (field, spec) in [
+            ("kv.keys", Some(&self.keys)),
+            ("kv.values", Some(&self.values)),
+            ("kv.queries", self.queries.as_ref()),
+        ] {
             let Some(spec) = spec else { continue };
-            spec.validate().map_err(|e| LlmError::invalid(field, spec, e.to_string()))?;
+            spec.validate()
+                .map_err(|e| LlmError::invalid(field, spec, e.to_string()))?;
             if !matches!(spec.scale.source, ScaleSource::Dynamic(_)) {
                 return Err(LlmError::invalid(
                     field,
@@ -819,7 +834,12 @@ pub fn quantize_kv(model: &mut LlamaModel, kv: &KvQuant) -> Result<()> {
     kv.validate()?;
     let device = model.device();
     let make = |spec: Option<QuantSpec>, field| -> Result<_> {
-        Ok(burn_quant_nn::quantizer::activation_quantizer(spec, field, &[], &device)?)
+        Ok(burn_quant_nn::quantizer::activation_quantizer(
+            spec,
+            field,
+            &[],
+            &device,
+        )?)
     };
     for block in model.layers.iter_mut() {
         let a = &mut block.self_attn;

@@ -55,8 +55,8 @@ pub mod linalg;
 pub mod qronos;
 mod quantizer;
 pub mod rtn;
-pub mod stage1;
 mod sequential;
+pub mod stage1;
 pub mod stats;
 #[cfg(test)]
 mod testutil;

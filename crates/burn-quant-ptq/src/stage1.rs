@@ -10,8 +10,8 @@
 
 pub mod hadamard;
 pub mod magr;
-pub mod rotation;
 pub mod region;
+pub mod rotation;
 
 pub use magr::{Magr, MagrReport};
 pub use region::{

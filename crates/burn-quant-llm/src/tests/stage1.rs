@@ -173,7 +173,10 @@ fn impossible_orders_are_refused() {
     assert!(e.to_string().contains("already"), "{e}");
     let mut m = float.clone();
     let e = apply_stage1(&mut m, &steps(&["hip", "rotate_residual"]), &calib, 2).unwrap_err();
-    assert!(e.to_string().contains("rotate the residual stream first"), "{e}");
+    assert!(
+        e.to_string().contains("rotate the residual stream first"),
+        "{e}"
+    );
     let mut m = float.clone();
     let e = apply_stage1(&mut m, &steps(&["smoothquant"]), &[], 2).unwrap_err();
     assert!(matches!(e, LlmError::Calibration(_)), "{e}");
@@ -192,7 +195,13 @@ fn recipe_entries_parse_by_name_and_by_table() {
             seed: 0
         })
     );
-    for bad in ["smoothquant:2", "hip:foo", "rotate", "magr:x", "fold_norms:1"] {
+    for bad in [
+        "smoothquant:2",
+        "hip:foo",
+        "rotate",
+        "magr:x",
+        "fold_norms:1",
+    ] {
         let e = Stage1Step::from_name(bad).unwrap_err().to_string();
         assert!(e.contains("stage1"), "{bad}: {e}");
     }
@@ -206,7 +215,10 @@ fn recipe_entries_parse_by_name_and_by_table() {
     .unwrap();
     let got: Vec<Stage1Step> = r.stage1.iter().map(|e| e.step().unwrap()).collect();
     assert_eq!(got[0], Stage1Step::FoldNorms);
-    assert_eq!(got[1], Stage1Step::SmoothQuant(SmoothQuantConfig { alpha: 0.6 }));
+    assert_eq!(
+        got[1],
+        Stage1Step::SmoothQuant(SmoothQuantConfig { alpha: 0.6 })
+    );
     assert_eq!(
         got[2],
         Stage1Step::Hip(RotationConfig {
@@ -245,7 +257,10 @@ fn kv_quantization_is_per_head_and_token() {
     let full4 = host(m4.forward(m4.tokens(&[&ids]).unwrap()).unwrap());
     let (e4, e8) = (
         rel(&full4, &want),
-        rel(&host(m8.forward(m8.tokens(&[&ids]).unwrap()).unwrap()), &want),
+        rel(
+            &host(m8.forward(m8.tokens(&[&ids]).unwrap()).unwrap()),
+            &want,
+        ),
     );
     assert!(e8 > 0.0 && e8 < e4, "int8 {e8} vs int4 {e4}");
     let eq4 = rel(
@@ -261,7 +276,10 @@ fn kv_quantization_is_per_head_and_token() {
     let rope = m4.rope(ids.len()).unwrap();
     let mut cache = KvCache::new(m4.num_blocks());
     let vocab = hp.vocab_size;
-    let mut last = host(m4.forward_cached(m4.tokens(&[&ids[..4]]).unwrap(), &rope, &mut cache).unwrap());
+    let mut last = host(
+        m4.forward_cached(m4.tokens(&[&ids[..4]]).unwrap(), &rope, &mut cache)
+            .unwrap(),
+    );
     assert_eq!(last, full4[3 * vocab..4 * vocab].to_vec());
     for p in 4..ids.len() {
         last = host(
@@ -374,7 +392,9 @@ fn stage1_steps_preserve_smollm2_logits() {
             .zip(&want)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        println!("SmolLM2 {list:?}: relative logit change {r:.2e} (max |Δ| {worst:.2e}), {secs:.1} s");
+        println!(
+            "SmolLM2 {list:?}: relative logit change {r:.2e} (max |Δ| {worst:.2e}), {secs:.1} s"
+        );
         assert!(r < 1e-4, "{list:?}: relative change {r}");
     }
 }
@@ -397,8 +417,16 @@ fn smoothquant_equalizes_smollm2_ranges() {
     // regions, so q/k/v and gate/up only shrink; under GQA one factor serves three o
     // channels.)
     for (site, sinks, exact) in [
-        ("model.layers.5.qkv", vec!["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], false),
-        ("model.layers.5.gate_up", vec!["mlp.gate_proj", "mlp.up_proj"], false),
+        (
+            "model.layers.5.qkv",
+            vec!["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+            false,
+        ),
+        (
+            "model.layers.5.gate_up",
+            vec!["mlp.gate_proj", "mlp.up_proj"],
+            false,
+        ),
         ("model.layers.5.down", vec!["mlp.down_proj"], true),
     ] {
         let a = &after[site];
@@ -415,7 +443,10 @@ fn smoothquant_equalizes_smollm2_ranges() {
             .map(|(x, y)| ((x / y) as f64).ln().abs())
             .fold(0f64, f64::max);
         if exact {
-            assert!(worst < 1e-3, "{site}: activation/weight ranges differ by a log ratio of {worst}");
+            assert!(
+                worst < 1e-3,
+                "{site}: activation/weight ranges differ by a log ratio of {worst}"
+            );
         }
         let max = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(*x));
         println!("{site}: max |x| {:.1} → {:.2}", max(&before[site]), max(a));
@@ -442,7 +473,8 @@ fn hip_spreads_smollm2_outliers() {
                 if site == InputSite::Down {
                     let v = host(t.clone());
                     let amax = v.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
-                    let rms = (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+                    let rms = (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64)
+                        .sqrt();
                     r = amax / rms;
                 }
             };

@@ -185,7 +185,11 @@ fn scale_sink_rows(
             return Err(region_error(
                 transform,
                 sink,
-                format!("reads {} channels, the region has {}", dims[0], factor.len()),
+                format!(
+                    "reads {} channels, the region has {}",
+                    dims[0],
+                    factor.len()
+                ),
             ));
         }
         for (row, f) in data.chunks_mut(dims[1]).zip(factor) {
@@ -345,7 +349,11 @@ pub fn smooth(
                 }
                 model.set_linear_weight(&source, like2(data, dims, &w))?;
                 if let Some(b) = model.linear_bias(&source)? {
-                    let bias = host1(b.clone())?.iter().zip(&s).map(|(b, s)| b / s).collect();
+                    let bias = host1(b.clone())?
+                        .iter()
+                        .zip(&s)
+                        .map(|(b, s)| b / s)
+                        .collect();
                     model.set_linear_bias(&source, like1(bias, &b))?;
                 }
                 let per_sink: Vec<f32> = (0..act.len())
@@ -383,7 +391,11 @@ fn fuse_reader(
         return Err(region_error(
             transform,
             path,
-            format!("reads {} channels, the rotation has {}", dims[0], rotation.len()),
+            format!(
+                "reads {} channels, the rotation has {}",
+                dims[0],
+                rotation.len()
+            ),
         ));
     }
     rotation.apply_columns(&mut data, dims[0], dims[1])?;
@@ -495,7 +507,10 @@ pub fn rotate_residual(model: &mut dyn Regions, rotation: &Rotation) -> Result<S
                 return Err(region_error(
                     T,
                     w,
-                    format!("writes {width} channels, the rotation has {}", rotation.len()),
+                    format!(
+                        "writes {width} channels, the rotation has {}",
+                        rotation.len()
+                    ),
                 ));
             }
             fuse_writer(model, T, w, rotation)?;
