@@ -63,3 +63,68 @@ fn gptq_codes_are_what_the_gguf_holds() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A model rewritten by fused Stage 1 steps (QuaRot's residual and head rotations, which fold
+/// the norms and untie the head) exports to GGUF with its own head: the file has
+/// `output.weight`, the loader reads it back untied with unit norms, and the block weights are
+/// the quantized ones, code for code. Online rotations are refused before anything is written.
+#[test]
+fn fused_stage1_models_export_untied() {
+    use burn_quant::llm::stage1::{Stage1Step, apply_stage1};
+    let Some(path) = support::shared_data("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+    else {
+        return;
+    };
+    let device = Device::flex();
+    let mut model = load_with_tokenizer(&path, &device).unwrap().model;
+    let steps: Vec<Stage1Step> = ["rotate_residual", "rotate_heads"]
+        .iter()
+        .map(|n| Stage1Step::from_name(n).unwrap())
+        .collect();
+    apply_stage1(&mut model, &steps, &[], 2).unwrap();
+    assert!(
+        !model.hparams().tie_word_embeddings,
+        "the folded head is untied"
+    );
+    let spec = QuantSpec::int4_weight_per_group(32)
+        .with_scale_restriction(ScaleRestriction::Quantized(ScaleQuant::F16));
+    let config = PtqConfig {
+        weights: spec.clone(),
+        algorithm: "rtn".parse().unwrap(),
+        batch_windows: 2,
+    };
+    let result = quantize_model(&mut model, &[], &config, &mut |_| {}).unwrap();
+    let dir = std::env::temp_dir().join(format!("burnq-stage1-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("quarot-fused-q4_0.gguf");
+    let report =
+        burn_quant_cli::ptq_llm::export_gguf(&model, &result.weights, &path, &spec, &out).unwrap();
+    assert_eq!(report.tensors.len(), 273, "272 tensors and the untied head");
+    let file = GgufFile::read(&out).unwrap();
+    assert!(file.tensor("output.weight").is_some());
+    let info = file.tensor("blk.9.ffn_down.weight").unwrap();
+    assert_eq!(
+        file.tensor_bytes(info),
+        encode_quant_tensor(&result.weights["model.layers.9.mlp.down_proj.weight"])
+            .unwrap()
+            .data
+            .as_slice()
+    );
+    let back = burn_quant::llm::load_model(&out, &device).unwrap();
+    assert!(!back.hparams().tie_word_embeddings);
+    let norm: Vec<f32> = back.layers[3]
+        .input_layernorm
+        .weight
+        .val()
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    assert!(norm.iter().all(|&g| g == 1.0), "folded norms are ones");
+    // An online rotation cannot be written.
+    let mut hip = model.clone();
+    apply_stage1(&mut hip, &[Stage1Step::from_name("hip").unwrap()], &[], 2).unwrap();
+    let e = burn_quant_cli::ptq_llm::export_gguf(&hip, &result.weights, &path, &spec, &out)
+        .unwrap_err();
+    assert!(e.to_string().contains("online"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
