@@ -604,6 +604,29 @@ mod tests {
         assert!(bad.cells().unwrap()[0].options.is_err());
     }
 
+    /// Every sweep file behind a book table parses, and every one of its cells is a valid
+    /// recipe (a typo in a book sweep would otherwise surface as failed cells an hour in).
+    #[test]
+    fn the_book_sweeps_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../book/sweeps");
+        let mut files = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let c = SweepConfig::from_file(&path).unwrap();
+            c.base_options().unwrap();
+            for cell in c.cells().unwrap() {
+                if let Err(e) = &cell.options {
+                    panic!("{}: {}: {e}", path.display(), describe(&cell.axes));
+                }
+            }
+            files += 1;
+        }
+        assert!(files >= 4, "{files} sweep files in {}", dir.display());
+    }
+
     #[test]
     fn cells_with_the_same_effective_recipe_share_a_key() {
         let cells = config("[grid]\nalgo = [\"rtn\", \"gptq\"]\nact_order = [false, true]\n")
