@@ -5,10 +5,12 @@
 //! Run: `cargo bench --bench online_rotation`. For each width it prints, measured in the same
 //! run (median of 5 after a warm-up):
 //! - the layer's matmul `[tokens, n] × [n, m]` on `Device::flex()` (the baseline);
-//! - `Rotation::apply_tensor` (Burn ops, differentiable: what the model runs), Hadamard and
-//!   dense random orthogonal, with the ratio to the matmul;
-//! - `Rotation::apply_rows` on the host (FWHT over the power-of-two factor and a small product
-//!   with the seed matrix, `O(n log n + n·K)` per row), with its ratio.
+//! - `Rotation::apply_tensor` on the autodiff device (Burn tensor ops, differentiable: what a
+//!   learned-rounding forward runs), Hadamard and dense random orthogonal, with the ratio to
+//!   the matmul;
+//! - `Rotation::apply_tensor` on plain `flex`, which takes the host path (FWHT over the
+//!   power-of-two factor and a small product with the seed matrix, `O(n log n + n·K)` per
+//!   row, plus the buffer round trip): what evaluation and calibration run.
 
 use burn::tensor::{Device, Distribution, Tensor};
 use burn_quant_ptq::stage1::Rotation;
@@ -21,7 +23,12 @@ fn main() {
     println!("online rotation cost per forward, {TOKENS} tokens (median of 5)");
     println!(
         "{:>6} {:>6} {:>12} {:>22} {:>22} {:>22}",
-        "n", "m", "matmul ms", "hadamard tensor ms (×)", "hadamard host ms (×)", "ort tensor ms (×)"
+        "n",
+        "m",
+        "matmul ms",
+        "hadamard autodiff ms (×)",
+        "hadamard flex ms (×)",
+        "ort autodiff ms (×)"
     );
     for (n, m) in [(576usize, 1536usize), (1536, 576)] {
         let x = Tensor::<2>::random([TOKENS, n], Distribution::Normal(0.0, 1.0), &device);
@@ -36,10 +43,10 @@ fn main() {
             median_secs(5, f) * 1e3
         };
         let base = time(&mut || sync(x.clone().matmul(w.clone())));
-        let tensor = time(&mut || sync(had.apply_tensor(x.clone()).expect("width fits")));
-        let mut host = x.clone().into_data().try_to_vec::<f32>().expect("f32");
-        let host_ms = time(&mut || had.apply_rows(&mut host).expect("width fits"));
-        let dense = time(&mut || sync(ort.apply_tensor(x.clone()).expect("width fits")));
+        let xa = Tensor::<2>::from_data(x.clone().into_data(), &device.clone().autodiff());
+        let tensor = time(&mut || sync(had.apply_tensor(xa.clone()).expect("width fits")));
+        let host_ms = time(&mut || sync(had.apply_tensor(x.clone()).expect("width fits")));
+        let dense = time(&mut || sync(ort.apply_tensor(xa.clone()).expect("width fits")));
         println!(
             "{n:>6} {m:>6} {base:>12.2} {:>22} {:>22} {:>22}",
             format!("{tensor:.2} ({:.2}×)", tensor / base),
