@@ -263,6 +263,13 @@ fn kv_quantization_is_per_head_and_token() {
         ),
     );
     assert!(e8 > 0.0 && e8 < e4, "int8 {e8} vs int4 {e4}");
+    // fp8 e4m3 (3 mantissa bits, a scale per head and token) lands between the two.
+    let m_fp8 = quantized("fp8_e4m3", false);
+    let e_fp8 = rel(
+        &host(m_fp8.forward(m_fp8.tokens(&[&ids]).unwrap()).unwrap()),
+        &want,
+    );
+    assert!(e_fp8 > e8 && e_fp8 < e4, "fp8 {e_fp8}, int8 {e8}, int4 {e4}");
     let eq4 = rel(
         &host(
             quantized("int4", true)
