@@ -63,7 +63,7 @@ pub struct PtqLlmOptions {
     pub weight_scale: Option<String>,
     /// Narrow signed grid (−7..7 at 4 bits; Brevitas's `--weight-narrow-range`).
     pub narrow_range: Option<bool>,
-    /// `rtn`, `gptq`, `gpfq`, `gptaq` or `qronos`.
+    /// `rtn`, `gptq`, `gpfq`, `gptaq`, `qronos` or `adaround`.
     pub algo: String,
     /// Process input channels by decreasing Hessian diagonal (GPTQ family).
     pub act_order: bool,
@@ -468,8 +468,14 @@ impl PtqLlmOptions {
         })?;
         let a = a.with_act_order(self.act_order);
         let a = match self.static_groups {
-            // RTN and GPFQ always take their group parameters from the original weight.
-            Some(false) if matches!(a, Algorithm::Rtn(_) | Algorithm::Gpfq(_)) => {
+            // RTN, GPFQ and AdaRound always take their group parameters from the original
+            // weight.
+            Some(false)
+                if matches!(
+                    a,
+                    Algorithm::Rtn(_) | Algorithm::Gpfq(_) | Algorithm::Adaround(_)
+                ) =>
+            {
                 return Err(CliError::config(
                     "static_groups",
                     false,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::algorithm::{HostQuantized, Stage2Algorithm};
 use crate::error::{PtqError, Result};
 use crate::stats::{CalibInputs, LayerStats};
-use crate::{Gpfq, Gptaq, Gptq, Qronos, Rtn};
+use crate::{Adaround, Gpfq, Gptaq, Gptq, Qronos, Rtn};
 
 /// One of the Stage-2 algorithms with its configuration; implements [`Stage2Algorithm`] by
 /// delegation. Serialised as `{"algo": "gptq", "percdamp": 0.01, …}`.
@@ -27,13 +27,15 @@ pub enum Algorithm {
     Gptaq(Gptaq),
     /// Qronos.
     Qronos(Qronos),
+    /// AdaRound (learned rounding with RTN's scales).
+    Adaround(Adaround),
 }
 
 impl Algorithm {
     /// The names [`Algorithm::from_str`] accepts.
-    pub const NAMES: [&'static str; 5] = ["rtn", "gptq", "gpfq", "gptaq", "qronos"];
+    pub const NAMES: [&'static str; 6] = ["rtn", "gptq", "gpfq", "gptaq", "qronos", "adaround"];
 
-    /// Turns act-order on or off (no effect on RTN).
+    /// Turns act-order on or off (no effect on RTN or AdaRound).
     pub fn with_act_order(self, on: bool) -> Self {
         match self {
             Algorithm::Rtn(a) => Algorithm::Rtn(a),
@@ -41,6 +43,7 @@ impl Algorithm {
             Algorithm::Gpfq(a) => Algorithm::Gpfq(a.with_act_order(on)),
             Algorithm::Gptaq(a) => Algorithm::Gptaq(a.with_act_order(on)),
             Algorithm::Qronos(a) => Algorithm::Qronos(a.with_act_order(on)),
+            Algorithm::Adaround(a) => Algorithm::Adaround(a),
         }
     }
 
@@ -48,8 +51,8 @@ impl Algorithm {
     /// come from the weight before any error feedback, as Brevitas's frozen weight scales) or
     /// computes each group's during the sweep (`false`; when, see
     /// [`DynamicGroupTiming`](crate::DynamicGroupTiming)). Sets `static_groups` of GPTQ,
-    /// GPTAQ and Qronos; no effect on RTN (no sweep) or GPFQ (its weight never changes, so its
-    /// parameters are always those of the untouched weight).
+    /// GPTAQ and Qronos; no effect on RTN (no sweep), GPFQ (its weight never changes, so its
+    /// parameters are always those of the untouched weight) or AdaRound (RTN's parameters).
     pub fn with_static_groups(self, on: bool) -> Self {
         match self {
             Algorithm::Rtn(a) => Algorithm::Rtn(a),
@@ -57,6 +60,7 @@ impl Algorithm {
             Algorithm::Gpfq(a) => Algorithm::Gpfq(a),
             Algorithm::Gptaq(a) => Algorithm::Gptaq(a.with_static_groups(on)),
             Algorithm::Qronos(a) => Algorithm::Qronos(a.with_static_groups(on)),
+            Algorithm::Adaround(a) => Algorithm::Adaround(a),
         }
     }
 
@@ -71,6 +75,7 @@ impl Algorithm {
             Algorithm::Gpfq(a) => a.validate(),
             Algorithm::Gptaq(a) => a.validate(),
             Algorithm::Qronos(a) => a.validate(),
+            Algorithm::Adaround(a) => a.validate(),
         }
     }
 
@@ -81,6 +86,7 @@ impl Algorithm {
             Algorithm::Gpfq(a) => a,
             Algorithm::Gptaq(a) => a,
             Algorithm::Qronos(a) => a,
+            Algorithm::Adaround(a) => a,
         }
     }
 }
@@ -88,7 +94,8 @@ impl Algorithm {
 impl FromStr for Algorithm {
     type Err = PtqError;
 
-    /// `rtn`, `gptq`, `gpfq`, `gptaq` or `qronos` (any case), with default settings.
+    /// `rtn`, `gptq`, `gpfq`, `gptaq`, `qronos` or `adaround` (any case), with default
+    /// settings.
     fn from_str(name: &str) -> Result<Self> {
         Ok(match name.to_ascii_lowercase().as_str() {
             "rtn" => Algorithm::Rtn(Rtn),
@@ -96,6 +103,7 @@ impl FromStr for Algorithm {
             "gpfq" => Algorithm::Gpfq(Gpfq::default()),
             "gptaq" => Algorithm::Gptaq(Gptaq::default()),
             "qronos" => Algorithm::Qronos(Qronos::default()),
+            "adaround" => Algorithm::Adaround(Adaround::default()),
             _ => {
                 return Err(PtqError::config(
                     "algo",
@@ -168,6 +176,27 @@ mod tests {
             "rtn".parse::<Algorithm>().unwrap().inputs(),
             CalibInputs::None
         );
+        assert_eq!(
+            "AdaRound".parse::<Algorithm>().unwrap(),
+            Algorithm::Adaround(Adaround::default())
+        );
+        assert_eq!(
+            "adaround".parse::<Algorithm>().unwrap().inputs(),
+            CalibInputs::Quantized
+        );
+        let a: Algorithm = serde_json::from_str(
+            r#"{"algo": "adaround", "iterations": 200, "float_target": true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            a,
+            Algorithm::Adaround(
+                Adaround::default()
+                    .with_iterations(200)
+                    .with_float_target(true)
+            )
+        );
+        assert_eq!(a.inputs(), CalibInputs::FloatAndQuantized);
     }
 
     #[test]
@@ -179,8 +208,11 @@ mod tests {
                 Algorithm::Gptq(g) => assert!(g.static_groups),
                 Algorithm::Gptaq(g) => assert!(g.static_groups),
                 Algorithm::Qronos(q) => assert!(q.static_groups),
-                // No sweep (RTN) or a weight that never changes (GPFQ): nothing to set.
-                Algorithm::Rtn(_) | Algorithm::Gpfq(_) => assert_eq!(on, a),
+                // No sweep (RTN), a weight that never changes (GPFQ) or RTN's parameters
+                // (AdaRound): nothing to set.
+                Algorithm::Rtn(_) | Algorithm::Gpfq(_) | Algorithm::Adaround(_) => {
+                    assert_eq!(on, a)
+                }
             }
             for v in [on, a.with_static_groups(false)] {
                 let json = serde_json::to_string(&v).unwrap();
@@ -278,6 +310,10 @@ mod tests {
         assert_eq!(
             field(Algorithm::Gpfq(Gpfq::default().with_block_size(0))),
             "block_size"
+        );
+        assert_eq!(
+            field(Algorithm::Adaround(Adaround::default().with_lambda(-1.0))),
+            "lambda"
         );
         // Quantizing runs the same checks.
         let n = 8;

@@ -11,6 +11,10 @@
 //! | [`Gpfq`] | `‖XW − X̃Ŵ‖` | float + quantized | `gpfq.rs` |
 //! | [`Gptaq`] | `‖XW − X̃Ŵ‖` | float + quantized | `gptaq.rs` |
 //! | [`Qronos`] | `‖XW − X̃Ŵ‖` | float + quantized | `qronos.rs` |
+//! | [`Adaround`] | `‖X̃W − X̃Ŵ‖` (or `‖XW − X̃Ŵ‖`), learned rounding | quantized-path (or both) | `adaround.rs` |
+//!
+//! [`bias_correction()`] turns calibration means ([`InputMeans`]) into the bias shift that
+//! removes a quantized layer's mean output error (notes §7.7).
 //!
 //! Stage 1 ([`stage1`]) rewrites a model's weights before any of them, without changing its
 //! float function: a model declares its regions ([`stage1::Regions`]) and the transforms —
@@ -45,7 +49,9 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod adaround;
 pub mod algorithm;
+pub mod bias_correction;
 mod choice;
 pub mod error;
 pub mod gpfq;
@@ -61,7 +67,9 @@ pub mod stats;
 #[cfg(test)]
 mod testutil;
 
+pub use adaround::Adaround;
 pub use algorithm::{DynamicGroupTiming, HostQuantized, LayerReport, Quantized, Stage2Algorithm};
+pub use bias_correction::{InputMeans, bias_correction};
 pub use choice::Algorithm;
 pub use error::{PtqError, Result};
 pub use gpfq::Gpfq;

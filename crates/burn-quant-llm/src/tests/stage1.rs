@@ -269,7 +269,10 @@ fn kv_quantization_is_per_head_and_token() {
         &host(m_fp8.forward(m_fp8.tokens(&[&ids]).unwrap()).unwrap()),
         &want,
     );
-    assert!(e_fp8 > e8 && e_fp8 < e4, "fp8 {e_fp8}, int8 {e8}, int4 {e4}");
+    assert!(
+        e_fp8 > e8 && e_fp8 < e4,
+        "fp8 {e_fp8}, int8 {e8}, int4 {e4}"
+    );
     let eq4 = rel(
         &host(
             quantized("int4", true)
