@@ -64,6 +64,8 @@ pub mod book {
     pub struct Plans;
     #[doc = include_str!("../../../book/src/llm-ptq.md")]
     pub struct LlmPtq;
+    #[doc = include_str!("../../../book/src/composition.md")]
+    pub struct Composition;
     #[doc = include_str!("../../../book/src/export.md")]
     pub struct Export;
     #[doc = include_str!("../../../book/src/performance.md")]
