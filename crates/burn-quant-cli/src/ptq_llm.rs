@@ -162,7 +162,7 @@ impl WeightSpecChoice {
 /// `int{b}_g{size}` (symmetric int, groups of `size`), `int{b}_channel` (per output channel),
 /// `uint{b}_g{size}` (asymmetric), `int8_channel_narrow`, `gguf_q8_0`, `gguf_q4_0`,
 /// `gguf_q4_1`, `gguf_q5_0`, `gguf_q5_1`, `gguf_q2_k` … `gguf_q6_k`, `mxfp4`, `mxfp8_e4m3`,
-/// `mxint8`, `nvfp4`, `fp8_e4m3`.
+/// `mxint8`, `mxint{b}` (MXINT8's structure with `b`-bit elements), `nvfp4`, `fp8_e4m3`.
 pub fn weight_preset(name: &str) -> Result<QuantSpec> {
     let fixed = match name {
         "int8_channel_narrow" => Some(QuantSpec::int8_weight_per_channel()),
@@ -186,13 +186,27 @@ pub fn weight_preset(name: &str) -> Result<QuantSpec> {
     if let Some(spec) = fixed {
         return Ok(spec);
     }
+    // MXINT at any width: MXINT8's structure (blocks of 32 along the input, E8M0 shared
+    // scales, narrow symmetric grid) with `b`-bit elements; `mxint2` is {−1, 0, 1}·2^e.
+    if let Some(b) = name
+        .strip_prefix("mxint")
+        .and_then(|b| b.parse::<u8>().ok())
+    {
+        let spec = QuantSpec::mxint8().with_bits(b);
+        spec.validate().map_err(|source| CliError::Quant {
+            recipe: "ptq-llm".into(),
+            param: "weights".into(),
+            source,
+        })?;
+        return Ok(spec);
+    }
     let bad = || {
         CliError::config(
             "weights",
             name,
             "expected int{b}_g{size}, int{b}_channel, uint{b}_g{size}, int8_channel_narrow, \
              gguf_q8_0, gguf_q4_0, gguf_q4_1, gguf_q5_0, gguf_q5_1, gguf_q2_k..gguf_q6_k, mxfp4, \
-             mxfp8_e4m3, mxint8, nvfp4 or fp8_e4m3",
+             mxfp8_e4m3, mxint8, mxint{b}, nvfp4 or fp8_e4m3",
         )
     };
     let (unsigned, rest) = match (name.strip_prefix("uint"), name.strip_prefix("int")) {
@@ -1194,6 +1208,17 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("weight_bits"), "{e}");
         assert!(o("weights = \"int4_gx\"\n").weight_spec().is_err());
+        let mx2 = o("weights = \"mxint2\"\n").weight_spec().unwrap();
+        assert_eq!(mx2.granularity, QuantSpec::mxint8().granularity);
+        assert_eq!(
+            mx2.format,
+            Format::Int {
+                bits: 2,
+                signed: true,
+                narrow: true
+            }
+        );
+        assert!(o("weights = \"mxint1\"\n").weight_spec().is_err());
         // Narrow grids have no −qmin level: the default convention becomes qmax, an explicit
         // other one is an error naming the field.
         assert_eq!(
