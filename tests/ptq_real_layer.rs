@@ -407,3 +407,33 @@ fn results_are_quant_tensors_that_dequantize_exactly() {
         .unwrap_err();
     assert!(err.to_string().contains("does not divide"), "{err}");
 }
+
+/// AdaRound's learned rounding is below RTN on its target (`‖X̃(W − Ŵ)‖`) on real SmolLM2
+/// layers, with fewer iterations than its default (300) to keep the test short; its codes stay
+/// within one step of RTN's.
+#[test]
+fn adaround_beats_rtn_on_real_layers() {
+    let Some(c) = captured() else { return };
+    let ada = burn_quant_ptq::Adaround::default().with_iterations(300);
+    for slot in [LinearSlot::Q, LinearSlot::O] {
+        let g = group_for(c.weights[&slot].1[0]);
+        for spec in [
+            QuantSpec::int4_weight_per_group(g),
+            QuantSpec::int4_weight_per_group(g).with_bits(3),
+        ] {
+            let (_, rtn, r) = errors(c, slot, &Rtn, &spec);
+            let (_, own, a) = errors(c, slot, &ada, &spec);
+            println!(
+                "{:<17} {spec:<52} rtn {rtn:.4} adaround {own:.4}",
+                slot.hf_name()
+            );
+            assert!(
+                own < rtn,
+                "{} {spec}: AdaRound {own} vs RTN {rtn}",
+                slot.hf_name()
+            );
+            let (rc, ac) = (&r.codes, &a.codes);
+            assert!(rc.iter().zip(ac).all(|(x, y)| (x - y).abs() <= 1));
+        }
+    }
+}
