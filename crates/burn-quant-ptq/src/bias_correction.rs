@@ -85,26 +85,7 @@ impl InputMeans {
     /// `[tokens, d_in]`. A failed batch leaves the sums unchanged.
     pub fn observe_host(&mut self, x: &[f32], x_quant: Option<&[f32]>) -> Result<()> {
         let n = self.d_in;
-        if n == 0 || !x.len().is_multiple_of(n) {
-            return Err(PtqError::ShapeMismatch {
-                what: "x",
-                got: vec![x.len()],
-                expected: format!("a multiple of d_in = {n} values"),
-            });
-        }
-        if let Some(q) = x_quant
-            && q.len() != x.len()
-        {
-            return Err(PtqError::ShapeMismatch {
-                what: "x_quant",
-                got: vec![q.len()],
-                expected: format!("{} values, as x", x.len()),
-            });
-        }
-        check_finite(x, "x")?;
-        if let Some(q) = x_quant {
-            check_finite(q, "x_quant")?;
-        }
+        crate::stats::check_batch(x, x_quant, n)?;
         add_rows(&mut self.sum_float, x, n);
         add_rows(&mut self.sum_quant, x_quant.unwrap_or(x), n);
         self.tokens += (x.len() / n) as u64;

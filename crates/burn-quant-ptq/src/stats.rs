@@ -233,26 +233,7 @@ impl LayerStats {
     /// `[tokens, d_in]`.
     pub fn observe_host(&mut self, x: &[f32], x_quant: Option<&[f32]>) -> Result<()> {
         let n = self.d_in;
-        if n == 0 || !x.len().is_multiple_of(n) {
-            return Err(PtqError::ShapeMismatch {
-                what: "x",
-                got: vec![x.len()],
-                expected: format!("a multiple of d_in = {n} values"),
-            });
-        }
-        if let Some(q) = x_quant
-            && q.len() != x.len()
-        {
-            return Err(PtqError::ShapeMismatch {
-                what: "x_quant",
-                got: vec![q.len()],
-                expected: format!("{} values, as x", x.len()),
-            });
-        }
-        check_finite(x, "x")?;
-        if let Some(q) = x_quant {
-            check_finite(q, "x_quant")?;
-        }
+        check_batch(x, x_quant, n)?;
         let tokens = x.len() / n;
         if self.inputs != CalibInputs::None && tokens > 0 {
             let xq = x_quant.unwrap_or(x);
@@ -454,6 +435,32 @@ pub(crate) fn read<const D: usize>(x: &Tensor<D>, what: &'static str) -> Result<
         .map_err(|e| PtqError::InvalidStatistics {
             reason: format!("cannot read `{what}` as f32: {e:?}"),
         })
+}
+
+/// Checks one host batch of `[tokens, d_in]` inputs (and its quantized-path twin): whole rows,
+/// equal lengths, finite values.
+pub(crate) fn check_batch(x: &[f32], x_quant: Option<&[f32]>, d_in: usize) -> Result<()> {
+    if d_in == 0 || !x.len().is_multiple_of(d_in) {
+        return Err(PtqError::ShapeMismatch {
+            what: "x",
+            got: vec![x.len()],
+            expected: format!("a multiple of d_in = {d_in} values"),
+        });
+    }
+    if let Some(q) = x_quant
+        && q.len() != x.len()
+    {
+        return Err(PtqError::ShapeMismatch {
+            what: "x_quant",
+            got: vec![q.len()],
+            expected: format!("{} values, as x", x.len()),
+        });
+    }
+    check_finite(x, "x")?;
+    if let Some(q) = x_quant {
+        check_finite(q, "x_quant")?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

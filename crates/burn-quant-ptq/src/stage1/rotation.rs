@@ -437,7 +437,7 @@ impl Rotation {
             // buffer is 4–5× faster than the tensor GEMMs at n = 1536 (benches/online_rotation).
             let mut data =
                 x.into_data()
-                    .into_vec::<f32>()
+                    .try_into_vec::<f32>()
                     .map_err(|e| PtqError::InvalidStatistics {
                         reason: format!("reading an f32 tensor: {e:?}"),
                     })?;
