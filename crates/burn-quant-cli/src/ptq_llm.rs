@@ -16,7 +16,7 @@ use burn_quant_llm::{
     calibration_windows_from_text, compare_with_reference_of_text, load_with_tokenizer,
     perplexity_of_text, quantize_model,
 };
-use burn_quant_ptq::Algorithm;
+use burn_quant_ptq::{Algorithm, Stage2Algorithm};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CliError, Result};
@@ -65,6 +65,11 @@ pub struct PtqLlmOptions {
     pub narrow_range: Option<bool>,
     /// `rtn`, `gptq`, `gpfq`, `gptaq`, `qronos` or `adaround`.
     pub algo: String,
+    /// The Stage-2 algorithm in full, every parameter included, instead of `algo` and its
+    /// options (`stage2 = { algo = "adaround", iterations = 300 }`, `stage2 = { algo =
+    /// "gptq", percdamp = 0.05, act_order = true }`); `algo` must then name the same algorithm
+    /// or be left out, and `act_order`, `static_groups`, `qronos_alpha` go inside it.
+    pub stage2: Option<Algorithm>,
     /// Process input channels by decreasing Hessian diagonal (GPTQ family).
     pub act_order: bool,
     /// Compute every group's scale from the original weight before the sweep (GPTQ, GPTAQ,
@@ -303,6 +308,7 @@ impl Default for PtqLlmOptions {
             weight_scale: None,
             narrow_range: None,
             algo: "gptq".into(),
+            stage2: None,
             act_order: false,
             static_groups: None,
             qronos_alpha: None,
@@ -475,8 +481,42 @@ impl PtqLlmOptions {
         }
     }
 
+    /// The name of the Stage-2 algorithm (`stage2`'s, else `algo`).
+    pub fn algo_name(&self) -> String {
+        match &self.stage2 {
+            Some(a) => a.name().to_string(),
+            None => self.algo.to_ascii_lowercase(),
+        }
+    }
+
     /// The algorithm these options select.
     pub fn algorithm(&self) -> Result<Algorithm> {
+        if let Some(full) = &self.stage2 {
+            let name = full.name();
+            if self.algo != name && self.algo != PtqLlmOptions::default().algo {
+                return Err(CliError::config(
+                    "algo",
+                    &self.algo,
+                    format!("`stage2` gives the algorithm in full ({name}); drop `algo`"),
+                ));
+            }
+            for (field, set) in [
+                ("act_order", self.act_order),
+                ("static_groups", self.static_groups.is_some()),
+                ("qronos_alpha", self.qronos_alpha.is_some()),
+            ] {
+                if set {
+                    return Err(CliError::config(
+                        field,
+                        "set",
+                        "`stage2` gives the algorithm in full; set this inside it",
+                    ));
+                }
+            }
+            full.validate()
+                .map_err(|e| CliError::config("stage2", name, e.to_string()))?;
+            return Ok(*full);
+        }
         let a: Algorithm = self.algo.parse().map_err(|e: burn_quant_ptq::PtqError| {
             CliError::config("algo", &self.algo, e.to_string())
         })?;
@@ -531,7 +571,11 @@ impl PtqLlmOptions {
                 Err(_) => l += "? + ",
             }
         }
-        l += &self.algo;
+        match &self.stage2 {
+            // Every parameter, so that sweep cells that differ only there are told apart.
+            Some(a) => l += &serde_json::to_string(a).unwrap_or_else(|_| a.name().into()),
+            None => l += &self.algo,
+        }
         match &self.weights {
             Some(WeightSpecChoice::Preset(name)) => l += &format!(" {name}"),
             Some(WeightSpecChoice::Full(spec)) => l += &format!(" [{spec}]"),
@@ -590,7 +634,7 @@ impl PtqLlmOptions {
     pub fn quant_activations(&self) -> bool {
         self.use_quant_activations.unwrap_or_else(|| {
             (self.input_bits.is_some() || self.inputs.is_some())
-                && matches!(self.algo.to_ascii_lowercase().as_str(), "gpfq" | "qronos")
+                && matches!(self.algo_name().as_str(), "gpfq" | "qronos")
         })
     }
 
@@ -1295,6 +1339,28 @@ mod tests {
             panic!("{a:?}")
         };
         assert_eq!((q.alpha, q.static_groups), (1e-6, false));
+        // The algorithm in full: every parameter, never beside the short options.
+        let r = o("[stage2]\nalgo = \"adaround\"\niterations = 300\n");
+        let burn_quant_ptq::Algorithm::Adaround(a) = r.algorithm().unwrap() else {
+            panic!("{:?}", r.algorithm())
+        };
+        assert_eq!(a.iterations, 300);
+        assert_eq!(r.algo_name(), "adaround");
+        assert!(r.label().contains("\"iterations\":300"), "{}", r.label());
+        let e = o("act_order = true\n[stage2]\nalgo = \"gptq\"\n")
+            .check()
+            .unwrap_err();
+        assert!(e.to_string().contains("act_order"), "{e}");
+        let e = o("algo = \"rtn\"\n[stage2]\nalgo = \"gptq\"\n")
+            .check()
+            .unwrap_err();
+        assert!(e.to_string().contains("stage2"), "{e}");
+        let e = o("[stage2]\nalgo = \"adaround\"\nlambda = -1.0\n")
+            .check()
+            .unwrap_err();
+        assert!(e.to_string().contains("stage2"), "{e}");
+        assert!(o("[stage2]\nalgo = \"qronos\"\n").quant_activations() == false);
+        assert!(o("input_bits = 8\n[stage2]\nalgo = \"qronos\"\n").quant_activations());
         // The export target is checked before the model is loaded.
         let e = o("export = \"out.gguf\"\n").check().unwrap_err();
         assert!(e.to_string().contains("out.gguf"), "{e}");
