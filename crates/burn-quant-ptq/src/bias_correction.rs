@@ -59,23 +59,7 @@ impl InputMeans {
         x: &Tensor<D>,
         x_quant: Option<&Tensor<D>>,
     ) -> Result<()> {
-        let dims = x.dims();
-        if D == 0 || dims[D - 1] != self.d_in {
-            return Err(PtqError::ShapeMismatch {
-                what: "x",
-                got: dims.to_vec(),
-                expected: format!("[…, {}]", self.d_in),
-            });
-        }
-        if let Some(q) = x_quant
-            && q.dims() != dims
-        {
-            return Err(PtqError::ShapeMismatch {
-                what: "x_quant",
-                got: q.dims().to_vec(),
-                expected: format!("{dims:?} (the float input's shape)"),
-            });
-        }
+        crate::stats::check_tensor_batch(x, x_quant, self.d_in)?;
         let xh = read(x, "x")?;
         let qh = x_quant.map(|q| read(q, "x_quant")).transpose()?;
         self.observe_host(&xh, qh.as_deref())

@@ -197,23 +197,8 @@ impl LayerStats {
         x: &Tensor<D>,
         x_quant: Option<&Tensor<D>>,
     ) -> Result<()> {
+        check_tensor_batch(x, x_quant, self.d_in)?;
         let dims = x.dims();
-        if D == 0 || dims[D - 1] != self.d_in {
-            return Err(PtqError::ShapeMismatch {
-                what: "x",
-                got: dims.to_vec(),
-                expected: format!("[…, {}]", self.d_in),
-            });
-        }
-        if let Some(q) = x_quant
-            && q.dims() != dims
-        {
-            return Err(PtqError::ShapeMismatch {
-                what: "x_quant",
-                got: q.dims().to_vec(),
-                expected: format!("{dims:?} (the float input's shape)"),
-            });
-        }
         let tokens = dims[..D - 1].iter().product::<usize>();
         if self.inputs == CalibInputs::None || tokens == 0 {
             self.tokens += tokens as u64;
@@ -435,6 +420,33 @@ pub(crate) fn read<const D: usize>(x: &Tensor<D>, what: &'static str) -> Result<
         .map_err(|e| PtqError::InvalidStatistics {
             reason: format!("cannot read `{what}` as f32: {e:?}"),
         })
+}
+
+/// Checks one batch of inputs on a device: the last axis is `d_in` and the quantized-path
+/// twin has the same shape.
+pub(crate) fn check_tensor_batch<const D: usize>(
+    x: &Tensor<D>,
+    x_quant: Option<&Tensor<D>>,
+    d_in: usize,
+) -> Result<()> {
+    let dims = x.dims();
+    if D == 0 || dims[D - 1] != d_in {
+        return Err(PtqError::ShapeMismatch {
+            what: "x",
+            got: dims.to_vec(),
+            expected: format!("[…, {d_in}]"),
+        });
+    }
+    if let Some(q) = x_quant
+        && q.dims() != dims
+    {
+        return Err(PtqError::ShapeMismatch {
+            what: "x_quant",
+            got: q.dims().to_vec(),
+            expected: format!("{dims:?} (the float input's shape)"),
+        });
+    }
+    Ok(())
 }
 
 /// Checks one host batch of `[tokens, d_in]` inputs (and its quantized-path twin): whole rows,

@@ -171,6 +171,27 @@ fn region_error(transform: &'static str, path: &str, reason: impl Into<String>) 
     }
 }
 
+/// A reader's weight on the host, `[d_in, d_out]`, checked to read `width` channels (`of`
+/// names what sets the width in the error: "the region", "the rotation").
+fn reader_weight(
+    model: &dyn Regions,
+    transform: &'static str,
+    path: &str,
+    width: usize,
+    of: &str,
+) -> Result<(Tensor<2>, Vec<f32>, [usize; 2])> {
+    let w = model.linear_weight(path)?;
+    let (data, dims) = host2(w.clone())?;
+    if dims[0] != width {
+        return Err(region_error(
+            transform,
+            path,
+            format!("reads {} channels, {of} has {width}", dims[0]),
+        ));
+    }
+    Ok((w, data, dims))
+}
+
 /// Multiplies row `j` of every sink weight by `factor[j]` (`W ← diag(factor)·W`).
 fn scale_sink_rows(
     model: &mut dyn Regions,
@@ -179,19 +200,8 @@ fn scale_sink_rows(
     factor: &[f32],
 ) -> Result<usize> {
     for sink in sinks {
-        let w = model.linear_weight(sink)?;
-        let (mut data, dims) = host2(w.clone())?;
-        if dims[0] != factor.len() {
-            return Err(region_error(
-                transform,
-                sink,
-                format!(
-                    "reads {} channels, the region has {}",
-                    dims[0],
-                    factor.len()
-                ),
-            ));
-        }
+        let (w, mut data, dims) =
+            reader_weight(model, transform, sink, factor.len(), "the region")?;
         for (row, f) in data.chunks_mut(dims[1]).zip(factor) {
             row.iter_mut().for_each(|v| *v *= f);
         }
@@ -247,14 +257,7 @@ pub fn smoothing_factors(act_absmax: &[f32], weight_absmax: &[f32], alpha: f64) 
 fn sink_row_absmax(model: &dyn Regions, sinks: &[String], width: usize) -> Result<Vec<f32>> {
     let mut out = vec![0f32; width];
     for sink in sinks {
-        let (data, dims) = host2(model.linear_weight(sink)?)?;
-        if dims[0] != width {
-            return Err(region_error(
-                "smoothquant",
-                sink,
-                format!("reads {} channels, the region has {width}", dims[0]),
-            ));
-        }
+        let (_, data, dims) = reader_weight(model, "smoothquant", sink, width, "the region")?;
         for (o, row) in out.iter_mut().zip(data.chunks(dims[1])) {
             *o = row.iter().fold(*o, |m, v| m.max(v.abs()));
         }
@@ -385,19 +388,8 @@ fn fuse_reader(
     path: &str,
     rotation: &Rotation,
 ) -> Result<()> {
-    let w = model.linear_weight(path)?;
-    let (mut data, dims) = host2(w.clone())?;
-    if dims[0] != rotation.len() {
-        return Err(region_error(
-            transform,
-            path,
-            format!(
-                "reads {} channels, the rotation has {}",
-                dims[0],
-                rotation.len()
-            ),
-        ));
-    }
+    let (w, mut data, dims) =
+        reader_weight(model, transform, path, rotation.len(), "the rotation")?;
     rotation.apply_columns(&mut data, dims[0], dims[1])?;
     model.set_linear_weight(path, like2(data, dims, &w))
 }
