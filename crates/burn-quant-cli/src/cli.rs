@@ -105,6 +105,10 @@ pub struct PtqLlmArgs {
     /// Also quantize the attention queries with the key spec (needs --kv).
     #[arg(long)]
     pub quant_queries: bool,
+    /// After Stage 2, add to every block linear the bias that removes its mean output error
+    /// on the calibration set.
+    #[arg(long)]
+    pub bias_correction: bool,
     /// Weight bits [default: 4].
     #[arg(long)]
     pub weight_bits: Option<u8>,
@@ -218,6 +222,9 @@ impl PtqLlmArgs {
         );
         if self.quant_queries {
             o.quant_queries = true;
+        }
+        if self.bias_correction {
+            o.bias_correction = true;
         }
         set_opt(&mut o.weight_bits, &self.weight_bits);
         set_opt(&mut o.group_size, &self.group_size);

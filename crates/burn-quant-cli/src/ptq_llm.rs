@@ -63,13 +63,17 @@ pub struct PtqLlmOptions {
     pub weight_scale: Option<String>,
     /// Narrow signed grid (−7..7 at 4 bits; Brevitas's `--weight-narrow-range`).
     pub narrow_range: Option<bool>,
-    /// `rtn`, `gptq`, `gpfq`, `gptaq`, `qronos` or `adaround`.
+    /// `rtn`, `gptq`, `gpfq`, `gptaq`, `qronos`, `adaround` or `autoround`.
     pub algo: String,
     /// The Stage-2 algorithm in full, every parameter included, instead of `algo` and its
     /// options (`stage2 = { algo = "adaround", iterations = 300 }`, `stage2 = { algo =
     /// "gptq", percdamp = 0.05, act_order = true }`); `algo` must then name the same algorithm
     /// or be left out, and `act_order`, `static_groups`, `qronos_alpha` go inside it.
     pub stage2: Option<Algorithm>,
+    /// After Stage 2, give every block linear the bias that removes its mean output error on
+    /// the calibration set (empirical bias correction; the biases export as llama.cpp's
+    /// optional `blk.N.*.bias` tensors).
+    pub bias_correction: bool,
     /// Process input channels by decreasing Hessian diagonal (GPTQ family).
     pub act_order: bool,
     /// Compute every group's scale from the original weight before the sweep (GPTQ, GPTAQ,
@@ -309,6 +313,7 @@ impl Default for PtqLlmOptions {
             narrow_range: None,
             algo: "gptq".into(),
             stage2: None,
+            bias_correction: false,
             act_order: false,
             static_groups: None,
             qronos_alpha: None,
@@ -522,12 +527,15 @@ impl PtqLlmOptions {
         })?;
         let a = a.with_act_order(self.act_order);
         let a = match self.static_groups {
-            // RTN, GPFQ and AdaRound always take their group parameters from the original
-            // weight.
+            // RTN, GPFQ, AdaRound and AutoRound always take their group parameters from the
+            // original weight (AutoRound's clipped by its learned factors).
             Some(false)
                 if matches!(
                     a,
-                    Algorithm::Rtn(_) | Algorithm::Gpfq(_) | Algorithm::Adaround(_)
+                    Algorithm::Rtn(_)
+                        | Algorithm::Gpfq(_)
+                        | Algorithm::Adaround(_)
+                        | Algorithm::AutoRound(_)
                 ) =>
             {
                 return Err(CliError::config(
@@ -624,6 +632,9 @@ impl PtqLlmOptions {
         }
         if self.quant_queries {
             l += " +Q";
+        }
+        if self.bias_correction {
+            l += " +BC";
         }
         l
     }
@@ -738,6 +749,10 @@ pub struct PtqLlmReport {
     pub stage1: Vec<(String, Duration)>,
     /// Time split of the quantization (forward passes, statistics, algorithm).
     pub timings: burn_quant_llm::PtqTimings,
+    /// Per block, how AutoRound trained (empty for the other algorithms).
+    pub learned: Vec<(usize, burn_quant_ptq::AutoRoundReport)>,
+    /// What bias correction did, when it ran.
+    pub bias_correction: Option<burn_quant_llm::BiasCorrectionReport>,
     /// Time spent calibrating static activation scales (`None` without them: float or
     /// dynamic per-token activations need no calibration).
     pub input_calibration: Option<Duration>,
@@ -790,6 +805,37 @@ impl std::fmt::Display for PtqLlmReport {
             t.algorithm.as_secs_f64(),
             t.total.as_secs_f64()
         )?;
+        if !self.learned.is_empty() {
+            let n = self.learned.len() as f64;
+            let sum = |g: &dyn Fn(&burn_quant_ptq::AutoRoundReport) -> f64| -> f64 {
+                self.learned.iter().map(|(_, r)| g(r)).sum()
+            };
+            let iters = sum(&|r| r.iterations as f64);
+            writeln!(
+                f,
+                "autoround: {} blocks × {} iterations, {:.1} s per block ({:.0} ms per iteration: \
+                 forward+backward {:.0} ms, soft weights and steps {:.0} ms); block loss {:.3e} → {:.3e} (sum of first / best)",
+                self.learned.len(),
+                self.learned[0].1.iterations,
+                sum(&|r| r.seconds) / n,
+                1e3 * sum(&|r| r.seconds) / iters.max(1.0),
+                1e3 * sum(&|r| r.forward_backward.as_secs_f64()) / iters.max(1.0),
+                1e3 * sum(&|r| r.quantizer.as_secs_f64()) / iters.max(1.0),
+                sum(&|r| r.initial_loss),
+                sum(&|r| r.best_loss),
+            )?;
+        }
+        if let Some(b) = &self.bias_correction {
+            let rms = b.layers.iter().map(|(_, r)| r * r).sum::<f64>() / b.layers.len().max(1) as f64;
+            writeln!(
+                f,
+                "bias correction: {} layers from {} tokens in {:.1} s (RMS correction {:.2e})",
+                b.layers.len(),
+                b.tokens,
+                b.seconds,
+                rms.sqrt()
+            )?;
+        }
         if let Some(t) = self.input_calibration {
             writeln!(
                 f,
@@ -972,10 +1018,23 @@ impl PtqLlmSession {
         if opts.quant_activations() {
             model = attach_inputs(model)?;
         }
+        // The float reference of bias correction: the model after Stage 1 (its quantizers, if
+        // already attached, are switched off on the float path).
+        let float_ref = opts.bias_correction.then(|| model.clone());
         let result = quantize_model(&mut model, &windows, &config, progress)?;
         if !opts.quant_activations() {
             model = attach_inputs(model)?;
         }
+        let bias_correction = match &float_ref {
+            Some(f) => Some(burn_quant_llm::correct_biases(
+                f,
+                &mut model,
+                &windows,
+                opts.batch_windows,
+            )?),
+            None => None,
+        };
+        drop(float_ref);
         let quantize_time = t.elapsed();
         let t = Instant::now();
         let (perplexity, kl, top1) = if opts.kl {
@@ -1017,6 +1076,8 @@ impl PtqLlmSession {
             rows,
             stage1: stage1.into_iter().map(|t| (t.step, t.time)).collect(),
             timings: result.timings,
+            learned: result.learned,
+            bias_correction,
             input_calibration,
             peak_rss: peak_rss(),
             damped_layers,
@@ -1099,6 +1160,18 @@ pub fn export_gguf(
     tensors.push(norm("model.norm.weight".into(), &model.norm.weight)?);
     for i in 0..model.num_blocks() {
         let b = model.block(i)?;
+        // Biases added by bias correction: llama.cpp's optional f32 `blk.N.*.bias` tensors.
+        for slot in burn_quant_llm::LinearSlot::ALL {
+            if let Some(bias) = &b.linear(slot).bias {
+                let data = host(bias.val())?;
+                tensors.push(Ok(HfTensor::new(
+                    format!("model.layers.{i}.{}.bias", slot.hf_name()),
+                    vec![data.len()],
+                    data,
+                )
+                .into()));
+            }
+        }
         tensors.push(norm(
             format!("model.layers.{i}.input_layernorm.weight"),
             &b.input_layernorm.weight,

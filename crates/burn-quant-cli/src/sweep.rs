@@ -253,7 +253,7 @@ fn effective_key(o: &PtqLlmOptions) -> Option<String> {
             o.weight_spec().ok()?,
             o.input_quant().ok()?,
             o.quant_activations(),
-            (o.stage1_steps().ok()?, o.kv_quant().ok()?),
+            (o.stage1_steps().ok()?, o.kv_quant().ok()?, o.bias_correction),
             (o.calib_windows, o.calib_window, o.seed, o.batch_windows),
             (o.eval_windows, o.kl, &o.export),
         )

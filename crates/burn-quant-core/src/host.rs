@@ -723,7 +723,7 @@ pub fn symmetric_params(amax: f32, positive_extreme: bool, spec: &QuantSpec) -> 
 /// The range a symmetric statistic reads from a cell's `[lo, hi]`: the cell's own ends on a
 /// signed grid (so the sign of the extreme is known), `[−amax, amax]` on an unsigned one (whose
 /// scale covers max |x|).
-pub(crate) fn abs_range(lo: f32, hi: f32, spec: &QuantSpec) -> (f32, f32) {
+pub fn abs_range(lo: f32, hi: f32, spec: &QuantSpec) -> (f32, f32) {
     if spec.format.min_value() < 0.0 {
         (lo, hi)
     } else {

@@ -373,6 +373,41 @@ pub fn fake_quant_custom<const D: usize>(
     params: &QuantParams<D>,
     rounding: &dyn RoundingFn,
 ) -> Result<Tensor<D>> {
+    fake_quant_tensor_path(x, None, spec, params, rounding)
+}
+
+/// [`fake_quant_custom`] with a rounding offset: `offset` (same shape as `x`, in units of the
+/// grid step at each element) is added to the value just before it is rounded — AutoRound's
+/// learned `V` (notes/algorithms.md §6.2): `q = R(clamp(x/s + z + V))` on integer grids,
+/// `q = step · R(v/step + V)` on minifloats (then held inside ±max, so an offset never
+/// overflows the format), `sign(v + V)` on binary. Gradients reach `x`, the params and the
+/// offset (straight-through; the offset's gradient is the element's grid step times the
+/// rounding's surrogate). An offset of zero gives exactly [`fake_quant_custom`].
+pub fn fake_quant_offset<const D: usize>(
+    x: Tensor<D>,
+    offset: Tensor<D>,
+    spec: &QuantSpec,
+    params: &QuantParams<D>,
+    rounding: &dyn RoundingFn,
+) -> Result<Tensor<D>> {
+    if offset.dims() != x.dims() {
+        return Err(QuantError::ShapeMismatch {
+            what: "rounding offset",
+            got: offset.dims().to_vec(),
+            expected: x.dims().to_vec(),
+        });
+    }
+    fake_quant_tensor_path(x, Some(offset), spec, params, rounding)
+}
+
+/// The differentiable fake-quant of [`fake_quant_custom`] and [`fake_quant_offset`].
+fn fake_quant_tensor_path<const D: usize>(
+    x: Tensor<D>,
+    offset: Option<Tensor<D>>,
+    spec: &QuantSpec,
+    params: &QuantParams<D>,
+    rounding: &dyn RoundingFn,
+) -> Result<Tensor<D>> {
     let shape = x.dims();
     let layout = spec.check_shape(&shape)?;
     params.check_shape(&layout)?;
@@ -406,6 +441,7 @@ pub fn fake_quant_custom<const D: usize>(
     let s_div = s4.clone().mask_fill(zero_mask, 1.0);
     let z4 = params.zero_points.as_ref().map(|z| to4(z.clone()));
     let x4 = x.reshape(xv);
+    let off4 = offset.map(|o| o.reshape(xv));
     let v = x4 / s_div;
     let v = match &z4 {
         Some(z) => v + z.clone(),
@@ -414,6 +450,10 @@ pub fn fake_quant_custom<const D: usize>(
     let fmt = spec.format;
     let q = match fmt {
         Format::Int { .. } | Format::Ternary => {
+            let v = match off4 {
+                Some(o) => v + o,
+                None => v,
+            };
             let vc = v.clamp(fmt.min_value(), fmt.max_value());
             round_with(vc, rounding)
         }
@@ -424,7 +464,10 @@ pub fn fake_quant_custom<const D: usize>(
             let host_v = to_host(&vc.clone().detach());
             let step: Vec<f32> = host_v.iter().map(|&a| m.step(a)).collect();
             let step = float_tensor::<4>(step, &vc.dims(), &vc.device());
-            let q = round_with(vc / step.clone(), rounding) * step;
+            let q = match off4 {
+                Some(o) => (round_with(vc / step.clone() + o, rounding) * step).clamp(-max, max),
+                None => round_with(vc / step.clone(), rounding) * step,
+            };
             if m.saturating {
                 q
             } else {
@@ -439,6 +482,10 @@ pub fn fake_quant_custom<const D: usize>(
             }
         }
         Format::Binary => {
+            let v = match off4 {
+                Some(o) => v + o,
+                None => v,
+            };
             let vc = v.clamp(-1.0, 1.0);
             let value = vc
                 .clone()
@@ -537,6 +584,78 @@ mod tests {
             assert_eq!(deq[i], tensor[i], "{spec:?} tensor path at {i}");
         }
         q
+    }
+
+    /// The rounding offset of `fake_quant_offset`: zero is the plain tensor path bit for bit;
+    /// an offset just under ±½ step moves every element at most one grid point, in the
+    /// offset's direction, and the result stays on the spec's grid (re-quantizing it with the
+    /// same params gives it back).
+    #[test]
+    fn rounding_offset_moves_at_most_one_grid_point_and_stays_on_the_grid() {
+        let device = dev();
+        let x = t2(data(256 * 64, 7), [256, 64], &device);
+        for spec in specs() {
+            let spec = spec.with_rounding(Rounding::NearestEven);
+            let q = quantize(x.clone(), &spec).unwrap();
+            let params = q.params();
+            let plain = host(&fake_quant_custom(x.clone(), &spec, &params, &spec.rounding).unwrap());
+            let zero = host(
+                &fake_quant_offset(x.clone(), x.zeros_like(), &spec, &params, &spec.rounding)
+                    .unwrap(),
+            );
+            assert_eq!(plain, zero, "{spec:?}: a zero offset changes nothing");
+            for o in [0.49f32, -0.49] {
+                let off = x.zeros_like().add_scalar(o);
+                let moved = fake_quant_offset(x.clone(), off, &spec, &params, &spec.rounding)
+                    .unwrap();
+                let back = host(&quantize_with(moved.clone(), &spec, params.clone())
+                    .unwrap()
+                    .dequantize());
+                let moved = host(&moved);
+                let codes_plain = q.codes_vec();
+                let requant = quantize_with(
+                    t2(moved.clone(), [256, 64], &device),
+                    &spec,
+                    params.clone(),
+                )
+                .unwrap()
+                .codes_vec();
+                for i in 0..moved.len() {
+                    assert_eq!(back[i], moved[i], "{spec:?} off {o}: on the grid at {i}");
+                    // Order along the grid: compare dequantized values (minifloat codes are
+                    // bit patterns, not ordered).
+                    if o > 0.0 {
+                        assert!(moved[i] >= plain[i], "{spec:?} +{o} at {i}");
+                    } else {
+                        assert!(moved[i] <= plain[i], "{spec:?} {o} at {i}");
+                    }
+                    if matches!(spec.format, Format::Int { .. } | Format::Ternary) {
+                        assert!((requant[i] - codes_plain[i]).abs() <= 1, "{spec:?} at {i}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The offset's gradient is the straight-through one in grid units: `∂ŵ/∂V = s` on an
+    /// integer grid inside its range.
+    #[test]
+    fn rounding_offset_gradient_is_the_scale() {
+        let device = Device::flex().autodiff();
+        let spec = QuantSpec::int4_weight_per_group(4);
+        let x = Tensor::<2>::from_floats([[0.1, -0.2], [0.3, 0.05], [-0.25, 0.4], [0.7, -0.8]], &device);
+        let params = compute_params(&x, &spec).unwrap();
+        let v = x.zeros_like().require_grad();
+        let y = fake_quant_offset(x.clone(), v.clone(), &spec, &params, &spec.rounding).unwrap();
+        let grads = y.sum().backward();
+        let g = v.grad(&grads).unwrap().try_into_vec_as::<f32>().unwrap();
+        let s = params.scales.try_into_vec_as::<f32>().unwrap();
+        // One group of 4 rows per column: column c's scale everywhere in the column.
+        for r in 0..4 {
+            for c in 0..2 {
+                assert!((g[r * 2 + c] - s[c]).abs() <= 1e-7 * s[c], "{g:?} {s:?}");
+            }
+        }
     }
 
     #[test]

@@ -37,7 +37,9 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bias;
 pub mod block;
+mod block_rounding;
 pub mod error;
 pub mod generate;
 pub mod load;
@@ -50,6 +52,7 @@ pub mod rope;
 pub mod stage1;
 pub mod tokenizer;
 
+pub use bias::{BiasCorrectionReport, correct_biases};
 pub use block::{
     BlockCache, DecoderBlock, InputSite, LinearSlot, LlamaAttention, LlamaMlp, Observer,
 };

@@ -226,14 +226,14 @@ impl LlamaModel {
 
     /// RoPE tables for positions `0..len` with this model's head width, θ and scaling.
     pub fn rope(&self, len: usize) -> Result<Rope> {
+        self.rope_on(len, &self.norm.weight.device())
+    }
+
+    /// [`LlamaModel::rope`] with its tables on `device` (e.g. the autodiff twin of the
+    /// model's device, for a block trained there).
+    pub fn rope_on(&self, len: usize, device: &Device) -> Result<Rope> {
         let hp = &self.hparams;
-        Rope::new(
-            hp.head_dim,
-            hp.rope_theta,
-            hp.rope_scaling,
-            len,
-            &self.norm.weight.device(),
-        )
+        Rope::new(hp.head_dim, hp.rope_theta, hp.rope_scaling, len, device)
     }
 
     /// The device the weights live on.

@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::Tensor;
 use burn_quant_core::{QuantSpec, QuantTensor};
-use burn_quant_ptq::{Algorithm, CalibInputs, LayerReport, LayerStats, Stage2Algorithm};
+use burn_quant_ptq::{
+    Algorithm, AutoRoundReport, CalibInputs, LayerReport, LayerStats, Stage2Algorithm,
+};
 
 use crate::block::{DecoderBlock, InputSite, LinearSlot};
 use crate::error::{LlmError, Result};
@@ -80,6 +82,8 @@ pub struct PtqResult {
     pub weights: BTreeMap<String, QuantTensor<2>>,
     /// Per-layer diagnostics, in order.
     pub layers: Vec<(String, LayerReport)>,
+    /// Per block, how the learned rounding trained (AutoRound only; empty otherwise).
+    pub learned: Vec<(usize, AutoRoundReport)>,
     /// Where the time went.
     pub timings: PtqTimings,
 }
@@ -97,6 +101,12 @@ pub fn quantize_model(
     config: &PtqConfig,
     progress: &mut dyn FnMut(&BlockProgress),
 ) -> Result<PtqResult> {
+    if let Algorithm::AutoRound(autoround) = &config.algorithm {
+        // Block-wise: one loss over the whole block, not per-layer statistics.
+        return crate::block_rounding::autoround_model(
+            model, windows, config, autoround, progress,
+        );
+    }
     let start = Instant::now();
     let algo = &config.algorithm;
     let inputs = algo.inputs();
@@ -104,6 +114,7 @@ pub fn quantize_model(
     let mut result = PtqResult {
         weights: BTreeMap::new(),
         layers: vec![],
+        learned: vec![],
         timings: PtqTimings::default(),
     };
     let needs_data = inputs != CalibInputs::None;
@@ -236,14 +247,14 @@ pub fn quantize_model(
 }
 
 /// `[batch, seq, d]` → `[batch·seq, d]`.
-fn flatten(x: Tensor<3>) -> Tensor<2> {
+pub(crate) fn flatten(x: Tensor<3>) -> Tensor<2> {
     let [b, s, d] = x.dims();
     x.reshape([b * s, d])
 }
 
 /// The quantized path through one block for one batch, computed piece by piece so that each
 /// site's input sees every earlier site already quantized, without recomputing the rest.
-struct SiteState {
+pub(crate) struct SiteState {
     /// Block input.
     x: Tensor<3>,
     /// Normalized input (q/k/v site).
@@ -259,7 +270,7 @@ struct SiteState {
 }
 
 impl SiteState {
-    fn new(x: Tensor<3>) -> Self {
+    pub(crate) fn new(x: Tensor<3>) -> Self {
         Self {
             x,
             h: None,
@@ -272,7 +283,7 @@ impl SiteState {
 
     /// The input of `site`, with the block's current (partly quantized) weights. Sites must be
     /// asked in forward order.
-    fn input_of(
+    pub(crate) fn input_of(
         &mut self,
         site: InputSite,
         block: &DecoderBlock,
@@ -315,7 +326,7 @@ impl SiteState {
     }
 
     /// The block's output once every site is quantized.
-    fn output(self, block: &DecoderBlock) -> Result<Tensor<3>> {
+    pub(crate) fn output(self, block: &DecoderBlock) -> Result<Tensor<3>> {
         let (x_attn, act) = (
             self.x_attn.ok_or_else(order_error)?,
             self.act.ok_or_else(order_error)?,

@@ -3,6 +3,7 @@
 
 mod compare;
 mod real;
+mod rounding;
 mod stage1;
 
 use std::collections::HashMap;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::algorithm::{HostQuantized, Stage2Algorithm};
 use crate::error::{PtqError, Result};
 use crate::stats::{CalibInputs, LayerStats};
-use crate::{Adaround, Gpfq, Gptaq, Gptq, Qronos, Rtn};
+use crate::{Adaround, AutoRound, Gpfq, Gptaq, Gptq, Qronos, Rtn};
 
 /// One of the Stage-2 algorithms with its configuration; implements [`Stage2Algorithm`] by
 /// delegation. Serialised as `{"algo": "gptq", "percdamp": 0.01, …}`.
@@ -29,11 +29,16 @@ pub enum Algorithm {
     Qronos(Qronos),
     /// AdaRound (learned rounding with RTN's scales).
     Adaround(Adaround),
+    /// AutoRound (learned rounding and clipping by sign-SGD; block-wise in the LLM pipeline,
+    /// layer-wise through [`Stage2Algorithm`]).
+    #[serde(rename = "autoround")]
+    AutoRound(AutoRound),
 }
 
 impl Algorithm {
     /// The names [`Algorithm::from_str`] accepts.
-    pub const NAMES: [&'static str; 6] = ["rtn", "gptq", "gpfq", "gptaq", "qronos", "adaround"];
+    pub const NAMES: [&'static str; 7] =
+        ["rtn", "gptq", "gpfq", "gptaq", "qronos", "adaround", "autoround"];
 
     /// Turns act-order on or off (no effect on RTN or AdaRound).
     pub fn with_act_order(self, on: bool) -> Self {
@@ -44,6 +49,7 @@ impl Algorithm {
             Algorithm::Gptaq(a) => Algorithm::Gptaq(a.with_act_order(on)),
             Algorithm::Qronos(a) => Algorithm::Qronos(a.with_act_order(on)),
             Algorithm::Adaround(a) => Algorithm::Adaround(a),
+            Algorithm::AutoRound(a) => Algorithm::AutoRound(a),
         }
     }
 
@@ -61,6 +67,7 @@ impl Algorithm {
             Algorithm::Gptaq(a) => Algorithm::Gptaq(a.with_static_groups(on)),
             Algorithm::Qronos(a) => Algorithm::Qronos(a.with_static_groups(on)),
             Algorithm::Adaround(a) => Algorithm::Adaround(a),
+            Algorithm::AutoRound(a) => Algorithm::AutoRound(a),
         }
     }
 
@@ -76,6 +83,7 @@ impl Algorithm {
             Algorithm::Gptaq(a) => a.validate(),
             Algorithm::Qronos(a) => a.validate(),
             Algorithm::Adaround(a) => a.validate(),
+            Algorithm::AutoRound(a) => a.validate(),
         }
     }
 
@@ -87,6 +95,7 @@ impl Algorithm {
             Algorithm::Gptaq(a) => a,
             Algorithm::Qronos(a) => a,
             Algorithm::Adaround(a) => a,
+            Algorithm::AutoRound(a) => a,
         }
     }
 }
@@ -104,6 +113,7 @@ impl FromStr for Algorithm {
             "gptaq" => Algorithm::Gptaq(Gptaq::default()),
             "qronos" => Algorithm::Qronos(Qronos::default()),
             "adaround" => Algorithm::Adaround(Adaround::default()),
+            "autoround" => Algorithm::AutoRound(AutoRound::default()),
             _ => {
                 return Err(PtqError::config(
                     "algo",
@@ -210,9 +220,10 @@ mod tests {
                 Algorithm::Qronos(q) => assert!(q.static_groups),
                 // No sweep (RTN), a weight that never changes (GPFQ) or RTN's parameters
                 // (AdaRound): nothing to set.
-                Algorithm::Rtn(_) | Algorithm::Gpfq(_) | Algorithm::Adaround(_) => {
-                    assert_eq!(on, a)
-                }
+                Algorithm::Rtn(_)
+                | Algorithm::Gpfq(_)
+                | Algorithm::Adaround(_)
+                | Algorithm::AutoRound(_) => assert_eq!(on, a),
             }
             for v in [on, a.with_static_groups(false)] {
                 let json = serde_json::to_string(&v).unwrap();

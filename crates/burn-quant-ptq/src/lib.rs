@@ -12,6 +12,7 @@
 //! | [`Gptaq`] | `‖XW − X̃Ŵ‖` | float + quantized | `gptaq.rs` |
 //! | [`Qronos`] | `‖XW − X̃Ŵ‖` | float + quantized | `qronos.rs` |
 //! | [`Adaround`] | `‖X̃W − X̃Ŵ‖` (or `‖XW − X̃Ŵ‖`), learned rounding | quantized-path (or both) | `adaround.rs` |
+//! | [`AutoRound`] | block output (or `‖XW − X̃Ŵ‖` per layer), learned rounding and clipping, sign-SGD through autodiff | float + quantized | `autoround.rs` |
 //!
 //! [`bias_correction()`] turns calibration means ([`InputMeans`]) into the bias shift that
 //! removes a quantized layer's mean output error (notes §7.7).
@@ -51,6 +52,7 @@
 
 pub mod adaround;
 pub mod algorithm;
+pub mod autoround;
 pub mod bias_correction;
 mod choice;
 pub mod error;
@@ -68,6 +70,7 @@ pub mod stats;
 mod testutil;
 
 pub use adaround::Adaround;
+pub use autoround::{AutoRound, AutoRoundOutcome, AutoRoundReport, BlockWeight};
 pub use algorithm::{DynamicGroupTiming, HostQuantized, LayerReport, Quantized, Stage2Algorithm};
 pub use bias_correction::{InputMeans, bias_correction};
 pub use choice::Algorithm;
