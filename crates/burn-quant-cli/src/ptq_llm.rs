@@ -751,6 +751,9 @@ pub struct PtqLlmReport {
     pub timings: burn_quant_llm::PtqTimings,
     /// Per block, how AutoRound trained (empty for the other algorithms).
     pub learned: Vec<(usize, burn_quant_ptq::AutoRoundReport)>,
+    /// Floating-point operations AutoRound's forward and backward passes spent (see
+    /// [`burn_quant_llm::PtqResult::learned_flops`]).
+    pub learned_flops: f64,
     /// What bias correction did, when it ran.
     pub bias_correction: Option<burn_quant_llm::BiasCorrectionReport>,
     /// Time spent calibrating static activation scales (`None` without them: float or
@@ -823,6 +826,15 @@ impl std::fmt::Display for PtqLlmReport {
                 1e3 * sum(&|r| r.quantizer.as_secs_f64()) / iters.max(1.0),
                 sum(&|r| r.initial_loss),
                 sum(&|r| r.best_loss),
+            )?;
+            let fb = sum(&|r| r.forward_backward.as_secs_f64());
+            writeln!(
+                f,
+                "autoround: {:.1} TFLOP of forward+backward in {:.0} s ({:.1} GFLOP/s); whole run {:.0} s",
+                self.learned_flops / 1e12,
+                fb,
+                self.learned_flops / fb.max(1e-9) / 1e9,
+                sum(&|r| r.seconds),
             )?;
         }
         if let Some(b) = &self.bias_correction {
@@ -1077,6 +1089,7 @@ impl PtqLlmSession {
             stage1: stage1.into_iter().map(|t| (t.step, t.time)).collect(),
             timings: result.timings,
             learned: result.learned,
+            learned_flops: result.learned_flops,
             bias_correction,
             input_calibration,
             peak_rss: peak_rss(),

@@ -38,6 +38,7 @@ pub(crate) fn autoround_model(
         weights: BTreeMap::new(),
         layers: vec![],
         learned: vec![],
+        learned_flops: 0.0,
         timings: PtqTimings::default(),
     };
     let seq = windows.first().map_or(0, Vec::len);
@@ -117,6 +118,15 @@ pub(crate) fn autoround_model(
             &mut result,
         )?;
         timings.algorithm += t.elapsed();
+        let block = model.block(i)?;
+        let params: usize = LinearSlot::ALL
+            .iter()
+            .map(|&s| block.linear(s).weight.dims().iter().product::<usize>())
+            .sum();
+        let d_attn = block.self_attn.n_heads * block.self_attn.head_dim;
+        let per_token = 3.0 * (2.0 * params as f64 + 4.0 * (seq * d_attn) as f64);
+        let tokens = (autoround.batch_windows.min(windows.len()) * seq) as f64;
+        result.learned_flops += autoround.iterations as f64 * tokens * per_token;
 
         // The quantized block feeds the next one.
         let t = Instant::now();

@@ -84,6 +84,11 @@ pub struct PtqResult {
     pub layers: Vec<(String, LayerReport)>,
     /// Per block, how the learned rounding trained (AutoRound only; empty otherwise).
     pub learned: Vec<(usize, AutoRoundReport)>,
+    /// Floating-point operations of the learned rounding's forward and backward passes
+    /// (AutoRound only): per iteration and token, `3 × (2·P + 4·seq·d_attn)` for a block of
+    /// `P` linear weights (backward counted as twice the forward; attention's `QKᵀ` and `AV`
+    /// over the full window, as the kernel computes them).
+    pub learned_flops: f64,
     /// Where the time went.
     pub timings: PtqTimings,
 }
@@ -115,6 +120,7 @@ pub fn quantize_model(
         weights: BTreeMap::new(),
         layers: vec![],
         learned: vec![],
+        learned_flops: 0.0,
         timings: PtqTimings::default(),
     };
     let needs_data = inputs != CalibInputs::None;

@@ -17,6 +17,21 @@ use burn_quant_export::gguf::llama::RopeScaling;
 use crate::rng::SplitMix64;
 use crate::*;
 
+/// The shared SmolLM2-135M-Instruct (the dequantized Q4_1 GGUF) with its tokenizer, loaded once
+/// for every test of this binary; `None` (with a notice) when the shared data is absent.
+pub(crate) fn smollm2() -> Option<&'static LoadedModel> {
+    static MODEL: std::sync::OnceLock<Option<LoadedModel>> = std::sync::OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let path = shared_data("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")?;
+            Some(
+                load_with_tokenizer(path, &burn::tensor::Device::flex())
+                    .expect("the shared model loads"),
+            )
+        })
+        .as_ref()
+}
+
 /// Path of a file under the shared data directory, or `None` with a notice when it is absent;
 /// with `BURNQ_REQUIRE_DATA=1` a missing file is a failure (the pattern of the workspace's
 /// `support::shared_data`).

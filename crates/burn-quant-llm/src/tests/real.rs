@@ -2,27 +2,16 @@
 //! when it is absent; `BURNQ_REQUIRE_DATA=1` turns that into a failure).
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use burn::tensor::Device;
 use burn_quant_export::gguf::LlamaGgufSource;
 
-use super::{host, scratch_dir, shared_data};
+use super::{host, scratch_dir, shared_data, smollm2};
 use crate::*;
 
 const GGUF: &str = "smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// The shared model, loaded once for all tests of this binary.
-fn smollm2() -> Option<&'static LoadedModel> {
-    static MODEL: OnceLock<Option<LoadedModel>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let path = shared_data(GGUF)?;
-            Some(load_with_tokenizer(path, &Device::flex()).expect("the shared model loads"))
-        })
-        .as_ref()
-}
 
 #[test]
 fn perplexity_matches_transformers_fp32() {

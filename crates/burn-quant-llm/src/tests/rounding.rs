@@ -2,24 +2,13 @@
 //! absent): zero iterations is RTN exactly, and a few iterations lower the block output error
 //! on real calibration windows, measured independently of the training loop.
 
-use std::sync::OnceLock;
-
 use burn::tensor::{Device, Tensor};
 use burn_quant_core::QuantSpec;
 use burn_quant_ptq::{Algorithm, AutoRound, Rtn};
 
-use super::{host, shared_data};
+use super::{host, shared_data, smollm2};
 use crate::*;
 
-fn smollm2() -> Option<&'static LoadedModel> {
-    static MODEL: OnceLock<Option<LoadedModel>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let path = shared_data("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")?;
-            Some(load_with_tokenizer(path, &Device::flex()).expect("the shared model loads"))
-        })
-        .as_ref()
-}
 
 /// The first `blocks` blocks of SmolLM2 and four calibration windows of 48 tokens of Emma.
 fn truncated(blocks: usize) -> Option<(LlamaModel, Vec<Vec<u32>>)> {
@@ -190,4 +179,51 @@ fn mean_output_errors(float: &LlamaModel, quant: &LlamaModel, windows: &[Vec<u32
                 .sqrt()
         })
         .collect()
+}
+
+/// AutoRound's result exports code for code: for ggml structures (Q4_0, Q4_K, Q6_K, MXFP4)
+/// the encoded blocks decode (by the GGUF codec) to the tensor's dequantization — to the last
+/// f32 rounding of ggml's `d·sc·q − dmin·m` against our `(q − z)·s` — after a training run
+/// that moved offsets and clipping factors.
+#[test]
+fn autoround_codes_export_to_gguf_code_for_code() {
+    use burn_quant_export::gguf::{codec::decode, encode_quant_tensor};
+    use burn_quant_ptq::{CalibInputs, LayerStats, Stage2Algorithm};
+    let (n, m, t) = (256usize, 32usize, 256usize);
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    let mut rand = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let w: Vec<f32> = (0..n * m).map(|_| rand() * 0.2).collect();
+    let x: Vec<f32> = (0..t * n).map(|_| rand()).collect();
+    let mut stats = LayerStats::new(n, CalibInputs::FloatAndQuantized);
+    stats.observe_host(&x, Some(&x)).unwrap();
+    let ar = AutoRound::default().with_iterations(20);
+    for spec in [
+        QuantSpec::gguf_q4_0(),
+        QuantSpec::gguf_q4_k(),
+        QuantSpec::gguf_q6_k(),
+        QuantSpec::mxfp4(),
+    ] {
+        let q = ar
+            .quantize_host(&w, [n, m], &stats, &spec)
+            .unwrap()
+            .into_quantized(&spec, &Device::flex())
+            .unwrap()
+            .tensor;
+        let g = encode_quant_tensor(&q).unwrap();
+        let decoded = decode(g.ty, &g.data).unwrap();
+        // ggml rows are output channels: the transpose of Burn's [d_in, d_out].
+        let deq = host(q.dequantize().transpose());
+        assert_eq!(decoded.len(), deq.len());
+        let worst = decoded
+            .iter()
+            .zip(&deq)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= 1e-6, "{spec}: {worst}");
+    }
 }

@@ -3,12 +3,11 @@
 //! outliers, KV-cache quantization is per head and token (so cached decoding equals the full
 //! forward), and recipe entries parse or fail with the field named.
 
-use std::sync::OnceLock;
 
 use burn::tensor::Device;
 use burn_quant_ptq::stage1::{Region, Regions, RotationMode};
 
-use super::{build, host, random_tensors, shared_data, tiny};
+use super::{build, host, random_tensors, shared_data, smollm2, tiny};
 use crate::stage1::*;
 use crate::*;
 
@@ -356,16 +355,6 @@ fn magr_shrinks_weights_and_keeps_the_output_close() {
     }
 }
 
-/// The shared model, loaded once.
-fn smollm2() -> Option<&'static LoadedModel> {
-    static MODEL: OnceLock<Option<LoadedModel>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let path = shared_data("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")?;
-            Some(load_with_tokenizer(path, &Device::flex()).expect("the shared model loads"))
-        })
-        .as_ref()
-}
 
 fn real_windows(m: &LoadedModel, n: usize, len: usize, skip: usize) -> Option<Vec<Vec<u32>>> {
     let text = std::fs::read_to_string(shared_data(CALIBRATION_TEXT)?).unwrap();
