@@ -128,3 +128,55 @@ fn fused_stage1_models_export_untied() {
     assert!(e.to_string().contains("online"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Bias correction's biases reach the GGUF as llama.cpp's optional `blk.N.*.bias` tensors
+/// (f32), and the file loads back with exactly the corrected model's biases.
+#[test]
+fn bias_corrected_models_export_their_biases() {
+    let Some(path) = support::shared_data("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+    else {
+        return;
+    };
+    let device = Device::flex();
+    let loaded = load_with_tokenizer(&path, &device).unwrap();
+    let float = loaded.model;
+    let text = "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife. ".repeat(8);
+    let ids = loaded.tokenizer.encode(&text, false).unwrap();
+    let windows: Vec<Vec<u32>> = ids.chunks_exact(64).take(2).map(<[u32]>::to_vec).collect();
+    let spec = QuantSpec::int4_weight_per_group(32)
+        .with_scale_restriction(ScaleRestriction::Quantized(ScaleQuant::F16));
+    let config = PtqConfig {
+        weights: spec.clone(),
+        algorithm: "rtn".parse().unwrap(),
+        batch_windows: 2,
+    };
+    let mut model = float.clone();
+    let result = quantize_model(&mut model, &windows, &config, &mut |_| {}).unwrap();
+    let report = burn_quant::llm::correct_biases(&float, &mut model, &windows, 2).unwrap();
+    assert_eq!(report.layers.len(), 7 * model.num_blocks());
+    let dir = std::env::temp_dir().join(format!("burnq-bias-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("rtn-bc-q4_0.gguf");
+    let written =
+        burn_quant_cli::ptq_llm::export_gguf(&model, &result.weights, &path, &spec, &out).unwrap();
+    assert_eq!(written.tensors.len(), 272 + 7 * 30, "every projection gains a bias");
+    let file = GgufFile::read(&out).unwrap();
+    for name in ["blk.0.attn_q.bias", "blk.7.attn_k.bias", "blk.29.ffn_down.bias"] {
+        let info = file.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(info.ty, burn_quant::export::gguf::GgmlType::F32, "{name}");
+    }
+    let back = burn_quant::llm::load_model(&out, &device).unwrap();
+    assert!(back.layers[3].self_attn.q_proj.bias.is_some());
+    // Every bias reads back exactly (f32; q/k rows permuted for llama.cpp and back). The
+    // logits are not compared: the export also quantizes the embedding (llama-quantize
+    // `--pure`), which the in-memory model keeps float.
+    let host = |t: burn::tensor::Tensor<1>| -> Vec<f32> { t.into_data().try_into_vec().unwrap() };
+    for (i, (ours, theirs)) in model.layers.iter().zip(&back.layers).enumerate() {
+        for slot in burn_quant::llm::LinearSlot::ALL {
+            let a = ours.linear(slot).bias.as_ref().unwrap().val();
+            let b = theirs.linear(slot).bias.as_ref().unwrap().val();
+            assert_eq!(host(a), host(b), "block {i} {slot:?}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
