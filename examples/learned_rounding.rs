@@ -95,6 +95,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         windows[0].len()
     );
     println!("  block output MSE, RTN        {:.4e}", output_error(&float, &rtn, &windows));
+    let mut rtn_bc = rtn.clone();
+    correct_biases(&float, &mut rtn_bc, &windows, 4)?;
+    println!(
+        "  block output MSE, RTN + bias correction {:.4e}",
+        output_error(&float, &rtn_bc, &windows)
+    );
     println!("  block output MSE, AutoRound  {:.4e}", output_error(&float, &ar, &windows));
     let bc = correct_biases(&float, &mut ar, &windows, 4)?;
     println!(
@@ -102,6 +108,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         output_error(&float, &ar, &windows),
         bc.seconds
     );
+
+    for (block, r) in &result.learned {
+        println!(
+            "  block {block}: batch loss {:.4e} (RTN, first batch) → best {:.4e} at iteration {} of {}",
+            r.initial_loss, r.best_loss, r.best_iteration, r.iterations
+        );
+    }
 
     // Where AutoRound's time goes.
     let n = result.learned.len() as f64;

@@ -1033,6 +1033,14 @@ impl PtqLlmSession {
         // The float reference of bias correction: the model after Stage 1 (its quantizers, if
         // already attached, are switched off on the float path).
         let float_ref = opts.bias_correction.then(|| model.clone());
+        if opts.bias_correction && matches!(algorithm, Algorithm::AutoRound(_)) {
+            // Measured on SmolLM2 (book, learned rounding): the per-layer mean shift undoes
+            // the compensation AutoRound learned across the block's layers.
+            eprintln!(
+                "burnq warning: bias correction after AutoRound usually raises the block output \
+                 error (AutoRound's layers compensate each other; the correction is per layer)"
+            );
+        }
         let result = quantize_model(&mut model, &windows, &config, progress)?;
         if !opts.quant_activations() {
             model = attach_inputs(model)?;

@@ -10,6 +10,10 @@
 //! by block, with the float and quantized paths kept side by side as in
 //! [`crate::quantize_model`].
 //!
+//! It helps after RTN and the per-layer algorithms; after AutoRound, whose layers were trained
+//! together so that their errors compensate inside the block, the per-layer shift usually
+//! raises the block's output error (measured in the book's learned-rounding chapter).
+//!
 //! **Export.** The biases are ordinary `QuantLinear` biases (f32): Burn records keep them, and
 //! the GGUF export writes them as llama.cpp's optional `blk.N.attn_q.bias` … `ffn_down.bias`
 //! tensors (f32; q/k rows permuted like their weights), which llama.cpp's Llama graph adds

@@ -21,6 +21,10 @@
 //!   them — norm folding, SmoothQuant, QuaRot's rotations, HIP, MagR — each function-preserving
 //!   (MagR nearly); [`stage1::quantize_kv`] quantizes keys and values (per head and token) as
 //!   the cache holds them.
+//! * Stage 2: [`quantize_model`] runs any [`burn_quant_ptq::Algorithm`] block by block
+//!   (per-layer algorithms site by site; AutoRound block-wise, with autodiff through the real
+//!   block forward); [`correct_biases`] then gives each block linear the bias that removes its
+//!   mean output error (exported to GGUF as llama.cpp's optional biases).
 //! * [`generate_greedy`] / [`generate_text`] with a key/value cache.
 //!
 //! ```no_run
