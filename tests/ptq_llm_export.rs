@@ -178,5 +178,24 @@ fn bias_corrected_models_export_their_biases() {
             assert_eq!(host(a), host(b), "block {i} {slot:?}");
         }
     }
+    // gguf-py: llama.cpp's converter name map reaches every bias, F32, with our values.
+    let mut expected = serde_json::Map::new();
+    for i in [0, 13, 29] {
+        for slot in burn_quant::llm::LinearSlot::ALL {
+            let b = model.layers[i].linear(slot).bias.as_ref().unwrap().val();
+            expected.insert(
+                format!("model.layers.{i}.{}.bias", slot.hf_name()),
+                serde_json::json!(host(b)),
+            );
+        }
+    }
+    let json = dir.join("expected-biases.json");
+    std::fs::write(&json, serde_json::Value::Object(expected).to_string()).unwrap();
+    if let Some(r) = support::run_python("gguf_bias_check.py", &[out.as_os_str(), json.as_os_str()])
+    {
+        let line = r.unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("gguf-py: {line}");
+        assert!(line.contains("\"checked\": 21"), "{line}");
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
