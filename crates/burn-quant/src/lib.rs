@@ -66,6 +66,8 @@ pub mod book {
     pub struct LlmPtq;
     #[doc = include_str!("../../../book/src/composition.md")]
     pub struct Composition;
+    #[doc = include_str!("../../../book/src/learned-rounding.md")]
+    pub struct LearnedRounding;
     #[doc = include_str!("../../../book/src/export.md")]
     pub struct Export;
     #[doc = include_str!("../../../book/src/performance.md")]
