@@ -46,7 +46,9 @@ use burn_quant_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::algorithm::{HostQuantized, LayerReport, Quantized, Stage2Algorithm, check_weight};
+use crate::algorithm::{
+    HostQuantized, LayerReport, Quantized, Stage2Algorithm, check_percentage, check_weight, to_f32,
+};
 use crate::error::{PtqError, Result, check_finite};
 use crate::stats::{CalibInputs, LayerStats, read};
 
@@ -111,16 +113,13 @@ impl AutoRound {
 
     /// Checks every field: a [`PtqError::InvalidConfig`] naming it.
     pub fn validate(&self) -> Result<()> {
-        let rate = |field: &'static str, v: Option<f64>| match v {
-            Some(lr) if !(lr.is_finite() && lr > 0.0) => Err(PtqError::config(
-                field,
-                lr,
-                "must be a positive finite number (or absent for 1/iterations)",
-            )),
-            _ => Ok(()),
-        };
-        rate("learning_rate", self.learning_rate)?;
-        rate("minmax_learning_rate", self.minmax_learning_rate)?;
+        // Absent rates mean 1/iterations; given ones must be finite and > 0.
+        if let Some(lr) = self.learning_rate {
+            check_percentage("learning_rate", lr)?;
+        }
+        if let Some(lr) = self.minmax_learning_rate {
+            check_percentage("minmax_learning_rate", lr)?;
+        }
         if self.batch_windows == 0 {
             return Err(PtqError::config(
                 "batch_windows",
@@ -593,14 +592,13 @@ impl Stage2Algorithm for AutoRound {
             });
         }
         let device = Device::flex().autodiff();
-        let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
-        let h = Tensor::<2>::from_data(TensorData::new(f32s(stats.hessian()), [n, n]), &device);
+        let h = Tensor::<2>::from_data(TensorData::new(to_f32(&stats.hessian()), [n, n]), &device);
         let g = stats
             .cross()
-            .map(|g| Tensor::<2>::from_data(TensorData::new(f32s(g), [n, n]), &device));
+            .map(|g| Tensor::<2>::from_data(TensorData::new(to_f32(&g), [n, n]), &device));
         let sigma = stats
             .float_gram()
-            .map(|s| Tensor::<2>::from_data(TensorData::new(f32s(s), [n, n]), &device));
+            .map(|s| Tensor::<2>::from_data(TensorData::new(to_f32(&s), [n, n]), &device));
         let w = Tensor::<2>::from_data(TensorData::new(weight.to_vec(), shape), &device);
         let gw = g.map(|g| g.matmul(w.clone()));
         let constant = sigma.map(|s| (w.clone() * s.matmul(w.clone())).sum());
