@@ -1,0 +1,5 @@
+//! Tests of capture, the interpreter and the graph passes.
+
+pub mod models;
+
+mod capture;
