@@ -376,7 +376,7 @@ pub fn quantize_graph(
                     at: format!("weight `{}` of `{}` ({:?}, shape {shape:?})", param.path, node.name, layout),
                     source,
                 })?;
-                let cells = 1;
+                let cells = cells_of(&spec, &shape, &node.name)?;
                 let q = ins.new_quantizer(spec, QuantizerRole::Weight, cells, &node.name)?;
                 ins.quant_input(
                     n,
@@ -404,7 +404,8 @@ pub fn quantize_graph(
                     let q = match ins.by_value.iter().find(|(val, _)| *val == v) {
                         Some(&(_, q)) => q,
                         None => {
-                            let q = ins.new_quantizer(spec, QuantizerRole::Activation, 1, &node.name)?;
+                            let cells = cells_of(&spec, &ins.graph.value(v).shape, &node.name)?;
+                            let q = ins.new_quantizer(spec, QuantizerRole::Activation, cells, &node.name)?;
                             ins.by_value.push((v, q));
                             q
                         }
@@ -415,7 +416,9 @@ pub fn quantize_graph(
             if let Some(spec) = recipe.output
                 && node.op.is_weight_layer()
             {
-                let q = ins.new_quantizer(spec, QuantizerRole::Activation, 1, &node.name)?;
+                let shape = ins.graph.value(node.outputs[0]).shape.clone();
+                let cells = cells_of(&spec, &shape, &node.name)?;
+                let q = ins.new_quantizer(spec, QuantizerRole::Activation, cells, &node.name)?;
                 after[n] = Some((q, QuantSite::Output { layer: node.name.clone() }));
             }
         }
@@ -431,7 +434,9 @@ pub fn quantize_graph(
                 .all(|v| from_input[v.0] && ins.graph.value(*v).is_float())
             && !recipe.exclude.iter().any(|p| p.matches(&node.name))
         {
-            let q = ins.new_quantizer(spec, QuantizerRole::Activation, 1, &node.name)?;
+            let shape = ins.graph.value(node.inputs[0]).shape.clone();
+            let cells = cells_of(&spec, &shape, &node.name)?;
+            let q = ins.new_quantizer(spec, QuantizerRole::Activation, cells, &node.name)?;
             for slot in 0..node.inputs.len() {
                 ins.quant_input(n, slot, q, QuantSite::Join { node: node.name.clone() }, false);
             }
@@ -446,6 +451,18 @@ pub fn quantize_graph(
         },
         owned,
     })
+}
+
+/// Stored scale cells of `spec` on a value of `shape` (1 per tensor, the channel count per
+/// channel).
+fn cells_of(spec: &QuantSpec, shape: &[usize], node: &str) -> Result<usize, GraphError> {
+    spec.granularity
+        .layout(shape)
+        .map(|l| l.cells())
+        .map_err(|source| GraphError::Core {
+            at: format!("quantizer at `{node}` on shape {shape:?}"),
+            source,
+        })
 }
 
 struct Inserter {

@@ -3,3 +3,4 @@
 pub mod models;
 
 mod capture;
+mod quantize;
