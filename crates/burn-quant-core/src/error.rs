@@ -2,6 +2,9 @@
 
 use thiserror::Error;
 
+use crate::granularity::Granularity;
+use crate::weight_layout::WeightLayout;
+
 /// Everything that can go wrong when building a spec or quantizing a tensor.
 ///
 /// Each variant names the offending field and value so that a recipe author can find it.
@@ -68,6 +71,30 @@ pub enum QuantError {
         got: Vec<usize>,
         /// Shape that the granularity requires.
         expected: Vec<usize>,
+    },
+    /// A role granularity (per output channel, per input group) was used where a tensor axis
+    /// is needed: it must first be resolved against the layer's weight layout.
+    #[error(
+        "granularity `{granularity}` names a role, not a tensor axis: resolve it against the \
+         layer's weight layout (`QuantSpec::resolve_for(WeightLayout::..., shape)`; a \
+         `QuantPlan` and the quant layers do this by module type), or give an explicit axis \
+         (`per_channel` / `per_group`)"
+    )]
+    UnresolvedRole {
+        /// The role granularity.
+        granularity: Granularity,
+    },
+    /// An explicit axis that does not fit the layer it is applied to (per channel off the
+    /// output axis, groups not along the input axis), or a weight whose rank does not fit the
+    /// layout. The message names the axis, the layout and the shape, and the role form to write.
+    #[error("{}", crate::granularity::axis_mismatch_message(.granularity, .layout, .shape))]
+    AxisMismatch {
+        /// The granularity as given.
+        granularity: Granularity,
+        /// The layer's weight layout.
+        layout: WeightLayout,
+        /// The weight's shape.
+        shape: Vec<usize>,
     },
     /// A scale is negative (where the spec's convention makes none) or not finite.
     #[error(

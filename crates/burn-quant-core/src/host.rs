@@ -372,8 +372,10 @@ where
         layout.axis_len.max(1),
         layout.group.max(1),
     );
-    if matches!(layout.granularity, Granularity::PerGroup { .. })
-        && inner == 1
+    if matches!(
+        layout.granularity,
+        Granularity::PerGroup { .. } | Granularity::PerInputGroup { .. }
+    ) && inner == 1
         && layout.is_ragged()
     {
         // Groups along the last axis with a short last group: units are the groups of each
@@ -394,10 +396,16 @@ where
     }
     let (unit_len, cells): (usize, Box<dyn Fn(usize) -> Cells + Sync>) = match layout.granularity {
         Granularity::PerTensor => (data.len().clamp(1, 1 << 15), Box::new(|_| Cells::One(0))),
-        Granularity::PerChannel { .. } if inner == 1 => (axis_len, Box::new(|_| Cells::Run(0))),
-        Granularity::PerChannel { .. } => (inner, Box::new(move |u| Cells::One(u % axis_len))),
-        Granularity::PerGroup { .. } if inner == 1 => (group, Box::new(Cells::One)),
-        Granularity::PerGroup { .. } => {
+        Granularity::PerChannel { .. } | Granularity::PerOutputChannel if inner == 1 => {
+            (axis_len, Box::new(|_| Cells::Run(0)))
+        }
+        Granularity::PerChannel { .. } | Granularity::PerOutputChannel => {
+            (inner, Box::new(move |u| Cells::One(u % axis_len)))
+        }
+        Granularity::PerGroup { .. } | Granularity::PerInputGroup { .. } if inner == 1 => {
+            (group, Box::new(Cells::One))
+        }
+        Granularity::PerGroup { .. } | Granularity::PerInputGroup { .. } => {
             let groups = layout.groups();
             (
                 inner,
@@ -630,8 +638,10 @@ pub fn cell_values(data: &[f32], layout: &Layout) -> Vec<Vec<f32>> {
             let row = &data[base..base + layout.inner];
             match layout.granularity {
                 Granularity::PerTensor => out[0].extend_from_slice(row),
-                Granularity::PerChannel { .. } => out[n].extend_from_slice(row),
-                Granularity::PerGroup { .. } => {
+                Granularity::PerChannel { .. } | Granularity::PerOutputChannel => {
+                    out[n].extend_from_slice(row)
+                }
+                Granularity::PerGroup { .. } | Granularity::PerInputGroup { .. } => {
                     let base_cell = (o * groups + n / layout.group) * layout.inner;
                     for (i, &v) in row.iter().enumerate() {
                         out[base_cell + i].push(v);
@@ -1144,7 +1154,7 @@ pub fn cell_moments(data: &[f32], layout: &Layout) -> Vec<Moments> {
                 .reduce(|| Moments::EMPTY, |a, b| a.merge(&b));
             vec![m]
         }
-        Granularity::PerChannel { .. } => {
+        Granularity::PerChannel { .. } | Granularity::PerOutputChannel => {
             // Rows of `inner` elements; row r belongs to channel r % axis_len. Each task keeps
             // its own accumulator per channel (channels are few), merged at the end.
             let axis_len = layout.axis_len;
@@ -1166,7 +1176,7 @@ pub fn cell_moments(data: &[f32], layout: &Layout) -> Vec<Moments> {
                     |a, b| a.iter().zip(&b).map(|(x, y)| x.merge(y)).collect(),
                 )
         }
-        Granularity::PerGroup { .. } => {
+        Granularity::PerGroup { .. } | Granularity::PerInputGroup { .. } => {
             // A block of `group` rows of one outer index owns `inner` consecutive cells (the
             // last block of each outer index is shorter in a ragged layout).
             let group = layout.group;

@@ -1,8 +1,9 @@
 //! # burn-quant-core
 //!
 //! The quantization core of burn-quant: element [`Format`]s (integers of any width, OCP
-//! minifloats, binary, ternary), [`Granularity`] (per tensor / channel / group), [`ScaleSpec`]
-//! (statistics, power-of-two and quantized scales: MX E8M0, NVFP4 E4M3, GGUF k-quant
+//! minifloats, binary, ternary), [`Granularity`] (per tensor / channel / group, or by role —
+//! per output channel, per input group — resolved for a layer's [`WeightLayout`]),
+//! [`ScaleSpec`] (statistics, power-of-two and quantized scales: MX E8M0, NVFP4 E4M3, GGUF k-quant
 //! sub-block scales), [`ZeroPoint`], [`Rounding`], all combined in a [`QuantSpec`].
 //!
 //! Three verbs act on Burn tensors of any rank:
@@ -32,6 +33,7 @@ pub mod quantize;
 pub mod rounding;
 pub mod scale;
 pub mod spec;
+pub mod weight_layout;
 
 pub use error::{QuantError, Result};
 pub use format::{Format, Minifloat, RoundMode, Special};
@@ -48,3 +50,4 @@ pub use scale::{
     ZeroPoint,
 };
 pub use spec::QuantSpec;
+pub use weight_layout::WeightLayout;

@@ -10,14 +10,19 @@ use crate::scale::{
     Pow2Mode, ScaleQuant, ScaleRestriction, ScaleSource, ScaleSpec, ScaleStat, SymmetricScale,
     ZeroPoint,
 };
+use crate::weight_layout::WeightLayout;
 
 /// Everything that defines a quantizer: plain serde data, printable, comparable, storable in a
 /// recipe. Built from a preset and customised with `with_*` methods (the Rust answer to
 /// Brevitas's `.let(...)`).
 ///
-/// Axis conventions of the presets follow Burn's layouts: a `Linear` weight is
+/// Axis conventions of the explicit presets follow Burn's `Linear` layout: its weight is
 /// `[d_input, d_output]`, so "per output channel" is axis 1 and "groups along the input" are
-/// along axis 0. Use [`QuantSpec::with_axis`] for other layouts (axis 0 of a conv weight).
+/// along axis 0. The role presets ([`QuantSpec::int8_weight_per_output_channel`],
+/// [`QuantSpec::int4_weight_per_input_group`]) and builders ([`QuantSpec::per_output_channel`],
+/// [`QuantSpec::per_input_group`]) leave the axis to the layer: a `QuantPlan` and the quant
+/// layers [resolve](QuantSpec::resolve_for) them for each weight's [`WeightLayout`] (axis 0 of
+/// a conv weight `[out, in, kh, kw]`), and check explicit axes against it.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QuantSpec {
     /// Element grid.
@@ -81,6 +86,18 @@ impl QuantSpec {
             },
             Granularity::PerChannel { axis: 1 },
         )
+    }
+    /// Signed int8, narrow range, one absmax scale per output channel of whatever layer it is
+    /// applied to (axis 1 of a `Linear` weight, axis 0 of a `Conv2d` weight): a role, resolved
+    /// by [`QuantSpec::resolve_for`] (plans and quant layers do it).
+    pub fn int8_weight_per_output_channel() -> Self {
+        Self::int8_weight_per_channel().per_output_channel()
+    }
+    /// Signed int4 weights, symmetric, one scale per `size` inputs of whatever layer it is
+    /// applied to (axis 0 of a `Linear` weight, axis 1 of a `Conv2d` weight): a role, resolved
+    /// by [`QuantSpec::resolve_for`].
+    pub fn int4_weight_per_input_group(size: usize) -> Self {
+        Self::int4_weight_per_group(size).per_input_group(size)
     }
     /// Signed int8 activations, per tensor, static absmax scale.
     pub fn int8_act_per_tensor() -> Self {
@@ -264,19 +281,64 @@ impl QuantSpec {
         self.granularity = granularity;
         self
     }
-    /// Moves the channel or group axis (no effect per tensor).
+    /// Moves the channel or group axis (no effect per tensor); a role becomes the explicit
+    /// form on `axis`.
     pub fn with_axis(mut self, axis: usize) -> Self {
         self.granularity = match self.granularity {
             Granularity::PerTensor => Granularity::PerTensor,
-            Granularity::PerChannel { .. } => Granularity::PerChannel { axis },
-            Granularity::PerGroup { size, .. } => Granularity::PerGroup { axis, size },
+            Granularity::PerChannel { .. } | Granularity::PerOutputChannel => {
+                Granularity::PerChannel { axis }
+            }
+            Granularity::PerGroup { size, .. } | Granularity::PerInputGroup { size } => {
+                Granularity::PerGroup { axis, size }
+            }
         };
         self
     }
-    /// Per group of `size` along the current axis (axis 0 if there was none).
+    /// Per group of `size` along the current axis (axis 0 if there was none); a role stays a
+    /// role: groups of `size` along the input ([`Granularity::PerInputGroup`]).
     pub fn with_group_size(mut self, size: usize) -> Self {
-        let axis = self.granularity.axis().unwrap_or(0);
-        self.granularity = Granularity::PerGroup { axis, size };
+        self.granularity = if self.granularity.is_role() {
+            Granularity::PerInputGroup { size }
+        } else {
+            let axis = self.granularity.axis().unwrap_or(0);
+            Granularity::PerGroup { axis, size }
+        };
+        self
+    }
+    /// One scale per output channel of the layer the spec is applied to, on whatever axis the
+    /// layer stores them ([`Granularity::PerOutputChannel`]).
+    pub fn per_output_channel(mut self) -> Self {
+        self.granularity = Granularity::PerOutputChannel;
+        self
+    }
+    /// One scale per `size` inputs of the layer the spec is applied to, along whatever axis
+    /// the layer stores them ([`Granularity::PerInputGroup`]).
+    pub fn per_input_group(mut self, size: usize) -> Self {
+        self.granularity = Granularity::PerInputGroup { size };
+        self
+    }
+    /// This spec for a weight of `shape` stored as `layout`: a role granularity becomes the
+    /// layer's axis, an explicit one is checked against it ([`Granularity::resolve`]; errors
+    /// name the axis, the layout and the shape). The rest of the spec is unchanged.
+    ///
+    /// ```
+    /// use burn_quant_core::{Granularity, QuantSpec, WeightLayout};
+    ///
+    /// let spec = QuantSpec::int4_weight_per_input_group(32);
+    /// let conv = spec.resolve_for(WeightLayout::Conv, &[16, 64, 3, 3]).unwrap();
+    /// assert_eq!(conv.granularity, Granularity::PerGroup { axis: 1, size: 32 });
+    /// let linear = spec.resolve_for(WeightLayout::Linear, &[64, 16]).unwrap();
+    /// assert_eq!(linear, QuantSpec::int4_weight_per_group(32));
+    /// ```
+    pub fn resolve_for(mut self, layout: WeightLayout, shape: &[usize]) -> Result<Self> {
+        self.granularity = self.granularity.resolve(layout, shape)?;
+        Ok(self)
+    }
+    /// This spec with a role granularity turned into the axes of `layout`, an explicit one
+    /// unchanged and unchecked ([`Granularity::resolve_role`]).
+    pub fn resolve_roles(mut self, layout: WeightLayout) -> Self {
+        self.granularity = self.granularity.resolve_role(layout);
         self
     }
     /// Replaces the whole scale spec.
@@ -382,7 +444,7 @@ impl QuantSpec {
             ));
         }
         self.validate_symmetric_scale()?;
-        if let Granularity::PerGroup { size: 0, .. } = self.granularity {
+        if let Some(0) = self.granularity.group_size() {
             return Err(QuantError::config(
                 "granularity.size",
                 0,
@@ -402,7 +464,7 @@ impl QuantSpec {
         if let ScaleRestriction::Quantized(q) = self.scale.restrict
             && q != ScaleQuant::F16
         {
-            let Granularity::PerGroup { size, .. } = self.granularity else {
+            let Some(size) = self.granularity.group_size() else {
                 return Err(QuantError::config(
                     "scale.restrict",
                     format!("{q:?}"),
@@ -697,6 +759,85 @@ mod tests {
     }
 
     #[test]
+    fn role_presets_and_builders() {
+        let p = QuantSpec::int8_weight_per_output_channel();
+        assert_eq!(p.granularity, Granularity::PerOutputChannel);
+        assert_eq!(
+            p.with_granularity(Granularity::PerChannel { axis: 1 }),
+            QuantSpec::int8_weight_per_channel()
+        );
+        let g = QuantSpec::int4_weight_per_input_group(64);
+        assert_eq!(g.granularity, Granularity::PerInputGroup { size: 64 });
+        assert_eq!(
+            g.with_granularity(Granularity::PerGroup { axis: 0, size: 64 }),
+            QuantSpec::int4_weight_per_group(64)
+        );
+        p.validate().unwrap();
+        g.validate().unwrap();
+        // The group size of a role is validated like an explicit one.
+        assert!(
+            QuantSpec::int4_weight_per_input_group(0)
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("granularity.size")
+        );
+        // Quantized scale levels accept role groups (MX by role).
+        QuantSpec::mxfp4().per_input_group(32).validate().unwrap();
+        assert!(QuantSpec::mxfp4().per_output_channel().validate().is_err());
+        // Builders: a role stays a role under `with_group_size`; `with_axis` makes it explicit.
+        assert_eq!(
+            p.with_group_size(16).granularity,
+            Granularity::PerInputGroup { size: 16 }
+        );
+        assert_eq!(
+            g.with_axis(1).granularity,
+            Granularity::PerGroup { axis: 1, size: 64 }
+        );
+        assert_eq!(
+            QuantSpec::int8_weight_per_tensor().per_output_channel(),
+            QuantSpec::int8_weight_per_output_channel()
+        );
+        // Resolved per layout; the explicit Linear presets are what the roles give a Linear.
+        let lin = [64, 16];
+        assert_eq!(
+            p.resolve_for(WeightLayout::Linear, &lin).unwrap(),
+            QuantSpec::int8_weight_per_channel()
+        );
+        assert_eq!(
+            g.resolve_for(WeightLayout::Linear, &lin).unwrap(),
+            QuantSpec::int4_weight_per_group(64)
+        );
+        assert_eq!(
+            p.resolve_for(WeightLayout::Conv, &[16, 8, 3, 3])
+                .unwrap()
+                .granularity,
+            Granularity::PerChannel { axis: 0 }
+        );
+        assert_eq!(
+            p.resolve_roles(WeightLayout::Embedding).granularity,
+            Granularity::PerChannel { axis: 0 }
+        );
+        assert!(matches!(
+            QuantSpec::int8_weight_per_channel().resolve_for(WeightLayout::Conv, &[16, 8, 3, 3]),
+            Err(QuantError::AxisMismatch { .. })
+        ));
+        // Unresolved, a role spec cannot be applied to a shape.
+        assert_eq!(
+            p.check_shape(&lin).unwrap_err(),
+            QuantError::UnresolvedRole {
+                granularity: Granularity::PerOutputChannel
+            }
+        );
+        assert_eq!(
+            g.to_string(),
+            "int4 sym per-input-group(64) absmax nearest_even"
+        );
+        let json = serde_json::to_string(&g).unwrap();
+        assert_eq!(serde_json::from_str::<QuantSpec>(&json).unwrap(), g);
+    }
+
+    #[test]
     fn impossible_combinations_name_the_field() {
         let msg = |s: QuantSpec| s.validate().unwrap_err().to_string();
         assert!(
@@ -720,11 +861,7 @@ mod tests {
 impl std::fmt::Display for QuantSpec {
     /// One line, e.g. `int4 sym per-group(axis 0, 32) absmax nearest-even`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let gran = match self.granularity {
-            Granularity::PerTensor => "per-tensor".to_string(),
-            Granularity::PerChannel { axis } => format!("per-channel(axis {axis})"),
-            Granularity::PerGroup { axis, size } => format!("per-group(axis {axis}, {size})"),
-        };
+        let gran = self.granularity;
         let zp = if self.zero_point.is_asymmetric() {
             "asym"
         } else {

@@ -356,10 +356,14 @@ fn block_extent(n: usize) -> usize {
         .unwrap_or(1)
 }
 
-/// The Burn block (full rank) for a resolved granularity; `None` per tensor.
-fn block_dims(layout: &Layout, shape: &[usize]) -> Option<Vec<usize>> {
-    match layout.granularity {
+/// The Burn block (full rank) for a resolved granularity; `None` per tensor; an error for a
+/// role (per output channel, per input group), which has no axis until it is resolved.
+fn block_dims(layout: &Layout, shape: &[usize]) -> std::result::Result<Option<Vec<usize>>, String> {
+    Ok(match layout.granularity {
         Granularity::PerTensor => None,
+        g @ (Granularity::PerOutputChannel | Granularity::PerInputGroup { .. }) => {
+            return Err(burn_quant_core::QuantError::UnresolvedRole { granularity: g }.to_string());
+        }
         Granularity::PerChannel { axis } => Some(
             shape
                 .iter()
@@ -380,7 +384,7 @@ fn block_dims(layout: &Layout, shape: &[usize]) -> Option<Vec<usize>> {
                 })
                 .collect(),
         ),
-    }
+    })
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -531,7 +535,7 @@ pub fn burn_mapping<const D: usize>(
             ),
         });
     }
-    let block = block_dims(&layout, &shape);
+    let block = block_dims(&layout, &shape).map_err(granularity_err)?;
     let store = choose_store(options.store, value, &shape)?;
     let mut scheme = QuantScheme::default()
         .with_value(value)

@@ -46,7 +46,9 @@ pub struct QuantMultiHeadAttentionConfig {
     #[config(default = true)]
     pub output_bias: bool,
     /// Weight spec of the four projections (`None`: float weights). The weights are
-    /// `[d_model, d_model]`; per output channel is axis 1.
+    /// `[d_model, d_model]` (`Linear` layout): per output channel is axis 1, groups along the
+    /// input axis 0; role specs (`QuantSpec::per_output_channel`, `per_input_group`) get these
+    /// axes.
     #[config(default = "Some(QuantSpec::int8_weight_per_channel())")]
     pub weight_quant: Option<QuantSpec>,
     /// Input spec of the four projections (`None`: float inputs): quantizes `query`, `key`,

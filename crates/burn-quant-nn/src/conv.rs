@@ -16,7 +16,7 @@ use burn::nn::{Initializer, PaddingConfig1d, PaddingConfig2d};
 use burn::tensor::module::{conv_transpose2d, conv1d, conv2d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Device, Tensor};
-use burn_quant_core::{QuantSpec, QuantTensor};
+use burn_quant_core::{QuantSpec, QuantTensor, WeightLayout};
 
 use crate::error::{NnError, Result};
 use crate::quantizer::{
@@ -171,7 +171,9 @@ pub struct QuantConv1dConfig {
     #[config(default = "Initializer::KaimingUniform{gain:1.0/3.0f64.sqrt(), fan_out_only:false}")]
     pub initializer: Initializer,
     /// Weight spec (`None`: float weights). The weight is `[channels_out, channels_in /
-    /// groups, kernel_size]`: per output channel is axis 0.
+    /// groups, kernel_size]`: per output channel is axis 0, groups along the input axis 1. A
+    /// role spec (`QuantSpec::per_output_channel`, `per_input_group`) gets these axes; an
+    /// explicit axis must be one of them (`NnError::Quant(QuantError::AxisMismatch)`).
     #[config(default = "Some(QuantSpec::int8_weight_per_channel().with_axis(0))")]
     pub weight_quant: Option<QuantSpec>,
     /// Input spec (`None`: float input); a stored scale is per tensor or per channel (axis 1).
@@ -258,7 +260,7 @@ impl QuantConv1dConfig {
         same("groups", self.groups, conv.groups)?;
         same("padding", &self.padding, &conv.padding)?;
         Ok(QuantConv1d {
-            weight_quant: weight_quantizer(self.weight_quant, &shape, device)?,
+            weight_quant: weight_quantizer(self.weight_quant, WeightLayout::Conv, &shape, device)?,
             input_quant: activation_quantizer(
                 self.input_quant,
                 "input_quant",
@@ -358,7 +360,9 @@ pub struct QuantConv2dConfig {
     #[config(default = "Initializer::KaimingUniform{gain:1.0/3.0f64.sqrt(), fan_out_only:false}")]
     pub initializer: Initializer,
     /// Weight spec (`None`: float weights). The weight is `[channels_out, channels_in /
-    /// groups, k_h, k_w]`: per output channel is axis 0.
+    /// groups, k_h, k_w]`: per output channel is axis 0, groups along the input axis 1. A role
+    /// spec (`QuantSpec::per_output_channel`, `per_input_group`) gets these axes; an explicit
+    /// axis must be one of them (`NnError::Quant(QuantError::AxisMismatch)`).
     #[config(default = "Some(QuantSpec::int8_weight_per_channel().with_axis(0))")]
     pub weight_quant: Option<QuantSpec>,
     /// Input spec (`None`: float input); a stored scale is per tensor or per channel (axis 1).
@@ -447,7 +451,7 @@ impl QuantConv2dConfig {
         same("groups", self.groups, conv.groups)?;
         same("padding", &self.padding, &conv.padding)?;
         Ok(QuantConv2d {
-            weight_quant: weight_quantizer(self.weight_quant, &shape, device)?,
+            weight_quant: weight_quantizer(self.weight_quant, WeightLayout::Conv, &shape, device)?,
             input_quant: activation_quantizer(
                 self.input_quant,
                 "input_quant",
@@ -556,7 +560,9 @@ pub struct QuantConvTranspose2dConfig {
     pub initializer: Initializer,
     /// Weight spec (`None`: float weights). The weight is `[channels_in, channels_out /
     /// groups, k_h, k_w]`: per output channel is axis 1 (with groups, one scale per position
-    /// within a group, shared by the groups).
+    /// within a group, shared by the groups), groups along the input axis 0. A role spec
+    /// (`QuantSpec::per_output_channel`, `per_input_group`) gets these axes; an explicit axis
+    /// must be one of them (`NnError::Quant(QuantError::AxisMismatch)`).
     #[config(default = "Some(QuantSpec::int8_weight_per_channel().with_axis(1))")]
     pub weight_quant: Option<QuantSpec>,
     /// Input spec (`None`: float input); a stored scale is per tensor or per channel (axis 1).
@@ -656,7 +662,12 @@ impl QuantConvTranspose2dConfig {
         same("padding", self.padding, conv.padding)?;
         same("padding_out", self.padding_out, conv.padding_out)?;
         Ok(QuantConvTranspose2d {
-            weight_quant: weight_quantizer(self.weight_quant, &shape, device)?,
+            weight_quant: weight_quantizer(
+                self.weight_quant,
+                WeightLayout::ConvTranspose,
+                &shape,
+                device,
+            )?,
             input_quant: activation_quantizer(
                 self.input_quant,
                 "input_quant",

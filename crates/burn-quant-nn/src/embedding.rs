@@ -6,7 +6,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::tensor::module::embedding;
 use burn::tensor::{Device, Int, Tensor};
-use burn_quant_core::{QuantSpec, QuantTensor};
+use burn_quant_core::{QuantSpec, QuantTensor, WeightLayout};
 
 use crate::error::{NnError, Result};
 use crate::quantizer::{Quantizer, activation_quantizer};
@@ -24,7 +24,9 @@ pub struct QuantEmbeddingConfig {
     #[config(default = "Initializer::Normal{mean:0.0, std:1.0}")]
     pub initializer: Initializer,
     /// Table spec (`None`: float table). The table is `[n_embedding, d_model]`: one scale per
-    /// row (per token) is axis 0, groups along a row are axis 1.
+    /// row (per token) is axis 0, groups along a row are axis 1. A role spec
+    /// (`QuantSpec::per_output_channel`, `per_input_group`) gets these axes; an explicit axis
+    /// must be one of them.
     #[config(default = "Some(QuantSpec::int8_weight_per_channel().with_axis(0))")]
     pub weight_quant: Option<QuantSpec>,
     /// Output spec (`None`: float output), on `[batch, seq, d_model]`; a stored scale is per
@@ -76,7 +78,12 @@ impl QuantEmbeddingConfig {
             });
         }
         Ok(QuantEmbedding {
-            weight_quant: weight_quantizer(self.weight_quant, &[n_embedding, d_model], device)?,
+            weight_quant: weight_quantizer(
+                self.weight_quant,
+                WeightLayout::Embedding,
+                &[n_embedding, d_model],
+                device,
+            )?,
             output_quant: activation_quantizer(
                 self.output_quant,
                 "output_quant",

@@ -39,7 +39,7 @@ pub use conv::{
 };
 pub use embedding::{QuantEmbedding, QuantEmbeddingConfig};
 pub use merge::{QuantAdd, QuantAddConfig, QuantCat, QuantCatConfig};
-pub use plan::{Decision, Pattern, PlanEntry, PlanError, PlanReport, QuantPlan, Rule};
+pub use plan::{Decision, ParamSite, Pattern, PlanEntry, PlanError, PlanReport, QuantPlan, Rule};
 pub use recipe::{Recipe, RecipeError, RecipeFormat};
 pub use recurrent::{QuantGateController, QuantGru, QuantGruConfig, QuantLstm, QuantLstmConfig};
 pub use reparam::{

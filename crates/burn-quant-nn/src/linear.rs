@@ -4,7 +4,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, module::linear};
-use burn_quant_core::{QuantSpec, QuantTensor};
+use burn_quant_core::{QuantSpec, QuantTensor, WeightLayout};
 
 use crate::error::{NnError, Result};
 use crate::quantizer::{
@@ -22,7 +22,9 @@ pub struct QuantLinearConfig {
     #[config(default = true)]
     pub bias: bool,
     /// Weight spec (`None`: float weights). Burn's weight is `[d_input, d_output]`, so per
-    /// output channel is axis 1 and groups along the input are axis 0.
+    /// output channel is axis 1 and groups along the input are axis 0. A role spec
+    /// (`QuantSpec::per_output_channel`, `per_input_group`) gets these axes; an explicit axis
+    /// must be one of them (`NnError::Quant(QuantError::AxisMismatch)`).
     #[config(default = "Some(QuantSpec::int8_weight_per_channel())")]
     pub weight_quant: Option<QuantSpec>,
     /// Input activation spec (`None`: float input).
@@ -82,7 +84,12 @@ impl QuantLinearConfig {
                 reason: format!("the float layer's weight is {d_input}x{d_output}"),
             });
         }
-        let weight_quant = weight_quantizer(self.weight_quant, &[d_input, d_output], device)?;
+        let weight_quant = weight_quantizer(
+            self.weight_quant,
+            WeightLayout::Linear,
+            &[d_input, d_output],
+            device,
+        )?;
         // A stored per-channel activation scale runs along the feature (last) axis.
         let act = |spec: Option<QuantSpec>,
                    field: &'static str,

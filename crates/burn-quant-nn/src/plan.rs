@@ -6,6 +6,12 @@
 //! `enter_module`, joined with `.`; `Vec` (and array, tuple) indices and enum variant names are
 //! segments of their own (`layers.0.attn.q.weight`, `first.Float.weight`), `Option` adds none.
 //!
+//! A rule's spec is resolved for each parameter it takes ([`ParamSite::resolve`]): the type of
+//! the module that owns the parameter gives its [`WeightLayout`] (`Linear` `[d_in, d_out]`,
+//! `Conv2d` `[out, in, kh, kw]`, ...), a role granularity (`QuantSpec::per_output_channel`,
+//! `per_input_group`) becomes that layout's axis, and an explicit axis that does not fit it is an
+//! error naming the parameter ([`PlanReport::check`] finds it before anything changes).
+//!
 //! ```
 //! use burn_quant_core::QuantSpec;
 //! use burn_quant_nn::plan::QuantPlan;
@@ -30,7 +36,7 @@ use std::str::FromStr;
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::Tensor;
-use burn_quant_core::{QuantError, QuantSpec};
+use burn_quant_core::{QuantError, QuantSpec, WeightLayout};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
@@ -62,7 +68,8 @@ pub enum PlanError {
         source: QuantError,
     },
     /// A matched parameter's shape does not fit its rule's spec (axis out of range, a k-quant
-    /// super-block not tiling the axis, ...).
+    /// super-block not tiling the axis, an explicit axis that is not the layer's output or input
+    /// axis: `source` is then [`QuantError::AxisMismatch`], ...).
     #[error(
         "parameter `{path}` (shape {shape:?}) does not fit the spec of rules[{rule}] ({spec}): {source}"
     )]
@@ -77,6 +84,26 @@ pub enum PlanError {
         spec: QuantSpec,
         /// The core's error.
         source: QuantError,
+    },
+    /// A rule gives a parameter a role granularity (per output channel, per input group) and
+    /// the parameter has no known weight layout to resolve it against (it is not the `weight`
+    /// of a layer [`WeightLayout::from_module_type`] knows).
+    #[error(
+        "parameter `{path}` (owned by module type `{module_type}`): rules[{rule}] gives it `{}`, \
+         a role, but only the `weight` of a known layer (burn::nn Linear, Conv1d/2d/3d, \
+         DeformConv2d, ConvTranspose1d/2d/3d, Embedding; burn-quant's Quant* layers) has a \
+         layout to resolve it against: give that rule an explicit axis, or exclude the parameter",
+        spec.granularity
+    )]
+    UnresolvedRole {
+        /// The parameter's path.
+        path: String,
+        /// The `container_type` of the module that owns it (`Struct:BatchNorm`, `Vec`, ...).
+        module_type: String,
+        /// Index of the rule that matched it.
+        rule: usize,
+        /// That rule's spec.
+        spec: QuantSpec,
     },
     /// Quantizing a matched parameter failed (e.g. it holds NaN or infinite values).
     #[error("parameter `{path}`: {source}")]
@@ -149,6 +176,98 @@ pub fn spec_field_path(spec: &QuantSpec, field: &str) -> String {
             format!("scale.source.{variant}{rest}")
         }
         None => field.to_string(),
+    }
+}
+
+// ----- weight layouts ------------------------------------------------------------------------
+
+/// A parameter's place in a model: its path and the type of the module that owns it, which
+/// decide the [`WeightLayout`] a rule's spec is resolved against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSite {
+    /// Dotted path, as Burn's visitors build it (`layers.0.conv.weight`).
+    pub path: String,
+    /// The `container_type` Burn passes to `enter_module` for the parameter's field: the type
+    /// of the module that owns it (`Struct:Conv2d`), or `Vec`, `Array`, ... for a bare
+    /// parameter in a collection.
+    pub module_type: String,
+}
+
+impl ParamSite {
+    /// A site from its path and owning module type.
+    pub fn new(path: &str, module_type: &str) -> Self {
+        Self {
+            path: path.to_string(),
+            module_type: module_type.to_string(),
+        }
+    }
+
+    /// The parameter's field name (the last segment of its path).
+    pub fn field(&self) -> &str {
+        self.path.rsplit('.').next().unwrap_or_default()
+    }
+
+    /// The layout of this parameter: its module type's ([`WeightLayout::from_module_type`])
+    /// when the parameter is that module's `weight`; `None` for anything else (biases, norm
+    /// scales, modules of unknown types).
+    pub fn weight_layout(&self) -> Option<WeightLayout> {
+        if self.field() != "weight" {
+            return None;
+        }
+        WeightLayout::from_module_type(&self.module_type)
+    }
+
+    /// `spec` for this parameter of `shape`: a role granularity resolved for its layout, an
+    /// explicit axis checked against it ([`QuantSpec::resolve_for`]), then the whole spec
+    /// checked against the shape. On a parameter without a layout a role is
+    /// [`QuantError::UnresolvedRole`] and an explicit axis passes as it is (no check possible).
+    pub fn resolve(&self, spec: QuantSpec, shape: &[usize]) -> Result<QuantSpec, QuantError> {
+        let spec = match self.weight_layout() {
+            Some(layout) => spec.resolve_for(layout, shape)?,
+            None => spec,
+        };
+        spec.check_shape(shape)?;
+        Ok(spec)
+    }
+
+    /// The plan error of [`ParamSite::resolve`]'s `source` for rule `rule` (its spec as
+    /// written): [`PlanError::UnresolvedRole`] for a role without a layout, else
+    /// [`PlanError::ShapeMismatch`].
+    pub fn error(
+        &self,
+        shape: &[usize],
+        rule: usize,
+        spec: QuantSpec,
+        source: QuantError,
+    ) -> PlanError {
+        match source {
+            QuantError::UnresolvedRole { .. } if self.weight_layout().is_none() => {
+                PlanError::UnresolvedRole {
+                    path: self.path.clone(),
+                    module_type: self.module_type.clone(),
+                    rule,
+                    spec,
+                }
+            }
+            source => PlanError::ShapeMismatch {
+                path: self.path.clone(),
+                shape: shape.to_vec(),
+                rule,
+                spec,
+                source,
+            },
+        }
+    }
+
+    /// [`ParamSite::resolve`] with its error as a [`PlanError`] naming the parameter.
+    pub fn resolve_rule(
+        &self,
+        shape: &[usize],
+        rule: usize,
+        spec: QuantSpec,
+    ) -> PlanResult<QuantSpec> {
+        self.resolve(spec, shape)
+            .map_err(|source| self.error(shape, rule, spec, source))
     }
 }
 
@@ -479,9 +598,11 @@ impl QuantPlan {
         Ok(())
     }
 
-    /// Lists every float parameter of `model` (path, shape, id) with the plan's decision for
-    /// it, and checks each matched shape against its spec. Does not initialise lazy
-    /// parameters and does not change the model.
+    /// Lists every float parameter of `model` (path, shape, id, owning module type) with the
+    /// plan's decision for it, resolves each matched spec for the parameter's weight layout
+    /// (roles → axes; explicit axes checked against known layers, see [`ParamSite::resolve`])
+    /// and checks it against the shape. Does not initialise lazy parameters and does not change
+    /// the model.
     pub fn report<M: Module>(&self, model: &M) -> PlanReport {
         let mut walker = ParamWalker::default();
         model.visit(&mut walker);
@@ -494,16 +615,23 @@ impl QuantPlan {
                 } else {
                     self.decide(&p.path)
                 };
-                let problem = match &decision {
-                    Decision::Matched { spec, .. } => spec.check_shape(&p.shape).err(),
-                    _ => None,
+                let site = ParamSite::new(&p.path, &p.module_type);
+                let (resolved, problem) = match &decision {
+                    Decision::Matched { spec, .. } => match site.resolve(*spec, &p.shape) {
+                        Ok(resolved) => (Some(resolved), None),
+                        Err(e) => (None, Some(e)),
+                    },
+                    _ => (None, None),
                 };
                 PlanEntry {
                     path: p.path,
                     id: p.id,
                     shape: p.shape,
+                    layout: site.weight_layout(),
+                    module_type: p.module_type,
                     decision,
                     reparameterization: p.reparameterization,
+                    resolved,
                     problem,
                 }
             })
@@ -544,12 +672,19 @@ pub struct PlanEntry {
     pub id: ParamId,
     /// Its shape.
     pub shape: Vec<usize>,
-    /// The plan's decision.
+    /// The `container_type` of the module that owns it (`Struct:Conv2d`; see [`ParamSite`]).
+    pub module_type: String,
+    /// Its weight layout, if it is the `weight` of a known layer ([`ParamSite::weight_layout`]).
+    pub layout: Option<WeightLayout>,
+    /// The plan's decision (with the rule's spec as written).
     pub decision: Decision,
     /// `Reparameterization::NAME` of a reparameterization attached to this parameter
     /// (`fake_quant`, `lora`), if any.
     pub reparameterization: Option<String>,
-    /// Why the matched spec cannot be applied to this shape, if it cannot.
+    /// The matched spec resolved for this parameter (role → axis), when it fits.
+    pub resolved: Option<QuantSpec>,
+    /// Why the matched spec cannot be applied to this parameter, if it cannot (a shape that
+    /// does not fit, an axis that does not fit the layer, a role without a layout).
     pub problem: Option<QuantError>,
 }
 
@@ -581,13 +716,10 @@ impl PlanEntry {
             Decision::Matched { rule, spec } => (*rule, *spec),
             _ => return None,
         };
-        self.problem.clone().map(|source| PlanError::ShapeMismatch {
-            path: self.path.clone(),
-            shape: self.shape.clone(),
-            rule,
-            spec,
-            source,
-        })
+        let site = ParamSite::new(&self.path, &self.module_type);
+        self.problem
+            .clone()
+            .map(|source| site.error(&self.shape, rule, spec, source))
     }
 }
 
@@ -627,7 +759,8 @@ impl PlanReport {
             .collect()
     }
 
-    /// The first matched parameter whose shape does not fit its spec, as an error.
+    /// The first matched parameter whose spec does not fit it (shape, layer axis, unresolved
+    /// role), as an error naming the parameter.
     pub fn check(&self) -> PlanResult<()> {
         match self.entries.iter().find_map(PlanEntry::error) {
             Some(e) => Err(e),
@@ -648,9 +781,12 @@ impl fmt::Display for PlanReport {
                 }
                 let (rule, what) = match &e.decision {
                     Decision::Matched { rule, spec } => {
-                        let what = match &e.problem {
-                            Some(p) => format!("{spec}  !! {p}"),
-                            None => spec.to_string(),
+                        let what = match (&e.problem, &e.resolved) {
+                            (Some(p), _) => format!("{spec}  !! {p}"),
+                            (None, Some(r)) if r != spec => {
+                                format!("{r} (from {})", spec.granularity)
+                            }
+                            (None, _) => spec.to_string(),
                         };
                         (rule.to_string(), what)
                     }
@@ -729,10 +865,14 @@ impl fmt::Display for PlanReport {
 
 // ----- traversal -----------------------------------------------------------------------------
 
-/// Tracks the dotted path and the reparameterization nesting of a visitor or mapper.
+/// Tracks the dotted path, the type of the module owning each field, and the
+/// reparameterization nesting of a visitor or mapper.
 #[derive(Debug, Default)]
 pub(crate) struct PathTracker {
     stack: Vec<String>,
+    /// The `container_type` of each entered field: the type of the module that owns it
+    /// (`Struct:Linear` for `fc.weight`), `Vec`, `Reparameterization`, ...
+    containers: Vec<String>,
     reparam: Vec<bool>,
     depth: usize,
 }
@@ -744,6 +884,7 @@ impl PathTracker {
         let is_reparam = container_type == REPARAM_CONTAINER;
         let owner = (is_reparam && self.depth == 0).then(|| self.path());
         self.stack.push(name.to_string());
+        self.containers.push(container_type.to_string());
         self.reparam.push(is_reparam);
         if is_reparam {
             self.depth += 1;
@@ -754,6 +895,7 @@ impl PathTracker {
     /// Call from `exit_module`.
     pub(crate) fn exit(&mut self) {
         self.stack.pop();
+        self.containers.pop();
         if self.reparam.pop() == Some(true) {
             self.depth -= 1;
         }
@@ -762,6 +904,20 @@ impl PathTracker {
     /// The current dotted path.
     pub(crate) fn path(&self) -> String {
         self.stack.join(".")
+    }
+
+    /// The `container_type` of the innermost entered field: for a parameter being visited, the
+    /// type of the module that owns it (`Struct:Conv2d` for `conv.weight`); empty at the root.
+    pub(crate) fn module_type(&self) -> &str {
+        self.containers.last().map_or("", String::as_str)
+    }
+
+    /// Where the parameter being visited sits: its path and its owning module's type.
+    pub(crate) fn site(&self) -> ParamSite {
+        ParamSite {
+            path: self.path(),
+            module_type: self.module_type().to_string(),
+        }
     }
 
     /// Whether the traversal is inside a reparameterization's state.
@@ -774,6 +930,7 @@ impl PathTracker {
 #[derive(Debug)]
 pub(crate) struct SeenParam {
     pub(crate) path: String,
+    pub(crate) module_type: String,
     pub(crate) id: ParamId,
     pub(crate) shape: Vec<usize>,
     pub(crate) in_reparameterization: bool,
@@ -804,6 +961,7 @@ impl ModuleVisitor for ParamWalker {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         self.params.push(SeenParam {
             path: self.tracker.path(),
+            module_type: self.tracker.module_type().to_string(),
             id: param.id,
             shape: param.lazy_shape().as_slice().to_vec(),
             in_reparameterization: self.tracker.in_reparameterization(),

@@ -4,8 +4,8 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use burn_quant_core::{
-    Granularity, QuantParams, QuantSpec, QuantTensor, Rounding, ScaleSource, compute_params,
-    fake_quant_custom, fake_quant_with, quantize_with, round_ste,
+    Granularity, QuantParams, QuantSpec, QuantTensor, Rounding, ScaleSource, WeightLayout,
+    compute_params, fake_quant_custom, fake_quant_with, quantize_with, round_ste,
 };
 use serde::{Deserialize, Serialize};
 
@@ -120,7 +120,8 @@ impl QuantizerConfig {
 /// Builds an activation quantizer whose stored scale (if any) gets the right number of cells:
 /// `known` lists `(axis, length)` pairs that are fixed at build time; a stored per-channel
 /// scale along another axis, or a stored per-group scale, cannot be sized and is refused at
-/// build time (`field` names the config field in the error).
+/// build time (`field` names the config field in the error), as are the weight roles
+/// (per output channel, per input group), which name no activation axis.
 pub fn activation_quantizer(
     spec: Option<QuantSpec>,
     field: &'static str,
@@ -133,6 +134,15 @@ pub fn activation_quantizer(
         ScaleSource::Stats(_) | ScaleSource::Learned(_)
     );
     let cells = match spec.granularity {
+        g @ (Granularity::PerOutputChannel | Granularity::PerInputGroup { .. }) => {
+            return Err(NnError::InvalidConfig {
+                field,
+                value: g.to_string(),
+                reason: "output channels and input groups are roles of a layer's weight; an \
+                         activation's granularity names its axis (per_channel / per_group)"
+                    .into(),
+            });
+        }
         _ if !stored => 1,
         Granularity::PerTensor => 1,
         Granularity::PerChannel { axis } => match known.iter().find(|(a, _)| *a == axis) {
@@ -335,14 +345,17 @@ pub fn int32_bias<const DI: usize, const DW: usize>(
     Ok(round_ste((bias / s_b.clone()).clamp(-limit, limit)) * s_b)
 }
 
-/// A weight quantizer for a weight of `shape` (one stored cell per scale cell, which only a
-/// learned weight scale uses).
+/// A weight quantizer for a weight of `shape` stored as `layout` (one stored cell per scale
+/// cell, which only a learned weight scale uses). The spec is resolved for the layout first
+/// (a role becomes the layer's axis, an explicit axis must fit it) and stored resolved.
 pub(crate) fn weight_quantizer(
     spec: Option<QuantSpec>,
+    layout: WeightLayout,
     shape: &[usize],
     device: &Device,
 ) -> Result<Option<Quantizer>> {
     spec.map(|spec| {
+        let spec = spec.resolve_for(layout, shape)?;
         let cells = spec.check_shape(shape)?.cells();
         QuantizerConfig::for_spec(spec, QuantizerRole::Weight)
             .with_cells(cells)
@@ -428,5 +441,116 @@ mod tests {
             worst < 5.0 * 0.5 * scale / (n as f64).sqrt(),
             "{worst} vs scale {scale}"
         );
+    }
+
+    /// Every quant layer resolves a role weight spec with its own layout (and stores the
+    /// explicit result), and refuses an explicit axis that does not fit it.
+    #[test]
+    fn layers_resolve_role_weight_specs_with_their_own_layout() {
+        use crate::{
+            QuantConv1dConfig, QuantConv2dConfig, QuantConvTranspose2dConfig, QuantEmbeddingConfig,
+            QuantLinearConfig, QuantLstmConfig, QuantMultiHeadAttentionConfig,
+        };
+        use burn_quant_core::QuantError;
+        let device = Device::flex();
+        let out = QuantSpec::int8_weight_per_output_channel();
+        let grp = QuantSpec::int4_weight_per_input_group(2);
+        let spec_of = |q: &Option<Quantizer>| q.as_ref().expect("quantized").spec.granularity;
+        let ch = |axis| Granularity::PerChannel { axis };
+        let gr = |axis| Granularity::PerGroup { axis, size: 2 };
+
+        let linear = |s| {
+            QuantLinearConfig::new(8, 4)
+                .with_weight_quant(Some(s))
+                .init(&device)
+        };
+        assert_eq!(spec_of(&linear(out).unwrap().weight_quant), ch(1));
+        assert_eq!(spec_of(&linear(grp).unwrap().weight_quant), gr(0));
+        let conv1 = |s| {
+            QuantConv1dConfig::new(4, 6, 3)
+                .with_weight_quant(Some(s))
+                .init(&device)
+        };
+        assert_eq!(spec_of(&conv1(out).unwrap().weight_quant), ch(0));
+        assert_eq!(spec_of(&conv1(grp).unwrap().weight_quant), gr(1));
+        let conv2 = |s| {
+            QuantConv2dConfig::new([4, 6], [3, 3])
+                .with_weight_quant(Some(s))
+                .init(&device)
+        };
+        assert_eq!(spec_of(&conv2(out).unwrap().weight_quant), ch(0));
+        assert_eq!(spec_of(&conv2(grp).unwrap().weight_quant), gr(1));
+        let deconv = |s| {
+            QuantConvTranspose2dConfig::new([4, 6], [3, 3])
+                .with_weight_quant(Some(s))
+                .init(&device)
+        };
+        assert_eq!(spec_of(&deconv(out).unwrap().weight_quant), ch(1));
+        assert_eq!(spec_of(&deconv(grp).unwrap().weight_quant), gr(0));
+        let emb = |s| {
+            QuantEmbeddingConfig::new(10, 4)
+                .with_weight_quant(Some(s))
+                .init(&device)
+        };
+        assert_eq!(spec_of(&emb(out).unwrap().weight_quant), ch(0));
+        assert_eq!(spec_of(&emb(grp).unwrap().weight_quant), gr(1));
+        // Attention projections and recurrent gates are `QuantLinear`s.
+        let mha = QuantMultiHeadAttentionConfig::new(8, 2)
+            .with_weight_quant(Some(out))
+            .init(&device)
+            .unwrap();
+        for p in [&mha.query, &mha.key, &mha.value, &mha.output] {
+            assert_eq!(spec_of(&p.weight_quant), ch(1));
+        }
+        let lstm = QuantLstmConfig::new(4, 6, true)
+            .with_weight_quant(Some(grp))
+            .init(&device)
+            .unwrap();
+        assert_eq!(
+            spec_of(&lstm.input_gate.input_transform.weight_quant),
+            gr(0)
+        );
+        assert_eq!(
+            spec_of(&lstm.cell_gate.hidden_transform.weight_quant),
+            gr(0)
+        );
+
+        // The role forward equals the explicit forward, bit for bit.
+        let x = Tensor::<4>::random([1, 4, 5, 5], burn::tensor::Distribution::Default, &device);
+        let by_role = conv2(out).unwrap();
+        let explicit = QuantConv2dConfig::new([4, 6], [3, 3])
+            .init(&device)
+            .unwrap();
+        let explicit = crate::QuantConv2d {
+            weight: by_role.weight.clone(),
+            bias: by_role.bias.clone(),
+            ..explicit
+        };
+        let host4 = |t: Tensor<4>| t.into_data().try_into_vec_as::<f32>().expect("f32");
+        assert_eq!(
+            host4(by_role.forward(x.clone())),
+            host4(explicit.forward(x))
+        );
+
+        // The Linear preset's axis on a conv weight is refused, naming axis, layout, shape.
+        let e = conv2(QuantSpec::int8_weight_per_channel()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                NnError::Quant(QuantError::AxisMismatch {
+                    granularity: Granularity::PerChannel { axis: 1 },
+                    layout: WeightLayout::Conv,
+                    ref shape,
+                }) if shape == &[6, 4, 3, 3]
+            ),
+            "{e:?}"
+        );
+        assert!(matches!(
+            emb(QuantSpec::int4_weight_per_group(2)).unwrap_err(),
+            NnError::Quant(QuantError::AxisMismatch {
+                layout: WeightLayout::Embedding,
+                ..
+            })
+        ));
     }
 }

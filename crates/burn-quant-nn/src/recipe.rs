@@ -549,10 +549,87 @@ mod tests {
         let plan = QuantPlan::from_file(path).unwrap();
         assert_eq!(plan.rules.len(), 1);
         assert_eq!(plan.rules[0].pattern.as_str(), "**.weight");
-        assert_eq!(plan.rules[0].spec, QuantSpec::int4_weight_per_group(128));
+        assert_eq!(
+            plan.rules[0].spec,
+            QuantSpec::int4_weight_per_input_group(128)
+        );
         assert!(plan.decide("lm_head.weight") != plan.decide("layers.0.attn.q.weight"));
         assert!(plan.spec_for("layers.0.attn.q.weight").is_some());
         assert!(plan.spec_for("lm_head.weight").is_none());
+    }
+
+    #[test]
+    fn role_granularities_parse_from_toml_and_json() {
+        let plan = QuantPlan::from_toml_str(
+            r#"
+[[rules]]
+pattern = "**.conv*.weight"
+spec.format = { kind = "int", bits = 8, signed = true, narrow = true }
+spec.granularity = { kind = "per_output_channel" }
+spec.scale = { source = { stats = { kind = "abs_max" } }, restrict = { kind = "float" } }
+spec.zero_point = { kind = "symmetric" }
+spec.rounding = { kind = "nearest_even" }
+
+[[rules]]
+pattern = "**.weight"
+[rules.spec]
+format = { kind = "int", bits = 4, signed = true, narrow = false }
+granularity = { kind = "per_input_group", size = 64 }
+scale = { source = { stats = { kind = "abs_max" } }, restrict = { kind = "float" } }
+zero_point = { kind = "symmetric" }
+rounding = { kind = "nearest_even" }
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            plan.rules[0].spec,
+            QuantSpec::int8_weight_per_output_channel()
+        );
+        assert_eq!(
+            plan.rules[1].spec,
+            QuantSpec::int4_weight_per_input_group(64)
+        );
+        // Round trip, both formats.
+        let toml_text = plan.to_toml_string().unwrap();
+        assert!(toml_text.contains("per_output_channel"), "{toml_text}");
+        assert_eq!(QuantPlan::from_toml_str(&toml_text).unwrap(), plan);
+        let json_text = plan.to_json_string().unwrap();
+        assert_eq!(QuantPlan::from_json_str(&json_text).unwrap(), plan);
+        // A role takes no axis: an `axis` beside it is an unknown key, not silently dropped.
+        let e = QuantPlan::from_toml_str(
+            r#"
+[[rules]]
+pattern = "**.weight"
+spec.format = { kind = "int", bits = 8, signed = true, narrow = true }
+spec.granularity = { kind = "per_output_channel", axis = 1 }
+spec.scale = { source = { stats = { kind = "abs_max" } }, restrict = { kind = "float" } }
+spec.zero_point = { kind = "symmetric" }
+spec.rounding = { kind = "nearest_even" }
+"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, RecipeError::UnknownKey { path } if path == "rules[0].spec.granularity.axis"),
+            "{e}"
+        );
+        // A role group still needs its size, and a valid one.
+        let e = QuantPlan::from_toml_str(
+            r#"
+[[rules]]
+pattern = "**.weight"
+spec.format = { kind = "int", bits = 4, signed = true, narrow = false }
+spec.granularity = { kind = "per_input_group", size = 0 }
+spec.scale = { source = { stats = { kind = "abs_max" } }, restrict = { kind = "float" } }
+spec.zero_point = { kind = "symmetric" }
+spec.rounding = { kind = "nearest_even" }
+"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("rules[0].spec.granularity.size: invalid value 0"),
+            "{e}"
+        );
     }
 
     /// A valid two-rule TOML plan; tests break one value of it.

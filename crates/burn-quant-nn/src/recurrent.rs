@@ -124,7 +124,9 @@ pub struct QuantLstmConfig {
     #[config(default = "ActivationConfig::Tanh")]
     pub hidden_activation: ActivationConfig,
     /// Weight spec of every gate projection (`None`: float weights); weights are
-    /// `[d_input or d_hidden, d_hidden]`, per output channel is axis 1.
+    /// `[d_input or d_hidden, d_hidden]` (`Linear` layout): per output channel is axis 1,
+    /// groups along the input axis 0; role specs (`QuantSpec::per_output_channel`,
+    /// `per_input_group`) get these axes.
     #[config(default = "Some(QuantSpec::int8_weight_per_channel())")]
     pub weight_quant: Option<QuantSpec>,
     /// Spec of the input sequence, seen batch-first as `[batch_size, seq_length, d_input]`
@@ -415,7 +417,9 @@ pub struct QuantGruConfig {
     #[config(default = "None")]
     pub clip: Option<f64>,
     /// Weight spec of every gate projection (`None`: float weights); weights are
-    /// `[d_input or d_hidden, d_hidden]`, per output channel is axis 1.
+    /// `[d_input or d_hidden, d_hidden]` (`Linear` layout): per output channel is axis 1,
+    /// groups along the input axis 0; role specs (`QuantSpec::per_output_channel`,
+    /// `per_input_group`) get these axes.
     #[config(default = "Some(QuantSpec::int8_weight_per_channel())")]
     pub weight_quant: Option<QuantSpec>,
     /// Spec of the input sequence `[batch_size, seq_length, d_input]` (`None`: float input).

@@ -13,6 +13,12 @@
 //!   every matched weight, for export. On a model with attached quantizers it uses their learned
 //!   scales, so the codes are exactly what QAT trained.
 //!
+//! Each verb resolves a rule's spec for the parameter it is applied to
+//! ([`crate::plan::ParamSite::resolve`]): a role granularity (`per_output_channel`,
+//! `per_input_group`) gets the axis of the owning layer's weight layout (axis 1 of a `Linear`
+//! weight, axis 0 of a `Conv2d` weight), and an explicit axis that does not fit a known layer
+//! is an error naming the parameter, found before the model is changed.
+//!
 //! ```
 //! use burn::nn::{Linear, LinearConfig};
 //! use burn::tensor::Device;
@@ -46,7 +52,7 @@ use burn_quant_core::{
     compute_params, fake_quant, fake_quant_with, quantize, quantize_with,
 };
 
-use crate::plan::{Decision, PathTracker, PlanError, PlanResult, QuantPlan};
+use crate::plan::{Decision, ParamSite, PathTracker, PlanError, PlanResult, QuantPlan};
 
 /// The `Reparameterization::NAME` of [`WeightFakeQuant`]: its state appears under
 /// `<param path>.fake_quant.scale` and `<param path>.fake_quant.zero_point`.
@@ -67,7 +73,8 @@ pub struct WeightFakeQuant {
     pub scale: Option<Param<Tensor<1>>>,
     /// Stored zero-point in grid units, `[cells]`; `None` when symmetric or recomputed.
     pub zero_point: Option<Param<Tensor<1>>>,
-    /// The spec.
+    /// The spec, resolved for the parameter's weight layout (a role granularity of the plan's
+    /// rule is stored as its explicit axis).
     #[module(skip)]
     pub spec: QuantSpec,
     /// Path of the parameter it is attached to (for error messages).
@@ -289,11 +296,19 @@ impl ModuleMapper for QuantizeMapper<'_> {
         if self.error.is_some() || self.tracker.in_reparameterization() {
             return param;
         }
-        let path = self.tracker.path();
-        let Some((_, spec)) = self.plan.spec_for(&path) else {
+        let site = self.tracker.site();
+        let Some((rule, spec)) = self.plan.spec_for(&site.path) else {
             return param;
         };
-        let spec = *spec;
+        let shape = param.lazy_shape().as_slice().to_vec();
+        let spec = match site.resolve_rule(&shape, rule, *spec) {
+            Ok(spec) => spec,
+            Err(e) => {
+                self.error = Some(e);
+                return param;
+            }
+        };
+        let path = site.path;
         let mut error = None;
         let param = param.map(|w| {
             let require_grad = w.is_require_grad();
@@ -382,35 +397,33 @@ impl ModuleVisitor for Prepare<'_> {
         if self.error.is_some() || self.tracker.in_reparameterization() {
             return;
         }
-        let path = self.tracker.path();
-        let Decision::Matched { rule, spec } = self.plan.decide(&path) else {
+        let site = self.tracker.site();
+        let Decision::Matched { rule, spec } = self.plan.decide(&site.path) else {
             return;
         };
-        match build_quantizer(&path, rule, spec, param) {
+        match build_quantizer(&site, rule, spec, param) {
             Ok(q) => {
-                self.prepared.insert(path, q);
+                self.prepared.insert(site.path, q);
             }
             Err(e) => self.error = Some(e),
         }
     }
 }
 
+/// The quantizer of the parameter at `site` for rule `rule`'s `spec`, resolved for the
+/// parameter's weight layout (the quantizer stores the resolved, explicit spec).
 fn build_quantizer<const D: usize>(
-    path: &str,
+    site: &ParamSite,
     rule: usize,
     spec: QuantSpec,
     param: &Param<Tensor<D>>,
 ) -> PlanResult<WeightFakeQuant> {
+    let path = site.path.as_str();
     let shape = param.lazy_shape().as_slice().to_vec();
+    let spec = site.resolve_rule(&shape, rule, spec)?;
     let layout = spec
         .check_shape(&shape)
-        .map_err(|source| PlanError::ShapeMismatch {
-            path: path.to_string(),
-            shape: shape.clone(),
-            rule,
-            spec,
-            source,
-        })?;
+        .map_err(|source| site.error(&shape, rule, spec, source))?;
     let learned_scale = matches!(spec.scale.source, ScaleSource::Learned(_));
     let learned_zp = matches!(spec.zero_point, ZeroPoint::Asymmetric { learned: true });
     if learned_scale && matches!(spec.scale.restrict, ScaleRestriction::Quantized(_)) {
@@ -694,16 +707,13 @@ impl ModuleVisitor for Collect<'_> {
             return;
         };
         let shape = param.lazy_shape().as_slice().to_vec();
-        if let Err(source) = spec.check_shape(&shape) {
-            self.error = Some(PlanError::ShapeMismatch {
-                path,
-                shape,
-                rule,
-                spec,
-                source,
-            });
-            return;
-        }
+        let spec = match self.tracker.site().resolve_rule(&shape, rule, spec) {
+            Ok(spec) => spec,
+            Err(e) => {
+                self.error = Some(e);
+                return;
+            }
+        };
         let Some(base) = erase(param.val()) else {
             self.error = Some(PlanError::Unsupported {
                 path,
@@ -723,6 +733,9 @@ impl ModuleVisitor for Collect<'_> {
         });
     }
 }
+
+#[cfg(test)]
+mod role_tests;
 
 #[cfg(test)]
 mod tests {
@@ -786,7 +799,8 @@ mod tests {
         QuantPlan::new()
             .rule("conv.weight", int8_conv())
             .rule("blocks.*.weight", block_spec)
-            .rule("emb.weight", QuantSpec::int8_weight_per_channel())
+            // By role: one scale per row (token) of the `[n_embedding, d_model]` table.
+            .rule("emb.weight", QuantSpec::int8_weight_per_output_channel())
             .rule("**.weight", QuantSpec::int8_weight_per_tensor())
             .rule("nothing.*", QuantSpec::int8_weight_per_tensor())
             .exclude("head.*")
@@ -900,7 +914,7 @@ mod tests {
             bits(q.emb.weight.val()),
             expect(
                 before.emb.weight.val(),
-                QuantSpec::int8_weight_per_channel()
+                QuantSpec::int8_weight_per_channel().with_axis(0)
             )
         );
         assert_eq!(bits(q.head.weight.val()), bits(before.head.weight.val()));
@@ -1190,7 +1204,9 @@ mod tests {
     fn refuses_what_it_cannot_do() {
         let device = Device::flex();
         // A learned scale with a quantized scale level.
-        let mx = QuantSpec::mxfp4().with_scale_source(ScaleSource::Learned(ScaleStat::AbsMax));
+        let mx = QuantSpec::mxfp4()
+            .per_input_group(burn_quant_core::spec::MX_BLOCK)
+            .with_scale_source(ScaleSource::Learned(ScaleStat::AbsMax));
         let plan_mx = QuantPlan::new().rule("emb.weight", mx);
         let e = attach_weight_quantizers(Net::new(&device), &plan_mx).unwrap_err();
         assert!(

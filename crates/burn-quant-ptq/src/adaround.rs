@@ -325,6 +325,7 @@ impl Rounder {
         n: usize,
         m: usize,
     ) -> Result<Self> {
+        let spec = &crate::quantizer::linear_spec(spec);
         let layout = spec.check_shape(&[n, m])?;
         let per_outer = layout.axis_len * layout.inner;
         let zeros = params.zero_points.as_deref();

@@ -22,7 +22,10 @@ use crate::stats::{CalibInputs, LayerStats, read};
 /// 3. per layer: `algo.quantize(&weight, &stats, &spec)?` → the layer's [`QuantTensor`].
 ///
 /// Weights are in Burn's `Linear` layout `[d_input, d_output]`: the algorithms run over input
-/// channels (rows), and groups of a per-group spec run along axis 0.
+/// channels (rows), and groups of a per-group spec run along axis 0. A spec written by role
+/// (`QuantSpec::per_output_channel`, `per_input_group`) is resolved for that layout
+/// ([`burn_quant_core::WeightLayout::Linear`]: outputs on axis 1, input groups along axis 0),
+/// and the returned [`QuantTensor`] carries the resolved spec; explicit axes are used as given.
 pub trait Stage2Algorithm: Send + Sync + std::fmt::Debug {
     /// Short name, e.g. `"gptq"`.
     fn name(&self) -> &'static str;

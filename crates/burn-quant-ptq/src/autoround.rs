@@ -183,10 +183,7 @@ impl AutoRound {
             .iter()
             .map(|b| LearnedWeight::new(&b.weight, &b.spec, self.minmax_tuning))
             .collect::<Result<_>>()?;
-        let originals: Vec<Tensor<2>> = learned
-            .iter()
-            .map(|l| l.original(train_device))
-            .collect();
+        let originals: Vec<Tensor<2>> = learned.iter().map(|l| l.original(train_device)).collect();
         let (lr, minmax_lr) = self.rates();
         let mut report = AutoRoundReport {
             iterations: self.iterations,
@@ -231,7 +228,12 @@ impl AutoRound {
             let t2 = Instant::now();
             let decay = 1.0 - t as f64 / self.iterations as f64;
             for (l, leaf) in learned.iter_mut().zip(leaves) {
-                l.step(&leaf, &grads, (lr * decay) as f32, (minmax_lr * decay) as f32)?;
+                l.step(
+                    &leaf,
+                    &grads,
+                    (lr * decay) as f32,
+                    (minmax_lr * decay) as f32,
+                )?;
             }
             report.quantizer += t2.elapsed();
         }
@@ -245,7 +247,12 @@ impl AutoRound {
         let out = learned
             .iter()
             .zip(weights)
-            .map(|(l, b)| Ok((b.name.clone(), l.finish(&b.weight.device(), windows as u64)?)))
+            .map(|(l, b)| {
+                Ok((
+                    b.name.clone(),
+                    l.finish(&b.weight.device(), windows as u64)?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         report.seconds = started.elapsed().as_secs_f64();
         Ok(AutoRoundOutcome {
@@ -347,7 +354,7 @@ impl LearnedWeight {
         let w = read(weight, "weight")?;
         check_finite(&w, "weight")?;
         // The learned rule replaces the spec's rounding: nearest-even plus the offset.
-        let spec = spec.with_rounding(Rounding::NearestEven);
+        let spec = crate::quantizer::linear_spec(spec).with_rounding(Rounding::NearestEven);
         let layout = spec.check_shape(&shape)?;
         let rtn = host::compute_params(&w, &shape, &spec)?;
         let stat = spec.scale.source.stat();
@@ -428,8 +435,8 @@ impl LearnedWeight {
     }
 
     fn leaves(&self, device: &Device) -> Leaves {
-        let v = Tensor::from_data(TensorData::new(self.v.clone(), self.shape), device)
-            .require_grad();
+        let v =
+            Tensor::from_data(TensorData::new(self.v.clone(), self.shape), device).require_grad();
         let factors = self.clip.map(|_| {
             (
                 self.scale_tensor(self.lo.clone(), device).require_grad(),
@@ -453,9 +460,9 @@ impl LearnedWeight {
             let k: Vec<f32> = (0..lo.len())
                 .map(|i| {
                     let r = match clip {
-                        Clip::Symmetric => (lo[i] * self.lo[i])
-                            .abs()
-                            .max((hi[i] * self.hi[i]).abs()),
+                        Clip::Symmetric => {
+                            (lo[i] * self.lo[i]).abs().max((hi[i] * self.hi[i]).abs())
+                        }
                         Clip::Asymmetric => {
                             hi[i].max(0.0) * self.hi[i] - lo[i].min(0.0) * self.lo[i]
                         }
@@ -604,7 +611,10 @@ impl Stage2Algorithm for AutoRound {
         let constant = sigma.map(|s| (w.clone() * s.matmul(w.clone())).sum());
         let weights = [BlockWeight {
             name: "weight".into(),
-            weight: Tensor::<2>::from_data(TensorData::new(weight.to_vec(), shape), &Device::flex()),
+            weight: Tensor::<2>::from_data(
+                TensorData::new(weight.to_vec(), shape),
+                &Device::flex(),
+            ),
             spec: *spec,
         }];
         // Full batch: one "window".

@@ -15,11 +15,18 @@ use burn_quant_core::host::{self, HostLevel, HostParams};
 use burn_quant_core::rounding::uniform;
 use burn_quant_core::{
     Format, Granularity, QuantParams, QuantSpec, QuantTensor, Rounding, ScaleQuant,
-    ScaleRestriction,
+    ScaleRestriction, WeightLayout,
 };
 
 use crate::algorithm::DynamicGroupTiming;
 use crate::error::{PtqError, Result};
+
+/// `spec` for a Burn-layout `[d_in, d_out]` weight: a role granularity resolved as
+/// [`WeightLayout::Linear`] (per output channel → axis 1, per input group → axis 0); explicit
+/// axes are kept as they are (the algorithms handle every axis of the matrix).
+pub(crate) fn linear_spec(spec: &QuantSpec) -> QuantSpec {
+    spec.resolve_roles(WeightLayout::Linear)
+}
 
 /// When group parameters are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +85,7 @@ impl RowQuantizer {
         timing: ParamTiming,
         single_row_units_only: bool,
     ) -> Result<Self> {
+        let spec = &linear_spec(spec);
         let layout = spec.check_shape(&[n, m])?;
         if let Format::Minifloat(mf) = spec.format
             && !mf.saturating
@@ -93,8 +101,13 @@ impl RowQuantizer {
         let map = match spec.granularity {
             Granularity::PerTensor => CellMap::Tensor,
             Granularity::PerChannel { axis: 0 } => CellMap::Row,
-            Granularity::PerChannel { .. } => CellMap::Col { group: n },
-            Granularity::PerGroup { axis: 0, size } => CellMap::Col { group: size },
+            // Roles are resolved as `Linear` above; these arms say the same.
+            Granularity::PerChannel { .. } | Granularity::PerOutputChannel => {
+                CellMap::Col { group: n }
+            }
+            Granularity::PerGroup { axis: 0, size } | Granularity::PerInputGroup { size } => {
+                CellMap::Col { group: size }
+            }
             Granularity::PerGroup { size, .. } => CellMap::RowGroups { group: size },
         };
         // Rows a dynamic unit spans, if the spec's cells (and any quantized scale level) are
@@ -263,7 +276,8 @@ impl RowQuantizer {
     }
 }
 
-/// A `QuantTensor<2>` from host codes and parameters on `device`.
+/// A `QuantTensor<2>` from host codes and parameters on `device` (a role spec is stored
+/// resolved for the `[d_in, d_out]` layout).
 pub(crate) fn quant_tensor(
     codes: Vec<i32>,
     params: HostParams,
@@ -272,6 +286,7 @@ pub(crate) fn quant_tensor(
     m: usize,
     device: &Device,
 ) -> Result<QuantTensor<2>> {
+    let spec = &linear_spec(spec);
     let layout = spec.check_shape(&[n, m])?;
     host::check_params(&params, &layout, spec)?;
     let p = QuantParams::<2>::from_host(params, &layout, device);

@@ -118,4 +118,51 @@ mod tests {
                 .all(|(a, b)| (a - b).abs() <= 1e-6 * b.abs())
         );
     }
+
+    /// A spec written by role is resolved as `WeightLayout::Linear` by every Stage 2
+    /// algorithm: the same codes and parameters as the explicit `Linear` spec, and the result
+    /// carries the explicit spec.
+    #[test]
+    fn role_specs_are_resolved_as_linear_by_every_algorithm() {
+        use crate::testutil::{correlated, upstream};
+        use crate::{Adaround, Gpfq, Gptaq, Gptq, Qronos};
+        let (n, m, tokens) = (64, 24, 256);
+        let w = crate::testutil::weights(n, m, 9);
+        let x = correlated(tokens, n, 3);
+        let (xf, xq) = upstream(tokens, n, 4, 4);
+        let algorithms: Vec<Box<dyn Stage2Algorithm>> = vec![
+            Box::new(Rtn),
+            Box::new(Gptq::default()),
+            Box::new(Gpfq::default()),
+            Box::new(Gptaq::default()),
+            Box::new(Qronos::default()),
+            Box::new(Adaround::default().with_iterations(20)),
+        ];
+        for (role, explicit) in [
+            (
+                QuantSpec::int8_weight_per_output_channel().with_bits(4),
+                QuantSpec::int8_weight_per_channel().with_bits(4),
+            ),
+            (
+                QuantSpec::int4_weight_per_input_group(16),
+                QuantSpec::int4_weight_per_group(16),
+            ),
+        ] {
+            for algo in &algorithms {
+                let paired = algo.inputs() == crate::CalibInputs::FloatAndQuantized;
+                let stats = if paired {
+                    crate::testutil::stats(&xf, Some(&xq), n, true)
+                } else {
+                    crate::testutil::stats(&x, None, n, false)
+                };
+                let by_role = algo.quantize_host(&w, [n, m], &stats, &role).unwrap();
+                let by_axis = algo.quantize_host(&w, [n, m], &stats, &explicit).unwrap();
+                let name = algo.name();
+                assert_eq!(by_role.codes, by_axis.codes, "{name} {role}");
+                assert_eq!(by_role.params, by_axis.params, "{name} {role}");
+                let q = by_role.into_quantized(&role, &Device::flex()).unwrap();
+                assert_eq!(q.tensor.spec, explicit, "{name} {role}");
+            }
+        }
+    }
 }

@@ -268,7 +268,11 @@ impl<S: QuantStyle> OnnxModelBuilder<S> {
         let batch_dependent = match act.layout.granularity {
             Granularity::PerTensor => false,
             Granularity::PerChannel { axis } => axis == 0,
-            Granularity::PerGroup { .. } => true,
+            // Roles never reach a layout (`Granularity::layout` refuses them); refusing a
+            // dynamic batch for them is the safe answer anyway.
+            Granularity::PerGroup { .. }
+            | Granularity::PerOutputChannel
+            | Granularity::PerInputGroup { .. } => true,
         };
         if self.batch.is_some() && batch_dependent {
             return Err(unsupported(

@@ -62,10 +62,16 @@ pub(crate) mod sealed {
 
 /// Scale dims and granularity attributes of a QuantizeLinear/DequantizeLinear, with the opset
 /// they need: per tensor a scalar (opset 10), per channel a 1-D scale and `axis` (13), per
-/// group a blocked scale of the input's rank with `axis` and `block_size` (21).
-fn qdq_granularity(layout: &Layout) -> (Vec<usize>, Vec<AttributeProto>, i64) {
-    match layout.granularity {
+/// group a blocked scale of the input's rank with `axis` and `block_size` (21). A role (per
+/// output channel, per input group) has no axis until it is resolved: an error.
+fn qdq_granularity(
+    layout: &Layout,
+) -> std::result::Result<(Vec<usize>, Vec<AttributeProto>, i64), String> {
+    Ok(match layout.granularity {
         Granularity::PerTensor => (vec![], vec![], 10),
+        g @ (Granularity::PerOutputChannel | Granularity::PerInputGroup { .. }) => {
+            return Err(burn_quant_core::QuantError::UnresolvedRole { granularity: g }.to_string());
+        }
         Granularity::PerChannel { axis } => (
             vec![layout.axis_len],
             vec![AttributeProto::int("axis", axis as i64)],
@@ -79,7 +85,7 @@ fn qdq_granularity(layout: &Layout) -> (Vec<usize>, Vec<AttributeProto>, i64) {
             ],
             21,
         ),
-    }
+    })
 }
 
 fn check_scales(
@@ -136,7 +142,7 @@ impl sealed::Style for Qdq {
             (Some(_), None) => return Err(err("a float8 type has no zero-point".into())),
         };
         check_scales(prefix, what, &q.spec, Self::TARGET, &q.scales, true)?;
-        let (dims, attrs, opset) = qdq_granularity(&q.layout);
+        let (dims, attrs, opset) = qdq_granularity(&q.layout).map_err(err)?;
         g.need_opset(ty.opset.max(opset));
         let codes = TensorProto::raw(
             &format!("{prefix}_quantized"),
@@ -195,7 +201,7 @@ impl sealed::Style for Qdq {
         }
         let ty = qdq_type(&spec.format).map_err(err)?;
         check_scales(prefix, what, spec, Self::TARGET, &act.scales, false)?;
-        let (dims, mut attrs, opset) = qdq_granularity(&act.layout);
+        let (dims, mut attrs, opset) = qdq_granularity(&act.layout).map_err(err)?;
         g.need_opset(ty.opset.max(opset));
         let cells = act.scales.len();
         // QuantizeLinear takes its output type from the zero-point: always pass one.
@@ -227,6 +233,12 @@ impl sealed::Style for Qdq {
                     )));
                 }
                 Granularity::PerGroup { .. } => vec![],
+                g @ (Granularity::PerOutputChannel | Granularity::PerInputGroup { .. }) => {
+                    return Err(err(burn_quant_core::QuantError::UnresolvedRole {
+                        granularity: g,
+                    }
+                    .to_string()));
+                }
             };
             if min > lo as f32 {
                 let b = g.initializer(TensorProto::f32s(
@@ -361,6 +373,12 @@ fn qonnx_quant(g: &mut Graph, x: &str, val: &Val, p: QonnxQuant<'_>) -> Result<S
     let mut zero_points = p.zero_points.map(<[f32]>::to_vec);
     let (scale_dims, grouped): (Vec<usize>, Option<Vec<usize>>) = match layout.granularity {
         Granularity::PerTensor => (vec![], None),
+        g @ (Granularity::PerOutputChannel | Granularity::PerInputGroup { .. }) => {
+            return Err(err(burn_quant_core::QuantError::UnresolvedRole {
+                granularity: g,
+            }
+            .to_string()));
+        }
         Granularity::PerChannel { .. } => (layout.scale_shape.clone(), None),
         Granularity::PerGroup { .. } if layout.is_ragged() => {
             // A short last group cannot be an axis of its own: the scales (and zero-points)
