@@ -34,8 +34,8 @@ pub mod prelude {
     pub use burn_quant_core::{
         Format, Granularity, Minifloat, Pow2Mode, QuantError, QuantParams, QuantSpec, QuantTensor,
         Rounding, RoundingFn, ScaleQuant, ScaleRestriction, ScaleSource, ScaleSpec, ScaleStat,
-        SymmetricScale, ZeroPoint, compute_params, dequantize, fake_quant, fake_quant_custom,
-        fake_quant_with, quantize, quantize_with,
+        SymmetricScale, WeightLayout, ZeroPoint, compute_params, dequantize, fake_quant,
+        fake_quant_custom, fake_quant_with, quantize, quantize_with,
     };
     pub use burn_quant_nn::{
         QuantAct, QuantActConfig, QuantLinear, QuantLinearConfig, QuantReLU, QuantReLUConfig,
