@@ -44,6 +44,14 @@ pub struct Interpreter<'g> {
     last_use: Vec<usize>,
 }
 
+/// What [`Interpreter::execute`] returns.
+pub struct Execution {
+    /// The graph outputs (`None` when the run stopped early).
+    pub outputs: Option<Vec<DispatchTensor>>,
+    /// The tapped values, in the order asked.
+    pub taps: Vec<DispatchTensor>,
+}
+
 /// What a run hands to an observer: the node index and its output values.
 pub type Observer<'a> = dyn FnMut(usize, &[DispatchTensor]) -> Result<(), GraphError> + 'a;
 
@@ -140,8 +148,23 @@ impl<'g> Interpreter<'g> {
         &mut self,
         inputs: Vec<DispatchTensor>,
         quant: &QuantContext,
-        mut observer: Option<&mut Observer<'_>>,
+        observer: Option<&mut Observer<'_>>,
     ) -> Result<Vec<DispatchTensor>, GraphError> {
+        let run = self.execute(inputs, quant, observer, &[], None)?;
+        run.outputs.ok_or_else(|| GraphError::Malformed("the run stopped early".into()))
+    }
+
+    /// The general run: `taps` are values to return (read as they are computed, or at the
+    /// start for inputs, parameters and constants); with `stop_after = Some(n)` the run ends
+    /// after node `n` (outputs are then `None`), which is all a layer's statistics need.
+    pub fn execute(
+        &mut self,
+        inputs: Vec<DispatchTensor>,
+        quant: &QuantContext,
+        mut observer: Option<&mut Observer<'_>>,
+        taps: &[ValueId],
+        stop_after: Option<usize>,
+    ) -> Result<Execution, GraphError> {
         let graph = self.graph;
         if inputs.len() != graph.inputs.len() {
             return Err(GraphError::Arity {
@@ -161,6 +184,15 @@ impl<'g> Interpreter<'g> {
                 });
             }
             env[v.0] = Some(t);
+        }
+        let mut tapped: Vec<Option<DispatchTensor>> = vec![None; taps.len()];
+        for (i, &v) in taps.iter().enumerate() {
+            tapped[i] = match graph.value(v).origin {
+                ValueOrigin::Input(_) => env[v.0].clone(),
+                ValueOrigin::Param(p) => Some(self.param_tensor(p)),
+                ValueOrigin::Constant(c) => Some(self.constant_tensor(c)),
+                ValueOrigin::Node(_) => None,
+            };
         }
         for (n, node) in graph.nodes.iter().enumerate() {
             let mut args = Vec::with_capacity(node.inputs.len());
@@ -184,22 +216,44 @@ impl<'g> Interpreter<'g> {
             if let Some(obs) = observer.as_deref_mut() {
                 obs(n, std::slice::from_ref(&out))?;
             }
+            for (i, &v) in taps.iter().enumerate() {
+                if v == node.outputs[0] {
+                    tapped[i] = Some(out.clone());
+                }
+            }
             env[node.outputs[0].0] = Some(out);
             for &v in &node.inputs {
                 if self.last_use[v.0] == n {
                     env[v.0] = None;
                 }
             }
+            if stop_after == Some(n) {
+                break;
+            }
         }
-        graph
-            .outputs
-            .iter()
-            .map(|v| {
-                env[v.0].clone().ok_or_else(|| {
-                    GraphError::Malformed(format!("output {v} was not computed"))
-                })
+        let taps = tapped
+            .into_iter()
+            .zip(taps)
+            .map(|(t, v)| {
+                t.ok_or_else(|| GraphError::Malformed(format!("tapped value {v} was not computed")))
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = if stop_after.is_some_and(|s| s + 1 < graph.nodes.len()) {
+            None
+        } else {
+            Some(
+                graph
+                    .outputs
+                    .iter()
+                    .map(|v| {
+                        env[v.0].clone().ok_or_else(|| {
+                            GraphError::Malformed(format!("output {v} was not computed"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+        };
+        Ok(Execution { outputs, taps })
     }
 
     fn exec(
@@ -491,6 +545,17 @@ pub fn upload(data: &TensorData, device: &Device) -> DispatchTensor {
     } else {
         Dispatch::float_from_data(data.clone(), d)
     }
+}
+
+/// A float dispatch tensor's values on the host, row-major.
+pub fn to_host(t: DispatchTensor) -> Result<Vec<f32>, GraphError> {
+    let n = t.shape().num_elements();
+    let flat = Dispatch::float_reshape(t, Shape::new([n]));
+    Tensor::<1>::from_dispatch(flat)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| GraphError::Malformed(format!("cannot read a tensor: {e:?}")))
 }
 
 /// Reads a parameter id → graph value map, for passes that work by path.

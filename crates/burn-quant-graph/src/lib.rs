@@ -22,11 +22,13 @@ pub mod fold;
 pub mod interp;
 pub mod ir;
 pub mod quantize;
+pub mod stage2;
 
 pub use capture::{GraphIo, capture};
 pub use interp::Interpreter;
 pub use ir::{Graph, Node, Op, ValueId};
 pub use quantize::{GraphModel, GraphRecipe, QuantNode, QuantizedGraph, quantize_graph};
+pub use stage2::{GraphWeight, Stage2Result, stage2};
 
 use thiserror::Error;
 

@@ -114,6 +114,11 @@ impl OwnedParams {
 #[derive(Default)]
 pub struct QuantContext<'a> {
     quantizers: Option<&'a [Quantizer]>,
+    /// Quantizer indices that pass values through (e.g. weights a Stage 2 algorithm already
+    /// put on their grid).
+    bypass: Vec<bool>,
+    /// Every quantizer passes values through (the float path).
+    bypass_all: bool,
 }
 
 impl<'a> QuantContext<'a> {
@@ -121,11 +126,34 @@ impl<'a> QuantContext<'a> {
     pub fn new(quantizers: &'a GraphQuantizers) -> Self {
         Self {
             quantizers: Some(&quantizers.quantizers),
+            bypass: vec![false; quantizers.quantizers.len()],
+            bypass_all: false,
         }
+    }
+
+    /// A context in which every quantizer is the identity: the float function.
+    pub fn float() -> Self {
+        Self {
+            quantizers: None,
+            bypass: Vec::new(),
+            bypass_all: true,
+        }
+    }
+
+    /// Lets quantizer `index` pass values through.
+    pub fn bypass(mut self, index: usize) -> Self {
+        if index >= self.bypass.len() {
+            self.bypass.resize(index + 1, false);
+        }
+        self.bypass[index] = true;
+        self
     }
 
     /// Applies quantizer node `q` (node index `n`) to `x`.
     pub fn run(&self, n: usize, q: &QuantNode, x: DispatchTensor) -> Result<DispatchTensor, GraphError> {
+        if self.bypass_all || self.bypass.get(q.quantizer).copied().unwrap_or(false) {
+            return Ok(x);
+        }
         let Some(qs) = self.quantizers else {
             return Err(GraphError::Malformed(format!(
                 "node #{n} is a quantizer; run the graph through `QuantizedGraph` or `GraphModel`"

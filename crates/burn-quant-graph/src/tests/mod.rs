@@ -4,3 +4,4 @@ pub mod models;
 
 mod capture;
 mod quantize;
+mod stage2;
