@@ -20,6 +20,9 @@ pub use burn_quant_core as core;
 pub use burn_quant_core::*;
 /// Exporters: GGUF (llama.cpp), ONNX QDQ, QONNX, Burn-native records.
 pub use burn_quant_export as export;
+/// Graph mode: capture any Burn model, run it with autodiff on any device, insert quantizers,
+/// calibrate, Stage 2 on every weight, QAT through the graph.
+pub use burn_quant_graph as graph;
 /// Llama-family models: loading, tokenizer, perplexity, generation, the sequential PTQ pipeline.
 pub use burn_quant_llm as llm;
 /// Quantizer module, quantized layers, presets, calibration, plans and recipes.
@@ -42,6 +45,7 @@ pub mod prelude {
         Quantizer, QuantizerConfig, QuantizerRole, calibrate, presets, with_rounding,
         without_quantization,
     };
+    pub use burn_quant_graph::{GraphRecipe, QuantizedGraph, capture, quantize_graph, stage2};
 }
 
 /// The README's code, compiled and run as a doctest.
