@@ -83,8 +83,21 @@ impl QuantizerConfig {
     }
 
     /// Builds the quantizer; its stored scale (if any) starts at zero = not calibrated.
+    ///
+    /// A role granularity (per output channel, per input group) is refused: a quantizer applies
+    /// its spec to whatever tensor it is given, so the axis must be explicit. Resolve the spec
+    /// for the weight's layout first (`QuantSpec::resolve_for`), as the quant layers do.
     pub fn init(&self, device: &Device) -> Result<Quantizer> {
         self.spec.validate()?;
+        if self.spec.granularity.is_role() {
+            return Err(NnError::InvalidConfig {
+                field: "spec.granularity",
+                value: self.spec.granularity.to_string(),
+                reason: "a quantizer needs an explicit axis: resolve the role for the weight's \
+                         layout first (`QuantSpec::resolve_for`; the quant layers and plans do)"
+                    .into(),
+            });
+        }
         if self.cells == 0 {
             return Err(NnError::InvalidConfig {
                 field: "cells",
@@ -542,6 +555,36 @@ mod tests {
                     layout: WeightLayout::Conv,
                     ref shape,
                 }) if shape == &[6, 4, 3, 3]
+            ),
+            "{e:?}"
+        );
+        // A bare quantizer or an activation spec has no layer to resolve a role against.
+        for role in [QuantizerRole::Weight, QuantizerRole::Activation] {
+            let e = QuantizerConfig::for_spec(out, role)
+                .init(&device)
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    NnError::InvalidConfig {
+                        field: "spec.granularity",
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+        }
+        let e = QuantLinearConfig::new(8, 4)
+            .with_input_quant(Some(QuantSpec::int8_act_per_tensor().per_output_channel()))
+            .init(&device)
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                NnError::InvalidConfig {
+                    field: "input_quant",
+                    ..
+                }
             ),
             "{e:?}"
         );
