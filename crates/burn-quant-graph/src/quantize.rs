@@ -233,6 +233,11 @@ pub struct GraphRecipe {
     /// Fold inference BatchNorm into the convolution before it.
     #[serde(default = "yes")]
     pub fold_batch_norm: bool,
+    /// Activations that cannot be negative (after ReLU, sigmoid, softmax, and pooling or
+    /// reshaping of those) get the unsigned form of an integer activation spec: the sign bit
+    /// would be wasted on them (Brevitas's `QuantReLU` is unsigned for the same reason).
+    #[serde(default = "yes")]
+    pub unsigned_when_nonnegative: bool,
 }
 
 impl Default for GraphRecipe {
@@ -246,6 +251,7 @@ impl Default for GraphRecipe {
             exclude: Vec::new(),
             share_joins: true,
             fold_batch_norm: true,
+            unsigned_when_nonnegative: true,
         }
     }
 }
@@ -290,6 +296,21 @@ impl GraphRecipe {
     pub fn with_fold_batch_norm(mut self, fold: bool) -> Self {
         self.fold_batch_norm = fold;
         self
+    }
+
+    /// Sets whether non-negative activations get unsigned integer specs.
+    pub fn with_unsigned_when_nonnegative(mut self, on: bool) -> Self {
+        self.unsigned_when_nonnegative = on;
+        self
+    }
+
+    /// The activation spec for a value: unsigned where it cannot be negative (if enabled).
+    fn act_spec(&self, spec: QuantSpec, nonnegative: bool) -> QuantSpec {
+        if self.unsigned_when_nonnegative && nonnegative {
+            spec.with_signed(false)
+        } else {
+            spec
+        }
     }
 
     /// Sets whether joins share a quantizer.
@@ -389,6 +410,7 @@ pub fn quantize_graph(
     };
     ins.before = vec![Vec::new(); ins.graph.nodes.len()];
     let from_input = ins.graph.depends_on_inputs();
+    let nonneg = ins.graph.nonnegative();
     let selected: Vec<bool> = ins.graph.nodes.iter().map(|n| recipe.selects(n)).collect();
     let n_nodes = ins.graph.nodes.len();
     let mut after: Vec<Option<(usize, QuantSite)>> = vec![None; n_nodes];
@@ -429,6 +451,7 @@ pub fn quantize_graph(
                     if !ins.graph.value(v).is_float() || !from_input[v.0] {
                         continue;
                     }
+                    let spec = recipe.act_spec(spec, nonneg[v.0]);
                     let q = match ins.by_value.iter().find(|(val, _)| *val == v) {
                         Some(&(_, q)) => q,
                         None => {
@@ -444,7 +467,9 @@ pub fn quantize_graph(
             if let Some(spec) = recipe.output
                 && node.op.is_weight_layer()
             {
-                let shape = ins.graph.value(node.outputs[0]).shape.clone();
+                let out = node.outputs[0];
+                let spec = recipe.act_spec(spec, nonneg[out.0]);
+                let shape = ins.graph.value(out).shape.clone();
                 let cells = cells_of(&spec, &shape, &node.name)?;
                 let q = ins.new_quantizer(spec, QuantizerRole::Activation, cells, &node.name)?;
                 after[n] = Some((q, QuantSite::Output { layer: node.name.clone() }));
@@ -462,6 +487,7 @@ pub fn quantize_graph(
                 .all(|v| from_input[v.0] && ins.graph.value(*v).is_float())
             && !recipe.exclude.iter().any(|p| p.matches(&node.name))
         {
+            let spec = recipe.act_spec(spec, node.inputs.iter().all(|v| nonneg[v.0]));
             let shape = ins.graph.value(node.inputs[0]).shape.clone();
             let cells = cells_of(&spec, &shape, &node.name)?;
             let q = ins.new_quantizer(spec, QuantizerRole::Activation, cells, &node.name)?;
@@ -624,6 +650,53 @@ impl Graph {
             }
         }
         dep
+    }
+}
+
+impl Graph {
+    /// For every value, whether it is provably non-negative: outputs of ReLU, sigmoid,
+    /// softmax, hard sigmoid, `exp`, `|x|`, `√x`, a clamp from ≥ 0, and what shape ops,
+    /// pooling, concatenation, sums, means, maxima and products make of such values.
+    pub fn nonnegative(&self) -> Vec<bool> {
+        use crate::ir::{ReduceOp, ScalarOp, UnaryOp};
+        let mut nn = vec![false; self.values.len()];
+        let scalar_nonneg = |s: &burn::backend::ir::ScalarIr| match *s {
+            burn::backend::ir::ScalarIr::Float(v) => v >= 0.0,
+            burn::backend::ir::ScalarIr::Int(v) => v >= 0,
+            burn::backend::ir::ScalarIr::UInt(_) => true,
+            burn::backend::ir::ScalarIr::Bool(_) => true,
+        };
+        for node in &self.nodes {
+            let all = node.inputs.iter().all(|v| nn[v.0]);
+            let first = node.inputs.first().is_some_and(|v| nn[v.0]);
+            let out = match &node.op {
+                Op::Unary(
+                    UnaryOp::Relu | UnaryOp::Sigmoid | UnaryOp::Exp | UnaryOp::Abs | UnaryOp::Sqrt,
+                ) => true,
+                Op::Softmax { .. } | Op::HardSigmoid { .. } => true,
+                Op::Clamp { min, .. } => scalar_nonneg(min),
+                Op::Scalar(ScalarOp::ClampMin, s) => scalar_nonneg(s),
+                Op::Scalar(ScalarOp::Add | ScalarOp::Mul | ScalarOp::Div, s) => {
+                    first && scalar_nonneg(s)
+                }
+                Op::Scalar(ScalarOp::ClampMax, _) => first,
+                Op::Reshape
+                | Op::Permute { .. }
+                | Op::Expand
+                | Op::Slice { .. }
+                | Op::MaxPool2d { .. }
+                | Op::AvgPool2d { .. }
+                | Op::AdaptiveAvgPool2d { .. }
+                | Op::Quant(_) => first,
+                Op::Reduce { op: ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Max | ReduceOp::Min, .. } => first,
+                Op::Concat { .. } | Op::Binary(BinaryOp::Add | BinaryOp::Mul) => all,
+                _ => false,
+            };
+            for o in &node.outputs {
+                nn[o.0] = out;
+            }
+        }
+        nn
     }
 }
 

@@ -48,14 +48,18 @@ fn quantized_graph_equals_hand_built_layers_with_the_same_specs() {
     assert_eq!(qg.quantizers.quantizers.len(), 4, "{}", qg.graph);
     let y_graph: Tensor<2> = qg.forward(&mlp, x.clone()).unwrap();
 
-    let cfg = |d_in, d_out| {
+    // fc2 reads a ReLU output: graph mode gives it the unsigned spec, as a careful hand-built
+    // model does (the sign bit would be wasted).
+    let cfg = |d_in, d_out, input: QuantSpec| {
         QuantLinearConfig::new(d_in, d_out)
             .with_weight_quant(Some(weight))
             .with_input_quant(Some(input))
     };
     let hand = QuantMlp {
-        fc1: cfg(12, 24).from_float(mlp.fc1.clone(), &device).unwrap(),
-        fc2: cfg(24, 5).from_float(mlp.fc2.clone(), &device).unwrap(),
+        fc1: cfg(12, 24, input).from_float(mlp.fc1.clone(), &device).unwrap(),
+        fc2: cfg(24, 5, input.with_signed(false))
+            .from_float(mlp.fc2.clone(), &device)
+            .unwrap(),
     };
     let (hand, _) = calibrate(hand, |m| {
         for b in &batches {
