@@ -8,6 +8,8 @@
 //! 3. [`quantize_graph`] inserts weight, input and output quantizers by op kind and path
 //!    (shared quantizers where values must share a scale), folds BatchNorm into convolutions,
 //!    and [`QuantizedGraph::calibrate`] fills static activation scales.
+//! 4. [`onnx`] lowers a graph to ONNX, quantizers as QuantizeLinear/DequantizeLinear
+//!    ([`QuantizedGraph::to_onnx`], [`onnx::OnnxExport`]).
 //!
 //! What capture can see: one forward at the sample's shapes, with Rust control flow unrolled;
 //! a model whose forward branches on computed values cannot be captured (a typed error).
@@ -21,6 +23,7 @@ pub mod capture;
 pub mod fold;
 pub mod interp;
 pub mod ir;
+pub mod onnx;
 pub mod quantize;
 pub mod stage2;
 
@@ -95,6 +98,15 @@ pub enum GraphError {
         node: String,
         /// The quantizer's error.
         source: burn_quant_nn::NnError,
+    },
+    /// An ONNX export error (a format the target cannot hold, a dynamic scale, a bad name),
+    /// with the node it happened at.
+    #[error("ONNX export of `{node}`: {source}")]
+    Onnx {
+        /// The node name (`<graph>` for the graph's inputs and outputs).
+        node: String,
+        /// The exporter's error.
+        source: burn_quant_export::onnx::OnnxError,
     },
     /// A core quantization error, with what it concerns.
     #[error("{at}: {source}")]

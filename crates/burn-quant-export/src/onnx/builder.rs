@@ -9,12 +9,9 @@ use burn_quant_core::{Granularity, Rounding};
 use burn_quant_nn::{NnError, QuantAct, QuantConv2d, QuantLinear, QuantReLU, Quantizer};
 
 use super::error::{OnnxError, Result};
-use super::graph::{Graph, Val, ir_version_for_opset};
+use super::graph::{OnnxGraph, Val};
 use super::host::{HostAct, HostQuant, floats, unsupported};
-use super::proto::{
-    AttributeProto, DataType, Dim, GraphProto, ModelProto, OperatorSetIdProto,
-    StringStringEntryProto, TensorProto, ValueInfoProto,
-};
+use super::proto::{AttributeProto, DataType, Dim, ModelProto, TensorProto, ValueInfoProto};
 use super::style::{Qdq, Qonnx, QuantStyle};
 
 /// Builds an ONNX model from our quantized layers, applied in the order the methods are
@@ -44,7 +41,7 @@ use super::style::{Qdq, Qonnx, QuantStyle};
 /// ```
 #[derive(Debug)]
 pub struct OnnxModelBuilder<S: QuantStyle> {
-    graph: Graph,
+    graph: OnnxGraph,
     input_name: String,
     input_shape: Vec<usize>,
     batch: Option<String>,
@@ -163,7 +160,7 @@ impl<S: QuantStyle> OnnxModelBuilder<S> {
     /// A builder whose graph input `input_name` is a FLOAT tensor of `input_shape` (the shape
     /// is also used to check every layer; see [`OnnxModelBuilder::dynamic_batch`]).
     pub fn new(input_name: &str, input_shape: &[usize]) -> Self {
-        let mut graph = Graph::new(S::BASE_OPSET);
+        let mut graph = OnnxGraph::new(S::BASE_OPSET);
         S::setup(&mut graph);
         graph.define(input_name);
         Self {
@@ -651,46 +648,15 @@ impl<S: QuantStyle> OnnxModelBuilder<S> {
         }
         let out_val = self.act_val(&self.shape);
         let in_val = self.act_val(&self.input_shape);
-        self.graph.value_info.retain(|v| v.name != out);
-        let opset = self.graph.opset;
-        let mut opset_import = vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: opset,
-        }];
-        opset_import.extend(self.graph.domains.iter().map(|(d, v)| OperatorSetIdProto {
-            domain: d.clone(),
-            version: *v,
-        }));
-        let metadata_props = self
-            .graph
-            .metadata
-            .iter()
-            .map(|(k, v)| StringStringEntryProto {
-                key: format!("burnq.spec.{k}"),
-                value: v.clone(),
-            })
-            .collect();
-        Ok(ModelProto {
-            ir_version: ir_version_for_opset(opset),
-            opset_import,
-            producer_name: "burn-quant".into(),
-            producer_version: env!("CARGO_PKG_VERSION").into(),
-            graph: Some(GraphProto {
-                node: self.graph.nodes,
-                name: S::GRAPH_NAME.into(),
-                initializer: self.graph.initializers,
-                input: vec![ValueInfoProto::tensor(
-                    &self.input_name,
-                    DataType::Float,
-                    &in_val.dims,
-                )],
-                output: vec![ValueInfoProto::tensor(&out, DataType::Float, &out_val.dims)],
-                value_info: self.graph.value_info,
-                ..Default::default()
-            }),
-            metadata_props,
-            ..Default::default()
-        })
+        Ok(self.graph.finish(
+            S::GRAPH_NAME,
+            vec![ValueInfoProto::tensor(
+                &self.input_name,
+                DataType::Float,
+                &in_val.dims,
+            )],
+            vec![ValueInfoProto::tensor(&out, DataType::Float, &out_val.dims)],
+        ))
     }
 }
 

@@ -1,9 +1,13 @@
 //! The mutable graph under construction: nodes, initializers and the operator-set versions
-//! they need.
+//! they need. Shared by the sequential layer builder ([`super::OnnxModelBuilder`]) and the
+//! graph-mode lowering of `burn-quant-graph`, so both write the same encodings.
 
 use std::collections::{BTreeMap, HashSet};
 
-use super::proto::{AttributeProto, DataType, Dim, NodeProto, TensorProto, ValueInfoProto};
+use super::proto::{
+    AttributeProto, DataType, Dim, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+    StringStringEntryProto, TensorProto, ValueInfoProto,
+};
 
 /// Element type and shape of a value produced by a node.
 #[derive(Clone, Debug, PartialEq)]
@@ -16,18 +20,18 @@ pub struct Val {
 
 impl Val {
     /// A FLOAT value of fixed shape.
-    pub(crate) fn f32(shape: &[usize]) -> Self {
+    pub fn f32(shape: &[usize]) -> Self {
         Self::fixed(DataType::Float, shape)
     }
     /// A value of fixed shape.
-    pub(crate) fn fixed(dtype: DataType, shape: &[usize]) -> Self {
+    pub fn fixed(dtype: DataType, shape: &[usize]) -> Self {
         Self {
             dtype,
             dims: shape.iter().map(|&d| Dim::Fixed(d)).collect(),
         }
     }
     /// The same shape with another element type.
-    pub(crate) fn with_dtype(&self, dtype: DataType) -> Self {
+    pub fn with_dtype(&self, dtype: DataType) -> Self {
         Self {
             dtype,
             dims: self.dims.clone(),
@@ -35,10 +39,16 @@ impl Val {
     }
 }
 
-/// Nodes and initializers being collected, with the lowest default-domain opset that holds
-/// every node emitted so far and the custom domains used.
+/// An ONNX graph under construction: nodes, initializers and value types being collected, with
+/// the lowest default-domain opset that holds every node emitted so far and the custom domains
+/// used. Names are made unique as they are added ([`OnnxGraph::fresh`]); [`OnnxGraph::finish`]
+/// turns it into a [`ModelProto`].
+///
+/// The quantized parts are written by a style's emitters
+/// ([`super::QuantStyle::emit_weight`], [`super::QuantStyle::emit_activation`]); plain ops with
+/// [`OnnxGraph::node`].
 #[derive(Debug, Default)]
-pub struct Graph {
+pub struct OnnxGraph {
     pub(crate) nodes: Vec<NodeProto>,
     pub(crate) initializers: Vec<TensorProto>,
     /// Type and shape of every node output.
@@ -53,9 +63,10 @@ pub struct Graph {
     pub(crate) metadata: Vec<(String, String)>,
 }
 
-impl Graph {
-    /// An empty graph whose nodes need at least `opset`.
-    pub(crate) fn new(opset: i64) -> Self {
+impl OnnxGraph {
+    /// An empty graph whose nodes need at least `opset` (a style's graphs start from
+    /// [`super::QuantStyle::new_graph`], which imports its custom domains too).
+    pub fn new(opset: i64) -> Self {
         Self {
             opset,
             ..Default::default()
@@ -63,12 +74,12 @@ impl Graph {
     }
 
     /// Records an externally defined value name (the graph input).
-    pub(crate) fn define(&mut self, name: &str) {
+    pub fn define(&mut self, name: &str) {
         self.names.insert(name.to_string());
     }
 
     /// `base` if no value has that name yet, otherwise `base_1`, `base_2`, …
-    pub(crate) fn fresh(&self, base: &str) -> String {
+    pub fn fresh(&self, base: &str) -> String {
         if !self.names.contains(base) {
             return base.to_string();
         }
@@ -79,7 +90,7 @@ impl Graph {
     }
 
     /// Adds an initializer under a fresh name derived from its own; returns the name used.
-    pub(crate) fn initializer(&mut self, mut tensor: TensorProto) -> String {
+    pub fn initializer(&mut self, mut tensor: TensorProto) -> String {
         let name = self.fresh(&tensor.name);
         tensor.name = name.clone();
         self.names.insert(name.clone());
@@ -88,19 +99,19 @@ impl Graph {
     }
 
     /// Raises the default-domain opset to at least `version`.
-    pub(crate) fn need_opset(&mut self, version: i64) {
+    pub fn need_opset(&mut self, version: i64) {
         self.opset = self.opset.max(version);
     }
 
     /// Imports custom `domain` at `version` (the highest requested wins).
-    pub(crate) fn need_domain(&mut self, domain: &str, version: i64) {
+    pub fn need_domain(&mut self, domain: &str, version: i64) {
         let v = self.domains.entry(domain.to_string()).or_insert(version);
         *v = (*v).max(version);
     }
 
     /// Appends a node with one output of type `val`, named (freshly) after `output`; returns
     /// that name.
-    pub(crate) fn node(
+    pub fn node(
         &mut self,
         op_type: &str,
         domain: &str,
@@ -127,7 +138,7 @@ impl Graph {
 
     /// Renames the value `from` (the output of the last node producing it) to `to`.
     /// Returns `false` when no node produces `from` (it is the graph input).
-    pub(crate) fn rename_output(&mut self, from: &str, to: &str) -> bool {
+    pub fn rename_output(&mut self, from: &str, to: &str) -> bool {
         let Some(node) = self
             .nodes
             .iter_mut()
@@ -156,14 +167,73 @@ impl Graph {
     }
 
     /// Whether a value of that name exists.
-    pub(crate) fn has(&self, name: &str) -> bool {
+    pub fn has(&self, name: &str) -> bool {
         self.names.contains(name)
+    }
+
+    /// The lowest default-domain opset that holds every node emitted so far.
+    pub fn opset(&self) -> i64 {
+        self.opset
+    }
+
+    /// Records `(key, value)` model metadata (written as `burnq.spec.<key>`), e.g. the spec
+    /// a quantizer was exported with.
+    pub fn annotate(&mut self, key: &str, value: &str) {
+        self.metadata.push((key.to_string(), value.to_string()));
+    }
+
+    /// The finished model: graph `name` with `inputs` and `outputs` (which must name values of
+    /// the graph; their types are taken from the value infos given and dropped from the
+    /// intermediate ones), the default-domain opset the nodes need, the IR version that goes
+    /// with it, custom domains, and the metadata as `burnq.spec.<key>` properties.
+    pub fn finish(
+        mut self,
+        name: &str,
+        inputs: Vec<ValueInfoProto>,
+        outputs: Vec<ValueInfoProto>,
+    ) -> ModelProto {
+        self.value_info
+            .retain(|v| !outputs.iter().chain(&inputs).any(|o| o.name == v.name));
+        let opset = self.opset;
+        let mut opset_import = vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: opset,
+        }];
+        opset_import.extend(self.domains.iter().map(|(d, v)| OperatorSetIdProto {
+            domain: d.clone(),
+            version: *v,
+        }));
+        let metadata_props = self
+            .metadata
+            .iter()
+            .map(|(k, v)| StringStringEntryProto {
+                key: format!("burnq.spec.{k}"),
+                value: v.clone(),
+            })
+            .collect();
+        ModelProto {
+            ir_version: ir_version_for_opset(opset),
+            opset_import,
+            producer_name: "burn-quant".into(),
+            producer_version: env!("CARGO_PKG_VERSION").into(),
+            graph: Some(GraphProto {
+                node: self.nodes,
+                name: name.into(),
+                initializer: self.initializers,
+                input: inputs,
+                output: outputs,
+                value_info: self.value_info,
+                ..Default::default()
+            }),
+            metadata_props,
+            ..Default::default()
+        }
     }
 }
 
 /// The IR version that goes with a default-domain opset (onnx's own version table: the IR
 /// version of the first onnx release that shipped that opset).
-pub(crate) fn ir_version_for_opset(opset: i64) -> i64 {
+pub fn ir_version_for_opset(opset: i64) -> i64 {
     match opset {
         ..=8 => 3,
         9 => 4,

@@ -61,7 +61,7 @@ fn ints<const D: usize>(t: Tensor<D, Int>, name: &str) -> Result<Vec<i32>> {
 
 impl HostQuant {
     /// Reads `q` back to the host; `layer` names it in errors.
-    pub(crate) fn new<const D: usize>(q: &QuantTensor<D>, layer: &str) -> Result<Self> {
+    pub fn new<const D: usize>(q: &QuantTensor<D>, layer: &str) -> Result<Self> {
         let shape = q.shape().to_vec();
         let layout = q
             .spec
@@ -99,6 +99,22 @@ impl HostQuant {
             spec: q.spec,
             layout,
         })
+    }
+}
+
+impl HostQuant {
+    /// Reads a quantized tensor of any rank (a Stage 2 result, a plan's weight) back to the
+    /// host; `layer` names it in errors.
+    pub fn from_any(q: &burn_quant_nn::AnyQuantTensor, layer: &str) -> Result<Self> {
+        use burn_quant_nn::AnyQuantTensor as A;
+        match q {
+            A::Rank1(q) => Self::new(q, layer),
+            A::Rank2(q) => Self::new(q, layer),
+            A::Rank3(q) => Self::new(q, layer),
+            A::Rank4(q) => Self::new(q, layer),
+            A::Rank5(q) => Self::new(q, layer),
+            A::Rank6(q) => Self::new(q, layer),
+        }
     }
 }
 
@@ -147,8 +163,10 @@ macro_rules! with_rank {
 impl HostAct {
     /// The parameters `quantizer` applies to an input of `shape`, exactly as its forward pass
     /// would: the stored (calibrated or learned) scale, or a constant one. A scale computed
-    /// from each input at run time has no static value to export: an error.
-    pub(crate) fn new(
+    /// from each input at run time has no static value to export: an error. `layer` and
+    /// `what` (`input activation`, …) name it in errors, `target` is the format's name
+    /// ([`super::QuantStyle::target`]).
+    pub fn new(
         quantizer: &Quantizer,
         shape: &[usize],
         layer: &str,

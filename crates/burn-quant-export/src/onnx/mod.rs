@@ -6,6 +6,9 @@
 //! The protobuf messages are hand-written `prost` structs with the official field numbers
 //! ([`proto`]); no code generation. [`OnnxModelBuilder`] walks our layers (`QuantLinear`,
 //! `QuantConv2d`, `QuantReLU`, `QuantAct`, …) and encodes exactly what their `forward` computes.
+//! Any graph (graph mode, `burn_quant_graph::onnx`) is lowered onto the same parts: an
+//! [`OnnxGraph`] under construction, [`HostQuant`] / [`HostAct`] read back from quantizers, and
+//! a style's emitters ([`QuantStyle::emit_weight`], [`QuantStyle::emit_activation`]).
 //!
 //! **QDQ** ([`QdqModelBuilder`]): a quantized weight is an integer (or float8) initializer
 //! holding the codes, its scale (and zero-point) initializers, and a `DequantizeLinear`:
@@ -62,6 +65,8 @@ mod style;
 
 pub use builder::{ExportedLayer, OnnxModelBuilder, QdqModelBuilder, QonnxModelBuilder, TruncSpec};
 pub use error::{OnnxError, Result};
+pub use graph::{OnnxGraph, Val, ir_version_for_opset};
+pub use host::{HostAct, HostQuant};
 pub use inspect::{InitializerSummary, ModelSummary, ValueSummary, summarize, tensor_values};
 pub use io::{decode_onnx, read_onnx, save_onnx};
 pub use proto::ModelProto;

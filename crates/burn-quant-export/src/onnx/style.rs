@@ -4,7 +4,7 @@
 use burn_quant_core::{Format, Granularity, Layout, QuantSpec, Rounding};
 
 use super::error::Result;
-use super::graph::{Graph, Val};
+use super::graph::{OnnxGraph, Val};
 use super::host::{HostAct, HostQuant, integer_zero_points, pack_codes, qdq_type, unsupported};
 use super::proto::{AttributeProto, DataType, TensorProto};
 
@@ -24,8 +24,62 @@ pub struct Qdq;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Qonnx;
 
-/// The export styles of [`super::OnnxModelBuilder`]: [`Qdq`] or [`Qonnx`] (sealed).
-pub trait QuantStyle: sealed::Style {}
+/// The export styles of [`super::OnnxModelBuilder`] and of graph-mode lowering: [`Qdq`] or
+/// [`Qonnx`] (sealed). The provided functions are how a graph under construction gets the
+/// style's encodings of quantized weights, activation quantizers and int32 biases.
+pub trait QuantStyle: sealed::Style {
+    /// The target's name in errors (`ONNX QDQ`, `QONNX`).
+    fn target() -> &'static str {
+        <Self as sealed::Style>::TARGET
+    }
+
+    /// The default name of an exported graph (`burn_quant_qdq`, `burn_quant_qonnx`).
+    fn graph_name() -> &'static str {
+        <Self as sealed::Style>::GRAPH_NAME
+    }
+
+    /// An empty graph at the style's lowest opset, with its custom domains imported.
+    fn new_graph() -> OnnxGraph {
+        let mut g = OnnxGraph::new(<Self as sealed::Style>::BASE_OPSET);
+        <Self as sealed::Style>::setup(&mut g);
+        g
+    }
+
+    /// Emits the float value of quantized weight `q` under names derived from `prefix`
+    /// (QDQ: the codes as an integer or float8 initializer, scale and zero-point initializers
+    /// and a `DequantizeLinear` named `prefix`); returns the name of the float value. Raises the
+    /// graph's opset to what the encoding needs; what the target cannot hold exactly is an
+    /// [`super::OnnxError::Unsupported`].
+    fn emit_weight(g: &mut OnnxGraph, prefix: &str, q: &HostQuant) -> Result<String> {
+        <Self as sealed::Style>::weight(g, prefix, q)
+    }
+
+    /// Quantizes activation `x` (of type `val`) with the static parameters `act` (QDQ: a
+    /// `QuantizeLinear → DequantizeLinear` pair, clamped first for grids narrower than their
+    /// container); returns the name of the dequantized value (`prefix`). `what` names the
+    /// activation in errors.
+    fn emit_activation(
+        g: &mut OnnxGraph,
+        prefix: &str,
+        what: &'static str,
+        x: &str,
+        val: &Val,
+        act: &HostAct,
+    ) -> Result<String> {
+        <Self as sealed::Style>::activation(g, prefix, what, x, val, act)
+    }
+
+    /// Emits a float bias `[c]` equal to `codes · scales` (int32 codes, one scale per channel
+    /// or one for all); returns its name.
+    fn emit_int32_bias(
+        g: &mut OnnxGraph,
+        prefix: &str,
+        codes: &[i32],
+        scales: &[f32],
+    ) -> Result<String> {
+        <Self as sealed::Style>::int32_bias(g, prefix, codes, scales)
+    }
+}
 impl QuantStyle for Qdq {}
 impl QuantStyle for Qonnx {}
 
@@ -41,12 +95,12 @@ pub(crate) mod sealed {
         /// Name of the exported graph.
         const GRAPH_NAME: &'static str;
         /// Imports the custom domains the style uses.
-        fn setup(g: &mut Graph);
+        fn setup(g: &mut OnnxGraph);
         /// Emits the float value of quantized weight `q` (named `prefix`); returns its name.
-        fn weight(g: &mut Graph, prefix: &str, q: &HostQuant) -> Result<String>;
+        fn weight(g: &mut OnnxGraph, prefix: &str, q: &HostQuant) -> Result<String>;
         /// Quantizes activation `x` of type `val` with `act`; returns the output name.
         fn activation(
-            g: &mut Graph,
+            g: &mut OnnxGraph,
             prefix: &str,
             what: &'static str,
             x: &str,
@@ -55,8 +109,12 @@ pub(crate) mod sealed {
         ) -> Result<String>;
         /// Emits a float bias `[c]` equal to `codes · scales` (int32 codes, one scale per
         /// channel or one for all); returns its name.
-        fn int32_bias(g: &mut Graph, prefix: &str, codes: &[i32], scales: &[f32])
-        -> Result<String>;
+        fn int32_bias(
+            g: &mut OnnxGraph,
+            prefix: &str,
+            codes: &[i32],
+            scales: &[f32],
+        ) -> Result<String>;
     }
 }
 
@@ -118,9 +176,9 @@ impl sealed::Style for Qdq {
     const BASE_OPSET: i64 = 10;
     const GRAPH_NAME: &'static str = "burn_quant_qdq";
 
-    fn setup(_g: &mut Graph) {}
+    fn setup(_g: &mut OnnxGraph) {}
 
-    fn weight(g: &mut Graph, prefix: &str, q: &HostQuant) -> Result<String> {
+    fn weight(g: &mut OnnxGraph, prefix: &str, q: &HostQuant) -> Result<String> {
         let what = "weight";
         let err = |reason: String| unsupported(prefix, what, &q.spec, Self::TARGET, reason);
         let ty = qdq_type(&q.spec.format).map_err(err)?;
@@ -179,7 +237,7 @@ impl sealed::Style for Qdq {
     }
 
     fn activation(
-        g: &mut Graph,
+        g: &mut OnnxGraph,
         prefix: &str,
         what: &'static str,
         x: &str,
@@ -307,7 +365,12 @@ impl sealed::Style for Qdq {
         ))
     }
 
-    fn int32_bias(g: &mut Graph, prefix: &str, codes: &[i32], scales: &[f32]) -> Result<String> {
+    fn int32_bias(
+        g: &mut OnnxGraph,
+        prefix: &str,
+        codes: &[i32],
+        scales: &[f32],
+    ) -> Result<String> {
         let per_channel = scales.len() > 1;
         g.need_opset(if per_channel { 13 } else { 10 });
         let c = codes.len();
@@ -360,12 +423,12 @@ struct QonnxQuant<'a> {
 
 /// Emits the QONNX node quantizing `x` (type `val`) per `p`; a per-group spec runs on `x`
 /// reshaped so that each group is an axis of its own, then is reshaped back.
-fn qonnx_quant(g: &mut Graph, x: &str, val: &Val, p: QonnxQuant<'_>) -> Result<String> {
+fn qonnx_quant(g: &mut OnnxGraph, x: &str, val: &Val, p: QonnxQuant<'_>) -> Result<String> {
     let target = <Qonnx as sealed::Style>::TARGET;
     let err = |reason: String| unsupported(p.prefix, p.what, p.spec, target, reason);
     let prefix = p.prefix;
     let layout = p.layout;
-    let scalar = |g: &mut Graph, name: &str, v: f32| {
+    let scalar = |g: &mut OnnxGraph, name: &str, v: f32| {
         g.initializer(TensorProto::f32s(&format!("{prefix}_{name}"), &[], &[v]))
     };
     // The broadcast shape of the scale, and for groups the shape the input is viewed in.
@@ -525,11 +588,11 @@ impl sealed::Style for Qonnx {
     const BASE_OPSET: i64 = 13;
     const GRAPH_NAME: &'static str = "burn_quant_qonnx";
 
-    fn setup(g: &mut Graph) {
+    fn setup(g: &mut OnnxGraph) {
         g.need_domain(QONNX_DOMAIN, QONNX_DOMAIN_VERSION);
     }
 
-    fn weight(g: &mut Graph, prefix: &str, q: &HostQuant) -> Result<String> {
+    fn weight(g: &mut OnnxGraph, prefix: &str, q: &HostQuant) -> Result<String> {
         check_scales(prefix, "weight", &q.spec, Self::TARGET, &q.scales, true)?;
         // The initializer holds the dequantized (on-grid) weight, which Quant maps back to
         // the same codes: value / scale is the code within an ulp, and ROUND restores it
@@ -562,7 +625,7 @@ impl sealed::Style for Qonnx {
     }
 
     fn activation(
-        g: &mut Graph,
+        g: &mut OnnxGraph,
         prefix: &str,
         what: &'static str,
         x: &str,
@@ -596,7 +659,12 @@ impl sealed::Style for Qonnx {
         )
     }
 
-    fn int32_bias(g: &mut Graph, prefix: &str, codes: &[i32], scales: &[f32]) -> Result<String> {
+    fn int32_bias(
+        g: &mut OnnxGraph,
+        prefix: &str,
+        codes: &[i32],
+        scales: &[f32],
+    ) -> Result<String> {
         let c = codes.len();
         let s_of = |i: usize| {
             if scales.len() == 1 {
