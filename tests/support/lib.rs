@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod bert;
+
 /// The shared data directory (`../shared/data` beside the repository root).
 pub fn shared_data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
