@@ -74,6 +74,8 @@ pub mod book {
     pub struct LearnedRounding;
     #[doc = include_str!("../../../book/src/export.md")]
     pub struct Export;
+    #[doc = include_str!("../../../book/src/graph-mode.md")]
+    pub struct GraphMode;
     #[doc = include_str!("../../../book/src/performance.md")]
     pub struct Performance;
     #[doc = include_str!("../../../book/src/devices.md")]

@@ -55,7 +55,8 @@
 //!     .unwrap();
 //! let model = qg.to_onnx(&fc).unwrap();
 //! let ops: Vec<&str> = model.graph.as_ref().unwrap().node.iter().map(|n| n.op_type.as_str()).collect();
-//! assert_eq!(ops, ["QuantizeLinear", "DequantizeLinear", "DequantizeLinear", "MatMul", "Add"]);
+//! // The weight's int8 codes dequantized, the input quantized and dequantized, the layer.
+//! assert_eq!(ops, ["DequantizeLinear", "QuantizeLinear", "DequantizeLinear", "MatMul", "Add"]);
 //! assert_eq!(model.default_opset(), Some(13));
 //! ```
 
