@@ -581,3 +581,140 @@ fn cnn_gptq_weights_export_code_for_code() {
         Some(&result),
     );
 }
+
+/// The same W8A8 CNN and transformer as QONNX (`Quant` nodes of the
+/// `qonnx.custom_op.general` domain instead of QDQ pairs; weights as on-grid floats
+/// re-quantized by `Quant`), executed node by node by qonnx's reference executor: its output
+/// equals the interpreter's within the float tolerance (measured: bit-identical, as for QDQ).
+#[test]
+fn cnn_and_transformer_w8a8_qonnx_run_in_qonnx() {
+    let dev = device();
+    let cnn = warm_batch_norm(SmallCnn::new(&dev), &dev);
+    let cnn_shape = [2, 1, 12, 12];
+    let cnn_x = uniform(2 * 144, 61, 1.5);
+    let enc = Encoder::new(&dev);
+    let enc_shape = [2, 6, 16];
+    let enc_x = uniform(2 * 6 * 16, 62, 1.0);
+    let cnn_graph = capture(&cnn, tensor(&cnn_x, cnn_shape), |m: &SmallCnn, x| {
+        m.forward(x)
+    })
+    .unwrap();
+    let enc_graph = capture(&enc, tensor(&enc_x, enc_shape), |m: &Encoder, x| {
+        m.forward(x)
+    })
+    .unwrap();
+    let cnn_qg = quantize_graph(&cnn_graph, &w8a8(), &dev)
+        .unwrap()
+        .calibrate(&cnn, calib_batches(cnn_shape, 70..73, 1.5))
+        .unwrap();
+    let enc_qg = quantize_graph(&enc_graph, &w8a8(), &dev)
+        .unwrap()
+        .calibrate(&enc, calib_batches(enc_shape, 80..83, 1.0))
+        .unwrap();
+    let cnn_y: Tensor<2> = cnn_qg.forward(&cnn, tensor(&cnn_x, cnn_shape)).unwrap();
+    let enc_y: Tensor<3> = enc_qg.forward(&enc, tensor(&enc_x, enc_shape)).unwrap();
+    let cases = [
+        (
+            "graph_cnn_w8a8_qonnx",
+            host(cnn_y),
+            &cnn_x,
+            &cnn_shape[..],
+            OnnxExport::quantized(&cnn_qg).bind(&cnn).qonnx().unwrap(),
+        ),
+        (
+            "graph_transformer_w8a8_qonnx",
+            host(enc_y),
+            &enc_x,
+            &enc_shape[..],
+            OnnxExport::quantized(&enc_qg).bind(&enc).qonnx().unwrap(),
+        ),
+    ];
+    for (test, want, x, shape, exported) in cases {
+        let Some(run) = run_verifier(
+            "qonnx_exec.py",
+            &work_dir(test),
+            &exported.model,
+            x,
+            shape,
+            &[],
+            &[],
+        ) else {
+            return;
+        };
+        let err = max_rel_err(&run.values[0].1, &want);
+        println!("{test}: {}, output max relative error {err:e}", run.summary);
+        assert!(err <= 1e-5, "{test}: output max relative error {err}");
+    }
+}
+
+/// Ops the three models above do not use, in one float model: transposed and 1-D
+/// convolutions, average pooling with padding, adaptive pooling to a size that does not divide
+/// the input (Burn's windows), slices, an index select, masked fill, reductions, clamps and
+/// element-wise activations, casts. onnxruntime equals the interpreter within 1e-5 relative.
+#[test]
+fn op_zoo_float_equals_onnxruntime() {
+    use burn::nn::conv::{Conv1d, Conv1dConfig, ConvTranspose2d, ConvTranspose2dConfig};
+    use burn::nn::pool::{AvgPool2d, AvgPool2dConfig};
+    use burn::tensor::{Bool, Int};
+
+    #[derive(Module, Debug)]
+    struct Zoo {
+        up: ConvTranspose2d,
+        avg: AvgPool2d,
+        adaptive: AdaptiveAvgPool2d,
+        conv1d: Conv1d,
+    }
+
+    impl Zoo {
+        fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+            let dev = x.device();
+            let [n, _, _, _] = x.dims();
+            let y = self.up.forward(x); // [n, 3, 9, 9]
+            let y = self.avg.forward(y); // [n, 3, 9, 9]
+            let y = self.adaptive.forward(y); // [n, 3, 4, 4]
+            let y = burn::tensor::activation::leaky_relu(y, 0.1);
+            let y = y.clone() + burn::tensor::activation::sigmoid(y.clone()) * y.clone().tanh();
+            let y =
+                burn::tensor::activation::hard_sigmoid(y.clone(), 0.2, 0.5) - y.clamp(-0.3, 0.4);
+            let y = y.slice([0..n, 0..3, 1..4, 0..4]); // [n, 3, 3, 4]
+            let idx = Tensor::<1, Int>::from_ints([2, 0], &dev);
+            let y = y.select(1, idx); // [n, 2, 3, 4]
+            let mask = Tensor::<4, Bool>::from_data(
+                TensorData::new(
+                    (0..n * 24).map(|i| i % 3 == 0).collect::<Vec<_>>(),
+                    [n, 2, 3, 4],
+                ),
+                &dev,
+            );
+            let y = y.mask_fill(mask, -0.25);
+            let y = y.clone().exp().sqrt() + y.powf_scalar(2.0) * 0.5;
+            let m = y.clone().mean_dim(3) + y.clone().max_dim(3) - y.clone().sum_dim(3) / 7.0;
+            let z = self.conv1d.forward(m.reshape([n, 2, 3])); // [n, 4, 3]
+            let z = burn::tensor::activation::log_softmax(z, 1);
+            z.reshape([n, 12])
+        }
+    }
+
+    let dev = device();
+    let model = Zoo {
+        up: ConvTranspose2dConfig::new([4, 3], [3, 3])
+            .with_stride([2, 2])
+            .with_padding([1, 1])
+            .with_padding_out([0, 0])
+            .init(&dev),
+        avg: AvgPool2dConfig::new([3, 3])
+            .with_strides([1, 1])
+            .with_padding(burn::nn::PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .with_count_include_pad(false)
+            .init(),
+        adaptive: AdaptiveAvgPool2dConfig::new([4, 4]).init(),
+        conv1d: Conv1dConfig::new(2, 4, 2)
+            .with_padding(burn::nn::PaddingConfig1d::Explicit(1, 0))
+            .init(&dev),
+    };
+    let shape = [2, 4, 5, 5];
+    let x = uniform(2 * 4 * 25, 17, 1.0);
+    let graph = capture(&model, tensor(&x, shape), |m: &Zoo, x| m.forward(x)).unwrap();
+    println!("{:?}", graph.op_histogram());
+    check_float("graph_op_zoo_float", &graph, &model, &x, &shape);
+}
