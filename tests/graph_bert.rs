@@ -75,11 +75,9 @@ fn float_minilm_matches_hf_tokenizers_and_a_numpy_bert() {
         .map(|s| serde_json::to_string(s).expect("a string"))
         .collect();
     std::fs::write(&json, format!("[{}]", quoted.join(","))).expect("write sentences");
-    let Some(out) = support::run_python("bert_reference.py", &[dir.as_os_str(), json.as_os_str()])
-    else {
-        return;
-    };
+    let out = support::run_python("bert_reference.py", &[dir.as_os_str(), json.as_os_str()]);
     let _ = std::fs::remove_file(&json);
+    let Some(out) = out else { return };
     let out: serde_json::Value =
         serde_json::from_str(&out.expect("bert_reference.py")).expect("JSON");
 
