@@ -575,6 +575,17 @@ impl Builder {
                     let kind = Op::ConvTranspose2d { options: c.options.clone(), bias: c.bias.is_some() };
                     self.push(n, op, kind, &ins, &c.out)
                 }
+                ModuleOperationIr::Attention(a) => {
+                    let mut ins = vec![&a.query, &a.key, &a.value];
+                    ins.extend(a.mask.as_ref());
+                    ins.extend(a.attn_bias.as_ref());
+                    let kind = Op::Attention {
+                        options: a.options.clone(),
+                        mask: a.mask.is_some(),
+                        bias: a.attn_bias.is_some(),
+                    };
+                    self.push(n, op, kind, &ins, &a.out)
+                }
                 ModuleOperationIr::Embedding(e) => self.push(n, op, Op::Embedding, &[&e.weights, &e.indices], &e.out),
                 ModuleOperationIr::BatchNorm(b) => self.push(
                     n,

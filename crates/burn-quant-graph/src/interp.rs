@@ -310,6 +310,16 @@ impl<'g> Interpreter<'g> {
                 let b = opt(&mut a, *beta);
                 Dispatch::layer_norm(x, g, b, *epsilon)
             }
+            Op::Attention {
+                options,
+                mask,
+                bias,
+            } => {
+                let (q, k, v) = (take(&mut a), take(&mut a), take(&mut a));
+                let m = opt(&mut a, *mask);
+                let b = opt(&mut a, *bias);
+                Dispatch::attention(q, k, v, m, b, options.clone().into())
+            }
             Op::MatMul => {
                 let (l, r) = (take(&mut a), take(&mut a));
                 match kind {

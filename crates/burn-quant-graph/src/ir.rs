@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use std::fmt;
 
 use burn::backend::ir::{
-    Conv1dOptionsIr, Conv2dOptionsIr, ConvTranspose1dOptionsIr, ConvTranspose2dOptionsIr, ScalarIr,
+    AttentionOptionsIr, Conv1dOptionsIr, Conv2dOptionsIr, ConvTranspose1dOptionsIr,
+    ConvTranspose2dOptionsIr, ScalarIr,
 };
 use burn::module::ParamId;
 use burn::tensor::{DType, Slice, TensorData};
@@ -223,6 +224,16 @@ pub enum Op {
         /// Whether a beta input is present.
         beta: bool,
     },
+    /// Fused scaled dot-product attention `softmax(q·kᵀ·scale [+ bias], masked) · v` over
+    /// `[batch, heads, seq, head_dim]`; inputs `[q, k, v, mask (bool)?, bias?]`.
+    Attention {
+        /// Scale, softcap, causal masking.
+        options: AttentionOptionsIr,
+        /// Whether a boolean mask input is present.
+        mask: bool,
+        /// Whether an additive bias input is present.
+        bias: bool,
+    },
     /// Batched matrix product of two activations (or an activation and a weight that is not a
     /// `Linear`); inputs `[a, b]`.
     MatMul,
@@ -353,6 +364,7 @@ impl Op {
             Op::Embedding => "Embedding",
             Op::BatchNorm { .. } => "BatchNorm",
             Op::LayerNorm { .. } => "LayerNorm",
+            Op::Attention { .. } => "Attention",
             Op::MatMul => "MatMul",
             Op::Binary(BinaryOp::Add) => "Add",
             Op::Binary(BinaryOp::Sub) => "Sub",

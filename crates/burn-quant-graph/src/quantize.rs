@@ -185,7 +185,15 @@ impl<'a> QuantContext<'a> {
 }
 
 fn default_ops() -> Vec<String> {
-    ["Linear", "Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "MatMul"]
+    [
+        "Linear",
+        "Conv1d",
+        "Conv2d",
+        "ConvTranspose1d",
+        "ConvTranspose2d",
+        "MatMul",
+        "Attention",
+    ]
         .into_iter()
         .map(String::from)
         .collect()
@@ -217,7 +225,8 @@ pub struct GraphRecipe {
     #[serde(default)]
     pub output: Option<QuantSpec>,
     /// Op kinds to quantize ([`Op::kind`] names); default: `Linear`, `Conv1d`, `Conv2d`,
-    /// `ConvTranspose1d`, `ConvTranspose2d`, `MatMul`.
+    /// `ConvTranspose1d`, `ConvTranspose2d`, `MatMul`, `Attention` (fused attention: input
+    /// quantizers on q, k and v).
     #[serde(default = "default_ops")]
     pub ops: Vec<String>,
     /// Node-name patterns to quantize (empty: all); node names are module paths for layers.
@@ -327,13 +336,14 @@ impl GraphRecipe {
     }
 
     fn check(&self) -> Result<(), GraphError> {
-        const KNOWN: [&str; 6] = [
+        const KNOWN: [&str; 7] = [
             "Linear",
             "Conv1d",
             "Conv2d",
             "ConvTranspose1d",
             "ConvTranspose2d",
             "MatMul",
+            "Attention",
         ];
         for (i, k) in self.ops.iter().enumerate() {
             if !KNOWN.contains(&k.as_str()) {
@@ -443,6 +453,7 @@ pub fn quantize_graph(
             if let Some(spec) = recipe.input {
                 let slots: Vec<usize> = match node.op {
                     Op::MatMul => vec![0, 1],
+                    Op::Attention { .. } => vec![0, 1, 2],
                     _ if node.op.is_weight_layer() => vec![0],
                     _ => vec![],
                 };

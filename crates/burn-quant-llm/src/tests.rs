@@ -2,6 +2,7 @@
 //! model are in `tests/real.rs`; the comparison with a reference model in `tests/compare.rs`.
 
 mod compare;
+mod graph;
 mod real;
 mod rounding;
 mod stage1;

@@ -236,6 +236,10 @@ impl<'a, 'e, S: QuantStyle> Lowering<'a, 'e, S> {
                 ];
                 self.op("ConvTranspose", &xs[..2 + *bias as usize], name, attrs, val)
             }
+            Op::Attention { .. } => {
+                // Opset 23's Attention, or its matmul/softmax decomposition, is not written yet.
+                return Err(unsupported(node, "Attention (fused scaled dot-product)"));
+            }
             Op::Embedding => {
                 let idx = self.indices(node, 1, &x[1])?;
                 self.op(
