@@ -18,7 +18,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Mutex, OnceLock};
 
 use burn::backend::ir::{
-    ActivationOperationIr, BaseOperationIr, FloatOperationIr, ModuleOperationIr,
+    ActivationOperationIr, BaseOperationIr, BoolOperationIr, FloatOperationIr, ModuleOperationIr,
     NumericOperationIr, OperationIr, ScalarIr, TensorId, TensorIr,
 };
 use burn::backend::TensorMetadata;
@@ -27,7 +27,7 @@ use burn::tensor::{Bool, Device, Float, Int, Tensor, TensorData};
 
 use crate::GraphError;
 use crate::ir::{
-    BinaryOp, Graph, GraphConstant, GraphParam, Node, Op, ReduceOp, ScalarOp, UnaryOp, ValueId,
+    BinaryOp, CompareOp, Graph, GraphConstant, GraphParam, Node, Op, ReduceOp, ScalarOp, UnaryOp, ValueId,
     ValueOrigin,
 };
 
@@ -459,6 +459,12 @@ impl Builder {
                         &[&m.tensor, &m.mask],
                         &m.out,
                     ),
+                    BaseOperationIr::EqualElem(c) => {
+                        self.push(n, op, Op::Compare(CompareOp::Equal, c.rhs), &[&c.lhs], &c.out)
+                    }
+                    BaseOperationIr::NotEqualElem(c) => {
+                        self.push(n, op, Op::Compare(CompareOp::NotEqual, c.rhs), &[&c.lhs], &c.out)
+                    }
                     BaseOperationIr::Ones(c) => {
                         let value = one_of(&c.out);
                         self.push(n, op, Op::Full { value }, &[], &c.out)
@@ -499,6 +505,12 @@ impl Builder {
                     NumericOperationIr::SumDim(r) => self.push(n, op, Op::Reduce { op: ReduceOp::Sum, dim: r.axis }, &[&r.input], &r.out),
                     NumericOperationIr::MaxDim(r) => self.push(n, op, Op::Reduce { op: ReduceOp::Max, dim: r.axis }, &[&r.input], &r.out),
                     NumericOperationIr::MinDim(r) => self.push(n, op, Op::Reduce { op: ReduceOp::Min, dim: r.axis }, &[&r.input], &r.out),
+                    NumericOperationIr::GreaterElem(c) => {
+                        self.push(n, op, Op::Compare(CompareOp::Greater, c.rhs), &[&c.lhs], &c.out)
+                    }
+                    NumericOperationIr::LowerElem(c) => {
+                        self.push(n, op, Op::Compare(CompareOp::Lower, c.rhs), &[&c.lhs], &c.out)
+                    }
                     NumericOperationIr::Full(f) => self.push(n, op, Op::Full { value: f.value }, &[], &f.out),
                     _ => Err(unsupported()),
                 }
@@ -526,6 +538,15 @@ impl Builder {
             OperationIr::Int(burn::backend::ir::IntOperationIr::IntoFloat(c)) => {
                 self.push(n, op, Op::Cast, &[&c.input], &c.out)
             }
+            OperationIr::Bool(b) => match b {
+                BoolOperationIr::Not(u) => self.push(n, op, Op::Not, &[&u.input], &u.out),
+                BoolOperationIr::And(x) => self.push(n, op, Op::Logical { and: true }, &[&x.lhs, &x.rhs], &x.out),
+                BoolOperationIr::Or(x) => self.push(n, op, Op::Logical { and: false }, &[&x.lhs, &x.rhs], &x.out),
+                BoolOperationIr::IntoFloat(c) | BoolOperationIr::IntoInt(c) => {
+                    self.push(n, op, Op::Cast, &[&c.input], &c.out)
+                }
+                _ => Err(unsupported()),
+            },
             OperationIr::Activation(a) => match a {
                 ActivationOperationIr::Relu(u) => self.push(n, op, Op::Unary(UnaryOp::Relu), &[&u.input], &u.out),
                 ActivationOperationIr::Gelu(u) => self.push(n, op, Op::Unary(UnaryOp::Gelu), &[&u.input], &u.out),

@@ -17,7 +17,7 @@ use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Device, Scalar, Shape, Tensor, TensorData};
 
 use crate::GraphError;
-use crate::ir::{BinaryOp, Graph, Op, ReduceOp, ScalarOp, UnaryOp, ValueId, ValueOrigin};
+use crate::ir::{BinaryOp, CompareOp, Graph, Op, ReduceOp, ScalarOp, UnaryOp, ValueId, ValueOrigin};
 use crate::quantize::QuantContext;
 
 /// Collects a module's float parameters as dispatch tensors, by `ParamId`.
@@ -390,6 +390,33 @@ impl<'g> Interpreter<'g> {
                     (_, UnaryOp::Ceil) => Dispatch::float_ceil(x),
                     (_, UnaryOp::Sin) => Dispatch::float_sin(x),
                     (_, UnaryOp::Cos) => Dispatch::float_cos(x),
+                }
+            }
+            Op::Compare(cmp, value) => {
+                let x = take(&mut a);
+                let s: Scalar = (*value).into();
+                let bd = out.dtype.into();
+                match (kind, cmp) {
+                    (Kind::Float, CompareOp::Equal) => Dispatch::float_equal_elem(x, s, bd),
+                    (Kind::Float, CompareOp::NotEqual) => Dispatch::float_not_equal_elem(x, s, bd),
+                    (Kind::Float, CompareOp::Greater) => Dispatch::float_greater_elem(x, s, bd),
+                    (Kind::Float, CompareOp::Lower) => Dispatch::float_lower_elem(x, s, bd),
+                    (Kind::Int, CompareOp::Equal) => Dispatch::int_equal_elem(x, s, bd),
+                    (Kind::Int, CompareOp::NotEqual) => Dispatch::int_not_equal_elem(x, s, bd),
+                    (Kind::Int, CompareOp::Greater) => Dispatch::int_greater_elem(x, s, bd),
+                    (Kind::Int, CompareOp::Lower) => Dispatch::int_lower_elem(x, s, bd),
+                    (Kind::Bool, CompareOp::Equal) => Dispatch::bool_equal_elem(x, s),
+                    (Kind::Bool, CompareOp::NotEqual) => Dispatch::bool_not_equal_elem(x, s),
+                    (Kind::Bool, _) => return Err(unsupported_kind(node, "bool")),
+                }
+            }
+            Op::Not => Dispatch::bool_not(take(&mut a)),
+            Op::Logical { and } => {
+                let (l, r) = (take(&mut a), take(&mut a));
+                if *and {
+                    Dispatch::bool_and(l, r)
+                } else {
+                    Dispatch::bool_or(l, r)
                 }
             }
             Op::LeakyRelu { slope } => Dispatch::leaky_relu(take(&mut a), (*slope).into()),

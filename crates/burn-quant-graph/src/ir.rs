@@ -123,6 +123,19 @@ pub enum ScalarOp {
     ClampMax,
 }
 
+/// Comparisons with a scalar, giving a boolean tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareOp {
+    /// `x == s`
+    Equal,
+    /// `x != s`
+    NotEqual,
+    /// `x > s`
+    Greater,
+    /// `x < s`
+    Lower,
+}
+
 /// Element-wise unary ops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnaryOp {
@@ -250,6 +263,15 @@ pub enum Op {
     },
     /// Element-wise unary op; input `[x]`.
     Unary(UnaryOp),
+    /// Comparison with a scalar (any tensor kind), boolean output; input `[x]`.
+    Compare(CompareOp, ScalarIr),
+    /// Logical not of a boolean tensor; input `[x]`.
+    Not,
+    /// Logical and (`true`) or or (`false`) of two boolean tensors; inputs `[a, b]`.
+    Logical {
+        /// `true` for and, `false` for or.
+        and: bool,
+    },
     /// `x ≥ 0 ? x : slope·x`; input `[x]`.
     LeakyRelu {
         /// Negative slope.
@@ -378,6 +400,9 @@ impl Op {
             Op::Unary(UnaryOp::Sigmoid) => "Sigmoid",
             Op::Unary(UnaryOp::Tanh) => "Tanh",
             Op::Unary(_) => "Unary",
+            Op::Compare(..) => "Compare",
+            Op::Not => "Not",
+            Op::Logical { .. } => "Logical",
             Op::LeakyRelu { .. } => "LeakyRelu",
             Op::HardSigmoid { .. } => "HardSigmoid",
             Op::Softmax { .. } => "Softmax",

@@ -173,7 +173,7 @@ pub struct QuantConv1dConfig {
     /// Weight spec (`None`: float weights). The weight is `[channels_out, channels_in /
     /// groups, kernel_size]`: per output channel is axis 0, groups along the input axis 1. A
     /// role spec (`QuantSpec::per_output_channel`, `per_input_group`) gets these axes; an
-    /// explicit axis must be one of them (`NnError::Quant(QuantError::AxisMismatch)`).
+    /// explicit axis is kept as written (plans and graph mode check it against the layer).
     #[config(default = "Some(QuantSpec::int8_weight_per_channel().with_axis(0))")]
     pub weight_quant: Option<QuantSpec>,
     /// Input spec (`None`: float input); a stored scale is per tensor or per channel (axis 1).
@@ -362,7 +362,7 @@ pub struct QuantConv2dConfig {
     /// Weight spec (`None`: float weights). The weight is `[channels_out, channels_in /
     /// groups, k_h, k_w]`: per output channel is axis 0, groups along the input axis 1. A role
     /// spec (`QuantSpec::per_output_channel`, `per_input_group`) gets these axes; an explicit
-    /// axis must be one of them (`NnError::Quant(QuantError::AxisMismatch)`).
+    /// axis is kept as written (plans and graph mode check it against the layer).
     #[config(default = "Some(QuantSpec::int8_weight_per_channel().with_axis(0))")]
     pub weight_quant: Option<QuantSpec>,
     /// Input spec (`None`: float input); a stored scale is per tensor or per channel (axis 1).
@@ -562,7 +562,7 @@ pub struct QuantConvTranspose2dConfig {
     /// groups, k_h, k_w]`: per output channel is axis 1 (with groups, one scale per position
     /// within a group, shared by the groups), groups along the input axis 0. A role spec
     /// (`QuantSpec::per_output_channel`, `per_input_group`) gets these axes; an explicit axis
-    /// must be one of them (`NnError::Quant(QuantError::AxisMismatch)`).
+    /// is kept as written (plans and graph mode check it against the layer).
     #[config(default = "Some(QuantSpec::int8_weight_per_channel().with_axis(1))")]
     pub weight_quant: Option<QuantSpec>,
     /// Input spec (`None`: float input); a stored scale is per tensor or per channel (axis 1).

@@ -24,7 +24,7 @@ pub struct QuantLinearConfig {
     /// Weight spec (`None`: float weights). Burn's weight is `[d_input, d_output]`, so per
     /// output channel is axis 1 and groups along the input are axis 0. A role spec
     /// (`QuantSpec::per_output_channel`, `per_input_group`) gets these axes; an explicit axis
-    /// must be one of them (`NnError::Quant(QuantError::AxisMismatch)`).
+    /// is kept as written (plans and graph mode check it against the layer).
     #[config(default = "Some(QuantSpec::int8_weight_per_channel())")]
     pub weight_quant: Option<QuantSpec>,
     /// Input activation spec (`None`: float input).

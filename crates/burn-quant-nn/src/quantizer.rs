@@ -368,7 +368,11 @@ pub(crate) fn weight_quantizer(
     device: &Device,
 ) -> Result<Option<Quantizer>> {
     spec.map(|spec| {
-        let spec = spec.resolve_for(layout, shape)?;
+        // A layer's own config names its weight spec deliberately: roles get the layer's
+        // axes, explicit axes are kept as written (groups along a Linear's outputs are a
+        // legitimate, if unusual, choice). Plans and graph mode, whose rules reach layers of
+        // every kind, check explicit axes against each layer instead.
+        let spec = spec.resolve_roles(layout);
         let cells = spec.check_shape(shape)?.cells();
         QuantizerConfig::for_spec(spec, QuantizerRole::Weight)
             .with_cells(cells)
@@ -464,7 +468,6 @@ mod tests {
             QuantConv1dConfig, QuantConv2dConfig, QuantConvTranspose2dConfig, QuantEmbeddingConfig,
             QuantLinearConfig, QuantLstmConfig, QuantMultiHeadAttentionConfig,
         };
-        use burn_quant_core::QuantError;
         let device = Device::flex();
         let out = QuantSpec::int8_weight_per_output_channel();
         let grp = QuantSpec::int4_weight_per_input_group(2);
@@ -545,18 +548,12 @@ mod tests {
             host4(explicit.forward(x))
         );
 
-        // The Linear preset's axis on a conv weight is refused, naming axis, layout, shape.
-        let e = conv2(QuantSpec::int8_weight_per_channel()).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                NnError::Quant(QuantError::AxisMismatch {
-                    granularity: Granularity::PerChannel { axis: 1 },
-                    layout: WeightLayout::Conv,
-                    ref shape,
-                }) if shape == &[6, 4, 3, 3]
-            ),
-            "{e:?}"
+        // An explicit axis in a layer's own config is kept as written (the user named it for
+        // this layer): here per input channel of the conv weight.
+        let conv = conv2(QuantSpec::int8_weight_per_channel()).unwrap();
+        assert_eq!(
+            conv.weight_quant.as_ref().unwrap().spec.granularity,
+            Granularity::PerChannel { axis: 1 }
         );
         // A bare quantizer or an activation spec has no layer to resolve a role against.
         for role in [QuantizerRole::Weight, QuantizerRole::Activation] {
@@ -588,12 +585,14 @@ mod tests {
             ),
             "{e:?}"
         );
-        assert!(matches!(
-            emb(QuantSpec::int4_weight_per_group(2)).unwrap_err(),
-            NnError::Quant(QuantError::AxisMismatch {
-                layout: WeightLayout::Embedding,
-                ..
-            })
-        ));
+        assert_eq!(
+            emb(QuantSpec::int4_weight_per_group(2))
+                .unwrap()
+                .weight_quant
+                .unwrap()
+                .spec
+                .granularity,
+            Granularity::PerGroup { axis: 0, size: 2 }
+        );
     }
 }

@@ -236,6 +236,10 @@ impl<'a, 'e, S: QuantStyle> Lowering<'a, 'e, S> {
                 ];
                 self.op("ConvTranspose", &xs[..2 + *bias as usize], name, attrs, val)
             }
+            Op::Compare(..) | Op::Not | Op::Logical { .. } => {
+                // Boolean mask arithmetic (HF-style attention masks) has no lowering yet.
+                return Err(unsupported(node, node.op.kind()));
+            }
             Op::Attention { .. } => {
                 // Opset 23's Attention, or its matmul/softmax decomposition, is not written yet.
                 return Err(unsupported(node, "Attention (fused scaled dot-product)"));

@@ -172,3 +172,26 @@ fn an_input_of_another_shape_is_refused() {
         "{err:?}"
     );
 }
+
+#[test]
+fn integer_masks_and_comparisons_replay_exactly() {
+    // An HF-style attention mask (1 = token, 0 = padding) turned into boolean masks inside the
+    // forward: comparisons, logical not, bool → float casts.
+    let device = Device::flex();
+    let fc = burn::nn::LinearConfig::new(4, 4).init(&device);
+    let x = Tensor::<3>::random([2, 3, 4], Distribution::Normal(0.0, 1.0), &device);
+    let mask = Tensor::<2, burn::tensor::Int>::from_data([[1, 1, 0], [1, 0, 0]], &device);
+    let forward = |m: &Linear, (x, mask): (Tensor<3>, Tensor<2, burn::tensor::Int>)| {
+        let pad = mask.equal_elem(0);
+        let keep = pad.clone().bool_not().float().unsqueeze_dim::<3>(2);
+        let y = m.forward(x);
+        y.mask_fill(pad.unsqueeze_dim::<3>(2).expand([2, 3, 4]), -5.0) * keep
+    };
+    let g = capture(&fc, (x.clone(), mask.clone()), forward).unwrap();
+    let k = kinds(&g);
+    for want in ["Compare", "Not", "Cast", "MaskFill", "Linear"] {
+        assert!(k.contains(&want), "{want} missing from {g}");
+    }
+    let y: Tensor<3> = run(&g, Some(&fc), (x.clone(), mask.clone()), &device);
+    assert_eq!(host(y), host(forward(&fc, (x, mask))));
+}

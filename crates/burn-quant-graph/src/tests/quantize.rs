@@ -105,7 +105,11 @@ fn residual_adds_and_concats_share_one_calibrated_quantizer() {
     let recipe = GraphRecipe::weights_and_inputs(
         QuantSpec::int8_weight_per_output_channel(),
         QuantSpec::int8_act_per_tensor(),
-    );
+    )
+    .with_share_joins(true);
+    // Off by default: no join quantizer then.
+    let plain = quantize_graph(&graph, &recipe.clone().with_share_joins(false), &device).unwrap();
+    assert!(!plain.graph.nodes.iter().any(|n| matches!(&n.op, Op::Quant(q) if matches!(q.site, QuantSite::Join { .. }))));
     let qg = quantize_graph(&graph, &recipe, &device)
         .unwrap()
         .calibrate(&model, [x.clone()])
