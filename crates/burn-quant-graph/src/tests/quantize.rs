@@ -230,3 +230,22 @@ fn an_uncalibrated_static_quantizer_is_an_error_naming_its_node() {
     let err = qg.calibrate(&mlp, Vec::<Tensor<2>>::new()).unwrap_err();
     assert!(matches!(err, GraphError::Quant { source: burn_quant_nn::NnError::EmptyCalibration { count: 2 }, .. }), "{err:?}");
 }
+
+#[test]
+fn the_books_toml_recipe_parses_into_the_same_recipe_as_the_builders() {
+    let text = include_str!("../../../../book/src/graph-mode.md");
+    let toml_block = text
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the chapter has a TOML recipe");
+    let recipe: GraphRecipe = toml::from_str(toml_block).unwrap();
+    let want = GraphRecipe::weights_and_inputs(
+        QuantSpec::int4_weight_per_input_group(128),
+        QuantSpec::int8_act_per_tensor(),
+    )
+    .exclude("head");
+    assert_eq!(recipe, want);
+    // Unknown fields are refused, not ignored.
+    assert!(toml::from_str::<GraphRecipe>("weights = {}").is_err());
+}
