@@ -9,14 +9,14 @@
 //! - capture ms, and `quantize_graph` (W8A8) + calibration over 8 batches, in eager forwards.
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::transformer::{TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput};
-use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Distribution, Tensor};
 use burn_quant::core::QuantSpec;
 use burn_quant_graph::{GraphIo, GraphRecipe, Interpreter, capture, quantize_graph};
+use support::cnn::ConvBn;
 use support::median_secs;
 
 #[derive(Module, Debug)]
@@ -29,28 +29,6 @@ struct Mlp {
 impl Mlp {
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         self.fc3.forward(relu(self.fc2.forward(relu(self.fc1.forward(x)))))
-    }
-}
-
-#[derive(Module, Debug)]
-struct ConvBn {
-    conv: Conv2d,
-    bn: BatchNorm,
-}
-
-impl ConvBn {
-    fn new(c_in: usize, c_out: usize, stride: usize, device: &Device) -> Self {
-        Self {
-            conv: Conv2dConfig::new([c_in, c_out], [3, 3])
-                .with_stride([stride, stride])
-                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .with_bias(false)
-                .init(device),
-            bn: BatchNormConfig::new(c_out).init(device),
-        }
-    }
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(self.conv.forward(x))
     }
 }
 

@@ -4,10 +4,9 @@
 //! RTN and by GPTQ through the unfolded convolution inputs.
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
@@ -16,28 +15,7 @@ use burn_quant_cli::mnist::Mnist;
 use burn_quant_cli::qat::{ImageSet, image_split};
 use burn_quant_cli::rng::SplitMix64;
 use burn_quant_graph::{GraphRecipe, QuantizedGraph, capture, quantize_graph, stage2};
-
-#[derive(Module, Debug)]
-struct ConvBn {
-    conv: Conv2d,
-    bn: BatchNorm,
-}
-
-impl ConvBn {
-    fn new(c_in: usize, c_out: usize, stride: usize, device: &Device) -> Self {
-        Self {
-            conv: Conv2dConfig::new([c_in, c_out], [3, 3])
-                .with_stride([stride, stride])
-                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .with_bias(false)
-                .init(device),
-            bn: BatchNormConfig::new(c_out).init(device),
-        }
-    }
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(self.conv.forward(x))
-    }
-}
+use support::cnn::ConvBn;
 
 #[derive(Module, Debug)]
 struct Residual {

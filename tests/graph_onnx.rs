@@ -718,3 +718,46 @@ fn op_zoo_float_equals_onnxruntime() {
     println!("{:?}", graph.op_histogram());
     check_float("graph_op_zoo_float", &graph, &model, &x, &shape);
 }
+
+/// The whole chain on a model built from `burn::nn` only, with no change to its code: capture
+/// → quantize (W8A8, BatchNorm folded) → calibrate → GPTQ on every weight → QAT steps through
+/// the interpreter → ONNX QDQ export, which onnxruntime runs as the interpreter does.
+#[test]
+fn capture_quantize_gptq_qat_export_chain_on_a_burn_nn_cnn() {
+    use burn::nn::loss::CrossEntropyLossConfig;
+    use burn::optim::{AdamConfig, GradientsParams};
+    let dev = device();
+    let model = warm_batch_norm(SmallCnn::new(&dev), &dev);
+    let shape = [2, 1, 12, 12];
+    let x = uniform(2 * 144, 61, 1.5);
+    let graph = capture(&model, tensor(&x, shape), |m: &SmallCnn, x| m.forward(x)).unwrap();
+    let calib = calib_batches(shape, 70..74, 1.5);
+    let qg = quantize_graph(&graph, &w8a8(), &dev)
+        .unwrap()
+        .calibrate(&model, calib.clone())
+        .unwrap();
+    let result = stage2(&qg, &model, &"gptq".parse().unwrap(), &calib).unwrap();
+    let (model, qg) = result.apply(model, qg).unwrap();
+    // QAT from the GPTQ weights: weight quantizers on again, a few Adam steps.
+    let ad = dev.clone().autodiff();
+    let mut trained = qg.with_weight_quantizers(true).into_model(model).train().fork(&ad);
+    let mut optim = AdamConfig::new().init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+    let targets = Tensor::<1, burn::tensor::Int>::from_data([3, 7], &ad);
+    let before = host(trained.model.head.weight.val());
+    for (i, batch) in calib.iter().enumerate() {
+        let xb = Tensor::<4>::from_data(batch.clone().into_data(), &ad);
+        let logits: Tensor<2> = trained.forward(xb).unwrap();
+        let loss = loss_fn.forward(logits, targets.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &trained);
+        trained = optim.step(1e-3 * (i + 1) as f64, trained, grads);
+    }
+    let trained = trained.valid();
+    assert_ne!(host(trained.model.head.weight.val()), before, "QAT moved the weights");
+    let (model, qg) = trained.into_parts();
+    let Some((err, differ, total)) = check_qdq("graph_chain", &qg, &model, &x, &shape, None) else {
+        return;
+    };
+    println!("graph_chain: max relative error {err:e}, {differ} of {total} codes differ");
+    assert!(err <= 1e-5 || differ * 1000 <= total, "chain export error {err}, {differ} codes");
+}

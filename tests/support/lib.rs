@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 pub mod bert;
+pub mod cnn;
 
 /// The shared data directory (`../shared/data` beside the repository root).
 pub fn shared_data_dir() -> PathBuf {

@@ -150,6 +150,9 @@ graph_io_tuple!(A, B);
 graph_io_tuple!(A, B, C);
 graph_io_tuple!(A, B, C, D);
 
+/// What a capture scope hands back: the parameter index, the input ids, the output ids.
+type Boundary = (ParamIndex, Vec<TensorId>, Vec<TensorId>);
+
 /// Parameter paths, ids and capture tensor ids of a model on the capture device.
 #[derive(Default)]
 struct ParamIndex {
@@ -206,7 +209,7 @@ where
         .lock()
         .map_err(|_| GraphError::Capture("an earlier capture panicked".into()))?;
     let device = guard.clone();
-    let mut meta: Option<Result<(ParamIndex, Vec<TensorId>, Vec<TensorId>), GraphError>> = None;
+    let mut meta: Option<Result<Boundary, GraphError>> = None;
     let result = catch_unwind(AssertUnwindSafe(|| {
         device.capture_scope(|scope| {
             // `valid()` first: it drops autodiff (which cannot reach a capture device) and gives

@@ -33,6 +33,7 @@ pub fn fold_batch_norms(graph: &mut Graph) -> Result<Vec<ParamId>, GraphError> {
     let mut owned = Vec::new();
     let mut remove = vec![false; graph.nodes.len()];
     let consumers = graph.consumers();
+    #[allow(clippy::needless_range_loop)] // the body rewrites `graph.nodes` by index
     for b in 0..graph.nodes.len() {
         let Op::BatchNorm { epsilon } = graph.nodes[b].op else {
             continue;

@@ -184,19 +184,19 @@ impl<'a> QuantContext<'a> {
     }
 }
 
+/// The op kinds `quantize_graph` can quantize (and selects by default).
+pub const QUANTIZABLE_OPS: [&str; 7] = [
+    "Linear",
+    "Conv1d",
+    "Conv2d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "MatMul",
+    "Attention",
+];
+
 fn default_ops() -> Vec<String> {
-    [
-        "Linear",
-        "Conv1d",
-        "Conv2d",
-        "ConvTranspose1d",
-        "ConvTranspose2d",
-        "MatMul",
-        "Attention",
-    ]
-        .into_iter()
-        .map(String::from)
-        .collect()
+    QUANTIZABLE_OPS.into_iter().map(String::from).collect()
 }
 
 fn yes() -> bool {
@@ -340,20 +340,13 @@ impl GraphRecipe {
     }
 
     fn check(&self) -> Result<(), GraphError> {
-        const KNOWN: [&str; 7] = [
-            "Linear",
-            "Conv1d",
-            "Conv2d",
-            "ConvTranspose1d",
-            "ConvTranspose2d",
-            "MatMul",
-            "Attention",
-        ];
         for (i, k) in self.ops.iter().enumerate() {
-            if !KNOWN.contains(&k.as_str()) {
+            if !QUANTIZABLE_OPS.contains(&k.as_str()) {
                 return Err(GraphError::Recipe {
                     at: format!("ops[{i}]"),
-                    reason: format!("`{k}` is not a quantizable op kind (one of {KNOWN:?})"),
+                    reason: format!(
+                        "`{k}` is not a quantizable op kind (one of {QUANTIZABLE_OPS:?})"
+                    ),
                 });
             }
         }
@@ -769,6 +762,21 @@ impl QuantizedGraph {
             quantizers,
             owned,
         })
+    }
+
+    /// Switches every weight quantizer on or off (`Stage2Result::apply` switches off the ones
+    /// whose weights it put on their grid; switch them on again to fine-tune those weights
+    /// with QAT, which then re-quantizes them at every step).
+    pub fn with_weight_quantizers(mut self, enabled: bool) -> Self {
+        for node in &self.graph.nodes {
+            if let Op::Quant(q) = &node.op
+                && matches!(q.site, QuantSite::Weight { .. })
+            {
+                let qz = self.quantizers.quantizers[q.quantizer].clone();
+                self.quantizers.quantizers[q.quantizer] = qz.with_enabled(enabled);
+            }
+        }
+        self
     }
 
     /// The trainable form: the model, the quantizers and the folded parameters as one Burn

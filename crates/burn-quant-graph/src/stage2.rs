@@ -420,7 +420,7 @@ pub fn stage2<M: Module, I: GraphIo + Clone>(
 /// How one layer becomes Stage 2 problems.
 enum LayerPlan {
     Linear { d_in: usize },
-    Conv(ConvGeom, QuantSpec),
+    Conv(Box<ConvGeom>, QuantSpec),
 }
 
 impl LayerPlan {
@@ -430,7 +430,7 @@ impl LayerPlan {
             Op::Conv1d { .. } | Op::Conv2d { .. } => {
                 let geom = ConvGeom::of(op, w_shape).expect("a convolution");
                 let mspec = geom.matrix_spec(spec, layer)?;
-                Ok(LayerPlan::Conv(geom, mspec))
+                Ok(LayerPlan::Conv(Box::new(geom), mspec))
             }
             other => Err(GraphError::UnsupportedOp {
                 op: format!("Stage 2 on {}", other.kind()),

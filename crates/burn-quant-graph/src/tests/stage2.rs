@@ -53,7 +53,7 @@ impl Grouped {
 #[test]
 fn rtn_through_stage2_equals_the_weight_quantizers_on_linear_conv_and_grouped_conv() {
     let device = Device::flex();
-    let cases: Vec<(crate::Graph, QuantSpec, Vec<(String, Vec<f32>, Vec<usize>)>)> = {
+    let cases: Vec<(crate::Graph, QuantSpec)> = {
         let cnn = warm_batch_norm(SmallCnn::new(&device), &device);
         let x = Tensor::<4>::random([2, 1, 12, 12], Distribution::Normal(0.0, 1.0), &device);
         let g1 = capture(&cnn, x, |m: &SmallCnn, x| m.forward(x)).unwrap();
@@ -61,15 +61,16 @@ fn rtn_through_stage2_equals_the_weight_quantizers_on_linear_conv_and_grouped_co
         let x = Tensor::<4>::random([2, 4, 9, 9], Distribution::Normal(0.0, 1.0), &device);
         let g2 = capture(&grouped, x, |m: &Grouped, x| m.forward(x)).unwrap();
         vec![
-            (g1, QuantSpec::int8_weight_per_output_channel().with_bits(4), vec![]),
-            (g2.clone(), QuantSpec::int8_weight_per_output_channel().with_bits(3), vec![]),
-            (g2, QuantSpec::int4_weight_per_input_group(2), vec![]),
+            (g1, QuantSpec::int8_weight_per_output_channel().with_bits(4)),
+            (g2.clone(), QuantSpec::int8_weight_per_output_channel().with_bits(3)),
+            (g2, QuantSpec::int4_weight_per_input_group(2)),
         ]
     };
-    for (graph, spec, _) in cases {
+    for (graph, spec) in cases {
         let qg = quantize_graph(&graph, &GraphRecipe::weights(spec), &device).unwrap();
         // RTN needs no data, but a batch gives the device.
-        let x = Tensor::<4>::zeros(graph.value(graph.inputs[0]).shape.clone().try_into().map(|s: [usize; 4]| s).unwrap(), &device);
+        let shape: [usize; 4] = graph.value(graph.inputs[0]).shape.clone().try_into().unwrap();
+        let x = Tensor::<4>::zeros(shape, &device);
         let unit = burn::nn::Identity::new();
         let result = stage2(&qg, &unit, &Algorithm::Rtn(Rtn), &[x]).unwrap();
         assert!(!result.weights.is_empty());
