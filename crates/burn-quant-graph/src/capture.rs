@@ -52,6 +52,9 @@ pub trait GraphIo: Sized {
     fn from_dispatch(values: Vec<burn::backend::DispatchTensor>) -> Result<Self, GraphError>;
     /// How many tensors.
     fn count() -> usize;
+    /// The same inputs with one more batch row (the first row repeated along axis 0), for
+    /// [`capture_batched`]'s second trace.
+    fn grow_batch(&self) -> Self;
 }
 
 /// The capture id of a tensor on the capture device.
@@ -101,6 +104,9 @@ macro_rules! graph_io_tensor {
             fn count() -> usize {
                 1
             }
+            fn grow_batch(&self) -> Self {
+                Tensor::cat(vec![self.clone(), self.clone().narrow(0, 0, 1)], 0)
+            }
         }
     };
 }
@@ -142,6 +148,11 @@ macro_rules! graph_io_tuple {
             }
             fn count() -> usize {
                 0 $(+ $t::count())+
+            }
+            #[allow(non_snake_case)]
+            fn grow_batch(&self) -> Self {
+                let ($($t,)+) = self;
+                ($($t.grow_batch(),)+)
             }
         }
     };
@@ -260,6 +271,119 @@ where
         &xin,
         &yout,
     )
+}
+
+/// Records `forward` like [`capture`], into a **batch-symbolic** graph that runs at any
+/// batch size (axis 0 of every input).
+///
+/// The forward is traced twice, at the sample's batch size `B` and at `B + 1`; an axis whose
+/// size is `k·B` in the first trace and `k·(B + 1)` in the second is `k × batch` (a reshape to
+/// `[batch·seq, d]`, say), every other axis must agree. A forward whose structure depends on
+/// the batch size, or that slices along a batch axis, is a [`GraphError::Capture`] saying so.
+pub fn capture_batched<M, I, O>(
+    model: &M,
+    inputs: I,
+    forward: impl Fn(&M, I) -> O,
+) -> Result<Graph, GraphError>
+where
+    M: Module,
+    I: GraphIo,
+    O: GraphIo,
+{
+    let grown = inputs.grow_batch();
+    let g1 = capture(model, inputs, &forward)?;
+    let batch = g1
+        .inputs
+        .first()
+        .and_then(|&v| g1.value(v).shape.first().copied())
+        .ok_or_else(|| GraphError::Capture("a batched capture needs an input with a batch axis".into()))?;
+    let g2 = capture(model, grown, &forward)?;
+    merge_batch(g1, &g2, batch)
+}
+
+/// Marks the batch-proportional axes of `g1` (traced at batch `b`) from `g2` (at `b + 1`).
+fn merge_batch(mut g1: Graph, g2: &Graph, b: usize) -> Result<Graph, GraphError> {
+    let differ = |what: String| {
+        GraphError::Capture(format!(
+            "the forward's structure depends on the batch size ({what}): capture at a fixed \
+             batch with `capture` instead"
+        ))
+    };
+    if g1.nodes.len() != g2.nodes.len() || g1.values.len() != g2.values.len() {
+        return Err(differ(format!(
+            "{} nodes at batch {b}, {} at batch {}",
+            g1.nodes.len(),
+            g2.nodes.len(),
+            b + 1
+        )));
+    }
+    for (v1, v2) in g1.values.iter_mut().zip(&g2.values) {
+        if v1.shape.len() != v2.shape.len() {
+            return Err(differ(format!("`{}` changes rank", v1.name)));
+        }
+        let mut per_batch = vec![0; v1.shape.len()];
+        for (a, (&d1, &d2)) in v1.shape.iter().zip(&v2.shape).enumerate() {
+            if d1 == d2 {
+                continue;
+            }
+            // d1 = k·b and d2 = k·(b + 1).
+            let k = d2 - d1.min(d2);
+            if d2 > d1 && k * b == d1 {
+                per_batch[a] = k;
+            } else {
+                return Err(differ(format!(
+                    "axis {a} of `{}` is {d1} at batch {b} and {d2} at batch {}",
+                    v1.name,
+                    b + 1
+                )));
+            }
+        }
+        v1.per_batch = per_batch;
+    }
+    for (n, (a, c)) in g1.nodes.iter().zip(&g2.nodes).enumerate() {
+        let same = match (&a.op, &c.op) {
+            (Op::Slice { ranges: r1 }, Op::Slice { ranges: r2 }) => {
+                // Only whole batch axes may be sliced: then the ranges agree elsewhere.
+                let input = &g1.values[a.inputs[0].0];
+                for (axis, (s1, s2)) in r1.iter().zip(r2).enumerate() {
+                    let batched = input.per_batch.get(axis).copied().unwrap_or(0) > 0;
+                    if batched {
+                        let full = |s: &burn::tensor::Slice, len: usize| {
+                            s.start == 0 && s.step == 1 && s.end.is_none_or(|e| e == len as isize)
+                        };
+                        let len2 = g2.values[c.inputs[0].0].shape[axis];
+                        if !full(s1, input.shape[axis]) || !full(s2, len2) {
+                            return Err(differ(format!("node `{}` slices a batch axis", a.name)));
+                        }
+                    } else if s1 != s2 {
+                        return Err(differ(format!("node `{}` slices differently", a.name)));
+                    }
+                }
+                true
+            }
+            (x, y) => x == y,
+        };
+        if !same || a.inputs != c.inputs || a.outputs != c.outputs {
+            return Err(differ(format!("node #{n} `{}` differs", a.name)));
+        }
+    }
+    for v in &g1.values {
+        if matches!(v.origin, ValueOrigin::Constant(_) | ValueOrigin::Param(_))
+            && v.per_batch.iter().any(|&k| k > 0)
+        {
+            return Err(differ(format!(
+                "`{}` is recorded data whose shape follows the batch",
+                v.name
+            )));
+        }
+    }
+    for (i, &v) in g1.inputs.iter().enumerate() {
+        if g1.values[v.0].per_batch.first() != Some(&1) {
+            return Err(differ(format!("input {i}'s axis 0 is not the batch")));
+        }
+    }
+    g1.capture_batch = Some(b);
+    Ok(g1)
 }
 
 /// Lifts recorded Burn ops into a [`Graph`].

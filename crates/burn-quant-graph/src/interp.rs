@@ -42,6 +42,8 @@ pub struct Interpreter<'g> {
     constants: Vec<Option<DispatchTensor>>,
     /// For each value, the index of the last node reading it (to free it early).
     last_use: Vec<usize>,
+    /// The batch size of the current run (batch-symbolic graphs).
+    batch: usize,
 }
 
 /// What [`Interpreter::execute`] returns.
@@ -73,6 +75,7 @@ impl<'g> Interpreter<'g> {
             params: vec![None; graph.params.len()],
             constants: vec![None; graph.constants.len()],
             last_use,
+            batch: graph.capture_batch.unwrap_or(0),
         }
     }
 
@@ -172,9 +175,16 @@ impl<'g> Interpreter<'g> {
                 got: inputs.len(),
             });
         }
+        // A batch-symbolic graph runs at the batch of its first input.
+        let batch = match (graph.capture_batch, inputs.first()) {
+            (Some(_), Some(t)) => t.shape().as_slice().first().copied().unwrap_or(0),
+            (Some(b), None) => b,
+            (None, _) => 0,
+        };
+        self.batch = batch;
         let mut env: Vec<Option<DispatchTensor>> = vec![None; graph.values.len()];
         for (k, (t, &v)) in inputs.into_iter().zip(&graph.inputs).enumerate() {
-            let want = &graph.value(v).shape;
+            let want = &graph.shape_at(v, batch);
             let got = t.shape();
             if got.as_slice() != want.as_slice() {
                 return Err(GraphError::InputShape {
@@ -265,7 +275,7 @@ impl<'g> Interpreter<'g> {
         let graph = self.graph;
         let node = &graph.nodes[n];
         let out = graph.value(node.outputs[0]);
-        let out_shape = || Shape::from(out.shape.clone());
+        let out_shape = || Shape::from(graph.shape_at(node.outputs[0], self.batch));
         let kind = kind_of(&a.first().map(|t| t.dtype()));
         let take = |a: &mut Vec<DispatchTensor>| a.remove(0);
         let opt = |a: &mut Vec<DispatchTensor>, present: bool| present.then(|| a.remove(0));
@@ -464,6 +474,17 @@ impl<'g> Interpreter<'g> {
             }
             Op::Slice { ranges } => {
                 let x = take(&mut a);
+                // Batch axes are sliced whole (checked at capture): take the run's extent.
+                let input = graph.value(node.inputs[0]);
+                let ranges: Vec<burn::tensor::Slice> = ranges
+                    .iter()
+                    .enumerate()
+                    .map(|(axis, r)| match input.per_batch.get(axis) {
+                        Some(&k) if k > 0 => burn::tensor::Slice::new(0, Some((k * self.batch) as isize), 1),
+                        _ => *r,
+                    })
+                    .collect();
+                let ranges = &ranges;
                 match kind {
                     Kind::Int => Dispatch::int_slice(x, ranges),
                     Kind::Bool => Dispatch::bool_slice(x, ranges),

@@ -57,6 +57,9 @@ pub struct Value {
     pub origin: ValueOrigin,
     /// Name: the parameter path for parameters, `input{n}`, `const{n}` or `t{id}` otherwise.
     pub name: String,
+    /// Per axis, `k` when the axis is `k × batch` in a batch-symbolic graph
+    /// ([`crate::capture_batched`]), 0 for a fixed axis. Empty in a fixed-shape graph.
+    pub per_batch: Vec<usize>,
 }
 
 impl Value {
@@ -474,9 +477,26 @@ pub struct Graph {
     pub params: Vec<GraphParam>,
     /// Constants created inside the forward.
     pub constants: Vec<GraphConstant>,
+    /// The batch size of the capture, for a batch-symbolic graph (which then runs at any
+    /// batch size); `None` for a fixed-shape graph.
+    pub capture_batch: Option<usize>,
 }
 
 impl Graph {
+    /// The shape of value `id` at batch size `batch` (its captured shape in a fixed-shape
+    /// graph).
+    pub fn shape_at(&self, id: ValueId, batch: usize) -> Vec<usize> {
+        let v = &self.values[id.0];
+        if v.per_batch.is_empty() {
+            return v.shape.clone();
+        }
+        v.shape
+            .iter()
+            .zip(&v.per_batch)
+            .map(|(&d, &k)| if k == 0 { d } else { k * batch })
+            .collect()
+    }
+
     /// The value with this id.
     pub fn value(&self, id: ValueId) -> &Value {
         &self.values[id.0]
@@ -544,6 +564,7 @@ impl Graph {
             dtype,
             origin,
             name,
+            per_batch: Vec::new(),
         });
         id
     }

@@ -27,7 +27,7 @@ pub mod onnx;
 pub mod quantize;
 pub mod stage2;
 
-pub use capture::{GraphIo, capture};
+pub use capture::{GraphIo, capture, capture_batched};
 pub use interp::Interpreter;
 pub use ir::{Graph, Node, Op, ValueId};
 pub use quantize::{GraphModel, GraphRecipe, QuantNode, QuantizedGraph, quantize_graph};
@@ -71,7 +71,7 @@ pub enum GraphError {
     },
     /// An input whose shape differs from the captured one (graphs have static shapes:
     /// capture again for another shape).
-    #[error("input {input} has shape {got:?}, the graph was captured with {expected:?}; capture again for this shape")]
+    #[error("input {input} has shape {got:?}, the graph expects {expected:?}; capture again for this shape, or with `capture_batched` for any batch size")]
     InputShape {
         /// Which input.
         input: usize,

@@ -344,7 +344,6 @@ pub fn stage2<M: Module, I: GraphIo + Clone>(
     let mut weights = Vec::new();
     for (tap, members) in groups {
         let stop = graph.producer(tap).unwrap_or(0);
-        let tap_shape = graph.value(tap).shape.clone();
         // Per member layer: per conv group, one LayerStats.
         let mut stats: Vec<Vec<burn_quant_ptq::LayerStats>> = Vec::new();
         let mut plans = Vec::new();
@@ -366,6 +365,8 @@ pub fn stage2<M: Module, I: GraphIo + Clone>(
                     .execute(batch.clone().into_dispatch(), &ctx_q, None, &[tap], Some(stop))?
                     .taps
                     .remove(0);
+                // The run's own shape: a batch-symbolic graph runs batches of any size.
+                let tap_shape = burn::backend::TensorMetadata::shape(&xq).as_slice().to_vec();
                 let xq = to_host(xq)?;
                 let xf = if needs_float {
                     let t = interp_f

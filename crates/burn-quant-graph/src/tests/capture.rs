@@ -195,3 +195,36 @@ fn integer_masks_and_comparisons_replay_exactly() {
     let y: Tensor<3> = run(&g, Some(&fc), (x.clone(), mask.clone()), &device);
     assert_eq!(host(y), host(forward(&fc, (x, mask))));
 }
+
+#[test]
+fn batch_symbolic_graphs_run_at_any_batch_size_exactly() {
+    let device = Device::flex();
+    let normal = |shape: Vec<usize>| match shape.len() {
+        3 => Tensor::<3>::random([shape[0], shape[1], shape[2]], Distribution::Normal(0.0, 1.0), &device),
+        _ => unreachable!(),
+    };
+    // Transformer: reshapes to [batch·seq, d] and per-head views are k × batch.
+    let model = Encoder::new(&device);
+    let g = crate::capture_batched(&model, normal(vec![2, 6, 16]), |m: &Encoder, x| m.forward(x)).unwrap();
+    assert_eq!(g.capture_batch, Some(2));
+    for b in [1, 2, 5] {
+        let x = normal(vec![b, 6, 16]);
+        let y: Tensor<3> = run(&g, Some(&model), x.clone(), &device);
+        assert_eq!(host(y), host(model.forward(x)), "batch {b}");
+    }
+    // CNN with pooling, concat and a flatten reshape.
+    let cnn = warm_batch_norm(SmallCnn::new(&device), &device);
+    let x = Tensor::<4>::random([3, 1, 12, 12], Distribution::Normal(0.0, 1.0), &device);
+    let g = crate::capture_batched(&cnn, x, |m: &SmallCnn, x| m.forward(x)).unwrap();
+    for b in [1, 7] {
+        let x = Tensor::<4>::random([b, 1, 12, 12], Distribution::Normal(0.0, 1.0), &device);
+        let y: Tensor<2> = run(&g, Some(&cnn), x.clone(), &device);
+        assert_eq!(host(y), host(cnn.forward(x)), "batch {b}");
+    }
+    // A fixed-shape capture still refuses another batch; slicing the batch axis cannot be
+    // made symbolic.
+    let mlp = Mlp::new(4, 8, 3, &device);
+    let x = Tensor::<2>::ones([4, 4], &device);
+    let err = crate::capture_batched(&mlp, x, |m: &Mlp, x| m.forward(x).narrow(0, 0, 2)).unwrap_err();
+    assert!(matches!(err, GraphError::Capture(ref m) if m.contains("batch")), "{err:?}");
+}

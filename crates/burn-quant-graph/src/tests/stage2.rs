@@ -171,3 +171,30 @@ fn gptq_beats_rtn_on_a_cnn_through_unfolded_inputs() {
     let gptq = run("gptq");
     assert!(gptq < 0.8 * rtn, "GPTQ {gptq:.3e} vs RTN {rtn:.3e}");
 }
+
+#[test]
+fn stage2_on_a_batch_symbolic_graph_takes_batches_of_any_size() {
+    let device = Device::flex();
+    let model = Mlp::new(32, 48, 16, &device);
+    let mix = Tensor::<2>::random([6, 32], Distribution::Normal(0.0, 1.0), &device);
+    // The same 96 calibration rows, in one batch or in batches of 64 and 32.
+    let rows = correlated(96, 32, &mix, &device);
+    let split = vec![rows.clone().narrow(0, 0, 64), rows.clone().narrow(0, 64, 32)];
+    let graph = crate::capture_batched(&model, rows.clone(), |m: &Mlp, x| m.forward(x)).unwrap();
+    let spec = QuantSpec::int8_weight_per_output_channel().with_bits(3);
+    let qg = quantize_graph(&graph, &GraphRecipe::weights(spec), &device).unwrap();
+    let gptq: Algorithm = "gptq".parse().unwrap();
+    let whole = stage2(&qg, &model, &gptq, &[rows]).unwrap();
+    let parts = stage2(&qg, &model, &gptq, &split).unwrap();
+    for (a, b) in whole.weights.iter().zip(&parts.weights) {
+        // Same XᵀX up to summation order: the codes may differ only at rounding boundaries.
+        let (ca, cb) = (dequantized(&a.tensor), dequantized(&b.tensor));
+        let differ = ca.iter().zip(&cb).filter(|(x, y)| x != y).count();
+        assert!(differ * 100 <= ca.len(), "{}: {differ} of {} differ", a.path, ca.len());
+    }
+    // The quantized graph runs any batch.
+    let (m, qg) = parts.apply(model, qg).unwrap();
+    let x = correlated(5, 32, &mix, &device);
+    let y: Tensor<2> = qg.forward(&m, x.clone()).unwrap();
+    assert_eq!(host(y), host(m.forward(x)));
+}
