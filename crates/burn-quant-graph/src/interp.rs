@@ -206,9 +206,18 @@ impl<'g> Interpreter<'g> {
         }
         for (n, node) in graph.nodes.iter().enumerate() {
             let mut args = Vec::with_capacity(node.inputs.len());
-            for &v in &node.inputs {
-                let t = match &env[v.0] {
-                    Some(t) => t.clone(),
+            for (slot, &v) in node.inputs.iter().enumerate() {
+                // The last read of an activation moves it out of the environment, so the
+                // backend (and autodiff) sees a uniquely owned tensor and may reuse its
+                // buffer, as in eager execution.
+                let last_read = self.last_use[v.0] == n && !node.inputs[slot + 1..].contains(&v);
+                let held = if last_read {
+                    env[v.0].take()
+                } else {
+                    env[v.0].clone()
+                };
+                let t = match held {
+                    Some(t) => t,
                     None => match graph.value(v).origin {
                         ValueOrigin::Param(i) => self.param_tensor(i),
                         ValueOrigin::Constant(i) => self.constant_tensor(i),
@@ -232,11 +241,6 @@ impl<'g> Interpreter<'g> {
                 }
             }
             env[node.outputs[0].0] = Some(out);
-            for &v in &node.inputs {
-                if self.last_use[v.0] == n {
-                    env[v.0] = None;
-                }
-            }
             if stop_after == Some(n) {
                 break;
             }
