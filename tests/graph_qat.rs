@@ -11,7 +11,8 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use burn_quant_cli::mnist::Mnist;
 use burn_quant_cli::qat::{
-    FitConfig, ImageSet, QatCnn, QatConfig, Variant, accuracy, calibrate_model, fit, image_split,
+    FitConfig, ImageSet, QatCnn, QatConfig, Variant, accuracy, calibrate_model, conv_of, fit,
+    image_split,
 };
 use burn_quant_cli::rng::SplitMix64;
 use burn_quant::core::{QuantSpec, ScaleSource, ScaleStat};
@@ -29,21 +30,12 @@ struct PlainCnn {
 impl PlainCnn {
     /// The float weights of a trained `QatCnn` (ids included).
     fn from_qat(m: &QatCnn) -> Self {
-        let conv = |q: &burn_quant_nn::QuantConv2d| Conv2d {
-            weight: q.weight.clone(),
-            bias: q.bias.clone(),
-            stride: q.stride,
-            kernel_size: q.kernel_size,
-            dilation: q.dilation,
-            groups: q.groups,
-            padding: q.padding.clone(),
-        };
         let mut fc = LinearConfig::new(1, 1).init(&m.fc.weight.device());
         fc.weight = m.fc.weight.clone();
         fc.bias = m.fc.bias.clone();
         Self {
-            conv1: conv(&m.conv1),
-            conv2: conv(&m.conv2),
+            conv1: conv_of(&m.conv1),
+            conv2: conv_of(&m.conv2),
             fc,
         }
     }

@@ -330,7 +330,7 @@ fn float_conv(weight: Tensor<4>, bias: Tensor<1>, stride: usize) -> Conv2d {
 }
 
 /// The float `Conv2d` inside a [`QuantConv2d`] (same parameters, ids included).
-fn conv_of(q: &QuantConv2d) -> Conv2d {
+pub fn conv_of(q: &QuantConv2d) -> Conv2d {
     Conv2d {
         weight: q.weight.clone(),
         bias: q.bias.clone(),
