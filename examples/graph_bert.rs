@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
-use burn_quant::QuantSpec;
+use burn_quant::{Granularity, QuantSpec};
 use burn_quant_graph::{GraphRecipe, QuantizedGraph, capture, quantize_graph, stage2};
 use burn_quant_ptq::Algorithm;
 use support::bert::{
@@ -120,7 +120,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         (
             "W8A8 + shared residual-add quantizers",
-            GraphRecipe::weights_and_inputs(w8, a8),
+            GraphRecipe::weights_and_inputs(w8, a8).with_share_joins(true),
+            Then::Calibrate,
+        ),
+        (
+            "W8A8 + shared residual-add quantizers per hidden channel",
+            GraphRecipe::weights_and_inputs(w8, a8)
+                .with_join_spec(a8.with_granularity(Granularity::PerChannel { axis: 2 })),
             Then::Calibrate,
         ),
     ];

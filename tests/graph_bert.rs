@@ -242,6 +242,24 @@ fn graph_mode_quantizes_minilm_without_touching_its_code() {
     let y = embeddings(&eval, |b| qg.forward(&model, b).expect("W8A8 forward"));
     let w8a8 = score("W8A8 (per tensor inputs)", &fp32, &y, t);
 
+    // Residual adds on one integer grid, per hidden channel: the outlier channel gets its
+    // own scale and the rest of the stream survives (per tensor it collapses).
+    let t = Instant::now();
+    let a8 = QuantSpec::int8_act_per_tensor();
+    let recipe = GraphRecipe::weights_and_inputs(w8, a8)
+        .with_join_spec(a8.with_granularity(burn_quant::Granularity::PerChannel { axis: 2 }));
+    let qg = quantize_graph(&graph, &recipe, &device)
+        .expect("W8A8 with joins")
+        .calibrate(&model, calib.iter().cloned())
+        .expect("calibration");
+    let joins = score(
+        "W8A8 + per-channel joins",
+        &fp32,
+        &embeddings(&eval, |b| qg.forward(&model, b).expect("forward")),
+        t,
+    );
+    assert!(joins >= 0.95, "W8A8 with per-channel joins: mean cosine {joins}");
+
     assert!(w8_rtn >= 0.99, "W8 RTN mean cosine {w8_rtn}");
     for (algo, s) in stage2_scores {
         assert!(

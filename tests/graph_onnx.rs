@@ -194,11 +194,14 @@ fn ops(model: &ModelProto) -> Vec<String> {
     v
 }
 
+/// W8A8 with shared join quantizers (residual adds and concats on one grid, as an integer
+/// runtime needs), so the export of joins is covered too.
 fn w8a8() -> GraphRecipe {
     GraphRecipe::weights_and_inputs(
         QuantSpec::int8_weight_per_output_channel(),
         QuantSpec::int8_act_per_tensor(),
     )
+    .with_share_joins(true)
 }
 
 /// Float export of `graph` bound to `model`: checker + onnxruntime equal to the interpreter

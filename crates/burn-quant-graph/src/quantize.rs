@@ -224,6 +224,11 @@ pub struct GraphRecipe {
     /// Activation spec at the outputs of selected layers.
     #[serde(default)]
     pub output: Option<QuantSpec>,
+    /// Spec of the shared join quantizers (default: the `input` spec). A per-channel spec
+    /// along the feature axis (`Granularity::PerChannel { axis: 2 }` for `[batch, seq,
+    /// hidden]`) keeps a transformer's outlier channels from setting everyone's scale.
+    #[serde(default)]
+    pub join: Option<QuantSpec>,
     /// Op kinds to quantize ([`Op::kind`] names); default: `Linear`, `Conv1d`, `Conv2d`,
     /// `ConvTranspose1d`, `ConvTranspose2d`, `MatMul`, `Attention` (fused attention: input
     /// quantizers on q, k and v).
@@ -259,6 +264,7 @@ impl Default for GraphRecipe {
             weight: None,
             input: None,
             output: None,
+            join: None,
             ops: default_ops(),
             include: Vec::new(),
             exclude: Vec::new(),
@@ -332,6 +338,13 @@ impl GraphRecipe {
         self
     }
 
+    /// Shares join quantizers with their own spec (instead of the input spec).
+    pub fn with_join_spec(mut self, spec: QuantSpec) -> Self {
+        self.share_joins = true;
+        self.join = Some(spec);
+        self
+    }
+
     fn selects(&self, node: &Node) -> bool {
         let kind = node.op.kind();
         self.ops.iter().any(|k| k == kind)
@@ -356,7 +369,12 @@ impl GraphRecipe {
                 reason,
             })?;
         }
-        for (field, spec) in [("weight", &self.weight), ("input", &self.input), ("output", &self.output)] {
+        for (field, spec) in [
+            ("weight", &self.weight),
+            ("input", &self.input),
+            ("output", &self.output),
+            ("join", &self.join),
+        ] {
             if let Some(s) = spec {
                 s.validate().map_err(|source| GraphError::Core {
                     at: format!("recipe.{field}"),
@@ -487,7 +505,7 @@ pub fn quantize_graph(
         let is_join = matches!(node.op, Op::Binary(BinaryOp::Add) | Op::Concat { .. });
         if is_join
             && recipe.share_joins
-            && let Some(spec) = recipe.input
+            && let Some(spec) = recipe.join.or(recipe.input)
             && node.inputs.len() >= 2
             && node
                 .inputs
