@@ -319,7 +319,6 @@ fn check_qdq<M: Module>(
         .execute(
             tensor_any(x, shape),
             &QuantContext::new(&qg.quantizers),
-            None,
             &taps,
             None,
         )

@@ -54,9 +54,6 @@ pub struct Execution {
     pub taps: Vec<DispatchTensor>,
 }
 
-/// What a run hands to an observer: the node index and its output values.
-pub type Observer<'a> = dyn FnMut(usize, &[DispatchTensor]) -> Result<(), GraphError> + 'a;
-
 impl<'g> Interpreter<'g> {
     /// An interpreter of `graph` on `device`, with the parameters the graph recorded.
     pub fn new(graph: &'g Graph, device: &Device) -> Self {
@@ -142,18 +139,17 @@ impl<'g> Interpreter<'g> {
 
     /// Runs the graph on `inputs` (in [`Graph::inputs`] order) and returns its outputs.
     pub fn run(&mut self, inputs: Vec<DispatchTensor>) -> Result<Vec<DispatchTensor>, GraphError> {
-        self.run_observed(inputs, &QuantContext::default(), None)
+        self.run_with(inputs, &QuantContext::default())
     }
 
-    /// Runs the graph, calling `observer` after every node with its outputs, and running
-    /// quantizer nodes with `quant` (calibration, learned parameters, bypass).
-    pub fn run_observed(
+    /// Runs the graph with quantizer nodes run by `quant` (calibration, learned parameters,
+    /// bypass).
+    pub fn run_with(
         &mut self,
         inputs: Vec<DispatchTensor>,
         quant: &QuantContext,
-        observer: Option<&mut Observer<'_>>,
     ) -> Result<Vec<DispatchTensor>, GraphError> {
-        let run = self.execute(inputs, quant, observer, &[], None)?;
+        let run = self.execute(inputs, quant, &[], None)?;
         run.outputs.ok_or_else(|| GraphError::Malformed("the run stopped early".into()))
     }
 
@@ -164,7 +160,6 @@ impl<'g> Interpreter<'g> {
         &mut self,
         inputs: Vec<DispatchTensor>,
         quant: &QuantContext,
-        mut observer: Option<&mut Observer<'_>>,
         taps: &[ValueId],
         stop_after: Option<usize>,
     ) -> Result<Execution, GraphError> {
@@ -232,9 +227,6 @@ impl<'g> Interpreter<'g> {
                 args.push(t);
             }
             let out = self.exec(n, args, quant)?;
-            if let Some(obs) = observer.as_deref_mut() {
-                obs(n, std::slice::from_ref(&out))?;
-            }
             for (i, &v) in taps.iter().enumerate() {
                 if v == node.outputs[0] {
                     tapped[i] = Some(out.clone());
@@ -596,6 +588,14 @@ fn unsupported_kind(node: &crate::ir::Node, kind: &str) -> GraphError {
     }
 }
 
+/// The device of a run's inputs (the default device for a graph without inputs).
+pub fn device_of(inputs: &[DispatchTensor]) -> Device {
+    inputs
+        .first()
+        .map(|t| Device::from(t.device()))
+        .unwrap_or_default()
+}
+
 /// Uploads recorded data (any rank, float, int or bool) to `device` as a dispatch tensor.
 pub fn upload(data: &TensorData, device: &Device) -> DispatchTensor {
     let d = device.as_dispatch();
@@ -618,9 +618,4 @@ pub fn to_host(t: DispatchTensor) -> Result<Vec<f32>, GraphError> {
         .convert::<f32>()
         .try_into_vec::<f32>()
         .map_err(|e| GraphError::Malformed(format!("cannot read a tensor: {e:?}")))
-}
-
-/// Reads a parameter id → graph value map, for passes that work by path.
-pub fn value_of_param(graph: &Graph, path: &str) -> Option<ValueId> {
-    graph.param(path).map(|p| p.value)
 }

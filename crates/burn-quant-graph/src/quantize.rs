@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::GraphError;
 use crate::capture::GraphIo;
 use crate::fold::fold_batch_norms;
-use crate::interp::Interpreter;
+use crate::interp::{Interpreter, device_of};
 use crate::ir::{BinaryOp, Graph, Node, Op, ValueId, ValueOrigin};
 
 /// Where a quantizer sits.
@@ -428,7 +428,6 @@ pub fn quantize_graph(
     let mut ins = Inserter {
         graph: g,
         quantizers: Vec::new(),
-        specs: Vec::new(),
         device: device.clone(),
         before: Vec::new(),
         by_value: Vec::new(),
@@ -548,7 +547,6 @@ fn cells_of(spec: &QuantSpec, shape: &[usize], node: &str) -> Result<usize, Grap
 struct Inserter {
     graph: Graph,
     quantizers: Vec<Quantizer>,
-    specs: Vec<QuantSpec>,
     device: Device,
     /// Quant nodes to emit before node `n`, with the input slot they replace:
     /// `(slot, quantizer, site, dedupe)`.
@@ -573,7 +571,6 @@ impl Inserter {
                 source,
             })?;
         self.quantizers.push(q);
-        self.specs.push(spec);
         Ok(self.quantizers.len() - 1)
     }
 
@@ -610,7 +607,7 @@ impl Inserter {
                             op: Op::Quant(Box::new(QuantNode {
                                 quantizer: q,
                                 site,
-                                spec: self.specs[q],
+                                spec: self.quantizers[q].spec,
                             })),
                             inputs: vec![src],
                             outputs: vec![out],
@@ -632,7 +629,7 @@ impl Inserter {
                     op: Op::Quant(Box::new(QuantNode {
                         quantizer: q,
                         site,
-                        spec: self.specs[q],
+                        spec: self.quantizers[q].spec,
                     })),
                     inputs: vec![output],
                     outputs: vec![out],
@@ -785,10 +782,20 @@ impl QuantizedGraph {
     /// Switches every weight quantizer on or off (`Stage2Result::apply` switches off the ones
     /// whose weights it put on their grid; switch them on again to fine-tune those weights
     /// with QAT, which then re-quantizes them at every step).
-    pub fn with_weight_quantizers(mut self, enabled: bool) -> Self {
+    pub fn with_weight_quantizers(self, enabled: bool) -> Self {
+        self.with_weight_quantizers_of(enabled, |_| true)
+    }
+
+    /// Switches the weight quantizers of the parameters `select` accepts on or off.
+    pub(crate) fn with_weight_quantizers_of(
+        mut self,
+        enabled: bool,
+        select: impl Fn(&str) -> bool,
+    ) -> Self {
         for node in &self.graph.nodes {
             if let Op::Quant(q) = &node.op
-                && matches!(q.site, QuantSite::Weight { .. })
+                && let QuantSite::Weight { param, .. } = &q.site
+                && select(param)
             {
                 let qz = self.quantizers.quantizers[q.quantizer].clone();
                 self.quantizers.quantizers[q.quantizer] = qz.with_enabled(enabled);
@@ -816,15 +823,10 @@ fn run_raw<M: Module>(
     quantizers: &GraphQuantizers,
     inputs: Vec<DispatchTensor>,
 ) -> Result<Vec<DispatchTensor>, GraphError> {
-    let device = inputs
-        .first()
-        .map(|t| t.device())
-        .map(Device::from)
-        .unwrap_or_default();
-    let mut interp = Interpreter::new(graph, &device);
+    let mut interp = Interpreter::new(graph, &device_of(&inputs));
     interp.bind(model);
     interp.bind(owned);
-    interp.run_observed(inputs, &QuantContext::new(quantizers), None)
+    interp.run_with(inputs, &QuantContext::new(quantizers))
 }
 
 fn run_bound<M: Module, I: GraphIo, O: GraphIo>(

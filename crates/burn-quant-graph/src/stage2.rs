@@ -16,18 +16,18 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_quant_core::host::{HostLevel, HostParams};
 use burn_quant_core::{
-    Granularity, QuantParams, QuantSpec, QuantTensor, ScaleQuant, ScaleRestriction, WeightLayout,
+    Granularity, QuantParams, QuantSpec, QuantTensor, ScaleQuant, ScaleRestriction,
 };
-use burn_quant_nn::AnyQuantTensor;
+use burn_quant_nn::{AnyQuantTensor, write_params};
 use burn_quant_ptq::{Algorithm, CalibInputs, LayerReport, Stage2Algorithm};
 
 use crate::GraphError;
 use crate::capture::GraphIo;
-use crate::interp::{Interpreter, to_host, upload};
+use crate::interp::{Interpreter, device_of, to_host, upload};
 use crate::ir::{Graph, Op, ValueId};
 use crate::quantize::{QuantContext, QuantSite, QuantizedGraph};
 
@@ -313,12 +313,7 @@ pub fn stage2<M: Module, I: GraphIo + Clone>(
     }
     let graph = &qg.graph;
     let sites = sites(graph);
-    let first = batches[0].clone().into_dispatch();
-    let device: Device = first
-        .first()
-        .map(|t| Device::from(burn::backend::TensorMetadata::device(t)))
-        .unwrap_or_default();
-    drop(first);
+    let device = device_of(&batches[0].clone().into_dispatch());
     let mut interp_q = Interpreter::new(graph, &device);
     interp_q.bind(model);
     interp_q.bind(&qg.owned);
@@ -362,7 +357,7 @@ pub fn stage2<M: Module, I: GraphIo + Clone>(
         if needs_data {
             for batch in batches {
                 let xq = interp_q
-                    .execute(batch.clone().into_dispatch(), &ctx_q, None, &[tap], Some(stop))?
+                    .execute(batch.clone().into_dispatch(), &ctx_q, &[tap], Some(stop))?
                     .taps
                     .remove(0);
                 // The run's own shape: a batch-symbolic graph runs batches of any size.
@@ -370,7 +365,7 @@ pub fn stage2<M: Module, I: GraphIo + Clone>(
                 let xq = to_host(xq)?;
                 let xf = if needs_float {
                     let t = interp_f
-                        .execute(batch.clone().into_dispatch(), &ctx_f, None, &[tap], Some(stop))?
+                        .execute(batch.clone().into_dispatch(), &ctx_f, &[tap], Some(stop))?
                         .taps
                         .remove(0);
                     Some(to_host(t)?)
@@ -576,26 +571,6 @@ fn assemble<const D: usize>(
     }
 }
 
-/// Writes values into parameters by id, keeping gradient settings.
-struct WriteParams {
-    values: HashMap<ParamId, (Vec<f32>, Vec<usize>)>,
-}
-
-impl ModuleMapper for WriteParams {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let Some((v, shape)) = self.values.remove(&param.id) else {
-            return param;
-        };
-        param.map(|old| {
-            let require_grad = old.is_require_grad();
-            // Flat storage (graph-owned parameters) keeps its own shape.
-            let shape = if old.dims().len() == shape.len() { shape } else { old.dims().to_vec() };
-            let t = Tensor::<D>::from_data(TensorData::new(v, shape), &old.device());
-            if require_grad { t.require_grad() } else { t }
-        })
-    }
-}
-
 impl Stage2Result {
     /// Writes the Stage 2 weights into `model`'s parameters (and the graph's folded ones) and
     /// turns their weight quantizers off (the weights are on their grid already), so the
@@ -612,49 +587,34 @@ impl Stage2Result {
                 at: w.path.clone(),
                 reason: "the parameter has no id to write to (it came from a file)".into(),
             })?;
-            values.insert(id, (w.dequantized.clone(), w.shape.clone()));
+            values.insert(id, w.dequantized.clone());
             paths.push(w.path.clone());
         }
-        let mut writer = WriteParams { values };
-        let model = model.map(&mut writer);
+        // The model's own parameters, then the graph's folded ones (stored flat).
+        let model = write_params(model, &mut values);
         let QuantizedGraph {
             mut graph,
-            mut quantizers,
+            quantizers,
             owned,
         } = qg;
-        let owned = owned.map(&mut writer);
+        let owned = write_params(owned, &mut values);
         // The graph's recorded data follows, so a run without a bound model agrees.
         for w in &self.weights {
             if let Some(p) = graph.params.iter_mut().find(|p| p.path == w.path) {
                 p.data = TensorData::new(w.dequantized.clone(), w.shape.clone());
             }
         }
-        for node in &graph.nodes {
-            if let Op::Quant(q) = &node.op
-                && let QuantSite::Weight { param, .. } = &q.site
-                && paths.contains(param)
-            {
-                let qz = quantizers.quantizers[q.quantizer].clone();
-                quantizers.quantizers[q.quantizer] = qz.with_enabled(false);
-            }
+        let qg = QuantizedGraph {
+            graph,
+            quantizers,
+            owned,
         }
-        Ok((
-            model,
-            QuantizedGraph {
-                graph,
-                quantizers,
-                owned,
-            },
-        ))
+        .with_weight_quantizers_of(false, |param| paths.iter().any(|p| p == param));
+        Ok((model, qg))
     }
 
     /// The quantized weight of parameter `path`.
     pub fn weight(&self, path: &str) -> Option<&GraphWeight> {
         self.weights.iter().find(|w| w.path == path)
     }
-}
-
-/// The weight layout a Stage 2 result is in, for exporters.
-pub fn layout_of_weight(op: &Op) -> Option<WeightLayout> {
-    crate::quantize::layout_of(op)
 }

@@ -123,23 +123,30 @@ pub fn calibrate<M: Module, R>(model: M, run: impl FnOnce(&M) -> R) -> Result<(M
         }
         values.insert(scale_id, p.scales);
     }
-    let mut writer = Writer { values, written: 0 };
-    let model = model.map(&mut writer);
-    Ok((model, out))
+    Ok((write_params(model, &mut values), out))
+}
+
+/// Replaces the value of every float parameter (and running state) of `model` whose id is
+/// in `values` by those values, row-major in the parameter's own shape, keeping its id and
+/// `require_grad`. Written entries are removed from `values`; what remains matched no
+/// parameter of `model`.
+///
+/// # Panics
+/// If a value's length differs from its parameter's element count.
+pub fn write_params<M: Module>(model: M, values: &mut HashMap<ParamId, Vec<f32>>) -> M {
+    model.map(&mut Writer { values })
 }
 
 /// Replaces the values of the params whose ids it holds.
-struct Writer {
-    values: HashMap<ParamId, Vec<f32>>,
-    written: usize,
+struct Writer<'a> {
+    values: &'a mut HashMap<ParamId, Vec<f32>>,
 }
 
-impl ModuleMapper for Writer {
+impl ModuleMapper for Writer<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let Some(v) = self.values.remove(&param.id) else {
             return param;
         };
-        self.written += 1;
         param.map(|old| {
             let shape = old.shape();
             let require_grad = old.is_require_grad();

@@ -21,7 +21,7 @@ pub mod recipe;
 pub mod recurrent;
 
 pub use act::{QuantAct, QuantActConfig, QuantReLU, QuantReLUConfig};
-pub use calibration::{calibrate, with_rounding, without_quantization};
+pub use calibration::{calibrate, with_rounding, without_quantization, write_params};
 pub use error::{NnError, Result};
 pub use linear::{QuantLinear, QuantLinearConfig};
 pub use quantizer::{Quantizer, QuantizerConfig, QuantizerRole};
