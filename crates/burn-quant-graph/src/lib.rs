@@ -20,6 +20,8 @@
 #![allow(clippy::result_large_err)]
 
 pub mod capture;
+pub mod dataset;
+pub mod equalize;
 pub mod fold;
 pub mod interp;
 pub mod ir;

@@ -1,0 +1,1 @@
+//! Calibration and evaluation inputs from files (being written).

@@ -1,0 +1,1 @@
+//! Cross-layer equalization (being written).
