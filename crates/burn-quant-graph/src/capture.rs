@@ -302,7 +302,7 @@ where
 }
 
 /// Marks the batch-proportional axes of `g1` (traced at batch `b`) from `g2` (at `b + 1`).
-fn merge_batch(mut g1: Graph, g2: &Graph, b: usize) -> Result<Graph, GraphError> {
+pub(crate) fn merge_batch(mut g1: Graph, g2: &Graph, b: usize) -> Result<Graph, GraphError> {
     let differ = |what: String| {
         GraphError::Capture(format!(
             "the forward's structure depends on the batch size ({what}): capture at a fixed \
@@ -365,6 +365,15 @@ fn merge_batch(mut g1: Graph, g2: &Graph, b: usize) -> Result<Graph, GraphError>
         };
         if !same || a.inputs != c.inputs || a.outputs != c.outputs {
             return Err(differ(format!("node #{n} `{}` differs", a.name)));
+        }
+    }
+    for (c1, c2) in g1.constants.iter().zip(&g2.constants) {
+        if c1.data != c2.data {
+            return Err(differ(format!(
+                "constant `{}` holds other values at batch {}",
+                g1.values[c1.value.0].name,
+                b + 1
+            )));
         }
     }
     for v in &g1.values {

@@ -17,7 +17,9 @@ use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Device, Scalar, Shape, Tensor, TensorData};
 
 use crate::GraphError;
-use crate::ir::{BinaryOp, CompareOp, Graph, Op, ReduceOp, ScalarOp, UnaryOp, ValueId, ValueOrigin};
+use crate::ir::{
+    BinaryOp, CompareOp, Graph, Op, ReduceOp, ResizeMode, ScalarOp, UnaryOp, ValueId, ValueOrigin,
+};
 use crate::quantize::QuantContext;
 
 /// Collects a module's float parameters as dispatch tensors, by `ParamId`.
@@ -560,6 +562,17 @@ impl<'g> Interpreter<'g> {
                 *ceil_mode,
             ),
             Op::AdaptiveAvgPool2d { output } => Dispatch::adaptive_avg_pool2d(take(&mut a), *output),
+            Op::Resize2d { mode } => {
+                use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+                let (m, align_corners) = match mode {
+                    ResizeMode::Nearest => (InterpolateMode::Nearest, false),
+                    ResizeMode::Bilinear { align_corners } => (InterpolateMode::Bilinear, *align_corners),
+                };
+                let mut options = InterpolateOptions::new(m);
+                options.align_corners = align_corners;
+                let s = out_shape();
+                Dispatch::interpolate(take(&mut a), [s[2], s[3]], options)
+            }
             Op::Quant(q) => quant.run(n, q, take(&mut a))?,
         })
     }

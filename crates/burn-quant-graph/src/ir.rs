@@ -189,6 +189,20 @@ pub enum ReduceOp {
     Min,
 }
 
+/// How [`Op::Resize2d`] samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResizeMode {
+    /// Output pixel `o` reads input `⌊o · in / out⌋` (ONNX `nearest` with `asymmetric`
+    /// coordinates and `floor` rounding; PyTorch's `nearest`).
+    Nearest,
+    /// Bilinear; `align_corners` maps the corner pixels onto each other, otherwise the
+    /// half-pixel mapping is used.
+    Bilinear {
+        /// Corner alignment.
+        align_corners: bool,
+    },
+}
+
 /// The op set. Layer ops read their parameters as inputs (in the order given); every other op
 /// reads activations (or constants) as inputs.
 #[derive(Clone, Debug, PartialEq)]
@@ -371,6 +385,11 @@ pub enum Op {
         /// Output size.
         output: [usize; 2],
     },
+    /// Resize of the two spatial axes of `[N, C, H, W]` to the output value's size; input `[x]`.
+    Resize2d {
+        /// Sampling.
+        mode: ResizeMode,
+    },
     /// A quantizer inserted by `quantize_graph`: fake-quantizes its input `[x]` (see
     /// [`QuantNode`]).
     Quant(Box<QuantNode>),
@@ -423,6 +442,7 @@ impl Op {
             Op::MaxPool2d { .. } => "MaxPool2d",
             Op::AvgPool2d { .. } => "AvgPool2d",
             Op::AdaptiveAvgPool2d { .. } => "AdaptiveAvgPool2d",
+            Op::Resize2d { .. } => "Resize2d",
             Op::Quant(_) => "Quant",
         }
     }

@@ -30,6 +30,7 @@ pub mod quantize;
 pub mod stage2;
 
 pub use capture::{GraphIo, capture, capture_batched};
+pub use equalize::{EqualizeConfig, EqualizeReport, equalize_cross_layer};
 pub use interp::Interpreter;
 pub use ir::{Graph, Node, Op, ValueId};
 pub use quantize::{GraphModel, GraphRecipe, QuantNode, QuantizedGraph, quantize_graph};
@@ -109,6 +110,16 @@ pub enum GraphError {
         node: String,
         /// The exporter's error.
         source: burn_quant_export::onnx::OnnxError,
+    },
+    /// An ONNX model that cannot be imported: malformed, or using an op or attribute the
+    /// importer does not implement. `at` names the node and its op (or the input,
+    /// initializer or file).
+    #[error("ONNX import: {at}: {reason}")]
+    Import {
+        /// Where: ``node `conv_3` (Conv)``, ``initializer `w` ``, …
+        at: String,
+        /// What is wrong.
+        reason: String,
     },
     /// A core quantization error, with what it concerns.
     #[error("{at}: {source}")]

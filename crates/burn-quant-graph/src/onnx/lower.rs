@@ -10,7 +10,7 @@ use burn_quant_export::onnx::{HostAct, HostQuant, OnnxError, OnnxGraph, QuantSty
 use super::OnnxExport;
 use super::tensors::{onnx_dtype, reshaped, scalar_data, tensor_proto, with_float_tensor};
 use crate::GraphError;
-use crate::ir::{BinaryOp, Node, Op, ReduceOp, ScalarOp, UnaryOp, ValueId, ValueOrigin};
+use crate::ir::{BinaryOp, Node, Op, ReduceOp, ResizeMode, ScalarOp, UnaryOp, ValueId, ValueOrigin};
 use crate::quantize::{QuantNode, QuantSite};
 
 /// Lowest default-domain opset of a lowered graph: Softmax/LogSoftmax over one axis,
@@ -511,6 +511,21 @@ impl<'a, 'e, S: QuantStyle> Lowering<'a, 'e, S> {
             }
             Op::AdaptiveAvgPool2d { output } => {
                 self.adaptive_avg_pool(node, xs[0], &in_shape(0), *output, val)?
+            }
+            Op::Resize2d { mode } => {
+                let sizes: Vec<i64> = out_shape.iter().map(|&d| i(d)).collect();
+                let sizes = self.i64s(&sub("sizes"), &sizes);
+                let (m, ctm) = match mode {
+                    ResizeMode::Nearest => ("nearest", "asymmetric"),
+                    ResizeMode::Bilinear { align_corners: true } => ("linear", "align_corners"),
+                    ResizeMode::Bilinear { align_corners: false } => ("linear", "half_pixel"),
+                };
+                let attrs = vec![
+                    AttributeProto::string("mode", m),
+                    AttributeProto::string("coordinate_transformation_mode", ctm),
+                    AttributeProto::string("nearest_mode", "floor"),
+                ];
+                self.op("Resize", &[xs[0], "", "", &sizes], name, attrs, val)
             }
             Op::Quant(_) => unreachable!("lowered above"),
         };

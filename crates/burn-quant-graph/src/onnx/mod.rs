@@ -60,6 +60,7 @@
 //! assert_eq!(model.default_opset(), Some(13));
 //! ```
 
+pub mod import;
 mod lower;
 mod tensors;
 

@@ -1,0 +1,1 @@
+//! Unit tests of the ONNX importer on small models built in the test.
