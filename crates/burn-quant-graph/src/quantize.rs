@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::GraphError;
 use crate::capture::GraphIo;
+use crate::equalize::{EqualizeConfig, equalize_cross_layer};
 use crate::fold::fold_batch_norms;
 use crate::interp::{Interpreter, device_of};
 use crate::ir::{BinaryOp, Graph, Node, Op, ValueId, ValueOrigin};
@@ -251,6 +252,12 @@ pub struct GraphRecipe {
     /// Fold inference BatchNorm into the convolution before it.
     #[serde(default = "yes")]
     pub fold_batch_norm: bool,
+    /// Cross-layer equalization ([`crate::equalize`]) before quantizers are inserted, after
+    /// BatchNorm folding: balances per-channel weight ranges of conv/linear chains without
+    /// changing the float function, which is what a per-tensor weight grid needs. `None`
+    /// (the default) skips it; `[equalize]` in TOML takes the default sweeps.
+    #[serde(default)]
+    pub equalize: Option<EqualizeConfig>,
     /// Activations that cannot be negative (after ReLU, sigmoid, softmax, and pooling or
     /// reshaping of those) get the unsigned form of an integer activation spec: the sign bit
     /// would be wasted on them (Brevitas's `QuantReLU` is unsigned for the same reason).
@@ -270,6 +277,7 @@ impl Default for GraphRecipe {
             exclude: Vec::new(),
             share_joins: false,
             fold_batch_norm: true,
+            equalize: None,
             unsigned_when_nonnegative: true,
         }
     }
@@ -314,6 +322,12 @@ impl GraphRecipe {
     /// Sets whether BatchNorm is folded.
     pub fn with_fold_batch_norm(mut self, fold: bool) -> Self {
         self.fold_batch_norm = fold;
+        self
+    }
+
+    /// Equalizes conv/linear chains with `cfg` before quantizing (see [`crate::equalize`]).
+    pub fn with_equalize(mut self, cfg: EqualizeConfig) -> Self {
+        self.equalize = Some(cfg);
         self
     }
 
@@ -382,6 +396,9 @@ impl GraphRecipe {
                 })?;
             }
         }
+        if let Some(cfg) = &self.equalize {
+            cfg.check()?;
+        }
         Ok(())
     }
 }
@@ -420,11 +437,15 @@ pub fn quantize_graph(
 ) -> Result<QuantizedGraph, GraphError> {
     recipe.check()?;
     let mut g = graph.clone();
-    let owned_ids = if recipe.fold_batch_norm {
+    let mut owned_ids = if recipe.fold_batch_norm {
         fold_batch_norms(&mut g)?
     } else {
         Vec::new()
     };
+    // After folding, so equalization balances the weights that get quantized.
+    if let Some(cfg) = &recipe.equalize {
+        owned_ids.extend(equalize_cross_layer(&mut g, cfg)?.owned);
+    }
     let mut ins = Inserter {
         graph: g,
         quantizers: Vec::new(),

@@ -3,5 +3,6 @@
 pub mod models;
 
 mod capture;
+mod equalize;
 mod quantize;
 mod stage2;
