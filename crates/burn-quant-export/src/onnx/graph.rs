@@ -136,6 +136,36 @@ impl OnnxGraph {
         out
     }
 
+    /// Appends a node as given (a node of an existing model being rewritten), registering
+    /// its outputs' names.
+    pub fn push_node(&mut self, node: NodeProto) {
+        for o in node.output.iter().filter(|o| !o.is_empty()) {
+            self.names.insert(o.clone());
+        }
+        self.nodes.push(node);
+    }
+
+    /// The parts collected so far, for splicing into an existing model: nodes,
+    /// initializers, value infos, the default-domain opset they need, custom domains and
+    /// `burnq.spec.<key>` metadata.
+    pub fn into_parts(self) -> OnnxGraphParts {
+        OnnxGraphParts {
+            nodes: self.nodes,
+            initializers: self.initializers,
+            value_info: self.value_info,
+            opset: self.opset,
+            domains: self.domains.into_iter().collect(),
+            metadata: self
+                .metadata
+                .into_iter()
+                .map(|(k, v)| StringStringEntryProto {
+                    key: format!("burnq.spec.{k}"),
+                    value: v,
+                })
+                .collect(),
+        }
+    }
+
     /// Renames the value `from` (the output of the last node producing it) to `to`.
     /// Returns `false` when no node produces `from` (it is the graph input).
     pub fn rename_output(&mut self, from: &str, to: &str) -> bool {
@@ -229,6 +259,23 @@ impl OnnxGraph {
             ..Default::default()
         }
     }
+}
+
+/// What [`OnnxGraph::into_parts`] returns.
+#[derive(Clone, Debug)]
+pub struct OnnxGraphParts {
+    /// Nodes in the order emitted.
+    pub nodes: Vec<NodeProto>,
+    /// Initializers.
+    pub initializers: Vec<TensorProto>,
+    /// Types of node outputs.
+    pub value_info: Vec<ValueInfoProto>,
+    /// Lowest default-domain opset that holds every node.
+    pub opset: i64,
+    /// Custom domains and their versions.
+    pub domains: Vec<(String, i64)>,
+    /// `burnq.spec.<key>` metadata.
+    pub metadata: Vec<StringStringEntryProto>,
 }
 
 /// The IR version that goes with a default-domain opset (onnx's own version table: the IR

@@ -65,7 +65,7 @@ mod style;
 
 pub use builder::{ExportedLayer, OnnxModelBuilder, QdqModelBuilder, QonnxModelBuilder, TruncSpec};
 pub use error::{OnnxError, Result};
-pub use graph::{OnnxGraph, Val, ir_version_for_opset};
+pub use graph::{OnnxGraph, OnnxGraphParts, Val, ir_version_for_opset};
 pub use host::{HostAct, HostQuant};
 pub use inspect::{InitializerSummary, ModelSummary, ValueSummary, summarize, tensor_values};
 pub use io::{decode_onnx, read_onnx, save_onnx};

@@ -76,7 +76,7 @@ impl<'a, 'e, S: QuantStyle> Lowering<'a, 'e, S> {
     }
 
     /// The host data of a parameter or constant value (live parameters first).
-    fn data_of(&self, v: ValueId) -> Option<Result<TensorData, GraphError>> {
+    pub(crate) fn data_of(&self, v: ValueId) -> Option<Result<TensorData, GraphError>> {
         let graph = self.ex.graph;
         let shape = &graph.value(v).shape;
         match graph.value(v).origin {
@@ -684,7 +684,7 @@ impl<'a, 'e, S: QuantStyle> Lowering<'a, 'e, S> {
     /// A quantizer node: a weight (its input is a parameter or constant) is quantized here
     /// and stored as codes; an activation gets the quantizer's static parameters. A switched
     /// off quantizer is the identity (unless Stage 2 gave the weight's codes).
-    fn quant(&mut self, node: &Node, q: &QuantNode) -> Result<String, GraphError> {
+    pub(crate) fn quant(&mut self, node: &Node, q: &QuantNode) -> Result<String, GraphError> {
         let graph = self.ex.graph;
         let x = node.inputs[0];
         let quantizer = self

@@ -30,6 +30,7 @@
 //! on shape values. Anything else is a [`GraphError::Import`] naming the node and its op; so
 //! is an attribute the importer does not implement.
 
+mod export;
 mod ops;
 mod tensor;
 
@@ -47,6 +48,7 @@ use crate::GraphError;
 use crate::ir::{Graph, ValueId};
 
 pub(crate) use tensor::decode_tensor;
+pub use export::export_qdq;
 
 /// Lowest and highest default-domain opsets the importer accepts.
 pub const OPSET_RANGE: (i64, i64) = (7, 24);
@@ -58,6 +60,12 @@ pub(crate) fn import_err(at: impl Into<String>, reason: impl Into<String>) -> Gr
         reason: reason.into(),
     }
 }
+
+/// The model argument of [`crate::QuantizedGraph::calibrate`] and
+/// [`crate::QuantizedGraph::forward`] for a graph whose parameters all live in the graph (an
+/// imported ONNX model): there is no Burn model to bind.
+#[derive(burn::module::Module, Debug, Default)]
+pub struct NoModel {}
 
 /// A graph input the model reads at run time.
 #[derive(Clone, Debug, PartialEq)]

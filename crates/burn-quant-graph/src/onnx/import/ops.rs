@@ -1920,7 +1920,7 @@ fn gather_flat(d: &TensorData, idx: &[usize], shape: Vec<usize>) -> TensorData {
     TensorData::from_bytes_vec(out, shape, d.dtype())
 }
 
-fn transpose_host(d: &TensorData, perm: &[usize]) -> TensorData {
+pub(crate) fn transpose_host(d: &TensorData, perm: &[usize]) -> TensorData {
     let s = d.shape().as_slice().to_vec();
     let st = strides(&s);
     let shape: Vec<usize> = perm.iter().map(|&a| s[a]).collect();
