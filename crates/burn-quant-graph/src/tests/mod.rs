@@ -3,6 +3,7 @@
 pub mod models;
 
 mod capture;
+mod dataset;
 mod equalize;
 mod quantize;
 mod stage2;
