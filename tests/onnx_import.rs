@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_quant::QuantSpec;
-use burn_quant_graph::dataset::{read_npy, write_npy};
+use burn_quant_graph::dataset::{load_dir, read_npy, write_npy};
 use burn_quant_graph::interp::{to_host, upload};
 use burn_quant_graph::onnx::import::{NoModel, OnnxModel, export_qdq};
 use burn_quant_graph::{GraphRecipe, Interpreter, quantize_graph};
@@ -189,4 +189,83 @@ fn classifier_w8a8_written_back_as_qdq_equals_onnxruntime() {
     let diff = max_abs_diff(&ours, &theirs);
     println!("cls W8A8: ours {:?}, onnxruntime {:?}, max diff {diff:.3e}", &ours[..4], &theirs[..4]);
     assert!(diff < 1e-5, "QDQ export differs from our quantized forward by {diff}");
+}
+
+/// Models quantized by onnxruntime itself (tests/py/make_qdq_fixtures.py: `quantize_static`
+/// QDQ with uint8/int8 activations and per-tensor/per-channel int8 weights, and blocked int4
+/// and uint4 MatMul weights from `MatMul4BitsQuantizer`) import as our quantizers and exact
+/// codes: the graph reproduces onnxruntime's outputs on them, and writing it back gives the
+/// model's own nodes and initializers (same codes, same scales).
+#[test]
+fn onnxruntime_qdq_models_import_exactly_and_export_losslessly() {
+    let dir = std::env::temp_dir().join(format!("burnq-qdq-fixtures-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let Some(made) = support::run_python("make_qdq_fixtures.py", &[dir.as_os_str()]) else { return };
+    made.expect("make_qdq_fixtures.py");
+    let device = Device::flex();
+    let models = [
+        // Q/DQ pairs on activations; weight codes (int32 bias DequantizeLinear nodes are
+        // folded to float and kept as written, not counted).
+        ("cnn_qdq_u8s8_tensor", "cnn", 6, 3),
+        ("cnn_qdq_s8s8_channel", "cnn", 6, 3),
+        ("mlp_qdq_u8s8_tensor", "mlp", 5, 2),
+        ("mlp_qdq_s8s8_channel", "mlp", 5, 2),
+        ("mlp_int4_b32_sym", "mlp", 0, 2),
+        ("mlp_uint4_b32_asym", "mlp", 0, 2),
+    ];
+    for (name, family, activations, weights) in models {
+        let m = OnnxModel::load(dir.join(format!("{name}.onnx"))).unwrap();
+        let x0 = read_npy(dir.join(format!("inputs/{family}_0.npy"))).unwrap();
+        let mut shape = x0.shape().as_slice().to_vec();
+        shape[0] = 1;
+        let imported = m.import_batched(&[shape]).unwrap();
+        assert_eq!(imported.activation_quants.len(), activations, "{name}: activation quantizers");
+        assert_eq!(imported.weight_quants.len(), weights, "{name}: quantized weights");
+        let (qg, codes) = imported.quantized(&device).unwrap();
+        let mut worst = 0f32;
+        for k in 0..3 {
+            let x = read_npy(dir.join(format!("inputs/{family}_{k}.npy"))).unwrap();
+            let want = read_npy(dir.join(format!("outputs/{name}_{k}.npy"))).unwrap().try_into_vec::<f32>().unwrap();
+            let got: Tensor<2> = if x.shape().num_dims() == 4 {
+                qg.forward(&NoModel {}, Tensor::<4>::from_data(x.clone(), &device)).unwrap()
+            } else {
+                qg.forward(&NoModel {}, Tensor::<2>::from_data(x.clone(), &device)).unwrap()
+            };
+            worst = worst.max(max_abs_diff(&got.into_data().try_into_vec::<f32>().unwrap(), &want));
+        }
+        println!("{name}: {activations} activation quantizers, {weights} quantized weights, max |ours − onnxruntime| {worst:.3e}");
+        assert!(worst < 1e-5, "{name} differs from onnxruntime by {worst}");
+        // Written back: the model's own nodes and initializers.
+        let back = export_qdq(&m, &imported, &qg, Some(&codes)).unwrap();
+        let (a, b) = (m.proto().graph.as_ref().unwrap(), back.graph.as_ref().unwrap());
+        assert_eq!(a.node, b.node, "{name}: nodes changed");
+        let mut ia: Vec<_> = a.initializer.iter().map(|t| (&t.name, &t.raw_data, t.data_type, &t.dims)).collect();
+        let mut ib: Vec<_> = b.initializer.iter().map(|t| (&t.name, &t.raw_data, t.data_type, &t.dims)).collect();
+        ia.sort();
+        ib.sort();
+        assert_eq!(ia, ib, "{name}: initializers changed");
+        if name != "cnn_qdq_s8s8_channel" {
+            continue;
+        }
+        // Quantized again by us: activations calibrated anew on the fixture's calibration
+        // set, weights by our own per-channel quantizers. The pairs and codes are then
+        // written fresh, and onnxruntime equals our forward on the result.
+        let calib: Vec<Tensor<4>> = load_dir(dir.join("calib/cnn"), None)
+            .unwrap()
+            .into_iter()
+            .map(|(_, t)| Tensor::<4>::from_data(t, &device))
+            .collect();
+        let again = qg.with_weight_quantizers(true).calibrate(&NoModel {}, calib).unwrap();
+        let onnx = export_qdq(&m, &imported, &again, None).unwrap();
+        assert_ne!(onnx.graph.as_ref().unwrap().initializer, a.initializer, "new scales and codes");
+        let file = dir.join("again.onnx");
+        burn_quant::export::onnx::save_onnx(&file, &onnx).unwrap();
+        let x = read_npy(dir.join("inputs/cnn_0.npy")).unwrap();
+        let Some(theirs) = onnxruntime(&file, &x, &dir) else { return };
+        let ours: Tensor<2> = again.forward(&NoModel {}, Tensor::<4>::from_data(x, &device)).unwrap();
+        let diff = max_abs_diff(&ours.into_data().try_into_vec::<f32>().unwrap(), &theirs);
+        println!("{name} re-quantized and re-exported: max |ours − onnxruntime| {diff:.3e}");
+        assert!(diff < 1e-5, "re-exported model differs by {diff}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -98,16 +98,43 @@ pub fn export_qdq(
     // Activation quantizers by (ONNX node served, ONNX value read); weight quantizers by
     // parameter path.
     let mut act: HashMap<(usize, String), usize> = HashMap::new();
+    // Imported Q/DQ pairs: kept as written while the quantizer holds the file's parameters;
+    // otherwise dropped, their readers re-pointed at the value they quantized.
+    let mut alias: HashMap<String, String> = HashMap::new();
+    let mut kept_pairs: HashSet<String> = HashSet::new();
+    for a in &imported.activation_quants {
+        let q = qg.quantizers.quantizers.get(a.quantizer);
+        let unchanged = q.is_some_and(|q| {
+            let host = |t: &Option<burn::module::Param<burn::tensor::Tensor<1>>>| {
+                t.as_ref().map(|p| p.val().into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default())
+            };
+            q.enabled && host(&q.scale).as_deref() == Some(&a.scales[..]) && host(&q.zero_point) == a.zero_points
+        });
+        if unchanged {
+            kept_pairs.insert(a.quant_node.clone());
+        } else {
+            let q_node = &nodes[a.onnx_q];
+            alias.insert(nodes[a.onnx_dq].output[0].clone(), q_node.input[0].clone());
+        }
+    }
+    let dropped_qdq: HashSet<usize> = imported
+        .activation_quants
+        .iter()
+        .filter(|a| !kept_pairs.contains(&a.quant_node))
+        .flat_map(|a| [a.onnx_q, a.onnx_dq])
+        .collect();
     let mut weight_quant: HashMap<String, usize> = HashMap::new();
+    let mut output_quants: Vec<usize> = Vec::new();
     for (k, node) in graph.nodes.iter().enumerate() {
         let Op::Quant(q) = &node.op else { continue };
         let x = node.inputs[0];
-        if outputs.contains(&node.outputs[0]) {
-            return Err(import_err(
-                format!("quantizer `{}`", node.name),
-                "a quantizer on a graph output cannot be written into the model (quantize the \
-                 layers' inputs instead)",
-            ));
+        if kept_pairs.contains(&node.name) {
+            continue;
+        }
+        if outputs.contains(&node.outputs[0]) && !matches!(q.site, QuantSite::Weight { .. }) {
+            // Emitted after the nodes, under the output's name.
+            output_quants.push(k);
+            continue;
         }
         if let QuantSite::Weight { param, .. } = &q.site {
             weight_quant.insert(param.clone(), k);
@@ -142,6 +169,10 @@ pub fn export_qdq(
     // Parameters: by the initializer they came from.
     let mut params: HashMap<String, (usize, ParamRepr)> = HashMap::new();
     let mut new_params: HashMap<String, usize> = HashMap::new();
+    // Weights the model stored as DequantizeLinear codes keep their node when the codes are
+    // still the imported ones.
+    let stage2_codes: HashMap<&str, &burn_quant_nn::AnyQuantTensor> =
+        stage2.map(|r| r.weights.iter().map(|w| (w.path.as_str(), &w.tensor)).collect()).unwrap_or_default();
     for (i, p) in graph.params.iter().enumerate() {
         let source = imported.param_sources.get(i).cloned();
         let init_name = match source {
@@ -149,28 +180,32 @@ pub fn export_qdq(
             _ => p.path.clone(),
         };
         if let Some(&k) = weight_quant.get(&p.path) {
-            params.insert(init_name, (i, ParamRepr::Quantized(k)));
+            let unchanged = imported.weight_quants.iter().find(|w| w.path == p.path).is_some_and(|w| {
+                stage2_codes.get(p.path.as_str()).is_some_and(|t| same_codes(w, t))
+            });
+            let repr = if unchanged { ParamRepr::Original } else { ParamRepr::Quantized(k) };
+            params.insert(init_name, (i, repr));
             continue;
         }
         let current = match low.data_of(p.value) {
             Some(d) => d?,
             None => continue,
         };
-        let Some(original) = model.initializer(&init_name).filter(|_| source.is_some()) else {
+        let Some(imported_param) = imported.graph.params.get(i).filter(|_| source.is_some()) else {
             // A parameter a pass created (the bias of a convolution BatchNorm folded into).
             new_params.insert(p.path.clone(), i);
             params.insert(p.path.clone(), (i, ParamRepr::Changed(current)));
             continue;
         };
-        let original = super::decode_tensor(original, model.base_dir.as_deref())
-            .map_err(|r| import_err(format!("initializer `{init_name}`"), r))?
-            .convert::<f32>();
-        let current_onnx = match source {
-            Some(ParamSource::Transposed) => super::ops::transpose_host(&current, &[1, 0]),
-            _ => current,
+        let original = imported_param.data.clone().convert::<f32>();
+        let repr = if original.as_bytes() == current.as_bytes() {
+            ParamRepr::Original
+        } else {
+            ParamRepr::Changed(match source {
+                Some(ParamSource::Transposed) => super::ops::transpose_host(&current, &[1, 0]),
+                _ => current,
+            })
         };
-        let same = original.as_bytes() == current_onnx.as_bytes();
-        let repr = if same { ParamRepr::Original } else { ParamRepr::Changed(current_onnx) };
         params.insert(init_name, (i, repr));
     }
     let mut emitted_q: HashMap<usize, String> = HashMap::new();
@@ -178,7 +213,16 @@ pub fn export_qdq(
     let mut original_outputs: HashSet<String> = HashSet::new();
     for &n in &model.order {
         let src = &nodes[n];
+        if dropped_qdq.contains(&n) {
+            continue;
+        }
         let here = present.get(&n);
+        if kept_pairs.iter().any(|k| here.is_some_and(|ks| ks.iter().any(|&i| graph.nodes[i].name == *k))) {
+            // An imported pair kept as written: the DequantizeLinear itself.
+            original_outputs.insert(src.output.first().cloned().unwrap_or_default());
+            low.g.push_node(src.clone());
+            continue;
+        }
         if here.is_none() && imported_nodes.contains(&n) {
             if src.op_type == "BatchNormalization" {
                 // Folded into the convolution before it, which now writes its output.
@@ -194,6 +238,8 @@ pub fn export_qdq(
             if read.is_empty() {
                 continue;
             }
+            let read = alias.get(&read).cloned().unwrap_or(read);
+            node.input[slot] = read.clone();
             if let Some(&k) = act.get(&(n, read.clone())) {
                 let name = match emitted_q.get(&k) {
                     Some(name) => name.clone(),
@@ -238,6 +284,27 @@ pub fn export_qdq(
         original_outputs.insert(node.output.first().cloned().unwrap_or_default());
         low.g.push_node(node);
     }
+    // Quantizers on graph outputs: the pair ends in the output's own name (the value it
+    // quantizes is renamed when it had that name).
+    for k in output_quants {
+        let node = &graph.nodes[k];
+        let Op::Quant(q) = &node.op else { unreachable!() };
+        let position = graph.outputs.iter().position(|&o| o == node.outputs[0]).expect("a graph output");
+        let final_name = proto_graph.output[position].name.clone();
+        let x = node.inputs[0];
+        let Some(read) = low.names[x.0].clone() else {
+            return Err(import_err(format!("quantizer `{}`", node.name), "it quantizes a value the model has no name for"));
+        };
+        if read == final_name {
+            let float = low.g.fresh(&format!("{final_name}.float"));
+            low.g.rename_output(&read, &float);
+            original_outputs.insert(float.clone());
+            original_outputs.remove(&read);
+            low.names[x.0] = Some(float);
+        }
+        let emitted = low.quant(node, q)?;
+        low.g.rename_output(&emitted, &final_name);
+    }
     let parts = std::mem::take(&mut low.g).into_parts();
     let target = parts.opset.max(model.opset);
     let mut out_nodes = Vec::with_capacity(parts.nodes.len());
@@ -260,6 +327,22 @@ pub fn export_qdq(
     }
     let mut proto = model.proto.clone();
     let g = proto.graph.as_mut().expect("checked at load");
+    // Nodes whose outputs nothing reads any more (a DequantizeLinear replaced by new codes).
+    loop {
+        let read: HashSet<&str> = out_nodes
+            .iter()
+            .flat_map(|n| n.input.iter().map(String::as_str))
+            .chain(g.output.iter().map(|o| o.name.as_str()))
+            .collect();
+        let dead: Vec<usize> = (0..out_nodes.len())
+            .filter(|&i| out_nodes[i].output.iter().all(|o| o.is_empty() || !read.contains(o.as_str())))
+            .collect();
+        if dead.is_empty() {
+            break;
+        }
+        let dead: HashSet<usize> = dead.into_iter().collect();
+        out_nodes = out_nodes.into_iter().enumerate().filter(|(i, _)| !dead.contains(i)).map(|(_, n)| n).collect();
+    }
     let read: HashSet<&str> = out_nodes
         .iter()
         .flat_map(|n| n.input.iter().map(String::as_str))
@@ -298,6 +381,14 @@ pub fn export_qdq(
     proto.ir_version = proto.ir_version.max(ir_version_for_opset(target));
     proto.metadata_props.extend(parts.metadata);
     Ok(proto)
+}
+
+/// Whether `t` holds exactly the imported codes, scales and zero-points of `w`.
+fn same_codes(w: &super::ImportedWeightQuant, t: &burn_quant_nn::AnyQuantTensor) -> bool {
+    let Ok(h) = burn_quant_export::onnx::HostQuant::from_any(t, &w.path) else {
+        return false;
+    };
+    h.shape == w.shape && h.codes == w.codes && h.scales == w.scales && h.zero_points == w.zero_points && h.spec == w.spec
 }
 
 fn onnx_name(node: &NodeProto, n: usize) -> String {

@@ -40,12 +40,17 @@ mod tests;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{DType, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::module::Param;
+use burn_quant_core::{QuantSpec, QuantTensor};
+use burn_quant_nn::{AnyQuantTensor, QuantizerConfig, QuantizerRole};
 use burn_quant_export::onnx::proto::{DataType, ModelProto, NodeProto, TensorProto};
 use burn_quant_export::onnx::{decode_onnx, read_onnx};
 
 use crate::GraphError;
 use crate::ir::{Graph, ValueId};
+use crate::quantize::{GraphQuantizers, OwnedParams, QuantizedGraph};
+use crate::stage2::{GraphWeight, Stage2Result};
 
 pub(crate) use tensor::decode_tensor;
 pub use export::export_qdq;
@@ -106,6 +111,54 @@ pub struct ImportedGraph {
     pub onnx_value: Vec<Option<String>>,
     /// For every graph parameter, how it was derived from its initializer.
     pub param_sources: Vec<ParamSource>,
+    /// The activation quantizers the model carried (`QuantizeLinear → DequantizeLinear`
+    /// pairs), as [`crate::Op::Quant`] nodes of the graph.
+    pub activation_quants: Vec<ImportedActivationQuant>,
+    /// The quantized weights the model carried (`DequantizeLinear` of constant codes), each
+    /// behind a [`crate::Op::Quant`] node of the graph.
+    pub weight_quants: Vec<ImportedWeightQuant>,
+}
+
+/// An activation quantizer of an imported QDQ model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImportedActivationQuant {
+    /// Its index among the graph's quantizers ([`crate::QuantNode::quantizer`]).
+    pub quantizer: usize,
+    /// The graph's quantizer node.
+    pub quant_node: String,
+    /// Format, granularity, zero-point kind.
+    pub spec: QuantSpec,
+    /// Scales as stored (one per cell).
+    pub scales: Vec<f32>,
+    /// Zero-points as stored, for asymmetric specs.
+    pub zero_points: Option<Vec<f32>>,
+    /// The `QuantizeLinear` node (index in the ONNX graph).
+    pub onnx_q: usize,
+    /// The `DequantizeLinear` node.
+    pub onnx_dq: usize,
+}
+
+/// A quantized weight of an imported QDQ model: exact codes in the graph's layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImportedWeightQuant {
+    /// Its index among the graph's quantizers.
+    pub quantizer: usize,
+    /// The graph parameter (named after the `DequantizeLinear` output).
+    pub path: String,
+    /// The graph's quantizer node on it.
+    pub quant_node: String,
+    /// Format, granularity (on the graph's layout), zero-point kind.
+    pub spec: QuantSpec,
+    /// Shape in the graph's layout.
+    pub shape: Vec<usize>,
+    /// Codes (float8: bit patterns), row-major.
+    pub codes: Vec<i32>,
+    /// Scales, one per cell of the spec's layout.
+    pub scales: Vec<f32>,
+    /// Zero-points, for asymmetric specs.
+    pub zero_points: Option<Vec<f32>>,
+    /// The `DequantizeLinear` node.
+    pub onnx_dq: usize,
 }
 
 /// How a graph parameter relates to the ONNX tensor of the same name.
@@ -349,6 +402,62 @@ impl OnnxModel {
 }
 
 impl ImportedGraph {
+    /// The graph with the quantization the model carried, ready to run, calibrate again,
+    /// train or export: activation quantizers hold the file's scales and zero-points; weight
+    /// quantizers are switched off (the graph already reads the dequantized weights) and the
+    /// weights' exact codes come back as a [`Stage2Result`] (`algorithm = "imported"`), which
+    /// [`export_qdq`] writes as they were. A float model gives a graph without quantizers and
+    /// an empty result.
+    pub fn quantized(&self, device: &Device) -> Result<(QuantizedGraph, Stage2Result), GraphError> {
+        let count = self.activation_quants.len() + self.weight_quants.len();
+        let mut slots: Vec<Option<burn_quant_nn::Quantizer>> = (0..count).map(|_| None).collect();
+        let err = |node: &str, source| GraphError::Quant { node: node.to_string(), source };
+        for a in &self.activation_quants {
+            let mut q = QuantizerConfig::for_spec(a.spec, QuantizerRole::Activation)
+                .with_cells(a.scales.len())
+                .init(device)
+                .map_err(|e| err(&a.quant_node, e))?;
+            let flat = |v: &[f32]| Param::from_tensor(Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device));
+            q.scale = Some(flat(&a.scales));
+            q.zero_point = a.zero_points.as_deref().map(flat);
+            slots[a.quantizer] = Some(q);
+        }
+        let mut weights = Vec::with_capacity(self.weight_quants.len());
+        for w in &self.weight_quants {
+            let q = QuantizerConfig::for_spec(w.spec, QuantizerRole::Weight)
+                .init(device)
+                .map_err(|e| err(&w.quant_node, e))?
+                .with_enabled(false);
+            slots[w.quantizer] = Some(q);
+            let tensor = quant_tensor(w, device)?;
+            let dequantized = self
+                .graph
+                .param(&w.path)
+                .map(|p| p.data.clone().convert::<f32>().try_into_vec::<f32>().unwrap_or_default())
+                .unwrap_or_default();
+            let layer = w.quant_node.strip_suffix(&format!(".{}.quant", w.path)).unwrap_or(&w.quant_node).to_string();
+            weights.push(GraphWeight {
+                layer,
+                path: w.path.clone(),
+                tensor,
+                dequantized,
+                shape: w.shape.clone(),
+                reports: Vec::new(),
+            });
+        }
+        let quantizers = slots
+            .into_iter()
+            .enumerate()
+            .map(|(i, q)| q.ok_or_else(|| GraphError::Malformed(format!("imported quantizer {i} is missing"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let qg = QuantizedGraph {
+            graph: self.graph.clone(),
+            quantizers: GraphQuantizers { quantizers },
+            owned: OwnedParams::from_graph(&self.graph, &[], device),
+        };
+        Ok((qg, Stage2Result { algorithm: "imported", weights, seconds: 0.0 }))
+    }
+
     /// The graph value holding ONNX value `name`, if one does.
     pub fn value_named(&self, name: &str) -> Option<ValueId> {
         self.onnx_value
@@ -440,4 +549,32 @@ fn topological_order(nodes: &[NodeProto], defined: &HashSet<&str>) -> Result<Vec
         ));
     }
     Ok(order)
+}
+
+/// The exact codes of an imported weight as a [`QuantTensor`] of its rank.
+fn quant_tensor(w: &ImportedWeightQuant, device: &Device) -> Result<AnyQuantTensor, GraphError> {
+    let layout = w
+        .spec
+        .check_shape(&w.shape)
+        .map_err(|source| GraphError::Core { at: format!("imported weight `{}`", w.path), source })?;
+    macro_rules! build {
+        ($d:literal, $variant:ident) => {{
+            let codes = Tensor::<$d, burn::tensor::Int>::from_data(TensorData::new(w.codes.clone(), w.shape.clone()), device);
+            let scales = Tensor::<$d>::from_data(TensorData::new(w.scales.clone(), layout.scale_shape.clone()), device);
+            let zero_points = w
+                .zero_points
+                .as_ref()
+                .map(|z| Tensor::<$d>::from_data(TensorData::new(z.clone(), layout.scale_shape.clone()), device));
+            AnyQuantTensor::$variant(QuantTensor { codes, scales, zero_points, scale_level: None, spec: w.spec })
+        }};
+    }
+    Ok(match w.shape.len() {
+        1 => build!(1, Rank1),
+        2 => build!(2, Rank2),
+        3 => build!(3, Rank3),
+        4 => build!(4, Rank4),
+        5 => build!(5, Rank5),
+        6 => build!(6, Rank6),
+        r => return Err(import_err(format!("imported weight `{}`", w.path), format!("rank {r} is not supported"))),
+    })
 }

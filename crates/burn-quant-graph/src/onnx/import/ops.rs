@@ -15,12 +15,28 @@ use super::tensor::{
     MAX_HOST_ELEMENTS, broadcast, broadcast_index, decode_tensor, floats, from_f64, from_i64,
     ints, strides,
 };
-use super::{ImportedGraph, OnnxModel, ParamSource, import_err, is_default_domain, node_at};
+use super::{
+    ImportedActivationQuant, ImportedGraph, ImportedWeightQuant, OnnxModel, ParamSource, import_err,
+    is_default_domain, node_at,
+};
+use burn_quant_core::WeightLayout;
 use crate::GraphError;
 use crate::ir::{
     BinaryOp, CompareOp, Graph, GraphConstant, GraphParam, Node, Op, ReduceOp, ResizeMode,
     ScalarOp, UnaryOp, ValueId, ValueOrigin,
 };
+
+mod qdq;
+
+/// A QuantizeLinear whose DequantizeLinear has not been seen yet.
+struct PendingQ {
+    x: Sym,
+    x_name: String,
+    dtype: burn_quant_export::onnx::proto::DataType,
+    node: usize,
+    scale_name: String,
+    zp_name: String,
+}
 
 /// What an ONNX value is during import.
 #[derive(Clone, Debug)]
@@ -40,6 +56,8 @@ pub(crate) struct Importer<'m> {
     syms: HashMap<String, Sym>,
     /// Host values already turned into graph parameters, by (ONNX name, transposed).
     params: HashMap<(String, bool), ValueId>,
+    /// Layer weights (behind their imported quantizer, if any), by (ONNX name, transposed).
+    weights: HashMap<(String, bool), ValueId>,
     /// Host values already turned into graph constants, by ONNX name.
     constants: HashMap<String, ValueId>,
     onnx_node: Vec<usize>,
@@ -50,6 +68,15 @@ pub(crate) struct Importer<'m> {
     readers: HashMap<String, usize>,
     /// ONNX `Add` nodes whose work a `MatMul` took over (its bias): node → the fused value.
     absorbed: HashMap<usize, ValueId>,
+    /// QuantizeLinear outputs awaiting their DequantizeLinear.
+    pending_q: HashMap<String, PendingQ>,
+    /// DequantizeLinear outputs of constant codes, until a layer reads them as its weight.
+    weight_codes: HashMap<String, ImportedWeightQuant>,
+    /// DequantizeLinear outputs folded to float constants (int32 biases).
+    dq_constants: HashSet<String>,
+    activation_quants: Vec<ImportedActivationQuant>,
+    weight_quants: Vec<ImportedWeightQuant>,
+    next_quantizer: usize,
     /// The node being converted.
     n: usize,
     name: String,
@@ -77,6 +104,7 @@ impl<'m> Importer<'m> {
             g: Graph::default(),
             syms: HashMap::new(),
             params: HashMap::new(),
+            weights: HashMap::new(),
             constants: HashMap::new(),
             onnx_node: Vec::new(),
             onnx_value: Vec::new(),
@@ -84,6 +112,12 @@ impl<'m> Importer<'m> {
             node_names: HashSet::new(),
             readers,
             absorbed: HashMap::new(),
+            pending_q: HashMap::new(),
+            weight_codes: HashMap::new(),
+            dq_constants: HashSet::new(),
+            activation_quants: Vec::new(),
+            weight_quants: Vec::new(),
+            next_quantizer: 0,
             n: 0,
             name: String::new(),
         };
@@ -172,6 +206,12 @@ impl<'m> Importer<'m> {
     fn sym(&mut self, name: &str) -> R<Sym> {
         if let Some(s) = self.syms.get(name) {
             return Ok(s.clone());
+        }
+        if self.pending_integer(name) {
+            return Err(self.err(format!(
+                "it reads `{name}`, QuantizeLinear's integer output; only QuantizeLinear → \
+                 DequantizeLinear pairs are supported (integer ops such as QLinearConv are not)"
+            )));
         }
         let data = self
             .m
@@ -290,6 +330,19 @@ impl<'m> Importer<'m> {
         self.g.params[p].value = v;
         self.param_sources.push(if transposed { ParamSource::Transposed } else { ParamSource::AsStored });
         self.params.insert((name, transposed), v);
+        Ok(v)
+    }
+
+    /// Input `k` as the weight of a layer of `layout`: a parameter, behind its imported
+    /// weight quantizer when the model stores it as `DequantizeLinear` codes.
+    fn weight_in(&mut self, k: usize, transposed: bool, layout: WeightLayout) -> R<ValueId> {
+        let name = self.input_name(k).to_string();
+        if let Some(&v) = self.weights.get(&(name.clone(), transposed)) {
+            return Ok(v);
+        }
+        let v = self.param_in(k, transposed)?;
+        let v = self.weight_quant_node(&name, v, transposed, layout)?;
+        self.weights.insert((name, transposed), v);
         Ok(v)
     }
 
@@ -618,6 +671,8 @@ impl<'m> Importer<'m> {
             "ReduceMax" => self.reduce(ReduceOp::Max),
             "ReduceMin" => self.reduce(ReduceOp::Min),
             "Resize" | "Upsample" => self.resize(),
+            "QuantizeLinear" => self.quantize_linear(),
+            "DequantizeLinear" => self.dequantize_linear(),
             other => Err(self.err(format!("operator `{other}` is not supported"))),
         }
     }
@@ -958,7 +1013,7 @@ impl<'m> Importer<'m> {
             }
             (Sym::Host(_), Sym::Run(i)) if axis == 0 && s.len() == 2 && self.dtype(&x).is_float() => {
                 // A lookup table read by run-time indices: an embedding.
-                let w = self.param_in(0, false)?;
+                let w = self.weight_in(0, false, WeightLayout::Embedding)?;
                 let o = self.emit("", Op::Embedding, vec![w, *i], shape, DType::F32);
                 self.out_run(o)
             }
@@ -1287,7 +1342,7 @@ impl<'m> Importer<'m> {
     fn conv(&mut self) -> R<()> {
         self.known_attrs(&["auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"])?;
         let x = self.run_in(0)?;
-        let w = self.param_in(1, false)?;
+        let w = self.weight_in(1, false, WeightLayout::Conv)?;
         let xs = self.g.value(x).shape.clone();
         let ws = self.g.value(w).shape.clone();
         let nd = ws.len().saturating_sub(2);
@@ -1348,7 +1403,7 @@ impl<'m> Importer<'m> {
     fn conv_transpose(&mut self) -> R<()> {
         self.known_attrs(&["auto_pad", "dilations", "group", "kernel_shape", "output_padding", "output_shape", "pads", "strides"])?;
         let x = self.run_in(0)?;
-        let w = self.param_in(1, false)?;
+        let w = self.weight_in(1, false, WeightLayout::ConvTranspose)?;
         let xs = self.g.value(x).shape.clone();
         let ws = self.g.value(w).shape.clone();
         let nd = ws.len().saturating_sub(2);
@@ -1505,7 +1560,7 @@ impl<'m> Importer<'m> {
 
     /// A layer `y = x · W (+ b)` with `W` a constant `[K, N]` (`transposed`: stored `[N, K]`).
     fn linear(&mut self, x: ValueId, w_slot: usize, transposed: bool, bias: Option<(Sym, String)>) -> R<ValueId> {
-        let w = self.param_in(w_slot, transposed)?;
+        let w = self.weight_in(w_slot, transposed, WeightLayout::Linear)?;
         let xs = self.g.value(x).shape.clone();
         let ws = self.g.value(w).shape.clone();
         if xs.is_empty() || *xs.last().unwrap() != ws[0] {
@@ -1884,6 +1939,8 @@ impl<'m> Importer<'m> {
             onnx_node: self.onnx_node,
             onnx_value: self.onnx_value,
             param_sources: self.param_sources,
+            activation_quants: self.activation_quants,
+            weight_quants: self.weight_quants,
         })
     }
 }
