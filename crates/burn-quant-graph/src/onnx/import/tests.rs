@@ -312,3 +312,74 @@ fn unsorted_nodes_are_sorted_topologically() {
     let got = run(&m, &[1.0, -2.0, 3.0], &[3], false);
     close(&got, &[-1.0, 0.0, -3.0], 0.0);
 }
+
+/// QDQ structures the importer does not turn into quantizers are errors naming the node:
+/// QuantizeLinear's integer output read by anything but its DequantizeLinear, a pair whose
+/// halves disagree, a zero scale.
+#[test]
+fn malformed_qdq_gives_typed_errors() {
+    let scale = |name: &str, v: f32| TensorProto::f32s(name, &[], &[v]);
+    let zp = |name: &str| TensorProto::raw(name, DataType::Uint8, &[], vec![128]);
+    let x = || vec![f32_input("x", &[Dim::Fixed(4)])];
+    let q = || node("QuantizeLinear", "q", &["x", "s", "z"], &["xq"], vec![]);
+    let lone = model(13, vec![q(), node("Relu", "r", &["xq"], &["y"], vec![])], vec![scale("s", 0.1), zp("z")], x(), &["y"]);
+    let r = OnnxModel::from_bytes(&lone.to_bytes()).unwrap().import(&[vec![4]]);
+    expect_import_error(r, &["`r` (Relu)", "integer output"]);
+    let disagree = model(
+        13,
+        vec![q(), node("DequantizeLinear", "dq", &["xq", "s2", "z"], &["y"], vec![])],
+        vec![scale("s", 0.1), scale("s2", 0.2), zp("z")],
+        x(),
+        &["y"],
+    );
+    let r = OnnxModel::from_bytes(&disagree.to_bytes()).unwrap().import(&[vec![4]]);
+    expect_import_error(r, &["`dq` (DequantizeLinear)", "another scale"]);
+    let codes = TensorProto::raw("w", DataType::Int8, &[4, 2], vec![1, 2, 3, 4, 5, 6, 7, 8]);
+    let zero_scale = model(
+        13,
+        vec![
+            node("DequantizeLinear", "wdq", &["w", "ws"], &["wf"], vec![]),
+            node("MatMul", "mm", &["x2", "wf"], &["y"], vec![]),
+        ],
+        vec![codes, scale("ws", 0.0)],
+        vec![f32_input("x2", &[Dim::Fixed(1), Dim::Fixed(4)])],
+        &["y"],
+    );
+    let r = OnnxModel::from_bytes(&zero_scale.to_bytes()).unwrap().import(&[vec![1, 4]]);
+    expect_import_error(r, &["`wdq` (DequantizeLinear)", "scale is zero"]);
+}
+
+/// An int8 per-axis weight read by `Gemm(transB = 1)`: the graph holds the weight in Burn's
+/// `[in, out]` layout, so codes and scales are transposed and the spec's axis moves with
+/// them; the dequantized values are `q · s` per output channel.
+#[test]
+fn per_axis_gemm_weight_codes_follow_the_transpose() {
+    let codes: Vec<i8> = vec![1, -2, 3, 4, -5, 6];
+    let w = TensorProto::raw("w", DataType::Int8, &[2, 3], codes.iter().map(|&c| c as u8).collect());
+    let s = TensorProto::f32s("ws", &[2], &[0.5, 0.25]);
+    let m = model(
+        13,
+        vec![
+            node("DequantizeLinear", "wdq", &["w", "ws"], &["wf"], vec![AttributeProto::int("axis", 0)]),
+            node("Gemm", "fc", &["x", "wf"], &["y"], vec![AttributeProto::int("transB", 1)]),
+        ],
+        vec![w, s],
+        vec![f32_input("x", &[Dim::Fixed(1), Dim::Fixed(3)])],
+        &["y"],
+    );
+    let m = OnnxModel::from_bytes(&m.to_bytes()).unwrap();
+    let imported = m.import(&[vec![1, 3]]).unwrap();
+    assert_eq!(imported.weight_quants.len(), 1);
+    let wq = &imported.weight_quants[0];
+    assert_eq!(wq.shape, [3, 2]);
+    assert_eq!(wq.codes, [1, 4, -2, -5, 3, 6]);
+    assert_eq!(wq.scales, [0.5, 0.25]);
+    assert_eq!(wq.spec.granularity, burn_quant_core::Granularity::PerChannel { axis: 1 });
+    let device = Device::flex();
+    let (qg, codes) = imported.quantized(&device).unwrap();
+    assert_eq!(codes.weights.len(), 1);
+    let x = burn::tensor::Tensor::<2>::from_data(TensorData::new(vec![1.0f32; 3], [1, 3]), &device);
+    let y: burn::tensor::Tensor<2> = qg.forward(&super::NoModel {}, x).unwrap();
+    let got = y.into_data().try_into_vec::<f32>().unwrap();
+    close(&got, &[(1.0 - 2.0 + 3.0) * 0.5, (4.0 - 5.0 + 6.0) * 0.25], 0.0);
+}
