@@ -72,7 +72,9 @@ struct Site {
 fn sites(graph: &Graph) -> Vec<Site> {
     let mut out = Vec::new();
     for (n, node) in graph.nodes.iter().enumerate() {
-        if !node.op.is_weight_layer() {
+        // Transposed convolutions have no im2col form here: they keep their weight
+        // quantizer (round to nearest), which the export writes as usual.
+        if !matches!(node.op, Op::Linear { .. } | Op::Conv1d { .. } | Op::Conv2d { .. }) {
             continue;
         }
         let Some(q) = graph.producer(node.inputs[1]) else { continue };

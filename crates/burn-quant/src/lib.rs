@@ -76,6 +76,8 @@ pub mod book {
     pub struct Export;
     #[doc = include_str!("../../../book/src/graph-mode.md")]
     pub struct GraphMode;
+    #[doc = include_str!("../../../book/src/onnx.md")]
+    pub struct OnnxIn;
     #[doc = include_str!("../../../book/src/performance.md")]
     pub struct Performance;
     #[doc = include_str!("../../../book/src/devices.md")]
