@@ -763,3 +763,24 @@ fn capture_quantize_gptq_qat_export_chain_on_a_burn_nn_cnn() {
     println!("graph_chain: max relative error {err:e}, {differ} of {total} codes differ");
     assert!(err <= 1e-5 || differ * 1000 <= total, "chain export error {err}, {differ} codes");
 }
+
+/// A batch-symbolic capture exports a symbolic `batch` axis: the CNN captured and calibrated
+/// at batch 2 runs in onnxruntime at batch 5 equal to our quantized forward at batch 5
+/// (Reshape targets infer the batch, the flatten and pooling follow it).
+#[test]
+fn batch_symbolic_capture_exports_a_symbolic_batch() {
+    let dev = device();
+    let model = warm_batch_norm(SmallCnn::new(&dev), &dev);
+    let x2 = uniform(2 * 144, 5, 1.5);
+    let graph = burn_quant_graph::capture_batched(&model, tensor(&x2, [2, 1, 12, 12]), |m: &SmallCnn, x| m.forward(x)).unwrap();
+    let qg = quantize_graph(&graph, &w8a8(), &dev)
+        .unwrap()
+        .calibrate(&model, calib_batches([2, 1, 12, 12], 20..23, 1.5))
+        .unwrap();
+    let exported = OnnxExport::quantized(&qg).bind(&model).qdq().unwrap();
+    let input = &exported.model.graph.as_ref().unwrap().input[0];
+    let dims = format!("{:?}", input.r#type);
+    assert!(dims.contains("DimParam(\"batch\")"), "input type {dims}");
+    let x5 = uniform(5 * 144, 9, 1.5);
+    check_qdq("graph_cnn_w8a8_batch5", &qg, &model, &x5, &[5, 1, 12, 12], None);
+}

@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 
 use burn::backend::ir::ScalarIr;
 use burn::tensor::{DType, Device, Scalar, TensorData};
-use burn_quant_export::onnx::proto::{AttributeProto, DataType, TensorProto};
+use burn_quant_export::onnx::proto::{AttributeProto, DataType, Dim, TensorProto};
 use burn_quant_export::onnx::{HostAct, HostQuant, OnnxError, OnnxGraph, QuantStyle, Val};
 
 use super::OnnxExport;
@@ -72,7 +72,64 @@ impl<'a, 'e, S: QuantStyle> Lowering<'a, 'e, S> {
         let dtype = onnx_dtype(value.dtype).ok_or_else(|| {
             GraphError::Malformed(format!("value {v} has element type {:?}", value.dtype))
         })?;
-        Ok(Val::fixed(dtype, &value.shape))
+        // A batch-symbolic graph writes its batch axes symbolically (`batch`, `batch*k` for
+        // an axis of k × batch rows), so the file runs at any batch size.
+        let dims = value
+            .shape
+            .iter()
+            .enumerate()
+            .map(|(a, &d)| match value.per_batch.get(a).copied().unwrap_or(0) {
+                0 => Dim::Fixed(d),
+                1 => Dim::Param("batch".into()),
+                k => Dim::Param(format!("batch*{k}")),
+            })
+            .collect();
+        Ok(Val { dtype, dims })
+    }
+
+    /// Target shape of a Reshape to value `out` of a batch-symbolic graph: the one
+    /// batch-proportional axis is inferred (`-1`) from the fixed ones.
+    fn reshape_target(&self, node: &Node, out: ValueId) -> Result<Vec<i64>, GraphError> {
+        let value = self.ex.graph.value(out);
+        let batched: Vec<usize> = (0..value.shape.len())
+            .filter(|&a| value.per_batch.get(a).copied().unwrap_or(0) > 0)
+            .collect();
+        if batched.len() > 1 {
+            return Err(unsupported(
+                node,
+                format!("Reshape to {:?} with {} batch-proportional axes", value.shape, batched.len()),
+            ));
+        }
+        Ok(value
+            .shape
+            .iter()
+            .enumerate()
+            .map(|(a, &d)| if batched.contains(&a) { -1 } else { i(d) })
+            .collect())
+    }
+
+    /// Target shape of an Expand to value `out`: a batch axis the input already has keeps
+    /// it (`1` broadcasts to the input's size).
+    fn expand_target(&self, node: &Node, input: ValueId, out: ValueId) -> Result<Vec<i64>, GraphError> {
+        let graph = self.ex.graph;
+        let (x, y) = (graph.value(input), graph.value(out));
+        let offset = y.shape.len() - x.shape.len();
+        y.shape
+            .iter()
+            .enumerate()
+            .map(|(a, &d)| {
+                let k = y.per_batch.get(a).copied().unwrap_or(0);
+                if k == 0 {
+                    return Ok(i(d));
+                }
+                let same = a >= offset && x.per_batch.get(a - offset).copied().unwrap_or(0) == k;
+                if same {
+                    Ok(1)
+                } else {
+                    Err(unsupported(node, format!("Expand along batch axis {a} of a batch-symbolic graph")))
+                }
+            })
+            .collect()
     }
 
     /// The host data of a parameter or constant value (live parameters first).
@@ -380,7 +437,7 @@ impl<'a, 'e, S: QuantStyle> Lowering<'a, 'e, S> {
                 }
             }
             Op::Reshape => {
-                let shape: Vec<i64> = out_shape.iter().map(|&d| i(d)).collect();
+                let shape = self.reshape_target(node, out_id)?;
                 let s = self.i64s(&sub("shape"), &shape);
                 self.op("Reshape", &[xs[0], &s], name, vec![], val)
             }
@@ -395,7 +452,7 @@ impl<'a, 'e, S: QuantStyle> Lowering<'a, 'e, S> {
                 )
             }
             Op::Expand => {
-                let shape: Vec<i64> = out_shape.iter().map(|&d| i(d)).collect();
+                let shape = self.expand_target(node, node.inputs[0], out_id)?;
                 let s = self.i64s(&sub("shape"), &shape);
                 self.op("Expand", &[xs[0], &s], name, vec![], val)
             }
@@ -455,6 +512,9 @@ impl<'a, 'e, S: QuantStyle> Lowering<'a, 'e, S> {
                 self.op("Where", &[xs[1], &fill, xs[0]], name, vec![], val)
             }
             Op::Full { value } => {
+                if graph.value(out_id).per_batch.iter().any(|&k| k > 0) {
+                    return Err(unsupported(node, "a constant fill whose shape follows the batch"));
+                }
                 let dtype = graph.value(out_id).dtype;
                 let c = self.scalar(&sub("value"), *value, dtype)?;
                 if out_shape.is_empty() {
@@ -513,8 +573,25 @@ impl<'a, 'e, S: QuantStyle> Lowering<'a, 'e, S> {
                 self.adaptive_avg_pool(node, xs[0], &in_shape(0), *output, val)?
             }
             Op::Resize2d { mode } => {
-                let sizes: Vec<i64> = out_shape.iter().map(|&d| i(d)).collect();
-                let sizes = self.i64s(&sub("sizes"), &sizes);
+                let batched = graph.value(out_id).per_batch.iter().any(|&k| k > 0);
+                let sizes = if batched {
+                    // Sizes would fix the batch: spatial scales instead, exact when
+                    // ⌊in · (out / in)⌋ gives back `out` in f32 (integer ratios do).
+                    let inp = in_shape(0);
+                    let mut scales = vec![1f32, 1.0];
+                    for a in 2..4 {
+                        let r = out_shape[a] as f32 / inp[a] as f32;
+                        if (inp[a] as f32 * r).floor() as usize != out_shape[a] {
+                            return Err(unsupported(node, format!("Resize {:?} → {:?} of a batch-symbolic graph (no exact scale)", inp, out_shape)));
+                        }
+                        scales.push(r);
+                    }
+                    let t = self.g.initializer(TensorProto::f32s(&sub("scales"), &[4], &scales));
+                    vec![String::new(), t]
+                } else {
+                    let sizes: Vec<i64> = out_shape.iter().map(|&d| i(d)).collect();
+                    vec![String::new(), String::new(), self.i64s(&sub("sizes"), &sizes)]
+                };
                 let (m, ctm) = match mode {
                     ResizeMode::Nearest => ("nearest", "asymmetric"),
                     ResizeMode::Bilinear { align_corners: true } => ("linear", "align_corners"),
@@ -525,7 +602,9 @@ impl<'a, 'e, S: QuantStyle> Lowering<'a, 'e, S> {
                     AttributeProto::string("coordinate_transformation_mode", ctm),
                     AttributeProto::string("nearest_mode", "floor"),
                 ];
-                self.op("Resize", &[xs[0], "", "", &sizes], name, attrs, val)
+                let mut inputs = vec![xs[0]];
+                inputs.extend(sizes.iter().map(String::as_str));
+                self.op("Resize", &inputs, name, attrs, val)
             }
             Op::Quant(_) => unreachable!("lowered above"),
         };

@@ -33,7 +33,10 @@
 //! The model's opset is the lowest that holds every node (13 at least; 17 with
 //! `LayerNormalization`; what the quantized types need: 19 for float8, 21 for int4 and blocked
 //! scales), its IR version the one that goes with it. Shapes are the captured ones (a graph is
-//! a trace): capture again for another batch size.
+//! a trace), except that a batch-symbolic graph ([`crate::capture_batched`],
+//! [`import::OnnxModel::import_batched`]) writes its batch axes as a symbolic `batch`
+//! (`batch*k` for an axis of k × batch rows): Reshape targets infer that axis, Expand keeps
+//! it, Resize takes scales; a constant fill or a second batch axis in one reshape is an error.
 //!
 //! ```
 //! use burn::nn::{Linear, LinearConfig};
