@@ -17,7 +17,10 @@ fn ppocr(file: &str) -> Option<PathBuf> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Runs `model` on the 4 reference inputs `{prefix}_input_k.npy` one at a time and as one
@@ -41,7 +44,11 @@ fn reproduce(model: &str, prefix: &str) -> Option<f32> {
     let shape = inputs[0].shape().as_slice().to_vec();
     let imported = m.import_batched(&[shape]).expect("import");
     let graph = &imported.graph;
-    println!("{prefix}: {} graph nodes, ops {:?}", graph.nodes.len(), graph.op_histogram());
+    println!(
+        "{prefix}: {} graph nodes, ops {:?}",
+        graph.nodes.len(),
+        graph.op_histogram()
+    );
     let mut interp = Interpreter::new(graph, &device);
     let mut worst = 0f32;
     for (x, want) in inputs.iter().zip(&refs) {
@@ -57,11 +64,15 @@ fn reproduce(model: &str, prefix: &str) -> Option<f32> {
     let mut bshape = inputs[0].shape().as_slice().to_vec();
     bshape[0] = 4;
     let batch = TensorData::from_bytes_vec(bytes, bshape, inputs[0].dtype());
-    let out = interp.run(vec![upload(&batch, &device)]).expect("batched run");
+    let out = interp
+        .run(vec![upload(&batch, &device)])
+        .expect("batched run");
     let got = to_host(out.into_iter().next().unwrap()).unwrap();
     let want: Vec<f32> = refs.concat();
     let batched = max_abs_diff(&got, &want);
-    println!("{prefix}: max |ours − onnxruntime| one at a time {worst:.3e}, as a batch of 4 {batched:.3e}");
+    println!(
+        "{prefix}: max |ours − onnxruntime| one at a time {worst:.3e}, as a batch of 4 {batched:.3e}"
+    );
     Some(worst.max(batched))
 }
 
@@ -73,13 +84,17 @@ const TOLERANCE: f32 = 1e-4;
 
 #[test]
 fn ppocr_detector_reproduces_onnxruntime() {
-    let Some(diff) = reproduce("PP-OCRv6_det_small.onnx", "det") else { return };
+    let Some(diff) = reproduce("PP-OCRv6_det_small.onnx", "det") else {
+        return;
+    };
     assert!(diff < TOLERANCE, "detector differs by {diff}");
 }
 
 #[test]
 fn ppocr_classifier_reproduces_onnxruntime() {
-    let Some(diff) = reproduce("ch_ppocr_mobile_v2.0_cls_mobile.onnx", "cls") else { return };
+    let Some(diff) = reproduce("ch_ppocr_mobile_v2.0_cls_mobile.onnx", "cls") else {
+        return;
+    };
     assert!(diff < TOLERANCE, "classifier differs by {diff}");
 }
 
@@ -106,17 +121,35 @@ fn bert_export_with_its_attention_pattern_reproduces_onnxruntime() {
     };
     result.expect("make_bert_onnx.py");
     let read = |f: &str| read_npy(dir.join(f)).expect(f);
-    let inputs = [read("input_ids.npy"), read("attention_mask.npy"), read("token_type_ids.npy")];
+    let inputs = [
+        read("input_ids.npy"),
+        read("attention_mask.npy"),
+        read("token_type_ids.npy"),
+    ];
     let want = read("last_hidden_state.npy").try_into_vec::<f32>().unwrap();
     let m = OnnxModel::load(&onnx).expect("load");
     let names: Vec<&str> = m.inputs().iter().map(|i| i.name.as_str()).collect();
     assert_eq!(names, ["input_ids", "attention_mask", "token_type_ids"]);
-    let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().as_slice().to_vec()).collect();
+    let shapes: Vec<Vec<usize>> = inputs
+        .iter()
+        .map(|t| t.shape().as_slice().to_vec())
+        .collect();
     let imported = m.import_batched(&shapes).expect("import");
     let graph = &imported.graph;
-    println!("bert: {} graph nodes, ops {:?}", graph.nodes.len(), graph.op_histogram());
-    let linears = graph.nodes.iter().filter(|n| n.op.kind() == "Linear").count();
-    assert_eq!(linears, 36, "6 layers × (q, k, v, o, ffn in, ffn out), biases fused");
+    println!(
+        "bert: {} graph nodes, ops {:?}",
+        graph.nodes.len(),
+        graph.op_histogram()
+    );
+    let linears = graph
+        .nodes
+        .iter()
+        .filter(|n| n.op.kind() == "Linear")
+        .count();
+    assert_eq!(
+        linears, 36,
+        "6 layers × (q, k, v, o, ffn in, ffn out), biases fused"
+    );
     let device = Device::flex();
     let mut interp = Interpreter::new(graph, &device);
     let out = interp
@@ -125,7 +158,10 @@ fn bert_export_with_its_attention_pattern_reproduces_onnxruntime() {
     let got = to_host(out.into_iter().next().unwrap()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let diff = max_abs_diff(&got, &want);
-    println!("bert: max |ours − onnxruntime| {diff:.3e} over {} values", want.len());
+    println!(
+        "bert: max |ours − onnxruntime| {diff:.3e} over {} values",
+        want.len()
+    );
     // Hidden states are O(1); 12 f32 layers summing 384–1536 terms in other orders.
     assert!(diff < 1e-4, "BERT differs by {diff}");
 }
@@ -139,7 +175,12 @@ fn onnxruntime(onnx: &std::path::Path, x: &TensorData, dir: &std::path::Path) ->
     std::fs::create_dir_all(&out).unwrap();
     let args = [onnx.as_os_str(), input.as_os_str(), out.as_os_str()];
     support::run_python("onnx_qdq_run.py", &args)?.expect("onnx_qdq_run.py");
-    Some(read_npy(out.join("out_0.npy")).unwrap().try_into_vec::<f32>().unwrap())
+    Some(
+        read_npy(out.join("out_0.npy"))
+            .unwrap()
+            .try_into_vec::<f32>()
+            .unwrap(),
+    )
 }
 
 /// The classifier at W8A8 (int8 per-output-channel weights, int8 per-tensor activations,
@@ -148,11 +189,14 @@ fn onnxruntime(onnx: &std::path::Path, x: &TensorData, dir: &std::path::Path) ->
 /// goes to opset 13 for the per-channel scales.
 #[test]
 fn classifier_w8a8_written_back_as_qdq_equals_onnxruntime() {
-    let Some(path) = ppocr("ch_ppocr_mobile_v2.0_cls_mobile.onnx") else { return };
+    let Some(path) = ppocr("ch_ppocr_mobile_v2.0_cls_mobile.onnx") else {
+        return;
+    };
     let device = Device::flex();
     let m = OnnxModel::load(&path).unwrap();
-    let inputs: Vec<TensorData> =
-        (0..4).map(|k| read_npy(ppocr(&format!("cls_input_{k}.npy")).unwrap()).unwrap()).collect();
+    let inputs: Vec<TensorData> = (0..4)
+        .map(|k| read_npy(ppocr(&format!("cls_input_{k}.npy")).unwrap()).unwrap())
+        .collect();
     let imported = m.import_batched(&[vec![1, 3, 48, 192]]).unwrap();
     let recipe = GraphRecipe::weights_and_inputs(
         QuantSpec::int8_weight_per_output_channel(),
@@ -171,7 +215,11 @@ fn classifier_w8a8_written_back_as_qdq_equals_onnxruntime() {
     let count = |op: &str| g.node.iter().filter(|n| n.op_type == op).count();
     assert_eq!(count("BatchNormalization"), 0, "folded");
     assert_eq!(count("Conv"), 53);
-    println!("cls W8A8: {} Q, {} DQ", count("QuantizeLinear"), count("DequantizeLinear"));
+    println!(
+        "cls W8A8: {} Q, {} DQ",
+        count("QuantizeLinear"),
+        count("DequantizeLinear")
+    );
     let dir = std::env::temp_dir().join(format!("burnq-onnx-export-cls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("cls_w8a8.onnx");
@@ -182,13 +230,22 @@ fn classifier_w8a8_written_back_as_qdq_equals_onnxruntime() {
         bytes.extend_from_slice(x.as_bytes());
     }
     let x = TensorData::from_bytes_vec(bytes, [4, 3, 48, 192], inputs[0].dtype());
-    let Some(theirs) = onnxruntime(&file, &x, &dir) else { return };
+    let Some(theirs) = onnxruntime(&file, &x, &dir) else {
+        return;
+    };
     let ours: Tensor<2> = qg.forward(&NoModel {}, batch(&x)).unwrap();
     let ours = ours.into_data().try_into_vec::<f32>().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let diff = max_abs_diff(&ours, &theirs);
-    println!("cls W8A8: ours {:?}, onnxruntime {:?}, max diff {diff:.3e}", &ours[..4], &theirs[..4]);
-    assert!(diff < 1e-5, "QDQ export differs from our quantized forward by {diff}");
+    println!(
+        "cls W8A8: ours {:?}, onnxruntime {:?}, max diff {diff:.3e}",
+        &ours[..4],
+        &theirs[..4]
+    );
+    assert!(
+        diff < 1e-5,
+        "QDQ export differs from our quantized forward by {diff}"
+    );
 }
 
 /// Models quantized by onnxruntime itself (tests/py/make_qdq_fixtures.py: `quantize_static`
@@ -200,7 +257,9 @@ fn classifier_w8a8_written_back_as_qdq_equals_onnxruntime() {
 fn onnxruntime_qdq_models_import_exactly_and_export_losslessly() {
     let dir = std::env::temp_dir().join(format!("burnq-qdq-fixtures-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let Some(made) = support::run_python("make_qdq_fixtures.py", &[dir.as_os_str()]) else { return };
+    let Some(made) = support::run_python("make_qdq_fixtures.py", &[dir.as_os_str()]) else {
+        return;
+    };
     made.expect("make_qdq_fixtures.py");
     let device = Device::flex();
     let models = [
@@ -219,28 +278,57 @@ fn onnxruntime_qdq_models_import_exactly_and_export_losslessly() {
         let mut shape = x0.shape().as_slice().to_vec();
         shape[0] = 1;
         let imported = m.import_batched(&[shape]).unwrap();
-        assert_eq!(imported.activation_quants.len(), activations, "{name}: activation quantizers");
-        assert_eq!(imported.weight_quants.len(), weights, "{name}: quantized weights");
+        assert_eq!(
+            imported.activation_quants.len(),
+            activations,
+            "{name}: activation quantizers"
+        );
+        assert_eq!(
+            imported.weight_quants.len(),
+            weights,
+            "{name}: quantized weights"
+        );
         let (qg, codes) = imported.quantized(&device).unwrap();
         let mut worst = 0f32;
         for k in 0..3 {
             let x = read_npy(dir.join(format!("inputs/{family}_{k}.npy"))).unwrap();
-            let want = read_npy(dir.join(format!("outputs/{name}_{k}.npy"))).unwrap().try_into_vec::<f32>().unwrap();
+            let want = read_npy(dir.join(format!("outputs/{name}_{k}.npy")))
+                .unwrap()
+                .try_into_vec::<f32>()
+                .unwrap();
             let got: Tensor<2> = if x.shape().num_dims() == 4 {
-                qg.forward(&NoModel {}, Tensor::<4>::from_data(x.clone(), &device)).unwrap()
+                qg.forward(&NoModel {}, Tensor::<4>::from_data(x.clone(), &device))
+                    .unwrap()
             } else {
-                qg.forward(&NoModel {}, Tensor::<2>::from_data(x.clone(), &device)).unwrap()
+                qg.forward(&NoModel {}, Tensor::<2>::from_data(x.clone(), &device))
+                    .unwrap()
             };
-            worst = worst.max(max_abs_diff(&got.into_data().try_into_vec::<f32>().unwrap(), &want));
+            worst = worst.max(max_abs_diff(
+                &got.into_data().try_into_vec::<f32>().unwrap(),
+                &want,
+            ));
         }
-        println!("{name}: {activations} activation quantizers, {weights} quantized weights, max |ours − onnxruntime| {worst:.3e}");
+        println!(
+            "{name}: {activations} activation quantizers, {weights} quantized weights, max |ours − onnxruntime| {worst:.3e}"
+        );
         assert!(worst < 1e-5, "{name} differs from onnxruntime by {worst}");
         // Written back: the model's own nodes and initializers.
         let back = export_qdq(&m, &imported, &qg, Some(&codes)).unwrap();
-        let (a, b) = (m.proto().graph.as_ref().unwrap(), back.graph.as_ref().unwrap());
+        let (a, b) = (
+            m.proto().graph.as_ref().unwrap(),
+            back.graph.as_ref().unwrap(),
+        );
         assert_eq!(a.node, b.node, "{name}: nodes changed");
-        let mut ia: Vec<_> = a.initializer.iter().map(|t| (&t.name, &t.raw_data, t.data_type, &t.dims)).collect();
-        let mut ib: Vec<_> = b.initializer.iter().map(|t| (&t.name, &t.raw_data, t.data_type, &t.dims)).collect();
+        let mut ia: Vec<_> = a
+            .initializer
+            .iter()
+            .map(|t| (&t.name, &t.raw_data, t.data_type, &t.dims))
+            .collect();
+        let mut ib: Vec<_> = b
+            .initializer
+            .iter()
+            .map(|t| (&t.name, &t.raw_data, t.data_type, &t.dims))
+            .collect();
         ia.sort();
         ib.sort();
         assert_eq!(ia, ib, "{name}: initializers changed");
@@ -255,14 +343,25 @@ fn onnxruntime_qdq_models_import_exactly_and_export_losslessly() {
             .into_iter()
             .map(|(_, t)| Tensor::<4>::from_data(t, &device))
             .collect();
-        let again = qg.with_weight_quantizers(true).calibrate(&NoModel {}, calib).unwrap();
+        let again = qg
+            .with_weight_quantizers(true)
+            .calibrate(&NoModel {}, calib)
+            .unwrap();
         let onnx = export_qdq(&m, &imported, &again, None).unwrap();
-        assert_ne!(onnx.graph.as_ref().unwrap().initializer, a.initializer, "new scales and codes");
+        assert_ne!(
+            onnx.graph.as_ref().unwrap().initializer,
+            a.initializer,
+            "new scales and codes"
+        );
         let file = dir.join("again.onnx");
         burn_quant::export::onnx::save_onnx(&file, &onnx).unwrap();
         let x = read_npy(dir.join("inputs/cnn_0.npy")).unwrap();
-        let Some(theirs) = onnxruntime(&file, &x, &dir) else { return };
-        let ours: Tensor<2> = again.forward(&NoModel {}, Tensor::<4>::from_data(x, &device)).unwrap();
+        let Some(theirs) = onnxruntime(&file, &x, &dir) else {
+            return;
+        };
+        let ours: Tensor<2> = again
+            .forward(&NoModel {}, Tensor::<4>::from_data(x, &device))
+            .unwrap();
         let diff = max_abs_diff(&ours.into_data().try_into_vec::<f32>().unwrap(), &theirs);
         println!("{name} re-quantized and re-exported: max |ours − onnxruntime| {diff:.3e}");
         assert!(diff < 1e-5, "re-exported model differs by {diff}");

@@ -18,7 +18,9 @@
 use std::collections::{HashMap, HashSet};
 
 use burn::tensor::TensorData;
-use burn_quant_export::onnx::proto::{AttributeProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
+use burn_quant_export::onnx::proto::{
+    AttributeProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+};
 use burn_quant_export::onnx::{OnnxGraph, Qdq, ir_version_for_opset};
 
 use super::{ImportedGraph, OnnxModel, ParamSource, import_err, node_at};
@@ -73,7 +75,10 @@ pub fn export_qdq(
     for (v, value) in graph.values.iter().enumerate() {
         if v < imported.onnx_value.len()
             && imported.onnx_value[v].is_some()
-            && !matches!(value.origin, ValueOrigin::Param(_) | ValueOrigin::Constant(_))
+            && !matches!(
+                value.origin,
+                ValueOrigin::Param(_) | ValueOrigin::Constant(_)
+            )
         {
             low.names[v] = Some(value.name.clone());
         }
@@ -106,9 +111,17 @@ pub fn export_qdq(
         let q = qg.quantizers.quantizers.get(a.quantizer);
         let unchanged = q.is_some_and(|q| {
             let host = |t: &Option<burn::module::Param<burn::tensor::Tensor<1>>>| {
-                t.as_ref().map(|p| p.val().into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default())
+                t.as_ref().map(|p| {
+                    p.val()
+                        .into_data()
+                        .convert::<f32>()
+                        .try_into_vec::<f32>()
+                        .unwrap_or_default()
+                })
             };
-            q.enabled && host(&q.scale).as_deref() == Some(&a.scales[..]) && host(&q.zero_point) == a.zero_points
+            q.enabled
+                && host(&q.scale).as_deref() == Some(&a.scales[..])
+                && host(&q.zero_point) == a.zero_points
         });
         if unchanged {
             kept_pairs.insert(a.quant_node.clone());
@@ -140,7 +153,10 @@ pub fn export_qdq(
             weight_quant.insert(param.clone(), k);
             continue;
         }
-        if matches!(graph.value(x).origin, ValueOrigin::Param(_) | ValueOrigin::Constant(_)) {
+        if matches!(
+            graph.value(x).origin,
+            ValueOrigin::Param(_) | ValueOrigin::Constant(_)
+        ) {
             return Err(import_err(
                 format!("quantizer `{}`", node.name),
                 "an activation quantizer on a constant cannot be written into the model",
@@ -171,19 +187,37 @@ pub fn export_qdq(
     let mut new_params: HashMap<String, usize> = HashMap::new();
     // Weights the model stored as DequantizeLinear codes keep their node when the codes are
     // still the imported ones.
-    let stage2_codes: HashMap<&str, &burn_quant_nn::AnyQuantTensor> =
-        stage2.map(|r| r.weights.iter().map(|w| (w.path.as_str(), &w.tensor)).collect()).unwrap_or_default();
+    let stage2_codes: HashMap<&str, &burn_quant_nn::AnyQuantTensor> = stage2
+        .map(|r| {
+            r.weights
+                .iter()
+                .map(|w| (w.path.as_str(), &w.tensor))
+                .collect()
+        })
+        .unwrap_or_default();
     for (i, p) in graph.params.iter().enumerate() {
         let source = imported.param_sources.get(i).cloned();
         let init_name = match source {
-            Some(ParamSource::Transposed) => p.path.strip_suffix(".T").unwrap_or(&p.path).to_string(),
+            Some(ParamSource::Transposed) => {
+                p.path.strip_suffix(".T").unwrap_or(&p.path).to_string()
+            }
             _ => p.path.clone(),
         };
         if let Some(&k) = weight_quant.get(&p.path) {
-            let unchanged = imported.weight_quants.iter().find(|w| w.path == p.path).is_some_and(|w| {
-                stage2_codes.get(p.path.as_str()).is_some_and(|t| same_codes(w, t))
-            });
-            let repr = if unchanged { ParamRepr::Original } else { ParamRepr::Quantized(k) };
+            let unchanged = imported
+                .weight_quants
+                .iter()
+                .find(|w| w.path == p.path)
+                .is_some_and(|w| {
+                    stage2_codes
+                        .get(p.path.as_str())
+                        .is_some_and(|t| same_codes(w, t))
+                });
+            let repr = if unchanged {
+                ParamRepr::Original
+            } else {
+                ParamRepr::Quantized(k)
+            };
             params.insert(init_name, (i, repr));
             continue;
         }
@@ -217,7 +251,10 @@ pub fn export_qdq(
             continue;
         }
         let here = present.get(&n);
-        if kept_pairs.iter().any(|k| here.is_some_and(|ks| ks.iter().any(|&i| graph.nodes[i].name == *k))) {
+        if kept_pairs
+            .iter()
+            .any(|k| here.is_some_and(|ks| ks.iter().any(|&i| graph.nodes[i].name == *k)))
+        {
             // An imported pair kept as written: the DequantizeLinear itself.
             original_outputs.insert(src.output.first().cloned().unwrap_or_default());
             low.g.push_node(src.clone());
@@ -228,11 +265,18 @@ pub fn export_qdq(
                 // Folded into the convolution before it, which now writes its output.
                 continue;
             }
-            return Err(import_err(node_at(src, n), "a graph pass removed it, which export cannot write"));
+            return Err(import_err(
+                node_at(src, n),
+                "a graph pass removed it, which export cannot write",
+            ));
         }
         let mut node = src.clone();
         // The graph node carrying this ONNX node's name (the layer of a layer node).
-        let main = here.and_then(|ks| ks.iter().copied().find(|&k| graph.nodes[k].name == onnx_name(src, n)));
+        let main = here.and_then(|ks| {
+            ks.iter()
+                .copied()
+                .find(|&k| graph.nodes[k].name == onnx_name(src, n))
+        });
         for slot in 0..node.input.len() {
             let read = node.input[slot].clone();
             if read.is_empty() {
@@ -244,7 +288,9 @@ pub fn export_qdq(
                 let name = match emitted_q.get(&k) {
                     Some(name) => name.clone(),
                     None => {
-                        let Op::Quant(q) = &graph.nodes[k].op else { unreachable!() };
+                        let Op::Quant(q) = &graph.nodes[k].op else {
+                            unreachable!()
+                        };
                         let name = low.quant(&graph.nodes[k], q)?;
                         emitted_q.insert(k, name.clone());
                         name
@@ -254,7 +300,15 @@ pub fn export_qdq(
                 continue;
             }
             if params.contains_key(&read) {
-                node.input[slot] = param_value(&read, &params, &mut param_names, &mut low, graph, imported, model)?;
+                node.input[slot] = param_value(
+                    &read,
+                    &params,
+                    &mut param_names,
+                    &mut low,
+                    graph,
+                    imported,
+                    model,
+                )?;
             }
         }
         // A bias a pass created (a convolution without one, BatchNorm folded into it).
@@ -264,9 +318,21 @@ pub fn export_qdq(
             && node.input.get(2).is_none_or(|s| s.is_empty())
         {
             let b = graph.nodes[k].inputs[2];
-            let path = graph.params.iter().find(|p| p.value == b).map(|p| p.path.clone());
+            let path = graph
+                .params
+                .iter()
+                .find(|p| p.value == b)
+                .map(|p| p.path.clone());
             if let Some(path) = path.filter(|p| new_params.contains_key(p)) {
-                let name = param_value(&path, &params, &mut param_names, &mut low, graph, imported, model)?;
+                let name = param_value(
+                    &path,
+                    &params,
+                    &mut param_names,
+                    &mut low,
+                    graph,
+                    imported,
+                    model,
+                )?;
                 node.input.resize(2, String::new());
                 node.input.push(name);
             }
@@ -277,7 +343,9 @@ pub fn export_qdq(
         {
             let out = graph.nodes[k].outputs[0];
             let name = &graph.value(out).name;
-            if imported.onnx_value.get(out.0).is_some_and(|n| n.is_some()) && node.output.first() != Some(name) {
+            if imported.onnx_value.get(out.0).is_some_and(|n| n.is_some())
+                && node.output.first() != Some(name)
+            {
                 node.output[0] = name.clone();
             }
         }
@@ -288,12 +356,21 @@ pub fn export_qdq(
     // quantizes is renamed when it had that name).
     for k in output_quants {
         let node = &graph.nodes[k];
-        let Op::Quant(q) = &node.op else { unreachable!() };
-        let position = graph.outputs.iter().position(|&o| o == node.outputs[0]).expect("a graph output");
+        let Op::Quant(q) = &node.op else {
+            unreachable!()
+        };
+        let position = graph
+            .outputs
+            .iter()
+            .position(|&o| o == node.outputs[0])
+            .expect("a graph output");
         let final_name = proto_graph.output[position].name.clone();
         let x = node.inputs[0];
         let Some(read) = low.names[x.0].clone() else {
-            return Err(import_err(format!("quantizer `{}`", node.name), "it quantizes a value the model has no name for"));
+            return Err(import_err(
+                format!("quantizer `{}`", node.name),
+                "it quantizes a value the model has no name for",
+            ));
         };
         if read == final_name {
             let float = low.g.fresh(&format!("{final_name}.float"));
@@ -318,9 +395,15 @@ pub fn export_qdq(
         .filter_map(|(v, n)| n.as_deref().map(|n| (n, v.shape.len())))
         .collect();
     for mut node in parts.nodes {
-        let original = node.output.first().is_some_and(|o| original_outputs.contains(o));
+        let original = node
+            .output
+            .first()
+            .is_some_and(|o| original_outputs.contains(o));
         if original && target > model.opset {
-            let r = node.input.first().and_then(|i| rank.get(i.as_str()).copied());
+            let r = node
+                .input
+                .first()
+                .and_then(|i| rank.get(i.as_str()).copied());
             upgrade(&mut node, model.opset, target, r, &mut extra_inits)?;
         }
         out_nodes.push(node);
@@ -335,13 +418,23 @@ pub fn export_qdq(
             .chain(g.output.iter().map(|o| o.name.as_str()))
             .collect();
         let dead: Vec<usize> = (0..out_nodes.len())
-            .filter(|&i| out_nodes[i].output.iter().all(|o| o.is_empty() || !read.contains(o.as_str())))
+            .filter(|&i| {
+                out_nodes[i]
+                    .output
+                    .iter()
+                    .all(|o| o.is_empty() || !read.contains(o.as_str()))
+            })
             .collect();
         if dead.is_empty() {
             break;
         }
         let dead: HashSet<usize> = dead.into_iter().collect();
-        out_nodes = out_nodes.into_iter().enumerate().filter(|(i, _)| !dead.contains(i)).map(|(_, n)| n).collect();
+        out_nodes = out_nodes
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !dead.contains(i))
+            .map(|(_, n)| n)
+            .collect();
     }
     let read: HashSet<&str> = out_nodes
         .iter()
@@ -359,15 +452,27 @@ pub fn export_qdq(
     // Old inputs that listed initializers now gone are dropped with them.
     let kept: HashSet<String> = initializers.iter().map(|t| t.name.clone()).collect();
     let all_inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
-    g.input.retain(|i| !all_inits.contains(i.name.as_str()) || kept.contains(&i.name));
-    let defined: HashSet<&str> = out_nodes.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
+    g.input
+        .retain(|i| !all_inits.contains(i.name.as_str()) || kept.contains(&i.name));
+    let defined: HashSet<&str> = out_nodes
+        .iter()
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .collect();
     g.value_info.retain(|v| defined.contains(v.name.as_str()));
     g.node = out_nodes;
     g.initializer = initializers;
-    for o in proto.opset_import.iter_mut().filter(|o| o.domain.is_empty() || o.domain == "ai.onnx") {
+    for o in proto
+        .opset_import
+        .iter_mut()
+        .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+    {
         o.version = target;
     }
-    if !proto.opset_import.iter().any(|o| o.domain.is_empty() || o.domain == "ai.onnx") {
+    if !proto
+        .opset_import
+        .iter()
+        .any(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+    {
         proto.opset_import.push(OperatorSetIdProto {
             domain: String::new(),
             version: target,
@@ -375,7 +480,10 @@ pub fn export_qdq(
     }
     for (d, v) in parts.domains {
         if !proto.opset_import.iter().any(|o| o.domain == d) {
-            proto.opset_import.push(OperatorSetIdProto { domain: d, version: v });
+            proto.opset_import.push(OperatorSetIdProto {
+                domain: d,
+                version: v,
+            });
         }
     }
     proto.ir_version = proto.ir_version.max(ir_version_for_opset(target));
@@ -388,11 +496,19 @@ fn same_codes(w: &super::ImportedWeightQuant, t: &burn_quant_nn::AnyQuantTensor)
     let Ok(h) = burn_quant_export::onnx::HostQuant::from_any(t, &w.path) else {
         return false;
     };
-    h.shape == w.shape && h.codes == w.codes && h.scales == w.scales && h.zero_points == w.zero_points && h.spec == w.spec
+    h.shape == w.shape
+        && h.codes == w.codes
+        && h.scales == w.scales
+        && h.zero_points == w.zero_points
+        && h.spec == w.spec
 }
 
 fn onnx_name(node: &NodeProto, n: usize) -> String {
-    if node.name.is_empty() { format!("{}_{n}", node.op_type) } else { node.name.clone() }
+    if node.name.is_empty() {
+        format!("{}_{n}", node.op_type)
+    } else {
+        node.name.clone()
+    }
 }
 
 /// The ONNX value that stands for parameter `init` (an initializer name or a created
@@ -414,13 +530,22 @@ fn param_value(
         ParamRepr::Original => init.to_string(),
         ParamRepr::Quantized(k) => {
             let node = graph.nodes[*k].clone();
-            let Op::Quant(q) = &node.op else { unreachable!() };
+            let Op::Quant(q) = &node.op else {
+                unreachable!()
+            };
             let dq = low.quant(&node, q)?;
             if imported.param_sources.get(*i) == Some(&ParamSource::Transposed) {
                 // Codes in the graph's `[K, N]`; the model's Gemm reads `[N, K]`.
                 let shape = graph.value(graph.params[*i].value).shape.clone();
                 let val = burn_quant_export::onnx::Val::f32(&[shape[1], shape[0]]);
-                low.g.node("Transpose", "", &[&dq], &format!("{init}.transposed"), vec![AttributeProto::ints("perm", &[1, 0])], val)
+                low.g.node(
+                    "Transpose",
+                    "",
+                    &[&dq],
+                    &format!("{init}.transposed"),
+                    vec![AttributeProto::ints("perm", &[1, 0])],
+                    val,
+                )
             } else {
                 dq
             }
@@ -430,7 +555,8 @@ fn param_value(
                 Some(t) => t.dims.iter().map(|&d| d as usize).collect(),
                 None => data.shape().as_slice().to_vec(),
             };
-            let t = tensor_proto(init, data, &dims).map_err(|r| import_err(format!("parameter `{init}`"), r))?;
+            let t = tensor_proto(init, data, &dims)
+                .map_err(|r| import_err(format!("parameter `{init}`"), r))?;
             low.g.initializer(t)
         }
     };
@@ -449,7 +575,14 @@ fn upgrade(
     let axes_to_input = |node: &mut NodeProto, inits: &mut Vec<TensorProto>| {
         if let Some(pos) = node.attribute.iter().position(|a| a.name == "axes") {
             let a = node.attribute.remove(pos);
-            let name = format!("{}.axes", if node.name.is_empty() { &node.output[0] } else { &node.name });
+            let name = format!(
+                "{}.axes",
+                if node.name.is_empty() {
+                    &node.output[0]
+                } else {
+                    &node.name
+                }
+            );
             inits.push(TensorProto::i64s(&name, &[a.ints.len()], &a.ints));
             node.input.resize(1, String::new());
             node.input.push(name);
@@ -459,8 +592,8 @@ fn upgrade(
     let op = node.op_type.clone();
     match op.as_str() {
         "Squeeze" | "Unsqueeze" | "ReduceSum" if needs(13) => axes_to_input(node, inits),
-        "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2" | "ReduceLogSum"
-        | "ReduceLogSumExp" | "ReduceSumSquare"
+        "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2"
+        | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare"
             if needs(18) =>
         {
             axes_to_input(node, inits)
@@ -468,12 +601,19 @@ fn upgrade(
         "Softmax" | "LogSoftmax" | "Hardmax" if needs(13) => {
             // Before 13 the input is flattened to 2-D at `axis`; on the last axis both forms
             // agree, elsewhere the op would change meaning.
-            let axis = node.attribute.iter().find(|a| a.name == "axis").and_then(|a| a.i).unwrap_or(1);
+            let axis = node
+                .attribute
+                .iter()
+                .find(|a| a.name == "axis")
+                .and_then(|a| a.i)
+                .unwrap_or(1);
             let last = rank.is_some_and(|r| axis == -1 || axis + 1 == r as i64);
             if !last {
                 return Err(import_err(
                     format!("node `{}` ({op})", node.name),
-                    format!("raising opset {from} to {to} changes its axis semantics (axis {axis}); convert the model with onnx.version_converter first"),
+                    format!(
+                        "raising opset {from} to {to} changes its axis semantics (axis {axis}); convert the model with onnx.version_converter first"
+                    ),
                 ));
             }
             node.attribute.retain(|a| a.name != "axis");
@@ -482,7 +622,9 @@ fn upgrade(
         "Clip" | "Slice" | "Resize" | "Upsample" | "Dropout" | "Split" | "Pad" if from < 11 => {
             return Err(import_err(
                 format!("node `{}` ({op})", node.name),
-                format!("raising opset {from} to {to} changes its form; convert the model to opset 11 or newer with onnx.version_converter first"),
+                format!(
+                    "raising opset {from} to {to} changes its form; convert the model to opset 11 or newer with onnx.version_converter first"
+                ),
             ));
         }
         _ => {}

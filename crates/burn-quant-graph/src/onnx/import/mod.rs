@@ -40,20 +40,20 @@ mod tests;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{DType, Device, Tensor, TensorData};
 use burn::module::Param;
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use burn_quant_core::{QuantSpec, QuantTensor};
-use burn_quant_nn::{AnyQuantTensor, QuantizerConfig, QuantizerRole};
 use burn_quant_export::onnx::proto::{DataType, ModelProto, NodeProto, TensorProto};
 use burn_quant_export::onnx::{decode_onnx, read_onnx};
+use burn_quant_nn::{AnyQuantTensor, QuantizerConfig, QuantizerRole};
 
 use crate::GraphError;
 use crate::ir::{Graph, ValueId};
 use crate::quantize::{GraphQuantizers, OwnedParams, QuantizedGraph};
 use crate::stage2::{GraphWeight, Stage2Result};
 
-pub(crate) use tensor::decode_tensor;
 pub use export::export_qdq;
+pub(crate) use tensor::decode_tensor;
 
 /// Lowest and highest default-domain opsets the importer accepts.
 pub const OPSET_RANGE: (i64, i64) = (7, 24);
@@ -175,7 +175,8 @@ impl OnnxModel {
     /// its directory).
     pub fn load(path: impl AsRef<Path>) -> Result<Self, GraphError> {
         let path = path.as_ref();
-        let proto = read_onnx(path).map_err(|e| import_err(path.display().to_string(), e.to_string()))?;
+        let proto =
+            read_onnx(path).map_err(|e| import_err(path.display().to_string(), e.to_string()))?;
         Self::from_proto(proto, path.parent().map(Path::to_path_buf))
     }
 
@@ -224,7 +225,10 @@ impl OnnxModel {
                 return Err(import_err(format!("initializer #{i}"), "it has no name"));
             }
             if initializers.insert(t.name.clone(), i).is_some() {
-                return Err(import_err(format!("initializer `{}`", t.name), "it is defined twice"));
+                return Err(import_err(
+                    format!("initializer `{}`", t.name),
+                    "it is defined twice",
+                ));
             }
             tensor::element_count(&t.dims)
                 .map_err(|r| import_err(format!("initializer `{}`", t.name), r))?;
@@ -245,7 +249,12 @@ impl OnnxModel {
             let dt = DataType::try_from(tt.elem_type)
                 .ok()
                 .and_then(tensor::dtype_of)
-                .ok_or_else(|| import_err(at(), format!("element type {} is not supported", tt.elem_type)))?;
+                .ok_or_else(|| {
+                    import_err(
+                        at(),
+                        format!("element type {} is not supported", tt.elem_type),
+                    )
+                })?;
             let dims = match &tt.shape {
                 Some(s) => s
                     .dim
@@ -381,7 +390,12 @@ impl OnnxModel {
         let b = shapes
             .first()
             .and_then(|s| s.first().copied())
-            .ok_or_else(|| import_err("the model", "a batched import needs an input with a batch axis"))?;
+            .ok_or_else(|| {
+                import_err(
+                    "the model",
+                    "a batched import needs an input with a batch axis",
+                )
+            })?;
         let grown: Vec<Vec<usize>> = shapes
             .iter()
             .map(|s| {
@@ -393,10 +407,11 @@ impl OnnxModel {
             })
             .collect();
         let second = self.import(&grown)?;
-        let graph = crate::capture::merge_batch(first.graph, &second.graph, b).map_err(|e| match e {
-            GraphError::Capture(m) => import_err("the model", m),
-            e => e,
-        })?;
+        let graph =
+            crate::capture::merge_batch(first.graph, &second.graph, b).map_err(|e| match e {
+                GraphError::Capture(m) => import_err("the model", m),
+                e => e,
+            })?;
         Ok(ImportedGraph { graph, ..first })
     }
 }
@@ -411,13 +426,21 @@ impl ImportedGraph {
     pub fn quantized(&self, device: &Device) -> Result<(QuantizedGraph, Stage2Result), GraphError> {
         let count = self.activation_quants.len() + self.weight_quants.len();
         let mut slots: Vec<Option<burn_quant_nn::Quantizer>> = (0..count).map(|_| None).collect();
-        let err = |node: &str, source| GraphError::Quant { node: node.to_string(), source };
+        let err = |node: &str, source| GraphError::Quant {
+            node: node.to_string(),
+            source,
+        };
         for a in &self.activation_quants {
             let mut q = QuantizerConfig::for_spec(a.spec, QuantizerRole::Activation)
                 .with_cells(a.scales.len())
                 .init(device)
                 .map_err(|e| err(&a.quant_node, e))?;
-            let flat = |v: &[f32]| Param::from_tensor(Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), device));
+            let flat = |v: &[f32]| {
+                Param::from_tensor(Tensor::<1>::from_data(
+                    TensorData::new(v.to_vec(), [v.len()]),
+                    device,
+                ))
+            };
             q.scale = Some(flat(&a.scales));
             q.zero_point = a.zero_points.as_deref().map(flat);
             slots[a.quantizer] = Some(q);
@@ -433,9 +456,19 @@ impl ImportedGraph {
             let dequantized = self
                 .graph
                 .param(&w.path)
-                .map(|p| p.data.clone().convert::<f32>().try_into_vec::<f32>().unwrap_or_default())
+                .map(|p| {
+                    p.data
+                        .clone()
+                        .convert::<f32>()
+                        .try_into_vec::<f32>()
+                        .unwrap_or_default()
+                })
                 .unwrap_or_default();
-            let layer = w.quant_node.strip_suffix(&format!(".{}.quant", w.path)).unwrap_or(&w.quant_node).to_string();
+            let layer = w
+                .quant_node
+                .strip_suffix(&format!(".{}.quant", w.path))
+                .unwrap_or(&w.quant_node)
+                .to_string();
             weights.push(GraphWeight {
                 layer,
                 path: w.path.clone(),
@@ -448,14 +481,23 @@ impl ImportedGraph {
         let quantizers = slots
             .into_iter()
             .enumerate()
-            .map(|(i, q)| q.ok_or_else(|| GraphError::Malformed(format!("imported quantizer {i} is missing"))))
+            .map(|(i, q)| {
+                q.ok_or_else(|| GraphError::Malformed(format!("imported quantizer {i} is missing")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let qg = QuantizedGraph {
             graph: self.graph.clone(),
             quantizers: GraphQuantizers { quantizers },
             owned: OwnedParams::from_graph(&self.graph, &[], device),
         };
-        Ok((qg, Stage2Result { algorithm: "imported", weights, seconds: 0.0 }))
+        Ok((
+            qg,
+            Stage2Result {
+                algorithm: "imported",
+                weights,
+                seconds: 0.0,
+            },
+        ))
     }
 
     /// The graph value holding ONNX value `name`, if one does.
@@ -483,7 +525,10 @@ pub(crate) fn node_at(node: &NodeProto, index: usize) -> String {
 /// Kahn's algorithm over value names: the nodes in an order where each reads only values
 /// defined before it (the file order when it already is one). A read of a value nothing
 /// defines, or a cycle, is an error naming the node.
-fn topological_order(nodes: &[NodeProto], defined: &HashSet<&str>) -> Result<Vec<usize>, GraphError> {
+fn topological_order(
+    nodes: &[NodeProto],
+    defined: &HashSet<&str>,
+) -> Result<Vec<usize>, GraphError> {
     let mut producer: HashMap<&str, usize> = HashMap::new();
     for (n, node) in nodes.iter().enumerate() {
         for o in node.output.iter().filter(|o| !o.is_empty()) {
@@ -494,14 +539,21 @@ fn topological_order(nodes: &[NodeProto], defined: &HashSet<&str>) -> Result<Vec
                 ));
             }
             if producer.insert(o, n).is_some() {
-                return Err(import_err(node_at(node, n), format!("output `{o}` is defined twice")));
+                return Err(import_err(
+                    node_at(node, n),
+                    format!("output `{o}` is defined twice"),
+                ));
             }
         }
     }
     let mut pending = vec![0usize; nodes.len()];
     let mut readers: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     for (n, node) in nodes.iter().enumerate() {
-        if node.attribute.iter().any(|a| a.r#type == Some(5) || a.r#type == Some(10)) {
+        if node
+            .attribute
+            .iter()
+            .any(|a| a.r#type == Some(5) || a.r#type == Some(10))
+        {
             return Err(import_err(
                 node_at(node, n),
                 "control flow (subgraph attributes) is not supported",
@@ -522,15 +574,19 @@ fn topological_order(nodes: &[NodeProto], defined: &HashSet<&str>) -> Result<Vec
                 None => {
                     return Err(import_err(
                         node_at(node, n),
-                        format!("it reads `{i}`, which no node, graph input or initializer defines"),
+                        format!(
+                            "it reads `{i}`, which no node, graph input or initializer defines"
+                        ),
                     ));
                 }
             }
         }
     }
     // A min-heap on the file index keeps the file order wherever it is already valid.
-    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> =
-        (0..nodes.len()).filter(|&n| pending[n] == 0).map(std::cmp::Reverse).collect();
+    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> = (0..nodes.len())
+        .filter(|&n| pending[n] == 0)
+        .map(std::cmp::Reverse)
+        .collect();
     let mut order = Vec::with_capacity(nodes.len());
     while let Some(std::cmp::Reverse(n)) = ready.pop() {
         order.push(n);
@@ -542,7 +598,9 @@ fn topological_order(nodes: &[NodeProto], defined: &HashSet<&str>) -> Result<Vec
         }
     }
     if order.len() != nodes.len() {
-        let stuck = (0..nodes.len()).find(|&n| pending[n] > 0).expect("some node is stuck");
+        let stuck = (0..nodes.len())
+            .find(|&n| pending[n] > 0)
+            .expect("some node is stuck");
         return Err(import_err(
             node_at(&nodes[stuck], stuck),
             "the graph has a cycle through this node",
@@ -556,16 +614,33 @@ fn quant_tensor(w: &ImportedWeightQuant, device: &Device) -> Result<AnyQuantTens
     let layout = w
         .spec
         .check_shape(&w.shape)
-        .map_err(|source| GraphError::Core { at: format!("imported weight `{}`", w.path), source })?;
+        .map_err(|source| GraphError::Core {
+            at: format!("imported weight `{}`", w.path),
+            source,
+        })?;
     macro_rules! build {
         ($d:literal, $variant:ident) => {{
-            let codes = Tensor::<$d, burn::tensor::Int>::from_data(TensorData::new(w.codes.clone(), w.shape.clone()), device);
-            let scales = Tensor::<$d>::from_data(TensorData::new(w.scales.clone(), layout.scale_shape.clone()), device);
-            let zero_points = w
-                .zero_points
-                .as_ref()
-                .map(|z| Tensor::<$d>::from_data(TensorData::new(z.clone(), layout.scale_shape.clone()), device));
-            AnyQuantTensor::$variant(QuantTensor { codes, scales, zero_points, scale_level: None, spec: w.spec })
+            let codes = Tensor::<$d, burn::tensor::Int>::from_data(
+                TensorData::new(w.codes.clone(), w.shape.clone()),
+                device,
+            );
+            let scales = Tensor::<$d>::from_data(
+                TensorData::new(w.scales.clone(), layout.scale_shape.clone()),
+                device,
+            );
+            let zero_points = w.zero_points.as_ref().map(|z| {
+                Tensor::<$d>::from_data(
+                    TensorData::new(z.clone(), layout.scale_shape.clone()),
+                    device,
+                )
+            });
+            AnyQuantTensor::$variant(QuantTensor {
+                codes,
+                scales,
+                zero_points,
+                scale_level: None,
+                spec: w.spec,
+            })
         }};
     }
     Ok(match w.shape.len() {
@@ -575,6 +650,11 @@ fn quant_tensor(w: &ImportedWeightQuant, device: &Device) -> Result<AnyQuantTens
         4 => build!(4, Rank4),
         5 => build!(5, Rank5),
         6 => build!(6, Rank6),
-        r => return Err(import_err(format!("imported weight `{}`", w.path), format!("rank {r} is not supported"))),
+        r => {
+            return Err(import_err(
+                format!("imported weight `{}`", w.path),
+                format!("rank {r} is not supported"),
+            ));
+        }
     })
 }

@@ -5,26 +5,25 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use burn::backend::ir::{
-    Conv1dOptionsIr, Conv2dOptionsIr, ConvTranspose1dOptionsIr, ConvTranspose2dOptionsIr,
-    ScalarIr,
+    Conv1dOptionsIr, Conv2dOptionsIr, ConvTranspose1dOptionsIr, ConvTranspose2dOptionsIr, ScalarIr,
 };
 use burn::tensor::{DType, Slice, TensorData};
 use burn_quant_export::onnx::proto::{AttributeProto, NodeProto};
 
 use super::tensor::{
-    MAX_HOST_ELEMENTS, broadcast, broadcast_index, decode_tensor, floats, from_f64, from_i64,
-    ints, strides,
+    MAX_HOST_ELEMENTS, broadcast, broadcast_index, decode_tensor, floats, from_f64, from_i64, ints,
+    strides,
 };
 use super::{
-    ImportedActivationQuant, ImportedGraph, ImportedWeightQuant, OnnxModel, ParamSource, import_err,
-    is_default_domain, node_at,
+    ImportedActivationQuant, ImportedGraph, ImportedWeightQuant, OnnxModel, ParamSource,
+    import_err, is_default_domain, node_at,
 };
-use burn_quant_core::WeightLayout;
 use crate::GraphError;
 use crate::ir::{
     BinaryOp, CompareOp, Graph, GraphConstant, GraphParam, Node, Op, ReduceOp, ResizeMode,
     ScalarOp, UnaryOp, ValueId, ValueOrigin,
 };
+use burn_quant_core::WeightLayout;
 
 mod qdq;
 
@@ -87,7 +86,11 @@ impl<'m> Importer<'m> {
         if shapes.len() != m.inputs.len() {
             return Err(import_err(
                 "the model",
-                format!("it has {} runtime inputs, {} shapes were given", m.inputs.len(), shapes.len()),
+                format!(
+                    "it has {} runtime inputs, {} shapes were given",
+                    m.inputs.len(),
+                    shapes.len()
+                ),
             ));
         }
         let mut readers: HashMap<String, usize> = HashMap::new();
@@ -126,24 +129,46 @@ impl<'m> Importer<'m> {
             if shape.len() != input.dims.len() {
                 return Err(import_err(
                     at(),
-                    format!("it has rank {}, the given shape {shape:?} rank {}", input.dims.len(), shape.len()),
+                    format!(
+                        "it has rank {}, the given shape {shape:?} rank {}",
+                        input.dims.len(),
+                        shape.len()
+                    ),
                 ));
             }
             for (a, (&d, &want)) in shape.iter().zip(&input.dims).enumerate() {
                 if want.is_some_and(|w| w != d) {
                     return Err(import_err(
                         at(),
-                        format!("axis {a} is declared {}, the given shape has {d}", want.unwrap()),
+                        format!(
+                            "axis {a} is declared {}, the given shape has {d}",
+                            want.unwrap()
+                        ),
                     ));
                 }
             }
-            if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|n| n > MAX_HOST_ELEMENTS * 16) {
-                return Err(import_err(at(), format!("shape {shape:?} is absurdly large")));
+            if shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .is_none_or(|n| n > MAX_HOST_ELEMENTS * 16)
+            {
+                return Err(import_err(
+                    at(),
+                    format!("shape {shape:?} is absurdly large"),
+                ));
             }
             if input.dtype == DType::F64 {
-                return Err(import_err(at(), "double inputs are not supported (graphs run in f32)"));
+                return Err(import_err(
+                    at(),
+                    "double inputs are not supported (graphs run in f32)",
+                ));
             }
-            let v = imp.value(shape.clone(), input.dtype, ValueOrigin::Input(k), Some(&input.name));
+            let v = imp.value(
+                shape.clone(),
+                input.dtype,
+                ValueOrigin::Input(k),
+                Some(&input.name),
+            );
             imp.g.inputs.push(v);
             imp.syms.insert(input.name.clone(), Sym::Run(v));
         }
@@ -160,7 +185,13 @@ impl<'m> Importer<'m> {
 
     // ----- values and nodes -------------------------------------------------------------
 
-    fn value(&mut self, shape: Vec<usize>, dtype: DType, origin: ValueOrigin, onnx: Option<&str>) -> ValueId {
+    fn value(
+        &mut self,
+        shape: Vec<usize>,
+        dtype: DType,
+        origin: ValueOrigin,
+        onnx: Option<&str>,
+    ) -> ValueId {
         let v = self.g.add_value(shape, dtype, origin);
         if let Some(name) = onnx {
             self.g.values[v.0].name = name.to_string();
@@ -171,7 +202,14 @@ impl<'m> Importer<'m> {
 
     /// Appends a graph node computing part of the current ONNX node; `suffix` distinguishes
     /// the nodes of one expansion (`""` for the node carrying the ONNX node's name).
-    fn emit(&mut self, suffix: &str, op: Op, inputs: Vec<ValueId>, shape: Vec<usize>, dtype: DType) -> ValueId {
+    fn emit(
+        &mut self,
+        suffix: &str,
+        op: Op,
+        inputs: Vec<ValueId>,
+        shape: Vec<usize>,
+        dtype: DType,
+    ) -> ValueId {
         let base = if suffix.is_empty() {
             self.name.clone()
         } else {
@@ -213,10 +251,12 @@ impl<'m> Importer<'m> {
                  DequantizeLinear pairs are supported (integer ops such as QLinearConv are not)"
             )));
         }
-        let data = self
-            .m
-            .initializer_data(name)
-            .ok_or_else(|| import_err("the model", format!("value `{name}` is read before it is defined")))??;
+        let data = self.m.initializer_data(name).ok_or_else(|| {
+            import_err(
+                "the model",
+                format!("value `{name}` is read before it is defined"),
+            )
+        })??;
         let s = Sym::Host(Rc::new(data));
         self.syms.insert(name.to_string(), s.clone());
         Ok(s)
@@ -261,10 +301,19 @@ impl<'m> Importer<'m> {
                 if let Some(&v) = self.constants.get(name) {
                     return Ok(v);
                 }
-                let data = if d.dtype().is_float() { (**d).clone().convert::<f32>() } else { (**d).clone() };
+                let data = if d.dtype().is_float() {
+                    (**d).clone().convert::<f32>()
+                } else {
+                    (**d).clone()
+                };
                 let c = self.g.constants.len();
                 let onnx = (!name.is_empty()).then_some(name);
-                let v = self.value(data.shape().as_slice().to_vec(), data.dtype(), ValueOrigin::Constant(c), onnx);
+                let v = self.value(
+                    data.shape().as_slice().to_vec(),
+                    data.dtype(),
+                    ValueOrigin::Constant(c),
+                    onnx,
+                );
                 self.g.constants.push(GraphConstant { value: v, data });
                 if !name.is_empty() {
                     self.constants.insert(name.to_string(), v);
@@ -307,17 +356,26 @@ impl<'m> Importer<'m> {
             return Ok(v);
         }
         if !d.dtype().is_float() {
-            return Err(self.err(format!("weight `{name}` has element type {:?}, not a float", d.dtype())));
+            return Err(self.err(format!(
+                "weight `{name}` has element type {:?}, not a float",
+                d.dtype()
+            )));
         }
         let mut data = (*d).clone().convert::<f32>();
         if transposed {
             let s = data.shape().as_slice().to_vec();
             if s.len() != 2 {
-                return Err(self.err(format!("weight `{name}` has shape {s:?}, expected a matrix")));
+                return Err(self.err(format!(
+                    "weight `{name}` has shape {s:?}, expected a matrix"
+                )));
             }
             data = transpose_host(&data, &[1, 0]);
         }
-        let path = if self.g.params.iter().any(|p| p.path == name) { format!("{name}.T") } else { name.clone() };
+        let path = if self.g.params.iter().any(|p| p.path == name) {
+            format!("{name}.T")
+        } else {
+            name.clone()
+        };
         let p = self.g.params.len();
         self.g.params.push(GraphParam {
             path: path.clone(),
@@ -325,10 +383,19 @@ impl<'m> Importer<'m> {
             value: ValueId(usize::MAX),
             data: data.clone(),
         });
-        let v = self.value(data.shape().as_slice().to_vec(), DType::F32, ValueOrigin::Param(p), None);
+        let v = self.value(
+            data.shape().as_slice().to_vec(),
+            DType::F32,
+            ValueOrigin::Param(p),
+            None,
+        );
         self.g.values[v.0].name = path;
         self.g.params[p].value = v;
-        self.param_sources.push(if transposed { ParamSource::Transposed } else { ParamSource::AsStored });
+        self.param_sources.push(if transposed {
+            ParamSource::Transposed
+        } else {
+            ParamSource::AsStored
+        });
         self.params.insert((name, transposed), v);
         Ok(v)
     }
@@ -367,7 +434,10 @@ impl<'m> Importer<'m> {
 
     fn out_host(&mut self, d: TensorData) -> R<()> {
         if d.num_elements() > MAX_HOST_ELEMENTS {
-            return Err(self.err(format!("a constant of {} elements is absurdly large", d.num_elements())));
+            return Err(self.err(format!(
+                "a constant of {} elements is absurdly large",
+                d.num_elements()
+            )));
         }
         self.out(0, Sym::Host(Rc::new(d)));
         self.check_extra_outputs(1)
@@ -377,7 +447,9 @@ impl<'m> Importer<'m> {
     fn check_extra_outputs(&self, from: usize) -> R<()> {
         for o in self.node().output.iter().skip(from) {
             if !o.is_empty() && self.readers.get(o).copied().unwrap_or(0) > 0 {
-                return Err(self.err(format!("its extra output `{o}` is used, which is not supported")));
+                return Err(self.err(format!(
+                    "its extra output `{o}` is used, which is not supported"
+                )));
             }
         }
         Ok(())
@@ -432,9 +504,16 @@ impl<'m> Importer<'m> {
     fn convert(&mut self, n: usize) -> R<()> {
         self.n = n;
         let node = self.node();
-        self.name = if node.name.is_empty() { format!("{}_{n}", node.op_type) } else { node.name.clone() };
+        self.name = if node.name.is_empty() {
+            format!("{}_{n}", node.op_type)
+        } else {
+            node.name.clone()
+        };
         if !is_default_domain(&node.domain) {
-            return Err(self.err(format!("operator domain `{}` is not supported", node.domain)));
+            return Err(self.err(format!(
+                "operator domain `{}` is not supported",
+                node.domain
+            )));
         }
         if let Some(&v) = self.absorbed.get(&n) {
             self.out(0, Sym::Run(v));
@@ -467,7 +546,8 @@ impl<'m> Importer<'m> {
                     Some(t) => decode_tensor(t, None).map_err(|e| self.err(e))?,
                     None => TensorData::new(vec![0f32], [1]),
                 };
-                let n = checked_count(&shape).ok_or_else(|| self.err(format!("shape {shape:?} overflows")))?;
+                let n = checked_count(&shape)
+                    .ok_or_else(|| self.err(format!("shape {shape:?} overflows")))?;
                 if n > MAX_HOST_ELEMENTS {
                     return Err(self.err(format!("shape {shape:?} is absurdly large")));
                 }
@@ -532,7 +612,9 @@ impl<'m> Importer<'m> {
                 let mut seen = perm.clone();
                 seen.sort();
                 if seen != (0..rank).collect::<Vec<_>>() {
-                    return Err(self.err(format!("perm {perm:?} is not a permutation of rank {rank}")));
+                    return Err(
+                        self.err(format!("perm {perm:?} is not a permutation of rank {rank}"))
+                    );
                 }
                 match x {
                     Sym::Host(d) => self.out_host(transpose_host(&d, &perm)),
@@ -665,7 +747,9 @@ impl<'m> Importer<'m> {
             "MatMul" => self.matmul(),
             "Gemm" => self.gemm(),
             "MaxPool" | "AveragePool" => self.pool(node.op_type == "MaxPool"),
-            "GlobalAveragePool" | "GlobalMaxPool" => self.global_pool(node.op_type == "GlobalMaxPool"),
+            "GlobalAveragePool" | "GlobalMaxPool" => {
+                self.global_pool(node.op_type == "GlobalMaxPool")
+            }
             "ReduceMean" => self.reduce(ReduceOp::Mean),
             "ReduceSum" => self.reduce(ReduceOp::Sum),
             "ReduceMax" => self.reduce(ReduceOp::Max),
@@ -678,7 +762,13 @@ impl<'m> Importer<'m> {
     }
 
     fn constant(&mut self) -> R<()> {
-        self.known_attrs(&["value", "value_float", "value_floats", "value_int", "value_ints"])?;
+        self.known_attrs(&[
+            "value",
+            "value_float",
+            "value_floats",
+            "value_int",
+            "value_ints",
+        ])?;
         let a = self
             .node()
             .attribute
@@ -686,7 +776,9 @@ impl<'m> Importer<'m> {
             .ok_or_else(|| self.err("it has no value attribute"))?;
         let d = match a.name.as_str() {
             "value" => {
-                let t = a.t.as_ref().ok_or_else(|| self.err("`value` holds no tensor"))?;
+                let t =
+                    a.t.as_ref()
+                        .ok_or_else(|| self.err("`value` holds no tensor"))?;
                 decode_tensor(t, None).map_err(|e| self.err(e))?
             }
             "value_float" => TensorData::new(vec![a.f.unwrap_or(0.0)], Vec::<usize>::new()),
@@ -734,7 +826,10 @@ impl<'m> Importer<'m> {
         let d = self.host_in(k)?;
         let v = ints(&d).map_err(|e| self.err(e))?;
         v.iter()
-            .map(|&x| usize::try_from(x).map_err(|_| self.err(format!("input {k} holds {x}, expected a size"))))
+            .map(|&x| {
+                usize::try_from(x)
+                    .map_err(|_| self.err(format!("input {k} holds {x}, expected a size")))
+            })
             .collect()
     }
 
@@ -750,23 +845,26 @@ impl<'m> Importer<'m> {
                     infer = Some(i);
                     out.push(1);
                 }
-                0 if !allowzero => out.push(
-                    *input
-                        .get(i)
-                        .ok_or_else(|| self.err(format!("shape {spec:?}: axis {i} copies a dim the input lacks")))?,
-                ),
+                0 if !allowzero => out.push(*input.get(i).ok_or_else(|| {
+                    self.err(format!(
+                        "shape {spec:?}: axis {i} copies a dim the input lacks"
+                    ))
+                })?),
                 d if d >= 0 => out.push(d as usize),
                 _ => return Err(self.err(format!("shape {spec:?} is invalid"))),
             }
         }
-        let known = checked_count(&out).ok_or_else(|| self.err(format!("shape {spec:?} overflows")))?;
+        let known =
+            checked_count(&out).ok_or_else(|| self.err(format!("shape {spec:?} overflows")))?;
         if let Some(i) = infer {
-            if known == 0 || total % known != 0 {
+            if known == 0 || !total.is_multiple_of(known) {
                 return Err(self.err(format!("cannot reshape {input:?} to {spec:?}")));
             }
             out[i] = total / known;
         } else if known != total {
-            return Err(self.err(format!("cannot reshape {input:?} ({total} elements) to {spec:?}")));
+            return Err(self.err(format!(
+                "cannot reshape {input:?} ({total} elements) to {spec:?}"
+            )));
         }
         Ok(out)
     }
@@ -817,7 +915,8 @@ impl<'m> Importer<'m> {
         let shape = if unsqueeze {
             let axes = axes.ok_or_else(|| self.err("`axes` is required"))?;
             let rank = s.len() + axes.len();
-            let mut axes: Vec<usize> = axes.iter().map(|&a| self.axis(a, rank)).collect::<R<_>>()?;
+            let mut axes: Vec<usize> =
+                axes.iter().map(|&a| self.axis(a, rank)).collect::<R<_>>()?;
             axes.sort();
             let mut out = Vec::with_capacity(rank);
             let mut it = s.iter();
@@ -839,7 +938,11 @@ impl<'m> Importer<'m> {
                     return Err(self.err(format!("axis {a} of {s:?} is not 1")));
                 }
             }
-            s.iter().enumerate().filter(|(a, _)| !axes.contains(a)).map(|(_, &d)| d).collect()
+            s.iter()
+                .enumerate()
+                .filter(|(a, _)| !axes.contains(a))
+                .map(|(_, &d)| d)
+                .collect()
         };
         self.reshape_out(x, shape)
     }
@@ -857,8 +960,14 @@ impl<'m> Importer<'m> {
         shape[axis] = 0;
         for s in &syms {
             let t = self.shape(s);
-            if t.len() != first.len() || t.iter().enumerate().any(|(a, &d)| a != axis && d != first[a]) {
-                return Err(self.err(format!("inputs {first:?} and {t:?} do not concatenate on axis {axis}")));
+            if t.len() != first.len()
+                || t.iter()
+                    .enumerate()
+                    .any(|(a, &d)| a != axis && d != first[a])
+            {
+                return Err(self.err(format!(
+                    "inputs {first:?} and {t:?} do not concatenate on axis {axis}"
+                )));
             }
             shape[axis] += t[axis];
         }
@@ -881,7 +990,11 @@ impl<'m> Importer<'m> {
             }
         }
         let dt = self.dtype(&syms[0]);
-        let o = if vs.len() == 1 { vs[0] } else { self.emit("", Op::Concat { dim: axis }, vs, shape, dt) };
+        let o = if vs.len() == 1 {
+            vs[0]
+        } else {
+            self.emit("", Op::Concat { dim: axis }, vs, shape, dt)
+        };
         self.out_run(o)
     }
 
@@ -954,7 +1067,9 @@ impl<'m> Importer<'m> {
                 }
                 let ranges = ranges
                     .iter()
-                    .map(|&(st, en, step)| Slice::new(st as isize, Some(en.max(st) as isize), step as isize))
+                    .map(|&(st, en, step)| {
+                        Slice::new(st as isize, Some(en.max(st) as isize), step as isize)
+                    })
                     .collect();
                 let dt = self.dtype(&x);
                 let o = self.emit("", Op::Slice { ranges }, vec![v], shape, dt);
@@ -1057,7 +1172,9 @@ impl<'m> Importer<'m> {
         // scalar op, as Burn records `x + 1.0`.
         let scalar = match (&a, &b) {
             (Sym::Run(v), Sym::Host(d)) if shape == sa => scalar_of(d).map(|s| (*v, s)),
-            (Sym::Host(d), Sym::Run(v)) if shape == sb && matches!(op, BinaryOp::Add | BinaryOp::Mul) => {
+            (Sym::Host(d), Sym::Run(v))
+                if shape == sb && matches!(op, BinaryOp::Add | BinaryOp::Mul) =>
+            {
                 scalar_of(d).map(|s| (*v, s))
             }
             _ => None,
@@ -1073,7 +1190,11 @@ impl<'m> Importer<'m> {
                     // A constant operand gets its broadcast rank on the host.
                     let mut s = vec![1; shape.len() - d.shape().num_dims()];
                     s.extend(d.shape().as_slice());
-                    let d = if dt.is_float() { (**d).clone().convert::<f32>() } else { (**d).clone().convert_dtype(dt) };
+                    let d = if dt.is_float() {
+                        (**d).clone().convert::<f32>()
+                    } else {
+                        (**d).clone().convert_dtype(dt)
+                    };
                     let name = format!("{}#r{}", self.input_name(k), shape.len());
                     self.runtime(&Sym::Host(Rc::new(reshape_host(&d, s))), &name)?
                 }
@@ -1113,13 +1234,21 @@ impl<'m> Importer<'m> {
             return self.out_host(TensorData::new(v, shape));
         }
         let (Sym::Run(v), Sym::Host(d)) = (&a, &b) else {
-            return Err(self.err("comparisons of run-time values are supported only against a constant scalar"));
+            return Err(self.err(
+                "comparisons of run-time values are supported only against a constant scalar",
+            ));
         };
         if d.num_elements() != 1 || self.shape(&a) != shape {
-            return Err(self.err("comparisons of run-time values are supported only against a constant scalar"));
+            return Err(self.err(
+                "comparisons of run-time values are supported only against a constant scalar",
+            ));
         }
         let dt = self.g.value(*v).dtype;
-        let s = if dt.is_float() { ScalarIr::Float(floats(d)[0]) } else { ScalarIr::Int(ints(d).map_err(|e| self.err(e))?[0]) };
+        let s = if dt.is_float() {
+            ScalarIr::Float(floats(d)[0])
+        } else {
+            ScalarIr::Int(ints(d).map_err(|e| self.err(e))?[0])
+        };
         let bool_dt = DType::Bool(burn::tensor::BoolStore::Native);
         let (cmp, negate) = match op.as_str() {
             "Equal" => (CompareOp::Equal, false),
@@ -1129,7 +1258,13 @@ impl<'m> Importer<'m> {
             _ => (CompareOp::Lower, true),
         };
         let o = if negate {
-            let c = self.emit("compare", Op::Compare(cmp, s), vec![*v], shape.clone(), bool_dt);
+            let c = self.emit(
+                "compare",
+                Op::Compare(cmp, s),
+                vec![*v],
+                shape.clone(),
+                bool_dt,
+            );
             self.emit("", Op::Not, vec![c], shape, bool_dt)
         } else {
             self.emit("", Op::Compare(cmp, s), vec![*v], shape, bool_dt)
@@ -1150,12 +1285,21 @@ impl<'m> Importer<'m> {
             let v: Vec<bool> = ix
                 .iter()
                 .zip(&iy)
-                .map(|(&i, &j)| if and { xv[i] != 0.0 && yv[j] != 0.0 } else { xv[i] != 0.0 || yv[j] != 0.0 })
+                .map(|(&i, &j)| {
+                    if and {
+                        xv[i] != 0.0 && yv[j] != 0.0
+                    } else {
+                        xv[i] != 0.0 || yv[j] != 0.0
+                    }
+                })
                 .collect();
             return self.out_host(TensorData::new(v, shape));
         }
         let (va, vb) = (self.run_in(0)?, self.run_in(1)?);
-        let (va, vb) = (self.with_rank(va, shape.len()), self.with_rank(vb, shape.len()));
+        let (va, vb) = (
+            self.with_rank(va, shape.len()),
+            self.with_rank(vb, shape.len()),
+        );
         let dt = self.g.value(va).dtype;
         let o = self.emit("", Op::Logical { and }, vec![va, vb], shape, dt);
         self.out_run(o)
@@ -1164,8 +1308,11 @@ impl<'m> Importer<'m> {
     fn where_(&mut self) -> R<()> {
         self.known_attrs(&[])?;
         let (c, x, y) = (self.req(0)?, self.req(1)?, self.req(2)?);
-        let shape = broadcast(&self.shape(&c), &broadcast(&self.shape(&x), &self.shape(&y)).map_err(|e| self.err(e))?)
-            .map_err(|e| self.err(e))?;
+        let shape = broadcast(
+            &self.shape(&c),
+            &broadcast(&self.shape(&x), &self.shape(&y)).map_err(|e| self.err(e))?,
+        )
+        .map_err(|e| self.err(e))?;
         if let (Sym::Host(cd), Sym::Host(xd), Sym::Host(yd)) = (&c, &x, &y) {
             let cv = floats(cd);
             let (ic, ix, iy) = (
@@ -1174,7 +1321,15 @@ impl<'m> Importer<'m> {
                 broadcast_index(yd.shape().as_slice(), &shape),
             );
             let (xv, yv) = (floats(xd), floats(yd));
-            let v: Vec<f64> = (0..ic.len()).map(|k| if cv[ic[k]] != 0.0 { xv[ix[k]] } else { yv[iy[k]] }).collect();
+            let v: Vec<f64> = (0..ic.len())
+                .map(|k| {
+                    if cv[ic[k]] != 0.0 {
+                        xv[ix[k]]
+                    } else {
+                        yv[iy[k]]
+                    }
+                })
+                .collect();
             return self.out_host(from_f64(v, shape, xd.dtype()));
         }
         // `c ? x : s` and `c ? s : y` with a constant scalar: a masked fill.
@@ -1186,18 +1341,40 @@ impl<'m> Importer<'m> {
         let t = self.run_in(target)?;
         let t = self.with_rank(t, shape.len());
         let dt = self.g.value(t).dtype;
-        let t = if self.g.value(t).shape != shape { self.emit("expand", Op::Expand, vec![t], shape.clone(), dt) } else { t };
+        let t = if self.g.value(t).shape != shape {
+            self.emit("expand", Op::Expand, vec![t], shape.clone(), dt)
+        } else {
+            t
+        };
         let m = self.run_in(0)?;
         let m = self.with_rank(m, shape.len());
         let bool_dt = self.g.value(m).dtype;
-        let m = if invert { self.emit("not", Op::Not, vec![m], self.g.value(m).shape.clone(), bool_dt) } else { m };
-        let value = if dt.is_float() { ScalarIr::Float(floats(&value)[0]) } else { ScalarIr::Int(ints(&value).map_err(|e| self.err(e))?[0]) };
+        let m = if invert {
+            self.emit(
+                "not",
+                Op::Not,
+                vec![m],
+                self.g.value(m).shape.clone(),
+                bool_dt,
+            )
+        } else {
+            m
+        };
+        let value = if dt.is_float() {
+            ScalarIr::Float(floats(&value)[0])
+        } else {
+            ScalarIr::Int(ints(&value).map_err(|e| self.err(e))?[0])
+        };
         let o = self.emit("", Op::MaskFill { value }, vec![t, m], shape, dt);
         self.out_run(o)
     }
 
     fn unary(&mut self, op: UnaryOp) -> R<()> {
-        self.known_attrs(if op == UnaryOp::Gelu { &["approximate"] } else { &[] })?;
+        self.known_attrs(if op == UnaryOp::Gelu {
+            &["approximate"]
+        } else {
+            &[]
+        })?;
         match self.req(0)? {
             Sym::Host(d) if d.dtype().is_float() && op != UnaryOp::Gelu => {
                 let f: fn(f64) -> f64 = match op {
@@ -1218,7 +1395,16 @@ impl<'m> Importer<'m> {
                     _ => return self.unary_run(op),
                 };
                 // f32 constants are computed in f32 precision, as the runtime would.
-                let v: Vec<f64> = floats(&d).into_iter().map(|x| if d.dtype() == DType::F64 { f(x) } else { f(x) as f32 as f64 }).collect();
+                let v: Vec<f64> = floats(&d)
+                    .into_iter()
+                    .map(|x| {
+                        if d.dtype() == DType::F64 {
+                            f(x)
+                        } else {
+                            f(x) as f32 as f64
+                        }
+                    })
+                    .collect();
                 self.out_host(from_f64(v, d.shape().as_slice().to_vec(), d.dtype()))
             }
             _ => self.unary_run(op),
@@ -1242,13 +1428,49 @@ impl<'m> Importer<'m> {
         let x = self.run_in(0)?;
         let (s, dt) = (self.g.value(x).shape.clone(), self.g.value(x).dtype);
         let f = ScalarIr::Float;
-        let x3 = self.emit("cube", Op::Scalar(ScalarOp::Pow, f(3.0)), vec![x], s.clone(), dt);
-        let x3 = self.emit("cube_scaled", Op::Scalar(ScalarOp::Mul, f(0.044715)), vec![x3], s.clone(), dt);
-        let inner = self.emit("inner", Op::Binary(BinaryOp::Add), vec![x, x3], s.clone(), dt);
-        let inner = self.emit("inner_scaled", Op::Scalar(ScalarOp::Mul, f((2.0 / std::f64::consts::PI).sqrt())), vec![inner], s.clone(), dt);
+        let x3 = self.emit(
+            "cube",
+            Op::Scalar(ScalarOp::Pow, f(3.0)),
+            vec![x],
+            s.clone(),
+            dt,
+        );
+        let x3 = self.emit(
+            "cube_scaled",
+            Op::Scalar(ScalarOp::Mul, f(0.044715)),
+            vec![x3],
+            s.clone(),
+            dt,
+        );
+        let inner = self.emit(
+            "inner",
+            Op::Binary(BinaryOp::Add),
+            vec![x, x3],
+            s.clone(),
+            dt,
+        );
+        let inner = self.emit(
+            "inner_scaled",
+            Op::Scalar(ScalarOp::Mul, f((2.0 / std::f64::consts::PI).sqrt())),
+            vec![inner],
+            s.clone(),
+            dt,
+        );
         let t = self.emit("tanh", Op::Unary(UnaryOp::Tanh), vec![inner], s.clone(), dt);
-        let t = self.emit("one_plus", Op::Scalar(ScalarOp::Add, f(1.0)), vec![t], s.clone(), dt);
-        let h = self.emit("half", Op::Scalar(ScalarOp::Mul, f(0.5)), vec![x], s.clone(), dt);
+        let t = self.emit(
+            "one_plus",
+            Op::Scalar(ScalarOp::Add, f(1.0)),
+            vec![t],
+            s.clone(),
+            dt,
+        );
+        let h = self.emit(
+            "half",
+            Op::Scalar(ScalarOp::Mul, f(0.5)),
+            vec![x],
+            s.clone(),
+            dt,
+        );
         let o = self.emit("", Op::Binary(BinaryOp::Mul), vec![h, t], s, dt);
         self.out_run(o)
     }
@@ -1256,7 +1478,10 @@ impl<'m> Importer<'m> {
     fn clip(&mut self) -> R<()> {
         let (lo, hi) = if self.m.opset < 11 {
             self.known_attrs(&["min", "max"])?;
-            (self.attr("min").and_then(|a| a.f).map(f64::from), self.attr("max").and_then(|a| a.f).map(f64::from))
+            (
+                self.attr("min").and_then(|a| a.f).map(f64::from),
+                self.attr("max").and_then(|a| a.f).map(f64::from),
+            )
         } else {
             self.known_attrs(&[])?;
             let lo = self.host_opt(1)?.map(|d| floats(&d)[0]);
@@ -1267,14 +1492,26 @@ impl<'m> Importer<'m> {
         if let Sym::Host(d) = &x {
             let v = floats(d)
                 .into_iter()
-                .map(|v| v.max(lo.unwrap_or(f64::NEG_INFINITY)).min(hi.unwrap_or(f64::INFINITY)))
+                .map(|v| {
+                    v.max(lo.unwrap_or(f64::NEG_INFINITY))
+                        .min(hi.unwrap_or(f64::INFINITY))
+                })
                 .collect();
             return self.out_host(from_f64(v, d.shape().as_slice().to_vec(), d.dtype()));
         }
         let dt = self.dtype(&x);
-        let sc = |v: f64| if dt.is_float() { ScalarIr::Float(v) } else { ScalarIr::Int(v as i64) };
+        let sc = |v: f64| {
+            if dt.is_float() {
+                ScalarIr::Float(v)
+            } else {
+                ScalarIr::Int(v as i64)
+            }
+        };
         match (lo, hi) {
-            (Some(l), Some(h)) => self.act(Op::Clamp { min: sc(l), max: sc(h) }),
+            (Some(l), Some(h)) => self.act(Op::Clamp {
+                min: sc(l),
+                max: sc(h),
+            }),
             (Some(l), None) => self.act(Op::Scalar(ScalarOp::ClampMin, sc(l))),
             (None, Some(h)) => self.act(Op::Scalar(ScalarOp::ClampMax, sc(h))),
             (None, None) => {
@@ -1290,9 +1527,18 @@ impl<'m> Importer<'m> {
         let x = self.run_in(0)?;
         let s = self.g.value(x).shape.clone();
         let opset = self.m.opset;
-        let axis = self.axis(self.attr_i("axis", if opset < 13 { 1 } else { -1 }), s.len())?;
+        let axis = self.axis(
+            self.attr_i("axis", if opset < 13 { 1 } else { -1 }),
+            s.len(),
+        )?;
         let dt = self.g.value(x).dtype;
-        let op = |dim| if log { Op::LogSoftmax { dim } } else { Op::Softmax { dim } };
+        let op = |dim| {
+            if log {
+                Op::LogSoftmax { dim }
+            } else {
+                Op::Softmax { dim }
+            }
+        };
         // Before opset 13 the input is flattened to 2-D at `axis` and normalised over the
         // whole second part; on the last axis that is the one-axis form.
         let o = if opset < 13 && axis + 1 != s.len() {
@@ -1308,7 +1554,13 @@ impl<'m> Importer<'m> {
 
     /// Pads of a convolution or pooling along `spatial` axes from `pads`/`auto_pad`:
     /// `(begin, end)` per axis.
-    fn pads(&self, input: &[usize], kernel: &[usize], strides: &[usize], dilations: &[usize]) -> R<Vec<(usize, usize)>> {
+    fn pads(
+        &self,
+        input: &[usize],
+        kernel: &[usize],
+        strides: &[usize],
+        dilations: &[usize],
+    ) -> R<Vec<(usize, usize)>> {
         let nd = kernel.len();
         let auto = self.attr_s("auto_pad", "NOTSET");
         match auto.as_str() {
@@ -1317,14 +1569,21 @@ impl<'m> Importer<'m> {
                 if p.len() != 2 * nd || p.iter().any(|&v| v < 0) {
                     return Err(self.err(format!("pads {p:?} do not fit {nd} spatial axes")));
                 }
-                Ok((0..nd).map(|i| (p[i] as usize, p[i + nd] as usize)).collect())
+                Ok((0..nd)
+                    .map(|i| (p[i] as usize, p[i + nd] as usize))
+                    .collect())
             }
             "VALID" => Ok(vec![(0, 0); nd]),
             "SAME_UPPER" | "SAME_LOWER" => Ok((0..nd)
                 .map(|i| {
                     let out = input[i].div_ceil(strides[i]);
-                    let need = ((out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1).saturating_sub(input[i]);
-                    if auto == "SAME_UPPER" { (need / 2, need - need / 2) } else { (need - need / 2, need / 2) }
+                    let need = ((out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1)
+                        .saturating_sub(input[i]);
+                    if auto == "SAME_UPPER" {
+                        (need / 2, need - need / 2)
+                    } else {
+                        (need - need / 2, need / 2)
+                    }
                 })
                 .collect()),
             other => Err(self.err(format!("auto_pad `{other}` is not supported"))),
@@ -1334,29 +1593,45 @@ impl<'m> Importer<'m> {
     fn spatial_attr(&self, name: &str, nd: usize, default: usize) -> R<Vec<usize>> {
         match self.attr_ints(name) {
             None => Ok(vec![default; nd]),
-            Some(v) if v.len() == nd && v.iter().all(|&x| x >= 1) => Ok(v.iter().map(|&x| x as usize).collect()),
+            Some(v) if v.len() == nd && v.iter().all(|&x| x >= 1) => {
+                Ok(v.iter().map(|&x| x as usize).collect())
+            }
             Some(v) => Err(self.err(format!("`{name}` {v:?} does not fit {nd} spatial axes"))),
         }
     }
 
     fn conv(&mut self) -> R<()> {
-        self.known_attrs(&["auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"])?;
+        self.known_attrs(&[
+            "auto_pad",
+            "dilations",
+            "group",
+            "kernel_shape",
+            "pads",
+            "strides",
+        ])?;
         let x = self.run_in(0)?;
         let w = self.weight_in(1, false, WeightLayout::Conv)?;
         let xs = self.g.value(x).shape.clone();
         let ws = self.g.value(w).shape.clone();
         let nd = ws.len().saturating_sub(2);
         if !(1..=2).contains(&nd) || xs.len() != nd + 2 {
-            return Err(self.err(format!("only 1-D and 2-D convolutions are supported (input {xs:?}, weight {ws:?})")));
+            return Err(self.err(format!(
+                "only 1-D and 2-D convolutions are supported (input {xs:?}, weight {ws:?})"
+            )));
         }
         if let Some(k) = self.attr_ints("kernel_shape")
             && k.iter().map(|&v| v as usize).ne(ws[2..].iter().copied())
         {
-            return Err(self.err(format!("kernel_shape {k:?} disagrees with the weight {ws:?}")));
+            return Err(self.err(format!(
+                "kernel_shape {k:?} disagrees with the weight {ws:?}"
+            )));
         }
         let groups = self.attr_i("group", 1);
-        if groups < 1 || ws[0] % groups as usize != 0 || xs[1] != ws[1] * groups as usize {
-            return Err(self.err(format!("input {xs:?}, weight {ws:?} and group {groups} do not fit")));
+        if groups < 1 || !ws[0].is_multiple_of(groups as usize) || xs[1] != ws[1] * groups as usize
+        {
+            return Err(self.err(format!(
+                "input {xs:?}, weight {ws:?} and group {groups} do not fit"
+            )));
         }
         let groups = groups as usize;
         let strides = self.spatial_attr("strides", nd, 1)?;
@@ -1367,7 +1642,10 @@ impl<'m> Importer<'m> {
             let span = (ws[2 + i] - 1) * dilations[i] + 1;
             let padded = xs[2 + i] + pads[i].0 + pads[i].1;
             if padded < span {
-                return Err(self.err(format!("the kernel {:?} is larger than the padded input {xs:?}", &ws[2..])));
+                return Err(self.err(format!(
+                    "the kernel {:?} is larger than the padded input {xs:?}",
+                    &ws[2..]
+                )));
             }
             shape.push((padded - span) / strides[i] + 1);
         }
@@ -1376,13 +1654,22 @@ impl<'m> Importer<'m> {
         if bias {
             let b = self.param_in(2, false)?;
             if self.g.value(b).shape != [ws[0]] {
-                return Err(self.err(format!("bias shape {:?} is not [{}]", self.g.value(b).shape, ws[0])));
+                return Err(self.err(format!(
+                    "bias shape {:?} is not [{}]",
+                    self.g.value(b).shape,
+                    ws[0]
+                )));
             }
             inputs.push(b);
         }
         let op = if nd == 1 {
             Op::Conv1d {
-                options: Conv1dOptionsIr { stride: [strides[0]], padding: [pads[0]], dilation: [dilations[0]], groups },
+                options: Conv1dOptionsIr {
+                    stride: [strides[0]],
+                    padding: [pads[0]],
+                    dilation: [dilations[0]],
+                    groups,
+                },
                 bias,
             }
         } else {
@@ -1401,7 +1688,16 @@ impl<'m> Importer<'m> {
     }
 
     fn conv_transpose(&mut self) -> R<()> {
-        self.known_attrs(&["auto_pad", "dilations", "group", "kernel_shape", "output_padding", "output_shape", "pads", "strides"])?;
+        self.known_attrs(&[
+            "auto_pad",
+            "dilations",
+            "group",
+            "kernel_shape",
+            "output_padding",
+            "output_shape",
+            "pads",
+            "strides",
+        ])?;
         let x = self.run_in(0)?;
         let w = self.weight_in(1, false, WeightLayout::ConvTranspose)?;
         let xs = self.g.value(x).shape.clone();
@@ -1411,23 +1707,35 @@ impl<'m> Importer<'m> {
             return Err(self.err(format!("only 1-D and 2-D transposed convolutions are supported (input {xs:?}, weight {ws:?})")));
         }
         let groups = self.attr_i("group", 1).max(1) as usize;
-        if xs[1] != ws[0] || ws[0] % groups != 0 {
-            return Err(self.err(format!("input {xs:?}, weight {ws:?} and group {groups} do not fit")));
+        if xs[1] != ws[0] || !ws[0].is_multiple_of(groups) {
+            return Err(self.err(format!(
+                "input {xs:?}, weight {ws:?} and group {groups} do not fit"
+            )));
         }
         let strides = self.spatial_attr("strides", nd, 1)?;
         let dilations = self.spatial_attr("dilations", nd, 1)?;
         let out_pad: Vec<usize> = match self.attr_ints("output_padding") {
-            Some(v) if v.len() == nd && v.iter().all(|&p| p >= 0) => v.iter().map(|&p| p as usize).collect(),
+            Some(v) if v.len() == nd && v.iter().all(|&p| p >= 0) => {
+                v.iter().map(|&p| p as usize).collect()
+            }
             Some(v) => return Err(self.err(format!("output_padding {v:?} is invalid"))),
             None => vec![0; nd],
         };
-        let full = |i: usize| strides[i] * (xs[2 + i] - 1) + out_pad[i] + (ws[2 + i] - 1) * dilations[i] + 1;
+        let full = |i: usize| {
+            strides[i] * (xs[2 + i] - 1) + out_pad[i] + (ws[2 + i] - 1) * dilations[i] + 1
+        };
         let pads: Vec<(usize, usize)> = if let Some(os) = self.attr_ints("output_shape") {
             let os = &os[os.len().saturating_sub(nd)..];
             (0..nd)
                 .map(|i| {
-                    let total = full(i).checked_sub(os[i].max(0) as usize).ok_or_else(|| self.err("output_shape is too large"))?;
-                    Ok(if self.attr_s("auto_pad", "NOTSET") == "SAME_LOWER" { (total - total / 2, total / 2) } else { (total / 2, total - total / 2) })
+                    let total = full(i)
+                        .checked_sub(os[i].max(0) as usize)
+                        .ok_or_else(|| self.err("output_shape is too large"))?;
+                    Ok(if self.attr_s("auto_pad", "NOTSET") == "SAME_LOWER" {
+                        (total - total / 2, total / 2)
+                    } else {
+                        (total / 2, total - total / 2)
+                    })
                 })
                 .collect::<R<_>>()?
         } else {
@@ -1437,17 +1745,29 @@ impl<'m> Importer<'m> {
                     if p.len() != 2 * nd || p.iter().any(|&v| v < 0) {
                         return Err(self.err(format!("pads {p:?} do not fit {nd} spatial axes")));
                     }
-                    (0..nd).map(|i| (p[i] as usize, p[i + nd] as usize)).collect()
+                    (0..nd)
+                        .map(|i| (p[i] as usize, p[i + nd] as usize))
+                        .collect()
                 }
-                other => return Err(self.err(format!("auto_pad `{other}` without output_shape is not supported"))),
+                other => {
+                    return Err(self.err(format!(
+                        "auto_pad `{other}` without output_shape is not supported"
+                    )));
+                }
             }
         };
         if pads.iter().any(|&(b, e)| b != e) {
-            return Err(self.err(format!("asymmetric pads {pads:?} are not supported (Burn pads both sides alike)")));
+            return Err(self.err(format!(
+                "asymmetric pads {pads:?} are not supported (Burn pads both sides alike)"
+            )));
         }
         let mut shape = vec![xs[0], ws[1] * groups];
-        for i in 0..nd {
-            shape.push(full(i).checked_sub(2 * pads[i].0).ok_or_else(|| self.err("pads exceed the output"))?);
+        for (i, pad) in pads.iter().enumerate() {
+            shape.push(
+                full(i)
+                    .checked_sub(2 * pad.0)
+                    .ok_or_else(|| self.err("pads exceed the output"))?,
+            );
         }
         let bias = self.input(2)?.is_some();
         let mut inputs = vec![x, w];
@@ -1482,7 +1802,14 @@ impl<'m> Importer<'m> {
     }
 
     fn batch_norm(&mut self) -> R<()> {
-        self.known_attrs(&["epsilon", "momentum", "spatial", "training_mode", "is_test", "consumed_inputs"])?;
+        self.known_attrs(&[
+            "epsilon",
+            "momentum",
+            "spatial",
+            "training_mode",
+            "is_test",
+            "consumed_inputs",
+        ])?;
         if self.attr_i("training_mode", 0) != 0 {
             return Err(self.err("training mode is not supported"));
         }
@@ -1495,7 +1822,11 @@ impl<'m> Importer<'m> {
         for k in 1..5 {
             let p = self.param_in(k, false)?;
             if xs.len() < 2 || self.g.value(p).shape != [xs[1]] {
-                return Err(self.err(format!("input {k} has shape {:?}, expected [{}]", self.g.value(p).shape, xs.get(1).copied().unwrap_or(0))));
+                return Err(self.err(format!(
+                    "input {k} has shape {:?}, expected [{}]",
+                    self.g.value(p).shape,
+                    xs.get(1).copied().unwrap_or(0)
+                )));
             }
             inputs.push(p);
         }
@@ -1510,7 +1841,9 @@ impl<'m> Importer<'m> {
         let xs = self.g.value(x).shape.clone();
         let axis = self.axis(self.attr_i("axis", -1), xs.len())?;
         if axis + 1 != xs.len() {
-            return Err(self.err(format!("normalizing from axis {axis} of {xs:?} (not only the last) is not supported")));
+            return Err(self.err(format!(
+                "normalizing from axis {axis} of {xs:?} (not only the last) is not supported"
+            )));
         }
         let d = xs[axis];
         let g = self.param_in(1, false)?;
@@ -1521,7 +1854,10 @@ impl<'m> Importer<'m> {
         }
         for &p in &inputs[1..] {
             if self.g.value(p).shape != [d] {
-                return Err(self.err(format!("scale/bias shape {:?} is not [{d}]", self.g.value(p).shape)));
+                return Err(self.err(format!(
+                    "scale/bias shape {:?} is not [{d}]",
+                    self.g.value(p).shape
+                )));
             }
         }
         let epsilon = self.attr_f("epsilon", 1e-5) as f64;
@@ -1536,7 +1872,11 @@ impl<'m> Importer<'m> {
             return Ok(None);
         }
         let nodes = self.m.nodes();
-        let Some((a, add)) = nodes.iter().enumerate().find(|(_, n)| n.input.iter().any(|i| i == out)) else {
+        let Some((a, add)) = nodes
+            .iter()
+            .enumerate()
+            .find(|(_, n)| n.input.iter().any(|i| i == out))
+        else {
             return Ok(None);
         };
         if add.op_type != "Add" || !is_default_domain(&add.domain) || add.input.len() != 2 {
@@ -1559,7 +1899,13 @@ impl<'m> Importer<'m> {
     }
 
     /// A layer `y = x · W (+ b)` with `W` a constant `[K, N]` (`transposed`: stored `[N, K]`).
-    fn linear(&mut self, x: ValueId, w_slot: usize, transposed: bool, bias: Option<(Sym, String)>) -> R<ValueId> {
+    fn linear(
+        &mut self,
+        x: ValueId,
+        w_slot: usize,
+        transposed: bool,
+        bias: Option<(Sym, String)>,
+    ) -> R<ValueId> {
         let w = self.weight_in(w_slot, transposed, WeightLayout::Linear)?;
         let xs = self.g.value(x).shape.clone();
         let ws = self.g.value(w).shape.clone();
@@ -1576,7 +1922,12 @@ impl<'m> Importer<'m> {
             } else {
                 let data = reshape_host(&d.convert_ref_f32(), vec![ws[1]]);
                 let p = self.g.params.len();
-                self.g.params.push(GraphParam { path: name.clone(), id: None, value: ValueId(usize::MAX), data: data.clone() });
+                self.g.params.push(GraphParam {
+                    path: name.clone(),
+                    id: None,
+                    value: ValueId(usize::MAX),
+                    data: data.clone(),
+                });
                 let v = self.value(vec![ws[1]], DType::F32, ValueOrigin::Param(p), None);
                 self.g.values[v.0].name = name.clone();
                 self.g.params[p].value = v;
@@ -1620,7 +1971,12 @@ impl<'m> Importer<'m> {
         }
         let (va, vb) = (self.run_in(0)?, self.run_in(1)?);
         let batch = broadcast(&sa[..sa.len() - 2], &sb[..sb.len() - 2]).map_err(|e| self.err(e))?;
-        let (m, k, k2, n) = (sa[sa.len() - 2], sa[sa.len() - 1], sb[sb.len() - 2], sb[sb.len() - 1]);
+        let (m, k, k2, n) = (
+            sa[sa.len() - 2],
+            sa[sa.len() - 1],
+            sb[sb.len() - 2],
+            sb[sb.len() - 1],
+        );
         if k != k2 {
             return Err(self.err(format!("{sa:?} · {sb:?} do not multiply")));
         }
@@ -1642,7 +1998,17 @@ impl<'m> Importer<'m> {
         if sa.len() != 2 {
             return Err(self.err(format!("input A has shape {sa:?}, expected a matrix")));
         }
-        let a = if ta { self.emit("transpose_a", Op::Permute { axes: vec![1, 0] }, vec![a], vec![sa[1], sa[0]], DType::F32) } else { a };
+        let a = if ta {
+            self.emit(
+                "transpose_a",
+                Op::Permute { axes: vec![1, 0] },
+                vec![a],
+                vec![sa[1], sa[0]],
+                DType::F32,
+            )
+        } else {
+            a
+        };
         let b = self.req(1)?;
         let Sym::Host(_) = b else {
             return Err(self.err("a run-time B is not supported (Gemm of two activations)"));
@@ -1652,7 +2018,11 @@ impl<'m> Importer<'m> {
         let c = self.input(2)?;
         // `beta · C` with C a vector over N (or [1, N]) is the layer's bias.
         let bias = match &c {
-            Some(Sym::Host(d)) if beta == 1.0 && d.num_elements() == n && d.shape().as_slice().last() == Some(&n) => {
+            Some(Sym::Host(d))
+                if beta == 1.0
+                    && d.num_elements() == n
+                    && d.shape().as_slice().last() == Some(&n) =>
+            {
                 Some((Sym::Host(d.clone()), self.input_name(2).to_string()))
             }
             _ => None,
@@ -1664,7 +2034,13 @@ impl<'m> Importer<'m> {
                 return Err(self.err("alpha ≠ 1 together with a bias is not supported"));
             }
             let s = self.g.value(o).shape.clone();
-            o = self.emit("alpha", Op::Scalar(ScalarOp::Mul, ScalarIr::Float(alpha as f64)), vec![o], s, DType::F32);
+            o = self.emit(
+                "alpha",
+                Op::Scalar(ScalarOp::Mul, ScalarIr::Float(alpha as f64)),
+                vec![o],
+                s,
+                DType::F32,
+            );
         }
         if let Some(c) = c
             && !fused_c
@@ -1672,19 +2048,40 @@ impl<'m> Importer<'m> {
             let cv = self.runtime(&c, self.input_name(2))?;
             let cv = if beta != 1.0 {
                 let s = self.g.value(cv).shape.clone();
-                self.emit("beta", Op::Scalar(ScalarOp::Mul, ScalarIr::Float(beta as f64)), vec![cv], s, DType::F32)
+                self.emit(
+                    "beta",
+                    Op::Scalar(ScalarOp::Mul, ScalarIr::Float(beta as f64)),
+                    vec![cv],
+                    s,
+                    DType::F32,
+                )
             } else {
                 cv
             };
             let s = self.g.value(o).shape.clone();
             let cv = self.with_rank(cv, 2);
-            o = self.emit("add_c", Op::Binary(BinaryOp::Add), vec![o, cv], s, DType::F32);
+            o = self.emit(
+                "add_c",
+                Op::Binary(BinaryOp::Add),
+                vec![o, cv],
+                s,
+                DType::F32,
+            );
         }
         self.out_run(o)
     }
 
     fn pool(&mut self, max: bool) -> R<()> {
-        self.known_attrs(&["auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order", "strides", "count_include_pad"])?;
+        self.known_attrs(&[
+            "auto_pad",
+            "ceil_mode",
+            "dilations",
+            "kernel_shape",
+            "pads",
+            "storage_order",
+            "strides",
+            "count_include_pad",
+        ])?;
         let x = self.run_in(0)?;
         let xs = self.g.value(x).shape.clone();
         if xs.len() != 4 {
@@ -1715,19 +2112,31 @@ impl<'m> Importer<'m> {
                 )));
             }
             let fill = ScalarIr::Float(if max { f64::NEG_INFINITY } else { 0.0 });
-            for i in 0..2 {
-                let (b, e) = pads[i];
+            for (i, pad) in pads.iter_mut().enumerate() {
+                let (b, e) = *pad;
                 if b == e {
                     continue;
                 }
                 let axis = 2 + i;
                 let mut block = xs.clone();
                 block[axis] = b.abs_diff(e);
-                let f = self.emit(&format!("pad{axis}"), Op::Full { value: fill }, vec![], block.clone(), DType::F32);
+                let f = self.emit(
+                    &format!("pad{axis}"),
+                    Op::Full { value: fill },
+                    vec![],
+                    block.clone(),
+                    DType::F32,
+                );
                 let parts = if e > b { vec![x, f] } else { vec![f, x] };
                 xs[axis] += block[axis];
-                x = self.emit(&format!("padded{axis}"), Op::Concat { dim: axis }, parts, xs.clone(), DType::F32);
-                pads[i] = (b.min(e), b.min(e));
+                x = self.emit(
+                    &format!("padded{axis}"),
+                    Op::Concat { dim: axis },
+                    parts,
+                    xs.clone(),
+                    DType::F32,
+                );
+                *pad = (b.min(e), b.min(e));
             }
         }
         let ceil_mode = self.attr_i("ceil_mode", 0) != 0;
@@ -1739,7 +2148,11 @@ impl<'m> Importer<'m> {
                 return Err(self.err("the window is larger than the padded input"));
             }
             let num = padded - span;
-            let mut out = if ceil_mode { num.div_ceil(strides[i]) + 1 } else { num / strides[i] + 1 };
+            let mut out = if ceil_mode {
+                num.div_ceil(strides[i]) + 1
+            } else {
+                num / strides[i] + 1
+            };
             // The last window must start inside the input or its left padding.
             if ceil_mode && (out - 1) * strides[i] >= xs[2 + i] + pads[i].0 {
                 out -= 1;
@@ -1748,7 +2161,13 @@ impl<'m> Importer<'m> {
         }
         let padding = [pads[0].0, pads[1].0];
         let op = if max {
-            Op::MaxPool2d { kernel: [kernel[0], kernel[1]], stride: [strides[0], strides[1]], padding, dilation: [dilations[0], dilations[1]], ceil_mode }
+            Op::MaxPool2d {
+                kernel: [kernel[0], kernel[1]],
+                stride: [strides[0], strides[1]],
+                padding,
+                dilation: [dilations[0], dilations[1]],
+                ceil_mode,
+            }
         } else {
             Op::AvgPool2d {
                 kernel: [kernel[0], kernel[1]],
@@ -1770,7 +2189,13 @@ impl<'m> Importer<'m> {
             return Err(self.err(format!("input {xs:?} has no spatial axes")));
         }
         let o = if xs.len() == 4 && !max {
-            self.emit("", Op::AdaptiveAvgPool2d { output: [1, 1] }, vec![x], vec![xs[0], xs[1], 1, 1], DType::F32)
+            self.emit(
+                "",
+                Op::AdaptiveAvgPool2d { output: [1, 1] },
+                vec![x],
+                vec![xs[0], xs[1], 1, 1],
+                DType::F32,
+            )
         } else {
             let op = if max { ReduceOp::Max } else { ReduceOp::Mean };
             self.reduce_axes(x, op, &(2..xs.len()).collect::<Vec<_>>(), true)
@@ -1787,11 +2212,26 @@ impl<'m> Importer<'m> {
         for (i, &a) in axes.iter().enumerate() {
             shape[a] = 1;
             let last = i + 1 == axes.len() && keep;
-            let suffix = if last { String::new() } else { format!("axis{a}") };
-            v = self.emit(&suffix, Op::Reduce { op, dim: a }, vec![v], shape.clone(), dt);
+            let suffix = if last {
+                String::new()
+            } else {
+                format!("axis{a}")
+            };
+            v = self.emit(
+                &suffix,
+                Op::Reduce { op, dim: a },
+                vec![v],
+                shape.clone(),
+                dt,
+            );
         }
         if !keep {
-            let dropped: Vec<usize> = shape.iter().enumerate().filter(|(a, _)| !axes.contains(a)).map(|(_, &d)| d).collect();
+            let dropped: Vec<usize> = shape
+                .iter()
+                .enumerate()
+                .filter(|(a, _)| !axes.contains(a))
+                .map(|(_, &d)| d)
+                .collect();
             v = self.emit("", Op::Reshape, vec![v], dropped, dt);
         }
         v
@@ -1812,7 +2252,10 @@ impl<'m> Importer<'m> {
         };
         let axes: Vec<usize> = match axes {
             Some(a) if !a.is_empty() => {
-                let mut v: Vec<usize> = a.iter().map(|&a| self.axis(a, xs.len())).collect::<R<_>>()?;
+                let mut v: Vec<usize> = a
+                    .iter()
+                    .map(|&a| self.axis(a, xs.len()))
+                    .collect::<R<_>>()?;
                 v.sort();
                 v.dedup();
                 v
@@ -1844,9 +2287,14 @@ impl<'m> Importer<'m> {
         let x = self.run_in(0)?;
         let xs = self.g.value(x).shape.clone();
         if xs.len() != 4 {
-            return Err(self.err(format!("only 4-D (N, C, H, W) inputs are supported, got {xs:?}")));
+            return Err(self.err(format!(
+                "only 4-D (N, C, H, W) inputs are supported, got {xs:?}"
+            )));
         }
-        if self.attr("axes").is_some() || self.attr_i("antialias", 0) != 0 || self.attr_i("exclude_outside", 0) != 0 {
+        if self.attr("axes").is_some()
+            || self.attr_i("antialias", 0) != 0
+            || self.attr_i("exclude_outside", 0) != 0
+        {
             return Err(self.err("`axes`, `antialias` and `exclude_outside` are not supported"));
         }
         let opset = self.m.opset;
@@ -1857,7 +2305,10 @@ impl<'m> Importer<'m> {
             };
             (Some(s), None)
         } else {
-            let s = self.host_opt(2)?.map(|d| floats(&d)).filter(|v| !v.is_empty());
+            let s = self
+                .host_opt(2)?
+                .map(|d| floats(&d))
+                .filter(|v| !v.is_empty());
             let z = match self.host_opt(3)? {
                 Some(d) => Some(ints(&d).map_err(|e| self.err(e))?),
                 None => None,
@@ -1866,33 +2317,59 @@ impl<'m> Importer<'m> {
         };
         let out: Vec<usize> = match (&scales, &sizes) {
             (_, Some(z)) if z.len() == 4 => z.iter().map(|&v| v.max(0) as usize).collect(),
-            (Some(s), _) if s.len() == 4 => xs.iter().zip(s).map(|(&d, &f)| (d as f64 * f).floor() as usize).collect(),
+            (Some(s), _) if s.len() == 4 => xs
+                .iter()
+                .zip(s)
+                .map(|(&d, &f)| (d as f64 * f).floor() as usize)
+                .collect(),
             _ => return Err(self.err("it needs 4 scales or 4 sizes")),
         };
         if out[0] != xs[0] || out[1] != xs[1] || out[2] == 0 || out[3] == 0 {
-            return Err(self.err(format!("resizing {xs:?} to {out:?}: only the spatial axes may change")));
+            return Err(self.err(format!(
+                "resizing {xs:?} to {out:?}: only the spatial axes may change"
+            )));
         }
         // Burn maps output pixel o to input ⌊o·in/out⌋ (nearest) and takes the ratio from
         // the sizes; ONNX uses the given scale. They agree when scale = out/in exactly.
         if let Some(s) = &scales {
             for a in 2..4 {
                 if (s[a] - out[a] as f64 / xs[a] as f64).abs() > 1e-6 * s[a].abs() {
-                    return Err(self.err(format!("scale {} does not give an exact size on axis {a}", s[a])));
+                    return Err(self.err(format!(
+                        "scale {} does not give an exact size on axis {a}",
+                        s[a]
+                    )));
                 }
             }
         }
         let mode = self.attr_s("mode", "nearest");
         let ctm = self.attr_s(
             "coordinate_transformation_mode",
-            if upsample || opset < 11 { "asymmetric" } else { "half_pixel" },
+            if upsample || opset < 11 {
+                "asymmetric"
+            } else {
+                "half_pixel"
+            },
         );
-        let nearest = self.attr_s("nearest_mode", if upsample || opset < 11 { "floor" } else { "round_prefer_floor" });
+        let nearest = self.attr_s(
+            "nearest_mode",
+            if upsample || opset < 11 {
+                "floor"
+            } else {
+                "round_prefer_floor"
+            },
+        );
         let rmode = match (mode.as_str(), ctm.as_str(), nearest.as_str()) {
             ("nearest", "asymmetric", "floor") => ResizeMode::Nearest,
-            ("linear" | "bilinear", "align_corners", _) => ResizeMode::Bilinear { align_corners: true },
-            ("linear" | "bilinear", "half_pixel", _) => ResizeMode::Bilinear { align_corners: false },
+            ("linear" | "bilinear", "align_corners", _) => ResizeMode::Bilinear {
+                align_corners: true,
+            },
+            ("linear" | "bilinear", "half_pixel", _) => ResizeMode::Bilinear {
+                align_corners: false,
+            },
             ("linear" | "bilinear", "pytorch_half_pixel", _) if out[2] > 1 && out[3] > 1 => {
-                ResizeMode::Bilinear { align_corners: false }
+                ResizeMode::Bilinear {
+                    align_corners: false,
+                }
             }
             _ => {
                 return Err(self.err(format!(
@@ -2005,7 +2482,11 @@ fn concat_host(parts: &[Rc<TensorData>], axis: usize, shape: Vec<usize>) -> Tens
         for p in parts {
             let ps = p.shape().as_slice();
             let chunk: usize = ps[axis..].iter().product::<usize>() * w;
-            let bytes = if p.dtype() == dtype { p.as_bytes().to_vec() } else { (**p).clone().convert_dtype(dtype).as_bytes().to_vec() };
+            let bytes = if p.dtype() == dtype {
+                p.as_bytes().to_vec()
+            } else {
+                (**p).clone().convert_dtype(dtype).as_bytes().to_vec()
+            };
             out.extend_from_slice(&bytes[o * chunk..(o + 1) * chunk]);
         }
     }
@@ -2029,7 +2510,12 @@ fn slice_index(input: &[usize], ranges: &[(i64, i64, i64)], shape: &[usize]) -> 
         .collect()
 }
 
-fn binary_host(op: BinaryOp, x: &TensorData, y: &TensorData, shape: &[usize]) -> Result<TensorData, String> {
+fn binary_host(
+    op: BinaryOp,
+    x: &TensorData,
+    y: &TensorData,
+    shape: &[usize],
+) -> Result<TensorData, String> {
     let (ix, iy) = (
         broadcast_index(x.shape().as_slice(), shape),
         broadcast_index(y.shape().as_slice(), shape),
@@ -2048,7 +2534,9 @@ fn binary_host(op: BinaryOp, x: &TensorData, y: &TensorData, shape: &[usize]) ->
                     BinaryOp::Mul => p.wrapping_mul(q),
                     BinaryOp::Div if q == 0 => return Err("integer division by zero".to_string()),
                     BinaryOp::Div => p.wrapping_div(q),
-                    BinaryOp::Pow => p.checked_pow(q.clamp(0, u32::MAX as i64) as u32).ok_or("integer power overflows")?,
+                    BinaryOp::Pow => p
+                        .checked_pow(q.clamp(0, u32::MAX as i64) as u32)
+                        .ok_or("integer power overflows")?,
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;

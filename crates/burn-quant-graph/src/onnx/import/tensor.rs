@@ -34,14 +34,21 @@ pub(crate) fn dtype_of(t: DataType) -> Option<DType> {
 /// Element count of `dims`, refusing negative dims and overflow.
 pub(crate) fn element_count(dims: &[i64]) -> Result<usize, String> {
     dims.iter()
-        .try_fold(1usize, |acc, &d| usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)))
+        .try_fold(1usize, |acc, &d| {
+            usize::try_from(d).ok().and_then(|d| acc.checked_mul(d))
+        })
         .ok_or_else(|| format!("impossible dims {dims:?}"))
 }
 
 /// Reads the bytes of an externally stored tensor (`location` relative to the model's
 /// directory, never outside it).
 fn external_bytes(t: &TensorProto, base: Option<&Path>) -> Result<Vec<u8>, String> {
-    let get = |k: &str| t.external_data.iter().find(|e| e.key == k).map(|e| e.value.as_str());
+    let get = |k: &str| {
+        t.external_data
+            .iter()
+            .find(|e| e.key == k)
+            .map(|e| e.value.as_str())
+    };
     let location = get("location").ok_or("external data without a `location`")?;
     let rel = Path::new(location);
     if rel.is_absolute()
@@ -49,13 +56,20 @@ fn external_bytes(t: &TensorProto, base: Option<&Path>) -> Result<Vec<u8>, Strin
             .components()
             .any(|c| !matches!(c, std::path::Component::Normal(_)))
     {
-        return Err(format!("external data location `{location}` leaves the model's directory"));
+        return Err(format!(
+            "external data location `{location}` leaves the model's directory"
+        ));
     }
-    let base = base.ok_or("external data needs the model's file path (load it with `OnnxModel::load`)")?;
-    let bytes = std::fs::read(base.join(rel)).map_err(|e| format!("external data `{location}`: {e}"))?;
+    let base =
+        base.ok_or("external data needs the model's file path (load it with `OnnxModel::load`)")?;
+    let bytes =
+        std::fs::read(base.join(rel)).map_err(|e| format!("external data `{location}`: {e}"))?;
     let parse = |k: &str| -> Result<Option<usize>, String> {
         get(k)
-            .map(|v| v.parse::<usize>().map_err(|_| format!("external data `{k}` is `{v}`")))
+            .map(|v| {
+                v.parse::<usize>()
+                    .map_err(|_| format!("external data `{k}` is `{v}`"))
+            })
             .transpose()
     };
     let offset = parse("offset")?.unwrap_or(0);
@@ -92,15 +106,23 @@ pub(crate) fn decode_tensor(t: &TensorProto, base: Option<&Path>) -> Result<Tens
             D::Double => t.double_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
             D::Int64 => t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
             D::Uint64 => t.uint64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            D::Uint32 => t.uint64_data.iter().flat_map(|v| (*v as u32).to_le_bytes()).collect(),
+            D::Uint32 => t
+                .uint64_data
+                .iter()
+                .flat_map(|v| (*v as u32).to_le_bytes())
+                .collect(),
             D::Int32 => t.int32_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            D::Int16 | D::Uint16 | D::Float16 | D::Bfloat16 => {
-                t.int32_data.iter().flat_map(|v| (*v as u16).to_le_bytes()).collect()
-            }
+            D::Int16 | D::Uint16 | D::Float16 | D::Bfloat16 => t
+                .int32_data
+                .iter()
+                .flat_map(|v| (*v as u16).to_le_bytes())
+                .collect(),
             _ => t.int32_data.iter().map(|&v| v as u8).collect(),
         }
     };
-    let needed = n.checked_mul(width).ok_or_else(|| format!("{n} elements overflow"))?;
+    let needed = n
+        .checked_mul(width)
+        .ok_or_else(|| format!("{n} elements overflow"))?;
     if raw.len() != needed {
         return Err(format!(
             "{} data bytes for {n} {} elements (expected {needed})",
@@ -112,7 +134,9 @@ pub(crate) fn decode_tensor(t: &TensorProto, base: Option<&Path>) -> Result<Tens
     use DataType as D;
     Ok(match dt {
         D::Float => TensorData::new(
-            words(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>(),
+            words(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect::<Vec<_>>(),
             shape,
         ),
         D::Float16 => TensorData::new(
@@ -128,34 +152,48 @@ pub(crate) fn decode_tensor(t: &TensorProto, base: Option<&Path>) -> Result<Tens
             shape,
         ),
         D::Double => TensorData::new(
-            words(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>(),
+            words(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                .collect::<Vec<_>>(),
             shape,
         ),
         D::Int8 => TensorData::new(raw.iter().map(|&b| b as i8).collect::<Vec<_>>(), shape),
         D::Uint8 => TensorData::new(raw, shape),
         D::Bool => TensorData::new(raw.iter().map(|&b| b != 0).collect::<Vec<_>>(), shape),
         D::Int16 => TensorData::new(
-            words(2).map(|b| i16::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>(),
+            words(2)
+                .map(|b| i16::from_le_bytes(b.try_into().unwrap()))
+                .collect::<Vec<_>>(),
             shape,
         ),
         D::Uint16 => TensorData::new(
-            words(2).map(|b| u16::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>(),
+            words(2)
+                .map(|b| u16::from_le_bytes(b.try_into().unwrap()))
+                .collect::<Vec<_>>(),
             shape,
         ),
         D::Int32 => TensorData::new(
-            words(4).map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>(),
+            words(4)
+                .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
+                .collect::<Vec<_>>(),
             shape,
         ),
         D::Uint32 => TensorData::new(
-            words(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>(),
+            words(4)
+                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+                .collect::<Vec<_>>(),
             shape,
         ),
         D::Int64 => TensorData::new(
-            words(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>(),
+            words(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+                .collect::<Vec<_>>(),
             shape,
         ),
         D::Uint64 => TensorData::new(
-            words(8).map(|b| u64::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>(),
+            words(8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+                .collect::<Vec<_>>(),
             shape,
         ),
         _ => unreachable!("dtype_of refused it"),
@@ -176,7 +214,10 @@ pub(crate) fn ints(d: &TensorData) -> Result<Vec<i64>, String> {
         return Ok(v.into_iter().map(|x| x as i64).collect());
     }
     Ok(match dt {
-        DType::U64 => d.iter::<u64>().map(|x| x.min(i64::MAX as u64) as i64).collect(),
+        DType::U64 => d
+            .iter::<u64>()
+            .map(|x| x.min(i64::MAX as u64) as i64)
+            .collect(),
         _ => d.iter::<i64>().collect(),
     })
 }
@@ -194,9 +235,19 @@ pub(crate) fn floats(d: &TensorData) -> Vec<f64> {
 pub(crate) fn from_f64(values: Vec<f64>, shape: Vec<usize>, dtype: DType) -> TensorData {
     match dtype {
         DType::F64 => TensorData::new(values, shape),
-        d if d.is_float() => TensorData::new(values.into_iter().map(|v| v as f32).collect::<Vec<_>>(), shape),
-        d if d.is_bool() => TensorData::new(values.into_iter().map(|v| v != 0.0).collect::<Vec<_>>(), shape),
-        d => TensorData::new(values.into_iter().map(|v| v as i64).collect::<Vec<_>>(), shape).convert_dtype(d),
+        d if d.is_float() => TensorData::new(
+            values.into_iter().map(|v| v as f32).collect::<Vec<_>>(),
+            shape,
+        ),
+        d if d.is_bool() => TensorData::new(
+            values.into_iter().map(|v| v != 0.0).collect::<Vec<_>>(),
+            shape,
+        ),
+        d => TensorData::new(
+            values.into_iter().map(|v| v as i64).collect::<Vec<_>>(),
+            shape,
+        )
+        .convert_dtype(d),
     }
 }
 
@@ -205,7 +256,10 @@ pub(crate) fn from_i64(values: Vec<i64>, shape: Vec<usize>, dtype: DType) -> Ten
     match dtype {
         DType::I64 => TensorData::new(values, shape),
         d if d.is_float() => from_f64(values.into_iter().map(|v| v as f64).collect(), shape, d),
-        d if d.is_bool() => TensorData::new(values.into_iter().map(|v| v != 0).collect::<Vec<_>>(), shape),
+        d if d.is_bool() => TensorData::new(
+            values.into_iter().map(|v| v != 0).collect::<Vec<_>>(),
+            shape,
+        ),
         d => TensorData::new(values, shape).convert_dtype(d),
     }
 }

@@ -12,7 +12,13 @@ use super::{OnnxModel, ParamSource};
 use crate::GraphError;
 use crate::interp::{Interpreter, to_host, upload};
 
-fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
+fn node(
+    op: &str,
+    name: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attrs: Vec<AttributeProto>,
+) -> NodeProto {
     NodeProto {
         input: inputs.iter().map(|s| s.to_string()).collect(),
         output: outputs.iter().map(|s| s.to_string()).collect(),
@@ -61,8 +67,12 @@ fn f32_input(name: &str, dims: &[Dim]) -> ValueInfoProto {
 /// Runs an imported single-input model on `x`.
 fn run(m: &OnnxModel, x: &[f32], shape: &[usize], batched: bool) -> Vec<f32> {
     let device = Device::flex();
-    let imported = if batched { m.import_batched(&[shape.to_vec()]) } else { m.import(&[shape.to_vec()]) }
-        .expect("import");
+    let imported = if batched {
+        m.import_batched(&[shape.to_vec()])
+    } else {
+        m.import(&[shape.to_vec()])
+    }
+    .expect("import");
     let mut interp = Interpreter::new(&imported.graph, &device);
     let t = upload(&TensorData::new(x.to_vec(), shape.to_vec()), &device);
     to_host(interp.run(vec![t]).expect("run").remove(0)).unwrap()
@@ -87,7 +97,13 @@ fn gemm_and_matmul_become_named_linear_layers() {
     let m = model(
         13,
         vec![
-            node("Gemm", "fc1", &["x", "w1", "b1"], &["h"], vec![AttributeProto::int("transB", 1)]),
+            node(
+                "Gemm",
+                "fc1",
+                &["x", "w1", "b1"],
+                &["h"],
+                vec![AttributeProto::int("transB", 1)],
+            ),
             node("Relu", "act", &["h"], &["a"], vec![]),
             node("MatMul", "fc2", &["a", "w2"], &["p"], vec![]),
             node("Add", "fc2_bias", &["b2", "p"], &["y"], vec![]),
@@ -104,8 +120,15 @@ fn gemm_and_matmul_become_named_linear_layers() {
     let m = OnnxModel::from_bytes(&m.to_bytes()).unwrap();
     let imported = m.import(&[vec![2, 3]]).unwrap();
     let g = &imported.graph;
-    let layers: Vec<(&str, &str)> = g.nodes.iter().map(|n| (n.name.as_str(), n.op.kind())).collect();
-    assert_eq!(layers, [("fc1", "Linear"), ("act", "Relu"), ("fc2", "Linear")]);
+    let layers: Vec<(&str, &str)> = g
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.op.kind()))
+        .collect();
+    assert_eq!(
+        layers,
+        [("fc1", "Linear"), ("act", "Relu"), ("fc2", "Linear")]
+    );
     let paths: Vec<&str> = g.params.iter().map(|p| p.path.as_str()).collect();
     assert_eq!(paths, ["w1", "b1", "w2", "b2"]);
     assert_eq!(imported.param_sources[0], ParamSource::Transposed);
@@ -117,7 +140,9 @@ fn gemm_and_matmul_become_named_linear_layers() {
     for r in 0..2 {
         let h: Vec<f64> = (0..4)
             .map(|o| {
-                let s: f64 = (0..3).map(|i| x[r * 3 + i] as f64 * w1[o * 3 + i] as f64).sum();
+                let s: f64 = (0..3)
+                    .map(|i| x[r * 3 + i] as f64 * w1[o * 3 + i] as f64)
+                    .sum();
                 (s + b1[o] as f64).max(0.0)
             })
             .collect();
@@ -139,20 +164,50 @@ fn dynamic_flatten_folds_and_the_batch_stays_symbolic() {
         11,
         vec![
             node("Shape", "shape", &["x"], &["s"], vec![]),
-            node("Gather", "batch", &["s", "zero"], &["n"], vec![AttributeProto::int("axis", 0)]),
-            node("Unsqueeze", "n1", &["n"], &["n_1"], vec![AttributeProto::ints("axes", &[0])]),
-            node("Concat", "target", &["n_1", "minus1"], &["t"], vec![AttributeProto::int("axis", 0)]),
-            node("Softmax", "sm", &["x"], &["p"], vec![AttributeProto::int("axis", 1)]),
+            node(
+                "Gather",
+                "batch",
+                &["s", "zero"],
+                &["n"],
+                vec![AttributeProto::int("axis", 0)],
+            ),
+            node(
+                "Unsqueeze",
+                "n1",
+                &["n"],
+                &["n_1"],
+                vec![AttributeProto::ints("axes", &[0])],
+            ),
+            node(
+                "Concat",
+                "target",
+                &["n_1", "minus1"],
+                &["t"],
+                vec![AttributeProto::int("axis", 0)],
+            ),
+            node(
+                "Softmax",
+                "sm",
+                &["x"],
+                &["p"],
+                vec![AttributeProto::int("axis", 1)],
+            ),
             node("Reshape", "flat", &["p", "t"], &["y"], vec![]),
         ],
         vec![axis0, minus1],
-        vec![f32_input("x", &[Dim::Param("N".into()), Dim::Fixed(2), Dim::Fixed(3)])],
+        vec![f32_input(
+            "x",
+            &[Dim::Param("N".into()), Dim::Fixed(2), Dim::Fixed(3)],
+        )],
         &["y"],
     );
     let m = OnnxModel::from_bytes(&m.to_bytes()).unwrap();
     let imported = m.import_batched(&[vec![1, 2, 3]]).unwrap();
     assert_eq!(imported.graph.capture_batch, Some(1));
-    assert!(imported.graph.nodes.iter().all(|n| n.op.kind() != "Concat"), "folded on the host");
+    assert!(
+        imported.graph.nodes.iter().all(|n| n.op.kind() != "Concat"),
+        "folded on the host"
+    );
     for batch in [1usize, 3] {
         let x: Vec<f32> = (0..batch * 6).map(|i| (i as f32 * 0.37).sin()).collect();
         let got = run(&m, &x, &[batch, 2, 3], true);
@@ -184,7 +239,10 @@ fn asymmetric_max_pool_pads_one_side() {
             ],
         )],
         vec![],
-        vec![f32_input("x", &[Dim::Fixed(1), Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(3)])],
+        vec![f32_input(
+            "x",
+            &[Dim::Fixed(1), Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(3)],
+        )],
         &["y"],
     );
     let m = OnnxModel::from_bytes(&m.to_bytes()).unwrap();
@@ -249,36 +307,79 @@ fn hostile_files_give_typed_errors_never_a_panic() {
     );
     expect_import_error(OnnxModel::from_bytes(&cyclic.to_bytes()), &["cycle"]);
     // A read of a value nothing defines.
-    let missing = model(13, vec![node("Add", "add", &["x", "ghost"], &["y"], vec![])], vec![], x(), &["y"]);
-    expect_import_error(OnnxModel::from_bytes(&missing.to_bytes()), &["`add` (Add)", "ghost"]);
+    let missing = model(
+        13,
+        vec![node("Add", "add", &["x", "ghost"], &["y"], vec![])],
+        vec![],
+        x(),
+        &["y"],
+    );
+    expect_import_error(
+        OnnxModel::from_bytes(&missing.to_bytes()),
+        &["`add` (Add)", "ghost"],
+    );
     // An output nothing defines.
-    let no_out = model(13, vec![node("Relu", "r", &["x"], &["y"], vec![])], vec![], x(), &["z"]);
+    let no_out = model(
+        13,
+        vec![node("Relu", "r", &["x"], &["y"], vec![])],
+        vec![],
+        x(),
+        &["z"],
+    );
     expect_import_error(OnnxModel::from_bytes(&no_out.to_bytes()), &["`z`"]);
     // Absurd and negative initializer dims, and data that does not fill the dims.
     for dims in [vec![1i64 << 40, 1 << 40], vec![-3, 2]] {
         let mut t = TensorProto::f32s("w", &[2], &[1.0, 2.0]);
         t.dims = dims;
-        let m = model(13, vec![node("Add", "add", &["x", "w"], &["y"], vec![])], vec![t], x(), &["y"]);
+        let m = model(
+            13,
+            vec![node("Add", "add", &["x", "w"], &["y"], vec![])],
+            vec![t],
+            x(),
+            &["y"],
+        );
         let r = OnnxModel::from_bytes(&m.to_bytes()).and_then(|m| m.import(&[vec![2]]));
         expect_import_error(r, &["impossible dims"]);
     }
     let mut short = TensorProto::f32s("w", &[2], &[1.0, 2.0]);
     short.dims = vec![1];
-    let m = model(13, vec![node("Add", "add", &["x", "w"], &["y"], vec![])], vec![short], x(), &["y"]);
+    let m = model(
+        13,
+        vec![node("Add", "add", &["x", "w"], &["y"], vec![])],
+        vec![short],
+        x(),
+        &["y"],
+    );
     let r = OnnxModel::from_bytes(&m.to_bytes()).and_then(|m| m.import(&[vec![2]]));
     expect_import_error(r, &["`w`", "data bytes"]);
     // An op and an attribute the importer does not have, named with their node.
-    let foo = model(13, vec![node("FooBar", "weird", &["x"], &["y"], vec![])], vec![], x(), &["y"]);
-    let r = OnnxModel::from_bytes(&foo.to_bytes()).unwrap().import(&[vec![2]]);
-    expect_import_error(r, &["`weird` (FooBar)", "not supported"]);
-    let attr = model(
+    let foo = model(
         13,
-        vec![node("Relu", "r", &["x"], &["y"], vec![AttributeProto::int("frobnicate", 1)])],
+        vec![node("FooBar", "weird", &["x"], &["y"], vec![])],
         vec![],
         x(),
         &["y"],
     );
-    let r = OnnxModel::from_bytes(&attr.to_bytes()).unwrap().import(&[vec![2]]);
+    let r = OnnxModel::from_bytes(&foo.to_bytes())
+        .unwrap()
+        .import(&[vec![2]]);
+    expect_import_error(r, &["`weird` (FooBar)", "not supported"]);
+    let attr = model(
+        13,
+        vec![node(
+            "Relu",
+            "r",
+            &["x"],
+            &["y"],
+            vec![AttributeProto::int("frobnicate", 1)],
+        )],
+        vec![],
+        x(),
+        &["y"],
+    );
+    let r = OnnxModel::from_bytes(&attr.to_bytes())
+        .unwrap()
+        .import(&[vec![2]]);
     expect_import_error(r, &["`r` (Relu)", "frobnicate"]);
     // An opset outside the supported range; shapes that contradict the declaration.
     let mut old = relu_model();
@@ -289,8 +390,16 @@ fn hostile_files_give_typed_errors_never_a_panic() {
     expect_import_error(m.import(&[]), &["1 runtime inputs"]);
     // A reshape to an impossible shape names its node.
     let t = TensorProto::i64s("t", &[1], &[7]);
-    let bad = model(13, vec![node("Reshape", "rs", &["x", "t"], &["y"], vec![])], vec![t], x(), &["y"]);
-    let r = OnnxModel::from_bytes(&bad.to_bytes()).unwrap().import(&[vec![2]]);
+    let bad = model(
+        13,
+        vec![node("Reshape", "rs", &["x", "t"], &["y"], vec![])],
+        vec![t],
+        x(),
+        &["y"],
+    );
+    let r = OnnxModel::from_bytes(&bad.to_bytes())
+        .unwrap()
+        .import(&[vec![2]]);
     expect_import_error(r, &["`rs` (Reshape)", "cannot reshape"]);
 }
 
@@ -322,17 +431,30 @@ fn malformed_qdq_gives_typed_errors() {
     let zp = |name: &str| TensorProto::raw(name, DataType::Uint8, &[], vec![128]);
     let x = || vec![f32_input("x", &[Dim::Fixed(4)])];
     let q = || node("QuantizeLinear", "q", &["x", "s", "z"], &["xq"], vec![]);
-    let lone = model(13, vec![q(), node("Relu", "r", &["xq"], &["y"], vec![])], vec![scale("s", 0.1), zp("z")], x(), &["y"]);
-    let r = OnnxModel::from_bytes(&lone.to_bytes()).unwrap().import(&[vec![4]]);
+    let lone = model(
+        13,
+        vec![q(), node("Relu", "r", &["xq"], &["y"], vec![])],
+        vec![scale("s", 0.1), zp("z")],
+        x(),
+        &["y"],
+    );
+    let r = OnnxModel::from_bytes(&lone.to_bytes())
+        .unwrap()
+        .import(&[vec![4]]);
     expect_import_error(r, &["`r` (Relu)", "integer output"]);
     let disagree = model(
         13,
-        vec![q(), node("DequantizeLinear", "dq", &["xq", "s2", "z"], &["y"], vec![])],
+        vec![
+            q(),
+            node("DequantizeLinear", "dq", &["xq", "s2", "z"], &["y"], vec![]),
+        ],
         vec![scale("s", 0.1), scale("s2", 0.2), zp("z")],
         x(),
         &["y"],
     );
-    let r = OnnxModel::from_bytes(&disagree.to_bytes()).unwrap().import(&[vec![4]]);
+    let r = OnnxModel::from_bytes(&disagree.to_bytes())
+        .unwrap()
+        .import(&[vec![4]]);
     expect_import_error(r, &["`dq` (DequantizeLinear)", "another scale"]);
     let codes = TensorProto::raw("w", DataType::Int8, &[4, 2], vec![1, 2, 3, 4, 5, 6, 7, 8]);
     let zero_scale = model(
@@ -345,7 +467,9 @@ fn malformed_qdq_gives_typed_errors() {
         vec![f32_input("x2", &[Dim::Fixed(1), Dim::Fixed(4)])],
         &["y"],
     );
-    let r = OnnxModel::from_bytes(&zero_scale.to_bytes()).unwrap().import(&[vec![1, 4]]);
+    let r = OnnxModel::from_bytes(&zero_scale.to_bytes())
+        .unwrap()
+        .import(&[vec![1, 4]]);
     expect_import_error(r, &["`wdq` (DequantizeLinear)", "scale is zero"]);
 }
 
@@ -355,13 +479,30 @@ fn malformed_qdq_gives_typed_errors() {
 #[test]
 fn per_axis_gemm_weight_codes_follow_the_transpose() {
     let codes: Vec<i8> = vec![1, -2, 3, 4, -5, 6];
-    let w = TensorProto::raw("w", DataType::Int8, &[2, 3], codes.iter().map(|&c| c as u8).collect());
+    let w = TensorProto::raw(
+        "w",
+        DataType::Int8,
+        &[2, 3],
+        codes.iter().map(|&c| c as u8).collect(),
+    );
     let s = TensorProto::f32s("ws", &[2], &[0.5, 0.25]);
     let m = model(
         13,
         vec![
-            node("DequantizeLinear", "wdq", &["w", "ws"], &["wf"], vec![AttributeProto::int("axis", 0)]),
-            node("Gemm", "fc", &["x", "wf"], &["y"], vec![AttributeProto::int("transB", 1)]),
+            node(
+                "DequantizeLinear",
+                "wdq",
+                &["w", "ws"],
+                &["wf"],
+                vec![AttributeProto::int("axis", 0)],
+            ),
+            node(
+                "Gemm",
+                "fc",
+                &["x", "wf"],
+                &["y"],
+                vec![AttributeProto::int("transB", 1)],
+            ),
         ],
         vec![w, s],
         vec![f32_input("x", &[Dim::Fixed(1), Dim::Fixed(3)])],
@@ -374,12 +515,19 @@ fn per_axis_gemm_weight_codes_follow_the_transpose() {
     assert_eq!(wq.shape, [3, 2]);
     assert_eq!(wq.codes, [1, 4, -2, -5, 3, 6]);
     assert_eq!(wq.scales, [0.5, 0.25]);
-    assert_eq!(wq.spec.granularity, burn_quant_core::Granularity::PerChannel { axis: 1 });
+    assert_eq!(
+        wq.spec.granularity,
+        burn_quant_core::Granularity::PerChannel { axis: 1 }
+    );
     let device = Device::flex();
     let (qg, codes) = imported.quantized(&device).unwrap();
     assert_eq!(codes.weights.len(), 1);
     let x = burn::tensor::Tensor::<2>::from_data(TensorData::new(vec![1.0f32; 3], [1, 3]), &device);
     let y: burn::tensor::Tensor<2> = qg.forward(&super::NoModel {}, x).unwrap();
     let got = y.into_data().try_into_vec::<f32>().unwrap();
-    close(&got, &[(1.0 - 2.0 + 3.0) * 0.5, (4.0 - 5.0 + 6.0) * 0.25], 0.0);
+    close(
+        &got,
+        &[(1.0 - 2.0 + 3.0) * 0.5, (4.0 - 5.0 + 6.0) * 0.25],
+        0.0,
+    );
 }

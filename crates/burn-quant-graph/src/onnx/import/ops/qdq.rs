@@ -34,14 +34,46 @@ pub(super) struct Codes {
 fn format_of(t: DataType) -> Option<Format> {
     use DataType as D;
     Some(match t {
-        D::Int8 => Format::Int { bits: 8, signed: true, narrow: false },
-        D::Uint8 => Format::Int { bits: 8, signed: false, narrow: false },
-        D::Int16 => Format::Int { bits: 16, signed: true, narrow: false },
-        D::Uint16 => Format::Int { bits: 16, signed: false, narrow: false },
-        D::Int4 => Format::Int { bits: 4, signed: true, narrow: false },
-        D::Uint4 => Format::Int { bits: 4, signed: false, narrow: false },
-        D::Int2 => Format::Int { bits: 2, signed: true, narrow: false },
-        D::Uint2 => Format::Int { bits: 2, signed: false, narrow: false },
+        D::Int8 => Format::Int {
+            bits: 8,
+            signed: true,
+            narrow: false,
+        },
+        D::Uint8 => Format::Int {
+            bits: 8,
+            signed: false,
+            narrow: false,
+        },
+        D::Int16 => Format::Int {
+            bits: 16,
+            signed: true,
+            narrow: false,
+        },
+        D::Uint16 => Format::Int {
+            bits: 16,
+            signed: false,
+            narrow: false,
+        },
+        D::Int4 => Format::Int {
+            bits: 4,
+            signed: true,
+            narrow: false,
+        },
+        D::Uint4 => Format::Int {
+            bits: 4,
+            signed: false,
+            narrow: false,
+        },
+        D::Int2 => Format::Int {
+            bits: 2,
+            signed: true,
+            narrow: false,
+        },
+        D::Uint2 => Format::Int {
+            bits: 2,
+            signed: false,
+            narrow: false,
+        },
         D::Float8e4m3fn => Format::Minifloat(Minifloat::e4m3()),
         D::Float8e5m2 => Format::Minifloat(Minifloat::e5m2()),
         D::Float8e4m3fnuz => Format::Minifloat(Minifloat::e4m3fnuz()),
@@ -67,37 +99,56 @@ impl Importer<'_> {
     fn codes_in(&mut self, k: usize) -> R<Codes> {
         let name = self.input_name(k).to_string();
         if let Some(t) = self.m.initializer(&name) {
-            let dt = DataType::try_from(t.data_type)
-                .map_err(|_| self.err(format!("`{name}` has unknown element type {}", t.data_type)))?;
+            let dt = DataType::try_from(t.data_type).map_err(|_| {
+                self.err(format!("`{name}` has unknown element type {}", t.data_type))
+            })?;
             let shape: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
-            let codes: Vec<i32> = if format_of(dt).is_some_and(|f| matches!(f, Format::Minifloat(_))) {
-                // Bit patterns, exactly as stored.
-                let raw: Vec<u8> = if t.raw_data.is_empty() {
-                    t.int32_data.iter().map(|&v| v as u8).collect()
+            let codes: Vec<i32> =
+                if format_of(dt).is_some_and(|f| matches!(f, Format::Minifloat(_))) {
+                    // Bit patterns, exactly as stored.
+                    let raw: Vec<u8> = if t.raw_data.is_empty() {
+                        t.int32_data.iter().map(|&v| v as u8).collect()
+                    } else {
+                        t.raw_data.clone()
+                    };
+                    if raw.len() != shape.iter().product::<usize>() {
+                        return Err(
+                            self.err(format!("`{name}`: {} bytes for shape {shape:?}", raw.len()))
+                        );
+                    }
+                    raw.into_iter().map(i32::from).collect()
                 } else {
-                    t.raw_data.clone()
+                    burn_quant_export::onnx::tensor_values(t)
+                        .map_err(|e| self.err(e.to_string()))?
+                        .into_iter()
+                        .map(|v| v as i32)
+                        .collect()
                 };
-                if raw.len() != shape.iter().product::<usize>() {
-                    return Err(self.err(format!("`{name}`: {} bytes for shape {shape:?}", raw.len())));
-                }
-                raw.into_iter().map(i32::from).collect()
-            } else {
-                burn_quant_export::onnx::tensor_values(t)
-                    .map_err(|e| self.err(e.to_string()))?
-                    .into_iter()
-                    .map(|v| v as i32)
-                    .collect()
-            };
-            return Ok(Codes { dtype: dt, shape, codes });
+            return Ok(Codes {
+                dtype: dt,
+                shape,
+                codes,
+            });
         }
         match self.req(k)? {
             Sym::Host(d) => {
-                let dt = onnx_type_of(d.dtype())
-                    .ok_or_else(|| self.err(format!("`{name}` holds {:?}, not integer codes", d.dtype())))?;
-                let codes = ints(&d).map_err(|e| self.err(e))?.into_iter().map(|v| v as i32).collect();
-                Ok(Codes { dtype: dt, shape: d.shape().as_slice().to_vec(), codes })
+                let dt = onnx_type_of(d.dtype()).ok_or_else(|| {
+                    self.err(format!("`{name}` holds {:?}, not integer codes", d.dtype()))
+                })?;
+                let codes = ints(&d)
+                    .map_err(|e| self.err(e))?
+                    .into_iter()
+                    .map(|v| v as i32)
+                    .collect();
+                Ok(Codes {
+                    dtype: dt,
+                    shape: d.shape().as_slice().to_vec(),
+                    codes,
+                })
             }
-            Sym::Run(_) => Err(self.err(format!("`{name}` is computed at run time, not constant codes"))),
+            Sym::Run(_) => Err(self.err(format!(
+                "`{name}` is computed at run time, not constant codes"
+            ))),
         }
     }
 
@@ -110,7 +161,11 @@ impl Importer<'_> {
         }
         let scales: Vec<f32> = floats(&scale).into_iter().map(|v| v as f32).collect();
         // Sub-byte zero-points are only readable as codes.
-        let zp = if self.input_name(2).is_empty() { None } else { Some(self.codes_in(2)?) };
+        let zp = if self.input_name(2).is_empty() {
+            None
+        } else {
+            Some(self.codes_in(2)?)
+        };
         let sshape = scale.shape().as_slice().to_vec();
         let block = self.attr_i("block_size", 0);
         let axis = self.attr_i("axis", 1);
@@ -123,12 +178,16 @@ impl Importer<'_> {
                 let mut want = shape.to_vec();
                 want[a] = shape[a].div_ceil(size);
                 if sshape != want {
-                    return Err(self.err(format!("blocked scale shape {sshape:?}, expected {want:?}")));
+                    return Err(
+                        self.err(format!("blocked scale shape {sshape:?}, expected {want:?}"))
+                    );
                 }
                 Granularity::PerGroup { axis: a, size }
             } else {
                 if sshape != [shape[a]] {
-                    return Err(self.err(format!("per-axis scale shape {sshape:?} does not fit axis {a} of {shape:?}")));
+                    return Err(self.err(format!(
+                        "per-axis scale shape {sshape:?} does not fit axis {a} of {shape:?}"
+                    )));
                 }
                 Granularity::PerChannel { axis: a }
             }
@@ -141,34 +200,58 @@ impl Importer<'_> {
         if let Some(z) = &zp
             && z.codes.len() != scales.len()
         {
-            return Err(self.err(format!("{} zero-points for {} scales", z.codes.len(), scales.len())));
+            return Err(self.err(format!(
+                "{} zero-points for {} scales",
+                z.codes.len(),
+                scales.len()
+            )));
         }
         Ok((scales, zp, gran))
     }
 
     /// The spec a Q/DQ pair (or a weight DQ) describes.
     fn qdq_spec(&self, dtype: DataType, gran: Granularity, zp: Option<&Codes>) -> R<QuantSpec> {
-        let format = format_of(dtype)
-            .ok_or_else(|| self.err(format!("{} is not a quantized element type", dtype.onnx_name())))?;
+        let format = format_of(dtype).ok_or_else(|| {
+            self.err(format!(
+                "{} is not a quantized element type",
+                dtype.onnx_name()
+            ))
+        })?;
         let unsigned = matches!(format, Format::Int { signed: false, .. });
         let asymmetric = unsigned || zp.is_some_and(|z| z.codes.iter().any(|&c| c != 0));
         let spec = QuantSpec::int8_act_per_tensor()
             .with_format(format)
             .with_granularity(gran)
-            .with_zero_point(if asymmetric { ZeroPoint::Asymmetric { learned: false } } else { ZeroPoint::Symmetric });
+            .with_zero_point(if asymmetric {
+                ZeroPoint::Asymmetric { learned: false }
+            } else {
+                ZeroPoint::Symmetric
+            });
         spec.validate().map_err(|e| self.err(e.to_string()))?;
         Ok(spec)
     }
 
     pub(super) fn quantize_linear(&mut self) -> R<()> {
-        self.known_attrs(&["axis", "block_size", "saturate", "output_dtype", "precision"])?;
+        self.known_attrs(&[
+            "axis",
+            "block_size",
+            "saturate",
+            "output_dtype",
+            "precision",
+        ])?;
         let x = self.req(0)?;
         let out = self.node().output.first().cloned().unwrap_or_default();
-        let zp_type = if self.input_name(2).is_empty() { None } else { Some(self.codes_in(2)?.dtype) };
+        let zp_type = if self.input_name(2).is_empty() {
+            None
+        } else {
+            Some(self.codes_in(2)?.dtype)
+        };
         let dtype = match (zp_type, self.attr_i("output_dtype", 0)) {
             (Some(t), _) => t,
             (None, 0) => DataType::Uint8,
-            (None, t) => DataType::try_from(t as i32).map_err(|_| self.err(format!("output_dtype {t}")))?,
+            (None, t) => {
+                DataType::try_from(t as i32).map_err(|_| self.err(format!("output_dtype {t}")))?
+            }
         };
         self.pending_q.insert(
             out,
@@ -205,7 +288,10 @@ impl Importer<'_> {
         // The float values, as onnxruntime computes them: (q − z) · s in f32.
         let format = format_of(codes.dtype);
         let n = codes.codes.len();
-        let zps: Vec<f32> = zp.as_ref().map(|z| z.codes.iter().map(|&c| c as f32).collect()).unwrap_or_else(|| vec![0.0; scales.len()]);
+        let zps: Vec<f32> = zp
+            .as_ref()
+            .map(|z| z.codes.iter().map(|&c| c as f32).collect())
+            .unwrap_or_else(|| vec![0.0; scales.len()]);
         // The scale cell of element i: per axis the axis index; blocked, the scale tensor
         // has the input's rank with the axis cut into blocks.
         let cell = |i: usize| -> usize {
@@ -221,7 +307,11 @@ impl Importer<'_> {
         let values: Vec<f32> = (0..n)
             .map(|i| {
                 let c = codes.codes[i];
-                let k = if matches!(gran, Granularity::PerTensor) { 0 } else { cell(i) };
+                let k = if matches!(gran, Granularity::PerTensor) {
+                    0
+                } else {
+                    cell(i)
+                };
                 match format {
                     Some(f @ Format::Minifloat(_)) => f.decode(c) * scales[k],
                     _ => (c - zps[k] as i32) as f32 * scales[k],
@@ -239,7 +329,9 @@ impl Importer<'_> {
         if scales.iter().any(|&s| s < 0.0) {
             spec = spec.with_symmetric_scale(burn_quant_core::SymmetricScale::SignedExtreme);
             if !spec.allows_negative_scales() {
-                return Err(self.err("negative scales on a grid other than a full-range signed symmetric one"));
+                return Err(self.err(
+                    "negative scales on a grid other than a full-range signed symmetric one",
+                ));
             }
         }
         self.weight_codes.insert(
@@ -298,14 +390,16 @@ impl Importer<'_> {
         self.next_quantizer += 1;
         let node = Op::Quant(Box::new(QuantNode {
             quantizer: k,
-            site: QuantSite::Input { layer: self.name.clone() },
+            site: QuantSite::Input {
+                layer: self.name.clone(),
+            },
             spec,
         }));
         let o = self.emit("", node, vec![x], shape, dt);
-        let zero_points = spec
-            .zero_point
-            .is_asymmetric()
-            .then(|| zp.map(|z| z.codes.iter().map(|&c| c as f32).collect()).unwrap_or_else(|| vec![0.0; scales.len()]));
+        let zero_points = spec.zero_point.is_asymmetric().then(|| {
+            zp.map(|z| z.codes.iter().map(|&c| c as f32).collect())
+                .unwrap_or_else(|| vec![0.0; scales.len()])
+        });
         let quant_node = self.g.nodes.last().expect("just emitted").name.clone();
         self.activation_quants.push(ImportedActivationQuant {
             quantizer: k,
@@ -322,23 +416,33 @@ impl Importer<'_> {
     /// After a layer read weight `name` as parameter value `v`: the imported codes of a
     /// `DequantizeLinear` weight get their (disabled) weight quantizer node, so the graph
     /// lists the weight as quantized and export writes the exact codes.
-    pub(super) fn weight_quant_node(&mut self, name: &str, v: crate::ir::ValueId, transposed: bool, layout: WeightLayout) -> R<crate::ir::ValueId> {
+    pub(super) fn weight_quant_node(
+        &mut self,
+        name: &str,
+        v: crate::ir::ValueId,
+        transposed: bool,
+        layout: WeightLayout,
+    ) -> R<crate::ir::ValueId> {
         let Some(mut w) = self.weight_codes.remove(name) else {
             return Ok(v);
         };
         if transposed {
             // Graph layout `[K, N]` from ONNX `[N, K]`: transpose codes, scales, zero-points.
             let [r, c] = [w.shape[0], w.shape[1]];
-            let t = |v: &[i32]| -> Vec<i32> { (0..r * c).map(|i| v[(i % r) * c + i / r]).collect() };
-            w.codes = t(&w.codes);
-            let layout0 = w.spec.check_shape(&w.shape).map_err(|e| self.err(e.to_string()))?;
+            w.codes = (0..r * c).map(|i| w.codes[(i % r) * c + i / r]).collect();
+            let layout0 = w
+                .spec
+                .check_shape(&w.shape)
+                .map_err(|e| self.err(e.to_string()))?;
             let [sr, sc] = [layout0.scale_shape[0], layout0.scale_shape[1]];
-            let tf = |v: &[f32]| -> Vec<f32> { (0..sr * sc).map(|i| v[(i % sr) * sc + i / sr]).collect() };
-            w.scales = tf(&w.scales);
-            w.zero_points = w.zero_points.as_deref().map(tf);
+            w.scales = transpose2(&w.scales, sr, sc);
+            w.zero_points = w.zero_points.as_deref().map(|z| transpose2(z, sr, sc));
             w.spec = w.spec.with_granularity(match w.spec.granularity {
                 Granularity::PerChannel { axis } => Granularity::PerChannel { axis: 1 - axis },
-                Granularity::PerGroup { axis, size } => Granularity::PerGroup { axis: 1 - axis, size },
+                Granularity::PerGroup { axis, size } => Granularity::PerGroup {
+                    axis: 1 - axis,
+                    size,
+                },
                 g => g,
             });
             w.shape = vec![c, r];
@@ -354,7 +458,11 @@ impl Importer<'_> {
         self.next_quantizer += 1;
         let node = Op::Quant(Box::new(QuantNode {
             quantizer: k,
-            site: QuantSite::Weight { layer: self.name.clone(), param: path.clone(), layout },
+            site: QuantSite::Weight {
+                layer: self.name.clone(),
+                param: path.clone(),
+                layout,
+            },
             spec: w.spec,
         }));
         let shape = self.g.value(v).shape.clone();
@@ -369,4 +477,9 @@ impl Importer<'_> {
     pub(super) fn pending_integer(&self, name: &str) -> bool {
         self.pending_q.contains_key(name)
     }
+}
+
+/// A row-major `[rows, cols]` matrix transposed.
+fn transpose2(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    (0..rows * cols).map(|i| v[(i % rows) * cols + i / rows]).collect()
 }
