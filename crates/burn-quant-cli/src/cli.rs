@@ -2,7 +2,7 @@
 //!
 //! `burnq` without a subcommand runs the quickstart; `burnq qat` runs the QAT demo, `burnq
 //! ptq-llm` post-training quantization of an LLM, `burnq export` and `burnq inspect` write and
-//! read GGUF, ONNX and burnpack files.
+//! read GGUF, ONNX and burnpack files, `burnq quantize-onnx` quantizes an ONNX model.
 
 use clap::{Args, Parser, Subcommand};
 
@@ -49,6 +49,10 @@ pub enum Command {
     /// scale conventions × …), written as a Markdown table, a CSV file and an SVG plot; a
     /// failed cell is reported and the sweep goes on.
     Sweep(SweepArgs),
+    /// Quantize an ONNX model with a recipe (recipes/onnx/: W8A8, W4A8, W4A16, FP8): import,
+    /// calibrate on a directory of .npy/.png inputs, optional Stage 2 (--algo gptq), write it
+    /// back as QDQ ONNX, and compare it with the float model (SQNR, --metric top1 or iou@T).
+    QuantizeOnnx(crate::quantize_onnx::QuantizeOnnxArgs),
 }
 
 /// The texts of the LLM protocol.
@@ -478,6 +482,10 @@ pub fn run(cli: Cli) -> Result<()> {
             print!("{}", run_export(&args)?);
             Ok(())
         }
+        Some(Command::QuantizeOnnx(args)) => {
+            print!("{}", crate::quantize_onnx::run(&args)?);
+            Ok(())
+        }
         Some(Command::Inspect(args)) => {
             print!("{}", crate::inspect::inspect(&args.file)?);
             Ok(())
@@ -599,6 +607,88 @@ mod tests {
         assert!(
             e.contains("x.gguf"),
             "a g128 spec has no ggml structure: {e}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn quantize_onnx_parses_and_flags_override_the_recipe() {
+        let dir = std::env::temp_dir().join(format!("burnq-cli-qonnx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("r.toml");
+        std::fs::write(
+            &path,
+            "calibration_batch = 4\nmetric = \"top1\"\n[graph]\n[algorithm]\nalgo = \"gptq\"\n",
+        )
+        .unwrap();
+        let parse = |extra: &[&str]| {
+            let mut v = vec![
+                "burnq",
+                "quantize-onnx",
+                "in.onnx",
+                "--calib",
+                "c",
+                "--out",
+                "o.onnx",
+                "--recipe",
+            ];
+            v.push(path.to_str().unwrap());
+            v.extend_from_slice(extra);
+            match Cli::try_parse_from(v).expect("parses").command {
+                Some(Command::QuantizeOnnx(a)) => a,
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        let a = parse(&[
+            "--algo",
+            "qronos",
+            "--metric",
+            "iou@0.3",
+            "--preprocess",
+            "ppocr-cls",
+            "--eval",
+            "e",
+        ]);
+        assert_eq!(a.input, std::path::PathBuf::from("in.onnx"));
+        // The recipe file has no weight spec: Stage 2 is refused before anything loads ...
+        let e = a.recipe().unwrap_err().to_string();
+        assert!(e.contains("algorithm"), "{e}");
+        // ... unless `--algo none` turns it off.
+        let r = parse(&[
+            "--algo",
+            "none",
+            "--metric",
+            "iou@0.3",
+            "--calibration-batch",
+            "2",
+        ])
+        .recipe()
+        .unwrap();
+        assert_eq!((r.algorithm, r.calibration_batch), (None, 2));
+        assert_eq!(
+            r.metric,
+            Some(burn_quant::graph::pipeline::Metric::Iou { threshold: 0.3 })
+        );
+        let r = parse(&["--algo", "none", "--preprocess", "ppocr-det"])
+            .recipe()
+            .unwrap();
+        assert_eq!(
+            r.preprocess,
+            Some(burn_quant::graph::dataset::Preprocess::ppocr_det())
+        );
+        assert_eq!(
+            r.metric,
+            Some(burn_quant::graph::pipeline::Metric::Top1),
+            "the recipe's"
+        );
+        let e = parse(&["--metric", "top5"])
+            .recipe()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("top5"), "{e}");
+        assert!(
+            Cli::try_parse_from(["burnq", "quantize-onnx", "in.onnx"]).is_err(),
+            "--recipe, --calib, --out are required"
         );
         std::fs::remove_dir_all(&dir).ok();
     }

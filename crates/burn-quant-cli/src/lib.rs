@@ -22,6 +22,7 @@ pub mod mnist;
 pub mod model;
 pub mod ptq_llm;
 pub mod qat;
+pub mod quantize_onnx;
 pub mod quickstart;
 pub mod rng;
 pub mod sweep;

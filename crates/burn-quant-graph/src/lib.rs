@@ -26,6 +26,7 @@ pub mod fold;
 pub mod interp;
 pub mod ir;
 pub mod onnx;
+pub mod pipeline;
 pub mod quantize;
 pub mod stage2;
 
@@ -35,6 +36,11 @@ pub use interp::Interpreter;
 pub use ir::{Graph, Node, Op, ValueId};
 pub use quantize::{GraphModel, GraphRecipe, QuantNode, QuantizedGraph, quantize_graph};
 pub use stage2::{GraphWeight, Stage2Result, stage2};
+/// `ONNX in, quantized ONNX out` in one call (what `burnq quantize-onnx` runs).
+pub use pipeline::{
+    InputSet, Metric, OnnxQuantError, OnnxQuantRecipe, OnnxQuantReport, quantize_onnx,
+    quantize_onnx_file,
+};
 
 use thiserror::Error;
 
