@@ -296,25 +296,34 @@ fn detector_w8a8_keeps_the_text_maps() {
     assert_eq!(report.nodes.weights(), 85, "83 Conv + 2 ConvTranspose");
     let out = dir.join("det_w8a8.onnx");
     report.save(&out).expect("save");
-    // The exporter writes a quantizer only where the layer reads the value under the name
-    // the graph has for it; this detector's convolutions read 46 values through `Identity`
-    // nodes, whose quantizers the export leaves out (reported by `unwritten_activations`).
-    // Where none is missing, the file must compute what the graph does.
-    let missing = report.nodes.unwritten_activations();
-    if missing > 0 {
-        println!(
-            "det W8A8: {missing} of {} activation quantizers not in the written model",
-            report.nodes.activation_sites
-        );
-    } else if let Some(theirs) = onnxruntime(&out, &stack(&eval), &dir) {
+    // Every activation quantizer is in the file (the detector's convolutions read 46 of
+    // their inputs through `Identity` nodes), and the file computes what the graph does.
+    assert_eq!(report.nodes.unwritten_activations(), 0);
+    if let Some(theirs) = onnxruntime(&out, &stack(&eval), &dir) {
         let device = Device::flex();
         let ours: Tensor<4> = report
             .quantized
             .forward(&NoModel {}, Tensor::<4>::from_data(stack(&eval), &device))
             .unwrap();
-        let diff = max_abs_diff(&ours.into_data().try_into_vec::<f32>().unwrap(), &theirs);
-        println!("det W8A8: max |ours - onnxruntime| {diff:.3e}");
-        assert!(diff < 1e-4, "{diff}");
+        let ours = ours.into_data().try_into_vec::<f32>().unwrap();
+        // Our convolutions sum in another f32 order than onnxruntime's (the float detector
+        // agrees to 2.9e-5), so an activation within that distance of a rounding boundary can
+        // land one code apart and carry on; a wrong quantizer moves whole maps instead. The
+        // file and the graph must agree far better than the graph agrees with float.
+        let (signal, noise) = ours.iter().zip(&theirs).fold((0f64, 0f64), |(s, n), (a, b)| {
+            (s + (*b as f64).powi(2), n + (*a as f64 - *b as f64).powi(2))
+        });
+        let sqnr = 10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10();
+        let (a, b): (Vec<bool>, Vec<bool>) = ours.iter().zip(&theirs).map(|(x, y)| (*x > 0.3, *y > 0.3)).unzip();
+        let inter = a.iter().zip(&b).filter(|(x, y)| **x && **y).count();
+        let union = a.iter().zip(&b).filter(|(x, y)| **x || **y).count();
+        let iou = inter as f64 / union.max(1) as f64;
+        println!(
+            "det W8A8: ours vs onnxruntime on the written file: SQNR {sqnr:.1} dB, IoU@0.3 {iou:.4}, max |diff| {:.3e}",
+            max_abs_diff(&ours, &theirs)
+        );
+        assert!(sqnr > o.sqnr_db + 10.0, "file vs graph {sqnr} dB, graph vs float {} dB", o.sqnr_db);
+        assert!(iou > 0.98, "file vs graph IoU {iou}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -585,11 +585,11 @@ impl Stage2Result {
                 .graph
                 .param(&w.path)
                 .ok_or_else(|| GraphError::UnknownParam(w.path.clone()))?;
-            let id = p.id.ok_or_else(|| GraphError::Recipe {
-                at: w.path.clone(),
-                reason: "the parameter has no id to write to (it came from a file)".into(),
-            })?;
-            values.insert(id, w.dequantized.clone());
+            // A parameter from a file (an imported ONNX initializer) has no id: the graph's
+            // own data below is all there is to write.
+            if let Some(id) = p.id {
+                values.insert(id, w.dequantized.clone());
+            }
             paths.push(w.path.clone());
         }
         // The model's own parameters, then the graph's folded ones (stored flat).

@@ -284,6 +284,12 @@ pub fn export_qdq(
             }
             let read = alias.get(&read).cloned().unwrap_or(read);
             node.input[slot] = read.clone();
+            // The name the graph knows the value by (an Identity's output is its input).
+            let read = imported
+                .onnx_names
+                .get(&read)
+                .and_then(|v| low.names.get(v.0).cloned().flatten())
+                .unwrap_or(read);
             if let Some(&k) = act.get(&(n, read.clone())) {
                 let name = match emitted_q.get(&k) {
                     Some(name) => name.clone(),
@@ -351,6 +357,16 @@ pub fn export_qdq(
         }
         original_outputs.insert(node.output.first().cloned().unwrap_or_default());
         low.g.push_node(node);
+    }
+    // Every activation quantizer must have reached the nodes it serves.
+    for &k in act.values() {
+        if !emitted_q.contains_key(&k) {
+            return Err(import_err(
+                format!("quantizer `{}`", graph.nodes[k].name),
+                "no node of the model reads the value it quantizes under a name the export \
+                 could match; it would be silently dropped",
+            ));
+        }
     }
     // Quantizers on graph outputs: the pair ends in the output's own name (the value it
     // quantizes is renamed when it had that name).

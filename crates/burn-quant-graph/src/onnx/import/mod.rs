@@ -111,6 +111,9 @@ pub struct ImportedGraph {
     pub onnx_value: Vec<Option<String>>,
     /// For every graph parameter, how it was derived from its initializer.
     pub param_sources: Vec<ParamSource>,
+    /// Every ONNX value name that holds a run-time graph value (an `Identity` gives a value
+    /// a second name).
+    pub onnx_names: HashMap<String, ValueId>,
     /// The activation quantizers the model carried (`QuantizeLinear → DequantizeLinear`
     /// pairs), as [`crate::Op::Quant`] nodes of the graph.
     pub activation_quants: Vec<ImportedActivationQuant>,

@@ -67,6 +67,8 @@ pub(crate) struct Importer<'m> {
     readers: HashMap<String, usize>,
     /// ONNX `Add` nodes whose work a `MatMul` took over (its bias): node → the fused value.
     absorbed: HashMap<usize, ValueId>,
+    /// Every ONNX name of a run-time value.
+    onnx_names: HashMap<String, ValueId>,
     /// QuantizeLinear outputs awaiting their DequantizeLinear.
     pending_q: HashMap<String, PendingQ>,
     /// DequantizeLinear outputs of constant codes, until a layer reads them as its weight.
@@ -115,6 +117,7 @@ impl<'m> Importer<'m> {
             node_names: HashSet::new(),
             readers,
             absorbed: HashMap::new(),
+            onnx_names: HashMap::new(),
             pending_q: HashMap::new(),
             weight_codes: HashMap::new(),
             dq_constants: HashSet::new(),
@@ -171,6 +174,7 @@ impl<'m> Importer<'m> {
             );
             imp.g.inputs.push(v);
             imp.syms.insert(input.name.clone(), Sym::Run(v));
+            imp.onnx_names.insert(input.name.clone(), v);
         }
         for &n in &m.order {
             imp.convert(n)?;
@@ -418,6 +422,10 @@ impl<'m> Importer<'m> {
         let Some(name) = self.node().output.get(k).filter(|n| !n.is_empty()) else {
             return;
         };
+        if let Sym::Run(v) = s {
+            // Every name of the value (Identity and Dropout give it more than one).
+            self.onnx_names.insert(name.clone(), v);
+        }
         if let Sym::Run(v) = s
             && self.onnx_value[v.0].is_none()
         {
@@ -2416,6 +2424,7 @@ impl<'m> Importer<'m> {
             onnx_node: self.onnx_node,
             onnx_value: self.onnx_value,
             param_sources: self.param_sources,
+            onnx_names: self.onnx_names,
             activation_quants: self.activation_quants,
             weight_quants: self.weight_quants,
         })
