@@ -26,6 +26,7 @@ import sys
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -184,8 +185,26 @@ def run(a):
         return quantize_matmul_int4(a.input, a.output, a.matmul_int4, a.symmetric)
     if not a.calib:
         raise SystemExit("--calib DIR is required for static QDQ quantization")
-    return quantize_qdq(
-        a.input,
+    source = a.input
+    if a.preprocess:
+        # onnxruntime's recommended flow: its pre-processing (shape inference, graph
+        # optimisation), and opset 13 when per-channel scales need it (quantize_static keeps
+        # an older opset and writes a DequantizeLinear `axis` it does not have).
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        model = onnx.load(a.input)
+        opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=13)
+        if a.per_channel and opset < 13:
+            model = onnx.version_converter.convert_version(model, 13)
+        source = a.output + ".pre.onnx"
+        converted = a.output + ".opset.onnx"
+        onnx.save(model, converted)
+        # Symbolic shape inference gives up on the dynamic detector; ONNX shape inference and
+        # the optimisation pass still run.
+        quant_pre_process(converted, source, skip_symbolic_shape=True)
+        os.remove(converted)
+    summary = quantize_qdq(
+        source,
         a.output,
         a.calib,
         per_channel=a.per_channel,
@@ -194,6 +213,9 @@ def run(a):
         calibrate_method=a.calibrate_method,
         op_types=a.op_types,
     )
+    if source != a.input:
+        os.remove(source)
+    return summary
 
 
 def main():
@@ -208,6 +230,8 @@ def main():
     p.add_argument("--op-types", nargs="+", help="op types to quantize (default: all onnxruntime knows)")
     p.add_argument("--matmul-int4", type=int, metavar="BLOCK", help="blocked int4 MatMul weights instead")
     p.add_argument("--symmetric", action="store_true", help="with --matmul-int4: INT4 without zero points")
+    p.add_argument("--preprocess", action="store_true",
+                   help="quant_pre_process first (and opset 13 for --per-channel on older models)")
     a = p.parse_args()
     # onnxruntime's quantizers log at INFO to stderr; keep stdout for the JSON summary.
     logging.getLogger().setLevel(logging.WARNING)
