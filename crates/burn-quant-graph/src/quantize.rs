@@ -497,6 +497,11 @@ pub fn quantize_graph(
                     if !ins.graph.value(v).is_float() || !from_input[v.0] {
                         continue;
                     }
+                    // A layer's quantized output read directly by the next layer is already
+                    // on a grid: a second quantizer would only round it again.
+                    if ins.graph.producer(v).is_some_and(|p| after[p].is_some()) {
+                        continue;
+                    }
                     let spec = recipe.act_spec(spec, nonneg[v.0]);
                     let q = match ins.by_value.iter().find(|(val, _)| *val == v) {
                         Some(&(_, q)) => q,

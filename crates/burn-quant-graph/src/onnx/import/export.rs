@@ -403,13 +403,22 @@ pub fn export_qdq(
     let mut out_nodes = Vec::with_capacity(parts.nodes.len());
     let mut extra_inits = Vec::new();
     // Ranks of the model's values, for the Softmax axis rule.
-    let rank: HashMap<&str, usize> = imported
+    // (A node reading a Q/DQ output finds its rank in the pair's value info.)
+    let mut rank: HashMap<&str, usize> = imported
         .graph
         .values
         .iter()
         .zip(&imported.onnx_value)
         .filter_map(|(v, n)| n.as_deref().map(|n| (n, v.shape.len())))
         .collect();
+    for vi in &parts.value_info {
+        if let Some(burn_quant_export::onnx::proto::type_proto::Value::TensorType(t)) =
+            vi.r#type.as_ref().and_then(|t| t.value.as_ref())
+            && let Some(shape) = &t.shape
+        {
+            rank.insert(vi.name.as_str(), shape.dim.len());
+        }
+    }
     for mut node in parts.nodes {
         let original = node
             .output
