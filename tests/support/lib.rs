@@ -170,3 +170,33 @@ fn make_verifier_venv() -> Result<PathBuf, String> {
     let _ = std::fs::remove_dir(&lock);
     result.map(|()| python)
 }
+
+/// Largest element-wise `|a − b|` of two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "compared outputs differ in length");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Runs the ONNX model at `onnx` with onnxruntime on `x` through tests/py/onnx_qdq_run.py
+/// (onnx.checker's full check first; graph optimisations off, so every Q/DQ runs as
+/// written), with its files under `dir`; the first output, or `None` when the verifier venv
+/// is unavailable.
+pub fn onnxruntime_output(
+    onnx: &std::path::Path,
+    x: &burn::tensor::TensorData,
+    dir: &std::path::Path,
+) -> Option<Vec<f32>> {
+    use burn_quant::graph::dataset::{read_npy, write_npy};
+    let input = dir.join("onnxruntime_x.npy");
+    write_npy(&input, x).expect("write the input .npy");
+    let out = dir.join("onnxruntime");
+    std::fs::create_dir_all(&out).expect("output directory");
+    let args = [onnx.as_os_str(), input.as_os_str(), out.as_os_str()];
+    run_python("onnx_qdq_run.py", &args)?.unwrap_or_else(|e| panic!("{e}"));
+    Some(
+        read_npy(out.join("out_0.npy"))
+            .expect("onnxruntime's output")
+            .try_into_vec::<f32>()
+            .expect("f32 output"),
+    )
+}
