@@ -210,6 +210,25 @@ fn classifier_w8a8_written_back_as_qdq_equals_onnxruntime() {
     };
     let ours: Tensor<2> = qg.forward(&NoModel {}, batch(&x)).unwrap();
     let ours = ours.into_data().try_into_vec::<f32>().unwrap();
+    // Our own QDQ file imports back as the same quantizers and codes (54 weights, 54
+    // activation pairs), computes the same output, and is written back unchanged.
+    let again = OnnxModel::load(&file).unwrap();
+    let reimported = again.import_batched(&[vec![1, 3, 48, 192]]).unwrap();
+    assert_eq!(reimported.weight_quants.len(), 54);
+    assert_eq!(reimported.activation_quants.len(), 54);
+    let (rq, codes) = reimported.quantized(&device).unwrap();
+    let back: Tensor<2> = rq.forward(&NoModel {}, batch(&x)).unwrap();
+    let back = back.into_data().try_into_vec::<f32>().unwrap();
+    assert_eq!(
+        support::max_abs_diff(&back, &ours),
+        0.0,
+        "re-imported QDQ differs"
+    );
+    let rewritten = export_qdq(&again, &reimported, &rq, Some(&codes)).unwrap();
+    assert_eq!(
+        rewritten.graph.as_ref().unwrap().node,
+        again.proto().graph.as_ref().unwrap().node
+    );
     let _ = std::fs::remove_dir_all(&dir);
     let diff = support::max_abs_diff(&ours, &theirs);
     println!(
