@@ -196,12 +196,21 @@ def run(a):
         opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=13)
         if a.per_channel and opset < 13:
             model = onnx.version_converter.convert_version(model, 13)
-        source = a.output + ".pre.onnx"
-        converted = a.output + ".opset.onnx"
+        source = os.path.abspath(a.output + ".pre.onnx")
+        converted = os.path.abspath(a.output + ".opset.onnx")
         onnx.save(model, converted)
         # Symbolic shape inference gives up on the dynamic detector; ONNX shape inference and
-        # the optimisation pass still run.
-        quant_pre_process(converted, source, skip_symbolic_shape=True)
+        # the optimisation pass still run. It writes temporary files into the working
+        # directory: run it in a scratch one.
+        import tempfile
+
+        cwd = os.getcwd()
+        with tempfile.TemporaryDirectory() as scratch:
+            os.chdir(scratch)
+            try:
+                quant_pre_process(converted, source, skip_symbolic_shape=True)
+            finally:
+                os.chdir(cwd)
         os.remove(converted)
     summary = quantize_qdq(
         source,
