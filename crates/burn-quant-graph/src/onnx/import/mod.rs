@@ -505,10 +505,7 @@ impl ImportedGraph {
 
     /// The graph value holding ONNX value `name`, if one does.
     pub fn value_named(&self, name: &str) -> Option<ValueId> {
-        self.onnx_value
-            .iter()
-            .position(|n| n.as_deref() == Some(name))
-            .map(ValueId)
+        self.onnx_names.get(name).copied()
     }
 }
 

@@ -429,7 +429,7 @@ impl Importer<'_> {
         if transposed {
             // Graph layout `[K, N]` from ONNX `[N, K]`: transpose codes, scales, zero-points.
             let [r, c] = [w.shape[0], w.shape[1]];
-            w.codes = (0..r * c).map(|i| w.codes[(i % r) * c + i / r]).collect();
+            w.codes = transpose2(&w.codes, r, c);
             let layout0 = w
                 .spec
                 .check_shape(&w.shape)
@@ -480,6 +480,6 @@ impl Importer<'_> {
 }
 
 /// A row-major `[rows, cols]` matrix transposed.
-fn transpose2(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+fn transpose2<T: Copy>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
     (0..rows * cols).map(|i| v[(i % rows) * cols + i / rows]).collect()
 }
