@@ -666,7 +666,11 @@ impl<'m> Importer<'m> {
                 self.known_attrs(&[])?;
                 let (a, b, c) = (self.host_in(0)?, self.host_in(1)?, self.host_in(2)?);
                 let dt = a.dtype();
-                let (a, b, c) = (floats(&a)[0], floats(&b)[0], floats(&c)[0]);
+                let (a, b, c) = (
+                    self.scalar(&a, 0)?,
+                    self.scalar(&b, 1)?,
+                    self.scalar(&c, 2)?,
+                );
                 if c == 0.0 {
                     return Err(self.err("delta is 0"));
                 }
@@ -827,6 +831,17 @@ impl<'m> Importer<'m> {
                 let o = self.emit("", Op::Cast, vec![v], s, dt);
                 self.out_run(o)
             }
+        }
+    }
+
+    /// The one value of constant input `k` (a scalar operand: Range bounds, Clip limits).
+    fn scalar(&self, d: &TensorData, k: usize) -> R<f64> {
+        match floats(d)[..] {
+            [v] => Ok(v),
+            _ => Err(self.err(format!(
+                "input {k} holds {} values, expected one",
+                d.num_elements()
+            ))),
         }
     }
 
@@ -1492,8 +1507,8 @@ impl<'m> Importer<'m> {
             )
         } else {
             self.known_attrs(&[])?;
-            let lo = self.host_opt(1)?.map(|d| floats(&d)[0]);
-            let hi = self.host_opt(2)?.map(|d| floats(&d)[0]);
+            let lo = self.host_opt(1)?.map(|d| self.scalar(&d, 1)).transpose()?;
+            let hi = self.host_opt(2)?.map(|d| self.scalar(&d, 2)).transpose()?;
             (lo, hi)
         };
         let x = self.req(0)?;

@@ -388,6 +388,34 @@ fn hostile_files_give_typed_errors_never_a_panic() {
     let m = OnnxModel::from_bytes(&relu_model().to_bytes()).unwrap();
     expect_import_error(m.import(&[vec![5]]), &["graph input `x`", "declared 2"]);
     expect_import_error(m.import(&[]), &["1 runtime inputs"]);
+    // A Range bound and a Clip limit that are not one value each.
+    let empty = TensorProto::f32s("e", &[0], &[]);
+    let one = TensorProto::f32s("one", &[], &[1.0]);
+    let range = model(
+        13,
+        vec![
+            node("Range", "rg", &["e", "one", "one"], &["r"], vec![]),
+            node("Add", "add", &["x", "r"], &["y"], vec![]),
+        ],
+        vec![empty.clone(), one],
+        x(),
+        &["y"],
+    );
+    let r = OnnxModel::from_bytes(&range.to_bytes())
+        .unwrap()
+        .import(&[vec![2]]);
+    expect_import_error(r, &["`rg` (Range)", "expected one"]);
+    let clip = model(
+        13,
+        vec![node("Clip", "cl", &["x", "e"], &["y"], vec![])],
+        vec![empty],
+        x(),
+        &["y"],
+    );
+    let r = OnnxModel::from_bytes(&clip.to_bytes())
+        .unwrap()
+        .import(&[vec![2]]);
+    expect_import_error(r, &["`cl` (Clip)", "expected one"]);
     // A reshape to an impossible shape names its node.
     let t = TensorProto::i64s("t", &[1], &[7]);
     let bad = model(

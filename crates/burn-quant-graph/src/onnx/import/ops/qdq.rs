@@ -481,5 +481,7 @@ impl Importer<'_> {
 
 /// A row-major `[rows, cols]` matrix transposed.
 fn transpose2<T: Copy>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
-    (0..rows * cols).map(|i| v[(i % rows) * cols + i / rows]).collect()
+    (0..rows * cols)
+        .map(|i| v[(i % rows) * cols + i / rows])
+        .collect()
 }
