@@ -19,7 +19,7 @@ use burn::tensor::{Device, Tensor};
 use burn_quant::QuantSpec;
 use burn_quant_llm::{
     CALIBRATION_TEXT, CalibrationConfig, LlamaModel, PtqConfig, calibration_windows_from_text,
-    correct_biases, load_with_tokenizer, quantize_model,
+    correct_biases, load_with_tokenizer, quantize_llama,
 };
 use burn_quant_ptq::{Algorithm, AutoRound, Rtn};
 
@@ -81,7 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             batch_windows: 4,
         };
         let t = Instant::now();
-        let r = quantize_model(&mut model, &windows, &config, &mut |_| {})?;
+        let r = quantize_llama(&mut model, &windows, &config, &mut |_| {})?;
         Ok((model, r, t.elapsed().as_secs_f64()))
     };
     let (rtn, _, _) = run(Algorithm::Rtn(Rtn))?;

@@ -6,8 +6,8 @@
 //! ```
 //!
 //! Each recipe is the same five library calls: `apply_stage1` (function-preserving: the float
-//! logits are checked unchanged), `quantize_inputs` (dynamic per-token int4 on every block
-//! linear input), `quantize_kv` (int4 keys and values per head and token), `quantize_model`
+//! logits are checked unchanged), `attach_input_quantizers` (dynamic per-token int4 on every block
+//! linear input), `quantize_kv` (int4 keys and values per head and token), `quantize_llama`
 //! (the Stage 2 algorithm) and `perplexity_of_text`. `burnq ptq-llm --stage1 hip --stage1
 //! rotate_qk --input-bits 4 --input-granularity token --kv int4 --algo rtn` runs the same.
 
@@ -15,11 +15,11 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 use burn_quant::QuantSpec;
-use burn_quant_llm::pipeline::{InputQuant, quantize_inputs};
+use burn_quant_llm::pipeline::{InputQuant, attach_input_quantizers};
 use burn_quant_llm::stage1::{KvQuant, Stage1Step, apply_stage1, quantize_kv};
 use burn_quant_llm::{
     CALIBRATION_TEXT, CalibrationConfig, EVAL_TEXT, PerplexityConfig, PtqConfig,
-    calibration_windows_from_text, load_with_tokenizer, perplexity_of_text, quantize_model,
+    calibration_windows_from_text, load_with_tokenizer, perplexity_of_text, quantize_llama,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -70,7 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .abs()
             .max()
             .into_scalar::<f32>();
-        let mut model = quantize_inputs(
+        let mut model = attach_input_quantizers(
             model,
             InputQuant::PerTokenDynamic { bits: 4 },
             &calib_windows,
@@ -82,7 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             algorithm: "rtn".parse()?,
             batch_windows: 4,
         };
-        quantize_model(&mut model, &calib_windows, &config, &mut |_| {})?;
+        quantize_llama(&mut model, &calib_windows, &config, &mut |_| {})?;
         let ppl = perplexity_of_text(&model, &m.tokenizer, &eval, &ppl_cfg)?.perplexity;
         let label = if names.is_empty() {
             "none".to_string()

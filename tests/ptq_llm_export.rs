@@ -3,7 +3,7 @@
 
 use burn::tensor::Device;
 use burn_quant::export::gguf::{GgufFile, codec, encode_quant_tensor};
-use burn_quant::llm::{PtqConfig, load_with_tokenizer, quantize_model};
+use burn_quant::llm::{PtqConfig, load_with_tokenizer, quantize_llama};
 use burn_quant::{QuantSpec, ScaleQuant, ScaleRestriction};
 
 #[test]
@@ -25,7 +25,7 @@ fn gptq_codes_are_what_the_gguf_holds() {
         algorithm: "gptq".parse().unwrap(),
         batch_windows: 2,
     };
-    let result = quantize_model(&mut model, &windows, &config, &mut |_| {}).unwrap();
+    let result = quantize_llama(&mut model, &windows, &config, &mut |_| {}).unwrap();
     let dir = std::env::temp_dir().join(format!("burnq-ptq-export-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("gptq-q4_0.gguf");
@@ -93,7 +93,7 @@ fn fused_stage1_models_export_untied() {
         algorithm: "rtn".parse().unwrap(),
         batch_windows: 2,
     };
-    let result = quantize_model(&mut model, &[], &config, &mut |_| {}).unwrap();
+    let result = quantize_llama(&mut model, &[], &config, &mut |_| {}).unwrap();
     let dir = std::env::temp_dir().join(format!("burnq-stage1-export-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("quarot-fused-q4_0.gguf");
@@ -151,7 +151,7 @@ fn bias_corrected_models_export_their_biases() {
         batch_windows: 2,
     };
     let mut model = float.clone();
-    let result = quantize_model(&mut model, &windows, &config, &mut |_| {}).unwrap();
+    let result = quantize_llama(&mut model, &windows, &config, &mut |_| {}).unwrap();
     let report = burn_quant::llm::correct_biases(&float, &mut model, &windows, 2).unwrap();
     assert_eq!(report.layers.len(), 7 * model.num_blocks());
     let dir = std::env::temp_dir().join(format!("burnq-bias-export-{}", std::process::id()));

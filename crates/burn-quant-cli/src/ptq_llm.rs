@@ -14,7 +14,7 @@ use burn_quant_llm::stage1::{KvQuant, Stage1Entry, Stage1Step, apply_stage1, qua
 use burn_quant_llm::{
     CalibrationConfig, LlamaModel, LlamaTokenizer, PerplexityConfig, PtqConfig,
     calibration_windows_from_text, compare_with_reference_of_text, load_with_tokenizer,
-    perplexity_of_text, quantize_model,
+    perplexity_of_text, quantize_llama,
 };
 use burn_quant_ptq::{Algorithm, Stage2Algorithm};
 use serde::{Deserialize, Serialize};
@@ -1007,7 +1007,7 @@ impl PtqLlmSession {
             match input_quant {
                 Some(q) => {
                     let t = Instant::now();
-                    let m = burn_quant_llm::pipeline::quantize_inputs(
+                    let m = burn_quant_llm::pipeline::attach_input_quantizers(
                         model,
                         q,
                         &windows,
@@ -1041,7 +1041,7 @@ impl PtqLlmSession {
                  error (AutoRound's layers compensate each other; the correction is per layer)"
             );
         }
-        let result = quantize_model(&mut model, &windows, &config, progress)?;
+        let result = quantize_llama(&mut model, &windows, &config, progress)?;
         if !opts.quant_activations() {
             model = attach_inputs(model)?;
         }

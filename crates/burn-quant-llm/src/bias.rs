@@ -8,7 +8,7 @@
 //! mean output error on the calibration set zero. Layers are corrected sequentially in forward
 //! order, each measured behind the already corrected ones (the notes' sequential form), block
 //! by block, with the float and quantized paths kept side by side as in
-//! [`crate::quantize_model`].
+//! [`crate::quantize_llama`].
 //!
 //! It helps after RTN and the per-layer algorithms; after AutoRound, whose layers were trained
 //! together so that their errors compensate inside the block, the per-layer shift usually

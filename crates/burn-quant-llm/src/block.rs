@@ -70,7 +70,7 @@ impl LinearSlot {
 }
 
 /// A distinct input of a block's linear layers. Q/K/V share one input, gate/up another, so an
-/// observer sees each activation once (one `XᵀX` serves all its consumers).
+/// input_hook sees each activation once (one `XᵀX` serves all its consumers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum InputSite {
     /// The normalized block input, read by Q, K and V: `[batch, seq, d_model]`.
@@ -105,7 +105,7 @@ impl InputSite {
 
 /// A callback that sees the input of every linear layer of a block during its forward pass,
 /// once per [`InputSite`], as it enters the layer (before the layer's own input quantizer).
-pub type Observer<'a> = &'a mut dyn FnMut(InputSite, &Tensor<3>);
+pub type InputHook<'a> = &'a mut dyn FnMut(InputSite, &Tensor<3>);
 
 /// Keys and values of the positions already processed by one block (after RoPE, before the
 /// GQA head repetition), for incremental decoding.
@@ -293,15 +293,15 @@ impl DecoderBlock {
     }
 
     /// Applies the block to `x` (`[batch, seq, d_model]`, positions `0..seq`) with a causal
-    /// mask; `observer`, when given, sees the input of every linear layer (see
+    /// mask; `input_hook`, when given, sees the input of every linear layer (see
     /// [`InputSite`]).
     pub fn forward(
         &self,
         x: Tensor<3>,
         rope: &Rope,
-        observer: Option<Observer<'_>>,
+        input_hook: Option<InputHook<'_>>,
     ) -> Result<Tensor<3>> {
-        self.run(x, rope, None, observer)
+        self.run(x, rope, None, input_hook)
     }
 
     /// Applies the block to new positions `cache.len()..cache.len()+seq`, attending to the
@@ -320,7 +320,7 @@ impl DecoderBlock {
         x: Tensor<3>,
         rope: &Rope,
         cache: Option<&mut BlockCache>,
-        mut observer: Option<Observer<'_>>,
+        mut input_hook: Option<InputHook<'_>>,
     ) -> Result<Tensor<3>> {
         let dims = x.dims();
         if dims[2] != self.d_model() {
@@ -331,7 +331,7 @@ impl DecoderBlock {
             });
         }
         let mut see = |site: InputSite, t: &Tensor<3>| {
-            if let Some(o) = observer.as_mut() {
+            if let Some(o) = input_hook.as_mut() {
                 o(site, t)
             }
         };

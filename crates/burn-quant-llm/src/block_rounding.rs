@@ -24,7 +24,7 @@ use crate::model::LlamaModel;
 use crate::pipeline::{BlockProgress, PtqConfig, PtqResult, PtqTimings, hf_weight_name};
 
 /// Runs [`AutoRound`] block by block over `model` (see the module docs); called by
-/// [`crate::quantize_model`] when the configured algorithm is AutoRound.
+/// [`crate::quantize_llama`] when the configured algorithm is AutoRound.
 pub(crate) fn autoround_model(
     model: &mut LlamaModel,
     windows: &[Vec<u32>],

@@ -6,7 +6,7 @@
 //!
 //! * [`LlamaModel`]: every projection is a [`burn_quant_nn::QuantLinear`] (float while its
 //!   weight spec is `None`), laid out block by block for sequential PTQ:
-//!   [`LlamaModel::embed`] → [`DecoderBlock::forward`] with an optional [`Observer`] that sees
+//!   [`LlamaModel::embed`] → [`DecoderBlock::forward`] with an optional [`InputHook`] that sees
 //!   the input of every linear layer → [`LlamaModel::final_norm_and_head`]; weights and
 //!   quantizers are replaced per [`LinearSlot`].
 //! * Loading: [`load_model`] / [`load_with_tokenizer`] take a Hugging Face directory
@@ -21,7 +21,7 @@
 //!   them — norm folding, SmoothQuant, QuaRot's rotations, HIP, MagR — each function-preserving
 //!   (MagR nearly); [`stage1::quantize_kv`] quantizes keys and values (per head and token) as
 //!   the cache holds them.
-//! * Stage 2: [`quantize_model`] runs any [`burn_quant_ptq::Algorithm`] block by block
+//! * Stage 2: [`quantize_llama`] runs any [`burn_quant_ptq::Algorithm`] block by block
 //!   (per-layer algorithms site by site; AutoRound block-wise, with autodiff through the real
 //!   block forward); [`correct_biases`] then gives each block linear the bias that removes its
 //!   mean output error (exported to GGUF as llama.cpp's optional biases).
@@ -58,7 +58,7 @@ pub mod tokenizer;
 
 pub use bias::{BiasCorrectionReport, correct_biases};
 pub use block::{
-    BlockCache, DecoderBlock, InputSite, LinearSlot, LlamaAttention, LlamaMlp, Observer,
+    BlockCache, DecoderBlock, InputSite, LinearSlot, LlamaAttention, LlamaMlp, InputHook,
 };
 pub use error::{LlmError, Result};
 pub use generate::{generate_greedy, generate_text};
@@ -72,7 +72,7 @@ pub use perplexity::{
     perplexity_of_text, window_nll,
 };
 pub use pipeline::{
-    BlockProgress, PtqConfig, PtqResult, PtqTimings, hf_weight_name, quantize_model,
+    BlockProgress, PtqConfig, PtqResult, PtqTimings, hf_weight_name, quantize_llama,
 };
 pub use rope::Rope;
 pub use tokenizer::{LlamaTokenizer, tokenizer_path};

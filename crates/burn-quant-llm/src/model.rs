@@ -15,7 +15,7 @@ use crate::rope::Rope;
 /// their weight quantizer is `None`).
 ///
 /// The structure is explicit so that a PTQ pipeline can run it block by block:
-/// [`embed`](Self::embed) → [`block`](Self::block)`(i).forward(x, &rope, observer)` for each
+/// [`embed`](Self::embed) → [`block`](Self::block)`(i).forward(x, &rope, input_hook)` for each
 /// block → [`final_norm_and_head`](Self::final_norm_and_head). Field names follow Hugging
 /// Face's `LlamaForCausalLM` (`model.embed_tokens`, `model.layers.N`, `model.norm`, `lm_head`).
 #[derive(Module, Debug)]
@@ -321,7 +321,7 @@ impl LlamaModel {
         Ok(x)
     }
 
-    /// Runs `tokens` (`[batch, seq]`) through blocks `0..=index` and lets `observer` see the
+    /// Runs `tokens` (`[batch, seq]`) through blocks `0..=index` and lets `input_hook` see the
     /// inputs of block `index`'s linear layers (one call per [`InputSite`](crate::InputSite),
     /// `[batch, seq, width]`); returns that block's output. The way to capture real
     /// activations of one layer, e.g. on calibration windows.
@@ -329,7 +329,7 @@ impl LlamaModel {
         &self,
         tokens: Tensor<2, Int>,
         index: usize,
-        observer: crate::block::Observer<'_>,
+        input_hook: crate::block::InputHook<'_>,
     ) -> Result<Tensor<3>> {
         let target = self.block(index)?;
         let [_, s] = tokens.dims();
@@ -338,7 +338,7 @@ impl LlamaModel {
         for block in &self.layers[..index] {
             x = block.forward(x, &rope, None)?;
         }
-        target.forward(x, &rope, Some(observer))
+        target.forward(x, &rope, Some(input_hook))
     }
 
     /// Logits for every position: `[batch, seq]` → `[batch, seq, vocab]`.

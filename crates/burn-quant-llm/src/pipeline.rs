@@ -18,8 +18,8 @@
 //! [`QuantTensor`] is kept (by Hugging Face name) for export, code for code.
 //!
 //! **Quantized activations during calibration** (Brevitas's `use_quant_activations`): when the
-//! block linears already carry input quantizers ([`quantize_inputs`] called before
-//! [`quantize_model`]), the quantized path is the deployed one, so the statistics of each site
+//! block linears already carry input quantizers ([`attach_input_quantizers`] called before
+//! [`quantize_llama`]), the quantized path is the deployed one, so the statistics of each site
 //! are taken on its *quantized* input `Q_a(X̃)` (what the layer multiplies), while the float
 //! path runs with every quantizer off and stays the float model's target. Without input
 //! quantizers the algorithms see float activations.
@@ -74,7 +74,7 @@ pub struct PtqTimings {
     pub total: Duration,
 }
 
-/// The result of [`quantize_model`].
+/// The result of [`quantize_llama`].
 #[derive(Debug)]
 pub struct PtqResult {
     /// Every quantized weight by Hugging Face name (`model.layers.3.self_attn.q_proj.weight`),
@@ -100,7 +100,7 @@ pub fn hf_weight_name(block: usize, slot: LinearSlot) -> String {
 
 /// Quantizes every linear layer of `model`'s blocks with `config`, calibrating on `windows`
 /// (token ids, all of the same length), block by block; `progress` is called after each block.
-pub fn quantize_model(
+pub fn quantize_llama(
     model: &mut LlamaModel,
     windows: &[Vec<u32>],
     config: &PtqConfig,
@@ -402,7 +402,7 @@ impl InputQuant {
 
 /// Puts an input quantizer on every linear layer of every block; static ones are calibrated on
 /// `windows` (batches of `batch_windows`), dynamic ones need no data.
-pub fn quantize_inputs(
+pub fn attach_input_quantizers(
     mut model: LlamaModel,
     quant: InputQuant,
     windows: &[Vec<u32>],
@@ -550,7 +550,7 @@ mod tests {
                 batch_windows: 3,
             };
             let mut seen = 0;
-            let r = quantize_model(&mut m, &calib, &cfg, &mut |_| seen += 1).unwrap();
+            let r = quantize_llama(&mut m, &calib, &cfg, &mut |_| seen += 1).unwrap();
             assert_eq!(seen, 2);
             assert_eq!(r.weights.len(), 14);
             let out = host(m.hidden(m.tokens(&rows).unwrap()).unwrap());
@@ -584,7 +584,7 @@ mod tests {
             let den: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
             (num / den).sqrt()
         };
-        let stat8 = quantize_inputs(
+        let stat8 = attach_input_quantizers(
             float.clone(),
             InputQuant::PerTensorStatic {
                 bits: 8,
@@ -610,14 +610,14 @@ mod tests {
             .try_to_vec()
             .unwrap();
         assert!(s.iter().all(|v| v.is_finite() && *v > 0.0), "{s:?}");
-        let dyn8 = quantize_inputs(
+        let dyn8 = attach_input_quantizers(
             float.clone(),
             InputQuant::PerTokenDynamic { bits: 8 },
             &[],
             2,
         )
         .unwrap();
-        let stat4 = quantize_inputs(
+        let stat4 = attach_input_quantizers(
             float.clone(),
             InputQuant::PerTensorStatic {
                 bits: 4,
@@ -639,9 +639,9 @@ mod tests {
             ));
         assert!(!InputQuant::Spec(per_token).is_static());
         let dyn8_spec =
-            quantize_inputs(float.clone(), InputQuant::Spec(per_token), &[], 2).unwrap();
+            attach_input_quantizers(float.clone(), InputQuant::Spec(per_token), &[], 2).unwrap();
         assert_eq!(rel(&dyn8_spec), rel(&dyn8));
-        let stat8_spec = quantize_inputs(
+        let stat8_spec = attach_input_quantizers(
             float.clone(),
             InputQuant::Spec(QuantSpec::int8_act_per_tensor()),
             &calib,
@@ -657,7 +657,7 @@ mod tests {
         );
         assert!(e_s4 > e_s8, "int4 {e_s4} vs int8 {e_s8}");
         assert!(matches!(
-            quantize_inputs(
+            attach_input_quantizers(
                 float,
                 InputQuant::PerTensorStatic {
                     bits: 8,
@@ -687,10 +687,10 @@ mod tests {
             algorithm: algo.parse().unwrap(),
             batch_windows: 4,
         };
-        let attached = quantize_inputs(float.clone(), act, &calib, 4).unwrap();
+        let attached = attach_input_quantizers(float.clone(), act, &calib, 4).unwrap();
         let run = |start: &LlamaModel, algo: &str| {
             let mut m = start.clone();
-            let r = quantize_model(&mut m, &calib, &cfg(algo), &mut |_| {}).unwrap();
+            let r = quantize_llama(&mut m, &calib, &cfg(algo), &mut |_| {}).unwrap();
             (m, r)
         };
         let (_, aware) = run(&attached, "gptq");
@@ -762,7 +762,7 @@ mod tests {
         let float = LlamaModel::random(&hparams(), 7, &device).unwrap();
         let calib = windows(4, 16, 3);
         let scales = |stat: ScaleStat| {
-            let m = quantize_inputs(
+            let m = attach_input_quantizers(
                 float.clone(),
                 InputQuant::PerTensorStatic { bits: 8, stat },
                 &calib,
@@ -805,12 +805,12 @@ mod tests {
             batch_windows: 2,
         };
         assert!(matches!(
-            quantize_model(&mut m, &[], &cfg, &mut |_| {}),
+            quantize_llama(&mut m, &[], &cfg, &mut |_| {}),
             Err(LlmError::Calibration(_))
         ));
         let ragged = vec![vec![1, 2, 3], vec![1, 2]];
         assert!(matches!(
-            quantize_model(&mut m, &ragged, &cfg, &mut |_| {}),
+            quantize_llama(&mut m, &ragged, &cfg, &mut |_| {}),
             Err(LlmError::Calibration(_))
         ));
     }

@@ -282,7 +282,7 @@ fn batched_rows_are_independent() {
 }
 
 #[test]
-fn observer_sees_every_linear_input_once() {
+fn input_hook_sees_every_linear_input_once() {
     let hp = tiny(2, true);
     let model = build(&hp, &random_tensors(&hp, 5)).unwrap();
     let rope = model.rope(IDS.len()).unwrap();
@@ -328,7 +328,7 @@ fn observer_sees_every_linear_input_once() {
     );
     let rebuilt = after_attn + block.mlp.down_proj.forward(seen[3].2.clone());
     assert_close(&host(out.clone()), &host(rebuilt), 1e-5, "block output");
-    // Without an observer the output is the same.
+    // Without an input hook the output is the same.
     let plain = block.forward(x.clone(), &rope, None).unwrap();
     assert_eq!(host(plain), host(out.clone()));
     // observe_block(…, 1, …) sees block 1's Q/K/V input: the first norm of block 0's output.

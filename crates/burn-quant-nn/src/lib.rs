@@ -43,6 +43,6 @@ pub use plan::{Decision, ParamSite, Pattern, PlanEntry, PlanError, PlanReport, Q
 pub use recipe::{Recipe, RecipeError, RecipeFormat};
 pub use recurrent::{QuantGateController, QuantGru, QuantGruConfig, QuantLstm, QuantLstmConfig};
 pub use reparam::{
-    AnyQuantTensor, QuantWeight, WeightFakeQuant, attach_weight_quantizers, quant_weights,
-    quantize_weights,
+    AnyQuantTensor, QuantWeight, QuantizedModel, WeightFakeQuant, attach_weight_quantizers,
+    fake_quantize_weights, quantize_model, quantized_weights,
 };

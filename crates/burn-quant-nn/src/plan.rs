@@ -464,8 +464,8 @@ impl Rule {
 ///
 /// Plain serde data (see [`crate::recipe`] for TOML and JSON recipes); built in code with
 /// [`QuantPlan::rule`], [`QuantPlan::with_rule`] and [`QuantPlan::exclude`]. Apply it with
-/// [`QuantPlan::report`] (what would happen), [`crate::reparam::quantize_weights`] (PTQ),
-/// [`crate::reparam::attach_weight_quantizers`] (QAT) and [`crate::reparam::quant_weights`]
+/// [`QuantPlan::report`] (what would happen), [`crate::reparam::fake_quantize_weights`] (PTQ),
+/// [`crate::reparam::attach_weight_quantizers`] (QAT) and [`crate::reparam::quantized_weights`]
 /// (integer codes for export).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

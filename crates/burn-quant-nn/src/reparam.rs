@@ -2,14 +2,14 @@
 //!
 //! Three verbs, none of which changes the model's type:
 //!
-//! - [`quantize_weights`]: weight-only PTQ (RTN with any statistic: absmax, MSE search, HQQ,
+//! - [`fake_quantize_weights`]: weight-only PTQ (RTN with any statistic: absmax, MSE search, HQQ,
 //!   ...). Every matched weight is replaced by its fake-quantized value; parameter ids stay.
 //! - [`attach_weight_quantizers`]: weight QAT. Burn's `apply_reparameterization` attaches a
 //!   [`WeightFakeQuant`] to every matched weight, so `param.val()` (what every `burn::nn` layer
 //!   reads in `forward`) returns the fake-quantized weight, with straight-through gradients to
 //!   the stored weight and LSQ gradients to a learned scale. `model.valid().materialize()` folds
 //!   the quantizers into plain (fake-quantized) weights again.
-//! - [`quant_weights`]: the exact integer codes, scales and zero-points ([`QuantTensor`]s) of
+//! - [`quantized_weights`]: the exact integer codes, scales and zero-points ([`QuantTensor`]s) of
 //!   every matched weight, for export. On a model with attached quantizers it uses their learned
 //!   scales, so the codes are exactly what QAT trained.
 //!
@@ -24,13 +24,13 @@
 //! use burn::tensor::Device;
 //! use burn_quant_core::QuantSpec;
 //! use burn_quant_nn::plan::QuantPlan;
-//! use burn_quant_nn::reparam::{attach_weight_quantizers, quant_weights};
+//! use burn_quant_nn::reparam::{attach_weight_quantizers, quantized_weights};
 //!
 //! let device = Device::flex();
 //! let linear: Linear = LinearConfig::new(64, 8).init(&device);
 //! let plan = QuantPlan::new().rule("weight", QuantSpec::int4_weight_per_group(32));
 //! let qat = attach_weight_quantizers(linear, &plan).unwrap();
-//! let codes = quant_weights(&qat, &plan).unwrap();
+//! let codes = quantized_weights(&qat, &plan).unwrap();
 //! assert_eq!(codes[0].path, "weight");
 //! assert_eq!(codes[0].tensor.get::<2>().unwrap().scales.dims(), [2, 8]);
 //! ```
@@ -244,7 +244,7 @@ fn quantize_stored<const D: usize>(
     quantize_with(base, spec, params).map_err(quant_err(path))
 }
 
-// ----- PTQ: quantize_weights -----------------------------------------------------------------
+// ----- PTQ: fake_quantize_weights -----------------------------------------------------------------
 
 /// Weight-only PTQ: replaces every weight `plan` matches by its fake-quantized value (the
 /// spec's statistic: absmax, min-max, percentile, MSE search, HQQ; its rounding), keeping
@@ -252,7 +252,7 @@ fn quantize_stored<const D: usize>(
 ///
 /// Nothing is changed unless every matched shape fits its spec; the error names the parameter.
 /// A matched parameter that carries a reparameterization is refused ([`PlanError::Reparameterized`]).
-pub fn quantize_weights<M: Module>(model: M, plan: &QuantPlan) -> PlanResult<M> {
+pub fn fake_quantize_weights<M: Module>(model: M, plan: &QuantPlan) -> PlanResult<M> {
     plan.validate()?;
     let report = plan.report(&model);
     report.check()?;
@@ -471,7 +471,7 @@ impl Reparameterizer for &mut Attach {
     }
 }
 
-// ----- export: quant_weights -----------------------------------------------------------------
+// ----- export: quantized_weights -----------------------------------------------------------------
 
 /// A [`QuantTensor`] of rank 1 to 6 (Burn parameters have a static rank; a plan matches
 /// parameters of every rank: `Linear` weights are rank 2, `Conv2d` weights rank 4).
@@ -551,7 +551,7 @@ impl AnyQuantTensor {
     }
 }
 
-/// The quantized form of one parameter, from [`quant_weights`].
+/// The quantized form of one parameter, from [`quantized_weights`].
 #[derive(Clone, Debug)]
 pub struct QuantWeight {
     /// The parameter's path.
@@ -572,7 +572,7 @@ pub struct QuantWeight {
 /// learned scale and zero-point, so the codes dequantize exactly to what the QAT model's
 /// `forward` sees. A matched parameter carrying another reparameterization (LoRA) is refused:
 /// `materialize()` it first. Ranks above 6 are refused.
-pub fn quant_weights<M: Module>(model: &M, plan: &QuantPlan) -> PlanResult<Vec<QuantWeight>> {
+pub fn quantized_weights<M: Module>(model: &M, plan: &QuantPlan) -> PlanResult<Vec<QuantWeight>> {
     plan.validate()?;
     let mut collect = Collect {
         plan,
@@ -734,6 +734,73 @@ impl ModuleVisitor for Collect<'_> {
     }
 }
 
+// ----- both at once: quantize_model ---------------------------------------------------------
+
+/// A model whose matched weights were quantized once, in both forms: [`QuantizedModel::model`]
+/// computes with the dequantized weights (fake-quant), [`QuantizedModel::weights`] holds their
+/// exact codes for export or for Burn's quantized storage. Each weight of `model` equals the
+/// `dequantize()` of its entry in `weights`, bit for bit.
+#[derive(Clone, Debug)]
+pub struct QuantizedModel<M> {
+    /// The model, every matched weight replaced by its dequantized value (same parameter ids and
+    /// gradient settings; unmatched parameters bit-identical).
+    pub model: M,
+    /// The codes, scales and zero-points of every matched weight, in traversal order.
+    pub weights: Vec<QuantWeight>,
+}
+
+/// Weight PTQ in one call (TorchAO's `quantize_(model, config)`): quantizes every weight `plan`
+/// matches exactly once and returns both the fake-quantized model and the [`QuantWeight`]s, so
+/// evaluating and exporting see the same codes.
+///
+/// Same checks and errors as [`fake_quantize_weights`]: nothing is changed unless every matched
+/// shape fits its spec, and a matched parameter carrying a reparameterization is refused (after
+/// QAT, `model.valid()` with its [`WeightFakeQuant`]s goes to [`quantized_weights`] instead).
+pub fn quantize_model<M: Module>(model: M, plan: &QuantPlan) -> PlanResult<QuantizedModel<M>> {
+    plan.validate()?;
+    let report = plan.report(&model);
+    report.check()?;
+    if let Some((entry, name)) = report
+        .matched()
+        .find_map(|e| e.reparameterization.as_ref().map(|name| (e, name)))
+    {
+        return Err(PlanError::Reparameterized {
+            path: entry.path.clone(),
+            name: name.clone(),
+        });
+    }
+    let weights = quantized_weights(&model, plan)?;
+    let mut replace = ReplaceDequantized {
+        by_id: weights.iter().map(|w| (w.id, &w.tensor)).collect(),
+    };
+    let model = model.map(&mut replace);
+    Ok(QuantizedModel { model, weights })
+}
+
+/// Replaces each parameter found in `by_id` by the dequantized tensor.
+struct ReplaceDequantized<'a> {
+    by_id: HashMap<ParamId, &'a AnyQuantTensor>,
+}
+
+impl ModuleMapper for ReplaceDequantized<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some(quant) = self.by_id.get(&param.id) else {
+            return param;
+        };
+        let Some(q) = quant.get::<D>() else {
+            return param;
+        };
+        let dequantized = q.dequantize();
+        param.map(|w| {
+            if w.is_require_grad() {
+                dequantized.require_grad()
+            } else {
+                dequantized
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod role_tests;
 
@@ -884,12 +951,12 @@ mod tests {
     }
 
     #[test]
-    fn quantize_weights_equals_core_fake_quant_and_keeps_the_rest() {
+    fn fake_quantize_weights_equals_core_fake_quant_and_keeps_the_rest() {
         let device = Device::flex();
         let net = Net::new(&device);
         let before = net.clone();
         let plan = plan(int4_g8().with_stat(ScaleStat::mse()));
-        let q = quantize_weights(net, &plan).unwrap();
+        let q = fake_quantize_weights(net, &plan).unwrap();
 
         let expect = |w: Tensor<2>, spec: QuantSpec| bits(fake_quant(w, &spec).unwrap());
         assert_eq!(
@@ -923,7 +990,7 @@ mod tests {
             bits(before.conv.bias.as_ref().unwrap().val())
         );
         // The codes of the original weights dequantize to the quantized model's weights.
-        let codes = quant_weights(&before, &plan).unwrap();
+        let codes = quantized_weights(&before, &plan).unwrap();
         let names: Vec<&str> = codes.iter().map(|c| c.path.as_str()).collect();
         assert_eq!(
             names,
@@ -947,11 +1014,11 @@ mod tests {
     }
 
     #[test]
-    fn quantize_weights_on_autodiff_keeps_weights_trainable() {
+    fn fake_quantize_weights_on_autodiff_keeps_weights_trainable() {
         let device = Device::flex().autodiff();
         let net = Net::new(&device);
         let before = net.blocks[0].weight.val().detach().set_require_grad(false);
-        let q = quantize_weights(net, &plan(int4_g8())).unwrap();
+        let q = fake_quantize_weights(net, &plan(int4_g8())).unwrap();
         assert!(q.blocks[0].weight.val().is_require_grad());
         assert_eq!(
             bits(q.blocks[0].weight.val()),
@@ -959,6 +1026,42 @@ mod tests {
         );
         let grads = q.loss(&device).backward();
         assert!(q.blocks[0].weight.val().grad(&grads).is_some());
+    }
+
+    #[test]
+    fn quantize_model_gives_the_fake_quantized_model_and_its_codes_from_one_quantization() {
+        let device = Device::flex().autodiff();
+        let net = Net::new(&device);
+        let before = net.clone();
+        // Stochastic rounding: two separate quantizations would differ, one cannot.
+        let spec = int4_g8().with_rounding(burn_quant_core::Rounding::Stochastic { seed: 7 });
+        let plan = plan(spec);
+        let QuantizedModel { model, weights } = quantize_model(net, &plan).unwrap();
+        assert_eq!(weights.len(), 4);
+        let fetch = |path: &str| weights.iter().find(|w| w.path == path).unwrap();
+        for i in 0..2 {
+            let w = fetch(&format!("blocks.{i}.weight"));
+            assert_eq!(w.id, before.blocks[i].weight.id);
+            assert_eq!(w.tensor.dequantize_vec(), host(model.blocks[i].weight.val()));
+            assert_ne!(
+                bits(model.blocks[i].weight.val()),
+                bits(before.blocks[i].weight.val())
+            );
+            assert!(model.blocks[i].weight.val().is_require_grad());
+        }
+        assert_eq!(
+            fetch("conv.weight").tensor.dequantize_vec(),
+            host(model.conv.weight.val())
+        );
+        assert_eq!(bits(model.head.weight.val()), bits(before.head.weight.val()));
+        let grads = model.loss(&device).backward();
+        assert!(model.blocks[0].weight.val().grad(&grads).is_some());
+        // Refused like fake_quantize_weights: a model with attached quantizers.
+        let qat = attach_weight_quantizers(before, &plan).unwrap();
+        assert!(matches!(
+            quantize_model(qat, &plan),
+            Err(PlanError::Reparameterized { .. })
+        ));
     }
 
     #[test]
@@ -984,9 +1087,9 @@ mod tests {
                 .to_string()
                 .contains("error: parameter `blocks.0.weight`")
         );
-        check(quantize_weights(net.clone(), &bad).unwrap_err());
+        check(fake_quantize_weights(net.clone(), &bad).unwrap_err());
         check(attach_weight_quantizers(net.clone(), &bad).unwrap_err());
-        check(quant_weights(&net, &bad).unwrap_err());
+        check(quantized_weights(&net, &bad).unwrap_err());
         // An axis beyond the rank.
         let e = attach_weight_quantizers(
             net,
@@ -1104,7 +1207,7 @@ mod tests {
         let qat = optim.step(1e-3, qat, gp);
         let s_after = scale_of(&qat);
         assert_ne!(s_before, s_after);
-        let codes = quant_weights(&qat, &plan).unwrap();
+        let codes = quantized_weights(&qat, &plan).unwrap();
         let b1 = codes.iter().find(|c| c.path == "blocks.1.weight").unwrap();
         let q = b1.tensor.get::<2>().unwrap();
         assert_eq!(host(q.scales.clone().reshape([32])), s_after);
@@ -1192,7 +1295,7 @@ mod tests {
         let grads = (qat.blocks[0].weight.val() * c.detach()).sum().backward();
         assert!(zp.val().grad(&grads).is_some());
         assert!(fq.scale.as_ref().unwrap().val().grad(&grads).is_some());
-        let codes = quant_weights(&qat, &plan).unwrap();
+        let codes = quantized_weights(&qat, &plan).unwrap();
         let deq = codes[0].tensor.dequantize_vec();
         let val = host(qat.blocks[0].weight.val());
         for (a, b) in deq.iter().zip(&val) {
@@ -1233,9 +1336,9 @@ mod tests {
             matches!(e, PlanError::Reparameterized { ref name, .. } if name == "lora"),
             "{e}"
         );
-        let e = quantize_weights(lora.clone(), &all).unwrap_err();
+        let e = fake_quantize_weights(lora.clone(), &all).unwrap_err();
         assert!(matches!(e, PlanError::Reparameterized { .. }), "{e}");
-        let e = quant_weights(&lora, &all).unwrap_err();
+        let e = quantized_weights(&lora, &all).unwrap_err();
         assert!(matches!(e, PlanError::Reparameterized { .. }), "{e}");
         // Attaching twice is refused too.
         let once = attach_weight_quantizers(Net::new(&device), &all).unwrap();
@@ -1248,7 +1351,7 @@ mod tests {
         // Non-finite weights are reported by path.
         let mut net = Net::new(&device);
         net.head.weight = net.head.weight.map(|w| w.mul_scalar(f32::NAN));
-        let e = quantize_weights(net, &all).unwrap_err();
+        let e = fake_quantize_weights(net, &all).unwrap_err();
         assert!(e.to_string().starts_with("parameter `head.weight`"), "{e}");
 
         // A rule with exclusions.

@@ -34,7 +34,7 @@ fn gptq_through_the_graph_gives_the_pipelines_codes_on_smollm2() {
         algorithm,
         batch_windows: 2,
     };
-    let result = quantize_model(&mut piped, &windows, &config, &mut |_| {}).unwrap();
+    let result = quantize_llama(&mut piped, &windows, &config, &mut |_| {}).unwrap();
 
     // Graph mode: the model's own forward captured, the same batches of two windows.
     let batches: Vec<Tensor<2, Int>> = windows

@@ -50,7 +50,7 @@ fn quantize(model: &mut LlamaModel, windows: &[Vec<u32>], algorithm: Algorithm) 
         algorithm,
         batch_windows: 2,
     };
-    quantize_model(model, windows, &config, &mut |_| {}).unwrap()
+    quantize_llama(model, windows, &config, &mut |_| {}).unwrap()
 }
 
 #[test]

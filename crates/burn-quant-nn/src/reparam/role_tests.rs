@@ -124,7 +124,7 @@ fn role_rules_quantize_every_layer_kind_along_its_own_axis() {
 
         // PTQ: each weight equals the core's fake-quant along that layer's axis, and differs
         // from the fake-quant along the other channel axis (so the test can tell them apart).
-        let q = quantize_weights(zoo.clone(), &plan).unwrap();
+        let q = fake_quantize_weights(zoo.clone(), &plan).unwrap();
         for (path, _, out, inp) in LAYERS {
             let want = expected(&zoo, path, &explicit(out, inp));
             assert_eq!(weight_bits(&q, path), want, "{role} on {path}");
@@ -138,7 +138,7 @@ fn role_rules_quantize_every_layer_kind_along_its_own_axis() {
 
         // Export: the codes carry the resolved (explicit) spec and dequantize to the PTQ
         // weights.
-        let codes = quant_weights(&zoo, &plan).unwrap();
+        let codes = quantized_weights(&zoo, &plan).unwrap();
         assert_eq!(codes.len(), 4);
         for (c, (path, _, out, inp)) in codes.iter().zip(LAYERS) {
             assert_eq!(c.path, path);
@@ -227,16 +227,16 @@ fn the_linear_axis_on_a_conv_weight_is_an_error_naming_the_path() {
     assert!(table.contains("error: parameter `conv.weight`"), "{table}");
     assert!(table.contains("error: parameter `emb.weight`"), "{table}");
     // Every verb refuses before changing anything.
-    check(quantize_weights(zoo.clone(), &plan).unwrap_err());
+    check(fake_quantize_weights(zoo.clone(), &plan).unwrap_err());
     check(attach_weight_quantizers(zoo.clone(), &plan).unwrap_err());
-    check(quant_weights(&zoo, &plan).unwrap_err());
+    check(quantized_weights(&zoo, &plan).unwrap_err());
     // Groups along a kernel axis are refused as well.
     let plan = QuantPlan::new().rule(
         "conv.weight",
         QuantSpec::int4_weight_per_group(3).with_axis(2),
     );
     assert!(matches!(
-        quantize_weights(zoo, &plan).unwrap_err(),
+        fake_quantize_weights(zoo, &plan).unwrap_err(),
         PlanError::ShapeMismatch { ref path, source: QuantError::AxisMismatch { granularity: Granularity::PerGroup { axis: 2, size: 3 }, .. }, .. } if path == "conv.weight"
     ));
 }
@@ -256,20 +256,20 @@ fn explicit_axes_on_linear_layers_keep_working_bit_for_bit() {
         ),
     ] {
         let plan = QuantPlan::new().rule("fc.weight", explicit);
-        let q = quantize_weights(zoo.clone(), &plan).unwrap();
+        let q = fake_quantize_weights(zoo.clone(), &plan).unwrap();
         let want = bits(fake_quant(zoo.fc.weight.val(), &explicit).unwrap());
         assert_eq!(bits(q.fc.weight.val()), want);
         let by_role =
-            quantize_weights(zoo.clone(), &QuantPlan::new().rule("fc.weight", role)).unwrap();
+            fake_quantize_weights(zoo.clone(), &QuantPlan::new().rule("fc.weight", role)).unwrap();
         assert_eq!(bits(by_role.fc.weight.val()), want);
-        let codes = quant_weights(&zoo, &plan).unwrap();
+        let codes = quantized_weights(&zoo, &plan).unwrap();
         assert_eq!(*codes[0].tensor.spec(), explicit);
         let direct = burn_quant_core::quantize(zoo.fc.weight.val(), &explicit).unwrap();
         assert_eq!(codes[0].tensor.codes_vec(), direct.codes_vec());
     }
     // On a module type without a layout an explicit axis passes unchecked, as before.
     let spec = QuantSpec::int8_weight_per_channel().with_axis(0);
-    let q = quantize_weights(zoo.clone(), &QuantPlan::new().rule("custom.weight", spec)).unwrap();
+    let q = fake_quantize_weights(zoo.clone(), &QuantPlan::new().rule("custom.weight", spec)).unwrap();
     assert_eq!(
         bits(q.custom.weight.val()),
         bits(fake_quant(zoo.custom.weight.val(), &spec).unwrap())
@@ -302,9 +302,9 @@ fn a_role_without_a_layout_is_an_error_naming_the_path_and_the_module_type() {
         assert!(msg.contains("per-output-channel"), "{msg}");
     };
     check(plan.report(&zoo).check().unwrap_err());
-    check(quantize_weights(zoo.clone(), &plan).unwrap_err());
+    check(fake_quantize_weights(zoo.clone(), &plan).unwrap_err());
     check(attach_weight_quantizers(zoo.clone(), &plan).unwrap_err());
-    check(quant_weights(&zoo, &plan).unwrap_err());
+    check(quantized_weights(&zoo, &plan).unwrap_err());
     // A layer's bias has no weight layout either: a role on it is refused, by path.
     let plan = QuantPlan::new().rule("**.bias", QuantSpec::int4_weight_per_input_group(2));
     match plan.report(&zoo).check().unwrap_err() {
