@@ -1,5 +1,4 @@
-//! Empirical bias correction of a quantized [`LlamaModel`] (Nagel et al. 2019;
-//! notes/algorithms.md §7.7), after any Stage 2 (RTN, GPTQ … AutoRound).
+//! Empirical bias correction of a quantized [`LlamaModel`] (Nagel et al. 2019), after any Stage 2 (RTN, GPTQ … AutoRound).
 //!
 //! Llama's projections have no bias; the correction gives each one a bias: for a layer with
 //! float weight `W` and quantized `Ŵ`, `δ = μ_xᵀW − μ_x̃ᵀŴ` per output channel, where `μ_x` is

@@ -1,5 +1,5 @@
 //! Model-level tests on small random models (no data needed); the tests on the real shared
-//! model are in `tests/real.rs`; the comparison with a reference model in `tests/compare.rs`.
+//! model are in `src/tests/real.rs`; the comparison with a reference model in `src/tests/compare.rs`.
 
 mod compare;
 mod graph;

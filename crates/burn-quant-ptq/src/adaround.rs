@@ -1,5 +1,4 @@
-//! AdaRound, adaptive rounding (Nagel, Amjad, van Baalen, Louizos & Blankevoort, ICML 2020;
-//! notes/algorithms.md §6.1): every weight keeps the spec's RTN scale and zero-point and learns
+//! AdaRound, adaptive rounding (Nagel, Amjad, van Baalen, Louizos & Blankevoort, ICML 2020): every weight keeps the spec's RTN scale and zero-point and learns
 //! only whether it rounds down or up, by minimising the layer's output reconstruction error.
 //!
 //! **Parametrisation.** With `g = w/s + z` in grid units (the core's element rule) and

@@ -177,7 +177,7 @@ pub enum DynamicGroupTiming {
 }
 
 /// A checked layer problem: weight and statistics in f32/f64 host buffers, dead inputs
-/// handled (notes/algorithms.md §2 step 1: `H_jj ← 1`, `W[j, :] ← 0`).
+/// handled as GPTQ does (`H_jj ← 1`, `W[j, :] ← 0`).
 pub(crate) struct Problem {
     pub n: usize,
     pub m: usize,

@@ -1,5 +1,4 @@
-//! AutoRound (SignRound; Cheng et al., arXiv 2309.05516, reference `intel/auto-round`;
-//! notes/algorithms.md §6.2): learned rounding offsets and clipping factors, trained by signed
+//! AutoRound (SignRound; Cheng et al., arXiv 2309.05516, reference `intel/auto-round`): learned rounding offsets and clipping factors, trained by signed
 //! gradient descent on a reconstruction loss through Burn autodiff.
 //!
 //! **Parametrisation**, per weight `W` (`[d_in, d_out]`, Burn's layout) and spec:

@@ -1,4 +1,4 @@
-//! Empirical bias correction (Nagel et al. 2019; notes/algorithms.md §7.7) from calibration
+//! Empirical bias correction (Nagel et al. 2019) from calibration
 //! means: a quantized layer's mean output error per output channel,
 //!
 //! `δ_c = mean_t(Y_float[t, c] − Y_quant[t, c]) = (μ_xᵀ·W − μ_x̃ᵀ·Ŵ)_c`,

@@ -1,5 +1,5 @@
 //! GPFQ, greedy path-following quantization (Lybrand & Saab, JMLR 2021; Zhang, Zhou & Saab,
-//! SIMODS 2023; notes/algorithms.md §3): each input channel is rounded so that the running
+//! SIMODS 2023): each input channel is rounded so that the running
 //! residual of the *mismatched* target `‖XW − X̃Ŵ‖` stays smallest, never revisiting earlier
 //! channels.
 //!

@@ -1,5 +1,4 @@
-//! GPTAQ, asymmetric calibration (Li et al., ICML 2025, arXiv 2504.02692; notes/algorithms.md
-//! §4): GPTQ's OBS/Cholesky machinery aimed at the float model's output, `‖XW − X̃Ŵ‖`.
+//! GPTAQ, asymmetric calibration (Li et al., ICML 2025, arXiv 2504.02692): GPTQ's OBS/Cholesky machinery aimed at the float model's output, `‖XW − X̃Ŵ‖`.
 //!
 //! With `H = X̃ᵀX̃`, `P₀ = (X − X̃)ᵀX̃ = Gᵀ − H`, `U = upper_chol((H + λI)⁻¹)` and
 //! `P = α·triu₊(P₀·Uᵀ)·U` (strictly upper triangular, α = 0.25 as in the reference code),

@@ -1,4 +1,4 @@
-//! GPTQ / OPTQ (Frantar et al., ICLR 2023; notes/algorithms.md §2): greedy column-by-column
+//! GPTQ / OPTQ (Frantar et al., ICLR 2023): greedy column-by-column
 //! quantization with optimal-brain-surgeon compensation of the not-yet-quantized inputs,
 //! minimising `‖X̃W − X̃Ŵ‖` with `H = X̃ᵀX̃` from the partially quantized model.
 //!

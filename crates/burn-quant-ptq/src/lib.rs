@@ -27,7 +27,7 @@
 //! levels), so `dequantize()` gives the algorithm's Ŵ bit for bit and the exporters can encode
 //! it code for code. Weights are in Burn's `Linear` layout `[d_input, d_output]`; algorithms
 //! run over input channels and groups run along axis 0. The equations, defaults and oracles
-//! follow `notes/algorithms.md` §0–§5.
+//! follow the papers cited in each algorithm's module.
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor, TensorData};

@@ -1,4 +1,4 @@
-//! Qronos (Zhang, Saab et al., ICLR 2026, arXiv 2505.11695; notes/algorithms.md §5):
+//! Qronos (Zhang, Saab et al., ICLR 2026, arXiv 2505.11695):
 //! "correcting the past by shaping the future" on the float target `‖XW − X̃Ŵ‖`.
 //!
 //! Step 1 absorbs the whole input mismatch at once:

@@ -1,5 +1,4 @@
-//! Stage 1: function-preserving transforms applied before the weights are rounded
-//! (notes/algorithms.md §7–§8).
+//! Stage 1: function-preserving transforms applied before the weights are rounded.
 //!
 //! * [`region`]: the transformable regions a model declares ([`Regions`]) and the transforms
 //!   written once against them: norm folding, SmoothQuant, rotations (fused and online).

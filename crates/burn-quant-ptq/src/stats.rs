@@ -2,7 +2,7 @@
 //! and, for the mismatched-target algorithms, the cross statistic `G = X̃ᵀX` between the
 //! quantized-path and float-path inputs of the same tokens.
 //!
-//! Conventions (notes/algorithms.md §0): `X` is `[tokens, d_in]` from the float model, `X̃` the
+//! Conventions: `X` is `[tokens, d_in]` from the float model, `X̃` the
 //! same tokens' inputs in the partially quantized model. `G_ij = ⟨X̃_{:,i}, X_{:,j}⟩` (not
 //! symmetric). Sums are kept in f64; each batch's product is one f32 GEMM (f32 products summed
 //! over one batch, then added in f64), so long calibration runs do not drift.

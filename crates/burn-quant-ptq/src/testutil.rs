@@ -42,7 +42,7 @@ pub fn correlated(tokens: usize, n: usize, seed: u64) -> Vec<f32> {
 }
 
 /// `tokens × n` activations `X = Z·A` (Gaussian `Z` and `A`): the correlated inputs of the
-/// GPTQ oracle in notes/algorithms.md §2.
+/// GPTQ paper's oracle experiments.
 pub fn mixed(tokens: usize, n: usize, seed: u64) -> Vec<f32> {
     let z = gaussian(tokens * n, seed);
     let a = gaussian(n * n, seed + 1);

@@ -1,5 +1,4 @@
-//! ±1 Hadamard matrices of practical orders and the fast Walsh–Hadamard transform
-//! (notes/algorithms.md §8).
+//! ±1 Hadamard matrices of practical orders and the fast Walsh–Hadamard transform.
 //!
 //! A Hadamard matrix `H` of order `K` has entries ±1 and `H·Hᵀ = K·I`; `H/√K` is orthogonal.
 //! The rotations of [`super::rotation`] use `H_K ⊗ H_P` with `P` a power of two (applied by the

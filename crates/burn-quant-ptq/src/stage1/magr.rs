@@ -1,5 +1,4 @@
-//! MagR, weight magnitude reduction (Zhang, Zhang et al., NeurIPS 2024; notes/algorithms.md
-//! §7.6): before rounding, every output channel `w` of a linear layer is moved towards the
+//! MagR, weight magnitude reduction (Zhang, Zhang et al., NeurIPS 2024): before rounding, every output channel `w` of a linear layer is moved towards the
 //! solution of the ℓ∞-regularised least-squares problem
 //!
 //! `min_w ½(w − w₀)·H·(w − w₀)ᵀ + μ‖w‖_∞`,   `H = X̃ᵀX̃ / N`,

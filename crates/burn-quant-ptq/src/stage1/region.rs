@@ -211,7 +211,7 @@ fn scale_sink_rows(
 }
 
 /// Folds every norm gain into the linear layers that read it ([`Region::Norm`]:
-/// `W ← diag(g)·W`, then `g ← 1`), notes/algorithms.md §7.3. Idempotent.
+/// `W ← diag(g)·W`, then `g ← 1`). Idempotent.
 pub fn fold_norms(model: &mut dyn Regions) -> Result<Stage1Report> {
     let mut report = Stage1Report::default();
     for region in model.regions() {

@@ -1,4 +1,4 @@
-//! Orthogonal maps on feature vectors (notes/algorithms.md §7.4, §7.5, §8): Hadamard of any
+//! Orthogonal maps on feature vectors: Hadamard of any
 //! order [`super::hadamard`] reaches, randomized Hadamard, and seeded random orthogonal.
 //!
 //! # Convention

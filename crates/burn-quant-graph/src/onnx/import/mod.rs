@@ -15,7 +15,7 @@
 //! written back into the original model; it refuses int4/float8/blocked Q/DQ tensors, which
 //! importing quantized models needs; it reads a `-1` batch dim as `usize::MAX`; and it would
 //! add a second protobuf stack to the build. Our decoder reads the same `onnx.proto` fields
-//! (see `shared/notes/onnx-ir.md`).
+//! (probes of onnx-ir 0.22 measured these four points).
 //!
 //! Supported ops (opsets 7–24; tested on 11, 13, 14, 17 and 21): `Conv`, `ConvTranspose`
 //! (1-D/2-D), `BatchNormalization`, `Gemm`, `MatMul`, `Add`/`Sub`/`Mul`/`Div`/`Pow` with
