@@ -62,7 +62,7 @@ fn input<const D: usize>(shape: [usize; D]) -> Tensor<D> {
     Tensor::from_data(TensorData::new(v, shape), &Device::flex())
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> burn_quant::Result<()> {
     let device = Device::flex();
     device.seed(7);
     let model = Mlp::new(&device);

@@ -40,7 +40,7 @@ enum Then {
     Stage2(&'static str),
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> burn_quant::Result<()> {
     let Some(weights) = support::shared_data("all-minilm-l6-v2/model.safetensors") else {
         return Ok(());
     };

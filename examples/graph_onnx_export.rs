@@ -61,7 +61,7 @@ impl Cnn {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> burn_quant::Result<()> {
     let device = Device::flex();
     let model = Cnn::new(&device);
     let images = |_| Tensor::<4>::random([8, 1, 28, 28], Distribution::Uniform(0.0, 1.0), &device);

@@ -44,12 +44,13 @@ fn output_error(float: &LlamaModel, quant: &LlamaModel, windows: &[Vec<u32>]) ->
         / a.len() as f64
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> burn_quant::Result<()> {
     let (mut blocks, mut iters, mut batch) = (2usize, 50usize, 2usize);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut value = || -> Result<usize, Box<dyn std::error::Error>> {
-            Ok(args.next().ok_or(format!("{a} N"))?.parse()?)
+        let mut value = || -> burn_quant::Result<usize> {
+            let text = args.next().ok_or(format!("{a} N"))?;
+            Ok(text.parse().map_err(|e| format!("{a} {text}: {e}"))?)
         };
         match a.as_str() {
             "--blocks" => blocks = value()?,
@@ -73,7 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut float = m.model.clone();
     float.layers.truncate(blocks);
     let spec = QuantSpec::int4_weight_per_group(128).with_bits(3);
-    let run = |algorithm: Algorithm| -> Result<_, Box<dyn std::error::Error>> {
+    let run = |algorithm: Algorithm| -> burn_quant::Result<_> {
         let mut model = float.clone();
         let config = PtqConfig {
             weights: spec,

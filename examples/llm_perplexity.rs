@@ -20,7 +20,7 @@ use burn_quant_llm::{
     perplexity_of_text,
 };
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> burn_quant::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut model_path = None;
     let mut cfg = PerplexityConfig::default();

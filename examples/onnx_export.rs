@@ -44,7 +44,7 @@ fn images(batch: usize, seed: u64, device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(v, [batch, 784]), device)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> burn_quant::Result<()> {
     let device = Device::flex();
     let mlp = Mlp {
         fc1: QuantLinearConfig::new(784, 64)

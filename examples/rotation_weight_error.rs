@@ -33,7 +33,7 @@ fn sqnr_db(x: &Tensor<2>, w: &Tensor<2>, w_hat: &Tensor<2>) -> f64 {
     10.0 * (num / den).log10()
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> burn_quant::Result<()> {
     let (mut bits, mut group, mut blocks, mut verbose) = (3u8, 128usize, usize::MAX, false);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -68,7 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         QuantSpec::int4_weight_per_group(group).with_bits(bits)
     };
     let rtn = burn_quant_ptq::Rtn::default();
-    let quantize = |w: &Tensor<2>| -> Result<Tensor<2>, Box<dyn std::error::Error>> {
+    let quantize = |w: &Tensor<2>| -> burn_quant::Result<Tensor<2>> {
         let stats = rtn.new_stats(w.dims()[0]);
         Ok(rtn.quantize(w, &stats, &spec)?.tensor.dequantize())
     };

@@ -22,7 +22,7 @@ use burn_quant_llm::{
     calibration_windows_from_text, load_with_tokenizer, perplexity_of_text, quantize_llama,
 };
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> burn_quant::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut windows = 4usize;
     while let Some(a) = args.next() {

@@ -53,6 +53,22 @@ pub enum Error {
     /// File-system errors of the caller's own I/O.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// A message of the calling program (bad arguments, a failed check of its own), so that a
+    /// `main` returning [`Result`] can `?` a `String` error too.
+    #[error("{0}")]
+    Message(String),
+}
+
+impl From<String> for Error {
+    fn from(message: String) -> Self {
+        Self::Message(message)
+    }
+}
+
+impl From<&str> for Error {
+    fn from(message: &str) -> Self {
+        Self::Message(message.to_string())
+    }
 }
 
 /// `Result` with [`Error`] as the default error.
