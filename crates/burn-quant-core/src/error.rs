@@ -106,6 +106,18 @@ pub enum QuantError {
         /// Its value.
         value: f32,
     },
+    /// A spec names a custom rounding rule (`Rounding::Custom`) that is not registered in this
+    /// process (`burn_quant_core::rounding::register_rounding`).
+    #[error(
+        "rounding rule `{name}` is not registered in this process (registered: {registered:?}); \
+         call `register_rounding(\"{name}\", rule)` before using a spec that names it"
+    )]
+    UnknownRounding {
+        /// The name the spec gives.
+        name: String,
+        /// The names registered when the lookup failed, sorted.
+        registered: Vec<String>,
+    },
 }
 
 /// Result alias of the core crate.

@@ -453,6 +453,9 @@ impl From<&Rounding> for RoundMode {
             Rounding::Ceil => RoundMode::Ceil,
             Rounding::TowardZero => RoundMode::TowardZero,
             Rounding::Stochastic { .. } => RoundMode::Stochastic,
+            // A registered tensor rule cannot run element by element: host-side algorithms
+            // round it to nearest (the tensor paths in `quantize` call the rule itself).
+            Rounding::Custom { .. } => RoundMode::NearestEven,
         }
     }
 }

@@ -302,6 +302,13 @@ macro_rules! with_grid_and_rounder {
                         let $r = StochasticR(seed);
                         $body
                     }
+                    // A registered tensor rule cannot run per element: `quantize` sends custom
+                    // specs through the tensor path, and only hands on-grid values here, where
+                    // nearest even is exact; other host callers round a custom rule to nearest.
+                    Rounding::Custom { .. } => {
+                        let $r = NearestEvenR;
+                        $body
+                    }
                 }
             }};
         }

@@ -44,7 +44,7 @@ pub use quantize::{
     fake_quant_custom, fake_quant_fused, fake_quant_offset, fake_quant_with, grad_scale, quantize, quantize_with,
     round_ste, with_surrogate_grad,
 };
-pub use rounding::{Rounding, RoundingFn};
+pub use rounding::{Rounding, RoundingFn, RoundingName, register_rounding};
 pub use scale::{
     Pow2Mode, ScaleQuant, ScaleRestriction, ScaleSource, ScaleSpec, ScaleStat, SymmetricScale,
     ZeroPoint,

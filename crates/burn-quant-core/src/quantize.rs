@@ -173,13 +173,23 @@ pub fn quantize_with<const D: usize>(
     let shape = x.dims();
     let layout = spec.check_shape(&shape)?;
     params.check_shape(&layout)?;
-    let data = to_host(&x);
-    host::check_input(&data, &shape, "x")?;
     let hp = params.to_host();
-    host::check_params(&hp, &layout, spec)?;
-    let codes = host::quantize_codes(&data, &layout, spec, &hp);
+    let device = x.device();
+    let codes = if spec.rounding.is_custom() {
+        // A registered rule runs on the tensor path; its fake-quant value is on the grid, so
+        // the codes are its nearest grid points (exact: (q − z)·s / s + z rounds back to q).
+        let rule = spec.rounding.resolve()?;
+        let y = fake_quant_tensor_path(x.detach(), None, spec, &params, rule.as_ref())?;
+        let on_grid = spec.with_rounding(crate::rounding::Rounding::NearestEven);
+        host::quantize_codes(&to_host(&y), &layout, &on_grid, &hp)
+    } else {
+        let data = to_host(&x);
+        host::check_input(&data, &shape, "x")?;
+        host::check_params(&hp, &layout, spec)?;
+        host::quantize_codes(&data, &layout, spec, &hp)
+    };
     Ok(QuantTensor {
-        codes: int_tensor(codes, &shape, &x.device()),
+        codes: int_tensor(codes, &shape, &device),
         scales: params.scales.detach(),
         zero_points: params.zero_points.map(|z| z.detach()),
         scale_level: params.scale_level,
@@ -287,11 +297,20 @@ pub fn fake_quant<const D: usize>(x: Tensor<D>, spec: &QuantSpec) -> Result<Tens
 /// When neither `x` nor the params are tracked by autodiff, this runs the fused host kernel
 /// (one pass); otherwise the differentiable tensor path with the spec's rounding and the
 /// straight-through estimator, so a scale that requires grad receives the LSQ gradient.
+/// A custom rule (`Rounding::Custom`) always takes the tensor path, with the registered rule.
+///
+/// # Errors
+/// Besides shape and value errors, [`QuantError::UnknownRounding`] when the spec names a rule
+/// that is not registered.
 pub fn fake_quant_with<const D: usize>(
     x: Tensor<D>,
     spec: &QuantSpec,
     params: &QuantParams<D>,
 ) -> Result<Tensor<D>> {
+    if spec.rounding.is_custom() {
+        let rule = spec.rounding.resolve()?;
+        return fake_quant_custom(x, spec, params, rule.as_ref());
+    }
     // `is_tracked`, not `is_require_grad`: an activation computed from a leaf that requires
     // grad is tracked without being a leaf itself, and must get the differentiable path.
     let tracked = x.is_tracked()
@@ -304,12 +323,18 @@ pub fn fake_quant_with<const D: usize>(
     }
 }
 
-/// The fused host fake-quant (no autodiff): one parallel pass over the data.
+/// The fused host fake-quant (no autodiff): one parallel pass over the data. A custom rule
+/// (`Rounding::Custom`) cannot run per element on the host: it takes the tensor path (its
+/// forward value, detached).
 pub fn fake_quant_fused<const D: usize>(
     x: Tensor<D>,
     spec: &QuantSpec,
     params: &QuantParams<D>,
 ) -> Result<Tensor<D>> {
+    if spec.rounding.is_custom() {
+        let rule = spec.rounding.resolve()?;
+        return fake_quant_custom(x.detach(), spec, params, rule.as_ref());
+    }
     let shape = x.dims();
     let layout = spec.check_shape(&shape)?;
     params.check_shape(&layout)?;
@@ -598,7 +623,8 @@ mod tests {
             let spec = spec.with_rounding(Rounding::NearestEven);
             let q = quantize(x.clone(), &spec).unwrap();
             let params = q.params();
-            let plain = host(&fake_quant_custom(x.clone(), &spec, &params, &spec.rounding).unwrap());
+            let plain =
+                host(&fake_quant_custom(x.clone(), &spec, &params, &spec.rounding).unwrap());
             let zero = host(
                 &fake_quant_offset(x.clone(), x.zeros_like(), &spec, &params, &spec.rounding)
                     .unwrap(),
@@ -606,20 +632,19 @@ mod tests {
             assert_eq!(plain, zero, "{spec:?}: a zero offset changes nothing");
             for o in [0.49f32, -0.49] {
                 let off = x.zeros_like().add_scalar(o);
-                let moved = fake_quant_offset(x.clone(), off, &spec, &params, &spec.rounding)
-                    .unwrap();
-                let back = host(&quantize_with(moved.clone(), &spec, params.clone())
-                    .unwrap()
-                    .dequantize());
+                let moved =
+                    fake_quant_offset(x.clone(), off, &spec, &params, &spec.rounding).unwrap();
+                let back = host(
+                    &quantize_with(moved.clone(), &spec, params.clone())
+                        .unwrap()
+                        .dequantize(),
+                );
                 let moved = host(&moved);
                 let codes_plain = q.codes_vec();
-                let requant = quantize_with(
-                    t2(moved.clone(), [256, 64], &device),
-                    &spec,
-                    params.clone(),
-                )
-                .unwrap()
-                .codes_vec();
+                let requant =
+                    quantize_with(t2(moved.clone(), [256, 64], &device), &spec, params.clone())
+                        .unwrap()
+                        .codes_vec();
                 for i in 0..moved.len() {
                     assert_eq!(back[i], moved[i], "{spec:?} off {o}: on the grid at {i}");
                     // Order along the grid: compare dequantized values (minifloat codes are
@@ -639,11 +664,71 @@ mod tests {
 
     /// The offset's gradient is the straight-through one in grid units: `∂ŵ/∂V = s` on an
     /// integer grid inside its range.
+    /// A spec naming a registered rule gives the same forward as the rule itself on every
+    /// path (fused, tracked, codes), for integer and minifloat grids; an unknown name is a
+    /// typed error naming it on every path.
+    #[test]
+    fn a_named_custom_rule_is_honoured_by_every_path() {
+        // A registered rule that equals the built-in ceil (so the expected values are known).
+        let named = crate::rounding::register_rounding(
+            "test_quantize_ceil",
+            std::sync::Arc::new(Rounding::Ceil),
+        )
+        .unwrap();
+        let device = dev();
+        let x = t2(data(96, 5), [8, 12], &device);
+        for base in [
+            QuantSpec::int8_weight_per_channel().with_bits(4),
+            QuantSpec::int8_act_per_tensor().asymmetric(),
+            QuantSpec::fp8_e4m3_weight_per_tensor(),
+        ] {
+            let custom = base.with_rounding(named);
+            let builtin = base.with_rounding(Rounding::Ceil);
+            let p = compute_params(&x, &builtin).unwrap();
+            let want = host(&fake_quant_custom(x.clone(), &builtin, &p, &Rounding::Ceil).unwrap());
+            assert_eq!(
+                host(&fake_quant_with(x.clone(), &custom, &p).unwrap()),
+                want
+            );
+            assert_eq!(
+                host(&fake_quant_fused(x.clone(), &custom, &p).unwrap()),
+                want
+            );
+            let ad = Device::flex().autodiff();
+            let xa = Tensor::<2>::from_data(x.to_data(), &ad).require_grad();
+            let pa = compute_params(&xa.clone().detach(), &builtin).unwrap();
+            let tracked = fake_quant_with(xa, &custom, &pa).unwrap();
+            assert_eq!(to_host(&tracked), want);
+            let q = quantize_with(x.clone(), &custom, p.clone()).unwrap();
+            let q_builtin = quantize_with(x.clone(), &builtin, p.clone()).unwrap();
+            assert_eq!(q.codes_vec(), q_builtin.codes_vec(), "{base}");
+            assert_eq!(q.spec.rounding, named);
+            assert_eq!(host(&q.dequantize()), want);
+        }
+        let unknown = Rounding::Custom {
+            name: crate::rounding::RoundingName::new("test_quantize_unknown").unwrap(),
+        };
+        let spec = QuantSpec::int8_weight_per_tensor().with_rounding(unknown);
+        let p = compute_params(&x, &QuantSpec::int8_weight_per_tensor()).unwrap();
+        let is_unknown = |e: QuantError| matches!(e, QuantError::UnknownRounding { ref name, .. } if name == "test_quantize_unknown");
+        assert!(is_unknown(spec.validate().unwrap_err()));
+        assert!(is_unknown(
+            fake_quant_with(x.clone(), &spec, &p).unwrap_err()
+        ));
+        assert!(is_unknown(
+            fake_quant_fused(x.clone(), &spec, &p).unwrap_err()
+        ));
+        assert!(is_unknown(quantize_with(x.clone(), &spec, p).unwrap_err()));
+    }
+
     #[test]
     fn rounding_offset_gradient_is_the_scale() {
         let device = Device::flex().autodiff();
         let spec = QuantSpec::int4_weight_per_group(4);
-        let x = Tensor::<2>::from_floats([[0.1, -0.2], [0.3, 0.05], [-0.25, 0.4], [0.7, -0.8]], &device);
+        let x = Tensor::<2>::from_floats(
+            [[0.1, -0.2], [0.3, 0.05], [-0.25, 0.4], [0.7, -0.8]],
+            &device,
+        );
         let params = compute_params(&x, &spec).unwrap();
         let v = x.zeros_like().require_grad();
         let y = fake_quant_offset(x.clone(), v.clone(), &spec, &params, &spec.rounding).unwrap();

@@ -4,11 +4,41 @@
 //! gradient used in backward (a surrogate, since the true derivative of rounding is zero almost
 //! everywhere). [`RoundingFn`] is the one trait to implement for a new rule; the built-in
 //! [`Rounding`] variants use the straight-through estimator (surrogate gradient 1).
+//!
+//! # Custom rules are named in the spec
+//!
+//! A custom rule is registered once per process under a name ([`register_rounding`]) and a spec
+//! names it: `Rounding::Custom { name }`, written `rounding = { kind = "custom", name = "rdfs" }`
+//! in a TOML recipe (Brevitas names its rule the same way, `float_to_int_impl_type =
+//! ROUND_RDFS`). The spec stays plain `Copy` serde data, and every quantizer that holds it — on
+//! any thread, on any device, in a model forked to training workers — resolves the same rule
+//! from the process-wide registry. An unregistered name is a typed error
+//! ([`QuantError::UnknownRounding`]) from [`QuantSpec::validate`](crate::QuantSpec::validate)
+//! and from every quantization call.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use burn_quant_core::rounding::{Rounding, register_rounding};
+//! use burn_quant_core::QuantSpec;
+//!
+//! // A rule of one's own (here simply floor), registered under a name.
+//! let floor = register_rounding("doc_floor", Arc::new(Rounding::Floor)).unwrap();
+//! let spec = QuantSpec::int8_weight_per_tensor().with_rounding(floor);
+//! spec.validate().unwrap();
+//! let json = serde_json::to_string(&spec.rounding).unwrap();
+//! assert_eq!(json, r#"{"kind":"custom","name":"doc_floor"}"#);
+//! let unknown: Rounding = serde_json::from_str(r#"{"kind":"custom","name":"nowhere"}"#).unwrap();
+//! assert!(QuantSpec::int8_weight_per_tensor().with_rounding(unknown).validate().is_err());
+//! ```
 
-use std::fmt::Debug;
+use std::collections::HashMap;
+use std::fmt::{self, Debug};
+use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 
 use burn::tensor::{Device, Tensor, TensorData};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{QuantError, Result};
 
 /// Built-in rounding rules (plain serde data, usable in recipes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -32,6 +62,131 @@ pub enum Rounding {
         /// Generator seed.
         seed: u64,
     },
+    /// A custom rule registered under `name` with [`register_rounding`] (forward value and
+    /// surrogate gradient of its [`RoundingFn`]). Every tensor path honours it: fake-quant,
+    /// quantizers, weight quantizers, and [`crate::quantize_with`] (whose codes are the grid
+    /// points of the rule's fake-quant value). Element-by-element host code that cannot call a
+    /// tensor rule (Stage 2 PTQ algorithms, MSE scale searches) rounds it to nearest even.
+    Custom {
+        /// The registered name.
+        name: RoundingName,
+    },
+}
+
+/// The name of a custom rounding rule: 1 to [`RoundingName::MAX_LEN`] ASCII letters, digits,
+/// `_`, `-` or `.`, stored inline so that [`Rounding`] and every spec holding it stay `Copy`.
+/// Serializes as a plain string.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoundingName {
+    len: u8,
+    bytes: [u8; RoundingName::MAX_LEN],
+}
+
+impl RoundingName {
+    /// The longest name, in bytes.
+    pub const MAX_LEN: usize = 31;
+
+    /// Checks and stores `name`.
+    pub fn new(name: &str) -> Result<Self> {
+        let ok_char = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.');
+        if name.is_empty() || name.len() > Self::MAX_LEN || !name.bytes().all(ok_char) {
+            return Err(QuantError::config(
+                "rounding.name",
+                format!("{name:?}"),
+                format!(
+                    "a rounding rule's name is 1 to {} ASCII letters, digits, `_`, `-` or `.`",
+                    Self::MAX_LEN
+                ),
+            ));
+        }
+        let mut bytes = [0u8; Self::MAX_LEN];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Ok(Self {
+            len: name.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).expect("checked ASCII in `new`")
+    }
+}
+
+impl fmt::Display for RoundingName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Debug for RoundingName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl Serialize for RoundingName {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for RoundingName {
+    fn deserialize<De: Deserializer<'de>>(d: De) -> std::result::Result<Self, De::Error> {
+        let name = String::deserialize(d)?;
+        RoundingName::new(&name).map_err(serde::de::Error::custom)
+    }
+}
+
+type Registry = HashMap<RoundingName, Arc<dyn RoundingFn>>;
+
+/// The process-wide registry of custom rules.
+static REGISTRY: LazyLock<RwLock<Registry>> = LazyLock::new(Default::default);
+
+/// Registers `rule` under `name` for the whole process (every thread, every device) and returns
+/// the [`Rounding`] that names it, to put in a spec. Registering a name again replaces its rule
+/// for every later call (register before building or training a model, once).
+///
+/// # Errors
+/// [`QuantError::InvalidConfig`] when `name` is not a valid [`RoundingName`].
+pub fn register_rounding(name: &str, rule: Arc<dyn RoundingFn>) -> Result<Rounding> {
+    let name = RoundingName::new(name)?;
+    REGISTRY
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(name, rule);
+    Ok(Rounding::Custom { name })
+}
+
+/// The rule registered under `name`, if any.
+pub fn registered_rounding(name: &RoundingName) -> Option<Arc<dyn RoundingFn>> {
+    REGISTRY
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(name)
+        .cloned()
+}
+
+/// The registered names, sorted.
+pub fn registered_roundings() -> Vec<RoundingName> {
+    let mut names: Vec<RoundingName> = REGISTRY
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .keys()
+        .copied()
+        .collect();
+    names.sort();
+    names
+}
+
+fn unknown(name: &RoundingName) -> QuantError {
+    QuantError::UnknownRounding {
+        name: name.to_string(),
+        registered: registered_roundings()
+            .iter()
+            .map(|n| n.to_string())
+            .collect(),
+    }
 }
 
 /// A rounding rule for the tensor (autodiff) path: forward value plus surrogate gradient.
@@ -61,6 +216,42 @@ pub trait RoundingFn: Debug + Send + Sync {
 }
 
 impl Rounding {
+    /// The rule to call: a built-in rule itself, a custom one from the registry.
+    ///
+    /// # Errors
+    /// [`QuantError::UnknownRounding`] for a custom name that is not registered.
+    pub fn resolve(&self) -> Result<Arc<dyn RoundingFn>> {
+        match self {
+            Rounding::Custom { name } => registered_rounding(name).ok_or_else(|| unknown(name)),
+            builtin => Ok(Arc::new(*builtin)),
+        }
+    }
+
+    /// Checks that a custom name is registered (built-in rules always are).
+    ///
+    /// # Errors
+    /// [`QuantError::UnknownRounding`] naming the rule.
+    pub fn check_registered(&self) -> Result<()> {
+        match self {
+            Rounding::Custom { name } if registered_rounding(name).is_none() => Err(unknown(name)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether this is a registered-name rule rather than a built-in one.
+    pub fn is_custom(&self) -> bool {
+        matches!(self, Rounding::Custom { .. })
+    }
+
+    /// The registered rule behind a custom name, for the `RoundingFn` methods below.
+    ///
+    /// # Panics
+    /// When the name is not registered: those methods cannot return an error. Library paths
+    /// call [`Rounding::resolve`] first and return [`QuantError::UnknownRounding`] instead.
+    fn custom_rule(name: &RoundingName) -> Arc<dyn RoundingFn> {
+        registered_rounding(name).unwrap_or_else(|| panic!("{}", unknown(name)))
+    }
+
     /// The rule for the `call`-th use of a quantizer: stochastic rounding gets a seed derived
     /// from its own and `call` (call 0 keeps the seed), so a quantizer that counts its calls
     /// draws fresh noise at every training step while the whole run stays a function of the
@@ -84,6 +275,7 @@ impl RoundingFn for Rounding {
             Rounding::Ceil => "ceil",
             Rounding::TowardZero => "toward_zero",
             Rounding::Stochastic { .. } => "stochastic",
+            Rounding::Custom { name } => name.as_str(),
         }
     }
 
@@ -101,6 +293,7 @@ impl RoundingFn for Rounding {
                 let noise = uniform_noise(*seed, x.dims()[0], &x.device());
                 (x + noise).floor()
             }
+            Rounding::Custom { name } => Self::custom_rule(name).forward(x),
         }
     }
 
@@ -110,12 +303,23 @@ impl RoundingFn for Rounding {
             // ties-to-even rounding does the work, in two element-wise passes (Burn's `round`
             // is a much slower scalar loop on the CPU backend).
             Rounding::NearestEven => x.add_scalar(12_582_912.0).sub_scalar(12_582_912.0),
+            Rounding::Custom { name } => Self::custom_rule(name).forward_bounded(x),
             other => other.forward(x),
         }
     }
 
+    fn surrogate_grad(&self, x: Tensor<1>) -> Tensor<1> {
+        match self {
+            Rounding::Custom { name } => Self::custom_rule(name).surrogate_grad(x),
+            _ => x.ones_like(),
+        }
+    }
+
     fn is_straight_through(&self) -> bool {
-        true
+        match self {
+            Rounding::Custom { name } => Self::custom_rule(name).is_straight_through(),
+            _ => true,
+        }
     }
 }
 
@@ -149,6 +353,103 @@ pub fn uniform_noise(seed: u64, len: usize, device: &Device) -> Tensor<1> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rule that rounds like floor and counts its forward calls (per process).
+    #[derive(Debug, Default)]
+    struct CountingFloor(std::sync::atomic::AtomicUsize);
+
+    impl RoundingFn for CountingFloor {
+        fn name(&self) -> &str {
+            "counting_floor"
+        }
+        fn forward(&self, x: Tensor<1>) -> Tensor<1> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            x.floor()
+        }
+        fn surrogate_grad(&self, x: Tensor<1>) -> Tensor<1> {
+            x.ones_like().mul_scalar(0.5)
+        }
+    }
+
+    #[test]
+    fn names_are_checked_copy_and_serialize_as_strings() {
+        for bad in [
+            "",
+            "has space",
+            "ünï",
+            &"x".repeat(RoundingName::MAX_LEN + 1),
+        ] {
+            assert!(
+                matches!(
+                    RoundingName::new(bad),
+                    Err(QuantError::InvalidConfig {
+                        field: "rounding.name",
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
+        }
+        let long = "a.b-c_D9".repeat(3);
+        let name = RoundingName::new(&long).unwrap();
+        assert_eq!(name.as_str(), long);
+        let r = Rounding::Custom { name };
+        let copy = r;
+        assert_eq!(copy, r);
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(json, format!(r#"{{"kind":"custom","name":"{long}"}}"#));
+        assert_eq!(serde_json::from_str::<Rounding>(&json).unwrap(), r);
+        // Built-in rules keep their serde form.
+        assert_eq!(
+            serde_json::to_string(&Rounding::Stochastic { seed: 3 }).unwrap(),
+            r#"{"kind":"stochastic","seed":3}"#
+        );
+        let bad = serde_json::from_str::<Rounding>(r#"{"kind":"custom","name":"a b"}"#);
+        assert!(bad.unwrap_err().to_string().contains("rounding.name"));
+    }
+
+    #[test]
+    fn registered_rules_resolve_and_unknown_names_are_typed_errors() {
+        let rule = Arc::new(CountingFloor::default());
+        let r = register_rounding("test_counting_floor", rule.clone()).unwrap();
+        assert!(r.is_custom());
+        assert_eq!(r.name(), "test_counting_floor");
+        assert!(
+            registered_roundings().contains(&RoundingName::new("test_counting_floor").unwrap())
+        );
+        r.check_registered().unwrap();
+        let device = Device::flex();
+        let x = Tensor::<1>::from_floats([0.5, -0.5, 1.7], &device);
+        let y = r.resolve().unwrap().forward(x.clone());
+        assert_eq!(
+            y.into_data().try_into_vec_as::<f32>().unwrap(),
+            vec![0.0, -1.0, 1.0]
+        );
+        // `Rounding` itself delegates to the registered rule.
+        assert!(!r.is_straight_through());
+        let g = r
+            .surrogate_grad(x.clone())
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap();
+        assert_eq!(g, vec![0.5; 3]);
+        assert_eq!(rule.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+        let missing = Rounding::Custom {
+            name: RoundingName::new("test_never_registered").unwrap(),
+        };
+        let e = missing.resolve().unwrap_err();
+        match &e {
+            QuantError::UnknownRounding { name, registered } => {
+                assert_eq!(name, "test_never_registered");
+                assert!(registered.iter().any(|n| n == "test_counting_floor"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(e.to_string().contains("test_never_registered"));
+        assert_eq!(missing.check_registered().unwrap_err(), e);
+        assert_eq!(Rounding::Floor.check_registered(), Ok(()));
+    }
 
     #[test]
     fn per_call_seeds_are_distinct_and_leave_other_rules_alone() {

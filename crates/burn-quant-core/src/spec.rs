@@ -431,6 +431,7 @@ impl QuantSpec {
     /// Checks that the parts fit together; the error names the field at fault.
     pub fn validate(&self) -> Result<()> {
         self.format.validate()?;
+        self.rounding.check_registered()?;
         if let Some(stat) = self.scale.source.stat() {
             stat.validate()?;
         }

@@ -133,11 +133,14 @@ impl TruncSpec {
                 "needs 1 <= output_bits < input_bits <= 32",
             );
         }
-        if matches!(self.rounding, Rounding::Stochastic { .. }) {
+        if matches!(
+            self.rounding,
+            Rounding::Stochastic { .. } | Rounding::Custom { .. }
+        ) {
             return bad(
                 "trunc.rounding",
                 format!("{:?}", self.rounding),
-                "stochastic rounding has no QONNX rounding_mode",
+                "stochastic and custom rounding have no QONNX rounding_mode",
             );
         }
         Ok(())
@@ -671,7 +674,9 @@ impl OnnxModelBuilder<Qonnx> {
             Rounding::Floor => "FLOOR",
             Rounding::Ceil => "CEIL",
             Rounding::TowardZero => "DOWN",
-            Rounding::Stochastic { .. } => unreachable!("refused by validate"),
+            Rounding::Stochastic { .. } | Rounding::Custom { .. } => {
+                unreachable!("refused by validate")
+            }
         };
         let input = self.current.clone();
         let mut scalar = |what: &str, v: f32| {

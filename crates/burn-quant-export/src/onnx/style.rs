@@ -406,7 +406,7 @@ fn qonnx_rounding(r: &Rounding) -> Option<&'static str> {
         Rounding::Floor => Some("FLOOR"),
         Rounding::Ceil => Some("CEIL"),
         Rounding::TowardZero => Some("DOWN"),
-        Rounding::Stochastic { .. } => None,
+        Rounding::Stochastic { .. } | Rounding::Custom { .. } => None,
     }
 }
 
