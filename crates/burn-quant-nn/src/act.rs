@@ -1,11 +1,17 @@
 //! Activation quantizers as layers: [`QuantAct`] (identity), and [`QuantReLU`],
 //! [`QuantSigmoid`], [`QuantTanh`], [`QuantHardTanh`] (the activation, then an output quantizer).
+//!
+//! Their configs follow the rule of every builder in this crate: the spec is a plain
+//! [`QuantSpec`] (`QuantReLUConfig::new(QuantSpec::uint8_act_per_tensor())`); these layers
+//! exist to quantize, so the spec is required, and a float activation is Burn's own layer.
+//! A stored per-channel scale needs its channel count: `with_cells(channels)`.
 
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{Content, DisplaySettings, Module, ModuleDisplay};
 use burn::tensor::{Device, Tensor, activation};
 use burn_quant_core::QuantSpec;
 
+use crate::display::scale_source;
 use crate::error::{NnError, Result};
 use crate::quantizer::{Quantizer, QuantizerConfig, QuantizerRole};
 
@@ -32,9 +38,25 @@ impl QuantActConfig {
 /// Identity followed by an activation quantizer (Brevitas's `QuantIdentity`): quantizes the
 /// input of the next layer, or a residual stream.
 #[derive(Module, Debug)]
+#[module(custom_display)]
 pub struct QuantAct {
     /// The quantizer.
     pub act_quant: Quantizer,
+}
+
+impl ModuleDisplay for QuantAct {
+    fn custom_settings(&self) -> Option<DisplaySettings> {
+        DisplaySettings::new()
+            .with_new_line_after_attribute(false)
+            .optional()
+    }
+
+    fn custom_content(&self, content: Content) -> Option<Content> {
+        content
+            .add("act_quant", &self.act_quant.spec.to_string())
+            .add("scale", &scale_source(&self.act_quant))
+            .optional()
+    }
 }
 
 impl QuantAct {
@@ -57,22 +79,41 @@ impl QuantAct {
 pub struct QuantReLUConfig {
     /// The output spec; unsigned (`QuantSpec::uint8_act_per_tensor()`) suits ReLU.
     pub spec: QuantSpec,
+    /// Stored scale cells (1 per tensor; the channel count for per-channel specs).
+    #[config(default = 1)]
+    pub cells: usize,
 }
 
 impl QuantReLUConfig {
     /// Builds the layer.
     pub fn init(&self, device: &Device) -> Result<QuantReLU> {
-        let act_quant =
-            QuantizerConfig::for_spec(self.spec, QuantizerRole::Activation).init(device)?;
-        Ok(QuantReLU { act_quant })
+        Ok(QuantReLU {
+            act_quant: output_quantizer(self.spec, self.cells, device)?,
+        })
     }
 }
 
 /// ReLU followed by an output quantizer.
 #[derive(Module, Debug)]
+#[module(custom_display)]
 pub struct QuantReLU {
     /// The output quantizer.
     pub act_quant: Quantizer,
+}
+
+impl ModuleDisplay for QuantReLU {
+    fn custom_settings(&self) -> Option<DisplaySettings> {
+        DisplaySettings::new()
+            .with_new_line_after_attribute(false)
+            .optional()
+    }
+
+    fn custom_content(&self, content: Content) -> Option<Content> {
+        content
+            .add("act_quant", &self.act_quant.spec.to_string())
+            .add("scale", &scale_source(&self.act_quant))
+            .optional()
+    }
 }
 
 impl QuantReLU {
@@ -119,9 +160,25 @@ impl QuantSigmoidConfig {
 
 /// Sigmoid followed by an output quantizer.
 #[derive(Module, Debug)]
+#[module(custom_display)]
 pub struct QuantSigmoid {
     /// The output quantizer.
     pub act_quant: Quantizer,
+}
+
+impl ModuleDisplay for QuantSigmoid {
+    fn custom_settings(&self) -> Option<DisplaySettings> {
+        DisplaySettings::new()
+            .with_new_line_after_attribute(false)
+            .optional()
+    }
+
+    fn custom_content(&self, content: Content) -> Option<Content> {
+        content
+            .add("act_quant", &self.act_quant.spec.to_string())
+            .add("scale", &scale_source(&self.act_quant))
+            .optional()
+    }
 }
 
 impl QuantSigmoid {
@@ -160,9 +217,25 @@ impl QuantTanhConfig {
 
 /// Tanh followed by an output quantizer.
 #[derive(Module, Debug)]
+#[module(custom_display)]
 pub struct QuantTanh {
     /// The output quantizer.
     pub act_quant: Quantizer,
+}
+
+impl ModuleDisplay for QuantTanh {
+    fn custom_settings(&self) -> Option<DisplaySettings> {
+        DisplaySettings::new()
+            .with_new_line_after_attribute(false)
+            .optional()
+    }
+
+    fn custom_content(&self, content: Content) -> Option<Content> {
+        content
+            .add("act_quant", &self.act_quant.spec.to_string())
+            .add("scale", &scale_source(&self.act_quant))
+            .optional()
+    }
 }
 
 impl QuantTanh {
@@ -216,6 +289,7 @@ impl QuantHardTanhConfig {
 
 /// HardTanh (`clamp(x, min_val, max_val)`) followed by an output quantizer.
 #[derive(Module, Debug)]
+#[module(custom_display)]
 pub struct QuantHardTanh {
     /// The output quantizer.
     pub act_quant: Quantizer,
@@ -223,6 +297,23 @@ pub struct QuantHardTanh {
     pub min_val: f64,
     /// Upper clamp bound.
     pub max_val: f64,
+}
+
+impl ModuleDisplay for QuantHardTanh {
+    fn custom_settings(&self) -> Option<DisplaySettings> {
+        DisplaySettings::new()
+            .with_new_line_after_attribute(false)
+            .optional()
+    }
+
+    fn custom_content(&self, content: Content) -> Option<Content> {
+        content
+            .add("min_val", &self.min_val)
+            .add("max_val", &self.max_val)
+            .add("act_quant", &self.act_quant.spec.to_string())
+            .add("scale", &scale_source(&self.act_quant))
+            .optional()
+    }
 }
 
 impl QuantHardTanh {

@@ -3,12 +3,13 @@
 //! quantizers.
 //!
 //! Parameter names, shapes, config fields and defaults equal Burn's, so float records load
-//! unchanged and `from_float` wraps an existing layer; the forward pass calls the same
+//! unchanged and `from_float` (e.g. [`QuantConv2d::from_float`]) wraps an existing layer,
+//! taking its channels, kernel, stride, dilation, groups and padding; the forward pass calls the same
 //! `burn::tensor::module` functions with the same options (including `Same` padding, which
 //! becomes asymmetric for even kernels exactly as in Burn).
 
 use burn::config::Config;
-use burn::module::{Module, Param};
+use burn::module::{Content, DisplaySettings, Module, ModuleDisplay, Param};
 use burn::nn::conv::{
     Conv1d, Conv1dConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig,
 };
@@ -18,7 +19,9 @@ use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Device, Tensor};
 use burn_quant_core::{QuantSpec, QuantTensor, WeightLayout};
 
+use crate::attention::describe;
 use crate::error::{NnError, Result};
+use crate::layer_quant::LayerQuant;
 use crate::quantizer::{
     Quantizer, activation_quantizer, int32_bias, quant_opt, quant_out, weight_quantizer,
 };
@@ -192,6 +195,7 @@ pub struct QuantConv1dConfig {
 ///
 /// Parameter names equal `burn::nn::conv::Conv1d`'s.
 #[derive(Module, Debug)]
+#[module(custom_display)]
 pub struct QuantConv1d {
     /// Weight, `[channels_out, channels_in / groups, kernel_size]`.
     pub weight: Param<Tensor<3>>,
@@ -220,6 +224,16 @@ pub struct QuantConv1d {
 }
 
 impl QuantConv1dConfig {
+    /// The same config with its weight, input, output and bias quantization taken from `quant`
+    /// (each absent spec of `quant` makes that part float).
+    pub fn with_quant(mut self, quant: LayerQuant) -> Self {
+        self.weight_quant = quant.weight;
+        self.input_quant = quant.input;
+        self.output_quant = quant.output;
+        self.bias_quant = quant.int32_bias;
+        self
+    }
+
     fn check(&self) -> Result<()> {
         check_conv(
             self.channels_in,
@@ -247,6 +261,7 @@ impl QuantConv1dConfig {
 
     /// Wraps an existing `burn::nn::conv::Conv1d` (weights kept, ids included). Its shape,
     /// stride, dilation, groups and padding must equal this config's; its bias is kept as is.
+    /// [`QuantConv1d::from_float`] takes them from the layer instead.
     pub fn from_float(&self, conv: Conv1d, device: &Device) -> Result<QuantConv1d> {
         self.check()?;
         let shape = [
@@ -285,7 +300,47 @@ impl QuantConv1dConfig {
     }
 }
 
+impl ModuleDisplay for QuantConv1d {
+    fn custom_settings(&self) -> Option<DisplaySettings> {
+        DisplaySettings::new()
+            .with_new_line_after_attribute(false)
+            .optional()
+    }
+
+    fn custom_content(&self, content: Content) -> Option<Content> {
+        let [ch_out, group_ch_in, _] = self.weight.dims();
+        content
+            .add("ch_in", &(group_ch_in * self.groups))
+            .add("ch_out", &ch_out)
+            .add("stride", &self.stride)
+            .add("kernel_size", &self.kernel_size)
+            .add("dilation", &self.dilation)
+            .add("groups", &self.groups)
+            .add_debug_attribute("padding", &self.padding)
+            .add("bias", &self.bias.is_some())
+            .add("weight_quant", &describe(&self.weight_quant))
+            .add("input_quant", &describe(&self.input_quant))
+            .add("output_quant", &describe(&self.output_quant))
+            .add("bias_quant", &self.bias_quant)
+            .optional()
+    }
+}
+
 impl QuantConv1d {
+    /// Wraps an existing `burn::nn::conv::Conv1d`, quantized as `quant` says: its weights
+    /// (ids included), channels, kernel, stride, dilation, groups, padding and bias are kept.
+    pub fn from_float(conv: Conv1d, quant: &LayerQuant, device: &Device) -> Result<Self> {
+        let [ch_out, group_ch_in, kernel_size] = conv.weight.dims();
+        QuantConv1dConfig::new(group_ch_in * conv.groups, ch_out, kernel_size)
+            .with_stride(conv.stride)
+            .with_dilation(conv.dilation)
+            .with_groups(conv.groups)
+            .with_padding(conv.padding.clone())
+            .with_bias(conv.bias.is_some())
+            .with_quant(*quant)
+            .from_float(conv, device)
+    }
+
     /// Applies the layer. Input `[batch, channels_in, length_in]`, output `[batch,
     /// channels_out, length_out]`.
     ///
@@ -381,6 +436,7 @@ pub struct QuantConv2dConfig {
 ///
 /// Parameter names equal `burn::nn::conv::Conv2d`'s.
 #[derive(Module, Debug)]
+#[module(custom_display)]
 pub struct QuantConv2d {
     /// Weight, `[channels_out, channels_in / groups, k_h, k_w]`.
     pub weight: Param<Tensor<4>>,
@@ -409,6 +465,16 @@ pub struct QuantConv2d {
 }
 
 impl QuantConv2dConfig {
+    /// The same config with its weight, input, output and bias quantization taken from `quant`
+    /// (each absent spec of `quant` makes that part float).
+    pub fn with_quant(mut self, quant: LayerQuant) -> Self {
+        self.weight_quant = quant.weight;
+        self.input_quant = quant.input;
+        self.output_quant = quant.output;
+        self.bias_quant = quant.int32_bias;
+        self
+    }
+
     fn check(&self) -> Result<()> {
         check_conv(
             self.channels[0],
@@ -436,6 +502,7 @@ impl QuantConv2dConfig {
 
     /// Wraps an existing `burn::nn::conv::Conv2d` (weights kept, ids included). Its shape,
     /// stride, dilation, groups and padding must equal this config's; its bias is kept as is.
+    /// [`QuantConv2d::from_float`] takes them from the layer instead.
     pub fn from_float(&self, conv: Conv2d, device: &Device) -> Result<QuantConv2d> {
         self.check()?;
         let [c_in, c_out] = self.channels;
@@ -476,7 +543,61 @@ impl QuantConv2dConfig {
     }
 }
 
+impl ModuleDisplay for QuantConv2d {
+    fn custom_settings(&self) -> Option<DisplaySettings> {
+        DisplaySettings::new()
+            .with_new_line_after_attribute(false)
+            .optional()
+    }
+
+    fn custom_content(&self, content: Content) -> Option<Content> {
+        let [ch_out, group_ch_in, _, _] = self.weight.dims();
+        content
+            .add("ch_in", &(group_ch_in * self.groups))
+            .add("ch_out", &ch_out)
+            .add("stride", &format!("{:?}", self.stride))
+            .add("kernel_size", &format!("{:?}", self.kernel_size))
+            .add("dilation", &format!("{:?}", self.dilation))
+            .add("groups", &self.groups)
+            .add_debug_attribute("padding", &self.padding)
+            .add("bias", &self.bias.is_some())
+            .add("weight_quant", &describe(&self.weight_quant))
+            .add("input_quant", &describe(&self.input_quant))
+            .add("output_quant", &describe(&self.output_quant))
+            .add("bias_quant", &self.bias_quant)
+            .optional()
+    }
+}
+
 impl QuantConv2d {
+    /// Wraps an existing `burn::nn::conv::Conv2d`, quantized as `quant` says: its weights
+    /// (ids included), channels, kernel, stride, dilation, groups, padding and bias are kept,
+    /// so nothing about the float layer is restated.
+    ///
+    /// ```
+    /// use burn::nn::conv::Conv2dConfig;
+    /// use burn::tensor::Device;
+    /// use burn_quant_core::QuantSpec;
+    /// use burn_quant_nn::{LayerQuant, QuantConv2d};
+    ///
+    /// let device = Device::flex();
+    /// let float = Conv2dConfig::new([4, 8], [3, 3]).with_groups(2).init(&device);
+    /// let quant = LayerQuant::weights(QuantSpec::int8_weight_per_output_channel());
+    /// let conv = QuantConv2d::from_float(float, &quant, &device).unwrap();
+    /// assert_eq!(conv.groups, 2);
+    /// ```
+    pub fn from_float(conv: Conv2d, quant: &LayerQuant, device: &Device) -> Result<Self> {
+        let [ch_out, group_ch_in, _, _] = conv.weight.dims();
+        QuantConv2dConfig::new([group_ch_in * conv.groups, ch_out], conv.kernel_size)
+            .with_stride(conv.stride)
+            .with_dilation(conv.dilation)
+            .with_groups(conv.groups)
+            .with_padding(conv.padding.clone())
+            .with_bias(conv.bias.is_some())
+            .with_quant(*quant)
+            .from_float(conv, device)
+    }
+
     /// Applies the layer. Input `[batch, channels_in, height_in, width_in]`, output `[batch,
     /// channels_out, height_out, width_out]`.
     ///
@@ -582,6 +703,7 @@ pub struct QuantConvTranspose2dConfig {
 ///
 /// Parameter names equal `burn::nn::conv::ConvTranspose2d`'s.
 #[derive(Module, Debug)]
+#[module(custom_display)]
 pub struct QuantConvTranspose2d {
     /// Weight, `[channels_in, channels_out / groups, k_h, k_w]`.
     pub weight: Param<Tensor<4>>,
@@ -613,6 +735,16 @@ pub struct QuantConvTranspose2d {
 }
 
 impl QuantConvTranspose2dConfig {
+    /// The same config with its weight, input, output and bias quantization taken from `quant`
+    /// (each absent spec of `quant` makes that part float).
+    pub fn with_quant(mut self, quant: LayerQuant) -> Self {
+        self.weight_quant = quant.weight;
+        self.input_quant = quant.input;
+        self.output_quant = quant.output;
+        self.bias_quant = quant.int32_bias;
+        self
+    }
+
     fn check(&self) -> Result<()> {
         check_conv(
             self.channels[0],
@@ -641,7 +773,8 @@ impl QuantConvTranspose2dConfig {
 
     /// Wraps an existing `burn::nn::conv::ConvTranspose2d` (weights kept, ids included). Its
     /// shape, stride, dilation, groups, padding and output padding must equal this config's;
-    /// its bias is kept as is.
+    /// its bias is kept as is. [`QuantConvTranspose2d::from_float`] takes them from the layer
+    /// instead.
     pub fn from_float(
         &self,
         conv: ConvTranspose2d,
@@ -694,7 +827,47 @@ impl QuantConvTranspose2dConfig {
     }
 }
 
+impl ModuleDisplay for QuantConvTranspose2d {
+    fn custom_settings(&self) -> Option<DisplaySettings> {
+        DisplaySettings::new()
+            .with_new_line_after_attribute(false)
+            .optional()
+    }
+
+    fn custom_content(&self, content: Content) -> Option<Content> {
+        content
+            .add("channels", &format!("{:?}", self.channels))
+            .add("stride", &format!("{:?}", self.stride))
+            .add("kernel_size", &format!("{:?}", self.kernel_size))
+            .add("dilation", &format!("{:?}", self.dilation))
+            .add("groups", &self.groups)
+            .add("padding", &format!("{:?}", self.padding))
+            .add("padding_out", &format!("{:?}", self.padding_out))
+            .add("bias", &self.bias.is_some())
+            .add("weight_quant", &describe(&self.weight_quant))
+            .add("input_quant", &describe(&self.input_quant))
+            .add("output_quant", &describe(&self.output_quant))
+            .add("bias_quant", &self.bias_quant)
+            .optional()
+    }
+}
+
 impl QuantConvTranspose2d {
+    /// Wraps an existing `burn::nn::conv::ConvTranspose2d`, quantized as `quant` says: its
+    /// weights (ids included), channels, kernel, stride, dilation, groups, padding, output
+    /// padding and bias are kept.
+    pub fn from_float(conv: ConvTranspose2d, quant: &LayerQuant, device: &Device) -> Result<Self> {
+        QuantConvTranspose2dConfig::new(conv.channels, conv.kernel_size)
+            .with_stride(conv.stride)
+            .with_dilation(conv.dilation)
+            .with_groups(conv.groups)
+            .with_padding(conv.padding)
+            .with_padding_out(conv.padding_out)
+            .with_bias(conv.bias.is_some())
+            .with_quant(*quant)
+            .from_float(conv, device)
+    }
+
     /// Applies the layer. Input `[batch, channels_in, height_in, width_in]`, output `[batch,
     /// channels_out, height_out, width_out]`.
     ///
@@ -1013,6 +1186,125 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    /// Weight, input and output quantized, int32 bias: every quantizer of the layer in play.
+    fn full_quant() -> LayerQuant {
+        LayerQuant::weights(QuantSpec::int8_weight_per_output_channel())
+            .with_input(dynamic_act())
+            .with_output(dynamic_act())
+            .with_int32_bias()
+    }
+
+    #[test]
+    fn from_float_takes_every_setting_from_the_float_layer_and_equals_the_config_path() {
+        let device = Device::flex();
+        let quant = full_quant();
+
+        // Conv2d: groups 2, stride [2, 1], dilation [1, 2], Same padding, even kernel.
+        let float = float_conv2d(&device);
+        let layer = QuantConv2d::from_float(float.clone(), &quant, &device).unwrap();
+        assert_eq!(
+            (layer.weight.id, layer.bias.as_ref().map(|b| b.id)),
+            (float.weight.id, float.bias.as_ref().map(|b| b.id))
+        );
+        assert_eq!(host(layer.weight.val()), host(float.weight.val()));
+        assert_eq!(
+            (
+                layer.stride,
+                layer.kernel_size,
+                layer.dilation,
+                layer.groups,
+                &layer.padding
+            ),
+            ([2, 1], [2, 3], [1, 2], 2, &PaddingConfig2d::Same)
+        );
+        assert_eq!(
+            layer.weight_quant.as_ref().map(|q| q.spec),
+            Some(per_channel(0)),
+            "the output-channel role is axis 0 of a conv weight"
+        );
+        let config = quant_conv2d_config()
+            .with_quant(quant)
+            .from_float(float.clone(), &device)
+            .unwrap();
+        let x = input([2, 4, 7, 6], 30, &device);
+        let got = host(layer.forward(x.clone()));
+        assert_eq!(got, host(config.forward(x.clone())));
+        assert_ne!(got, host(float.forward(x.clone())), "quantized");
+        let plain = QuantConv2d::from_float(float.clone(), &LayerQuant::float(), &device).unwrap();
+        assert_eq!(host(plain.forward(x.clone())), host(float.forward(x)));
+
+        // Conv1d: groups 2, stride 2, dilation 2, explicit asymmetric padding, no bias.
+        let float = Conv1dConfig::new(4, 6, 3)
+            .with_stride(2)
+            .with_dilation(2)
+            .with_groups(2)
+            .with_padding(PaddingConfig1d::Explicit(2, 1))
+            .with_bias(false)
+            .init(&device);
+        let quant_1d = quant.with_weights(per_channel(0));
+        let layer = QuantConv1d::from_float(float.clone(), &quant_1d, &device).unwrap();
+        assert_eq!(layer.weight.id, float.weight.id);
+        assert!(layer.bias.is_none());
+        assert_eq!(
+            (
+                layer.stride,
+                layer.kernel_size,
+                layer.dilation,
+                layer.groups,
+                &layer.padding
+            ),
+            (2, 3, 2, 2, &PaddingConfig1d::Explicit(2, 1))
+        );
+        let config = QuantConv1dConfig::new(4, 6, 3)
+            .with_stride(2)
+            .with_dilation(2)
+            .with_groups(2)
+            .with_padding(PaddingConfig1d::Explicit(2, 1))
+            .with_bias(false)
+            .with_quant(quant_1d)
+            .from_float(float.clone(), &device)
+            .unwrap();
+        let x = input([2, 4, 11], 31, &device);
+        let got = host(layer.forward(x.clone()));
+        assert_eq!(got, host(config.forward(x.clone())));
+        assert_ne!(got, host(float.forward(x.clone())), "quantized");
+
+        // ConvTranspose2d: groups 2, stride 2, padding and output padding.
+        let float = float_conv_t(&device);
+        let layer = QuantConvTranspose2d::from_float(float.clone(), &quant, &device).unwrap();
+        assert_eq!(
+            (layer.weight.id, layer.bias.as_ref().map(|b| b.id)),
+            (float.weight.id, float.bias.as_ref().map(|b| b.id))
+        );
+        assert_eq!(
+            (
+                layer.channels,
+                layer.stride,
+                layer.kernel_size,
+                layer.groups,
+                layer.padding,
+                layer.padding_out
+            ),
+            ([4, 6], [2, 2], [3, 2], 2, [1, 0], [1, 0])
+        );
+        assert_eq!(
+            layer.weight_quant.as_ref().map(|q| q.spec),
+            Some(per_channel(1)),
+            "the output-channel role is axis 1 of a transposed conv weight"
+        );
+        let config = quant_conv_t_config()
+            .with_quant(quant)
+            .from_float(float.clone(), &device)
+            .unwrap();
+        let x = input([2, 4, 5, 4], 32, &device);
+        let got = host(layer.forward(x.clone()));
+        assert_eq!(got, host(config.forward(x.clone())));
+        assert_ne!(got, host(float.forward(x.clone())), "quantized");
+        let plain =
+            QuantConvTranspose2d::from_float(float.clone(), &LayerQuant::float(), &device).unwrap();
+        assert_eq!(host(plain.forward(x.clone())), host(float.forward(x)));
     }
 
     #[test]

@@ -2,13 +2,15 @@
 //! output quantizer.
 
 use burn::config::Config;
-use burn::module::{Module, Param};
+use burn::module::{Content, DisplaySettings, Module, ModuleDisplay, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::tensor::module::embedding;
 use burn::tensor::{Device, Int, Tensor};
 use burn_quant_core::{QuantSpec, QuantTensor, WeightLayout};
 
+use crate::attention::describe;
 use crate::error::{NnError, Result};
+use crate::layer_quant::LayerQuant;
 use crate::quantizer::{Quantizer, activation_quantizer};
 use crate::quantizer::{quant_opt, quant_out, weight_quantizer};
 
@@ -41,6 +43,7 @@ pub struct QuantEmbeddingConfig {
 /// each call (its quantized rows, not the float ones, are looked up), so gradients reach the
 /// looked-up rows straight through.
 #[derive(Module, Debug)]
+#[module(custom_display)]
 pub struct QuantEmbedding {
     /// Table, `[n_embedding, d_model]`.
     pub weight: Param<Tensor<2>>,
@@ -50,7 +53,57 @@ pub struct QuantEmbedding {
     pub output_quant: Option<Quantizer>,
 }
 
+impl ModuleDisplay for QuantEmbedding {
+    fn custom_settings(&self) -> Option<DisplaySettings> {
+        DisplaySettings::new()
+            .with_new_line_after_attribute(false)
+            .optional()
+    }
+
+    fn custom_content(&self, content: Content) -> Option<Content> {
+        let [n_embedding, d_model] = self.weight.dims();
+        content
+            .add("n_embedding", &n_embedding)
+            .add("d_model", &d_model)
+            .add("weight_quant", &describe(&self.weight_quant))
+            .add("output_quant", &describe(&self.output_quant))
+            .optional()
+    }
+}
+
+/// `Err` when `quant` asks an embedding for what it does not have: an input quantizer (its
+/// input is integer ids) or an int32 bias (it has no bias).
+fn check_embedding_quant(quant: &LayerQuant) -> Result<()> {
+    if let Some(spec) = quant.input {
+        return Err(NnError::InvalidConfig {
+            field: "input",
+            value: spec.to_string(),
+            reason: "an embedding's input is integer ids: there is nothing to quantize".into(),
+        });
+    }
+    if quant.int32_bias {
+        return Err(NnError::InvalidConfig {
+            field: "int32_bias",
+            value: "true".into(),
+            reason: "an embedding has no bias".into(),
+        });
+    }
+    Ok(())
+}
+
 impl QuantEmbeddingConfig {
+    /// The same config with its table and output quantization taken from `quant` (each absent
+    /// spec makes that part float).
+    ///
+    /// # Errors
+    /// `quant` with an input spec or an int32 bias: an embedding has neither.
+    pub fn with_quant(mut self, quant: LayerQuant) -> Result<Self> {
+        check_embedding_quant(&quant)?;
+        self.weight_quant = quant.weight;
+        self.output_quant = quant.output;
+        Ok(self)
+    }
+
     /// Builds the layer with a freshly initialised table (Burn's initialisation).
     pub fn init(&self, device: &Device) -> Result<QuantEmbedding> {
         if self.n_embedding == 0 || self.d_model == 0 {
@@ -67,7 +120,7 @@ impl QuantEmbeddingConfig {
     }
 
     /// Wraps an existing `burn::nn::Embedding` (table kept, id included); its shape must equal
-    /// this config's.
+    /// this config's. [`QuantEmbedding::from_float`] takes the shape from the layer instead.
     pub fn from_float(&self, float: Embedding, device: &Device) -> Result<QuantEmbedding> {
         let [n_embedding, d_model] = float.weight.dims();
         if (n_embedding, d_model) != (self.n_embedding, self.d_model) {
@@ -96,6 +149,20 @@ impl QuantEmbeddingConfig {
 }
 
 impl QuantEmbedding {
+    /// Wraps an existing `burn::nn::Embedding`, quantized as `quant` says (the table spec is
+    /// `quant.weight`, the output spec `quant.output`): its table (id included) and shape are
+    /// kept.
+    ///
+    /// # Errors
+    /// `quant` with an input spec or an int32 bias (an embedding has neither), or a spec the
+    /// table cannot take.
+    pub fn from_float(float: Embedding, quant: &LayerQuant, device: &Device) -> Result<Self> {
+        let [n_embedding, d_model] = float.weight.dims();
+        QuantEmbeddingConfig::new(n_embedding, d_model)
+            .with_quant(*quant)?
+            .from_float(float, device)
+    }
+
     /// Looks up `input` (`[batch, seq]` token ids) in the quantized table: output `[batch, seq,
     /// d_model]`.
     ///
@@ -244,6 +311,54 @@ mod tests {
             matches!(err, NnError::InvalidConfig { field: "input", .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn from_float_takes_the_shape_from_the_layer_and_equals_the_config_path() {
+        let device = Device::flex();
+        let float = EmbeddingConfig::new(10, 6).init(&device);
+        let id = float.weight.id;
+        let quant = LayerQuant::weights(QuantSpec::int8_weight_per_output_channel()).with_output(
+            QuantSpec::int8_act_per_tensor().with_scale_source(
+                burn_quant_core::ScaleSource::Dynamic(burn_quant_core::ScaleStat::AbsMax),
+            ),
+        );
+        let layer = QuantEmbedding::from_float(float.clone(), &quant, &device).unwrap();
+        assert_eq!(layer.weight.id, id);
+        assert_eq!(host(layer.weight.val()), host(float.weight.val()));
+        assert_eq!(layer.weight.dims(), [10, 6]);
+        assert_eq!(
+            layer.weight_quant.as_ref().map(|q| q.spec),
+            Some(QuantSpec::int8_weight_per_channel().with_axis(0)),
+            "the output-channel role is one scale per row"
+        );
+        let config = QuantEmbeddingConfig::new(10, 6)
+            .with_quant(quant)
+            .unwrap()
+            .from_float(float.clone(), &device)
+            .unwrap();
+        let got = host(layer.forward(ids(&device)));
+        assert_eq!(got, host(config.forward(ids(&device))));
+        assert_ne!(got, host(float.forward(ids(&device))), "quantized");
+        // Float: exactly Burn's layer.
+        let plain =
+            QuantEmbedding::from_float(float.clone(), &LayerQuant::float(), &device).unwrap();
+        assert!(plain.weight_quant.is_none() && plain.output_quant.is_none());
+        assert_eq!(
+            host(plain.forward(ids(&device))),
+            host(float.forward(ids(&device)))
+        );
+        // What an embedding does not have is an error, not silently float.
+        for (quant, field) in [
+            (quant.with_input(QuantSpec::int8_act_per_tensor()), "input"),
+            (quant.with_int32_bias(), "int32_bias"),
+        ] {
+            let err = QuantEmbedding::from_float(float.clone(), &quant, &device).unwrap_err();
+            assert!(
+                matches!(err, NnError::InvalidConfig { field: f, .. } if f == field),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -10,8 +10,10 @@ pub mod act;
 pub mod attention;
 pub mod calibration;
 pub mod conv;
+mod display;
 pub mod embedding;
 pub mod error;
+pub mod layer_quant;
 pub mod linear;
 pub mod merge;
 pub mod plan;
@@ -23,6 +25,7 @@ pub mod recurrent;
 pub use act::{QuantAct, QuantActConfig, QuantReLU, QuantReLUConfig};
 pub use calibration::{calibrate, with_rounding, without_quantization, write_params};
 pub use error::{NnError, Result};
+pub use layer_quant::LayerQuant;
 pub use linear::{QuantLinear, QuantLinearConfig};
 pub use quantizer::{Quantizer, QuantizerConfig, QuantizerRole};
 

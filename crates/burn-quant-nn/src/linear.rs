@@ -1,17 +1,22 @@
 //! [`QuantLinear`]: `burn::nn::Linear` with weight, input, output and bias quantizers.
 
 use burn::config::Config;
-use burn::module::{Module, Param};
+use burn::module::{Content, DisplaySettings, Module, ModuleDisplay, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
-use burn::tensor::{Device, Tensor, module::linear};
+use burn::tensor::{DType, Device, Tensor, module::linear};
 use burn_quant_core::{QuantSpec, QuantTensor, WeightLayout};
 
+use crate::attention::describe;
 use crate::error::{NnError, Result};
+use crate::layer_quant::LayerQuant;
 use crate::quantizer::{
     Quantizer, activation_quantizer, int32_bias, quant_opt, quant_out, weight_quantizer,
 };
 
-/// Configuration of [`QuantLinear`].
+/// Configuration of [`QuantLinear`]; the fields and defaults of `burn::nn::LinearConfig` plus
+/// the quantizer specs, which [`QuantLinearConfig::with_quant`] sets from one [`LayerQuant`].
+/// To wrap an existing `burn::nn::Linear`, use [`QuantLinear::from_float`] (no dimensions to
+/// restate).
 #[derive(Config, Debug)]
 pub struct QuantLinearConfig {
     /// Size of the input features.
@@ -48,6 +53,7 @@ pub struct QuantLinearConfig {
 /// [d_output]`), so float records and checkpoints load into it; the quantizers' own state
 /// lives under `weight_quant`, `input_quant` and `output_quant`.
 #[derive(Module, Debug)]
+#[module(custom_display)]
 pub struct QuantLinear {
     /// Weight, `[d_input, d_output]`.
     pub weight: Param<Tensor<2>>,
@@ -64,7 +70,38 @@ pub struct QuantLinear {
     pub bias_quant: bool,
 }
 
+impl ModuleDisplay for QuantLinear {
+    fn custom_settings(&self) -> Option<DisplaySettings> {
+        DisplaySettings::new()
+            .with_new_line_after_attribute(false)
+            .optional()
+    }
+
+    fn custom_content(&self, content: Content) -> Option<Content> {
+        let [d_input, d_output] = self.weight.dims();
+        content
+            .add("d_input", &d_input)
+            .add("d_output", &d_output)
+            .add("bias", &self.bias.is_some())
+            .add("weight_quant", &describe(&self.weight_quant))
+            .add("input_quant", &describe(&self.input_quant))
+            .add("output_quant", &describe(&self.output_quant))
+            .add("bias_quant", &self.bias_quant)
+            .optional()
+    }
+}
+
 impl QuantLinearConfig {
+    /// The same config with its weight, input, output and bias quantization taken from `quant`
+    /// (each absent spec of `quant` makes that part float).
+    pub fn with_quant(mut self, quant: LayerQuant) -> Self {
+        self.weight_quant = quant.weight;
+        self.input_quant = quant.input;
+        self.output_quant = quant.output;
+        self.bias_quant = quant.int32_bias;
+        self
+    }
+
     /// Builds the layer with freshly initialised weights.
     pub fn init(&self, device: &Device) -> Result<QuantLinear> {
         let float = LinearConfig::new(self.d_input, self.d_output)
@@ -74,7 +111,8 @@ impl QuantLinearConfig {
         self.from_float(float, device)
     }
 
-    /// Wraps an existing `burn::nn::Linear` (its weights are kept, ids included).
+    /// Wraps an existing `burn::nn::Linear` (its weights are kept, ids included); its shape must
+    /// equal this config's. [`QuantLinear::from_float`] takes the shape from the layer instead.
     pub fn from_float(&self, linear: Linear, device: &Device) -> Result<QuantLinear> {
         let [d_input, d_output] = linear.weight.shape().dims();
         if (d_input, d_output) != (self.d_input, self.d_output) {
@@ -110,6 +148,30 @@ impl QuantLinearConfig {
 }
 
 impl QuantLinear {
+    /// Wraps an existing `burn::nn::Linear`, quantized as `quant` says: its weights (ids
+    /// included), dimensions and bias are kept, so nothing about the float layer is restated.
+    ///
+    /// ```
+    /// use burn::nn::LinearConfig;
+    /// use burn::tensor::Device;
+    /// use burn_quant_core::QuantSpec;
+    /// use burn_quant_nn::{LayerQuant, QuantLinear};
+    ///
+    /// let device = Device::flex();
+    /// let float = LinearConfig::new(16, 4).init(&device);
+    /// let quant = LayerQuant::weights(QuantSpec::int8_weight_per_output_channel())
+    ///     .with_input(QuantSpec::int8_act_per_tensor());
+    /// let layer = QuantLinear::from_float(float, &quant, &device).unwrap();
+    /// assert_eq!(layer.weight.dims(), [16, 4]);
+    /// ```
+    pub fn from_float(linear: Linear, quant: &LayerQuant, device: &Device) -> Result<Self> {
+        let [d_input, d_output] = linear.weight.dims();
+        QuantLinearConfig::new(d_input, d_output)
+            .with_bias(linear.bias.is_some())
+            .with_quant(*quant)
+            .from_float(linear, device)
+    }
+
     /// Applies the layer. Input `[..., d_input]`, output `[..., d_output]`.
     ///
     /// # Panics
@@ -138,7 +200,10 @@ impl QuantLinear {
             Some(b) => Some(b.val()),
             None => None,
         };
-        let y = linear(x, w, bias);
+        let y = match w.dtype() {
+            DType::QFloat(_) => qfloat_linear(x, w, bias),
+            _ => linear(x, w, bias),
+        };
         quant_out(&self.output_quant, y)
     }
 
@@ -149,6 +214,25 @@ impl QuantLinear {
             .map(|q| q.quantize(self.weight.val()))
             .transpose()
     }
+}
+
+/// `x · w + b` for a Burn `QFloat` weight (a model converted to Burn's quantized storage), with
+/// the input folded to `[rows, d_input]` so that the weight is multiplied as stored: Burn's
+/// `linear` unsqueezes the weight for a matrix or batch-1 input, and the flex backend runs any
+/// layout operation on a per-block `QFloat` tensor as dequantize → re-quantize with its own
+/// absmax scales, which changes per-channel and per-group weights (and costs two extra passes).
+/// Input `[..., d_input]`, output `[..., d_output]`.
+fn qfloat_linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
+    let mut dims = x.dims();
+    let [d_input, d_output] = w.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let y = x.reshape([rows, d_input]).matmul(w);
+    let y = match bias {
+        Some(b) => y + b.unsqueeze::<2>(),
+        None => y,
+    };
+    dims[D - 1] = d_output;
+    y.reshape(dims)
 }
 
 #[cfg(test)]
@@ -361,6 +445,47 @@ mod tests {
             );
             assert!((b - [0.3, -0.7, 0.01, 1.5][c]).abs() <= s_b / 2.0 + 1e-6);
         }
+    }
+
+    #[test]
+    fn from_float_takes_the_dims_from_the_layer_and_equals_the_config_path() {
+        let device = Device::flex();
+        let dynamic = QuantSpec::int8_act_per_tensor()
+            .with_scale_source(ScaleSource::Dynamic(ScaleStat::AbsMax));
+        let quant = LayerQuant::weights(QuantSpec::int8_weight_per_output_channel())
+            .with_input(dynamic)
+            .with_output(dynamic)
+            .with_int32_bias();
+        let x = input(3, 12, 7, &device);
+        for bias in [true, false] {
+            let float = LinearConfig::new(12, 5).with_bias(bias).init(&device);
+            let layer = QuantLinear::from_float(float.clone(), &quant, &device).unwrap();
+            assert_eq!(layer.weight.id, float.weight.id);
+            assert_eq!(host(layer.weight.val()), host(float.weight.val()));
+            assert_eq!(
+                layer.bias.as_ref().map(|b| (b.id, host(b.val()))),
+                float.bias.as_ref().map(|b| (b.id, host(b.val())))
+            );
+            assert!(layer.bias_quant);
+            assert_eq!(
+                layer.weight_quant.as_ref().map(|q| q.spec.granularity),
+                Some(burn_quant_core::Granularity::PerChannel { axis: 1 }),
+                "the output-channel role is resolved for the Linear layout"
+            );
+            let config = QuantLinearConfig::new(12, 5)
+                .with_bias(bias)
+                .with_quant(quant)
+                .from_float(float.clone(), &device)
+                .unwrap();
+            let got = host(layer.forward(x.clone()));
+            assert_eq!(got, host(config.forward(x.clone())));
+            assert_ne!(got, host(float.forward(x.clone())), "quantized");
+        }
+        // Float: no quantizer, exactly Burn's layer.
+        let float = LinearConfig::new(12, 5).init(&device);
+        let plain = QuantLinear::from_float(float.clone(), &LayerQuant::float(), &device).unwrap();
+        assert!(plain.weight_quant.is_none() && plain.input_quant.is_none());
+        assert_eq!(host(plain.forward(x.clone())), host(float.forward(x)));
     }
 
     #[derive(Module, Debug)]

@@ -9,11 +9,12 @@
 //! that same grid with no requantization. These layers make that the only way to build them.
 
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{Content, DisplaySettings, Module, ModuleDisplay};
 use burn::tensor::{Device, Tensor};
 use burn_quant_core::{Granularity, QuantParams, fake_quant_with};
 
 use crate::calibration;
+use crate::display::scale_source;
 use crate::error::{NnError, Result};
 use crate::quantizer::{Quantizer, QuantizerConfig, QuantizerRole};
 use burn_quant_core::QuantSpec;
@@ -54,12 +55,29 @@ impl QuantAddConfig {
 /// exactly, and calibration sees both inputs (and the sum when it is quantized), so the scale
 /// covers them all. With a per-call scale, the statistic is taken over both inputs together.
 #[derive(Module, Debug)]
+#[module(custom_display)]
 pub struct QuantAdd {
     /// The quantizer both inputs share.
     pub act_quant: Quantizer,
     /// Whether the sum goes through the shared quantizer too.
     #[module(skip)]
     pub quantize_sum: bool,
+}
+
+impl ModuleDisplay for QuantAdd {
+    fn custom_settings(&self) -> Option<DisplaySettings> {
+        DisplaySettings::new()
+            .with_new_line_after_attribute(false)
+            .optional()
+    }
+
+    fn custom_content(&self, content: Content) -> Option<Content> {
+        content
+            .add("act_quant", &self.act_quant.spec.to_string())
+            .add("scale", &scale_source(&self.act_quant))
+            .add("quantize_sum", &self.quantize_sum)
+            .optional()
+    }
 }
 
 impl QuantAdd {
@@ -161,11 +179,28 @@ impl QuantCatConfig {
 /// given the params): a stored scale is shared exactly and calibrated over every input; a
 /// per-call scale is the statistic of all inputs together.
 #[derive(Module, Debug)]
+#[module(custom_display)]
 pub struct QuantCat {
     /// The quantizer every input shares.
     pub act_quant: Quantizer,
     /// The dimension to concatenate along.
     pub dim: usize,
+}
+
+impl ModuleDisplay for QuantCat {
+    fn custom_settings(&self) -> Option<DisplaySettings> {
+        DisplaySettings::new()
+            .with_new_line_after_attribute(false)
+            .optional()
+    }
+
+    fn custom_content(&self, content: Content) -> Option<Content> {
+        content
+            .add("act_quant", &self.act_quant.spec.to_string())
+            .add("scale", &scale_source(&self.act_quant))
+            .add("dim", &self.dim)
+            .optional()
+    }
 }
 
 impl QuantCat {

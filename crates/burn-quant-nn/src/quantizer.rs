@@ -43,6 +43,7 @@ pub struct QuantizerConfig {
 /// between devices with the module. Scale tensors are flat (`[cells]`) and reshaped to the
 /// granularity's scale shape at each call.
 #[derive(Module, Debug)]
+#[module(custom_display)]
 pub struct Quantizer {
     /// Stored scale, `[cells]`: calibrated (static) or trained (learned); `None` when the
     /// scale is recomputed per call.
