@@ -190,6 +190,16 @@ pub enum BurnpackError {
         /// Shape of the parameter in the record.
         parameter: Vec<usize>,
     },
+    /// Converting the quantized weight of one parameter failed (in-memory conversion,
+    /// [`crate::qfloat::to_qfloat_model`]).
+    #[error("`{path}`: {source}")]
+    Parameter {
+        /// The parameter path.
+        path: String,
+        /// Why it cannot be converted.
+        #[source]
+        source: Box<BurnpackError>,
+    },
     /// The same path was given twice.
     #[error("`{path}` was given twice")]
     DuplicatePath {
@@ -803,7 +813,7 @@ pub fn to_burn_qfloat_with<const D: usize>(
 }
 
 /// Refuses minifloat QFloat data on a device that does not declare support for it.
-fn check_device(dtype: DType, device: &Device) -> Result<()> {
+pub(crate) fn check_device(dtype: DType, device: &Device) -> Result<()> {
     if let DType::QFloat(scheme) = dtype
         && is_minifloat(scheme.value)
         && !device.supports_dtype(dtype)

@@ -7,11 +7,16 @@
 //!   llama.cpp-loadable Llama-family models (metadata, tokenizer, q/k permutation, type mixes).
 //! - [`onnx`]: ONNX QDQ and QONNX graphs of quantized layers, and a reader for any ONNX file.
 //! - [`burnpack`]: Burn `QFloat` tensors and burnpack records that load into the float model.
+//! - [`qfloat`]: a model's quantized weights as Burn `QFloat` tensors in memory
+//!   ([`to_qfloat_model`], [`IntoQFloat`]), so it holds and runs on Burn's quantized storage.
 #![warn(missing_docs)]
 
 pub mod burnpack;
 pub mod gguf;
 pub mod onnx;
+pub mod qfloat;
+
+pub use qfloat::{IntoQFloat, ParamBytes, param_bytes, to_qfloat_model};
 
 /// Re-export of the core crate, whose `QuantTensor` is what the exporters consume.
 pub use burn_quant_core;
