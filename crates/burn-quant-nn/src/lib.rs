@@ -4,6 +4,28 @@
 //! learned state), quantized layers whose parameter names equal `burn::nn`'s so float records
 //! load unchanged, calibration sessions, and weight quantization of unmodified Burn models
 //! through `QuantPlan` and Burn's reparameterization.
+//!
+//! A quantized layer wraps the matching `burn::nn` layer, taking its weights (ids included)
+//! and dimensions; [`LayerQuant`] says what is quantized, from plain specs (an absent spec
+//! means float):
+//!
+//! ```
+//! use burn::nn::LinearConfig;
+//! use burn::tensor::Device;
+//! use burn_quant_core::QuantSpec;
+//! use burn_quant_nn::{LayerQuant, QuantLinear};
+//!
+//! let device = Device::flex();
+//! let quant = LayerQuant::weights(QuantSpec::int8_weight_per_output_channel())
+//!     .with_input(QuantSpec::int8_act_per_tensor());
+//! let fc = QuantLinear::from_float(LinearConfig::new(16, 4).init(&device), &quant, &device)?;
+//! // Burn's `ModuleDisplay`: dimensions and each quantizer's spec (`none` when absent).
+//! assert!(format!("{fc}").starts_with("QuantLinear {d_input: 16, d_output: 4, bias: true"));
+//! # Ok::<(), burn_quant_nn::NnError>(())
+//! ```
+//!
+//! Fresh layers come from the configs, as in Burn: `QuantLinearConfig::new(16, 4)
+//! .with_quant(quant).init(&device)`.
 #![warn(missing_docs)]
 
 pub mod act;

@@ -81,11 +81,12 @@ pub mod prelude {
         fake_quant_custom, fake_quant_with, quantize, quantize_with,
     };
     pub use burn_quant_nn::{
-        QuantAct, QuantActConfig, QuantConv1d, QuantConv1dConfig, QuantConv2d, QuantConv2dConfig,
-        QuantEmbedding, QuantEmbeddingConfig, QuantLinear, QuantLinearConfig, QuantPlan,
-        QuantReLU, QuantReLUConfig, QuantWeight, QuantizedModel, Quantizer, QuantizerConfig,
-        QuantizerRole, Recipe, attach_weight_quantizers, calibrate, fake_quantize_weights,
-        presets, quantize_model, quantized_weights, with_rounding, without_quantization,
+        LayerQuant, QuantAct, QuantActConfig, QuantConv1d, QuantConv1dConfig, QuantConv2d,
+        QuantConv2dConfig, QuantEmbedding, QuantEmbeddingConfig, QuantLinear, QuantLinearConfig,
+        QuantPlan, QuantReLU, QuantReLUConfig, QuantWeight, QuantizedModel, Quantizer,
+        QuantizerConfig, QuantizerRole, Recipe, attach_weight_quantizers, calibrate,
+        fake_quantize_weights, presets, quantize_model, quantized_weights,
+        without_quantization,
     };
     #[cfg(feature = "graph")]
     pub use burn_quant_graph::{GraphRecipe, QuantizedGraph, capture, quantize_graph, stage2};
