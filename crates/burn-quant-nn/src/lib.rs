@@ -45,7 +45,12 @@ pub mod recipe;
 pub mod recurrent;
 
 pub use act::{QuantAct, QuantActConfig, QuantReLU, QuantReLUConfig};
-pub use calibration::{calibrate, with_rounding, without_quantization, write_params};
+#[allow(deprecated)]
+pub use calibration::with_rounding;
+pub use calibration::{
+    QuantMode, calibrate, quant_modes, set_quantization, set_rounding, without_quantization,
+    write_params,
+};
 pub use error::{NnError, Result};
 pub use layer_quant::LayerQuant;
 pub use linear::{QuantLinear, QuantLinearConfig};

@@ -9,7 +9,7 @@ use burn_quant_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::calibration;
+use crate::calibration::{self, QuantMode};
 use crate::error::{NnError, Result};
 
 /// What a quantizer quantizes; decides how a statistics-based (`Stats`) scale behaves.
@@ -50,13 +50,17 @@ pub struct Quantizer {
     pub scale: Option<Param<Tensor<1>>>,
     /// Stored zero-point in grid units, `[cells]` (asymmetric specs with a stored scale).
     pub zero_point: Option<Param<Tensor<1>>>,
+    /// Model-wide settings ([`crate::calibration::set_quantization`],
+    /// [`crate::calibration::set_rounding`]); travels with clones and forks to every device and
+    /// thread, not saved in records.
+    pub mode: QuantMode,
     /// The recipe.
     #[module(skip)]
     pub spec: QuantSpec,
     /// Weight or activation.
     #[module(skip)]
     pub role: QuantizerRole,
-    /// `false` turns the quantizer into the identity.
+    /// `false` turns this quantizer into the identity (whatever the model-wide [`QuantMode`]).
     #[module(skip)]
     pub enabled: bool,
     /// Forward calls that fake-quantized so far: stochastic rounding draws fresh noise at each
@@ -123,6 +127,7 @@ impl QuantizerConfig {
         Ok(Quantizer {
             scale,
             zero_point,
+            mode: QuantMode::default(),
             spec: self.spec,
             role: self.role,
             enabled: true,
@@ -193,14 +198,26 @@ impl Quantizer {
         self
     }
 
+    /// Whether the quantizer quantizes now, on this thread: its own `enabled`, the model-wide
+    /// [`QuantMode::enabled`] and no [`crate::without_quantization`] scope.
+    pub fn is_active(&self) -> bool {
+        self.enabled && self.mode.enabled && !calibration::quantization_disabled()
+    }
+
+    /// The spec as applied: the model-wide rounding rule ([`QuantMode::rounding`]) if one is
+    /// set, else the spec's own.
+    pub fn effective_spec(&self) -> QuantSpec {
+        self.spec.with_rounding(self.mode.rounding_for(&self.spec))
+    }
+
     /// Whether the scale is stored (static or learned) rather than recomputed per call.
     pub fn has_stored_scale(&self) -> bool {
         self.scale.is_some()
     }
 
-    /// Fake-quantizes `x` (straight-through gradients). During [`crate::calibrate`] a quantizer
-    /// with a stored scale records `x` and passes it through unchanged; inside
-    /// [`crate::without_quantization`], or when disabled, it is the identity.
+    /// Fake-quantizes `x` (straight-through gradients, or the surrogate gradient of a custom
+    /// rounding rule). During [`crate::calibrate`] a quantizer with a stored scale records `x`
+    /// and passes it through unchanged; when not [`Quantizer::is_active`] it is the identity.
     ///
     /// # Panics
     /// On an error of [`Quantizer::try_forward`] (an uncalibrated static scale, a spec that does
@@ -219,7 +236,7 @@ impl Quantizer {
         &self,
         x: Tensor<D>,
     ) -> Result<(Tensor<D>, Option<QuantParams<D>>)> {
-        if !self.enabled || calibration::quantization_disabled() {
+        if !self.is_active() {
             return Ok((x, None));
         }
         if let Some(scale) = &self.scale
@@ -235,6 +252,8 @@ impl Quantizer {
         let params = self.params_for(&x)?;
         let y = match calibration::rounding_override() {
             Some(rounding) => fake_quant_custom(x, &self.spec, &params, rounding.as_ref())?,
+            // A custom rule named in the spec (or the mode) is resolved from the registry
+            // here, on whatever thread runs the forward.
             None => fake_quant_with(x, &self.spec_for_this_call(), &params)?,
         };
         Ok((y, Some(params)))
@@ -243,11 +262,12 @@ impl Quantizer {
     /// The spec for the next fake-quant call: stochastic rounding with a per-call seed (the
     /// first call uses the spec's own seed), anything else as is.
     fn spec_for_this_call(&self) -> QuantSpec {
-        match self.spec.rounding {
-            Rounding::Stochastic { .. } => self
-                .spec
-                .with_rounding(self.spec.rounding.for_call(self.calls.next())),
-            _ => self.spec,
+        let spec = self.effective_spec();
+        match spec.rounding {
+            Rounding::Stochastic { .. } => {
+                spec.with_rounding(spec.rounding.for_call(self.calls.next()))
+            }
+            _ => spec,
         }
     }
 
@@ -292,14 +312,16 @@ impl Quantizer {
         })
     }
 
-    /// The exact integer codes, scales and zero-points this quantizer gives `x`.
+    /// The exact integer codes, scales and zero-points this quantizer gives `x` (with the
+    /// rounding rule in effect: [`Quantizer::effective_spec`]).
     pub fn quantize<const D: usize>(&self, x: Tensor<D>) -> Result<QuantTensor<D>> {
+        let spec = self.effective_spec();
         if self.scale.is_none() {
             // Recomputed params carry the quantized scale level (MX, NVFP4, k-quants) too.
-            return Ok(burn_quant_core::quantize(x, &self.spec)?);
+            return Ok(burn_quant_core::quantize(x, &spec)?);
         }
         let params = self.params_for(&x)?;
-        Ok(quantize_with(x, &self.spec, params)?)
+        Ok(quantize_with(x, &spec, params)?)
     }
 
     fn describe(&self) -> String {

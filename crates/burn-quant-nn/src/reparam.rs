@@ -49,9 +49,10 @@ use burn::tensor::{Shape, Tensor, TensorData};
 use burn_quant_core::host::pow2_scale;
 use burn_quant_core::{
     QuantError, QuantParams, QuantSpec, QuantTensor, ScaleRestriction, ScaleSource, ZeroPoint,
-    compute_params, fake_quant, fake_quant_with, quantize, quantize_with,
+    compute_params, fake_quant, fake_quant_custom, fake_quant_with, quantize, quantize_with,
 };
 
+use crate::calibration::QuantMode;
 use crate::plan::{Decision, ParamSite, PathTracker, PlanError, PlanResult, QuantPlan};
 
 /// The `Reparameterization::NAME` of [`WeightFakeQuant`]: its state appears under
@@ -73,6 +74,10 @@ pub struct WeightFakeQuant {
     pub scale: Option<Param<Tensor<1>>>,
     /// Stored zero-point in grid units, `[cells]`; `None` when symmetric or recomputed.
     pub zero_point: Option<Param<Tensor<1>>>,
+    /// Model-wide settings ([`crate::calibration::set_quantization`],
+    /// [`crate::calibration::set_rounding`]): switched off, `param.val()` is the float weight.
+    /// Travels with clones and forks to every device and thread; not saved in records.
+    pub mode: QuantMode,
     /// The spec, resolved for the parameter's weight layout (a role granularity of the plan's
     /// rule is stored as its explicit axis).
     #[module(skip)]
@@ -95,14 +100,35 @@ impl Reparameterization for WeightFakeQuant {
 }
 
 impl WeightFakeQuant {
-    /// Fake-quantizes `base` (straight-through gradient to `base`, LSQ gradient to a learned
-    /// scale).
+    /// Fake-quantizes `base` (straight-through gradient to `base` — or the surrogate gradient
+    /// of a custom rounding rule — and LSQ gradient to a learned scale). Returns `base` itself
+    /// while switched off ([`QuantMode::enabled`], or a [`crate::without_quantization`] scope
+    /// on this thread).
     pub fn try_apply<const D: usize>(&self, base: Tensor<D>) -> PlanResult<Tensor<D>> {
+        if !self.is_active() {
+            return Ok(base);
+        }
         let params = self.params_for(&base)?;
-        fake_quant_with(base, &self.spec, &params).map_err(|source| PlanError::Quantize {
+        let err = |source| PlanError::Quantize {
             path: self.path.clone(),
             source,
-        })
+        };
+        match crate::calibration::rounding_override() {
+            Some(rule) => fake_quant_custom(base, &self.spec, &params, rule.as_ref()).map_err(err),
+            None => fake_quant_with(base, &self.effective_spec(), &params).map_err(err),
+        }
+    }
+
+    /// Whether it quantizes now, on this thread: the model-wide [`QuantMode::enabled`] and no
+    /// [`crate::without_quantization`] scope.
+    pub fn is_active(&self) -> bool {
+        self.mode.enabled && !crate::calibration::quantization_disabled()
+    }
+
+    /// The spec as applied: the model-wide rounding rule ([`QuantMode::rounding`]) if one is
+    /// set, else the spec's own.
+    pub fn effective_spec(&self) -> QuantSpec {
+        self.spec.with_rounding(self.mode.rounding_for(&self.spec))
     }
 
     /// The scales and zero-points applied to `base`: the stored ones (a learned scale moved
@@ -118,10 +144,11 @@ impl WeightFakeQuant {
         )
     }
 
-    /// The exact codes of `base` under this quantizer (its learned scale, if any).
+    /// The exact codes of `base` under this quantizer (its learned scale, if any, and the
+    /// rounding rule in effect), whether or not it is switched on.
     pub fn quantize<const D: usize>(&self, base: Tensor<D>) -> PlanResult<QuantTensor<D>> {
         quantize_stored(
-            &self.spec,
+            &self.effective_spec(),
             &self.path,
             base,
             self.scale.as_ref().map(Param::val),
@@ -437,6 +464,7 @@ fn build_quantizer<const D: usize>(
     let mut q = WeightFakeQuant {
         scale: None,
         zero_point: None,
+        mode: QuantMode::default(),
         spec,
         path: path.to_string(),
     };
@@ -1042,7 +1070,10 @@ mod tests {
         for i in 0..2 {
             let w = fetch(&format!("blocks.{i}.weight"));
             assert_eq!(w.id, before.blocks[i].weight.id);
-            assert_eq!(w.tensor.dequantize_vec(), host(model.blocks[i].weight.val()));
+            assert_eq!(
+                w.tensor.dequantize_vec(),
+                host(model.blocks[i].weight.val())
+            );
             assert_ne!(
                 bits(model.blocks[i].weight.val()),
                 bits(before.blocks[i].weight.val())
@@ -1053,7 +1084,10 @@ mod tests {
             fetch("conv.weight").tensor.dequantize_vec(),
             host(model.conv.weight.val())
         );
-        assert_eq!(bits(model.head.weight.val()), bits(before.head.weight.val()));
+        assert_eq!(
+            bits(model.head.weight.val()),
+            bits(before.head.weight.val())
+        );
         let grads = model.loss(&device).backward();
         assert!(model.blocks[0].weight.val().grad(&grads).is_some());
         // Refused like fake_quantize_weights: a model with attached quantizers.
