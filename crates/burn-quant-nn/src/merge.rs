@@ -13,7 +13,6 @@ use burn::module::{Content, DisplaySettings, Module, ModuleDisplay};
 use burn::tensor::{Device, Tensor};
 use burn_quant_core::{Granularity, QuantParams, fake_quant_with};
 
-use crate::calibration;
 use crate::display::scale_source;
 use crate::error::{NnError, Result};
 use crate::quantizer::{Quantizer, QuantizerConfig, QuantizerRole};
@@ -106,13 +105,15 @@ impl QuantAdd {
                 Ok(y)
             };
         }
-        if !q.enabled || calibration::quantization_disabled() {
+        if !q.is_active() {
             return Ok(a + b);
         }
         let params = self.joint_params(&a, &b)?;
-        let y = fake_quant_with(a, &q.spec, &params)? + fake_quant_with(b, &q.spec, &params)?;
+        // The model-wide rounding rule, if one is set (`set_rounding`).
+        let spec = q.effective_spec();
+        let y = fake_quant_with(a, &spec, &params)? + fake_quant_with(b, &spec, &params)?;
         if self.quantize_sum {
-            Ok(fake_quant_with(y, &q.spec, &params)?)
+            Ok(fake_quant_with(y, &spec, &params)?)
         } else {
             Ok(y)
         }
