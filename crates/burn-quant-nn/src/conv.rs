@@ -341,8 +341,11 @@ impl QuantConv1d {
             .from_float(conv, device)
     }
 
-    /// Applies the layer. Input `[batch, channels_in, length_in]`, output `[batch,
-    /// channels_out, length_out]`.
+    /// Applies the layer.
+    ///
+    /// # Shapes
+    /// - input: `[batch, channels_in, length_in]`
+    /// - output: `[batch, channels_out, length_out]`
     ///
     /// # Panics
     /// On an error of [`QuantConv1d::try_forward`].
@@ -598,8 +601,11 @@ impl QuantConv2d {
             .from_float(conv, device)
     }
 
-    /// Applies the layer. Input `[batch, channels_in, height_in, width_in]`, output `[batch,
-    /// channels_out, height_out, width_out]`.
+    /// Applies the layer.
+    ///
+    /// # Shapes
+    /// - input: `[batch, channels_in, height_in, width_in]`
+    /// - output: `[batch, channels_out, height_out, width_out]`
     ///
     /// # Panics
     /// On an error of [`QuantConv2d::try_forward`].
@@ -868,8 +874,11 @@ impl QuantConvTranspose2d {
             .from_float(conv, device)
     }
 
-    /// Applies the layer. Input `[batch, channels_in, height_in, width_in]`, output `[batch,
-    /// channels_out, height_out, width_out]`.
+    /// Applies the layer.
+    ///
+    /// # Shapes
+    /// - input: `[batch, channels_in, height_in, width_in]`
+    /// - output: `[batch, channels_out, height_out, width_out]`
     ///
     /// # Panics
     /// On an error of [`QuantConvTranspose2d::try_forward`].

@@ -163,8 +163,11 @@ impl QuantEmbedding {
             .from_float(float, device)
     }
 
-    /// Looks up `input` (`[batch, seq]` token ids) in the quantized table: output `[batch, seq,
-    /// d_model]`.
+    /// Looks up the token ids `input` in the quantized table.
+    ///
+    /// # Shapes
+    /// - input: `[batch, seq]`
+    /// - output: `[batch, seq, d_model]`
     ///
     /// # Panics
     /// On an error of [`QuantEmbedding::try_forward`].

@@ -172,7 +172,11 @@ impl QuantLinear {
             .from_float(linear, device)
     }
 
-    /// Applies the layer. Input `[..., d_input]`, output `[..., d_output]`.
+    /// Applies the layer.
+    ///
+    /// # Shapes
+    /// - input: `[..., d_input]`
+    /// - output: `[..., d_output]`
     ///
     /// # Panics
     /// On an error of [`QuantLinear::try_forward`] (e.g. an uncalibrated static input scale).
