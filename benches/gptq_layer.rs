@@ -65,7 +65,7 @@ fn activations(tokens: usize, n: usize, seed: u64) -> Vec<f32> {
 
 /// The shared model's block-0 weight of this shape in Burn layout, if present.
 fn real_weight(d_in: usize, d_out: usize) -> Option<Vec<f32>> {
-    use burn_quant::export::gguf::LlamaGgufSource;
+    use burn_quant::llm::gguf::LlamaGgufSource;
     let path = support::shared_data("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")?;
     let name = match (d_in, d_out) {
         (576, 576) => "model.layers.0.self_attn.q_proj.weight",

@@ -11,10 +11,9 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use burn_quant::export::gguf::{
-    GgufFile, GgufTokenizer, LlamaGgufConfig, LlamaGgufSource, LlamaHParams, LlamaMix,
-    TokenizerOptions, export_llama_gguf,
-};
+use burn_quant::export::gguf::{GgufFile, GgufTokenizer, TokenizerOptions};
+use burn_quant::llm::LlamaHParams;
+use burn_quant::llm::gguf::{LlamaGgufConfig, LlamaGgufSource, LlamaMix, export_llama_gguf};
 
 const SOURCE: &str = "smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
 const DIR: &str = "smollm2-135m-instruct";

@@ -91,7 +91,7 @@ pub enum CliError {
         what: String,
         /// The exporter's error.
         #[source]
-        source: burn_quant::export::gguf::LlamaError,
+        source: burn_quant::llm::LlamaError,
     },
     /// An ONNX file is malformed, or a model cannot be exported to ONNX.
     #[error("ONNX `{what}`")]

@@ -13,8 +13,8 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_quant::QuantSpec;
 use burn_quant::export::burnpack::{QuantizedWeights, save_quantized};
-use burn_quant::export::gguf::LlamaMix;
 use burn_quant::export::onnx::{QdqModelBuilder, QonnxModelBuilder, save_onnx};
+use burn_quant::llm::gguf::LlamaMix;
 use burn_quant::nn::{QuantLinear, QuantLinearConfig, QuantReLU, QuantReLUConfig, calibrate};
 
 use crate::error::{CliError, Result};
@@ -226,7 +226,7 @@ fn rows(data: &Dataset, start: usize, end: usize, device: &Device) -> Tensor<2> 
 #[derive(Clone, Debug)]
 pub struct LlmExport {
     /// The exporter's per-tensor report.
-    pub report: burn_quant::export::gguf::LlamaExportReport,
+    pub report: burn_quant::llm::gguf::LlamaExportReport,
     /// The file written.
     pub path: PathBuf,
 }
@@ -239,7 +239,8 @@ pub fn export_llm_gguf(
     imatrix: Option<&Path>,
     out: &Path,
 ) -> Result<LlmExport> {
-    use burn_quant::export::gguf::{Imatrix, LlamaGgufConfig, LlamaGgufSource, export_llama_gguf};
+    use burn_quant::export::gguf::Imatrix;
+    use burn_quant::llm::gguf::{LlamaGgufConfig, LlamaGgufSource, export_llama_gguf};
     let llama_err = |source| CliError::Llama {
         what: model.display().to_string(),
         source,

@@ -1127,10 +1127,13 @@ pub fn export_gguf(
     model_path: &Path,
     spec: &QuantSpec,
     out: &Path,
-) -> Result<burn_quant::export::gguf::LlamaExportReport> {
+) -> Result<burn_quant::llm::gguf::LlamaExportReport> {
     use burn_quant::export::gguf::{
-        GgufTokenizer, HfTensor, LlamaGgufConfig, LlamaGgufSource, LlamaMix, LlamaTensor,
-        TokenizerOptions, encode_quant_tensor, export_llama_gguf, ggml_type_of,
+        GgufTokenizer, TokenizerOptions, encode_quant_tensor, ggml_type_of,
+    };
+    use burn_quant::llm::gguf::{
+        HfTensor, LlamaError, LlamaGgufConfig, LlamaGgufSource, LlamaMix, LlamaTensor,
+        export_llama_gguf,
     };
     let gguf_err = |source| CliError::Gguf {
         what: out.display().to_string(),
@@ -1150,15 +1153,15 @@ pub fn export_gguf(
         ));
     }
     let tokenizer = if model_path.is_dir() {
-        GgufTokenizer::from_hf_dir(model_path, &TokenizerOptions::default()).map_err(llama_err)?
+        GgufTokenizer::from_hf_dir(model_path, &TokenizerOptions::default())
+            .map_err(|e| llama_err(LlamaError::from(e)))?
     } else {
         LlamaGgufSource::open(model_path)
             .map_err(llama_err)?
             .tokenizer()
             .clone()
     };
-    let mut tensors: Vec<std::result::Result<LlamaTensor, burn_quant::export::gguf::LlamaError>> =
-        vec![];
+    let mut tensors: Vec<std::result::Result<LlamaTensor, LlamaError>> = vec![];
     for (name, q) in weights {
         tensors.push(Ok(LlamaTensor::Encoded {
             name: name.clone(),

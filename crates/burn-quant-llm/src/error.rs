@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
-use burn_quant_export::gguf::LlamaError;
 use burn_quant_nn::NnError;
 use thiserror::Error;
+
+use crate::gguf::LlamaError;
 
 /// Result alias of this crate.
 pub type Result<T> = std::result::Result<T, LlmError>;

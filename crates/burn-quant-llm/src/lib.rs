@@ -11,7 +11,12 @@
 //!   quantizers are replaced per [`LinearSlot`].
 //! * Loading: [`load_model`] / [`load_with_tokenizer`] take a Hugging Face directory
 //!   (`config.json`, `model.safetensors` or sharded, F32/F16/BF16, `tokenizer.json`) or a
-//!   llama `.gguf` file (dequantized on load, q/k rows un-permuted).
+//!   llama `.gguf` file (dequantized on load, q/k rows un-permuted); [`LlamaHParams`] from
+//!   `config.json` or the GGUF `llama.*` keys ([`hparams`]).
+//! * Llama GGUF files for llama.cpp ([`gguf`]): [`gguf::export_llama_gguf`] with the tensor
+//!   names, q/k permutation and llama-quantize mixes ([`gguf::LlamaMix`]) of this architecture,
+//!   and [`gguf::LlamaGgufSource`] to read one back; the container, codecs and tokenizer keys
+//!   are the export crate's.
 //! * [`perplexity()`] under the windowed protocol of [`PerplexityConfig`] (default: 16 windows
 //!   of 512 tokens, tokens 256..512 scored); [`compare_with_reference`] on the same windows:
 //!   mean KL divergence (nats per token) from a reference model such as the FP32 original,
@@ -46,6 +51,8 @@ pub mod block;
 mod block_rounding;
 pub mod error;
 pub mod generate;
+pub mod gguf;
+pub mod hparams;
 pub mod load;
 pub mod model;
 pub mod norm;
@@ -58,7 +65,7 @@ pub mod tokenizer;
 
 pub use bias::{BiasCorrectionReport, correct_biases};
 pub use block::{
-    BlockCache, DecoderBlock, InputSite, LinearSlot, LlamaAttention, LlamaMlp, InputHook,
+    BlockCache, DecoderBlock, InputHook, InputSite, LinearSlot, LlamaAttention, LlamaMlp,
 };
 pub use error::{LlmError, Result};
 pub use generate::{generate_greedy, generate_text};
@@ -77,8 +84,8 @@ pub use pipeline::{
 pub use rope::Rope;
 pub use tokenizer::{LlamaTokenizer, tokenizer_path};
 
-/// Hyper-parameters and llama-GGUF reading, re-exported from the export crate.
-pub use burn_quant_export::gguf::{LlamaHParams, llama::RopeScaling};
+pub use gguf::{HfTensor, LlamaError};
+pub use hparams::{LlamaHParams, RopeScaling};
 
 #[cfg(test)]
 mod tests;

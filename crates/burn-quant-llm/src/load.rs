@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use burn_quant_export::gguf::{HfTensor, LlamaError, LlamaGgufSource, LlamaHParams};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{LlmError, Result};
+use crate::gguf::{HfTensor, LlamaError, LlamaGgufSource};
+use crate::hparams::LlamaHParams;
 use crate::model::LlamaModel;
 use crate::tokenizer::{LlamaTokenizer, read_json, tokenizer_path};
 

@@ -2,11 +2,12 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use burn_quant_export::gguf::{HfTensor, LlamaHParams};
 use burn_quant_nn::{QuantEmbedding, QuantLinear};
 
 use crate::block::{BlockCache, DecoderBlock, LinearSlot, LlamaAttention, LlamaMlp};
 use crate::error::{LlmError, Result};
+use crate::gguf::HfTensor;
+use crate::hparams::LlamaHParams;
 use crate::norm::RmsNorm;
 use crate::rng::SplitMix64;
 use crate::rope::Rope;

@@ -448,9 +448,8 @@ pub fn attach_input_quantizers(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hparams::{LlamaHParams, RopeScaling};
     use burn::tensor::Device;
-    use burn_quant_export::gguf::LlamaHParams;
-    use burn_quant_export::gguf::llama::RopeScaling;
 
     fn hparams() -> LlamaHParams {
         LlamaHParams {

@@ -1,9 +1,9 @@
 //! [`Rope`]: rotary position embedding tables in the Hugging Face "rotate-half" convention.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use burn_quant_export::gguf::llama::RopeScaling;
 
 use crate::error::{LlmError, Result};
+use crate::hparams::RopeScaling;
 
 /// Cos/sin tables of rotary position embeddings for positions `0..len`.
 ///

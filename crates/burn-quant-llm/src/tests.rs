@@ -12,8 +12,6 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor};
 use burn_quant_core::QuantSpec;
-use burn_quant_export::gguf::HfTensor;
-use burn_quant_export::gguf::llama::RopeScaling;
 
 use crate::rng::SplitMix64;
 use crate::*;

@@ -7,11 +7,15 @@
 //! sum of the *padded* tensor sizes in info order, every tensor is zero-padded to the alignment
 //! (`general.alignment`, default 32), keys and tensor names are unique, names are < 64 bytes and
 //! tensors have 1..=4 dims. The reader rejects every violation with a typed [`GgufError`].
+//!
+//! This module is about the file format only: the container, the ggml codecs, `QuantTensor` →
+//! blocks, importance matrices and the `tokenizer.ggml.*` keys (GGUF's convention for every
+//! architecture). What a file means for one architecture (the `llama.*` keys, tensor names,
+//! llama-quantize mixes) lives with the model, in `burn_quant_llm::gguf`.
 
 pub mod codec;
 mod error;
 mod imatrix;
-pub mod llama;
 mod quant_tensor;
 mod reader;
 mod tokenizer;
@@ -21,21 +25,17 @@ mod writer;
 
 pub use error::GgufError;
 pub use imatrix::{Imatrix, ImatrixEntry};
-pub use llama::{
-    HfTensor, LlamaError, LlamaExportReport, LlamaGgufConfig, LlamaGgufSource, LlamaHParams,
-    LlamaMix, LlamaTensor, build_llama_gguf, export_llama_gguf,
-};
 pub use quant_tensor::{
     GgmlTensor, encode_quant_tensor, encode_quant_tensor_as, ggml_type_of, requantize_tensor,
 };
 pub use reader::{GgufFile, TensorInfo};
 pub use tokenizer::{
-    GgufTokenizer, HfTokenizerSide, SpecialTokens, TokenType, TokenizerOptions,
+    GgufTokenizer, HfTokenizerSide, SpecialTokens, TokenType, TokenizerError, TokenizerOptions,
     derive_pre_tokenizer,
 };
 pub use types::GgmlType;
 pub use value::{MetadataArray, MetadataValue, ValueType};
-pub use writer::GgufWriter;
+pub use writer::{GgufWriter, tensor_byte_size};
 
 /// "GGUF" read as a little-endian u32.
 pub const GGUF_MAGIC: u32 = 0x4655_4747;

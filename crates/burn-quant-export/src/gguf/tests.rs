@@ -72,6 +72,36 @@ fn metadata_round_trip_every_type() {
     assert_eq!(f.get("t.u16"), Some(&MetadataValue::U16(60000)));
 }
 
+/// Counts and ids read as u64 whatever integer type a tool wrote them with; negative values and
+/// non-integers are not counts.
+#[test]
+fn as_unsigned_accepts_every_non_negative_integer() {
+    use MetadataValue as V;
+    for v in [
+        V::U8(7),
+        V::U16(7),
+        V::U32(7),
+        V::U64(7),
+        V::I8(7),
+        V::I16(7),
+        V::I32(7),
+        V::I64(7),
+    ] {
+        assert_eq!(v.as_unsigned(), Some(7), "{v:?}");
+    }
+    assert_eq!(V::U64(u64::MAX).as_unsigned(), Some(u64::MAX));
+    for v in [
+        V::I8(-1),
+        V::I32(-7),
+        V::I64(i64::MIN),
+        V::F32(7.0),
+        V::Bool(true),
+    ] {
+        assert_eq!(v.as_unsigned(), None, "{v:?}");
+    }
+    assert_eq!(V::String("7".into()).as_unsigned(), None);
+}
+
 fn sample_writer(
     alignment: Option<u32>,
 ) -> (GgufWriter, Vec<(String, Vec<u64>, GgmlType, Vec<f32>)>) {

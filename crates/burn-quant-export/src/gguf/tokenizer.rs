@@ -11,13 +11,97 @@
 //! `*_token_id` fields of `config.json` and `generation_config.json`.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::llama::LlamaError;
 use super::reader::GgufFile;
 use super::value::{MetadataArray, MetadataValue};
+
+/// Errors converting a Hugging Face tokenizer to `tokenizer.ggml.*` keys or reading them back;
+/// each variant names the file or key and the value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A JSON file is not valid JSON.
+    #[error("{file}: invalid JSON: {source}")]
+    Json {
+        /// Which file (e.g. "tokenizer.json").
+        file: String,
+        /// The parser error.
+        source: serde_json::Error,
+    },
+    /// A required JSON field is absent.
+    #[error("{file}: missing field {field:?}")]
+    MissingField {
+        /// Which file.
+        file: String,
+        /// The field path.
+        field: String,
+    },
+    /// A JSON field has an unusable value.
+    #[error("{file}: field {field:?}: {why}")]
+    BadField {
+        /// Which file.
+        file: String,
+        /// The field path.
+        field: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The tokenizer is not one this converter can convert.
+    #[error("unsupported tokenizer: {description}")]
+    UnsupportedTokenizer {
+        /// What was found.
+        description: String,
+    },
+    /// The pre-tokenizer does not match a family llama.cpp knows; pass
+    /// [`TokenizerOptions::pre`] explicitly.
+    #[error("cannot tell llama.cpp's pre-tokenizer from {description}; set TokenizerOptions::pre")]
+    UnknownPreTokenizer {
+        /// The `pre_tokenizer` JSON (shortened).
+        description: String,
+    },
+    /// Two counts that must agree do not.
+    #[error("{what}: expected {expected}, found {actual}")]
+    VocabMismatch {
+        /// What was compared.
+        what: String,
+        /// Expected count.
+        expected: usize,
+        /// Count found.
+        actual: usize,
+    },
+    /// A GGUF metadata key is absent.
+    #[error("missing GGUF key {key:?}")]
+    MissingKey {
+        /// The key.
+        key: String,
+    },
+    /// A GGUF metadata key has the wrong value type.
+    #[error("GGUF key {key:?} must be {expected}")]
+    WrongKeyType {
+        /// The key.
+        key: String,
+        /// The type expected.
+        expected: String,
+    },
+    /// A GGUF metadata value is unusable.
+    #[error("GGUF key {key:?}: {why}")]
+    BadKey {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        why: String,
+    },
+}
 
 /// Token types of `tokenizer.ggml.token_type` (llama.cpp's `llama_token_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -162,10 +246,10 @@ const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 /// `Sequence[Digits(individual), ByteLevel(regex)]` → "starcoder" (StarCoder/SmolLM family; the
 /// regexes are llama.cpp's STARCODER/SMOLLM set); `Sequence[Split(Llama 3 regex),
 /// ByteLevel(no regex)]` → "llama-bpe"; the same with Qwen2's regex → "qwen2". Anything else is
-/// [`LlamaError::UnknownPreTokenizer`]: llama.cpp would otherwise fall back to a default regex
+/// [`TokenizerError::UnknownPreTokenizer`]: llama.cpp would otherwise fall back to a default regex
 /// and tokenize differently from the model's training.
-pub fn derive_pre_tokenizer(pre_tokenizer: &Value) -> Result<String, LlamaError> {
-    let unknown = || LlamaError::UnknownPreTokenizer {
+pub fn derive_pre_tokenizer(pre_tokenizer: &Value) -> Result<String, TokenizerError> {
+    let unknown = || TokenizerError::UnknownPreTokenizer {
         description: compact(pre_tokenizer),
     };
     let ty = pre_tokenizer.get("type").and_then(Value::as_str);
@@ -224,21 +308,21 @@ fn compact(v: &Value) -> String {
     }
 }
 
-fn parse_json(file: &str, text: &str) -> Result<Value, LlamaError> {
-    serde_json::from_str(text).map_err(|source| LlamaError::Json {
+fn parse_json(file: &str, text: &str) -> Result<Value, TokenizerError> {
+    serde_json::from_str(text).map_err(|source| TokenizerError::Json {
         file: file.to_string(),
         source,
     })
 }
 
-fn read_text(path: &Path) -> Result<String, LlamaError> {
-    std::fs::read_to_string(path).map_err(|source| LlamaError::Io {
+fn read_text(path: &Path) -> Result<String, TokenizerError> {
+    std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
         path: path.to_path_buf(),
         source,
     })
 }
 
-fn read_optional(path: &Path) -> Result<Option<String>, LlamaError> {
+fn read_optional(path: &Path) -> Result<Option<String>, TokenizerError> {
     if path.is_file() {
         read_text(path).map(Some)
     } else {
@@ -270,7 +354,7 @@ impl GgufTokenizer {
     pub fn from_hf_dir(
         dir: impl AsRef<Path>,
         options: &TokenizerOptions,
-    ) -> Result<Self, LlamaError> {
+    ) -> Result<Self, TokenizerError> {
         let dir = dir.as_ref();
         let tokenizer = read_text(&dir.join("tokenizer.json"))?;
         let tokenizer_config = read_optional(&dir.join("tokenizer_config.json"))?;
@@ -304,12 +388,14 @@ impl GgufTokenizer {
         tokenizer_json: &str,
         side: HfTokenizerSide<'_>,
         options: &TokenizerOptions,
-    ) -> Result<Self, LlamaError> {
+    ) -> Result<Self, TokenizerError> {
         let tok = parse_json("tokenizer.json", tokenizer_json)?;
-        let model = tok.get("model").ok_or_else(|| LlamaError::MissingField {
-            file: "tokenizer.json".into(),
-            field: "model".into(),
-        })?;
+        let model = tok
+            .get("model")
+            .ok_or_else(|| TokenizerError::MissingField {
+                file: "tokenizer.json".into(),
+                field: "model".into(),
+            })?;
         let model_type = model.get("type").and_then(Value::as_str).unwrap_or("");
         let pre_tokenizer = tok.get("pre_tokenizer").unwrap_or(&Value::Null);
         let is_byte_level = |v: &Value| -> bool {
@@ -322,7 +408,7 @@ impl GgufTokenizer {
                     })
         };
         if model_type != "BPE" || !is_byte_level(pre_tokenizer) {
-            return Err(LlamaError::UnsupportedTokenizer {
+            return Err(TokenizerError::UnsupportedTokenizer {
                 description: format!(
                     "model type {model_type:?} with pre_tokenizer {} (only byte-level BPE, \
                      llama.cpp's \"gpt2\" model, is built from tokenizer.json)",
@@ -336,7 +422,7 @@ impl GgufTokenizer {
         };
 
         // id → (text, added entry) for the vocabulary and the added tokens.
-        let bad = |field: &str, why: String| LlamaError::BadField {
+        let bad = |field: &str, why: String| TokenizerError::BadField {
             file: "tokenizer.json".into(),
             field: field.into(),
             why,
@@ -346,7 +432,7 @@ impl GgufTokenizer {
             .and_then(Value::as_object)
             .ok_or_else(|| bad("model.vocab", "missing or not an object".into()))?;
         let mut by_id: HashMap<u32, String> = HashMap::with_capacity(vocab.len());
-        let to_id = |field: &str, v: &Value| -> Result<u32, LlamaError> {
+        let to_id = |field: &str, v: &Value| -> Result<u32, TokenizerError> {
             v.as_u64()
                 .and_then(|i| u32::try_from(i).ok())
                 .ok_or_else(|| bad(field, format!("id {v} is not a u32")))
@@ -397,7 +483,7 @@ impl GgufTokenizer {
         let max_id = by_id.keys().copied().max().map_or(0, |m| m as usize + 1);
         let n = options.vocab_size.unwrap_or(max_id);
         if n < max_id {
-            return Err(LlamaError::VocabMismatch {
+            return Err(TokenizerError::VocabMismatch {
                 what: "vocab_size".into(),
                 expected: n,
                 actual: max_id,
@@ -535,9 +621,9 @@ impl GgufTokenizer {
 
     /// Reads the `tokenizer.*` metadata of a GGUF file (any tokenizer model is carried
     /// through unchanged).
-    pub fn from_gguf(file: &GgufFile) -> Result<Self, LlamaError> {
-        let missing = |key: &str| LlamaError::MissingKey { key: key.into() };
-        let wrong = |key: &str, expected: &str| LlamaError::WrongKeyType {
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, TokenizerError> {
+        let missing = |key: &str| TokenizerError::MissingKey { key: key.into() };
+        let wrong = |key: &str, expected: &str| TokenizerError::WrongKeyType {
             key: key.into(),
             expected: expected.into(),
         };
@@ -555,7 +641,7 @@ impl GgufTokenizer {
                     .to_string(),
             ),
         };
-        let string_array = |key: &str| -> Result<Option<Vec<String>>, LlamaError> {
+        let string_array = |key: &str| -> Result<Option<Vec<String>>, TokenizerError> {
             match file.get(key) {
                 None => Ok(None),
                 Some(MetadataValue::Array(MetadataArray::String(v))) => Ok(Some(v.clone())),
@@ -570,7 +656,7 @@ impl GgufTokenizer {
             Some(MetadataValue::Array(MetadataArray::I32(v))) => v
                 .iter()
                 .map(|&t| {
-                    TokenType::from_id(t).ok_or_else(|| LlamaError::BadKey {
+                    TokenType::from_id(t).ok_or_else(|| TokenizerError::BadKey {
                         key: "tokenizer.ggml.token_type".into(),
                         why: format!("unknown token type {t}"),
                     })
@@ -579,7 +665,7 @@ impl GgufTokenizer {
             Some(_) => return Err(wrong("tokenizer.ggml.token_type", "array of i32")),
         };
         if token_types.len() != tokens.len() {
-            return Err(LlamaError::VocabMismatch {
+            return Err(TokenizerError::VocabMismatch {
                 what: "tokenizer.ggml.token_type length".into(),
                 expected: tokens.len(),
                 actual: token_types.len(),
@@ -596,12 +682,14 @@ impl GgufTokenizer {
         for (kind, _) in SpecialTokens::default().entries() {
             let key = format!("tokenizer.ggml.{kind}_token_id");
             if let Some(v) = file.get(&key) {
-                let id = integer(v).ok_or_else(|| wrong(&key, "unsigned integer"))?;
+                let id = v
+                    .as_unsigned()
+                    .ok_or_else(|| wrong(&key, "unsigned integer"))?;
                 *special.slot(kind) =
                     Some(u32::try_from(id).map_err(|_| wrong(&key, "unsigned integer"))?);
             }
         }
-        let flag = |key: &str| -> Result<Option<bool>, LlamaError> {
+        let flag = |key: &str| -> Result<Option<bool>, TokenizerError> {
             match file.get(key) {
                 None => Ok(None),
                 Some(MetadataValue::Bool(b)) => Ok(Some(*b)),
@@ -643,15 +731,15 @@ impl GgufTokenizer {
 
     /// Checks internal consistency (one type per token, special ids in range, merges present
     /// for BPE); the exporter calls this before writing.
-    pub fn validate(&self) -> Result<(), LlamaError> {
+    pub fn validate(&self) -> Result<(), TokenizerError> {
         if self.tokens.is_empty() {
-            return Err(LlamaError::BadKey {
+            return Err(TokenizerError::BadKey {
                 key: "tokenizer.ggml.tokens".into(),
                 why: "no tokens".into(),
             });
         }
         if self.token_types.len() != self.tokens.len() {
-            return Err(LlamaError::VocabMismatch {
+            return Err(TokenizerError::VocabMismatch {
                 what: "token_types length".into(),
                 expected: self.tokens.len(),
                 actual: self.token_types.len(),
@@ -660,14 +748,14 @@ impl GgufTokenizer {
         if let Some(s) = &self.scores
             && s.len() != self.tokens.len()
         {
-            return Err(LlamaError::VocabMismatch {
+            return Err(TokenizerError::VocabMismatch {
                 what: "scores length".into(),
                 expected: self.tokens.len(),
                 actual: s.len(),
             });
         }
         if self.model == "gpt2" && self.merges.is_empty() {
-            return Err(LlamaError::BadKey {
+            return Err(TokenizerError::BadKey {
                 key: "tokenizer.ggml.merges".into(),
                 why: "a gpt2 (BPE) tokenizer needs merges".into(),
             });
@@ -676,7 +764,7 @@ impl GgufTokenizer {
             if let Some(id) = id
                 && id as usize >= self.tokens.len()
             {
-                return Err(LlamaError::BadKey {
+                return Err(TokenizerError::BadKey {
                     key: format!("tokenizer.ggml.{kind}_token_id"),
                     why: format!("id {id} is outside the {} tokens", self.tokens.len()),
                 });
@@ -786,21 +874,6 @@ fn template_ends(
         );
     }
     (None, None)
-}
-
-/// Any unsigned-valued integer metadata value as u64.
-pub(crate) fn integer(v: &MetadataValue) -> Option<u64> {
-    match *v {
-        MetadataValue::U8(x) => Some(x as u64),
-        MetadataValue::U16(x) => Some(x as u64),
-        MetadataValue::U32(x) => Some(x as u64),
-        MetadataValue::U64(x) => Some(x),
-        MetadataValue::I8(x) => u64::try_from(x).ok(),
-        MetadataValue::I16(x) => u64::try_from(x).ok(),
-        MetadataValue::I32(x) => u64::try_from(x).ok(),
-        MetadataValue::I64(x) => u64::try_from(x).ok(),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
@@ -933,7 +1006,7 @@ mod tests {
             {"type": "ByteLevel", "use_regex": false}]});
         assert!(matches!(
             derive_pre_tokenizer(&odd),
-            Err(LlamaError::UnknownPreTokenizer { .. })
+            Err(TokenizerError::UnknownPreTokenizer { .. })
         ));
     }
 
@@ -943,27 +1016,27 @@ mod tests {
         let opts = TokenizerOptions::default();
         assert!(matches!(
             GgufTokenizer::from_hf_json("{not json", side, &opts),
-            Err(LlamaError::Json { .. })
+            Err(TokenizerError::Json { .. })
         ));
         assert!(matches!(
             GgufTokenizer::from_hf_json("{}", side, &opts),
-            Err(LlamaError::MissingField { .. })
+            Err(TokenizerError::MissingField { .. })
         ));
         let wordpiece = r#"{"pre_tokenizer": {"type": "BertPreTokenizer"},
             "model": {"type": "WordPiece", "vocab": {"a": 0}}}"#;
         assert!(matches!(
             GgufTokenizer::from_hf_json(wordpiece, side, &opts),
-            Err(LlamaError::UnsupportedTokenizer { .. })
+            Err(TokenizerError::UnsupportedTokenizer { .. })
         ));
         let dup = tiny_json(BYTE_LEVEL, "[]").replace(r#""b": 2"#, r#""b": 1"#);
         assert!(matches!(
             GgufTokenizer::from_hf_json(&dup, side, &opts),
-            Err(LlamaError::BadField { .. })
+            Err(TokenizerError::BadField { .. })
         ));
         let bad_merge = tiny_json(BYTE_LEVEL, "[[1, 2]]");
         assert!(matches!(
             GgufTokenizer::from_hf_json(&bad_merge, side, &opts),
-            Err(LlamaError::BadField { .. })
+            Err(TokenizerError::BadField { .. })
         ));
         let small = TokenizerOptions {
             pre: None,
@@ -971,7 +1044,7 @@ mod tests {
         };
         assert!(matches!(
             GgufTokenizer::from_hf_json(&tiny_json(BYTE_LEVEL, "[]"), side, &small),
-            Err(LlamaError::VocabMismatch { .. })
+            Err(TokenizerError::VocabMismatch { .. })
         ));
     }
 }

@@ -108,6 +108,22 @@ impl MetadataValue {
         }
     }
 
+    /// Any integer value that is not negative, as a `u64` (counts and ids are written as u32
+    /// by llama.cpp's converter but as other integer types by some tools).
+    pub fn as_unsigned(&self) -> Option<u64> {
+        match *self {
+            MetadataValue::U8(x) => Some(x as u64),
+            MetadataValue::U16(x) => Some(x as u64),
+            MetadataValue::U32(x) => Some(x as u64),
+            MetadataValue::U64(x) => Some(x),
+            MetadataValue::I8(x) => u64::try_from(x).ok(),
+            MetadataValue::I16(x) => u64::try_from(x).ok(),
+            MetadataValue::I32(x) => u64::try_from(x).ok(),
+            MetadataValue::I64(x) => u64::try_from(x).ok(),
+            _ => None,
+        }
+    }
+
     /// The value as a string slice, if it is a string.
     pub fn as_str(&self) -> Option<&str> {
         match self {

@@ -228,7 +228,7 @@ impl GgufWriter {
 
 /// Bytes of a tensor of `ty` with ggml dims `dims` (the writer's and the reader's one check):
 /// the element count must fit, and `ne[0]` must be a multiple of the type's block size.
-pub(crate) fn tensor_byte_size(name: &str, ty: GgmlType, dims: &[u64]) -> Result<u64> {
+pub fn tensor_byte_size(name: &str, ty: GgmlType, dims: &[u64]) -> Result<u64> {
     let overflow = || GgufError::DimsOverflow {
         name: name.to_string(),
         dims: dims.to_vec(),

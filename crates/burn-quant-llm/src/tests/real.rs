@@ -5,13 +5,12 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use burn::tensor::Device;
-use burn_quant_export::gguf::LlamaGgufSource;
 
 use super::{host, scratch_dir, shared_data, smollm2};
+use crate::gguf::LlamaGgufSource;
 use crate::*;
 
 const GGUF: &str = "smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
-
 
 #[test]
 fn perplexity_matches_transformers_fp32() {

@@ -12,8 +12,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+use burn_quant_export::gguf::GgmlType;
+
 use super::{LlamaError, LlamaHParams, LlamaTensorKind, LlamaTensorName};
-use crate::gguf::GgmlType;
 
 /// A file-wide quantization recipe (llama-quantize's `ftype`), or one type for every matrix.
 #[allow(non_camel_case_types)]

@@ -1,7 +1,8 @@
 use super::mix::{shape_fallback, use_more_bits};
 use super::*;
-use crate::gguf::tokenizer::{SpecialTokens, TokenType};
-use crate::gguf::{GgmlTensor, codec};
+use burn_quant_export::gguf::{GgufFile, SpecialTokens, TokenType};
+
+use crate::hparams::RopeScaling;
 
 /// Deterministic pseudo-random values in [-1, 1) (xorshift64*).
 fn values(n: usize, seed: u64) -> Vec<f32> {

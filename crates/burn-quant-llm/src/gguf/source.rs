@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
+use burn_quant_export::gguf::{GgufFile, GgufTokenizer, TensorInfo};
+
 use super::{HfTensor, LlamaError, LlamaHParams, LlamaTensorName, unpermute_qk_rows};
-use crate::gguf::reader::{GgufFile, TensorInfo};
-use crate::gguf::tokenizer::GgufTokenizer;
 
 /// A llama-architecture GGUF file opened as a source of f32 tensors in Hugging Face naming and
 /// orientation: every tensor is dequantized with our codecs, its ggml dims reversed to a
