@@ -3,12 +3,30 @@
 //! Forward: `round(x)` (ties to even). Backward: `2 / (1 + 0.93·cos(π·(x + round(x)))) − 1`,
 //! a smooth periodic surrogate that is ~0.04 at integers and 1 at the half-way points where
 //! rounding jumps. Implementing [`RoundingFn`] is all it takes; nothing else in burn-quant
-//! changes. Run: `cargo run --release --example rdfs_rounding`.
+//! changes.
+//!
+//! The rule is registered once under a name ([`register_rdfs`]) and named in the spec, the way
+//! Brevitas names its rule (`float_to_int_impl_type = ROUND_RDFS`): a recipe says
+//! `rounding = { kind = "custom", name = "rdfs" }`. Every quantizer holding that spec — on any
+//! thread, on any device, in a model forked to burn-train's workers — uses it.
+//! Run: `cargo run --release --example rdfs_rounding`.
 
 use std::f32::consts::PI;
+use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor};
+use burn_quant::core::register_rounding;
 use burn_quant::prelude::*;
+
+/// The name RDFS is registered under ([`register_rdfs`]).
+pub const RDFS: &str = "rdfs";
+
+/// Registers RDFS (amplitude 0.93) for the whole process under [`RDFS`] and returns the
+/// [`Rounding`] that names it, to put in a spec: `spec.with_rounding(register_rdfs())`.
+/// Registering again replaces the rule with an equal one.
+pub fn register_rdfs() -> Rounding {
+    register_rounding(RDFS, Arc::new(Rdfs::default())).expect("`rdfs` is a valid rule name")
+}
 
 /// The RDFS rounding rule.
 #[derive(Debug, Clone, Copy)]
@@ -47,18 +65,20 @@ pub fn rdfs_grad(x: f32, amplitude: f32) -> f32 {
     2.0 / (1.0 + amplitude * (PI * (x + x.round_ties_even())).cos()) - 1.0
 }
 
-/// Fake-quantizes `xs` (int4, scale 1) with RDFS under autodiff; returns (forward, d sum / dx).
+/// Fake-quantizes `xs` (int4, scale 1) with a spec that names RDFS, under autodiff; returns
+/// (forward, d sum / dx).
 pub fn forward_and_grad(xs: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let device = Device::flex().autodiff();
     let x = Tensor::<1>::from_floats(xs, &device).require_grad();
-    let spec = QuantSpec::int8_weight_per_tensor().with_bits(4);
+    let spec = QuantSpec::int8_weight_per_tensor()
+        .with_bits(4)
+        .with_rounding(register_rdfs());
     let params = QuantParams::<1> {
         scales: Tensor::from_floats([1.0], &device),
         zero_points: None,
         scale_level: None,
     };
-    let y = fake_quant_custom(x.clone(), &spec, &params, &Rdfs::default())
-        .expect("valid spec and input");
+    let y = fake_quant_with(x.clone(), &spec, &params).expect("valid spec and input");
     let grads = y.clone().sum().backward();
     let vec = |t: Tensor<1>| t.into_data().try_into_vec_as::<f32>().expect("f32 data");
     (vec(y), vec(x.grad(&grads).expect("x requires grad")))
@@ -95,6 +115,25 @@ pub fn fit(rounding: &dyn RoundingFn, steps: usize) -> f32 {
     loss_value
 }
 
+/// A quantizer built from a JSON recipe fragment that names the rule, applied to `xs` (int4,
+/// scale 1): the registered rule is found by name.
+pub fn from_recipe(xs: &[f32]) -> Vec<f32> {
+    register_rdfs();
+    let mut spec = QuantSpec::int8_weight_per_tensor()
+        .with_bits(4)
+        .with_scale_source(ScaleSource::Const(1.0));
+    spec.rounding = serde_json::from_str(r#"{ "kind": "custom", "name": "rdfs" }"#)
+        .expect("a rounding rule in recipe form");
+    let device = Device::flex();
+    let q = QuantizerConfig::for_spec(spec, QuantizerRole::Weight)
+        .init(&device)
+        .expect("the rule is registered");
+    q.forward(Tensor::<1>::from_floats(xs, &device))
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .expect("f32 data")
+}
+
 #[allow(dead_code)]
 fn main() {
     let xs = [-1.3f32, -0.5, -0.2, 0.0, 0.25, 0.49, 0.51, 1.5, 2.7];
@@ -112,6 +151,11 @@ fn main() {
             rdfs_grad(xs[i], 0.93)
         );
     }
+    println!(
+        "a quantizer from the recipe `rounding = {{ kind = \"custom\", name = \"rdfs\" }}`: {:?} -> {:?}",
+        &xs[..4],
+        &from_recipe(&xs)[..4]
+    );
     println!(
         "3-bit fit, 60 SGD steps: loss with STE {:.5}, with RDFS {:.5}",
         fit(&Rounding::NearestEven, 60),

@@ -43,3 +43,14 @@ fn rdfs_drives_an_optimisation() {
         "trained loss {trained}, optimum {best}"
     );
 }
+
+#[test]
+fn a_recipe_names_the_registered_rule() {
+    let xs = [-1.3f32, -0.5, 0.5, 1.5, 2.7, 9.0];
+    let want: Vec<f32> = xs.iter().map(|x| x.round_ties_even().min(7.0)).collect();
+    assert_eq!(rdfs::from_recipe(&xs), want);
+    assert_eq!(
+        burn_quant::RoundingFn::name(&rdfs::register_rdfs()),
+        rdfs::RDFS
+    );
+}
