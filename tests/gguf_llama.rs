@@ -2,10 +2,12 @@
 //! read back into Hugging Face tensors, re-exported with our llama exporter as Q8_0 and Q4_K_M,
 //! and checked by readers nobody here wrote: gguf-py (`tests/py/gguf_llama_check.py`: keys and
 //! types llama.cpp needs, tokenizer equal to tokenizer.json and to the converter's, tensor types
-//! as llama-quantize's rules give, values close to the source) and, when
-//! `target/llama-cpp-venv` exists, llama.cpp itself (the same bytes as llama-quantize's output
-//! for the same mix; `scripts/llama-cpp-check.sh`: loads, tokenizes the same, per-token NLL
-//! equal to the llama-quantize file's, greedy chat generation).
+//! as llama-quantize's rules give, values close to the source) and llama.cpp itself (the same
+//! bytes as llama-quantize's output for the same mix; `scripts/llama-cpp-check.sh`: loads,
+//! tokenizes the same, per-token NLL equal to the llama-quantize file's, greedy chat
+//! generation). The llama.cpp venv is built on first use, once per machine, into a cache outside
+//! the clone (`support::llama_cpp_python`, `scripts/llama-cpp-venv.sh`: about 5 min on 2
+//! cores); with `BURNQ_REQUIRE_DATA=1` (CI) a failed build fails the test instead of skipping.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -124,14 +126,11 @@ fn smollm2_q4_k_m_reexport_passes_gguf_py() {
     gguf_py_check(LlamaMix::Q4_K_M);
 }
 
-/// Runs `tests/py/<script>` with the llama-cpp venv's Python; `None` when the venv is absent.
+/// Runs `tests/py/<script>` with the llama.cpp venv's Python (built on first use); `None` when
+/// the venv cannot be built outside CI.
 fn llama_cpp_python(script: &str, args: &[&OsStr]) -> Option<std::process::Output> {
+    let python = support::llama_cpp_python()?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join("target/llama-cpp-venv/bin/python");
-    if !python.exists() {
-        eprintln!("notice: skipping, target/llama-cpp-venv is absent (scripts/llama-cpp-venv.sh)");
-        return None;
-    }
     Some(
         std::process::Command::new(python)
             .arg(root.join("tests/py").join(script))
@@ -141,11 +140,11 @@ fn llama_cpp_python(script: &str, args: &[&OsStr]) -> Option<std::process::Outpu
     )
 }
 
-/// Against llama.cpp itself (when `target/llama-cpp-venv` exists): llama-quantize's own output
-/// for the same source and mix has exactly our tensor names, dims, types and bytes (so the mix
-/// rules, the q/k un-permute/permute round trip and the encoders all agree); llama.cpp loads our
-/// file, tokenizes like it, scores a fixed passage within a small NLL gap of it, and generates
-/// greedily from the chat template (text printed).
+/// Against llama.cpp itself (its venv is built on first use, once per machine): llama-quantize's
+/// own output for the same source and mix has exactly our tensor names, dims, types and bytes
+/// (so the mix rules, the q/k un-permute/permute round trip and the encoders all agree);
+/// llama.cpp loads our file, tokenizes like it, scores a fixed passage within a small NLL gap of
+/// it, and generates greedily from the chat template (text printed).
 #[test]
 fn llama_cpp_loads_and_generates_from_the_exports() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -171,6 +171,64 @@ fn make_verifier_venv() -> Result<PathBuf, String> {
     result.map(|()| python)
 }
 
+/// The Python interpreter of the llama.cpp venv: llama-cpp-python 0.3.36's bindings on the
+/// llama.cpp it vendors (the version our GGUF exports are checked against), with
+/// `llama_model_quantize` (llama-quantize) and the model loader. `scripts/llama-cpp-venv.sh`
+/// builds it on first use, once per machine, into a cache outside the clone that every clone
+/// reuses (`$BURNQ_CACHE`, else `$XDG_CACHE_HOME/burn-quant`, else `~/.cache/burn-quant`), under
+/// a lock: about 5 minutes on 2 cores, then nothing. Returns `None` with a printed notice
+/// when it cannot be built (no C++ compiler, no PyPI); with `BURNQ_REQUIRE_DATA=1` (CI) that
+/// is a panic instead, so the llama.cpp checks cannot pass by skipping.
+pub fn llama_cpp_python() -> Option<PathBuf> {
+    static VENV: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    match VENV.get_or_init(make_llama_cpp_venv) {
+        Ok(python) => Some(python.clone()),
+        Err(why) => {
+            if std::env::var("BURNQ_REQUIRE_DATA").is_ok_and(|v| v == "1") {
+                panic!("BURNQ_REQUIRE_DATA=1 but the llama.cpp venv is unavailable: {why}");
+            }
+            eprintln!("notice: skipping the llama.cpp checks, its venv is unavailable: {why}");
+            None
+        }
+    }
+}
+
+fn make_llama_cpp_venv() -> Result<PathBuf, String> {
+    use std::process::{Command, Stdio};
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/llama-cpp-venv.sh");
+    let started = std::time::Instant::now();
+    // The script's progress and errors go straight to the terminal: a first build takes minutes.
+    let out = Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed ({}; its error is printed above)",
+            script.display(),
+            out.status
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let python = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+    if !python.is_file() {
+        return Err(format!(
+            "{} printed no python: {stdout:?}",
+            script.display()
+        ));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    if secs > 10.0 {
+        eprintln!(
+            "notice: the llama.cpp venv took {secs:.0} s ({})",
+            python.display()
+        );
+    }
+    Ok(python)
+}
+
 /// Largest element-wise `|a − b|` of two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "compared outputs differ in length");
