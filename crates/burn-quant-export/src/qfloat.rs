@@ -211,7 +211,8 @@ pub fn param_bytes<M: Module>(model: &M) -> ParamBytes {
     struct Count(ParamBytes);
     impl ModuleVisitor for Count {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let t = param.val();
+            // The stored value: an attached reparameterization keeps the dtype and shape.
+            let t = param.base();
             let shape = t.shape();
             let n = shape.num_elements() as u64;
             match t.dtype() {
