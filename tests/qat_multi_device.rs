@@ -13,8 +13,11 @@
 //! `Device::flex().autodiff()` twice: two workers, two threads, one physical device — which
 //! exercises what the issue is about (settings reaching a forked model on another thread),
 //! though not two distinct memory spaces. On a machine with two GPUs the same code runs with
-//! `Device::cuda(0)`, `Device::cuda(1)`; DDP (`ExecutionStrategy::ddp`) forks the model the
-//! same way and is not run here.
+//! `Device::cuda(0)`, `Device::cuda(1)`. DDP (`ExecutionStrategy::ddp`) likewise starts one
+//! worker thread per device that forks the model onto it (burn-train `ddp/worker.rs`), so the
+//! settings reach its workers the same way; it also starts a collective-communication server
+//! over the devices (`DistributedContext::init`), which was not tried with one flex device
+//! listed twice, and is not run here.
 //!
 //! The custom rule counts its calls per thread, and every training step records the thread it
 //! ran on, so the test shows that the rule ran on every worker thread, that
