@@ -1,64 +1,44 @@
 //! `burnq qat`: quantization-aware training (QAT) of a small CNN on the embedded MNIST subset,
-//! trained with burn-train's [`Learner`] and our quantized layers.
+//! trained with burn-train's `Learner` and our quantized layers. The machinery (calibration,
+//! training, evaluation) is the `burn-quant-qat` library's; this module holds the demo: the
+//! data, the model, the variants and the table.
 //!
 //! [`run`] trains the CNN in float (every quantizer off), then fine-tunes copies of the float
-//! weights in three quantized variants ([`Variant`]), each calibrated with [`calibrate`]
+//! weights in three quantized variants ([`Variant`]), each calibrated with [`calibrate_model`]
 //! before its first step: W8A8 (int8 per-channel weights, static int8 activations), W4A4 with
 //! learned LSQ scales, and ternary weights with 8-bit activations. W4A4 runs once more with
-//! the RDFS rounding rule of `examples/rdfs_rounding.rs` plugged in through [`with_rounding`].
-//!
-//! # Threads
-//!
-//! [`calibrate`] and [`with_rounding`] are scoped to the calling thread. burn-train 0.22's
-//! single-device strategy (`SingleDeviceTrainingStrategy`, which [`fit`] selects explicitly)
-//! runs every training and validation step on the thread that calls `launch`; only metric
-//! processing runs on a background thread, and it computes metrics from the step outputs
-//! without running the model. So a [`with_rounding`] scope around [`fit`] reaches every
-//! quantizer of every step. The multi-device and DDP strategies run steps on worker threads,
-//! where the scope would silently not apply. [`RoundingProbe`] counts the calls the rule
-//! receives, so a run shows that the rule was used.
+//! the RDFS rounding rule ([`Rdfs`], from `burn_quant_qat::rdfs`) registered by name and
+//! named in every spec of the model ([`QatCnn::quantized_with_rounding`]), so it reaches every
+//! quantizer on whatever thread burn-train runs a step. [`RoundingProbe`] counts the calls the
+//! rule receives, so a run shows that the rule was used.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
 
-use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::{Dataset, DatasetError};
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, PaddingConfig2d};
-use burn::optim::AdamConfig;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use burn::train::logger::{EvaluationProgressLogger, InMemoryMetricLogger, TrainingProgressLogger};
-use burn::train::metric::{AccuracyMetric, LossMetric, MetricDefinition, MetricId, NumericEntry};
-use burn::train::renderer::{
-    EvaluationName, MetricState, MetricsRenderer, MetricsRendererEvaluation,
-    MetricsRendererTraining,
-};
-use burn::train::{
-    ClassificationOutput, ExecutionStrategy, InferenceStep, Learner, LearnerSummary,
-    SupervisedTraining, TrainOutput, TrainStep,
-};
+use burn::train::metric::{AccuracyMetric, LossMetric};
+use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use burn_quant::nn::conv::{QuantConv2d, QuantConv2dConfig};
 use burn_quant::nn::{
-    QuantAct, QuantActConfig, QuantLinear, QuantLinearConfig, QuantReLU, QuantReLUConfig,
-    Quantizer, calibrate, with_rounding,
+    QuantAct, QuantActConfig, QuantLinear, QuantLinearConfig, QuantReLU, QuantReLUConfig, Quantizer,
 };
-use burn_quant_core::{QuantSpec, RoundingFn, ScaleSource, ScaleStat};
+use burn_quant_core::{QuantSpec, Rounding, RoundingFn, ScaleSource, ScaleStat, register_rounding};
+pub use burn_quant_qat::{EpochMetrics, FitReport};
+use burn_quant_qat::{QatError, Trainer};
 
 use crate::error::{CliError, Result};
 use crate::mnist::{Mnist, NUM_CLASSES, PIXEL_MEAN, PIXEL_STD};
 use crate::rng::SplitMix64;
 
-/// The RDFS rounding rule, compiled from the one-file example (`examples/rdfs_rounding.rs`).
-#[allow(dead_code)]
-#[path = "../../../examples/rdfs_rounding.rs"]
-mod rdfs;
-
-pub use rdfs::Rdfs;
+/// The RDFS rounding rule of the W4A4 + RDFS run.
+pub use burn_quant_qat::rdfs::Rdfs;
 
 /// Side of an MNIST image in pixels.
 pub const SIDE: usize = 28;
@@ -372,19 +352,40 @@ impl QatCnn {
                 device,
             ))),
         };
-        Self::assemble(variant, conv1, conv2, fc, device)
+        Self::assemble(variant, None, conv1, conv2, fc, device)
     }
 
     /// The weights of `model` (usually the trained float model) under the fresh, uncalibrated
     /// quantizers of `variant`: the `from_float` constructors of our layers wrap the float
     /// layers, parameter ids included.
     pub fn quantized_from(model: &QatCnn, variant: Variant, device: &Device) -> Result<Self> {
+        Self::quantized(model, variant, None, device)
+    }
+
+    /// [`QatCnn::quantized_from`] with every quantizer's spec rounding with `rounding`, e.g. a
+    /// registered custom rule: the spec names it, so it applies wherever the model runs.
+    pub fn quantized_with_rounding(
+        model: &QatCnn,
+        variant: Variant,
+        rounding: Rounding,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::quantized(model, variant, Some(rounding), device)
+    }
+
+    fn quantized(
+        model: &QatCnn,
+        variant: Variant,
+        rounding: Option<Rounding>,
+        device: &Device,
+    ) -> Result<Self> {
         let fc = Linear {
             weight: model.fc.weight.clone(),
             bias: model.fc.bias.clone(),
         };
         Self::assemble(
             variant,
+            rounding,
             conv_of(&model.conv1),
             conv_of(&model.conv2),
             fc,
@@ -394,21 +395,27 @@ impl QatCnn {
 
     fn assemble(
         variant: Variant,
+        rounding: Option<Rounding>,
         conv1: Conv2d,
         conv2: Conv2d,
         fc: Linear,
         device: &Device,
     ) -> Result<Self> {
+        let round = |spec: QuantSpec| match rounding {
+            Some(r) => spec.with_rounding(r),
+            None => spec,
+        };
+        let weight_spec = |axis: usize| variant.weight_spec(axis).map(round);
         let conv = |channels: [usize; 2], stride: usize| {
             QuantConv2dConfig::new(channels, [3, 3])
                 .with_stride([stride, stride])
-                .with_weight_quant(variant.weight_spec(0))
+                .with_weight_quant(weight_spec(0))
         };
         let on = variant != Variant::Float;
-        let mut input_quant = QuantActConfig::new(variant.input_spec()).init(device)?;
+        let mut input_quant = QuantActConfig::new(round(variant.input_spec())).init(device)?;
         input_quant.act_quant = input_quant.act_quant.with_enabled(on);
         let relu = || -> Result<QuantReLU> {
-            let mut r = QuantReLUConfig::new(variant.relu_spec()).init(device)?;
+            let mut r = QuantReLUConfig::new(round(variant.relu_spec())).init(device)?;
             r.act_quant = r.act_quant.with_enabled(on);
             Ok(r)
         };
@@ -419,7 +426,7 @@ impl QatCnn {
             conv2: conv([CONV1_CHANNELS, CONV2_CHANNELS], 2).from_float(conv2, device)?,
             relu2: relu()?,
             fc: QuantLinearConfig::new(FC_INPUT, NUM_CLASSES)
-                .with_weight_quant(variant.weight_spec(1))
+                .with_weight_quant(weight_spec(1))
                 .from_float(fc, device)?,
         })
     }
@@ -488,12 +495,34 @@ impl InferenceStep for QatCnn {
     }
 }
 
-// ----- calibration, training, evaluation ---------------------------------------------------
+// ----- calibration, training, evaluation: the demo's data through burn-quant-qat -----------
+
+/// A library error as the CLI's: configuration, data, training, layer and read errors keep
+/// their CLI variants.
+fn cli_error(e: QatError) -> CliError {
+    match e {
+        QatError::Config {
+            field,
+            value,
+            reason,
+        } => CliError::Config {
+            field,
+            value,
+            reason,
+        },
+        QatError::EmptyData { what } => CliError::Data(format!("the {what} is empty")),
+        QatError::Shape(reason) => CliError::Data(reason),
+        QatError::Training { label, reason } => CliError::Training { label, reason },
+        QatError::Calibration(e) => CliError::Layer(e),
+        QatError::Quant(e) => CliError::Layer(e.into()),
+        QatError::TensorRead(e) => CliError::TensorRead(e),
+    }
+}
 
 /// Calibrates every static or learned scale of `model` on the first `n` images of `set`
-/// (in batches of `batch_size`, on `Device::flex()`): activations pass through unquantized
-/// while their statistics are recorded, then the scales are written. Must run on the thread
-/// that will not be inside another calibration session.
+/// (in batches of `batch_size`, on `Device::flex()`) with [`burn_quant_qat::calibrate_model`]:
+/// activations pass through unquantized while their statistics are recorded, then the scales
+/// are written. Must run on a thread that is not inside another calibration session.
 pub fn calibrate_model(
     model: QatCnn,
     set: &ImageSet,
@@ -509,15 +538,14 @@ pub fn calibrate_model(
     }
     let device = Device::flex();
     let idx: Vec<usize> = (0..n).collect();
-    let (model, ()) = calibrate(model, |m| {
-        for chunk in idx.chunks(batch_size) {
-            let _ = m.forward(set.batch(chunk, &device).images);
-        }
-    })?;
-    Ok(model)
+    let batches = idx
+        .chunks(batch_size)
+        .map(|chunk| set.batch(chunk, &device));
+    burn_quant_qat::calibrate_model(model, batches, |m, b| m.forward(b.images)).map_err(cli_error)
 }
 
-/// Fraction of `set` that `model` classifies correctly, in `[0, 1]`, on `Device::flex()`.
+/// Fraction of `set` that `model` classifies correctly, in `[0, 1]`, on `Device::flex()`
+/// ([`burn_quant_qat::accuracy`]).
 pub fn accuracy(model: &QatCnn, set: &ImageSet, batch_size: usize) -> Result<f64> {
     if set.is_empty() || batch_size == 0 {
         return Err(CliError::Data(
@@ -526,21 +554,15 @@ pub fn accuracy(model: &QatCnn, set: &ImageSet, batch_size: usize) -> Result<f64
     }
     let device = Device::flex();
     let idx: Vec<usize> = (0..set.len()).collect();
-    let mut correct = 0usize;
-    for chunk in idx.chunks(batch_size) {
-        let batch = set.batch(chunk, &device);
-        let pred: Vec<i64> = model
-            .forward(batch.images)
-            .argmax(1)
-            .reshape([chunk.len()])
-            .try_into_vec_as::<i64>()?;
-        let labels: Vec<i64> = batch.targets.try_into_vec_as::<i64>()?;
-        correct += pred.iter().zip(&labels).filter(|(p, l)| p == l).count();
-    }
-    Ok(correct as f64 / set.len() as f64)
+    let batches = idx
+        .chunks(batch_size)
+        .map(|chunk| set.batch(chunk, &device));
+    burn_quant_qat::accuracy(model, batches, |m, b| (m.forward(b.images), b.targets))
+        .map_err(cli_error)
 }
 
-/// Hyper-parameters of one [`fit`].
+/// Hyper-parameters of one [`fit`] of the demo (Adam; validation in batches of
+/// [`EVAL_BATCH`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FitConfig {
     /// Epochs.
@@ -551,205 +573,53 @@ pub struct FitConfig {
     pub learning_rate: f64,
     /// Seed of the data loader's shuffles.
     pub seed: u64,
-    /// Label of the run (shown by burn-train's renderers).
+    /// Label of the run.
     pub label: String,
 }
 
-/// One epoch as burn-train's Learner reported it (`AccuracyMetric` and `LossMetric`, epoch
-/// means); accuracies in percent, as burn-train reports them.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct EpochMetrics {
-    /// Mean training loss.
-    pub train_loss: Option<f64>,
-    /// Training accuracy, %.
-    pub train_accuracy: Option<f64>,
-    /// Validation (= test split) loss.
-    pub valid_loss: Option<f64>,
-    /// Validation (= test split) accuracy, %.
-    pub valid_accuracy: Option<f64>,
-}
-
-/// What one [`fit`] produced besides the model.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct FitReport {
-    /// One entry per epoch.
-    pub epochs: Vec<EpochMetrics>,
-    /// Wall time of `launch` (training and per-epoch validation).
-    pub time: Duration,
-}
-
-/// A quiet burn-train renderer: prints nothing, records the epoch-final values of the
-/// accuracy and loss metrics (the `tui` feature is off, and the stock `CliMetricsRenderer`
-/// prints a line per batch).
-#[derive(Clone, Default)]
-struct EpochRecorder(Arc<Mutex<RecorderState>>);
-
-#[derive(Default)]
-struct RecorderState {
-    names: Vec<(MetricId, String)>,
-    epochs: Vec<EpochMetrics>,
-}
-
-impl EpochRecorder {
-    fn take(&self) -> Vec<EpochMetrics> {
-        std::mem::take(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner).epochs)
-    }
-
-    fn record(&self, state: MetricState, train: bool) {
-        let MetricState::Numeric(entry, Some(NumericEntry::Final(value))) = state else {
-            return;
-        };
-        let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(name) = s
-            .names
-            .iter()
-            .find(|(id, _)| *id == entry.metric_id)
-            .map(|(_, n)| n.clone())
-        else {
-            return;
-        };
-        let Some(epoch) = s.epochs.last_mut() else {
-            return;
-        };
-        let slot = match (name.as_str(), train) {
-            ("Accuracy", true) => &mut epoch.train_accuracy,
-            ("Accuracy", false) => &mut epoch.valid_accuracy,
-            ("Loss", true) => &mut epoch.train_loss,
-            ("Loss", false) => &mut epoch.valid_loss,
-            _ => return,
-        };
-        *slot = Some(value);
-    }
-}
-
-impl MetricsRendererTraining for EpochRecorder {
-    fn update_train(&mut self, state: MetricState) {
-        self.record(state, true);
-    }
-    fn update_valid(&mut self, state: MetricState) {
-        self.record(state, false);
-    }
-    fn on_train_end(
-        &mut self,
-        _summary: Option<LearnerSummary>,
-    ) -> std::result::Result<(), Box<dyn std::error::Error>> {
-        Ok(())
-    }
-}
-
-impl MetricsRendererEvaluation for EpochRecorder {
-    fn update_test(&mut self, _name: EvaluationName, _state: MetricState) {}
-    fn on_test_end(
-        &mut self,
-        _summary: Option<LearnerSummary>,
-    ) -> std::result::Result<(), Box<dyn std::error::Error>> {
-        Ok(())
-    }
-}
-
-impl TrainingProgressLogger for EpochRecorder {
-    fn start(
-        &mut self,
-        _epochs: usize,
-        _starting: usize,
-        _items: Option<usize>,
-        _label: Option<&str>,
-    ) {
-    }
-    fn update_epoch(&mut self, _epoch: usize) {}
-    fn start_split(&mut self, split: &str, _total_items: usize) {
-        if split == "train" {
-            self.0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .epochs
-                .push(EpochMetrics::default());
-        }
-    }
-    fn update_split(&mut self, _items_processed: usize) {}
-    fn end_split(&mut self) {}
-    fn end(&mut self) {}
-    fn log_event_training(&mut self, _event: String) {}
-}
-
-impl EvaluationProgressLogger for EpochRecorder {
-    fn start_global_progress(&mut self, _total_tests: usize) {}
-    fn start_test(&mut self, _name: &str, _total_items: usize) {}
-    fn update_test_progress(&mut self, _items_processed: usize) {}
-    fn end_test(&mut self) {}
-    fn end_global_progress(&mut self) {}
-    fn log_event_evaluation(&mut self, _event: String) {}
-}
-
-impl MetricsRenderer for EpochRecorder {
-    fn manual_close(&mut self) {}
-    fn register_metric(&mut self, definition: MetricDefinition) {
-        let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        s.names
-            .push((definition.metric_id, definition.name.to_string()));
+impl FitConfig {
+    /// The library's configuration of this run: Adam, validation batches of [`EVAL_BATCH`].
+    pub fn to_library(&self) -> burn_quant_qat::FitConfig {
+        burn_quant_qat::FitConfig::new(self.epochs)
+            .with_batch_size(self.batch_size)
+            .with_valid_batch_size(EVAL_BATCH)
+            .with_learning_rate(self.learning_rate)
+            .with_seed(self.seed)
+            .with_label(Some(self.label.clone()))
     }
 }
 
 /// Batch size of validation and evaluation passes.
 pub const EVAL_BATCH: usize = 500;
 
-/// Trains `model` with burn-train: `SupervisedTraining` + `Learner` (Adam, constant learning
-/// rate, cross-entropy), `AccuracyMetric` and `LossMetric` on both splits, the test split as
-/// validation, on `Device::flex().autodiff()`.
+/// Trains `model` with [`burn_quant_qat::Trainer`] (burn-train's `Learner`: Adam, constant
+/// learning rate, cross-entropy, `AccuracyMetric` and `LossMetric` on both splits, the test
+/// split as validation, single device `Device::flex().autodiff()`, nothing printed or written).
 ///
-/// The single-device strategy is selected explicitly: it runs every step on this thread, so
-/// thread-scoped settings ([`with_rounding`], `without_quantization`) reach the model. Nothing
-/// is written to disk: no checkpointer, an in-memory metric logger, no application log file.
+/// The single-device strategy runs every step on this thread, so thread-scoped settings
+/// (`without_quantization`) reach the model.
 pub fn fit(model: QatCnn, split: &ImageSplit, cfg: &FitConfig) -> Result<(QatCnn, FitReport)> {
-    crate::model::check_training(cfg.epochs, cfg.batch_size, cfg.learning_rate)?;
-    let train = DataLoaderBuilder::new(ImageBatcher(split.train.clone()))
-        .batch_size(cfg.batch_size)
-        .shuffle(cfg.seed)
-        .build(Indices(split.train.len()));
-    let valid = DataLoaderBuilder::new(ImageBatcher(split.test.clone()))
-        .batch_size(EVAL_BATCH)
-        .build(Indices(split.test.len()));
-    let recorder = EpochRecorder::default();
-    // `train()` turns the configured trainability (weights, learned scales; not static scales)
-    // into gradient tracking; the Learner then forks the model onto the autodiff device.
-    let learner = Learner::new(model.train(), AdamConfig::new().init(), cfg.learning_rate);
-    let start = Instant::now();
-    // The directory is required by the builder; with the settings below nothing goes there.
-    let result = SupervisedTraining::new(std::env::temp_dir().join("burnq-qat"), train, valid)
-        .metrics((AccuracyMetric::new(), LossMetric::new()))
-        .num_epochs(cfg.epochs)
-        .with_training_strategy(ExecutionStrategy::SingleDevice(Device::flex().autodiff()).into())
-        .with_application_logger(None)
-        .with_metric_logger(InMemoryMetricLogger::new())
-        .renderer(Box::new(recorder.clone()))
-        .label(&cfg.label)
-        .launch(learner);
-    let time = start.elapsed();
-    if let Some(error) = result.error {
-        return Err(CliError::Training {
-            label: cfg.label.clone(),
-            reason: error.to_string(),
-        });
-    }
-    if let Some(stop) = result.interrupted {
-        return Err(CliError::Training {
-            label: cfg.label.clone(),
-            reason: format!("interrupted: {}", stop.reason.unwrap_or_default()),
-        });
-    }
-    Ok((
-        result.model,
-        FitReport {
-            epochs: recorder.take(),
-            time,
-        },
-    ))
+    let config = cfg.to_library();
+    config.validate().map_err(cli_error)?;
+    let train = config
+        .train_loader(
+            ImageBatcher(split.train.clone()),
+            Indices(split.train.len()),
+        )
+        .map_err(cli_error)?;
+    let valid = config
+        .valid_loader(ImageBatcher(split.test.clone()), Indices(split.test.len()))
+        .map_err(cli_error)?;
+    Trainer::new(config)
+        .with_metrics((AccuracyMetric::new(), LossMetric::new()))
+        .fit_loaders(model, train, valid)
+        .map_err(cli_error)
 }
 
 // ----- a rounding probe --------------------------------------------------------------------
 
-/// Wraps a rounding rule and counts its calls: evidence that a [`with_rounding`] scope reached
-/// the quantizers (the count stays 0 if the steps ran on another thread).
+/// Wraps a rounding rule and counts its calls: evidence that the rule a spec names reached the
+/// quantizers.
 #[derive(Debug)]
 pub struct RoundingProbe {
     inner: Arc<dyn RoundingFn>,
@@ -776,6 +646,15 @@ impl RoundingProbe {
     /// straight-through).
     pub fn surrogate_calls(&self) -> usize {
         self.surrogate_calls.load(Ordering::Relaxed)
+    }
+
+    /// Registers this probe for the whole process under a name of its own
+    /// (`burnq-probe-<n>`, so concurrent runs count separately) and returns the [`Rounding`]
+    /// that names it, for [`QatCnn::quantized_with_rounding`].
+    pub fn register(self: &Arc<Self>) -> Result<Rounding> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("burnq-probe-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        register_rounding(&name, self.clone()).map_err(|e| CliError::Layer(e.into()))
     }
 }
 
@@ -914,6 +793,7 @@ pub const FLOAT_FT_ROW: &str = "float32 + FT";
 fn fine_tune(
     float: &QatCnn,
     variant: Variant,
+    rounding: Option<Rounding>,
     name: &str,
     split: &ImageSplit,
     config: &QatConfig,
@@ -922,7 +802,7 @@ fn fine_tune(
     let (model, ptq_accuracy) = if variant == Variant::Float {
         (float.clone(), None)
     } else {
-        let model = QatCnn::quantized_from(float, variant, &device)?;
+        let model = QatCnn::quantized(float, variant, rounding, &device)?;
         let model = calibrate_model(
             model,
             &split.train,
@@ -984,20 +864,35 @@ pub fn run(config: &QatConfig) -> Result<QatReport> {
     rows.push(fine_tune(
         &float,
         Variant::Float,
+        None,
         FLOAT_FT_ROW,
         &split,
         config,
     )?);
     for variant in [Variant::W8A8, Variant::W4A4Lsq, Variant::TernaryA8] {
-        rows.push(fine_tune(&float, variant, variant.name(), &split, config)?);
+        rows.push(fine_tune(
+            &float,
+            variant,
+            None,
+            variant.name(),
+            &split,
+            config,
+        )?);
     }
 
     // The same W4A4 LSQ run with RDFS rounding: forward values equal round-to-nearest, only
-    // the surrogate gradient differs. `fit` trains on this thread, so the scope reaches it.
+    // the surrogate gradient differs. Every spec of the model names the rule (registered,
+    // wrapped in a counting probe).
     let probe = Arc::new(RoundingProbe::new(Arc::new(Rdfs::default())));
-    let rdfs_row = with_rounding(probe.clone(), || {
-        fine_tune(&float, Variant::W4A4Lsq, RDFS_ROW, &split, config)
-    })?;
+    let rdfs = probe.register()?;
+    let rdfs_row = fine_tune(
+        &float,
+        Variant::W4A4Lsq,
+        Some(rdfs),
+        RDFS_ROW,
+        &split,
+        config,
+    )?;
     rows.push(rdfs_row);
     Ok(QatReport {
         config: *config,
@@ -1080,7 +975,10 @@ impl fmt::Display for QatReport {
                 .fit
                 .epochs
                 .iter()
-                .map(|e| e.valid_accuracy.map_or("?".into(), |a| format!("{a:.2}%")))
+                .map(|e| {
+                    e.valid_accuracy()
+                        .map_or("?".into(), |a| format!("{a:.2}%"))
+                })
                 .collect();
             writeln!(f, "  {:<18} [{}]", r.name, accs.join(", "))?;
         }
@@ -1095,7 +993,7 @@ impl fmt::Display for QatReport {
         }
         writeln!(
             f,
-            "RDFS rule (examples/rdfs_rounding.rs via with_rounding): {} tensors rounded, {} surrogate gradients, {} training steps x {QUANTIZERS} quantizers = {} in training",
+            "RDFS rule (burn_quant_qat::rdfs, named in the specs): {} tensors rounded, {} surrogate gradients, {} training steps x {QUANTIZERS} quantizers = {} in training",
             self.rdfs_forward_calls,
             self.rdfs_surrogate_calls,
             self.rdfs_train_steps,
@@ -1151,14 +1049,16 @@ mod tests {
         for r in &report.rows {
             // The Learner ran one epoch and its AccuracyMetric saw the same test split.
             assert_eq!(r.fit.epochs.len(), 1, "{}", r.name);
-            let learner_acc = r.fit.epochs[0].valid_accuracy.expect("validation accuracy");
+            let learner_acc = r.fit.epochs[0]
+                .valid_accuracy()
+                .expect("validation accuracy");
             assert!(
                 (learner_acc - 100.0 * r.accuracy).abs() < 1e-6,
                 "{}: Learner {learner_acc}% vs {}",
                 r.name,
                 r.accuracy
             );
-            assert!(r.fit.epochs[0].train_loss.is_some_and(f64::is_finite));
+            assert!(r.fit.epochs[0].train_loss().is_some_and(f64::is_finite));
         }
 
         let float = row("float32").accuracy;
@@ -1246,8 +1146,8 @@ mod tests {
             ..QatConfig::default()
         };
         let float = QatCnn::init(Variant::Float, 6, &Device::flex()).expect("model");
-        let a = fine_tune(&float, Variant::W4A4Lsq, "a", &split, &config).expect("runs");
-        let b = fine_tune(&float, Variant::W4A4Lsq, "b", &split, &config).expect("runs");
+        let a = fine_tune(&float, Variant::W4A4Lsq, None, "a", &split, &config).expect("runs");
+        let b = fine_tune(&float, Variant::W4A4Lsq, None, "b", &split, &config).expect("runs");
         assert_eq!(
             host(a.model.conv2.weight.val()),
             host(b.model.conv2.weight.val())
@@ -1255,18 +1155,25 @@ mod tests {
         assert_eq!(a.final_scales, b.final_scales);
     }
 
-    /// One batch through a calibrated W4A4 model: RDFS gives the same forward values as
-    /// round-to-nearest but different weight and scale gradients, and only inside the scope.
+    /// One batch through a calibrated W4A4 model: RDFS named in the specs gives the same
+    /// forward values as round-to-nearest but different weight and scale gradients, and only
+    /// in the model whose specs name it.
     #[test]
     fn rdfs_changes_gradients_not_values() {
         let data = Mnist::embedded().expect("embedded data");
         let split = image_split(&data, 256, 10, 3).expect("sizes fit");
         let float = QatCnn::init(Variant::Float, 4, &Device::flex()).expect("model");
-        let model =
-            QatCnn::quantized_from(&float, Variant::W4A4Lsq, &Device::flex()).expect("model");
-        let model = calibrate_model(model, &split.train, 256, 128).expect("calibrates");
+        let probe = Arc::new(RoundingProbe::new(Arc::new(Rdfs::default())));
+        let rounding = probe.register().expect("valid name");
         let device = Device::flex().autodiff();
-        let model = model.train().fork(&device);
+        let prepare = |rounding: Option<Rounding>| {
+            let model = QatCnn::quantized(&float, Variant::W4A4Lsq, rounding, &Device::flex())
+                .expect("model");
+            let model = calibrate_model(model, &split.train, 256, 128).expect("calibrates");
+            model.train().fork(&device)
+        };
+        let (model, rdfs_model) = (prepare(None), prepare(Some(rounding)));
+        assert_eq!(probe.forward_calls(), 0, "calibration does not round");
         let idx: Vec<usize> = (0..64).collect();
         let grads = |m: &QatCnn| {
             let out = m.forward_classification(split.train.batch(&idx, &device));
@@ -1278,8 +1185,7 @@ mod tests {
             (loss, g(&m.conv1.weight), g(&m.conv2.weight), gs)
         };
         let ste = grads(&model);
-        let probe = Arc::new(RoundingProbe::new(Arc::new(Rdfs::default())));
-        let rdfs = with_rounding(probe.clone(), || grads(&model));
+        let rdfs = grads(&rdfs_model);
         assert_eq!(probe.forward_calls(), QUANTIZERS);
         assert_eq!(probe.surrogate_calls(), QUANTIZERS);
         assert_eq!(ste.0, rdfs.0, "same forward values");
@@ -1295,7 +1201,8 @@ mod tests {
             max_abs_diff(&ste.3, &rdfs.3) > 1e-6,
             "scale gradient unchanged"
         );
-        assert_eq!(grads(&model), ste, "the scope ended with the closure");
+        assert_eq!(grads(&model), ste, "the other model keeps its rule");
+        assert_eq!(probe.forward_calls(), QUANTIZERS);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The error type of the QAT crate.
 
 use burn::tensor::TensorReadError;
+use burn_quant_core::QuantError;
 use burn_quant_nn::NnError;
 use thiserror::Error;
 
@@ -34,6 +35,9 @@ pub enum QatError {
     /// Calibration failed (nested session, invalid statistic, a scale that cannot be written).
     #[error("calibration")]
     Calibration(#[from] NnError),
+    /// A quantization setting is invalid, e.g. a rounding rule's name.
+    #[error("quantization")]
+    Quant(#[from] QuantError),
     /// A batch's logits and targets do not fit together.
     #[error("batch shapes: {0}")]
     Shape(String),

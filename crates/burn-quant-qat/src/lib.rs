@@ -13,6 +13,9 @@
 //!    takes any metrics, ready-made data loaders, another device and a progress callback;
 //! 3. [`accuracy`] / [`evaluate`]: measure it.
 //!
+//! [`rdfs`] ships a custom rounding rule (RDFS, a Fourier surrogate gradient) registered by
+//! name, so a spec can name it and every quantizer uses it in training.
+//!
 //! `examples/qat_own_model.rs` trains a small W4A4 model end to end in about 30 lines; the
 //! book's QAT chapter walks through it. Errors are [`QatError`]s; nothing here panics on user
 //! input or prints.
@@ -22,6 +25,7 @@ pub mod config;
 pub mod error;
 pub mod eval;
 pub mod fit;
+pub mod rdfs;
 
 pub use config::{FitConfig, OptimizerConfig};
 pub use error::{QatError, Result};
