@@ -12,7 +12,7 @@
 //! - Memory: Burn's CPU backend `flex` keeps one `i8` per value plus one `f32` per block scale,
 //!   whatever the value type (it unpacks `Q4`/`Q2` on load): int8 per channel ≈ ¼ of f32,
 //!   int4 per group of 32 ≈ 0.28 of f32 (not ⅛). CubeCL backends (wgpu, CUDA) keep the packed
-//!   `u32` words (int4: ⅛ of f32 plus scales).
+//!   `u32` words (int4: ⅛ of f32 plus scales; read from Burn's sources, not measured here).
 //! - Forward: `matmul`, `conv*` and `linear` with a `QFloat` operand dequantize it to f32 and
 //!   run the float kernel (flex has no integer matmul), so the f32 copy of one weight exists
 //!   only while its layer runs; the dequantization is Burn's, bit-exact to ours, so a
