@@ -3,7 +3,7 @@
 //! `tokenizer.ggml.*` keys are the export crate's ([`burn_quant_export::gguf`]); this module
 //! knows the model.
 //!
-//! * [`LlamaHParams`](crate::LlamaHParams) (module [`crate::hparams`]): the hyper-parameters,
+//! * [`LlamaHParams`] (module [`crate::hparams`]): the hyper-parameters,
 //!   from a Hugging Face `config.json` or a GGUF file, written as the `llama.*` keys.
 //! * [`GgufTokenizer`]: the `tokenizer.*` keys (export crate, shared by every architecture).
 //! * Tensor names ([`LlamaTensorName`]): Hugging Face `model.layers.N.self_attn.q_proj.weight`
