@@ -78,15 +78,15 @@ pub mod prelude {
         Format, Granularity, Minifloat, Pow2Mode, QuantError, QuantParams, QuantSpec, QuantTensor,
         Rounding, RoundingFn, ScaleQuant, ScaleRestriction, ScaleSource, ScaleSpec, ScaleStat,
         SymmetricScale, WeightLayout, ZeroPoint, compute_params, dequantize, fake_quant,
-        fake_quant_custom, fake_quant_with, quantize, quantize_with,
+        fake_quant_custom, fake_quant_with, quantize, quantize_with, register_rounding,
     };
     pub use burn_quant_nn::{
         LayerQuant, QuantAct, QuantActConfig, QuantConv1d, QuantConv1dConfig, QuantConv2d,
         QuantConv2dConfig, QuantEmbedding, QuantEmbeddingConfig, QuantLinear, QuantLinearConfig,
         QuantPlan, QuantReLU, QuantReLUConfig, QuantWeight, QuantizedModel, Quantizer,
         QuantizerConfig, QuantizerRole, Recipe, attach_weight_quantizers, calibrate,
-        fake_quantize_weights, presets, quantize_model, quantized_weights,
-        without_quantization,
+        fake_quantize_weights, presets, quantize_model, quantized_weights, set_quantization,
+        set_rounding, without_quantization,
     };
     #[cfg(feature = "graph")]
     pub use burn_quant_graph::{GraphRecipe, QuantizedGraph, capture, quantize_graph, stage2};
