@@ -98,7 +98,7 @@ impl Net {
                 .init(device)
                 .expect("valid spec"),
             fc1: QuantLinearConfig::new(FEATURES, 16)
-                .with_weight_quant(Some(w4.clone()))
+                .with_weight_quant(Some(w4))
                 .init(device)
                 .expect("valid spec"),
             relu: QuantReLUConfig::new(lsq(QuantSpec::uint8_act_per_tensor()))
@@ -245,6 +245,7 @@ fn fit_learns_deterministically_and_reports_every_epoch() {
     }
     let last_train = events
         .iter()
+        .rev()
         .filter_map(|e| match e {
             FitProgress::Items {
                 epoch: 1,
@@ -255,7 +256,7 @@ fn fit_learns_deterministically_and_reports_every_epoch() {
             } => Some((*done, *total)),
             _ => None,
         })
-        .last();
+        .next();
     assert_eq!(last_train, Some((train.len(), train.len())));
 }
 
@@ -355,7 +356,7 @@ fn bad_configs_and_empty_data_are_typed_errors() {
     // Logits and targets of different lengths.
     let b = batches(&train, 10).remove(0);
     assert!(matches!(
-        accuracy(&model, [b], |m, b| (m.forward(b.x), b.y.slice([0..5]))),
+        accuracy(&model, [b], |m, b| (m.forward(b.x), b.y.slice(0..5))),
         Err(QatError::Shape(_))
     ));
 }
