@@ -34,7 +34,7 @@ impl OptimizerConfig {
     }
 }
 
-/// Hyper-parameters of one [`fit`](crate::fit): `FitConfig::new(epochs)` then `with_*`.
+/// Hyper-parameters of one [`fit`](crate::fit()): `FitConfig::new(epochs)` then `with_*`.
 #[derive(Config, Debug)]
 pub struct FitConfig {
     /// Epochs (at least 1).

@@ -7,7 +7,7 @@
 //!
 //! 1. [`calibrate_model`]: run your forward on a few batches inside the calibration scope, so
 //!    static and learned scales start from their statistic;
-//! 2. [`fit`]: train with burn-train's `Learner` (single device, no terminal output, no files),
+//! 2. [`fit()`]: train with burn-train's `Learner` (single device, no terminal output, no files),
 //!    configured by a [`FitConfig`] (epochs, batch sizes, learning rate, seed,
 //!    [`OptimizerConfig`]); the epoch-final metrics come back in a [`FitReport`]. [`Trainer`]
 //!    takes any metrics, ready-made data loaders, another device and a progress callback;
