@@ -403,7 +403,7 @@ pub fn fake_quant_custom<const D: usize>(
 
 /// [`fake_quant_custom`] with a rounding offset: `offset` (same shape as `x`, in units of the
 /// grid step at each element) is added to the value just before it is rounded — AutoRound's
-/// learned `V` (notes/algorithms.md §6.2): `q = R(clamp(x/s + z + V))` on integer grids,
+/// learned `V`: `q = R(clamp(x/s + z + V))` on integer grids,
 /// `q = step · R(v/step + V)` on minifloats (then held inside ±max, so an offset never
 /// overflows the format), `sign(v + V)` on binary. Gradients reach `x`, the params and the
 /// offset (straight-through; the offset's gradient is the element's grid step times the

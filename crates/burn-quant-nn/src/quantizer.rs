@@ -289,17 +289,35 @@ impl Quantizer {
             });
         }
         let s = scale.val();
-        if !s
-            .clone()
-            .detach()
-            .greater_elem(0.0)
-            .all()
-            .into_scalar::<bool>()
-        {
-            return Err(NnError::NotCalibrated {
-                what: self.describe(),
-            });
-        }
+        let learned = matches!(self.spec.scale.source, ScaleSource::Learned(_));
+        let s = if learned {
+            // A learned scale starts at exactly zero (not calibrated); once trained it may
+            // cross zero, which must not stop training: it is floored instead.
+            if s.clone()
+                .detach()
+                .equal_elem(0.0)
+                .any()
+                .into_scalar::<bool>()
+            {
+                return Err(NnError::NotCalibrated {
+                    what: self.describe(),
+                });
+            }
+            floor_learned_scale(s)
+        } else {
+            if !s
+                .clone()
+                .detach()
+                .greater_elem(0.0)
+                .all()
+                .into_scalar::<bool>()
+            {
+                return Err(NnError::NotCalibrated {
+                    what: self.describe(),
+                });
+            }
+            s
+        };
         let dims: [usize; D] = layout
             .scale_shape
             .clone()
@@ -327,6 +345,22 @@ impl Quantizer {
     fn describe(&self) -> String {
         format!("{:?} quantizer ({})", self.role, self.spec)
     }
+}
+
+/// The smallest value a learned (LSQ) scale takes in the forward pass.
+pub const MIN_LEARNED_SCALE: f32 = 1e-8;
+
+/// A learned scale as the forward pass uses it: `max(s, MIN_LEARNED_SCALE)`, with the gradient
+/// passed straight through to `s` (Brevitas's `scaling_min_val` clamp with a straight-through
+/// gradient). An optimizer step that drives a scale to zero or below would otherwise make the
+/// quantizer divide by a non-positive scale; the floored scale keeps training going, and the
+/// straight-through gradient lets the stored value come back.
+pub fn floor_learned_scale<const D: usize>(s: Tensor<D>) -> Tensor<D> {
+    // Burn's `detach` keeps a leaf's `require_grad`: the constant parts must not track.
+    let constant = s.clone().detach().set_require_grad(false);
+    let floored = constant.clone().clamp_min(MIN_LEARNED_SCALE);
+    // `floored + (s − s)`: the forward value is exactly `floored` (no cancellation).
+    floored + (s - constant)
 }
 
 /// An int32 bias with scale `s_in · s_w[channel]` and straight-through rounding.
@@ -430,6 +464,36 @@ mod tests {
 
     fn host(t: Tensor<2>) -> Vec<f32> {
         t.into_data().try_into_vec_as::<f32>().expect("f32")
+    }
+
+    /// A learned scale that training drove to zero or below is floored at
+    /// [`MIN_LEARNED_SCALE`] (forward) with a straight-through gradient, instead of failing;
+    /// an uncalibrated one (exactly zero) is still an error.
+    #[test]
+    fn a_learned_scale_driven_below_zero_is_floored_and_keeps_its_gradient() {
+        use burn_quant_core::ScaleStat;
+        let device = Device::flex().autodiff();
+        let spec = QuantSpec::int8_act_per_tensor()
+            .with_bits(4)
+            .with_scale_source(ScaleSource::Learned(ScaleStat::AbsMax));
+        let mut q = QuantizerConfig::for_spec(spec, QuantizerRole::Activation)
+            .init(&device)
+            .expect("valid");
+        let x = Tensor::<2>::from_floats([[0.5, -1.0], [2.0, 0.25]], &device);
+        assert!(matches!(
+            q.params_for(&x),
+            Err(NnError::NotCalibrated { .. })
+        ));
+        let negative = Tensor::<1>::from_floats([-0.3], &device).require_grad();
+        q.scale = Some(Param::from_tensor(negative));
+        let params = q.params_for(&x).expect("a trained negative scale is floored");
+        let used: Vec<f32> = params.scales.clone().into_data().try_into_vec_as().unwrap();
+        assert_eq!(used, vec![MIN_LEARNED_SCALE]);
+        let y = q.try_forward(x.clone()).expect("runs");
+        assert!(host(y.clone().detach()).iter().all(|v| v.is_finite()));
+        let grads = y.sum().backward();
+        let g = q.scale.as_ref().unwrap().val().grad(&grads);
+        assert!(g.is_some(), "the stored scale still receives a gradient");
     }
 
     /// QAT with stochastic rounding needs new noise at every step: each call of a quantizer

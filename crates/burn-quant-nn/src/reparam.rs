@@ -91,8 +91,9 @@ impl Reparameterization for WeightFakeQuant {
     const NAME: &'static str = FAKE_QUANT_NAME;
 
     /// # Panics
-    /// When [`WeightFakeQuant::try_apply`] fails (the weight became non-finite, a learned scale
-    /// became non-positive, a loaded scale has the wrong number of cells): Burn's
+    /// When [`WeightFakeQuant::try_apply`] fails (the weight became non-finite, a loaded scale
+    /// has the wrong number of cells; a learned scale trained to zero or below is floored at
+    /// [`crate::quantizer::MIN_LEARNED_SCALE`], not an error): Burn's
     /// `Param::val()` cannot return an error. The message names the parameter.
     fn apply<const D: usize>(&self, base: Tensor<D>) -> Tensor<D> {
         self.try_apply(base).unwrap_or_else(|e| panic!("{e}"))
@@ -197,7 +198,10 @@ fn effective_params<const D: usize>(
         None => (None, None, None),
     };
     let scales = match (scale, c_scales) {
-        (Some(s), _) => restrict_learned(reshape(s, "scale")?, spec),
+        (Some(s), _) => restrict_learned(
+            crate::quantizer::floor_learned_scale(reshape(s, "scale")?),
+            spec,
+        ),
         (None, Some(s)) => s,
         (None, None) => unreachable!("statistics are computed when no scale is stored"),
     };

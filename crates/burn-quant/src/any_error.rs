@@ -18,6 +18,13 @@ pub enum Error {
     /// TOML / JSON recipes (`burn_quant_nn::recipe`).
     #[error(transparent)]
     Recipe(#[from] burn_quant_nn::RecipeError),
+    /// Reading a tensor's data back (`TensorData` conversions).
+    #[error(transparent)]
+    TensorData(#[from] burn::tensor::DataError),
+    /// QAT with burn-train (`burn_quant_qat`).
+    #[cfg(feature = "qat")]
+    #[error(transparent)]
+    Qat(#[from] burn_quant_qat::QatError),
     /// Stage 1 / Stage 2 algorithms (`burn_quant_ptq`).
     #[cfg(feature = "ptq")]
     #[error(transparent)]
@@ -34,6 +41,14 @@ pub enum Error {
     #[cfg(feature = "export")]
     #[error(transparent)]
     Burnpack(#[from] burn_quant_export::burnpack::BurnpackError),
+    /// GGUF tokenizer metadata (`burn_quant_export::gguf`).
+    #[cfg(feature = "export")]
+    #[error(transparent)]
+    Tokenizer(#[from] burn_quant_export::gguf::TokenizerError),
+    /// Llama GGUF export and source, hyper-parameters (`burn_quant_llm::gguf`).
+    #[cfg(feature = "llm")]
+    #[error(transparent)]
+    Llama(#[from] burn_quant_llm::LlamaError),
     /// Llama-family models and the LLM pipeline (`burn_quant_llm`).
     #[cfg(feature = "llm")]
     #[error(transparent)]

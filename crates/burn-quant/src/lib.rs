@@ -64,6 +64,10 @@ pub use burn_quant_graph as graph;
 pub use burn_quant_llm as llm;
 /// Quantizer module, quantized layers, presets, calibration, plans and recipes.
 pub use burn_quant_nn as nn;
+/// Quantization-aware training of the user's model with burn-train: `fit`, calibration,
+/// evaluation, the RDFS rounding rule.
+#[cfg(feature = "qat")]
+pub use burn_quant_qat as qat;
 /// Post-training quantization: calibration statistics, Stage 1 transforms and the Stage-2
 /// algorithms (RTN, GPTQ, GPFQ, GPTAQ, Qronos, AdaRound, AutoRound).
 #[cfg(feature = "ptq")]
@@ -106,6 +110,8 @@ pub mod book {
     pub struct Formats;
     #[doc = include_str!("../../../book/src/quickstart.md")]
     pub struct Quickstart;
+    #[doc = include_str!("../../../book/src/your-model.md")]
+    pub struct YourModel;
     #[doc = include_str!("../../../book/src/layers.md")]
     pub struct Layers;
     #[doc = include_str!("../../../book/src/plans.md")]
