@@ -21,6 +21,9 @@ pub enum Error {
     /// Reading a tensor's data back (`TensorData` conversions).
     #[error(transparent)]
     TensorData(#[from] burn::tensor::DataError),
+    /// Saving or loading a Burn record (`module.into_record().save(path)`).
+    #[error(transparent)]
+    Record(#[from] burn::store::RecordError),
     /// QAT with burn-train (`burn_quant_qat`).
     #[cfg(feature = "qat")]
     #[error(transparent)]
@@ -77,6 +80,20 @@ pub enum Error {
 impl From<String> for Error {
     fn from(message: String) -> Self {
         Self::Message(message)
+    }
+}
+
+/// A program's own argument parsing (`"4".parse::<usize>()?`).
+impl From<std::num::ParseIntError> for Error {
+    fn from(e: std::num::ParseIntError) -> Self {
+        Self::Message(format!("not an integer: {e}"))
+    }
+}
+
+/// A program's own argument parsing (`"0.5".parse::<f32>()?`).
+impl From<std::num::ParseFloatError> for Error {
+    fn from(e: std::num::ParseFloatError) -> Self {
+        Self::Message(format!("not a number: {e}"))
     }
 }
 
