@@ -44,20 +44,28 @@ pub struct QuantAct {
     pub act_quant: Quantizer,
 }
 
-impl ModuleDisplay for QuantAct {
-    fn custom_settings(&self) -> Option<DisplaySettings> {
-        DisplaySettings::new()
-            .with_new_line_after_attribute(false)
-            .optional()
-    }
+/// `ModuleDisplay` of an activation layer that holds only its quantizer (`act_quant`): one
+/// line with the spec and where the scale comes from.
+macro_rules! act_quant_display {
+    ($($layer:ty),*) => {$(
+        impl ModuleDisplay for $layer {
+            fn custom_settings(&self) -> Option<DisplaySettings> {
+                DisplaySettings::new()
+                    .with_new_line_after_attribute(false)
+                    .optional()
+            }
 
-    fn custom_content(&self, content: Content) -> Option<Content> {
-        content
-            .add("act_quant", &self.act_quant.spec.to_string())
-            .add("scale", &scale_source(&self.act_quant))
-            .optional()
-    }
+            fn custom_content(&self, content: Content) -> Option<Content> {
+                content
+                    .add("act_quant", &self.act_quant.spec.to_string())
+                    .add("scale", &scale_source(&self.act_quant))
+                    .optional()
+            }
+        }
+    )*};
 }
+
+act_quant_display!(QuantAct, QuantReLU, QuantSigmoid, QuantTanh);
 
 impl QuantAct {
     /// Fake-quantizes `x` (any shape).
@@ -99,21 +107,6 @@ impl QuantReLUConfig {
 pub struct QuantReLU {
     /// The output quantizer.
     pub act_quant: Quantizer,
-}
-
-impl ModuleDisplay for QuantReLU {
-    fn custom_settings(&self) -> Option<DisplaySettings> {
-        DisplaySettings::new()
-            .with_new_line_after_attribute(false)
-            .optional()
-    }
-
-    fn custom_content(&self, content: Content) -> Option<Content> {
-        content
-            .add("act_quant", &self.act_quant.spec.to_string())
-            .add("scale", &scale_source(&self.act_quant))
-            .optional()
-    }
 }
 
 impl QuantReLU {
@@ -166,21 +159,6 @@ pub struct QuantSigmoid {
     pub act_quant: Quantizer,
 }
 
-impl ModuleDisplay for QuantSigmoid {
-    fn custom_settings(&self) -> Option<DisplaySettings> {
-        DisplaySettings::new()
-            .with_new_line_after_attribute(false)
-            .optional()
-    }
-
-    fn custom_content(&self, content: Content) -> Option<Content> {
-        content
-            .add("act_quant", &self.act_quant.spec.to_string())
-            .add("scale", &scale_source(&self.act_quant))
-            .optional()
-    }
-}
-
 impl QuantSigmoid {
     /// `Q(sigmoid(x))`, any shape.
     ///
@@ -221,21 +199,6 @@ impl QuantTanhConfig {
 pub struct QuantTanh {
     /// The output quantizer.
     pub act_quant: Quantizer,
-}
-
-impl ModuleDisplay for QuantTanh {
-    fn custom_settings(&self) -> Option<DisplaySettings> {
-        DisplaySettings::new()
-            .with_new_line_after_attribute(false)
-            .optional()
-    }
-
-    fn custom_content(&self, content: Content) -> Option<Content> {
-        content
-            .add("act_quant", &self.act_quant.spec.to_string())
-            .add("scale", &scale_source(&self.act_quant))
-            .optional()
-    }
 }
 
 impl QuantTanh {
