@@ -284,18 +284,7 @@ fn quantize_stored<const D: usize>(
 /// Nothing is changed unless every matched shape fits its spec; the error names the parameter.
 /// A matched parameter that carries a reparameterization is refused ([`PlanError::Reparameterized`]).
 pub fn fake_quantize_weights<M: Module>(model: M, plan: &QuantPlan) -> PlanResult<M> {
-    plan.validate()?;
-    let report = plan.report(&model);
-    report.check()?;
-    if let Some(e) = report
-        .matched()
-        .find_map(|e| e.reparameterization.as_ref().map(|name| (e, name)))
-    {
-        return Err(PlanError::Reparameterized {
-            path: e.0.path.clone(),
-            name: e.1.clone(),
-        });
-    }
+    check_plain_weights(&model, plan)?;
     let mut mapper = QuantizeMapper {
         plan,
         tracker: PathTracker::default(),
@@ -305,6 +294,24 @@ pub fn fake_quantize_weights<M: Module>(model: M, plan: &QuantPlan) -> PlanResul
     match mapper.error {
         Some(e) => Err(e),
         None => Ok(model),
+    }
+}
+
+/// The checks of the PTQ verbs, before the model is touched: a valid plan, every matched shape
+/// fits its spec, and no matched parameter carries a reparameterization.
+fn check_plain_weights<M: Module>(model: &M, plan: &QuantPlan) -> PlanResult<()> {
+    plan.validate()?;
+    let report = plan.report(model);
+    report.check()?;
+    match report
+        .matched()
+        .find_map(|e| e.reparameterization.as_ref().map(|name| (e, name)))
+    {
+        Some((entry, name)) => Err(PlanError::Reparameterized {
+            path: entry.path.clone(),
+            name: name.clone(),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -789,18 +796,7 @@ pub struct QuantizedModel<M> {
 /// shape fits its spec, and a matched parameter carrying a reparameterization is refused (after
 /// QAT, `model.valid()` with its [`WeightFakeQuant`]s goes to [`quantized_weights`] instead).
 pub fn quantize_model<M: Module>(model: M, plan: &QuantPlan) -> PlanResult<QuantizedModel<M>> {
-    plan.validate()?;
-    let report = plan.report(&model);
-    report.check()?;
-    if let Some((entry, name)) = report
-        .matched()
-        .find_map(|e| e.reparameterization.as_ref().map(|name| (e, name)))
-    {
-        return Err(PlanError::Reparameterized {
-            path: entry.path.clone(),
-            name: name.clone(),
-        });
-    }
+    check_plain_weights(&model, plan)?;
     let weights = quantized_weights(&model, plan)?;
     let mut replace = ReplaceDequantized {
         by_id: weights.iter().map(|w| (w.id, &w.tensor)).collect(),
