@@ -24,10 +24,10 @@
 //! # Features
 //!
 //! The core and the nn crate (quantizers, layers, plans, recipes) are always compiled. The
-//! stacks are features, all on by default (`full`): `ptq`, `export`, `llm` (tokenizer, LLM
-//! pipeline), `graph` (graph mode, ONNX import); `wgpu` and `ndarray` add Burn devices. A
-//! program that only needs layers, plans and QAT depends on
-//! `burn-quant = { version = "…", default-features = false }`.
+//! stacks are features, all on by default (`full`): `qat` (burn-train), `ptq`, `export`, `llm`
+//! (tokenizer, LLM pipeline), `graph` (graph mode, ONNX import); `wgpu` and `ndarray` add Burn
+//! devices. A program that only needs layers, plans and QAT depends on
+//! `burn-quant = { version = "…", default-features = false, features = ["qat"] }`.
 //!
 //! ```
 //! use burn_quant::prelude::*;
