@@ -108,13 +108,10 @@ pub fn quantize_llama(
 ) -> Result<PtqResult> {
     if let Algorithm::AutoRound(autoround) = &config.algorithm {
         // Block-wise: one loss over the whole block, not per-layer statistics.
-        return crate::block_rounding::autoround_model(
-            model, windows, config, autoround, progress,
-        );
+        return crate::block_rounding::autoround_model(model, windows, config, autoround, progress);
     }
     let start = Instant::now();
-    let algo = &config.algorithm;
-    let inputs = algo.inputs();
+    let inputs = config.algorithm.inputs();
     let mut timings = PtqTimings::default();
     let mut result = PtqResult {
         weights: BTreeMap::new(),
@@ -159,88 +156,17 @@ pub fn quantize_llama(
         let block_start = Instant::now();
         let float_block = model.block(i)?.clone();
         let block = model.block_mut(i)?;
-        if let Some(rope) = &rope {
-            // 1. Float path: inputs of every site, and the next block's float input.
-            let mut float_sites: Vec<BTreeMap<InputSite, Tensor<3>>> = vec![];
-            if inputs == CalibInputs::FloatAndQuantized {
-                let t = Instant::now();
-                for x in x_float.iter_mut() {
-                    let mut sites = BTreeMap::new();
-                    let mut keep = |s: InputSite, v: &Tensor<3>| {
-                        sites.insert(s, v.clone());
-                    };
-                    // The float model: input quantizers (if any) off.
-                    *x = burn_quant_nn::without_quantization(|| {
-                        float_block.forward(x.clone(), rope, Some(&mut keep))
-                    })?;
-                    float_sites.push(sites);
-                }
-                timings.forward += t.elapsed();
-            }
-            // 2. Quantized path, site by site.
-            let mut state: Vec<SiteState> =
-                x_quant.iter().map(|x| SiteState::new(x.clone())).collect();
-            for site in InputSite::ALL {
-                let t = Instant::now();
-                let site_inputs: Vec<Tensor<3>> = state
-                    .iter_mut()
-                    .map(|s| s.input_of(site, block, rope))
-                    .collect::<Result<_>>()?;
-                // What the layers multiply: the input through their quantizer, if they have
-                // one (the consumers of a site share their input and their input spec).
-                let site_inputs = match &block.linear(site.consumers()[0]).input_quant {
-                    Some(q) => site_inputs
-                        .into_iter()
-                        .map(|x| q.try_forward(x))
-                        .collect::<std::result::Result<_, _>>()?,
-                    None => site_inputs,
-                };
-                timings.forward += t.elapsed();
-                let t = Instant::now();
-                let d_in = site_inputs[0].dims()[2];
-                let mut stats: LayerStats = algo.new_stats(d_in);
-                for (b, xq) in site_inputs.iter().enumerate() {
-                    let xq = flatten(xq.clone());
-                    match inputs {
-                        CalibInputs::FloatAndQuantized => {
-                            let xf = flatten(float_sites[b][&site].clone());
-                            algo.observe(&mut stats, &xf, Some(&xq))?;
-                        }
-                        _ => algo.observe(&mut stats, &xq, None)?,
-                    }
-                }
-                timings.statistics += t.elapsed();
-                for &slot in site.consumers() {
-                    let t = Instant::now();
-                    let w = block.linear(slot).weight.val();
-                    let q = algo.quantize(&w, &stats, &config.weights)?;
-                    timings.algorithm += t.elapsed();
-                    block.set_linear_weight(slot, q.tensor.dequantize())?;
-                    let name = hf_weight_name(i, slot);
-                    result.layers.push((name.clone(), q.report));
-                    result.weights.insert(name, q.tensor);
-                }
-            }
-            // 3. The quantized path's output feeds the next block.
-            let t = Instant::now();
-            for (x, s) in x_quant.iter_mut().zip(state) {
-                *x = s.output(block)?;
-            }
-            timings.forward += t.elapsed();
-        } else {
-            // Data-free (RTN): quantize each weight on its own.
-            for slot in LinearSlot::ALL {
-                let t = Instant::now();
-                let w = block.linear(slot).weight.val();
-                let stats = algo.new_stats(w.dims()[0]);
-                let q = algo.quantize(&w, &stats, &config.weights)?;
-                timings.algorithm += t.elapsed();
-                block.set_linear_weight(slot, q.tensor.dequantize())?;
-                let name = hf_weight_name(i, slot);
-                result.layers.push((name.clone(), q.report));
-                result.weights.insert(name, q.tensor);
-            }
-        }
+        quantize_block(
+            i,
+            block,
+            &float_block,
+            &mut x_float,
+            &mut x_quant,
+            rope.as_ref(),
+            config,
+            &mut timings,
+            &mut result,
+        )?;
         progress(&BlockProgress {
             block: i,
             blocks,
@@ -250,6 +176,113 @@ pub fn quantize_llama(
     timings.total = start.elapsed();
     result.timings = timings;
     Ok(result)
+}
+
+/// Quantizes the linear layers of one decoder block (block `i` of the model), the body of the
+/// block loop shared by [`quantize_llama`] and the streaming pipeline (`crate::stream`).
+///
+/// `block` is quantized in place (its weights replaced by their dequantization Ŵ);
+/// `float_block` is its float copy, taken before any change. With `rope` (data-driven
+/// algorithms), `x_float` / `x_quant` are the block's float-path and quantized-path inputs
+/// (one tensor per batch of windows) and become the next block's; without it (data-free) they
+/// are untouched. Every quantized weight and its report is added to `result` (by Hugging Face
+/// name), and the time to `timings`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn quantize_block(
+    i: usize,
+    block: &mut DecoderBlock,
+    float_block: &DecoderBlock,
+    x_float: &mut [Tensor<3>],
+    x_quant: &mut [Tensor<3>],
+    rope: Option<&Rope>,
+    config: &PtqConfig,
+    timings: &mut PtqTimings,
+    result: &mut PtqResult,
+) -> Result<()> {
+    let algo = &config.algorithm;
+    let inputs = algo.inputs();
+    if let Some(rope) = rope {
+        // 1. Float path: inputs of every site, and the next block's float input.
+        let mut float_sites: Vec<BTreeMap<InputSite, Tensor<3>>> = vec![];
+        if inputs == CalibInputs::FloatAndQuantized {
+            let t = Instant::now();
+            for x in x_float.iter_mut() {
+                let mut sites = BTreeMap::new();
+                let mut keep = |s: InputSite, v: &Tensor<3>| {
+                    sites.insert(s, v.clone());
+                };
+                // The float model: input quantizers (if any) off.
+                *x = burn_quant_nn::without_quantization(|| {
+                    float_block.forward(x.clone(), rope, Some(&mut keep))
+                })?;
+                float_sites.push(sites);
+            }
+            timings.forward += t.elapsed();
+        }
+        // 2. Quantized path, site by site.
+        let mut state: Vec<SiteState> = x_quant.iter().map(|x| SiteState::new(x.clone())).collect();
+        for site in InputSite::ALL {
+            let t = Instant::now();
+            let site_inputs: Vec<Tensor<3>> = state
+                .iter_mut()
+                .map(|s| s.input_of(site, block, rope))
+                .collect::<Result<_>>()?;
+            // What the layers multiply: the input through their quantizer, if they have
+            // one (the consumers of a site share their input and their input spec).
+            let site_inputs = match &block.linear(site.consumers()[0]).input_quant {
+                Some(q) => site_inputs
+                    .into_iter()
+                    .map(|x| q.try_forward(x))
+                    .collect::<std::result::Result<_, _>>()?,
+                None => site_inputs,
+            };
+            timings.forward += t.elapsed();
+            let t = Instant::now();
+            let d_in = site_inputs[0].dims()[2];
+            let mut stats: LayerStats = algo.new_stats(d_in);
+            for (b, xq) in site_inputs.iter().enumerate() {
+                let xq = flatten(xq.clone());
+                match inputs {
+                    CalibInputs::FloatAndQuantized => {
+                        let xf = flatten(float_sites[b][&site].clone());
+                        algo.observe(&mut stats, &xf, Some(&xq))?;
+                    }
+                    _ => algo.observe(&mut stats, &xq, None)?,
+                }
+            }
+            timings.statistics += t.elapsed();
+            for &slot in site.consumers() {
+                let t = Instant::now();
+                let w = block.linear(slot).weight.val();
+                let q = algo.quantize(&w, &stats, &config.weights)?;
+                timings.algorithm += t.elapsed();
+                block.set_linear_weight(slot, q.tensor.dequantize())?;
+                let name = hf_weight_name(i, slot);
+                result.layers.push((name.clone(), q.report));
+                result.weights.insert(name, q.tensor);
+            }
+        }
+        // 3. The quantized path's output feeds the next block.
+        let t = Instant::now();
+        for (x, s) in x_quant.iter_mut().zip(state) {
+            *x = s.output(block)?;
+        }
+        timings.forward += t.elapsed();
+    } else {
+        // Data-free (RTN): quantize each weight on its own.
+        for slot in LinearSlot::ALL {
+            let t = Instant::now();
+            let w = block.linear(slot).weight.val();
+            let stats = algo.new_stats(w.dims()[0]);
+            let q = algo.quantize(&w, &stats, &config.weights)?;
+            timings.algorithm += t.elapsed();
+            block.set_linear_weight(slot, q.tensor.dequantize())?;
+            let name = hf_weight_name(i, slot);
+            result.layers.push((name.clone(), q.report));
+            result.weights.insert(name, q.tensor);
+        }
+    }
+    Ok(())
 }
 
 /// `[batch, seq, d]` → `[batch·seq, d]`.
