@@ -760,6 +760,18 @@ fn mse_symmetric_params(
     grid: u32,
     min_ratio: f32,
 ) -> (f32, f32) {
+    mse_symmetric_search(|s| sq_error(v, &spec.format, s, 0.0), amax, spec, grid, min_ratio)
+}
+
+/// [`mse_symmetric_params`] with the squared error of a candidate scale given by `err`
+/// (over the values, or over a calibration histogram: `observer::histogram`).
+pub(crate) fn mse_symmetric_search(
+    err: impl Fn(f32) -> f64,
+    amax: f32,
+    spec: &QuantSpec,
+    grid: u32,
+    min_ratio: f32,
+) -> (f32, f32) {
     let plain = symmetric_params(amax, false, spec);
     if !(amax > 0.0 && amax.is_finite()) {
         return plain;
@@ -787,11 +799,11 @@ fn mse_symmetric_params(
         m.copysign(s)
     };
     let mut best = plain;
-    let mut best_err = sq_error(v, fmt, restricted(plain.0), 0.0);
+    let mut best_err = err(restricted(plain.0));
     let mut try_scale = |s: f32| {
         let s = restricted(s);
         if s.is_finite() && s != 0.0 {
-            let err = sq_error(v, fmt, s, 0.0);
+            let err = err(s);
             if err < best_err {
                 best_err = err;
                 best = (s, 0.0);
@@ -947,23 +959,8 @@ fn stat_params(v: &[f32], spec: &QuantSpec, stat: ScaleStat) -> (f32, f32) {
         }
         ScaleStat::Mse { grid, min_ratio } => {
             let (lo, hi) = min_max(v);
-            let (lo, hi) = if sym {
-                abs_range(lo, hi, spec)
-            } else {
-                (lo, hi)
-            };
-            let mut best = range_params(lo, hi, spec);
-            let mut best_err = sq_error(v, &spec.format, best.0, best.1);
-            for k in 1..grid {
-                let r = 1.0 - (k as f32 / grid as f32) * (1.0 - min_ratio);
-                let cand = range_params(lo * r, hi * r, spec);
-                let err = sq_error(v, &spec.format, cand.0, cand.1);
-                if err < best_err {
-                    best_err = err;
-                    best = cand;
-                }
-            }
-            best
+            let err = |s, z| sq_error(v, &spec.format, s, z);
+            mse_range_search(err, lo, hi, spec, grid, min_ratio)
         }
         ScaleStat::Hqq {
             iters,
@@ -972,6 +969,37 @@ fn stat_params(v: &[f32], spec: &QuantSpec, stat: ScaleStat) -> (f32, f32) {
             kappa,
         } => hqq(v, spec, iters, p, beta, kappa),
     }
+}
+
+/// [`ScaleStat::Mse`]'s search for a cell whose values span `[lo, hi]`: candidates
+/// `range_params(r·lo, r·hi)` (the symmetric range of [`abs_range`] for a symmetric spec),
+/// `r = 1 − k/grid·(1 − min_ratio)`, k = 0..grid−1; the first least `err(s, z)` (squared
+/// error of a candidate, over the values or over a calibration histogram) wins.
+pub(crate) fn mse_range_search(
+    err: impl Fn(f32, f32) -> f64,
+    lo: f32,
+    hi: f32,
+    spec: &QuantSpec,
+    grid: u32,
+    min_ratio: f32,
+) -> (f32, f32) {
+    let (lo, hi) = if spec.zero_point.is_asymmetric() {
+        (lo, hi)
+    } else {
+        abs_range(lo, hi, spec)
+    };
+    let mut best = range_params(lo, hi, spec);
+    let mut best_err = err(best.0, best.1);
+    for k in 1..grid {
+        let r = 1.0 - (k as f32 / grid as f32) * (1.0 - min_ratio);
+        let cand = range_params(lo * r, hi * r, spec);
+        let e = err(cand.0, cand.1);
+        if e < best_err {
+            best_err = e;
+            best = cand;
+        }
+    }
+    best
 }
 
 /// HQQ half-quadratic solver for one cell.

@@ -9,12 +9,21 @@ use crate::quantize::QuantParams;
 use crate::scale::{ScaleSource, ScaleStat, SymmetricScale};
 use crate::spec::QuantSpec;
 
+pub mod histogram;
+
+use histogram::CellValues;
+
 /// Accumulates the spec's statistic over calibration batches (a static scale).
 ///
-/// Min-max, absmax and absmean are streamed (constant memory); percentile, MSE and HQQ need
-/// the values themselves and keep every observed value of each scale cell. Batches may differ
-/// in the dimensions that do not change the scale shape (the batch size of a per-tensor or
-/// per-channel activation quantizer).
+/// Min-max, absmax and absmean are streamed exactly (constant memory). Percentile and MSE
+/// statistics keep a cell's values up to [`histogram::EXACT_CAP`] (exact results) and a
+/// fixed-size histogram beyond (constant memory per scale cell, at most 64 KiB; the error
+/// bounds against the all-values statistic are in [`histogram`]). HQQ needs every value and
+/// keeps them. Batches may differ in the dimensions that do not change the scale shape (the
+/// batch size of a per-tensor or per-channel activation quantizer). The result depends only
+/// on the batches' values, not on their order, except in the exact regime where an MSE
+/// search sums its errors in observation order (same batches in the same order give the same
+/// bytes).
 #[derive(Clone, Debug)]
 pub struct Observer {
     spec: QuantSpec,
@@ -29,7 +38,7 @@ enum State {
     Empty,
     Range { lo: Vec<f32>, hi: Vec<f32> },
     AbsSum { sum: Vec<f64>, count: Vec<u64> },
-    Samples(Vec<Vec<f32>>),
+    Cells(Vec<CellValues>),
 }
 
 impl Observer {
@@ -43,6 +52,20 @@ impl Observer {
             state: State::Empty,
             batches: 0,
         })
+    }
+
+    /// Bytes of the per-cell statistics the observer holds (capacities): bounded by the
+    /// number of scale cells times 64 KiB for percentile and MSE statistics, whatever the
+    /// number of batches (HQQ keeps every value).
+    pub fn state_bytes(&self) -> usize {
+        match &self.state {
+            State::Empty => 0,
+            State::Range { lo, hi } => (lo.capacity() + hi.capacity()) * size_of::<f32>(),
+            State::AbsSum { sum, count } => {
+                sum.capacity() * size_of::<f64>() + count.capacity() * size_of::<u64>()
+            }
+            State::Cells(c) => c.iter().map(CellValues::bytes).sum(),
+        }
     }
 
     /// Number of batches observed so far.
@@ -73,7 +96,14 @@ impl Observer {
             }
             _ => self.scale_shape = Some(layout.scale_shape.clone()),
         }
-        let cells = host::cell_values(data, &layout);
+        // A per-tensor cell is the batch itself: no gathered copy.
+        let gathered;
+        let cells: Vec<&[f32]> = if layout.cells() == 1 {
+            vec![data]
+        } else {
+            gathered = host::cell_values(data, &layout);
+            gathered.iter().map(Vec::as_slice).collect()
+        };
         let stat = self.stat();
         let n = cells.len();
         // The MSE convention of a symmetric spec searches over the values themselves.
@@ -89,13 +119,13 @@ impl Observer {
                     sum: vec![0.0; n],
                     count: vec![0; n],
                 },
-                _ => State::Samples(vec![Vec::new(); n]),
+                _ => State::Cells(vec![CellValues::Exact(Vec::new()); n]),
             };
         }
         match &mut self.state {
             State::Range { lo, hi } => {
                 for (c, v) in cells.iter().enumerate() {
-                    for &x in v {
+                    for &x in v.iter() {
                         lo[c] = lo[c].min(x);
                         hi[c] = hi[c].max(x);
                     }
@@ -107,9 +137,10 @@ impl Observer {
                     count[c] += v.len() as u64;
                 }
             }
-            State::Samples(s) => {
-                for (c, v) in cells.into_iter().enumerate() {
-                    s[c].extend(v);
+            State::Cells(s) => {
+                let streamable = histogram::streamable(stat);
+                for (c, v) in cells.iter().enumerate() {
+                    s[c].add(v, streamable);
                 }
             }
             State::Empty => unreachable!("initialised above"),
@@ -167,10 +198,7 @@ impl Observer {
                     host::cell_params(&[m, -m], spec, ScaleStat::AbsMean)
                 })
                 .collect(),
-            State::Samples(s) => s
-                .iter()
-                .map(|v| host::cell_params(v, spec, self.stat()))
-                .collect(),
+            State::Cells(s) => s.iter().map(|c| c.params(spec, self.stat())).collect(),
             State::Empty => unreachable!("batches > 0"),
         };
         let amax: Option<Vec<f32>> = match (&self.state, self.stat()) {
@@ -245,6 +273,204 @@ mod tests {
             }
             assert_eq!(got.zero_points, want.zero_points, "{spec:?}");
         }
+    }
+
+    /// Bell-shaped activations `[rows, 96]` whose channels 5 and 77 are outlier channels
+    /// (`outlier` times larger, as in LLM activations).
+    fn activations(seed: u64, rows: usize, outlier: f32) -> Vec<f32> {
+        (0..rows * 96)
+            .map(|i| {
+                let u = |k: u64| crate::rounding::uniform(seed * 7 + k, i as u64) - 0.5;
+                let x = u(0) + u(1) + u(2) + u(3) + 0.05;
+                if i % 96 == 5 || i % 96 == 77 {
+                    x * outlier
+                } else {
+                    x
+                }
+            })
+            .collect()
+    }
+
+    /// Squared error of fake-quantizing `v` with (s, z), nearest-even.
+    fn sse(v: &[f32], spec: &QuantSpec, s: f32, z: f32) -> f64 {
+        v.iter()
+            .map(|&x| {
+                let q = spec
+                    .format
+                    .quantize(x / s + z, crate::RoundMode::NearestEven, 0.0);
+                ((x - (q - z) * s) as f64).powi(2)
+            })
+            .sum()
+    }
+
+    /// Six batches of 64 rows (36,864 values per tensor, past the exact cap of 16,384), ranges
+    /// growing and shrinking.
+    fn outlier_batches() -> Vec<Vec<f32>> {
+        [8.0, 20.0, 60.0, 4.0, 30.0, 10.0]
+            .iter()
+            .enumerate()
+            .map(|(i, &o)| activations(i as u64 + 1, 64, o))
+            .collect()
+    }
+
+    fn observe_all(spec: &QuantSpec, batches: &[Vec<f32>]) -> Observer {
+        let mut obs = Observer::new(spec).unwrap();
+        for b in batches {
+            obs.observe_slice(b, &[b.len() / 96, 96]).unwrap();
+        }
+        obs
+    }
+
+    #[test]
+    fn percentiles_past_the_exact_cap_are_within_one_bin_of_all_values() {
+        let batches = outlier_batches();
+        let all = batches.concat();
+        let mut h = histogram::CellHistogram::new();
+        h.add(&all);
+        let w = h.bin_width() as f32;
+        let sym = QuantSpec::int8_act_per_tensor().with_stat(ScaleStat::Percentile { q: 99.999 });
+        let asym = QuantSpec::uint8_act_per_tensor()
+            .asymmetric()
+            .with_stat(ScaleStat::Percentile { q: 99.9 });
+        for (spec, div) in [(sym, 127.0), (asym, 255.0 / 2.0)] {
+            let obs = observe_all(&spec, &batches);
+            assert!(
+                matches!(&obs.state, State::Cells(c) if matches!(c[0], CellValues::Histogram(_)))
+            );
+            let got = obs.host_params().unwrap().scales[0];
+            let want = host::compute_params(&all, &[all.len() / 96, 96], &spec)
+                .unwrap()
+                .scales[0];
+            // Symmetric: p ≤ p̂ < p + w; asymmetric: each end within w, so the range within 2w.
+            let tol = w / div * (1.0 + 1e-5);
+            assert!(
+                got >= want * (1.0 - 1e-6) && got - want <= tol,
+                "{spec}: {got} vs exact {want} (bound {tol})"
+            );
+        }
+    }
+
+    #[test]
+    fn mse_past_the_exact_cap_is_within_its_bound_of_the_exact_search() {
+        let batches = outlier_batches();
+        let all = batches.concat();
+        let n = all.len() as f64;
+        let mut h = histogram::CellHistogram::new();
+        h.add(&all);
+        let w = h.bin_width();
+        let specs = [
+            // Same candidates as the exact search: the RMS bound holds.
+            (
+                QuantSpec::int8_act_per_tensor().with_stat(ScaleStat::mse()),
+                true,
+            ),
+            (
+                QuantSpec::uint8_act_per_tensor()
+                    .with_bits(4)
+                    .asymmetric()
+                    .with_stat(ScaleStat::mse()),
+                true,
+            ),
+            (
+                QuantSpec::int8_act_per_tensor()
+                    .with_bits(4)
+                    .with_symmetric_scale(SymmetricScale::mse()),
+                true,
+            ),
+            // Candidates around a percentile that is itself within a bin.
+            (
+                QuantSpec::int8_act_per_tensor()
+                    .with_symmetric_scale(SymmetricScale::mse())
+                    .with_stat(ScaleStat::Percentile { q: 99.99 }),
+                false,
+            ),
+        ];
+        for (spec, same_candidates) in specs {
+            let obs = observe_all(&spec, &batches);
+            let got = obs.host_params().unwrap();
+            let want = host::compute_params(&all, &[all.len() / 96, 96], &spec).unwrap();
+            let z = |p: &HostParams| p.zero_points.as_ref().map_or(0.0, |z| z[0]);
+            let e_got = sse(&all, &spec, got.scales[0], z(&got));
+            let e_want = sse(&all, &spec, want.scales[0], z(&want));
+            let (r_got, r_want) = ((e_got / n).sqrt(), (e_want / n).sqrt());
+            if same_candidates {
+                assert!(r_got <= r_want + w, "{spec}: RMS {r_got} vs {r_want} + {w}");
+            }
+            assert!(
+                e_got <= e_want * 1.02,
+                "{spec}: error {e_got} vs exact {e_want} (scales {} vs {})",
+                got.scales[0],
+                want.scales[0]
+            );
+        }
+    }
+
+    #[test]
+    fn state_is_constant_in_the_number_of_batches_and_independent_of_their_order() {
+        let spec = QuantSpec::int8_act_per_tensor().with_stat(ScaleStat::mse());
+        let batches = outlier_batches();
+        let few = observe_all(&spec, &batches);
+        let many_batches: Vec<Vec<f32>> = (0..40)
+            .map(|i| activations(100 + i, 64, 1.0 + i as f32))
+            .collect();
+        let many = observe_all(&spec, &many_batches);
+        assert_eq!(many.batches(), 40);
+        assert_eq!(few.state_bytes(), many.state_bytes());
+        assert_eq!(
+            many.state_bytes(),
+            2 * histogram::HISTOGRAM_BINS * size_of::<u64>()
+        );
+        // Per channel: one histogram per cell, the same size after 6 or 40 batches.
+        let pc = QuantSpec::int8_act_per_tensor()
+            .with_granularity(crate::Granularity::PerChannel { axis: 1 })
+            .with_stat(ScaleStat::Percentile { q: 99.0 });
+        let mut big = Vec::new();
+        for _ in 0..3 {
+            big.extend(outlier_batches());
+        }
+        let pc_bytes = |b: &[Vec<f32>]| {
+            let mut obs = Observer::new(&pc).unwrap();
+            for x in b {
+                obs.observe_slice(x, &[x.len() / 96, 96]).unwrap();
+            }
+            obs.state_bytes()
+        };
+        assert!(pc_bytes(&big) <= 96 * histogram::EXACT_CAP * size_of::<f32>());
+        // Any order: the same bytes (histogram regime).
+        let mut rev = batches.clone();
+        rev.reverse();
+        for spec in [
+            spec,
+            QuantSpec::int8_act_per_tensor().with_stat(ScaleStat::Percentile { q: 99.9 }),
+        ] {
+            let a = observe_all(&spec, &batches).host_params().unwrap();
+            let b = observe_all(&spec, &rev).host_params().unwrap();
+            assert_eq!(a, b, "{spec}");
+        }
+    }
+
+    #[test]
+    fn nan_and_empty_batches_are_errors_in_the_histogram_regime() {
+        let spec = QuantSpec::int8_act_per_tensor().with_stat(ScaleStat::Percentile { q: 99.0 });
+        let batches = outlier_batches();
+        let mut obs = observe_all(&spec, &batches);
+        let before = obs.host_params().unwrap();
+        let mut bad = batches[0].clone();
+        bad[17] = f32::NAN;
+        assert!(matches!(
+            obs.observe_slice(&bad, &[64, 96]),
+            Err(QuantError::NonFinite { index: 17, .. })
+        ));
+        assert!(matches!(
+            obs.observe_slice(&[], &[0, 96]),
+            Err(QuantError::EmptyTensor { .. })
+        ));
+        assert_eq!(obs.batches(), batches.len());
+        assert_eq!(
+            obs.host_params().unwrap(),
+            before,
+            "a refused batch changes nothing"
+        );
     }
 
     #[test]
