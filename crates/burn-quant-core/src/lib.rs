@@ -25,6 +25,7 @@
 
 pub mod error;
 pub mod format;
+pub mod fused;
 pub mod granularity;
 pub mod host;
 pub mod metrics;

@@ -1,0 +1,868 @@
+//! The Flex (CPU) kernels of the fused fake-quant: one pass forward (zero-copy read, one new
+//! buffer), one pass backward (dx, and the scale / zero-point gradients reduced per cell).
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::backend::Flex;
+use burn::backend::flex::{FlexTensor, Layout as FlexLayout};
+use burn::backend::ops::FloatTensorOps;
+use burn::tensor::{Bytes, DType, FloatDType, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{
+    CellLayout, FakeQuantArgs, FakeQuantBackend, PARALLEL_THRESHOLD, STATUS_INVALID_SCALE,
+    STATUS_NON_FINITE_X, STATUS_NON_FINITE_ZERO_POINT,
+};
+use crate::format::{
+    Format, Minifloat, Special, ceil_fast, floor_fast, round_even, round_half_away, trunc_fast,
+};
+use crate::rounding::{Rounding, uniform};
+
+thread_local! {
+    static CALLS: Cell<FusedCalls> = const { Cell::new(FusedCalls { forward: 0, backward: 0 }) };
+}
+
+/// How many times the Flex kernels of the fused op ran on this thread (Flex runs eagerly on
+/// the caller's thread, autodiff's backward included): a test hook proving which path ran.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FusedCalls {
+    /// Forward kernel calls.
+    pub forward: u64,
+    /// Backward kernel calls.
+    pub backward: u64,
+}
+
+/// The Flex kernel calls made so far on this thread (see [`FusedCalls`]).
+pub fn fused_calls() -> FusedCalls {
+    CALLS.with(|c| c.get())
+}
+
+fn bump(backward: bool) {
+    CALLS.with(|c| {
+        let mut v = c.get();
+        if backward {
+            v.backward += 1;
+        } else {
+            v.forward += 1;
+        }
+        c.set(v);
+    });
+}
+
+/// `t` as a contiguous f32 Flex tensor (no copy when it already is one).
+fn f32_contiguous(t: FlexTensor) -> FlexTensor {
+    let t = if t.dtype() == DType::F32 {
+        t
+    } else {
+        Flex::float_cast(t, FloatDType::F32)
+    };
+    if t.as_slice::<f32>().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn flex_tensor(v: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(v),
+        FlexLayout::contiguous(shape),
+        DType::F32,
+    )
+}
+
+/// Runs `f` on a zero-copy f32 view of a Flex tensor's data (see
+/// [`super::with_host_slice`]).
+pub(crate) fn with_slice<const D: usize, R>(
+    x: &Tensor<D>,
+    f: impl FnOnce(&[f32]) -> R,
+) -> Option<R> {
+    if x.dtype() != DType::F32 || !super::device_supported(&x.device()) {
+        return None;
+    }
+    let t = x
+        .clone()
+        .without_autodiff()
+        .try_into_primitive::<Flex>()
+        .ok()?;
+    let t = f32_contiguous(t);
+    Some(f(t.as_slice::<f32>()?))
+}
+
+impl FakeQuantBackend for Flex {
+    fn fake_quant(
+        x: FlexTensor,
+        scale: FlexTensor,
+        zero_point: FlexTensor,
+        args: FakeQuantArgs,
+    ) -> (FlexTensor, FlexTensor) {
+        bump(false);
+        let shape = x.layout().shape().clone();
+        let x = f32_contiguous(x);
+        let s = f32_contiguous(scale);
+        let z = args.has_zero_point.then(|| f32_contiguous(zero_point));
+        let xs = x.as_slice::<f32>().expect("contiguous f32");
+        let ss = s.as_slice::<f32>().expect("contiguous f32");
+        let zs = z
+            .as_ref()
+            .map(|z| z.as_slice::<f32>().expect("contiguous f32"));
+        let mut status = 0u32;
+        if ss.len() != args.cells.cells()
+            || zs.is_some_and(|z| z.len() != args.cells.cells())
+            || xs.len() != args.cells.numel()
+        {
+            // The wrapper checks shapes; a direct caller gets an invalid-scale status.
+            return (
+                flex_tensor(vec![0.0; xs.len()], shape),
+                flex_tensor(vec![STATUS_INVALID_SCALE as f32], Shape::from(vec![1])),
+            );
+        }
+        if ss
+            .iter()
+            .any(|&s| !(s.is_finite() && (s >= 0.0 || args.allow_negative_scales)))
+        {
+            status |= STATUS_INVALID_SCALE;
+        }
+        if zs.is_some_and(|z| z.iter().any(|v| !v.is_finite())) {
+            status |= STATUS_NON_FINITE_ZERO_POINT;
+        }
+        let (out, finite) = forward(xs, ss, zs, &args);
+        if !finite {
+            status |= STATUS_NON_FINITE_X;
+        }
+        (
+            flex_tensor(out, shape),
+            flex_tensor(vec![status as f32], Shape::from(vec![1])),
+        )
+    }
+
+    fn fake_quant_backward(
+        x: FlexTensor,
+        scale: FlexTensor,
+        zero_point: FlexTensor,
+        grad: FlexTensor,
+        args: FakeQuantArgs,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        bump(true);
+        let x_shape = x.layout().shape().clone();
+        let s_shape = scale.layout().shape().clone();
+        let z_shape = zero_point.layout().shape().clone();
+        let x = f32_contiguous(x);
+        let g = f32_contiguous(grad);
+        let s = f32_contiguous(scale);
+        let z = args.has_zero_point.then(|| f32_contiguous(zero_point));
+        let xs = x.as_slice::<f32>().expect("contiguous f32");
+        let gs = g.as_slice::<f32>().expect("contiguous f32");
+        let ss = s.as_slice::<f32>().expect("contiguous f32");
+        let zs = z
+            .as_ref()
+            .map(|z| z.as_slice::<f32>().expect("contiguous f32"));
+        let (dx, ds, dz) = backward(xs, gs, ss, zs, &args);
+        (
+            flex_tensor(dx, x_shape),
+            flex_tensor(ds, s_shape),
+            flex_tensor(dz, z_shape),
+        )
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Element rules: rounding x grid, monomorphised so that each hot loop is branch-light.
+// ------------------------------------------------------------------------------------------
+
+/// A built-in rounding rule (bit-exact to [`crate::format::RoundMode::apply`]).
+trait Rnd: Copy + Send + Sync {
+    fn round(self, v: f32, idx: usize) -> f32;
+}
+
+macro_rules! rnd {
+    ($name:ident, $f:expr) => {
+        #[derive(Clone, Copy)]
+        struct $name;
+        impl Rnd for $name {
+            #[inline(always)]
+            fn round(self, v: f32, _idx: usize) -> f32 {
+                $f(v)
+            }
+        }
+    };
+}
+rnd!(NearestEven, round_even);
+rnd!(HalfUp, round_half_away);
+rnd!(Floor, floor_fast);
+rnd!(Ceil, ceil_fast);
+rnd!(TowardZero, trunc_fast);
+
+#[derive(Clone, Copy)]
+struct Stochastic(u64);
+impl Rnd for Stochastic {
+    #[inline(always)]
+    fn round(self, v: f32, idx: usize) -> f32 {
+        floor_fast(v + uniform(self.0, idx as u64))
+    }
+}
+
+/// An element grid: the grid value of `v` (grid units) and whether the gradient passes.
+trait Grid: Copy + Send + Sync {
+    fn q<R: Rnd>(self, v: f32, r: R, idx: usize) -> f32;
+    fn pass(self, v: f32, q: f32) -> bool;
+}
+
+#[derive(Clone, Copy)]
+struct IntGrid {
+    lo: f32,
+    hi: f32,
+}
+impl Grid for IntGrid {
+    #[inline(always)]
+    fn q<R: Rnd>(self, v: f32, r: R, idx: usize) -> f32 {
+        r.round(v.max(self.lo).min(self.hi), idx)
+    }
+    #[inline(always)]
+    fn pass(self, v: f32, _q: f32) -> bool {
+        v >= self.lo && v <= self.hi
+    }
+}
+
+#[derive(Clone, Copy)]
+struct BinaryGrid;
+impl Grid for BinaryGrid {
+    #[inline(always)]
+    fn q<R: Rnd>(self, v: f32, _r: R, _idx: usize) -> f32 {
+        if v >= 0.0 { 1.0 } else { -1.0 }
+    }
+    #[inline(always)]
+    fn pass(self, v: f32, _q: f32) -> bool {
+        (-1.0..=1.0).contains(&v)
+    }
+}
+
+/// Saturating minifloat whose steps are normal f32 (every OCP format): the binade step from
+/// the exponent bits, with integer arithmetic (vectorisable).
+#[derive(Clone, Copy)]
+struct SatMiniGrid {
+    max: f32,
+    emin: i32,
+    mantissa: i32,
+}
+impl Grid for SatMiniGrid {
+    #[inline(always)]
+    fn q<R: Rnd>(self, v: f32, r: R, idx: usize) -> f32 {
+        let v = v.max(-self.max).min(self.max);
+        let e = ((v.to_bits() >> 23) & 0xff) as i32 - 127;
+        let k = if e < self.emin { self.emin } else { e } - self.mantissa;
+        let step = f32::from_bits(((k + 127) as u32) << 23);
+        let inv = f32::from_bits(((127 - k) as u32) << 23);
+        // Scaling by a power of two is exact: v · (1/step) = v / step.
+        r.round(v * inv, idx) * step
+    }
+    #[inline(always)]
+    fn pass(self, v: f32, _q: f32) -> bool {
+        v >= -self.max && v <= self.max
+    }
+}
+
+/// Any minifloat (non-saturating with Inf/NaN on overflow, or steps outside the f32 normals).
+#[derive(Clone, Copy)]
+struct MiniGrid {
+    format: Minifloat,
+    max: f32,
+}
+impl Grid for MiniGrid {
+    #[inline(always)]
+    fn q<R: Rnd>(self, v: f32, r: R, idx: usize) -> f32 {
+        if self.format.saturating {
+            let v = v.max(-self.max).min(self.max);
+            let step = self.format.step(v);
+            r.round(v / step, idx) * step
+        } else {
+            let step = self.format.step(v);
+            let q = r.round(v / step, idx) * step;
+            if q.abs() <= self.max {
+                q
+            } else if self.format.special == Special::Ieee {
+                f32::INFINITY.copysign(q)
+            } else {
+                f32::NAN
+            }
+        }
+    }
+    #[inline(always)]
+    fn pass(self, v: f32, q: f32) -> bool {
+        if self.format.saturating {
+            v >= -self.max && v <= self.max
+        } else {
+            q.abs() <= self.max
+        }
+    }
+}
+
+/// Whether every binade step of `m` and its inverse are normal f32.
+fn steps_are_normal(m: &Minifloat) -> bool {
+    let kmin = m.emin() - m.mantissa as i32;
+    let kmax = m.emax() + 1 - m.mantissa as i32;
+    kmin >= -126 && kmax <= 126
+}
+
+/// Calls `$body` with `$g: impl Grid` and `$r: impl Rnd` bound to the args' grid and rule.
+macro_rules! with_grid {
+    ($args:expr, |$g:ident, $r:ident| $body:expr) => {{
+        let args: &FakeQuantArgs = $args;
+        macro_rules! with_rnd {
+            ($gv:expr) => {{
+                let $g = $gv;
+                match args.rounding {
+                    // `FakeQuantArgs::new` rejects custom rules; nearest for direct callers.
+                    Rounding::NearestEven | Rounding::Custom { .. } => {
+                        let $r = NearestEven;
+                        $body
+                    }
+                    Rounding::HalfUp => {
+                        let $r = HalfUp;
+                        $body
+                    }
+                    Rounding::Floor => {
+                        let $r = Floor;
+                        $body
+                    }
+                    Rounding::Ceil => {
+                        let $r = Ceil;
+                        $body
+                    }
+                    Rounding::TowardZero => {
+                        let $r = TowardZero;
+                        $body
+                    }
+                    Rounding::Stochastic { seed } => {
+                        let $r = Stochastic(seed);
+                        $body
+                    }
+                }
+            }};
+        }
+        match args.format {
+            Format::Minifloat(m) if m.saturating && steps_are_normal(&m) => {
+                with_rnd!(SatMiniGrid {
+                    max: m.max_value(),
+                    emin: m.emin(),
+                    mantissa: m.mantissa as i32,
+                })
+            }
+            Format::Minifloat(m) => with_rnd!(MiniGrid {
+                format: m,
+                max: m.max_value(),
+            }),
+            Format::Binary => with_rnd!(BinaryGrid),
+            other => with_rnd!(IntGrid {
+                lo: other.min_value(),
+                hi: other.max_value(),
+            }),
+        }
+    }};
+}
+
+// ------------------------------------------------------------------------------------------
+// Segments: contiguous runs of elements whose scale cells are one cell or consecutive cells.
+// ------------------------------------------------------------------------------------------
+
+/// Scale cells of a contiguous segment: all the same cell, or one cell per element from `c0`.
+#[derive(Clone, Copy)]
+enum Cells {
+    One(usize),
+    Run(usize),
+}
+
+/// Elements per parallel task (a multiple of whole rows).
+const TASK: usize = 1 << 15;
+
+/// The row length the drivers split on: whole rows never straddle two tasks.
+fn row_len(c: &CellLayout) -> usize {
+    if c.cells() == 1 && !c.spans_outer_inner {
+        // Per tensor: any split works.
+        c.numel().clamp(1, TASK)
+    } else if c.inner == 1 {
+        c.axis_len
+    } else {
+        c.inner
+    }
+}
+
+/// Calls `f(offset_in_row, len, cells)` for each segment of the row starting at flat index
+/// `row_start` (length `len`).
+#[inline(always)]
+fn segments(c: &CellLayout, row_start: usize, len: usize, mut f: impl FnMut(usize, usize, Cells)) {
+    if c.cells() == 1 && !c.spans_outer_inner {
+        f(0, len, Cells::One(0));
+    } else if c.inner == 1 {
+        // A row is one outer slab along the axis.
+        let o = row_start / c.axis_len;
+        if !c.spans_outer_inner {
+            // Per channel along the last axis (group 1): cell = axis position.
+            if c.group == 1 {
+                f(0, len, Cells::Run(0));
+            } else {
+                let mut n = 0;
+                while n < len {
+                    let l = c.group.min(len - n);
+                    f(n, l, Cells::One(n / c.group));
+                    n += l;
+                }
+            }
+        } else {
+            let groups = c.groups();
+            let mut n = 0;
+            while n < len {
+                let l = c.group.min(len - n);
+                f(n, l, Cells::One(o * groups + n / c.group));
+                n += l;
+            }
+        }
+    } else {
+        let r = row_start / c.inner;
+        let (o, n) = (r / c.axis_len, r % c.axis_len);
+        if c.spans_outer_inner {
+            f(0, len, Cells::Run((o * c.groups() + n / c.group) * c.inner));
+        } else {
+            f(0, len, Cells::One(n / c.group));
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+}
+
+// ------------------------------------------------------------------------------------------
+// Forward
+// ------------------------------------------------------------------------------------------
+
+#[inline(always)]
+fn fwd_el<G: Grid, R: Rnd, const Z: bool>(g: G, r: R, x: f32, s: f32, z: f32, idx: usize) -> f32 {
+    if Z {
+        // A zero scale (an all-zero NVFP4 block) maps every element to the zero-point.
+        let v = if s == 0.0 { z } else { x / s + z };
+        (g.q(v, r, idx) - z) * s
+    } else {
+        let v = if s == 0.0 { 0.0 } else { x / s };
+        g.q(v, r, idx) * s
+    }
+}
+
+/// The forward of one task: `out[i] = fq(x[i])` for the rows in `out`, starting at flat
+/// index `start`; returns whether every `x` was finite.
+#[inline(always)]
+fn fwd_task<G: Grid, R: Rnd, const Z: bool>(
+    g: G,
+    r: R,
+    c: &CellLayout,
+    rl: usize,
+    start: usize,
+    xs: &[f32],
+    out: &mut [f32],
+    s: &[f32],
+    z: &[f32],
+) -> bool {
+    let mut finite = true;
+    for (k, (orow, xrow)) in out.chunks_mut(rl).zip(xs.chunks(rl)).enumerate() {
+        let row_start = start + k * rl;
+        segments(c, row_start, orow.len(), |off, len, cells| {
+            let o = &mut orow[off..off + len];
+            let x = &xrow[off..off + len];
+            let base = row_start + off;
+            match cells {
+                Cells::One(ci) => {
+                    let (sc, zc) = (s[ci], if Z { z[ci] } else { 0.0 });
+                    for (i, (o, &x)) in o.iter_mut().zip(x).enumerate() {
+                        *o = fwd_el::<G, R, Z>(g, r, x, sc, zc, base + i);
+                    }
+                }
+                Cells::Run(c0) => {
+                    let ss = &s[c0..c0 + len];
+                    if Z {
+                        let zs = &z[c0..c0 + len];
+                        for (i, ((o, &x), (&sc, &zc))) in
+                            o.iter_mut().zip(x).zip(ss.iter().zip(zs)).enumerate()
+                        {
+                            *o = fwd_el::<G, R, Z>(g, r, x, sc, zc, base + i);
+                        }
+                    } else {
+                        for (i, ((o, &x), &sc)) in o.iter_mut().zip(x).zip(ss).enumerate() {
+                            *o = fwd_el::<G, R, Z>(g, r, x, sc, 0.0, base + i);
+                        }
+                    }
+                }
+            }
+        });
+        finite &= xrow.iter().fold(true, |ok, v| ok & v.is_finite());
+    }
+    finite
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn fwd_task_avx2<G: Grid, R: Rnd, const Z: bool>(
+    g: G,
+    r: R,
+    c: &CellLayout,
+    rl: usize,
+    start: usize,
+    xs: &[f32],
+    out: &mut [f32],
+    s: &[f32],
+    z: &[f32],
+) -> bool {
+    fwd_task::<G, R, Z>(g, r, c, rl, start, xs, out, s, z)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fwd_run<G: Grid, R: Rnd, const Z: bool>(
+    g: G,
+    r: R,
+    c: &CellLayout,
+    xs: &[f32],
+    out: &mut [f32],
+    s: &[f32],
+    z: &[f32],
+) -> bool {
+    let rl = row_len(c);
+    let chunk = (TASK / rl).max(1) * rl;
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = has_avx2();
+    let task = |t: usize, o: &mut [f32], x: &[f32]| -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the CPU supports AVX2 (checked above); the AVX2 version only differs in
+            // the instructions the compiler may use (no FMA contraction happens implicitly).
+            return unsafe { fwd_task_avx2::<G, R, Z>(g, r, c, rl, t * chunk, x, o, s, z) };
+        }
+        fwd_task::<G, R, Z>(g, r, c, rl, t * chunk, x, o, s, z)
+    };
+    if xs.len() > PARALLEL_THRESHOLD {
+        let finite = AtomicBool::new(true);
+        out.par_chunks_mut(chunk)
+            .zip(xs.par_chunks(chunk))
+            .enumerate()
+            .for_each(|(t, (o, x))| {
+                if !task(t, o, x) {
+                    finite.store(false, Ordering::Relaxed);
+                }
+            });
+        finite.into_inner()
+    } else {
+        out.chunks_mut(chunk)
+            .zip(xs.chunks(chunk))
+            .enumerate()
+            .fold(true, |ok, (t, (o, x))| task(t, o, x) & ok)
+    }
+}
+
+/// The fused forward on slices: `(y, all x finite)`.
+pub(crate) fn forward(
+    xs: &[f32],
+    s: &[f32],
+    z: Option<&[f32]>,
+    args: &FakeQuantArgs,
+) -> (Vec<f32>, bool) {
+    // `vec![0.0; n]` is a calloc: fresh zero pages, no extra pass over the memory.
+    let mut out = vec![0f32; xs.len()];
+    let c = args.cells;
+    let finite = with_grid!(args, |g, r| match z {
+        Some(z) => fwd_run::<_, _, true>(g, r, &c, xs, &mut out, s, z),
+        None => fwd_run::<_, _, false>(g, r, &c, xs, &mut out, s, &[]),
+    });
+    (out, finite)
+}
+
+// ------------------------------------------------------------------------------------------
+// Backward
+// ------------------------------------------------------------------------------------------
+
+/// `(dx, d scale term, d zero-point term)` of one element (see the module docs of `fused`).
+#[inline(always)]
+fn bwd_el<G: Grid, R: Rnd, const Z: bool>(
+    g: G,
+    r: R,
+    x: f32,
+    gr: f32,
+    s: f32,
+    z: f32,
+    idx: usize,
+) -> (f32, f32, f32) {
+    // The chain divides by the scale with zeros replaced by 1 (and masks their gradient).
+    let sd = if s == 0.0 { 1.0 } else { s };
+    let v = if Z { x / sd + z } else { x / sd };
+    let q = g.q(v, r, idx);
+    let pass = g.pass(v, q);
+    let dx = if pass { (gr * s) / sd } else { 0.0 };
+    let ds = if pass && s != 0.0 {
+        gr * (q - v)
+    } else if Z {
+        gr * (q - z)
+    } else {
+        gr * q
+    };
+    let dz = if pass { 0.0 } else { -(gr * s) };
+    (dx, ds, dz)
+}
+
+/// Backward of one segment: writes `dx`, adds the scale / zero-point terms to `acc_s`,
+/// `acc_z` (indexed from the segment's first cell: length 1 for `One`, `len` for `Run`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn bwd_seg<G: Grid, R: Rnd, const Z: bool>(
+    g: G,
+    r: R,
+    base: usize,
+    x: &[f32],
+    gr: &[f32],
+    dx: &mut [f32],
+    s: &[f32],
+    z: &[f32],
+    cells: Cells,
+    acc_s: &mut [f64],
+    acc_z: &mut [f64],
+) {
+    match cells {
+        Cells::One(ci) => {
+            let (sc, zc) = (s[ci], if Z { z[ci] } else { 0.0 });
+            let (mut ts, mut tz) = (0f64, 0f64);
+            for (i, ((d, &x), &gr)) in dx.iter_mut().zip(x).zip(gr).enumerate() {
+                let (a, b, c) = bwd_el::<G, R, Z>(g, r, x, gr, sc, zc, base + i);
+                *d = a;
+                ts += b as f64;
+                tz += c as f64;
+            }
+            acc_s[0] += ts;
+            if Z {
+                acc_z[0] += tz;
+            }
+        }
+        Cells::Run(c0) => {
+            let n = dx.len();
+            for i in 0..n {
+                let zc = if Z { z[c0 + i] } else { 0.0 };
+                let (a, b, c) = bwd_el::<G, R, Z>(g, r, x[i], gr[i], s[c0 + i], zc, base + i);
+                dx[i] = a;
+                acc_s[i] += b as f64;
+                if Z {
+                    acc_z[i] += c as f64;
+                }
+            }
+        }
+    }
+}
+
+type Grads = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+/// Per tensor / per channel: the cells are few; each task folds into its own accumulators.
+#[allow(clippy::too_many_arguments)]
+fn bwd_shared<G: Grid, R: Rnd, const Z: bool>(
+    g: G,
+    r: R,
+    c: &CellLayout,
+    xs: &[f32],
+    gs: &[f32],
+    s: &[f32],
+    z: &[f32],
+    scale_grad: f32,
+) -> Grads {
+    let cells = c.cells();
+    let rl = row_len(c);
+    let chunk = (TASK / rl).max(1) * rl;
+    let mut dx = vec![0f32; xs.len()];
+    let task = |t: usize, d: &mut [f32], x: &[f32], gr: &[f32]| -> (Vec<f64>, Vec<f64>) {
+        let mut acc_s = vec![0f64; cells];
+        let mut acc_z = vec![0f64; if Z { cells } else { 0 }];
+        for (k, ((drow, xrow), grow)) in d
+            .chunks_mut(rl)
+            .zip(x.chunks(rl))
+            .zip(gr.chunks(rl))
+            .enumerate()
+        {
+            let row_start = t * chunk + k * rl;
+            segments(c, row_start, drow.len(), |off, len, cl| {
+                let c0 = match cl {
+                    Cells::One(ci) | Cells::Run(ci) => ci,
+                };
+                let span = if let Cells::Run(_) = cl { len } else { 1 };
+                let mut dummy = [0f64; 0];
+                let az: &mut [f64] = if Z {
+                    &mut acc_z[c0..c0 + span]
+                } else {
+                    &mut dummy
+                };
+                bwd_seg::<G, R, Z>(
+                    g,
+                    r,
+                    row_start + off,
+                    &xrow[off..off + len],
+                    &grow[off..off + len],
+                    &mut drow[off..off + len],
+                    s,
+                    z,
+                    cl,
+                    &mut acc_s[c0..c0 + span],
+                    az,
+                );
+            });
+        }
+        (acc_s, acc_z)
+    };
+    let add = |mut a: (Vec<f64>, Vec<f64>), b: (Vec<f64>, Vec<f64>)| {
+        a.0.iter_mut().zip(&b.0).for_each(|(x, y)| *x += y);
+        a.1.iter_mut().zip(&b.1).for_each(|(x, y)| *x += y);
+        a
+    };
+    let empty = || (vec![0f64; cells], vec![0f64; if Z { cells } else { 0 }]);
+    let (acc_s, acc_z) = if xs.len() > PARALLEL_THRESHOLD {
+        dx.par_chunks_mut(chunk)
+            .zip(xs.par_chunks(chunk))
+            .zip(gs.par_chunks(chunk))
+            .enumerate()
+            .map(|(t, ((d, x), gr))| task(t, d, x, gr))
+            .reduce(empty, add)
+    } else {
+        dx.chunks_mut(chunk)
+            .zip(xs.chunks(chunk))
+            .zip(gs.chunks(chunk))
+            .enumerate()
+            .map(|(t, ((d, x), gr))| task(t, d, x, gr))
+            .fold(empty(), add)
+    };
+    let ds = acc_s.iter().map(|&v| (v as f32) * scale_grad).collect();
+    let dz = if Z {
+        acc_z.iter().map(|&v| v as f32).collect()
+    } else {
+        vec![0f32; cells]
+    };
+    (dx, ds, dz)
+}
+
+/// Per group: every block of `group` rows of one outer index owns `inner` consecutive cells,
+/// so blocks write disjoint gradients.
+#[allow(clippy::too_many_arguments)]
+fn bwd_groups<G: Grid, R: Rnd, const Z: bool>(
+    g: G,
+    r: R,
+    c: &CellLayout,
+    xs: &[f32],
+    gs: &[f32],
+    s: &[f32],
+    z: &[f32],
+    scale_grad: f32,
+) -> Grads {
+    let cells = c.cells();
+    let (inner, groups, slab) = (c.inner, c.groups(), c.axis_len * c.inner);
+    let block = c.group * inner;
+    let mut dx = vec![0f32; xs.len()];
+    let mut ds = vec![0f32; cells];
+    let mut dz = vec![0f32; cells];
+    let run_block = |o: usize,
+                     gi: usize,
+                     d: &mut [f32],
+                     x: &[f32],
+                     gr: &[f32],
+                     ds: &mut [f32],
+                     dz: &mut [f32]| {
+        let start = o * slab + gi * block;
+        let c0 = (o * groups + gi) * inner;
+        let mut acc_s = vec![0f64; inner];
+        let mut acc_z = vec![0f64; if Z { inner } else { 0 }];
+        let cl = if inner == 1 {
+            Cells::One(c0)
+        } else {
+            Cells::Run(c0)
+        };
+        for (k, ((drow, xrow), grow)) in d
+            .chunks_mut(inner)
+            .zip(x.chunks(inner))
+            .zip(gr.chunks(inner))
+            .enumerate()
+        {
+            bwd_seg::<G, R, Z>(
+                g,
+                r,
+                start + k * inner,
+                xrow,
+                grow,
+                drow,
+                s,
+                z,
+                cl,
+                &mut acc_s,
+                &mut acc_z,
+            );
+        }
+        for (d, a) in ds.iter_mut().zip(&acc_s) {
+            *d = (*a as f32) * scale_grad;
+        }
+        if Z {
+            for (d, a) in dz.iter_mut().zip(&acc_z) {
+                *d = *a as f32;
+            }
+        }
+    };
+    if xs.len() > PARALLEL_THRESHOLD {
+        let min_blocks = (TASK / block.max(1)).max(1);
+        dx.par_chunks_mut(slab)
+            .zip(xs.par_chunks(slab))
+            .zip(gs.par_chunks(slab))
+            .zip(ds.par_chunks_mut(groups * inner))
+            .zip(dz.par_chunks_mut(groups * inner))
+            .enumerate()
+            .for_each(|(o, ((((d, x), gr), dss), dzs))| {
+                d.par_chunks_mut(block)
+                    .zip(x.par_chunks(block))
+                    .zip(gr.par_chunks(block))
+                    .zip(dss.par_chunks_mut(inner))
+                    .zip(dzs.par_chunks_mut(inner))
+                    .enumerate()
+                    .with_min_len(min_blocks)
+                    .for_each(|(gi, ((((d, x), gr), dss), dzs))| {
+                        run_block(o, gi, d, x, gr, dss, dzs)
+                    })
+            });
+    } else {
+        for (o, ((((d, x), gr), dss), dzs)) in dx
+            .chunks_mut(slab)
+            .zip(xs.chunks(slab))
+            .zip(gs.chunks(slab))
+            .zip(ds.chunks_mut(groups * inner))
+            .zip(dz.chunks_mut(groups * inner))
+            .enumerate()
+        {
+            for (gi, ((((d, x), gr), dss), dzs)) in d
+                .chunks_mut(block)
+                .zip(x.chunks(block))
+                .zip(gr.chunks(block))
+                .zip(dss.chunks_mut(inner))
+                .zip(dzs.chunks_mut(inner))
+                .enumerate()
+            {
+                run_block(o, gi, d, x, gr, dss, dzs)
+            }
+        }
+    }
+    (dx, ds, dz)
+}
+
+/// The fused backward on slices: `(dx, d scale, d zero-point)`.
+pub(crate) fn backward(
+    xs: &[f32],
+    gs: &[f32],
+    s: &[f32],
+    z: Option<&[f32]>,
+    args: &FakeQuantArgs,
+) -> Grads {
+    let c = args.cells;
+    let sg = args.scale_grad;
+    with_grid!(args, |g, r| match (z, c.spans_outer_inner) {
+        (Some(z), false) => bwd_shared::<_, _, true>(g, r, &c, xs, gs, s, z, sg),
+        (None, false) => bwd_shared::<_, _, false>(g, r, &c, xs, gs, s, &[], sg),
+        (Some(z), true) => bwd_groups::<_, _, true>(g, r, &c, xs, gs, s, z, sg),
+        (None, true) => bwd_groups::<_, _, false>(g, r, &c, xs, gs, s, &[], sg),
+    })
+}

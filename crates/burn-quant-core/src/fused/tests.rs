@@ -1,0 +1,1 @@
+//! Tests of the fused fake-quant against the reference chain.
