@@ -254,4 +254,13 @@ pub enum GgufError {
     /// No tensor of that name.
     #[error("no tensor named {0:?}")]
     NoSuchTensor(String),
+    /// Streaming writer: a tensor given out of the declared order, or the stream finished
+    /// before every declared tensor was written.
+    #[error("streamed GGUF: expected tensor {expected:?} next, got {found:?}")]
+    StreamOrder {
+        /// The tensor the header declares next (empty when none is left).
+        expected: String,
+        /// The tensor given (empty when the stream was finished).
+        found: String,
+    },
 }

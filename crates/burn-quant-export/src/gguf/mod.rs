@@ -35,7 +35,7 @@ pub use tokenizer::{
 };
 pub use types::GgmlType;
 pub use value::{MetadataArray, MetadataValue, ValueType};
-pub use writer::{GgufWriter, tensor_byte_size};
+pub use writer::{GgufStream, GgufWriter, tensor_byte_size};
 
 /// "GGUF" read as a little-endian u32.
 pub const GGUF_MAGIC: u32 = 0x4655_4747;

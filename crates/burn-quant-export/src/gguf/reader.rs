@@ -224,6 +224,22 @@ impl GgufFile {
         })
     }
 
+    /// Parses the header (metadata and tensor infos, every offset checked against `buf`'s
+    /// length) of a complete file held elsewhere, e.g. memory-mapped, without copying it: the
+    /// result holds no bytes ([`tensor_bytes`](Self::tensor_bytes) and
+    /// [`bytes`](Self::bytes) are empty); tensor `t` is `buf[data_start + t.offset..][..t.size]`.
+    pub fn parse_header_of(buf: &[u8]) -> Result<Self> {
+        let (version, alignment, metadata, tensors, data_start) = Self::parse_header(buf)?;
+        Ok(Self {
+            version,
+            alignment,
+            metadata,
+            tensors,
+            data_start,
+            bytes: Vec::new(),
+        })
+    }
+
     #[allow(clippy::type_complexity)]
     fn parse_header(
         buf: &[u8],

@@ -19,7 +19,10 @@ struct PendingTensor {
     name: String,
     dims: Vec<u64>,
     ty: GgmlType,
-    data: Vec<u8>,
+    /// Encoded bytes; `None` for a tensor declared with [`GgufWriter::declare_tensor`].
+    data: Option<Vec<u8>>,
+    /// Unpadded byte size.
+    size: u64,
 }
 
 /// Collects the metadata and the encoded tensors of a GGUF v3 file, then streams the file out
@@ -27,6 +30,11 @@ struct PendingTensor {
 ///
 /// Metadata keys and tensors are written in insertion order; tensor offsets are the running sum
 /// of padded sizes (llama.cpp's rule). Dims are given in ggml order (`dims[0]` = contiguous axis).
+///
+/// For files larger than memory, tensors can be *declared* (name, dims, type: all the header
+/// needs) with [`declare_tensor`](Self::declare_tensor) and their bytes written one at a time,
+/// in declaration order, through the [`GgufStream`] that [`stream_file`](Self::stream_file)
+/// opens.
 #[derive(Debug, Clone, Default)]
 pub struct GgufWriter {
     metadata: Vec<(String, MetadataValue)>,
@@ -81,7 +89,28 @@ impl GgufWriter {
         ty: GgmlType,
         data: Vec<u8>,
     ) -> Result<&mut Self> {
-        let name = name.into();
+        self.push_tensor(name.into(), dims, ty, Some(data))
+    }
+
+    /// Declares a tensor whose bytes are written later, through [`GgufStream::write_tensor`]
+    /// (the header needs only its name, dims and type). A writer holding declared tensors can
+    /// only be streamed ([`stream_file`](Self::stream_file)).
+    pub fn declare_tensor(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        ty: GgmlType,
+    ) -> Result<&mut Self> {
+        self.push_tensor(name.into(), dims, ty, None)
+    }
+
+    fn push_tensor(
+        &mut self,
+        name: String,
+        dims: &[u64],
+        ty: GgmlType,
+        data: Option<Vec<u8>>,
+    ) -> Result<&mut Self> {
         if name.len() >= MAX_NAME_LEN {
             return Err(GgufError::NameTooLong {
                 len: name.len(),
@@ -98,7 +127,9 @@ impl GgufWriter {
             return Err(GgufError::DuplicateTensor { name });
         }
         let expected = tensor_byte_size(&name, ty, dims)?;
-        if expected != data.len() as u64 {
+        if let Some(data) = &data
+            && expected != data.len() as u64
+        {
             return Err(GgufError::DataSizeMismatch {
                 name,
                 expected,
@@ -110,6 +141,7 @@ impl GgufWriter {
             dims: dims.to_vec(),
             ty,
             data,
+            size: expected,
         });
         Ok(self)
     }
@@ -148,7 +180,25 @@ impl GgufWriter {
 
     /// Streams the file to `out`: the header (metadata and tensor infos) is built in memory,
     /// the tensor data is written from the writer's buffers without another copy of the file.
+    /// Fails on a declared tensor ([`declare_tensor`](Self::declare_tensor): no bytes yet).
     pub fn write_to<W: Write>(&self, out: &mut W) -> Result<()> {
+        if let Some(t) = self.tensors.iter().find(|t| t.data.is_none()) {
+            return Err(GgufError::DataSizeMismatch {
+                name: t.name.clone(),
+                expected: t.size,
+                actual: 0,
+            });
+        }
+        out.write_all(&self.header()?)?;
+        let align = self.alignment() as u64;
+        for t in &self.tensors {
+            write_padded(out, t.data.as_deref().unwrap_or_default(), align)?;
+        }
+        Ok(())
+    }
+
+    /// Metadata and tensor infos, padded to the alignment: everything before the data.
+    fn header(&self) -> Result<Vec<u8>> {
         let mut metadata = self.metadata.clone();
         if let Some(t) = self.tensors.iter().find(|t| t.ty.is_quantized()) {
             match metadata.iter().find(|(k, _)| k == QUANTIZATION_VERSION_KEY) {
@@ -181,36 +231,40 @@ impl GgufWriter {
             }
             head.extend_from_slice(&t.ty.id().to_le_bytes());
             head.extend_from_slice(&offset.to_le_bytes());
-            offset = align_up(offset + t.data.len() as u64, align).expect("size fits memory");
+            offset = align_up(offset + t.size, align).expect("size fits memory");
         }
         pad(&mut head, align);
-        out.write_all(&head)?;
-        let zeros = vec![0u8; align as usize];
-        for t in &self.tensors {
-            out.write_all(&t.data)?;
-            let rem = (t.data.len() as u64 % align) as usize;
-            if rem != 0 {
-                out.write_all(&zeros[..align as usize - rem])?;
-            }
-        }
-        Ok(())
+        Ok(head)
+    }
+
+    /// Opens `path` for streaming: the header (metadata and every tensor's info) is written at
+    /// once to a temporary file beside `path`; tensors added with their bytes are written when
+    /// their turn comes, declared ones by [`GgufStream::write_tensor`], in order.
+    /// [`GgufStream::finish`] syncs and renames the file into place (atomic, as
+    /// [`write_file`](Self::write_file)); a stream dropped unfinished removes its temporary.
+    pub fn stream_file(self, path: impl AsRef<Path>) -> Result<GgufStream> {
+        let path = path.as_ref().to_path_buf();
+        let tmp = temporary_path(&path)?;
+        let header = self.header()?;
+        let file = std::fs::File::create(&tmp)?;
+        let mut stream = GgufStream {
+            out: Some(std::io::BufWriter::new(file)),
+            tmp,
+            path,
+            align: self.alignment() as u64,
+            written: 0,
+            pending: self.tensors.into_iter().collect(),
+        };
+        stream.write(&header)?;
+        stream.flush_ready()?;
+        Ok(stream)
     }
 
     /// Writes the file atomically: streamed to a temporary file in the same directory,
     /// synced, then renamed over `path`.
     pub fn write_file(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => std::path::PathBuf::from("."),
-        };
-        let file_name = path.file_name().ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name")
-        })?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(file_name);
-        tmp_name.push(format!(".tmp{}", std::process::id()));
-        let tmp = dir.join(tmp_name);
+        let tmp = temporary_path(path)?;
         let result = (|| -> Result<()> {
             let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
             self.write_to(&mut f)?;
@@ -224,6 +278,133 @@ impl GgufWriter {
         }
         result
     }
+}
+
+/// A GGUF file being written tensor by tensor ([`GgufWriter::stream_file`]): the header is
+/// on disk, the declared tensors' bytes come one at a time, so memory holds one tensor.
+#[derive(Debug)]
+pub struct GgufStream {
+    out: Option<std::io::BufWriter<std::fs::File>>,
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+    align: u64,
+    written: u64,
+    pending: std::collections::VecDeque<PendingTensor>,
+}
+
+impl GgufStream {
+    /// Writes the bytes of the next declared tensor, `name` (checked against the header's
+    /// order and size).
+    pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> Result<()> {
+        let Some(next) = self.pending.front() else {
+            return Err(GgufError::StreamOrder {
+                expected: String::new(),
+                found: name.to_string(),
+            });
+        };
+        if next.name != name {
+            return Err(GgufError::StreamOrder {
+                expected: next.name.clone(),
+                found: name.to_string(),
+            });
+        }
+        if next.size != data.len() as u64 {
+            return Err(GgufError::DataSizeMismatch {
+                name: name.to_string(),
+                expected: next.size,
+                actual: data.len() as u64,
+            });
+        }
+        self.pending.pop_front();
+        self.write_tensor_data(data)?;
+        self.flush_ready()
+    }
+
+    /// The name of the tensor the stream expects next, if any.
+    pub fn next_tensor(&self) -> Option<&str> {
+        self.pending.front().map(|t| t.name.as_str())
+    }
+
+    /// Bytes written so far (header included).
+    pub fn bytes_written(&self) -> u64 {
+        self.written
+    }
+
+    /// Checks that every tensor was written, syncs the file and renames it into place;
+    /// returns the file size.
+    pub fn finish(mut self) -> Result<u64> {
+        if let Some(t) = self.pending.front() {
+            return Err(GgufError::StreamOrder {
+                expected: t.name.clone(),
+                found: String::new(),
+            });
+        }
+        let out = self.out.take().expect("a live stream has its file");
+        let f = out.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&self.tmp, &self.path)?;
+        Ok(self.written)
+    }
+
+    /// Writes the tensors at the front that were given with their bytes.
+    fn flush_ready(&mut self) -> Result<()> {
+        while self.pending.front().is_some_and(|t| t.data.is_some()) {
+            let t = self.pending.pop_front().expect("checked");
+            self.write_tensor_data(t.data.as_deref().unwrap_or_default())?;
+        }
+        Ok(())
+    }
+
+    fn write_tensor_data(&mut self, data: &[u8]) -> Result<()> {
+        let out = self.out.as_mut().expect("a live stream has its file");
+        self.written += write_padded(out, data, self.align)?;
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let out = self.out.as_mut().expect("a live stream has its file");
+        out.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+impl Drop for GgufStream {
+    fn drop(&mut self) {
+        if self.out.take().is_some() {
+            // Unfinished: the temporary file is not a valid GGUF.
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// `data` followed by zeros up to the alignment; returns the bytes written.
+fn write_padded<W: Write>(out: &mut W, data: &[u8], align: u64) -> Result<u64> {
+    out.write_all(data)?;
+    let rem = data.len() as u64 % align;
+    let mut n = data.len() as u64;
+    if rem != 0 {
+        let zeros = vec![0u8; (align - rem) as usize];
+        out.write_all(&zeros)?;
+        n += align - rem;
+    }
+    Ok(n)
+}
+
+/// The temporary file beside `path` that is renamed over it: `.<name>.tmp<pid>`.
+fn temporary_path(path: &Path) -> Result<std::path::PathBuf> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let file_name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name")
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    Ok(dir.join(tmp_name))
 }
 
 /// Bytes of a tensor of `ty` with ggml dims `dims` (the writer's and the reader's one check):
@@ -320,5 +501,81 @@ fn write_array(out: &mut Vec<u8>, a: &MetadataArray) {
         MetadataArray::U64(v) => le!(v),
         MetadataArray::I64(v) => le!(v),
         MetadataArray::F64(v) => le!(v),
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use crate::gguf::GgufFile;
+
+    fn writer(declared: bool) -> GgufWriter {
+        let mut w = GgufWriter::new();
+        w.add_metadata("general.name", MetadataValue::String("s".into()))
+            .unwrap();
+        let a: Vec<f32> = (0..64).map(|i| i as f32 / 7.0).collect();
+        w.add_tensor_f32("a", &[64], GgmlType::F32, &a).unwrap();
+        let b = codec::encode(GgmlType::Q8_0, &a).unwrap();
+        if declared {
+            w.declare_tensor("b", &[32, 2], GgmlType::Q8_0).unwrap();
+            w.declare_tensor("c", &[3], GgmlType::F32).unwrap();
+        } else {
+            w.add_tensor_bytes("b", &[32, 2], GgmlType::Q8_0, b)
+                .unwrap();
+            w.add_tensor_f32("c", &[3], GgmlType::F32, &[1.0, 2.0, 3.0])
+                .unwrap();
+        }
+        w
+    }
+
+    /// Declared tensors streamed in order give the same bytes as the in-memory writer;
+    /// out-of-order, mis-sized and missing tensors are typed errors, and an unfinished stream
+    /// leaves no file behind.
+    #[test]
+    fn streamed_file_equals_the_written_one() {
+        let dir = std::env::temp_dir().join(format!("gguf-stream-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (whole, streamed) = (dir.join("whole.gguf"), dir.join("streamed.gguf"));
+        writer(false).write_file(&whole).unwrap();
+        assert!(writer(true).write_to(&mut Vec::new()).is_err());
+        let a: Vec<f32> = (0..64).map(|i| i as f32 / 7.0).collect();
+        let b = codec::encode(GgmlType::Q8_0, &a).unwrap();
+        let c: Vec<u8> = [1f32, 2.0, 3.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let mut s = writer(true).stream_file(&streamed).unwrap();
+        assert_eq!(s.next_tensor(), Some("b"));
+        assert!(matches!(
+            s.write_tensor("c", &c),
+            Err(GgufError::StreamOrder { .. })
+        ));
+        assert!(matches!(
+            s.write_tensor("b", &b[1..]),
+            Err(GgufError::DataSizeMismatch { .. })
+        ));
+        s.write_tensor("b", &b).unwrap();
+        s.write_tensor("c", &c).unwrap();
+        let n = s.finish().unwrap();
+        let bytes = std::fs::read(&streamed).unwrap();
+        assert_eq!(n, bytes.len() as u64);
+        assert_eq!(bytes, std::fs::read(&whole).unwrap());
+        let header = GgufFile::parse_header_of(&bytes).unwrap();
+        assert_eq!(
+            header.tensors,
+            GgufFile::parse(bytes.clone()).unwrap().tensors
+        );
+        assert!(header.bytes().is_empty());
+
+        let unfinished = dir.join("unfinished.gguf");
+        let mut s = writer(true).stream_file(&unfinished).unwrap();
+        s.write_tensor("b", &b).unwrap();
+        assert!(matches!(s.finish(), Err(GgufError::StreamOrder { .. })));
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
