@@ -1,11 +1,13 @@
 //! The Stage-2 algorithm trait, its per-layer result and report, and the shared preparation
 //! of a layer problem (checks, dead inputs, act-order).
 
+use std::any::Any;
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
 use burn_quant_core::host::HostParams;
 use burn_quant_core::{QuantSpec, QuantTensor};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PtqError, Result, check_finite};
@@ -71,6 +73,96 @@ pub trait Stage2Algorithm: Send + Sync + std::fmt::Debug {
         let data = read(weight, "weight")?;
         let host = self.quantize_host(&data, shape, stats, spec)?;
         host.into_quantized(spec, &weight.device())
+    }
+
+    /// The weight-independent work on a site's statistics (the Hessian's damped factor, the
+    /// processing order, …), done once for every layer that reads the site. The default keeps
+    /// only the statistics, so [`Stage2Algorithm::quantize_prepared_host`] is
+    /// [`Stage2Algorithm::quantize_host`].
+    fn prepare<'a>(&self, stats: &'a LayerStats) -> Result<Prepared<'a>> {
+        Ok(Prepared::new(stats))
+    }
+
+    /// [`Stage2Algorithm::quantize_host`] with the statistics already prepared; equal to it
+    /// code for code. A preparation made by another algorithm or configuration is not trusted:
+    /// the statistics are then prepared again.
+    fn quantize_prepared_host(
+        &self,
+        weight: &[f32],
+        shape: [usize; 2],
+        prepared: &Prepared<'_>,
+        spec: &QuantSpec,
+    ) -> Result<HostQuantized> {
+        self.quantize_host(weight, shape, prepared.stats(), spec)
+    }
+
+    /// Quantizes every layer that reads one input (`weights[i]`: `[d_in, d_out_i]`, one spec
+    /// for all): the statistics are prepared once and the layers quantized in parallel on the
+    /// host (rayon; each layer's result does not depend on the others or on the thread count,
+    /// so it equals [`Stage2Algorithm::quantize`] of that layer code for code). Results in the
+    /// order of `weights`, each on its weight's device.
+    fn quantize_site(
+        &self,
+        weights: &[Tensor<2>],
+        stats: &LayerStats,
+        spec: &QuantSpec,
+    ) -> Result<Vec<Quantized>> {
+        let host: Vec<(Vec<f32>, [usize; 2])> = weights
+            .iter()
+            .map(|w| Ok((read(w, "weight")?, w.dims())))
+            .collect::<Result<_>>()?;
+        let prepared = self.prepare(stats)?;
+        let results: Vec<Result<HostQuantized>> = host
+            .par_iter()
+            .map(|(data, shape)| self.quantize_prepared_host(data, *shape, &prepared, spec))
+            .collect();
+        results
+            .into_iter()
+            .zip(weights)
+            .map(|(r, w)| r?.into_quantized(spec, &w.device()))
+            .collect()
+    }
+}
+
+/// A site's statistics with an algorithm's weight-independent preparation of them
+/// ([`Stage2Algorithm::prepare`]), shared by every layer that reads the site.
+pub struct Prepared<'a> {
+    stats: &'a LayerStats,
+    cache: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl<'a> Prepared<'a> {
+    /// The statistics alone (nothing prepared).
+    pub fn new(stats: &'a LayerStats) -> Self {
+        Self { stats, cache: None }
+    }
+
+    /// The statistics with an algorithm's preparation of them.
+    pub fn with_cache<T: Any + Send + Sync>(stats: &'a LayerStats, cache: T) -> Self {
+        Self {
+            stats,
+            cache: Some(Box::new(cache)),
+        }
+    }
+
+    /// The statistics.
+    pub fn stats(&self) -> &'a LayerStats {
+        self.stats
+    }
+
+    /// The preparation, if there is one of type `T`.
+    pub fn cache<T: Any>(&self) -> Option<&T> {
+        self.cache.as_ref().and_then(|c| c.downcast_ref::<T>())
+    }
+}
+
+impl std::fmt::Debug for Prepared<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("d_in", &self.stats.d_in())
+            .field("tokens", &self.stats.tokens())
+            .field("cached", &self.cache.is_some())
+            .finish()
     }
 }
 
@@ -206,6 +298,33 @@ pub(crate) fn problem(
     if stats.inputs() == CalibInputs::None || stats.tokens() == 0 {
         return Err(PtqError::EmptyCalibration { algorithm });
     }
+    let (h, g, dead) = site_statistics(algorithm, stats, need_cross)?;
+    let mut w = weight.to_vec();
+    let mut report = LayerReport::new(algorithm, shape, stats.tokens());
+    for &j in &dead {
+        w[j * m..(j + 1) * m].fill(0.0);
+    }
+    report.dead_inputs = dead.len();
+    Ok(Problem {
+        n,
+        m,
+        w,
+        h,
+        g,
+        dead,
+        report,
+        started,
+    })
+}
+
+/// The weight-independent part of [`problem`]: mean `H` with the dead inputs' diagonal set to
+/// 1, `G` when `need_cross`, and the dead inputs (zero on every calibration token).
+pub(crate) fn site_statistics(
+    algorithm: &'static str,
+    stats: &LayerStats,
+    need_cross: bool,
+) -> Result<(Vec<f64>, Option<Vec<f64>>, Vec<usize>)> {
+    let n = stats.d_in();
     let g = if need_cross {
         Some(stats.cross().ok_or(PtqError::MissingStatistics {
             algorithm,
@@ -220,24 +339,11 @@ pub(crate) fn problem(
             reason: format!("H[{j}, {j}] = {} < 0: not a Gram matrix", h[j * n + j]),
         });
     }
-    let mut w = weight.to_vec();
-    let mut report = LayerReport::new(algorithm, shape, stats.tokens());
     let dead: Vec<usize> = (0..n).filter(|&j| h[j * n + j] == 0.0).collect();
     for &j in &dead {
         h[j * n + j] = 1.0;
-        w[j * m..(j + 1) * m].fill(0.0);
     }
-    report.dead_inputs = dead.len();
-    Ok(Problem {
-        n,
-        m,
-        w,
-        h,
-        g,
-        dead,
-        report,
-        started,
-    })
+    Ok((h, g, dead))
 }
 
 /// Checks a weight against its declared shape and the statistics' width.

@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use burn_quant_core::QuantSpec;
 use serde::{Deserialize, Serialize};
 
-use crate::algorithm::{HostQuantized, Stage2Algorithm};
+use crate::algorithm::{HostQuantized, Prepared, Stage2Algorithm};
 use crate::error::{PtqError, Result};
 use crate::stats::{CalibInputs, LayerStats};
 use crate::{Adaround, AutoRound, Gpfq, Gptaq, Gptq, Qronos, Rtn};
@@ -37,8 +37,15 @@ pub enum Algorithm {
 
 impl Algorithm {
     /// The names [`Algorithm::from_str`] accepts.
-    pub const NAMES: [&'static str; 7] =
-        ["rtn", "gptq", "gpfq", "gptaq", "qronos", "adaround", "autoround"];
+    pub const NAMES: [&'static str; 7] = [
+        "rtn",
+        "gptq",
+        "gpfq",
+        "gptaq",
+        "qronos",
+        "adaround",
+        "autoround",
+    ];
 
     /// Turns act-order on or off (no effect on RTN or AdaRound).
     pub fn with_act_order(self, on: bool) -> Self {
@@ -151,6 +158,19 @@ impl Stage2Algorithm for Algorithm {
         spec: &QuantSpec,
     ) -> Result<HostQuantized> {
         self.inner().quantize_host(weight, shape, stats, spec)
+    }
+    fn prepare<'a>(&self, stats: &'a LayerStats) -> Result<Prepared<'a>> {
+        self.inner().prepare(stats)
+    }
+    fn quantize_prepared_host(
+        &self,
+        weight: &[f32],
+        shape: [usize; 2],
+        prepared: &Prepared<'_>,
+        spec: &QuantSpec,
+    ) -> Result<HostQuantized> {
+        self.inner()
+            .quantize_prepared_host(weight, shape, prepared, spec)
     }
 }
 

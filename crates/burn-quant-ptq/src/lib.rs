@@ -70,8 +70,10 @@ pub mod stats;
 mod testutil;
 
 pub use adaround::Adaround;
+pub use algorithm::{
+    DynamicGroupTiming, HostQuantized, LayerReport, Prepared, Quantized, Stage2Algorithm,
+};
 pub use autoround::{AutoRound, AutoRoundOutcome, AutoRoundReport, BlockWeight};
-pub use algorithm::{DynamicGroupTiming, HostQuantized, LayerReport, Quantized, Stage2Algorithm};
 pub use bias_correction::{InputMeans, bias_correction};
 pub use choice::Algorithm;
 pub use error::{PtqError, Result};

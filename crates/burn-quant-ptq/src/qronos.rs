@@ -28,9 +28,11 @@
 use burn_quant_core::QuantSpec;
 use serde::{Deserialize, Serialize};
 
+use std::time::Instant;
+
 use crate::algorithm::{
-    DynamicGroupTiming, HostQuantized, Problem, Stage2Algorithm, check_block, in_processing_order,
-    permute_rows, problem, to_f32,
+    DynamicGroupTiming, HostQuantized, LayerReport, Prepared, Stage2Algorithm, check_block,
+    check_weight, in_processing_order, permute_rows, site_statistics, to_f32,
 };
 use crate::error::{PtqError, Result};
 use crate::linalg::{View, ViewMut, damped_inverse_factor, lambda_max, matmul};
@@ -119,6 +121,49 @@ impl Qronos {
         check_block(self.block_size)
     }
 
+    /// The weight-independent part: the statistics checked, dead inputs found, the
+    /// processing order, `H` and `G` permuted into it, and the damped inverse factor of the
+    /// trailing block (`None` when no damping makes it positive definite).
+    pub(crate) fn prepare_site(&self, stats: &LayerStats) -> Result<QronosPrepared> {
+        self.validate()?;
+        let n = stats.d_in();
+        if stats.inputs() == CalibInputs::None || stats.tokens() == 0 {
+            return Err(PtqError::EmptyCalibration {
+                algorithm: "qronos",
+            });
+        }
+        let (h, g, dead) = site_statistics("qronos", stats, true)?;
+        let g = g.expect("requested");
+        let (order, h, [g]) = in_processing_order(self.act_order, n, h, [g]);
+        // The factor of the trailing block first: if it cannot be had, nothing is quantized.
+        let lmax = lambda_max(&h, n, self.power_iters);
+        let lambda0 = self.alpha * lmax;
+        let floor = 1e-8 * (0..n).map(|j| h[j * n + j]).fold(0f64, f64::max).max(1e-30);
+        let k = n.saturating_sub(1);
+        let factor = if k == 0 {
+            Some(crate::linalg::DampedFactor {
+                u: vec![],
+                lambda: lambda0.max(floor),
+                retries: 0,
+            })
+        } else {
+            let trailing: Vec<f64> = (0..k * k).map(|i| h[(1 + i / k) * n + 1 + i % k]).collect();
+            damped_inverse_factor(&trailing, k, lambda0, floor)
+        };
+        let u32 = factor.as_ref().map(|f| to_f32(&f.u)).unwrap_or_default();
+        Ok(QronosPrepared {
+            config: *self,
+            n,
+            tokens: stats.tokens(),
+            h,
+            g,
+            dead,
+            order,
+            factor,
+            u32,
+        })
+    }
+
     /// The algorithm; with `after_step1`, also returns the rows `V` right after step 1
     /// (processing order, f64) and the λ used, for the normal-equation oracle.
     pub(crate) fn run(
@@ -130,18 +175,29 @@ impl Qronos {
         after_step1: bool,
     ) -> Result<(HostQuantized, Option<AfterStep1>)> {
         self.validate()?;
-        let Problem {
-            n,
-            m,
-            w,
-            h,
-            g,
-            mut report,
-            started,
-            ..
-        } = problem("qronos", weight, shape, stats, true)?;
-        let g = g.expect("requested");
-        let (order, h, [g]) = in_processing_order(self.act_order, n, h, [g]);
+        check_weight(weight, shape, stats.d_in())?;
+        let prepared = self.prepare_site(stats)?;
+        self.run_prepared(weight, shape, &prepared, spec, after_step1)
+    }
+
+    /// The weight-dependent part, on a site's [`QronosPrepared`].
+    fn run_prepared(
+        &self,
+        weight: &[f32],
+        shape: [usize; 2],
+        p: &QronosPrepared,
+        spec: &QuantSpec,
+        after_step1: bool,
+    ) -> Result<(HostQuantized, Option<AfterStep1>)> {
+        let started = Instant::now();
+        let [n, m] = check_weight(weight, shape, p.n)?;
+        let mut w = weight.to_vec();
+        for &j in &p.dead {
+            w[j * m..(j + 1) * m].fill(0.0);
+        }
+        let mut report = LayerReport::new("qronos", shape, p.tokens);
+        report.dead_inputs = p.dead.len();
+        let (order, h, g) = (&p.order, &p.h, &p.g);
         // Dynamic parameters see every earlier row's feedback (see the module doc).
         let timing = if self.static_groups {
             ParamTiming::Static
@@ -149,27 +205,12 @@ impl Qronos {
             ParamTiming::Dynamic(DynamicGroupTiming::GroupStart)
         };
         let mut rq = RowQuantizer::new("qronos", spec, &w, n, m, timing, self.act_order)?;
-        let w0: Vec<f64> = permute_rows(&w, m, &order)
+        let w0: Vec<f64> = permute_rows(&w, m, order)
             .iter()
             .map(|&v| v as f64)
             .collect();
-
-        // The factor of the trailing block first: if it cannot be had, nothing is quantized yet.
-        let lmax = lambda_max(&h, n, self.power_iters);
-        let lambda0 = self.alpha * lmax;
-        let floor = 1e-8 * (0..n).map(|j| h[j * n + j]).fold(0f64, f64::max).max(1e-30);
         let k = n - 1;
-        let trailing: Vec<f64> = (0..k * k).map(|i| h[(1 + i / k) * n + 1 + i % k]).collect();
-        let factor = if k == 0 {
-            Some(crate::linalg::DampedFactor {
-                u: vec![],
-                lambda: lambda0.max(floor),
-                retries: 0,
-            })
-        } else {
-            damped_inverse_factor(&trailing, k, lambda0, floor)
-        };
-        let Some(f) = factor else {
+        let Some(f) = p.factor.as_ref() else {
             report.warn(format!(
                 "qronos: the {n}×{n} Hessian is not positive definite at any damping; falling \
                  back to RTN"
@@ -252,7 +293,7 @@ impl Qronos {
                 ViewMut::rows(&mut rhs, k, m),
                 true,
                 1.0,
-                View::rows(&g, n, n).block(1, 0, k, n),
+                View::rows(g, n, n).block(1, 0, k, n),
                 View::rows(&w0, n, m),
                 1.0,
             );
@@ -287,13 +328,12 @@ impl Qronos {
             }
 
             // Steps 2…n: GPTQ's sweep on the downdated inverse factor.
-            let u = to_f32(&f.u);
             let sweep = Sweep {
                 n,
                 m,
-                order: &order,
+                order,
                 start: 1,
-                feedback: Feedback::Obs { u: &u },
+                feedback: Feedback::Obs { u: &p.u32 },
                 block: self.block_size,
             };
             sweep.run(&mut x, &mut rq, &mut codes, &mut w_hat, false)?;
@@ -330,12 +370,136 @@ impl Stage2Algorithm for Qronos {
     ) -> Result<HostQuantized> {
         self.run(weight, shape, stats, spec, false).map(|r| r.0)
     }
+
+    fn prepare<'a>(&self, stats: &'a LayerStats) -> Result<Prepared<'a>> {
+        Ok(Prepared::with_cache(stats, self.prepare_site(stats)?))
+    }
+
+    fn quantize_prepared_host(
+        &self,
+        weight: &[f32],
+        shape: [usize; 2],
+        prepared: &Prepared<'_>,
+        spec: &QuantSpec,
+    ) -> Result<HostQuantized> {
+        match prepared.cache::<QronosPrepared>() {
+            Some(p) if p.config == *self && p.n == prepared.stats().d_in() => self
+                .run_prepared(weight, shape, p, spec, false)
+                .map(|r| r.0),
+            _ => self.quantize_host(weight, shape, prepared.stats(), spec),
+        }
+    }
+}
+
+/// Qronos's preparation of one site's statistics ([`Stage2Algorithm::prepare`]): everything
+/// that does not depend on the weight, computed once for q/k/v and once for gate/up.
+pub(crate) struct QronosPrepared {
+    /// The configuration that prepared it (a preparation is only used by the same one).
+    config: Qronos,
+    n: usize,
+    tokens: u64,
+    /// Mean `X̃ᵀX̃` (dead diagonal entries 1) and `X̃ᵀX`, in processing order.
+    h: Vec<f64>,
+    g: Vec<f64>,
+    dead: Vec<usize>,
+    order: Vec<usize>,
+    /// `U'` of the damped trailing block, `None` when no damping works (RTN fallback).
+    factor: Option<crate::linalg::DampedFactor>,
+    /// `U'` in f32, for the sweep.
+    u32: Vec<f32>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Gptq;
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    /// A site's statistics prepared once give, for every consumer, the codes, parameters and
+    /// Ŵ of a per-layer `quantize_host` (which prepares them again each time), and a
+    /// preparation by another configuration is not used.
+    #[test]
+    fn prepared_once_equals_per_call_quantization() {
+        let (n, t) = (80, 400);
+        let x = correlated(t, n, 201);
+        let xq = perturbed(&x, n, 0.1, 202);
+        let s = stats(&x, Some(&xq), n, true);
+        let spec = QuantSpec::int4_weight_per_group(16);
+        for (act, fixed) in [(false, true), (true, true), (false, false)] {
+            let qronos = Qronos::default()
+                .with_act_order(act)
+                .with_static_groups(fixed);
+            let prepared = qronos.prepare(&s).unwrap();
+            assert!(prepared.cache::<QronosPrepared>().is_some());
+            for (m, seed) in [(24, 203), (8, 204), (40, 205)] {
+                let w = weights(n, m, seed);
+                let once = qronos
+                    .quantize_prepared_host(&w, [n, m], &prepared, &spec)
+                    .unwrap();
+                let each = qronos.quantize_host(&w, [n, m], &s, &spec).unwrap();
+                assert_eq!(once.codes, each.codes, "act {act} static {fixed} m {m}");
+                assert_eq!(once.params, each.params);
+                assert_eq!(once.w_hat, each.w_hat);
+                assert_eq!(once.report.damping, each.report.damping);
+            }
+            // Prepared with another α: the statistics are prepared again for this one.
+            let other = qronos.with_alpha(1e-2);
+            let w = weights(n, 24, 206);
+            let stale = other
+                .quantize_prepared_host(&w, [n, 24], &prepared, &spec)
+                .unwrap();
+            let fresh = other.quantize_host(&w, [n, 24], &s, &spec).unwrap();
+            assert_eq!(stale.codes, fresh.codes);
+            assert_eq!(stale.report.damping, fresh.report.damping);
+        }
+    }
+
+    /// `quantize_site` (prepared once, consumers in parallel) equals per-layer `quantize` bit
+    /// for bit, on one thread and on several.
+    #[test]
+    fn site_quantization_is_parallel_and_deterministic() {
+        let (n, t) = (64, 300);
+        let x = correlated(t, n, 211);
+        let xq = perturbed(&x, n, 0.1, 212);
+        let s = stats(&x, Some(&xq), n, true);
+        let spec = QuantSpec::int4_weight_per_group(32);
+        let qronos = Qronos::default().with_act_order(true);
+        let device = Device::flex();
+        let ws: Vec<Tensor<2>> = [(48, 221), (16, 222), (16, 223)]
+            .iter()
+            .map(|&(m, seed)| {
+                Tensor::from_data(TensorData::new(weights(n, m, seed), [n, m]), &device)
+            })
+            .collect();
+        let host = |t: &Tensor<2>| t.to_data().try_to_vec::<f32>().unwrap();
+        let sequential: Vec<_> = ws
+            .iter()
+            .map(|w| qronos.quantize(w, &s, &spec).unwrap())
+            .collect();
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let site = pool.install(|| qronos.quantize_site(&ws, &s, &spec).unwrap());
+            assert_eq!(site.len(), ws.len());
+            for (a, b) in site.iter().zip(&sequential) {
+                assert_eq!(
+                    host(&a.tensor.dequantize()),
+                    host(&b.tensor.dequantize()),
+                    "{threads} threads"
+                );
+                assert_eq!(a.report.damping, b.report.damping);
+            }
+        }
+        // An error in one consumer is the site's error.
+        let bad =
+            Tensor::<2>::from_data(TensorData::new(weights(n + 1, 4, 9), [n + 1, 4]), &device);
+        assert!(matches!(
+            qronos.quantize_site(&[ws[0].clone(), bad], &s, &spec),
+            Err(PtqError::ShapeMismatch { .. })
+        ));
+    }
     use crate::rtn::Rtn;
     use crate::testutil::{correlated, output_error, perturbed, stats, upstream, weights};
 
