@@ -42,7 +42,7 @@ pub use granularity::{Granularity, Layout};
 pub use observer::Observer;
 pub use quantize::{
     QuantParams, QuantTensor, ScaleLevel, compute_params, dequantize, fake_quant,
-    fake_quant_custom, fake_quant_fused, fake_quant_offset, fake_quant_with, grad_scale, quantize, quantize_with,
+    fake_quant_custom, fake_quant_fused, fake_quant_offset, fake_quant_reference, fake_quant_with, grad_scale, quantize, quantize_with,
     round_ste, with_surrogate_grad,
 };
 pub use rounding::{Rounding, RoundingFn, RoundingName, register_rounding};

@@ -152,9 +152,14 @@ impl<const D: usize> QuantParams<D> {
 /// (for a learned scale, its initial value; for a constant, the constant).
 pub fn compute_params<const D: usize>(x: &Tensor<D>, spec: &QuantSpec) -> Result<QuantParams<D>> {
     let shape = x.dims();
-    let data = to_host(x);
     let layout = spec.check_shape(&shape)?;
-    let host = host::compute_params(&data, &shape, spec)?;
+    // On Flex, the statistics read the tensor's storage in place (no copy).
+    let host = match crate::fused::with_host_slice(x, |data| {
+        host::compute_params(data, &shape, spec)
+    }) {
+        Some(host) => host?,
+        None => host::compute_params(&to_host(x), &shape, spec)?,
+    };
     Ok(QuantParams::from_host(host, &layout, &x.device()))
 }
 
@@ -294,10 +299,14 @@ pub fn fake_quant<const D: usize>(x: Tensor<D>, spec: &QuantSpec) -> Result<Tens
 
 /// Fake-quantizes `x` with given params: forward `(Q(x/s + z) − z) · s`.
 ///
-/// When neither `x` nor the params are tracked by autodiff, this runs the fused host kernel
-/// (one pass); otherwise the differentiable tensor path with the spec's rounding and the
-/// straight-through estimator, so a scale that requires grad receives the LSQ gradient.
-/// A custom rule (`Rounding::Custom`) always takes the tensor path, with the registered rule.
+/// Gradients: straight-through to `x` inside the representable range (zero where clipped),
+/// LSQ to a scale that requires grad, and the zero-point's gradient to a learned zero-point.
+///
+/// What runs (see [`crate::fused`]): on a Flex device (plain or autodiff), f32 tensors with a
+/// built-in rounding rule go through the fused op (one pass forward, one pass backward).
+/// Elsewhere, untracked calls run the fused host kernel (copying to the host and back) and
+/// tracked calls the differentiable reference chain ([`fake_quant_reference`]). A custom rule
+/// (`Rounding::Custom`) always takes the reference chain, with the registered rule.
 ///
 /// # Errors
 /// Besides shape and value errors, [`QuantError::UnknownRounding`] when the spec names a rule
@@ -311,6 +320,9 @@ pub fn fake_quant_with<const D: usize>(
         let rule = spec.rounding.resolve()?;
         return fake_quant_custom(x, spec, params, rule.as_ref());
     }
+    if crate::fused::supports(&x, spec, params) {
+        return crate::fused::fake_quant(x, spec, params, 1.0);
+    }
     // `is_tracked`, not `is_require_grad`: an activation computed from a leaf that requires
     // grad is tracked without being a leaf itself, and must get the differentiable path.
     let tracked = x.is_tracked()
@@ -323,9 +335,10 @@ pub fn fake_quant_with<const D: usize>(
     }
 }
 
-/// The fused host fake-quant (no autodiff): one parallel pass over the data. A custom rule
-/// (`Rounding::Custom`) cannot run per element on the host: it takes the tensor path (its
-/// forward value, detached).
+/// The fused fake-quant without autodiff (the result is detached): one parallel pass over the
+/// data — in place on Flex ([`crate::fused`]), through a host copy on other devices. A custom
+/// rule (`Rounding::Custom`) cannot run per element: it takes the tensor path (its forward
+/// value, detached).
 pub fn fake_quant_fused<const D: usize>(
     x: Tensor<D>,
     spec: &QuantSpec,
@@ -334,6 +347,14 @@ pub fn fake_quant_fused<const D: usize>(
     if spec.rounding.is_custom() {
         let rule = spec.rounding.resolve()?;
         return fake_quant_custom(x.detach(), spec, params, rule.as_ref());
+    }
+    if crate::fused::supports(&x, spec, params) {
+        let detached = QuantParams {
+            scales: params.scales.clone().detach(),
+            zero_points: params.zero_points.clone().map(|z| z.detach()),
+            scale_level: params.scale_level.clone(),
+        };
+        return crate::fused::fake_quant(x.detach(), spec, &detached, 1.0);
     }
     let shape = x.dims();
     let layout = spec.check_shape(&shape)?;
@@ -386,7 +407,25 @@ pub fn grad_scale<const D: usize>(t: Tensor<D>, g: f32) -> Tensor<D> {
     scaled.clone() + (t - scaled).detach()
 }
 
-/// The differentiable fake-quant with any rounding rule (built-in or a custom [`RoundingFn`]).
+/// The reference chain: the differentiable fake-quant of [`fake_quant_custom`] with the
+/// spec's own rounding rule (built-in or registered), on any device.
+///
+/// This is the definition the fused op ([`crate::fused`]) is tested against, and what
+/// [`fake_quant_with`] runs where the fused op does not.
+///
+/// # Errors
+/// Like [`fake_quant_with`].
+pub fn fake_quant_reference<const D: usize>(
+    x: Tensor<D>,
+    spec: &QuantSpec,
+    params: &QuantParams<D>,
+) -> Result<Tensor<D>> {
+    let rule = spec.rounding.resolve()?;
+    fake_quant_tensor_path(x, None, spec, params, rule.as_ref())
+}
+
+/// The differentiable fake-quant with any rounding rule (built-in or a custom [`RoundingFn`]),
+/// as a chain of element-wise Burn ops (the reference, see [`fake_quant_reference`]).
 ///
 /// Integer grids: `v = x/s + z`, `q = R(clamp(v, qmin, qmax))`, out `(q − z)·s`.
 /// Minifloats: `v = clamp(x/s, ±max)` (saturating), `q = step(v) · R(v / step(v))` with the
@@ -502,7 +541,9 @@ fn fake_quant_tensor_path<const D: usize>(
                 } else {
                     f32::NAN
                 };
-                let signed = q.clone().sign().mul_scalar(fill);
+                // Detached: the fill (Inf/NaN) must not reach the gradient (0·NaN = NaN would
+                // poison every element's gradient through the mask).
+                let signed = q.clone().detach().sign().mul_scalar(fill);
                 q.mask_where(over, signed)
             }
         }

@@ -17,7 +17,9 @@
 //! Everything else keeps the reference chain, [`crate::fake_quant_reference`] (the
 //! differentiable chain of ~28 element-wise Burn ops with detach tricks, which also defines
 //! the semantics this op reproduces):
-//! - other devices (ndarray; wgpu until a CubeCL kernel implements [`FakeQuantBackend`]);
+//! - other devices (ndarray); on wgpu (feature `wgpu`) the CubeCL kernels of `cube.rs` run the
+//!   specs [`cube_spec_supported`] accepts (all but stochastic rounding and exotic minifloats),
+//!   the chain the rest;
 //! - custom rounding rules ([`crate::Rounding::Custom`], tensor-level
 //!   [`crate::RoundingFn`]s): they are tensor functions, with no per-element form;
 //! - a rounding offset ([`crate::fake_quant_offset`], AutoRound);
@@ -43,6 +45,8 @@
 //! rounding only.
 
 mod autodiff;
+#[cfg(feature = "wgpu")]
+mod cube;
 mod flex;
 #[cfg(test)]
 mod tests;
@@ -59,6 +63,8 @@ use crate::quantize::QuantParams;
 use crate::rounding::{Rounding, RoundingFn};
 use crate::spec::QuantSpec;
 
+#[cfg(feature = "wgpu")]
+pub use cube::{cube_calls, spec_supported as cube_spec_supported};
 pub use flex::{FusedCalls, fused_calls};
 
 /// Above this many elements the Flex kernels run in parallel (rayon's global pool, shared
@@ -213,9 +219,18 @@ impl FakeQuantArgs {
 /// The `Autodiff` implementation is generic over the inner backend (it calls the inner
 /// backward), so a new backend implements the two methods on its primitives and adds its
 /// selector to the attribute below.
-#[backend_extension(Autodiff, Flex: cfg(all()))]
+#[backend_extension(
+    Autodiff,
+    Flex: cfg(all()),
+    Cube: cfg(feature = "wgpu"),
+    Fusion: cfg(feature = "wgpu")
+)]
 pub trait FakeQuantBackend: Backend {
     /// Fused fake-quant forward: `(y, status)`, see the trait's contract.
+    #[fusion(meta = |x, _scale, _zero_point, _args| (
+        x.clone(),
+        burn::backend::fusion::custom::TensorSpec::new([1].into(), DType::F32),
+    ))]
     fn fake_quant(
         x: FloatTensor<Self>,
         scale: FloatTensor<Self>,
@@ -225,6 +240,7 @@ pub trait FakeQuantBackend: Backend {
 
     /// Fused fake-quant backward: `(dx, d_scale, d_zero_point)`, see the trait's contract.
     /// Not itself differentiable.
+    #[fusion(meta = |x, scale, zero_point, _grad, _args| (x.clone(), scale.clone(), zero_point.clone()))]
     fn fake_quant_backward(
         x: FloatTensor<Self>,
         scale: FloatTensor<Self>,
@@ -234,20 +250,45 @@ pub trait FakeQuantBackend: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
-/// Whether `device` runs the fused op: a Flex device, plain or autodiff.
+/// Whether `device` runs the fused op: a Flex device, plain or autodiff; with the feature
+/// `wgpu`, also a CubeCL (wgpu) device, for the specs of [`cube_spec_supported`].
 pub fn device_supported(device: &Device) -> bool {
     matches!(
         device.clone().without_autodiff().as_dispatch(),
         DispatchDevice::Flex(_)
-    )
+    ) || on_cube(device)
+}
+
+/// Whether `device` is a CubeCL device (plain or autodiff).
+fn on_cube(device: &Device) -> bool {
+    #[cfg(feature = "wgpu")]
+    return matches!(
+        device.clone().without_autodiff().as_dispatch(),
+        DispatchDevice::Cube(_)
+    );
+    #[cfg(not(feature = "wgpu"))]
+    return {
+        let _ = device;
+        false
+    };
 }
 
 /// Whether [`fake_quant`] runs `x` under `spec` with `params` (otherwise use the reference
-/// chain): a Flex device, f32 tensors, a built-in rounding rule, and params on the same
+/// chain): a Flex device (or, with the feature `wgpu`, a CubeCL device and a spec of
+/// [`cube_spec_supported`]), f32 tensors, a built-in rounding rule, and params on the same
 /// device as `x` (or its non-autodiff twin).
 pub fn supports<const D: usize>(x: &Tensor<D>, spec: &QuantSpec, params: &QuantParams<D>) -> bool {
-    let on_flex = |t: &Tensor<D>| device_supported(&t.device()) && t.dtype() == DType::F32;
+    let cube = on_cube(&x.device());
+    // Every tensor on a supported device of the same backend as `x`.
+    let on_flex = |t: &Tensor<D>| {
+        device_supported(&t.device()) && on_cube(&t.device()) == cube && t.dtype() == DType::F32
+    };
+    #[cfg(feature = "wgpu")]
+    let kernel = !cube || cube_spec_supported(spec);
+    #[cfg(not(feature = "wgpu"))]
+    let kernel = true;
     !spec.rounding.is_custom()
+        && kernel
         && on_flex(x)
         && on_flex(&params.scales)
         && params.zero_points.as_ref().is_none_or(on_flex)
