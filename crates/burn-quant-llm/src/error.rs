@@ -102,6 +102,10 @@ pub enum LlmError {
     /// The calibration data cannot drive the pipeline.
     #[error("calibration: {0}")]
     Calibration(String),
+    /// Something the streaming pipeline ([`crate::quantize_llama_streaming`]) cannot do one
+    /// block at a time (e.g. AutoRound, a weight spec without a ggml structure).
+    #[error("streaming PTQ: {0}")]
+    NotStreamable(String),
     /// A block index past the last block.
     #[error("block {index} does not exist (the model has {count})")]
     NoSuchBlock {

@@ -171,6 +171,17 @@ pub enum LlamaError {
     /// A mix name that is not known.
     #[error("unknown mix {0:?}")]
     UnknownMix(String),
+    /// A streamed tensor ([`LlamaGgufStream`]) whose ggml type is not the one its header entry
+    /// declared.
+    #[error("tensor {name:?}: declared {declared:?}, given {given:?}")]
+    TypeMismatch {
+        /// GGUF name.
+        name: String,
+        /// Type in the header.
+        declared: GgmlType,
+        /// Type of the tensor given.
+        given: GgmlType,
+    },
 }
 
 /// What goes into the file besides tensors and tokenizer.
@@ -342,15 +353,7 @@ pub fn build_llama_gguf<T: Into<LlamaTensor>>(
     imatrix: Option<&Imatrix>,
 ) -> Result<(GgufWriter, LlamaExportReport), LlamaError> {
     let hp = &config.hparams;
-    hp.validate()?;
-    tokenizer.validate()?;
-    if tokenizer.len() != hp.vocab_size {
-        return Err(LlamaError::VocabMismatch {
-            what: "tokenizer tokens vs vocab_size".into(),
-            expected: hp.vocab_size,
-            actual: tokenizer.len(),
-        });
-    }
+    check_config(config, tokenizer)?;
 
     // Encode each tensor as it arrives, so that only encoded bytes stay in memory.
     let mut encoded: Vec<(LlamaTensorName, ExportedTensor, Vec<u8>)> = Vec::new();
@@ -386,7 +389,43 @@ pub fn build_llama_gguf<T: Into<LlamaTensor>>(
         }
     }
     encoded.sort_by_key(|(n, _, _)| n.order_key());
+    let mut w = llama_writer(config, tokenizer, mix)?;
+    let file_type = mix.file_type();
+    let mut report = LlamaExportReport {
+        tensors: Vec::with_capacity(encoded.len()),
+        file_type,
+        file_bytes: 0,
+    };
+    for (_, info, bytes) in encoded {
+        w.add_tensor_bytes(info.name.clone(), &info.dims, info.ty, bytes)?;
+        report.tensors.push(info);
+    }
+    Ok((w, report))
+}
 
+/// The hyper-parameters are valid and the tokenizer has `vocab_size` tokens.
+fn check_config(config: &LlamaGgufConfig, tokenizer: &GgufTokenizer) -> Result<(), LlamaError> {
+    let hp = &config.hparams;
+    hp.validate()?;
+    tokenizer.validate()?;
+    if tokenizer.len() != hp.vocab_size {
+        return Err(LlamaError::VocabMismatch {
+            what: "tokenizer tokens vs vocab_size".into(),
+            expected: hp.vocab_size,
+            actual: tokenizer.len(),
+        });
+    }
+    Ok(())
+}
+
+/// A writer holding the metadata of a llama GGUF (architecture, name, file type, alignment,
+/// `llama.*`, `tokenizer.*` and `burnq.*` keys), no tensors yet.
+fn llama_writer(
+    config: &LlamaGgufConfig,
+    tokenizer: &GgufTokenizer,
+    mix: LlamaMix,
+) -> Result<GgufWriter, LlamaError> {
+    let hp = &config.hparams;
     let mut w = GgufWriter::new();
     w.add_metadata(
         "general.architecture",
@@ -411,16 +450,7 @@ pub fn build_llama_gguf<T: Into<LlamaTensor>>(
     for (k, v) in &config.provenance {
         w.add_metadata(format!("burnq.{k}"), MetadataValue::String(v.clone()))?;
     }
-    let mut report = LlamaExportReport {
-        tensors: Vec::with_capacity(encoded.len()),
-        file_type,
-        file_bytes: 0,
-    };
-    for (_, info, bytes) in encoded {
-        w.add_tensor_bytes(info.name.clone(), &info.dims, info.ty, bytes)?;
-        report.tensors.push(info);
-    }
-    Ok((w, report))
+    Ok(w)
 }
 
 /// Checks, permutes and encodes one float tensor with the mix's type.
@@ -553,6 +583,139 @@ pub fn export_llama_gguf<T: Into<LlamaTensor>>(
         })?
         .len();
     Ok(report)
+}
+
+/// A llama GGUF written tensor by tensor, for models larger than memory: every tensor the
+/// hyper-parameters require (no biases) is declared in the header up front, in the canonical
+/// order of [`build_llama_gguf`], with its ggml type (the mix's, or `linear_type` for the block
+/// linear weights, which then come [`LlamaTensor::Encoded`]); tensors are then given in any
+/// order, encoded as [`export_llama_gguf`] encodes them, and written as soon as every tensor
+/// before them is. Memory holds the tensors given ahead of their turn (at most a block's when
+/// they come block by block). The same tensors give the same bytes as [`export_llama_gguf`].
+#[derive(Debug)]
+pub struct LlamaGgufStream {
+    stream: container::GgufStream,
+    hparams: LlamaHParams,
+    mix: LlamaMix,
+    /// Declared tensors not yet written, in file order, with their declared type.
+    remaining: std::collections::VecDeque<(LlamaTensorName, GgmlType)>,
+    /// Encoded tensors waiting for their turn.
+    ready: Vec<(LlamaTensorName, ExportedTensor, Vec<u8>)>,
+    report: LlamaExportReport,
+}
+
+impl LlamaGgufStream {
+    /// Writes the header of `path` (to a temporary file renamed into place by
+    /// [`finish`](Self::finish)). `linear_type`: the ggml type of the block linear weights
+    /// when they are given encoded; `None` lets the mix choose for every tensor.
+    pub fn create(
+        path: impl AsRef<Path>,
+        config: &LlamaGgufConfig,
+        tokenizer: &GgufTokenizer,
+        mix: LlamaMix,
+        linear_type: Option<GgmlType>,
+    ) -> Result<Self, LlamaError> {
+        check_config(config, tokenizer)?;
+        let hp = &config.hparams;
+        let mut names = LlamaTensorName::required(hp);
+        names.sort_by_key(|n| n.order_key());
+        let mut w = llama_writer(config, tokenizer, mix)?;
+        let mut remaining = std::collections::VecDeque::with_capacity(names.len());
+        for tn in names {
+            let dims: Vec<u64> = tn.hf_shape(hp)?.iter().rev().map(|&d| d as u64).collect();
+            let ty = match linear_type {
+                Some(ty) if tn.layer.is_some() && dims.len() == 2 => ty,
+                _ => mix.tensor_type(&tn, &dims, hp, false),
+            };
+            w.declare_tensor(tn.gguf_name(), &dims, ty)?;
+            remaining.push_back((tn, ty));
+        }
+        Ok(Self {
+            stream: w.stream_file(path)?,
+            hparams: hp.clone(),
+            mix,
+            report: LlamaExportReport {
+                tensors: Vec::with_capacity(remaining.len()),
+                file_type: mix.file_type(),
+                file_bytes: 0,
+            },
+            remaining,
+            ready: Vec::new(),
+        })
+    }
+
+    /// Encodes one tensor and writes it (and any tensor it was holding back) when its turn
+    /// has come. Names a llama GGUF skips (rotary tables, a tied `lm_head`) are ignored; a
+    /// tensor not declared, given twice, mis-shaped or of another type than declared fails.
+    pub fn write(&mut self, t: impl Into<LlamaTensor>) -> Result<(), LlamaError> {
+        let t: LlamaTensor = t.into();
+        let hp = &self.hparams;
+        let Some(tn) = LlamaTensorName::parse_hf_skippable(t.name())? else {
+            return Ok(());
+        };
+        if tn.kind == LlamaTensorKind::Output && hp.tie_word_embeddings {
+            return Ok(());
+        }
+        let Some(&(_, declared)) = self.remaining.iter().find(|(n, _)| *n == tn) else {
+            return Err(
+                if self.report.tensors.iter().any(|e| e.name == tn.gguf_name()) {
+                    LlamaError::DuplicateTensor {
+                        name: t.name().to_string(),
+                    }
+                } else {
+                    LlamaError::UnknownTensor {
+                        name: format!("{} (not declared in the streamed header)", t.name()),
+                    }
+                },
+            );
+        };
+        if self.ready.iter().any(|(n, _, _)| *n == tn) {
+            return Err(LlamaError::DuplicateTensor {
+                name: t.name().to_string(),
+            });
+        }
+        let expected = tn.hf_shape(hp)?;
+        let gguf_name = tn.gguf_name();
+        let (info, bytes) = match t {
+            LlamaTensor::Float(t) => encode_float(t, &tn, expected, gguf_name, hp, self.mix, None)?,
+            LlamaTensor::Encoded { name, tensor } => {
+                place_encoded(name, tensor, &tn, expected, gguf_name, hp)?
+            }
+        };
+        if info.ty != declared {
+            return Err(LlamaError::TypeMismatch {
+                name: info.name,
+                declared,
+                given: info.ty,
+            });
+        }
+        self.ready.push((tn, info, bytes));
+        while let Some(&(next, _)) = self.remaining.front() {
+            let Some(i) = self.ready.iter().position(|(n, _, _)| *n == next) else {
+                break;
+            };
+            let (_, info, bytes) = self.ready.swap_remove(i);
+            self.stream.write_tensor(&info.name, &bytes)?;
+            self.report.tensors.push(info);
+            self.remaining.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far (header included).
+    pub fn bytes_written(&self) -> u64 {
+        self.stream.bytes_written()
+    }
+
+    /// Checks that every declared tensor was written and renames the file into place.
+    pub fn finish(self) -> Result<LlamaExportReport, LlamaError> {
+        if let Some((tn, _)) = self.remaining.front() {
+            return Err(LlamaError::MissingTensor { name: tn.hf_name() });
+        }
+        let mut report = self.report;
+        report.file_bytes = self.stream.finish()?;
+        Ok(report)
+    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,8 @@
 //!   (per-layer algorithms site by site; AutoRound block-wise, with autodiff through the real
 //!   block forward); [`correct_biases`] then gives each block linear the bias that removes its
 //!   mean output error (exported to GGUF as llama.cpp's optional biases).
+//! * Models larger than memory: [`quantize_llama_streaming`] reads a memory-mapped checkpoint
+//!   one block at a time (stored dtype until the block's turn) and writes the GGUF as it goes.
 //! * [`generate_greedy`] / [`generate_text`] with a key/value cache.
 //!
 //! ```no_run
@@ -61,6 +63,7 @@ pub mod pipeline;
 pub mod rng;
 pub mod rope;
 pub mod stage1;
+pub mod stream;
 pub mod tokenizer;
 
 pub use bias::{BiasCorrectionReport, correct_biases};
@@ -82,6 +85,7 @@ pub use pipeline::{
     BlockProgress, PtqConfig, PtqResult, PtqTimings, hf_weight_name, quantize_llama,
 };
 pub use rope::Rope;
+pub use stream::{StreamOptions, StreamReport, quantize_llama_streaming};
 pub use tokenizer::{LlamaTokenizer, tokenizer_path};
 
 pub use gguf::{HfTensor, LlamaError};

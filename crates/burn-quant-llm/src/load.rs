@@ -131,7 +131,7 @@ impl LlamaModel {
 
 /// The safetensors files of a directory: the distinct shards of the index when there is one,
 /// else the single file.
-fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join(SAFETENSORS_INDEX);
     if let Some(json) = read_json(&index)? {
         let map = json
@@ -173,7 +173,7 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Little-endian F32/F16/BF16 bytes as f32 values.
-fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
+pub(crate) fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
     Ok(match dtype {
         Dtype::F32 => bytes
             .chunks_exact(4)

@@ -73,8 +73,7 @@ impl LlamaModel {
     ) -> Result<Self> {
         hparams.validate()?;
         let hp = hparams;
-        let (d, ff, hd) = (hp.hidden_size, hp.intermediate_size, hp.head_dim);
-        let (q_out, kv_out) = (hp.num_attention_heads * hd, hp.num_key_value_heads * hd);
+        let d = hp.hidden_size;
         let mut need = |name: String, shape: &[usize]| -> Result<HfTensor> {
             let t = source(&name)?.ok_or(LlmError::MissingTensor { name: name.clone() })?;
             check_shape(&t, shape)?;
@@ -98,65 +97,7 @@ impl LlamaModel {
         let lm_head = float_linear(tensor2(head_weight, [d, hp.vocab_size], device), None);
         let mut layers = Vec::with_capacity(hp.num_hidden_layers);
         for l in 0..hp.num_hidden_layers {
-            let mut linear = |slot: LinearSlot, out: usize, inp: usize| -> Result<QuantLinear> {
-                let name = format!("model.layers.{l}.{}.weight", slot.hf_name());
-                let w = source(&name)?.ok_or(LlmError::MissingTensor { name })?;
-                check_shape(&w, &[out, inp])?;
-                let bias_name = format!("model.layers.{l}.{}.bias", slot.hf_name());
-                let bias = match source(&bias_name)? {
-                    Some(b) => {
-                        check_shape(&b, &[out])?;
-                        Some(Tensor::from_data(TensorData::new(b.data, [out]), device))
-                    }
-                    None => None,
-                };
-                Ok(float_linear(
-                    tensor2(transpose(&w.data, out, inp), [inp, out], device),
-                    bias,
-                ))
-            };
-            let q_proj = linear(LinearSlot::Q, q_out, d)?;
-            let k_proj = linear(LinearSlot::K, kv_out, d)?;
-            let v_proj = linear(LinearSlot::V, kv_out, d)?;
-            let o_proj = linear(LinearSlot::O, d, q_out)?;
-            let gate_proj = linear(LinearSlot::Gate, ff, d)?;
-            let up_proj = linear(LinearSlot::Up, ff, d)?;
-            let down_proj = linear(LinearSlot::Down, d, ff)?;
-            let mut norm = |which: &str| -> Result<RmsNorm> {
-                let name = format!("model.layers.{l}.{which}.weight");
-                let w = source(&name)?.ok_or(LlmError::MissingTensor { name })?;
-                check_shape(&w, &[d])?;
-                Ok(RmsNorm::new(
-                    Tensor::from_data(TensorData::new(w.data, [d]), device),
-                    hp.rms_norm_eps as f64,
-                ))
-            };
-            layers.push(DecoderBlock {
-                input_layernorm: norm("input_layernorm")?,
-                self_attn: LlamaAttention {
-                    q_proj,
-                    k_proj,
-                    v_proj,
-                    o_proj,
-                    n_heads: hp.num_attention_heads,
-                    n_kv_heads: hp.num_key_value_heads,
-                    head_dim: hd,
-                    key_quant: None,
-                    value_quant: None,
-                    query_quant: None,
-                    qk_rotation: None,
-                    attn_out_rotation: None,
-                },
-                post_attention_layernorm: norm("post_attention_layernorm")?,
-                mlp: LlamaMlp {
-                    gate_proj,
-                    up_proj,
-                    down_proj,
-                    down_rotation: None,
-                },
-                qkv_rotation: None,
-                gate_up_rotation: None,
-            });
+            layers.push(decoder_block_from_hf(hp, l, source, device)?);
         }
         let norm_w = source("model.norm.weight")?.ok_or(LlmError::MissingTensor {
             name: "model.norm.weight".into(),
@@ -434,6 +375,78 @@ fn float_linear(weight: Tensor<2>, bias: Option<Tensor<1>>) -> QuantLinear {
         output_quant: None,
         bias_quant: false,
     }
+}
+
+/// Block `l` of a model with hyper-parameters `hp` (already validated), from tensors in
+/// Hugging Face naming and orientation fetched by name from `source` (as
+/// [`LlamaModel::from_hf_tensors`]; the streaming pipeline builds one block at a time).
+pub(crate) fn decoder_block_from_hf(
+    hp: &LlamaHParams,
+    l: usize,
+    source: &mut dyn FnMut(&str) -> Result<Option<HfTensor>>,
+    device: &Device,
+) -> Result<DecoderBlock> {
+    let (d, ff, hd) = (hp.hidden_size, hp.intermediate_size, hp.head_dim);
+    let (q_out, kv_out) = (hp.num_attention_heads * hd, hp.num_key_value_heads * hd);
+    let mut linear = |slot: LinearSlot, out: usize, inp: usize| -> Result<QuantLinear> {
+        let name = format!("model.layers.{l}.{}.weight", slot.hf_name());
+        let w = source(&name)?.ok_or(LlmError::MissingTensor { name })?;
+        check_shape(&w, &[out, inp])?;
+        let bias_name = format!("model.layers.{l}.{}.bias", slot.hf_name());
+        let bias = match source(&bias_name)? {
+            Some(b) => {
+                check_shape(&b, &[out])?;
+                Some(Tensor::from_data(TensorData::new(b.data, [out]), device))
+            }
+            None => None,
+        };
+        Ok(float_linear(
+            tensor2(transpose(&w.data, out, inp), [inp, out], device),
+            bias,
+        ))
+    };
+    let q_proj = linear(LinearSlot::Q, q_out, d)?;
+    let k_proj = linear(LinearSlot::K, kv_out, d)?;
+    let v_proj = linear(LinearSlot::V, kv_out, d)?;
+    let o_proj = linear(LinearSlot::O, d, q_out)?;
+    let gate_proj = linear(LinearSlot::Gate, ff, d)?;
+    let up_proj = linear(LinearSlot::Up, ff, d)?;
+    let down_proj = linear(LinearSlot::Down, d, ff)?;
+    let mut norm = |which: &str| -> Result<RmsNorm> {
+        let name = format!("model.layers.{l}.{which}.weight");
+        let w = source(&name)?.ok_or(LlmError::MissingTensor { name })?;
+        check_shape(&w, &[d])?;
+        Ok(RmsNorm::new(
+            Tensor::from_data(TensorData::new(w.data, [d]), device),
+            hp.rms_norm_eps as f64,
+        ))
+    };
+    Ok(DecoderBlock {
+        input_layernorm: norm("input_layernorm")?,
+        self_attn: LlamaAttention {
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            n_heads: hp.num_attention_heads,
+            n_kv_heads: hp.num_key_value_heads,
+            head_dim: hd,
+            key_quant: None,
+            value_quant: None,
+            query_quant: None,
+            qk_rotation: None,
+            attn_out_rotation: None,
+        },
+        post_attention_layernorm: norm("post_attention_layernorm")?,
+        mlp: LlamaMlp {
+            gate_proj,
+            up_proj,
+            down_proj,
+            down_rotation: None,
+        },
+        qkv_rotation: None,
+        gate_up_rotation: None,
+    })
 }
 
 /// Row-major `[rows, cols]` → `[cols, rows]`, in cache-sized tiles (the embedding table is

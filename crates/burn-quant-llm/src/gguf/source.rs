@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use burn_quant_export::gguf::{GgufFile, GgufTokenizer, TensorInfo};
+use burn_quant_export::gguf::{GgufFile, GgufTokenizer, TensorInfo, codec};
 
 use super::{HfTensor, LlamaError, LlamaHParams, LlamaTensorName, unpermute_qk_rows};
 
@@ -72,7 +72,37 @@ impl LlamaGgufSource {
         self.decode(info)
     }
 
+    /// One tensor by its Hugging Face name, its bytes taken from `file` (the whole file, e.g.
+    /// memory-mapped, when this source was built from a header only:
+    /// [`GgufFile::parse_header_of`]).
+    pub fn tensor_in(&self, hf_name: &str, file: &[u8]) -> Result<HfTensor, LlamaError> {
+        let gguf = LlamaTensorName::parse_hf(hf_name)?.gguf_name();
+        let info = self
+            .file
+            .tensor(&gguf)
+            .ok_or_else(|| LlamaError::MissingTensor {
+                name: hf_name.to_string(),
+            })?;
+        let start = self.file.data_start.saturating_add(info.offset);
+        let bytes = usize::try_from(start)
+            .ok()
+            .zip(usize::try_from(start.saturating_add(info.size)).ok())
+            .and_then(|(s, e)| file.get(s..e))
+            .ok_or_else(|| {
+                LlamaError::Gguf(burn_quant_export::gguf::GgufError::OutOfBounds {
+                    name: info.name.clone(),
+                    end: start.saturating_add(info.size),
+                    file_len: file.len() as u64,
+                })
+            })?;
+        self.decode_bytes(info, bytes)
+    }
+
     fn decode(&self, info: &TensorInfo) -> Result<HfTensor, LlamaError> {
+        self.decode_bytes(info, self.file.tensor_bytes(info))
+    }
+
+    fn decode_bytes(&self, info: &TensorInfo, bytes: &[u8]) -> Result<HfTensor, LlamaError> {
         let name = LlamaTensorName::parse_gguf(&info.name)?;
         let shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
         let expected = name.hf_shape(&self.hparams)?;
@@ -83,7 +113,7 @@ impl LlamaGgufSource {
                 actual: shape,
             });
         }
-        let mut data = self.file.tensor_f32(&info.name)?;
+        let mut data = codec::decode(info.ty, bytes)?;
         if let Some(heads) = name.rope_heads(&self.hparams) {
             let cols = if shape.len() == 2 { shape[1] } else { 1 };
             data = unpermute_qk_rows(&data, shape[0], cols, heads)?;
