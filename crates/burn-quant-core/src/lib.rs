@@ -12,6 +12,17 @@
 //! - [`fake_quant`] / [`fake_quant_with`]: quantize-dequantize with straight-through
 //!   gradients (LSQ gradients for a learned scale), usable under `Device::flex().autodiff()`.
 //!
+//! ## The fused fake-quant op
+//!
+//! On a Flex (CPU) device, plain or autodiff, [`fake_quant_with`] runs one fused,
+//! differentiable op registered through Burn's backend extension mechanism
+//! ([`fused::FakeQuantBackend`]): the forward reads `x` in place and writes one buffer; the
+//! backward gives the straight-through gradient of `x` and the LSQ gradients of the scale and
+//! zero-point in one pass. Other devices, custom rounding rules, rounding offsets and non-f32
+//! tensors keep the reference chain of Burn ops, [`fake_quant_reference`], which defines the
+//! semantics: the fused op's values are bit-exact to it and its gradients equal up to the
+//! order of summation (see [`fused`]).
+//!
 //! ```
 //! use burn::tensor::{Device, Tensor};
 //! use burn_quant_core::{quantize, QuantSpec};
