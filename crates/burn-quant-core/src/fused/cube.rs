@@ -465,8 +465,9 @@ fn sum_to_cells(t: CubeTensor, l: &Launch, outer: usize, shape: Shape) -> CubeTe
     let out = empty_like(&t, shape);
     let (count, dim) = dims(&t.client, outer * l.groups as usize * inner);
     let dtype = t.dtype;
+    let client = t.client.clone();
     fq_cell_sum::launch(
-        &t.client,
+        &client,
         count,
         dim,
         t.into_tensor_arg(),
