@@ -808,6 +808,18 @@ impl std::fmt::Display for PtqLlmReport {
             t.algorithm.as_secs_f64(),
             t.total.as_secs_f64()
         )?;
+        if let Some(ratio) = t.floor_ratio() {
+            writeln!(
+                f,
+                "FLOP floor: {:.1} s (forward passes {:.2} TFLOP + statistics {:.2} TFLOP at the \
+                 measured {:.0} GFLOP/s matmul rate); quantization time / floor {:.2}×",
+                t.floor().as_secs_f64(),
+                t.forward_flops / 1e12,
+                t.statistics_flops / 1e12,
+                t.matmul_gflops,
+                ratio
+            )?;
+        }
         if !self.learned.is_empty() {
             let n = self.learned.len() as f64;
             let sum = |g: &dyn Fn(&burn_quant_ptq::AutoRoundReport) -> f64| -> f64 {

@@ -72,6 +72,53 @@ pub struct PtqTimings {
     pub algorithm: Duration,
     /// Everything.
     pub total: Duration,
+    /// Floating-point operations of the forward passes (both paths; linears `2·d_in·d_out`
+    /// per token, attention `4·seq·n_heads·head_dim` per token, as the kernel computes it).
+    pub forward_flops: f64,
+    /// Floating-point operations of the statistics: `t·d²` for the symmetric `X̃ᵀX̃` of `t`
+    /// tokens of width `d`, `2·t·d²` for the cross term `X̃ᵀX`.
+    pub statistics_flops: f64,
+    /// The matmul rate measured in the same process (GFLOP/s, best of three
+    /// `1024×1024×1024` products on the calibration device), 0 when nothing was measured.
+    pub matmul_gflops: f64,
+}
+
+impl PtqTimings {
+    /// The FLOP floor: the forward passes and the statistics at the measured matmul rate
+    /// (zero when no rate was measured).
+    pub fn floor(&self) -> Duration {
+        if self.matmul_gflops > 0.0 {
+            Duration::from_secs_f64(
+                (self.forward_flops + self.statistics_flops) / (self.matmul_gflops * 1e9),
+            )
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// `total / floor` (how far the pipeline is from its FLOP floor), `None` without a floor.
+    pub fn floor_ratio(&self) -> Option<f64> {
+        let floor = self.floor().as_secs_f64();
+        (floor > 0.0).then(|| self.total.as_secs_f64() / floor)
+    }
+}
+
+/// The matmul rate of `device` in GFLOP/s: the best of three `1024×1024×1024` products after
+/// one warm-up, each read back to the host (so that lazy backends finish it).
+pub fn matmul_gflops(device: &burn::tensor::Device) -> f64 {
+    use burn::tensor::Distribution;
+    let n = 1024;
+    let a = Tensor::<2>::random([n, n], Distribution::Uniform(-1.0, 1.0), device);
+    let b = Tensor::<2>::random([n, n], Distribution::Uniform(-1.0, 1.0), device);
+    let _ = a.clone().matmul(b.clone()).into_data();
+    let best = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = a.clone().matmul(b.clone()).into_data();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    2.0 * (n as f64).powi(3) / best.max(1e-9) / 1e9
 }
 
 /// The result of [`quantize_llama`].
@@ -209,6 +256,35 @@ pub(crate) fn quantize_block(
     let algo = &config.algorithm;
     let inputs = algo.inputs();
     if let Some(rope) = rope {
+        if timings.matmul_gflops == 0.0
+            && let Some(x) = x_quant.first()
+        {
+            timings.matmul_gflops = matmul_gflops(&x.device());
+        }
+        // FLOPs of one path through this block, and of the statistics.
+        let tokens: f64 = x_quant
+            .iter()
+            .map(|x| {
+                let [b, s, _] = x.dims();
+                (b * s) as f64
+            })
+            .sum();
+        let seq = x_quant.first().map_or(0, |x| x.dims()[1]) as f64;
+        let linear: f64 = LinearSlot::ALL
+            .iter()
+            .map(|&slot| {
+                let [d_in, d_out] = block.linear(slot).weight.val().dims();
+                2.0 * (d_in * d_out) as f64
+            })
+            .sum();
+        let d_attn = block.linear(LinearSlot::Q).weight.val().dims()[1] as f64;
+        let one_path = tokens * (linear + 4.0 * seq * d_attn);
+        let paths = if inputs == CalibInputs::FloatAndQuantized {
+            2.0
+        } else {
+            1.0
+        };
+        timings.forward_flops += paths * one_path;
         // 1. Float path: inputs of every site, and the next block's float input.
         let mut float_sites: Vec<BTreeMap<InputSite, Tensor<3>>> = vec![];
         if inputs == CalibInputs::FloatAndQuantized {
@@ -258,11 +334,23 @@ pub(crate) fn quantize_block(
                 }
             }
             timings.statistics += t.elapsed();
-            for &slot in site.consumers() {
-                let t = Instant::now();
-                let w = block.linear(slot).weight.val();
-                let q = algo.quantize(&w, &stats, &config.weights)?;
-                timings.algorithm += t.elapsed();
+            timings.statistics_flops += tokens
+                * (d_in * d_in) as f64
+                * if inputs == CalibInputs::FloatAndQuantized {
+                    3.0
+                } else {
+                    1.0
+                };
+            // The consumers share the site's prepared statistics and run in parallel.
+            let t = Instant::now();
+            let consumers = site.consumers();
+            let weights: Vec<Tensor<2>> = consumers
+                .iter()
+                .map(|&slot| block.linear(slot).weight.val())
+                .collect();
+            let quantized = algo.quantize_site(&weights, &stats, &config.weights)?;
+            timings.algorithm += t.elapsed();
+            for (&slot, q) in consumers.iter().zip(quantized) {
                 block.set_linear_weight(slot, q.tensor.dequantize())?;
                 let name = hf_weight_name(i, slot);
                 result.layers.push((name.clone(), q.report));
