@@ -369,3 +369,38 @@ fn fused_op_reports_invalid_inputs_on_the_device() {
     let err = burn_quant_core::fused::fake_quant(x, &spec, &bad, 1.0).unwrap_err();
     assert!(matches!(err, QuantError::InvalidScale { .. }), "{err:?}");
 }
+
+/// Routing through `fake_quant_with`: nearest-even runs the fused kernel on every device;
+/// stochastic rounding (a 64-bit counter hash) has no CubeCL kernel, so on wgpu it takes the
+/// reference chain (no kernel call) while Flex runs its kernel.
+#[test]
+fn fake_quant_with_routes_to_the_kernel_or_the_chain() {
+    let dev = device();
+    let on_wgpu = matches!(std::env::var("BURNQ_TEST_DEVICE").as_deref(), Ok("wgpu"));
+    let spec = QuantSpec::int8_weight_per_tensor();
+    let stochastic = spec.clone().with_rounding(Rounding::Stochastic { seed: 5 });
+    let x = Tensor::<1>::from_floats([0.33, -0.71, 0.05, 0.92], &dev);
+    let params = QuantParams::<1> {
+        scales: Tensor::<1>::from_floats([0.01], &dev),
+        zero_points: None,
+        scale_level: None,
+    };
+    assert!(burn_quant_core::fused::supports(&x, &spec, &params));
+    assert_eq!(
+        burn_quant_core::fused::supports(&x, &stochastic, &params),
+        !on_wgpu
+    );
+    let before = kernel_calls().0;
+    fake_quant_with(x.clone(), &spec, &params).unwrap();
+    assert_eq!(kernel_calls().0, before + 1, "nearest-even: the kernel");
+    let y = vec_of(fake_quant_with(x, &stochastic, &params).unwrap());
+    assert_eq!(
+        kernel_calls().0,
+        before + 1 + u64::from(!on_wgpu),
+        "stochastic: the chain on wgpu, the kernel on Flex"
+    );
+    // Stochastic rounding lands on one of the two neighbouring grid points.
+    for (y, x) in y.iter().zip([0.33f32, -0.71, 0.05, 0.92]) {
+        assert!((y - x).abs() < 0.01 + 1e-6, "{y} vs {x}");
+    }
+}
