@@ -188,6 +188,11 @@ pub struct PtqLlmArgs {
     /// `--f16-scales --group-size 32`: Q4_0, or Q4_1 with `--asymmetric`).
     #[arg(long)]
     pub export: Option<std::path::PathBuf>,
+    /// Quantize a model larger than memory: the checkpoint is memory-mapped and read one block
+    /// at a time, the GGUF (`--export`, required) written as the sweep goes; weight-only, no
+    /// evaluation (the same file as without `--stream`).
+    #[arg(long)]
+    pub stream: bool,
     /// The evaluation and calibration texts.
     #[command(flatten)]
     pub texts: TextArgs,
@@ -406,6 +411,39 @@ pub fn run(cli: Cli) -> Result<()> {
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             bar.set_message(opts.label());
+            if args.stream {
+                let r = crate::ptq_llm::run_streaming(
+                    &args.model,
+                    &args.texts.calib_text,
+                    &opts,
+                    &mut |p| {
+                        bar.set_length(p.blocks as u64);
+                        bar.set_position(p.block as u64 + 1);
+                    },
+                )?;
+                bar.finish_and_clear();
+                let mb = |b: u64| b as f64 / 1e6;
+                println!(
+                    "streamed {} layers of a {:.0} MB (f32) model into {} ({:.1} MB) in {:.1} s \
+                     (read {:.1} s, forward {:.1} s, statistics {:.1} s, algorithm {:.1} s, \
+                     write {:.1} s); peak RSS {}",
+                    r.layers.len(),
+                    mb(r.model_f32_bytes),
+                    opts.export
+                        .as_ref()
+                        .map_or(String::new(), |p| p.display().to_string()),
+                    mb(r.bytes_written),
+                    r.timings.total.as_secs_f64(),
+                    r.read.as_secs_f64(),
+                    r.timings.forward.as_secs_f64(),
+                    r.timings.statistics.as_secs_f64(),
+                    r.timings.algorithm.as_secs_f64(),
+                    r.write.as_secs_f64(),
+                    r.peak_rss
+                        .map_or("unknown".into(), |b| format!("{:.1} MB", mb(b)))
+                );
+                return Ok(());
+            }
             let report = crate::ptq_llm::run(
                 &args.model,
                 &args.texts.eval_text,

@@ -1239,6 +1239,64 @@ pub fn export_gguf(
     .map_err(llama_err)
 }
 
+/// `burnq ptq-llm --stream`: the model is never loaded whole. The checkpoint is memory-mapped
+/// and quantized one block at a time, the GGUF (`opts.export`, required) written as the sweep
+/// goes ([`burn_quant_llm::quantize_llama_streaming`]); the same file as without `--stream`.
+/// Weight-only: Stage 1, activation and KV quantizers, bias correction and the evaluation need
+/// the whole model and are refused (evaluate the written GGUF instead).
+pub fn run_streaming(
+    model_path: &Path,
+    calib_text: &Path,
+    opts: &PtqLlmOptions,
+    progress: &mut dyn FnMut(&burn_quant_llm::BlockProgress),
+) -> Result<burn_quant_llm::StreamReport> {
+    opts.check()?;
+    let Some(out) = &opts.export else {
+        return Err(CliError::config(
+            "stream",
+            "true",
+            "streaming writes its result as GGUF: give --export <file.gguf>",
+        ));
+    };
+    let whole_model = [
+        (!opts.stage1.is_empty(), "stage1"),
+        (
+            opts.input_bits.is_some() || opts.inputs.is_some(),
+            "input quantizers",
+        ),
+        (opts.kv.is_some(), "kv"),
+        (opts.bias_correction, "bias_correction"),
+    ];
+    if let Some((_, what)) = whole_model.iter().find(|(on, _)| *on) {
+        return Err(CliError::config(
+            "stream",
+            what,
+            "needs the whole model in memory; run without --stream",
+        ));
+    }
+    let calib = std::fs::read_to_string(calib_text).map_err(|source| CliError::Io {
+        what: calib_text.display().to_string(),
+        source,
+    })?;
+    let tokenizer = LlamaTokenizer::from_file(burn_quant_llm::tokenizer_path(model_path))?;
+    let calib_cfg = CalibrationConfig::default()
+        .with_num_windows(opts.calib_windows)
+        .with_window(opts.calib_window)
+        .with_seed(opts.seed);
+    let windows = calibration_windows_from_text(&tokenizer, &calib, &calib_cfg)?;
+    let spec = opts.weight_spec()?;
+    let config = PtqConfig {
+        weights: spec.clone(),
+        algorithm: opts.algorithm()?,
+        batch_windows: opts.batch_windows,
+    };
+    let mut options = burn_quant_llm::StreamOptions::new(out);
+    options.provenance.push(("spec".into(), spec.to_string()));
+    Ok(burn_quant_llm::quantize_llama_streaming(
+        model_path, &windows, &config, &options, progress,
+    )?)
+}
+
 /// A tensor's values on the host.
 fn host<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<f32>> {
     Ok(t.try_into_vec_as::<f32>()?)
