@@ -282,13 +282,19 @@ fn fused_forward_matches_the_chain_and_the_host_reference() {
     }
 }
 
-/// Gradients on the autodiff device: `x` gets the chain's gradient within 2 ε relative; the
+/// Gradients on the autodiff device (with and without gradient checkpointing): `x` gets the chain's gradient within 2 ε relative; the
 /// learned scales and zero-points (sums over each scale cell, reduced in another order) within
 /// the per-cell rounding bound of [`cell_bounds`]; the backward kernel ran.
 #[test]
 fn fused_gradients_match_the_chain_on_the_autodiff_device() {
-    let dev = device().autodiff();
-    for spec in fused_specs() {
+    let devices = [
+        device().autodiff(),
+        device().autodiff().gradient_checkpointing(),
+    ];
+    for (dev, spec) in devices
+        .iter()
+        .flat_map(|d| fused_specs().into_iter().map(move |s| (d.clone(), s)))
+    {
         let (xv, sv, zv, shape) = fused_case(&spec);
         let layout = spec.granularity.layout(&shape).unwrap();
         let wv: Vec<f32> = (0..xv.len()).map(|i| 2.0 * unif(23, i) - 1.0).collect();
