@@ -760,7 +760,13 @@ fn mse_symmetric_params(
     grid: u32,
     min_ratio: f32,
 ) -> (f32, f32) {
-    mse_symmetric_search(|s| sq_error(v, &spec.format, s, 0.0), amax, spec, grid, min_ratio)
+    mse_symmetric_search(
+        |s| sq_error(v, &spec.format, s, 0.0),
+        amax,
+        spec,
+        grid,
+        min_ratio,
+    )
 }
 
 /// [`mse_symmetric_params`] with the squared error of a candidate scale given by `err`
@@ -1078,7 +1084,25 @@ fn hqq(v: &[f32], spec: &QuantSpec, iters: u32, p: f32, beta0: f32, kappa: f32) 
 /// Computes the scales (and zero-points, and quantized scale level) of `data` under `spec`.
 pub fn compute_params(data: &[f32], shape: &[usize], spec: &QuantSpec) -> Result<HostParams> {
     let layout = spec.check_shape(shape)?;
-    check_input(data, shape, "x")?;
+    let search = matches!(spec.scale.symmetric, SymmetricScale::Mse { .. })
+        && !spec.zero_point.is_asymmetric();
+    let streaming = !search
+        && matches!(
+            spec.scale.source.stat(),
+            Some(ScaleStat::AbsMax | ScaleStat::MinMax | ScaleStat::AbsMean)
+        );
+    if streaming {
+        // The streaming statistics see non-finite values in their sums: checked after them,
+        // without a pass of its own.
+        if data.is_empty() {
+            return Err(QuantError::EmptyTensor {
+                what: "x",
+                shape: shape.to_vec(),
+            });
+        }
+    } else {
+        check_input(data, shape, "x")?;
+    }
     let stat = match spec.scale.source {
         ScaleSource::Const(c) => {
             return Ok(HostParams {
@@ -1095,12 +1119,14 @@ pub fn compute_params(data: &[f32], shape: &[usize], spec: &QuantSpec) -> Result
             .expect("every non-constant source has a statistic"),
     };
     let mut amax: Option<Vec<f32>> = None;
-    let search = matches!(spec.scale.symmetric, SymmetricScale::Mse { .. })
-        && !spec.zero_point.is_asymmetric();
     let per_cell: Vec<(f32, f32)> = match stat {
         // Streaming statistics: one parallel pass, no gather.
         ScaleStat::AbsMax | ScaleStat::MinMax | ScaleStat::AbsMean if !search => {
             let acc = cell_moments(data, &layout);
+            if acc.iter().any(|m| !m.abs_sum.is_finite()) {
+                // A NaN or an infinity (or only a large sum): the exact check names it.
+                check_input(data, shape, "x")?;
+            }
             if stat == ScaleStat::AbsMax {
                 amax = Some(acc.iter().map(|m| m.lo.abs().max(m.hi.abs())).collect());
             }
@@ -1153,15 +1179,28 @@ impl Moments {
 
     #[inline(always)]
     fn push_slice(&mut self, v: &[f32]) {
-        let (mut lo, mut hi, mut sum) = (self.lo, self.hi, 0f32);
-        for &x in v {
-            lo = lo.min(x);
-            hi = hi.max(x);
-            sum += x.abs();
+        // Eight independent lanes, so that the loop vectorises (one serial min / max / sum
+        // chain is latency-bound). NaN is skipped by min / max (like `f32::min`) and shows in
+        // the sum, which `compute_params` checks.
+        const L: usize = 8;
+        let (mut lo, mut hi, mut sum) = ([self.lo; L], [self.hi; L], [0f32; L]);
+        let chunks = v.chunks_exact(L);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for k in 0..L {
+                lo[k] = if c[k] < lo[k] { c[k] } else { lo[k] };
+                hi[k] = if c[k] > hi[k] { c[k] } else { hi[k] };
+                sum[k] += c[k].abs();
+            }
         }
-        self.lo = lo;
-        self.hi = hi;
-        self.abs_sum += sum as f64;
+        for &x in rest {
+            lo[0] = lo[0].min(x);
+            hi[0] = hi[0].max(x);
+            sum[0] += x.abs();
+        }
+        self.lo = lo.iter().fold(self.lo, |a, &b| a.min(b));
+        self.hi = hi.iter().fold(self.hi, |a, &b| a.max(b));
+        self.abs_sum += sum.iter().map(|&v| v as f64).sum::<f64>();
         self.count += v.len() as u64;
     }
 
@@ -1188,6 +1227,65 @@ pub fn cell_moments(data: &[f32], layout: &Layout) -> Vec<Moments> {
                 })
                 .reduce(|| Moments::EMPTY, |a, b| a.merge(&b));
             vec![m]
+        }
+        Granularity::PerChannel { .. } | Granularity::PerOutputChannel if inner == 1 => {
+            // Channels along the last axis: each outer slab holds one value per channel.
+            // Per task, min / max / sum arrays updated element-wise (vectorises).
+            let axis_len = layout.axis_len.max(1);
+            let slabs_per_task = ((1usize << 15) / axis_len).max(1);
+            let empty = || {
+                (
+                    vec![f32::INFINITY; axis_len],
+                    vec![f32::NEG_INFINITY; axis_len],
+                    vec![0f64; axis_len],
+                    0u64,
+                )
+            };
+            let (lo, hi, sum, slabs) = data
+                .par_chunks(slabs_per_task * axis_len)
+                .map(|chunk| {
+                    let (mut lo, mut hi) = (
+                        vec![f32::INFINITY; axis_len],
+                        vec![f32::NEG_INFINITY; axis_len],
+                    );
+                    let mut sum = vec![0f32; axis_len];
+                    let mut slabs = 0u64;
+                    for slab in chunk.chunks(axis_len) {
+                        for (((l, h), a), &x) in lo
+                            .iter_mut()
+                            .zip(hi.iter_mut())
+                            .zip(sum.iter_mut())
+                            .zip(slab)
+                        {
+                            *l = if x < *l { x } else { *l };
+                            *h = if x > *h { x } else { *h };
+                            *a += x.abs();
+                        }
+                        slabs += 1;
+                    }
+                    (
+                        lo,
+                        hi,
+                        sum.iter().map(|&v| v as f64).collect::<Vec<f64>>(),
+                        slabs,
+                    )
+                })
+                .reduce(empty, |mut a, b| {
+                    a.0.iter_mut().zip(&b.0).for_each(|(x, y)| *x = x.min(*y));
+                    a.1.iter_mut().zip(&b.1).for_each(|(x, y)| *x = x.max(*y));
+                    a.2.iter_mut().zip(&b.2).for_each(|(x, y)| *x += y);
+                    (a.0, a.1, a.2, a.3 + b.3)
+                });
+            lo.iter()
+                .zip(&hi)
+                .zip(&sum)
+                .map(|((&lo, &hi), &abs_sum)| Moments {
+                    lo,
+                    hi,
+                    abs_sum,
+                    count: slabs,
+                })
+                .collect()
         }
         Granularity::PerChannel { .. } | Granularity::PerOutputChannel => {
             // Rows of `inner` elements; row r belongs to channel r % axis_len. Each task keeps

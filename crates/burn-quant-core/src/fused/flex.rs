@@ -434,6 +434,36 @@ fn has_avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2")
 }
 
+/// A zeroed output buffer of `n` f32 that is cheap to fill.
+///
+/// `vec![0.0; n]` is a calloc: large buffers are fresh pages, zeroed by the kernel at their
+/// first write, one page fault per 4 KiB. Those faults cost more than the kernel's own work
+/// here (measured: 64 MiB allocated and written in ~30 ms, ~5 ms into reused memory), so
+/// large buffers ask for transparent huge pages first (`madvise(MADV_HUGEPAGE)` on the
+/// 2 MiB-aligned interior, before any page is touched; a hint, ignored where unsupported).
+fn output_buffer(n: usize) -> Vec<f32> {
+    let v = vec![0f32; n];
+    #[cfg(target_os = "linux")]
+    if n * 4 >= 4 << 20 {
+        unsafe extern "C" {
+            fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+        }
+        const MADV_HUGEPAGE: i32 = 14;
+        const HUGE: usize = 2 << 20;
+        let start = v.as_ptr() as usize;
+        let end = start + n * 4;
+        let (a, b) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
+        if b > a {
+            // SAFETY: `[a, b)` lies inside the buffer's allocation (page aligned); the advice
+            // only changes how the kernel backs those pages, never their contents.
+            unsafe {
+                madvise(a as *mut std::ffi::c_void, b - a, MADV_HUGEPAGE);
+            }
+        }
+    }
+    v
+}
+
 // ------------------------------------------------------------------------------------------
 // Forward
 // ------------------------------------------------------------------------------------------
@@ -566,8 +596,7 @@ pub(crate) fn forward(
     z: Option<&[f32]>,
     args: &FakeQuantArgs,
 ) -> (Vec<f32>, bool) {
-    // `vec![0.0; n]` is a calloc: fresh zero pages, no extra pass over the memory.
-    let mut out = vec![0f32; xs.len()];
+    let mut out = output_buffer(xs.len());
     let c = args.cells;
     let finite = with_grid!(args, |g, r| match z {
         Some(z) => fwd_run::<_, _, true>(g, r, &c, xs, &mut out, s, z),
@@ -672,7 +701,7 @@ fn bwd_shared<G: Grid, R: Rnd, const Z: bool>(
     let cells = c.cells();
     let rl = row_len(c);
     let chunk = (TASK / rl).max(1) * rl;
-    let mut dx = vec![0f32; xs.len()];
+    let mut dx = output_buffer(xs.len());
     let task = |t: usize, d: &mut [f32], x: &[f32], gr: &[f32]| -> (Vec<f64>, Vec<f64>) {
         let mut acc_s = vec![0f64; cells];
         let mut acc_z = vec![0f64; if Z { cells } else { 0 }];
@@ -757,7 +786,7 @@ fn bwd_groups<G: Grid, R: Rnd, const Z: bool>(
     let cells = c.cells();
     let (inner, groups, slab) = (c.inner, c.groups(), c.axis_len * c.inner);
     let block = c.group * inner;
-    let mut dx = vec![0f32; xs.len()];
+    let mut dx = output_buffer(xs.len());
     let mut ds = vec![0f32; cells];
     let mut dz = vec![0f32; cells];
     let run_block = |o: usize,
