@@ -478,8 +478,9 @@ fn order_error() -> LlmError {
 pub enum InputQuant {
     /// One static symmetric scale per layer input, calibrated on calibration windows with
     /// `stat` (absmax; a percentile such as Brevitas's default 99.999 clips the rare outliers;
-    /// MSE searches the range). Percentile and MSE keep every calibration value of every
-    /// layer input until the end of calibration (about 5 GB for SmolLM2-135M at 16×512 tokens).
+    /// MSE searches the range). Percentile and MSE keep a fixed 64 KiB histogram per layer
+    /// input (core's `observer::histogram`: constant memory, within one bin of the all-values
+    /// statistic).
     PerTensorStatic {
         /// Bits of the signed integer grid.
         bits: u8,
