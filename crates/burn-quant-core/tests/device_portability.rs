@@ -410,3 +410,57 @@ fn fake_quant_with_routes_to_the_kernel_or_the_chain() {
         assert!((y - x).abs() < 0.01 + 1e-6, "{y} vs {x}");
     }
 }
+
+/// Non-saturating minifloats overflow like the chain and the host reference: ±Inf for E5M2
+/// (IEEE specials), NaN for E4M3 (no infinities).
+#[test]
+fn fused_minifloat_overflow_matches_the_chain() {
+    let dev = device();
+    let formats = [
+        Minifloat {
+            saturating: false,
+            ..Minifloat::e5m2()
+        },
+        Minifloat {
+            saturating: false,
+            ..Minifloat::e4m3()
+        },
+    ];
+    for m in formats {
+        let spec = QuantSpec::fp8_e4m3_weight_per_tensor().with_format(Format::Minifloat(m));
+        let xv = vec![1.0e5f32, -1.0e5, 3.3, -0.0123, 70_000.0, 500.0];
+        let x = Tensor::<1>::from_floats(xv.as_slice(), &dev);
+        let params = QuantParams::<1> {
+            scales: Tensor::<1>::from_floats([1.0], &dev),
+            zero_points: None,
+            scale_level: None,
+        };
+        let before = kernel_calls().0;
+        let fused =
+            vec_of(burn_quant_core::fused::fake_quant(x.clone(), &spec, &params, 1.0).unwrap());
+        assert_eq!(
+            kernel_calls().0,
+            before + 1,
+            "{m:?}: the kernel did not run"
+        );
+        let chain = vec_of(fake_quant_reference(x, &spec, &params).unwrap());
+        let layout = spec.granularity.layout(&[xv.len()]).unwrap();
+        let mut host_ref = xv.clone();
+        burn_quant_core::host::fake_quant_in_place(
+            &mut host_ref,
+            &layout,
+            &spec,
+            &params.to_host(),
+        );
+        assert!(
+            fused.iter().any(|v| !v.is_finite()),
+            "{m:?}: {fused:?} must overflow"
+        );
+        assert_within(&format!("{m:?} fused vs chain"), &fused, &chain, |i| {
+            1e-6 * chain[i].abs()
+        });
+        assert_within(&format!("{m:?} fused vs host"), &fused, &host_ref, |i| {
+            1e-6 * host_ref[i].abs()
+        });
+    }
+}
