@@ -21,7 +21,9 @@ use crate::stats::{CalibInputs, LayerStats, read};
 /// 2. per calibration batch: `algo.observe(&mut stats, &x, x_quant.as_ref())?` with the
 ///    layer's float-path input `x` and, when [`Stage2Algorithm::inputs`] is
 ///    [`CalibInputs::FloatAndQuantized`], the quantized-path input of the same tokens;
-/// 3. per layer: `algo.quantize(&weight, &stats, &spec)?` → the layer's [`QuantTensor`].
+/// 3. per layer: `algo.quantize(&weight, &stats, &spec)?` → the layer's [`QuantTensor`]; or
+///    for all the layers of the group at once, `algo.quantize_site(&weights, &stats, &spec)?`
+///    ([`Stage2Algorithm::prepare`] once, the layers in parallel, the same codes).
 ///
 /// Weights are in Burn's `Linear` layout `[d_input, d_output]`: the algorithms run over input
 /// channels (rows), and groups of a per-group spec run along axis 0. A spec written by role
