@@ -2,9 +2,11 @@
 //!
 //! Run: `cargo bench --bench fake_quant`. Prints GB/s of f32 input processed and the ratio to
 //! the copy measured in the same run (the machines are noisy; ratios are what to compare).
+//! The issue-16 table: `fake_quant_with` (the fused op on Flex) and `compute_params` (scale
+//! statistics) per spec, as ratios to the multi-threaded copy; then the reference chain.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use burn_quant::core::host;
+use burn_quant::core::fake_quant_reference;
 use burn_quant::prelude::*;
 use rayon::prelude::*;
 use support::median_secs;
@@ -68,60 +70,52 @@ fn main() {
         copy / tensor_copy
     );
 
+    // The rows of issue 16: the tensor-level API on Flex (the fused op: zero-copy read, one
+    // write) and the scale statistics (compute_params reads the Flex storage in place).
+    println!();
+    println!(
+        "{:<44} {:>8} {:>10}   {:>8} {:>10}",
+        "spec (4096x4096 f32, Flex)", "fq GB/s", "fq/copy", "stat GB/s", "stat/copy"
+    );
+    let mut chain_rows = Vec::new();
     for (name, spec) in [
         ("int8 per-channel", QuantSpec::int8_weight_per_channel()),
-        ("MXFP4 (e2m1, block 32, E8M0)", QuantSpec::mxfp4()),
+        ("int4 g128", QuantSpec::int4_weight_per_group(128)),
         (
-            "MXFP4, blocks along axis 1",
-            QuantSpec::mxfp4().with_axis(1),
-        ),
-        (
-            "fp8 e4m3 per-tensor",
+            "FP8 e4m3 per-tensor",
             QuantSpec::fp8_e4m3_weight_per_tensor(),
         ),
+        ("MXFP4 (e2m1, block 32, E8M0)", QuantSpec::mxfp4()),
     ] {
-        let layout = spec.granularity.layout(&[N, N]).expect("valid layout");
-        let t_params = median_secs(3, || {
-            host::compute_params(&src, &[N, N], &spec).expect("finite input");
+        let stats = median_secs(7, || {
+            let _ = compute_params(&x, &spec).expect("finite input");
         });
-        let params = host::compute_params(&src, &[N, N], &spec).expect("finite input");
-        let mut buf = src.clone();
-        let fused = median_secs(7, || {
-            host::fake_quant_in_place(&mut buf, &layout, &spec, &params)
-        });
-        println!(
-            "{:<44} {:>8.2} GB/s  ({:.2}x copy)",
-            format!("{name}: fused kernel, in place"),
-            gbs(fused),
-            copy / fused
-        );
-
         let tparams = compute_params(&x, &spec).expect("finite input");
         let api = median_secs(7, || {
             let _ = fake_quant_with(x.clone(), &spec, &tparams).expect("valid");
         });
         println!(
-            "{:<44} {:>8.2} GB/s  ({:.2}x copy)",
-            format!("{name}: fake_quant_with (tensor in/out)"),
+            "{:<44} {:>8.2} {:>9.2}x   {:>8.2} {:>9.2}x",
+            name,
             gbs(api),
-            copy / api
+            copy / api,
+            gbs(stats),
+            copy / stats
         );
-
         let tensor_path = median_secs(3, || {
-            let _ = fake_quant_custom(x.clone(), &spec, &tparams, &spec.rounding)
+            let _ = fake_quant_reference(x.clone(), &spec, &tparams)
                 .expect("valid")
                 .into_data();
         });
+        chain_rows.push((name, tensor_path));
+    }
+    println!();
+    for (name, t) in chain_rows {
         println!(
             "{:<44} {:>8.2} GB/s  ({:.2}x copy)",
-            format!("{name}: differentiable tensor path"),
-            gbs(tensor_path),
-            copy / tensor_path
-        );
-        println!(
-            "{:<44} {:>8.2} GB/s",
-            format!("{name}: scale statistics (absmax)"),
-            gbs(t_params)
+            format!("{name}: reference chain (fake_quant_reference)"),
+            gbs(t),
+            copy / t
         );
     }
 }

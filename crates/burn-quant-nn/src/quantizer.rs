@@ -293,25 +293,33 @@ impl Quantizer {
         let s = if learned {
             // A learned scale starts at exactly zero (not calibrated); once trained it may
             // cross zero, which must not stop training: it is floored instead.
-            if s.clone()
-                .detach()
-                .equal_elem(0.0)
-                .any()
-                .into_scalar::<bool>()
-            {
+            let uncalibrated =
+                burn_quant_core::fused::with_host_slice(&s, |v| v.iter().any(|&v| v == 0.0))
+                    .unwrap_or_else(|| {
+                        s.clone()
+                            .detach()
+                            .equal_elem(0.0)
+                            .any()
+                            .into_scalar::<bool>()
+                    });
+            if uncalibrated {
                 return Err(NnError::NotCalibrated {
                     what: self.describe(),
                 });
             }
             floor_learned_scale(s)
         } else {
-            if !s
-                .clone()
-                .detach()
-                .greater_elem(0.0)
-                .all()
-                .into_scalar::<bool>()
-            {
+            // Read in place on Flex (no device reduction, no copy); one reduction elsewhere.
+            let calibrated =
+                burn_quant_core::fused::with_host_slice(&s, |v| v.iter().all(|&v| v > 0.0))
+                    .unwrap_or_else(|| {
+                        s.clone()
+                            .detach()
+                            .greater_elem(0.0)
+                            .all()
+                            .into_scalar::<bool>()
+                    });
+            if !calibrated {
                 return Err(NnError::NotCalibrated {
                     what: self.describe(),
                 });
@@ -486,7 +494,9 @@ mod tests {
         ));
         let negative = Tensor::<1>::from_floats([-0.3], &device).require_grad();
         q.scale = Some(Param::from_tensor(negative));
-        let params = q.params_for(&x).expect("a trained negative scale is floored");
+        let params = q
+            .params_for(&x)
+            .expect("a trained negative scale is floored");
         let used: Vec<f32> = params.scales.clone().into_data().try_into_vec_as().unwrap();
         assert_eq!(used, vec![MIN_LEARNED_SCALE]);
         let y = q.try_forward(x.clone()).expect("runs");
