@@ -384,7 +384,7 @@ fn fake_quant_with_routes_to_the_kernel_or_the_chain() {
     let dev = device();
     let on_wgpu = matches!(std::env::var("BURNQ_TEST_DEVICE").as_deref(), Ok("wgpu"));
     let spec = QuantSpec::int8_weight_per_tensor();
-    let stochastic = spec.clone().with_rounding(Rounding::Stochastic { seed: 5 });
+    let stochastic = spec.with_rounding(Rounding::Stochastic { seed: 5 });
     let x = Tensor::<1>::from_floats([0.33, -0.71, 0.05, 0.92], &dev);
     let params = QuantParams::<1> {
         scales: Tensor::<1>::from_floats([0.01], &dev),

@@ -329,12 +329,20 @@ pub fn fake_quant<const D: usize>(
     }
     let scale = params.scales.clone();
     let zero = params.zero_points.clone().unwrap_or_else(|| scale.clone());
+    // The Flex kernel leaves rows with a non-finite input as they are, so its output names
+    // the same first non-finite element as `x` wherever quantizing a finite value cannot
+    // overflow (every format but non-saturating minifloats): `x` itself need not be kept
+    // for the error, and an `x` nothing else holds is overwritten in place.
+    let overflows = matches!(spec.format, Format::Minifloat(m) if !m.saturating);
+    let keep_x = on_cube(&x.device()) || overflows;
+    let x_for_error = keep_x.then(|| x.clone());
     let (y, status) = <burn::backend::Dispatch as FakeQuantBackend>::fake_quant(
-        x.clone().into_dispatch(),
+        x.into_dispatch(),
         scale.into_dispatch(),
         zero.into_dispatch(),
         args,
     );
+    let y = Tensor::<D>::from_dispatch(y);
     let status = Tensor::<1>::from_dispatch(status);
     let status = status
         .into_data()
@@ -342,9 +350,10 @@ pub fn fake_quant<const D: usize>(
         .next()
         .map_or(0, |v| v as u32);
     if status != 0 {
-        return Err(status_error(&x, spec, params, &layout, status));
+        let x = x_for_error.as_ref().unwrap_or(&y);
+        return Err(status_error(x, spec, params, &layout, status));
     }
-    Ok(Tensor::from_dispatch(y))
+    Ok(y)
 }
 
 fn check_param_shapes<const D: usize>(params: &QuantParams<D>, layout: &Layout) -> Result<()> {

@@ -10,7 +10,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{fused_calls, supports};
+use super::{fused_calls, supports, with_host_slice};
 use crate::error::QuantError;
 use crate::format::{Format, Minifloat};
 use crate::granularity::Granularity;
@@ -238,7 +238,7 @@ fn cell_bounds(x: &[f32], spec: &QuantSpec, p: &QuantParams<2>, shape: [usize; 2
     let layout = spec.check_shape(&shape).unwrap();
     let cells = super::CellLayout::of(&layout);
     let s = host(&p.scales);
-    let z = p.zero_points.as_ref().map(|z| host(z));
+    let z = p.zero_points.as_ref().map(host);
     let grid_max = spec
         .format
         .max_value()
@@ -535,5 +535,70 @@ fn large_tensors_take_the_parallel_path_and_agree() {
             &host(&fake_quant_with(xt.clone(), &spec, &p).unwrap()),
             &host(&fake_quant_reference(xt, &spec, &p).unwrap()),
         );
+    }
+}
+
+/// The address of a Flex tensor's f32 data (a zero-copy view).
+fn data_ptr<const D: usize>(t: &Tensor<D>) -> usize {
+    with_host_slice(t, |v| v.as_ptr() as usize).unwrap()
+}
+
+#[test]
+fn an_input_nothing_else_holds_is_quantized_in_place_with_the_same_values() {
+    let device = Device::flex();
+    for (k, (name, base, shape)) in cases().into_iter().enumerate() {
+        let values = case_data(name, shape, k as u64);
+        for rounding in roundings() {
+            let spec = base.with_rounding(rounding);
+            let shared = tensor(values.clone(), shape, &device);
+            let p = compute_params(&shared, &spec).unwrap();
+            let chain = host(&fake_quant_reference(shared.clone(), &spec, &p).unwrap());
+            // A shared input gets a new buffer (the caller still sees `shared` unchanged).
+            let copied = fake_quant_with(shared.clone(), &spec, &p).unwrap();
+            assert_ne!(data_ptr(&copied), data_ptr(&shared), "{name}");
+            assert_eq!(host(&shared), values, "{name}: a shared input is left as it is");
+            // A unique one is overwritten.
+            let unique = tensor(values.clone(), shape, &device);
+            let at = data_ptr(&unique);
+            let y = fake_quant_with(unique, &spec, &p).unwrap();
+            // Except where quantizing may overflow to Inf/NaN: `x` is kept to name a bad input.
+            let overflows = matches!(spec.format, Format::Minifloat(m) if !m.saturating);
+            assert_eq!(data_ptr(&y) == at, !overflows, "{name} {rounding:?}: in place");
+            assert_same_values(&format!("{name} {rounding:?} in place"), &host(&y), &chain);
+        }
+    }
+}
+
+#[test]
+fn in_place_errors_name_the_first_non_finite_element() {
+    // Large enough for several parallel tasks; the bad values in a later task first.
+    let device = Device::flex();
+    let n = 3 * super::flex::TASK + 17;
+    for spec in [
+        QuantSpec::int8_act_per_tensor(),
+        QuantSpec::fp8_e4m3_weight_per_tensor(),
+        QuantSpec::int4_weight_per_group(32).with_axis(0),
+    ] {
+        for (first, second) in [(2 * super::flex::TASK + 5, n - 1), (7, 40_000)] {
+            let mut v = data(n, 5);
+            v[first] = f32::NAN;
+            v[second] = f32::INFINITY;
+            let p = QuantParams::<1> {
+                scales: Tensor::from_data(
+                    TensorData::new(vec![0.01f32; spec.check_shape(&[n]).unwrap().cells()], [
+                        spec.check_shape(&[n]).unwrap().cells(),
+                    ]),
+                    &device,
+                ),
+                zero_points: None,
+                scale_level: None,
+            };
+            let x = Tensor::<1>::from_data(TensorData::new(v, [n]), &device);
+            let err = fake_quant_with(x, &spec, &p).unwrap_err();
+            assert!(
+                matches!(err, QuantError::NonFinite { what: "x", index, .. } if index == first),
+                "{spec:?}: {err}"
+            );
+        }
     }
 }
