@@ -1128,10 +1128,17 @@ pub fn compute_params(data: &[f32], shape: &[usize], spec: &QuantSpec) -> Result
                 check_input(data, shape, "x")?;
             }
             if stat == ScaleStat::AbsMax {
-                amax = Some(acc.iter().map(|m| m.lo.abs().max(m.hi.abs())).collect());
+                amax = Some(acc.par_iter().map(|m| m.lo.abs().max(m.hi.abs())).collect());
             }
-            acc.iter()
+            // An E8M0 level reads each scale from the cell's exact amax alone (symmetric MX
+            // specs): the float scale it would replace is not computed.
+            let e8m0_from_amax = amax.is_some()
+                && !spec.zero_point.is_asymmetric()
+                && spec.scale.restrict == ScaleRestriction::Quantized(ScaleQuant::E8M0);
+            // Per cell in parallel: MX and NVFP4 layouts have one cell per 16–32 values.
+            acc.par_iter()
                 .map(|m| match stat {
+                    ScaleStat::AbsMax if e8m0_from_amax => (0.0, 0.0),
                     ScaleStat::AbsMax => {
                         let (lo, hi) = abs_range(m.lo, m.hi, spec);
                         range_params(lo, hi, spec)
@@ -1179,28 +1186,10 @@ impl Moments {
 
     #[inline(always)]
     fn push_slice(&mut self, v: &[f32]) {
-        // Eight independent lanes, so that the loop vectorises (one serial min / max / sum
-        // chain is latency-bound). NaN is skipped by min / max (like `f32::min`) and shows in
-        // the sum, which `compute_params` checks.
-        const L: usize = 8;
-        let (mut lo, mut hi, mut sum) = ([self.lo; L], [self.hi; L], [0f32; L]);
-        let chunks = v.chunks_exact(L);
-        let rest = chunks.remainder();
-        for c in chunks {
-            for k in 0..L {
-                lo[k] = if c[k] < lo[k] { c[k] } else { lo[k] };
-                hi[k] = if c[k] > hi[k] { c[k] } else { hi[k] };
-                sum[k] += c[k].abs();
-            }
-        }
-        for &x in rest {
-            lo[0] = lo[0].min(x);
-            hi[0] = hi[0].max(x);
-            sum[0] += x.abs();
-        }
-        self.lo = lo.iter().fold(self.lo, |a, &b| a.min(b));
-        self.hi = hi.iter().fold(self.hi, |a, &b| a.max(b));
-        self.abs_sum += sum.iter().map(|&v| v as f64).sum::<f64>();
+        let (lo, hi, sum) = slice_moments(v, self.lo, self.hi);
+        self.lo = lo;
+        self.hi = hi;
+        self.abs_sum += sum;
         self.count += v.len() as u64;
     }
 
@@ -1229,63 +1218,21 @@ pub fn cell_moments(data: &[f32], layout: &Layout) -> Vec<Moments> {
             vec![m]
         }
         Granularity::PerChannel { .. } | Granularity::PerOutputChannel if inner == 1 => {
-            // Channels along the last axis: each outer slab holds one value per channel.
-            // Per task, min / max / sum arrays updated element-wise (vectorises).
+            // Channels along the last axis: each outer slab holds one value per channel,
+            // accumulated element-wise per task (`push_rows`), merged at the end.
+            // Tasks of ~2^18 values: each ends in a merge of `axis_len` cells.
             let axis_len = layout.axis_len.max(1);
-            let slabs_per_task = ((1usize << 15) / axis_len).max(1);
-            let empty = || {
-                (
-                    vec![f32::INFINITY; axis_len],
-                    vec![f32::NEG_INFINITY; axis_len],
-                    vec![0f64; axis_len],
-                    0u64,
-                )
-            };
-            let (lo, hi, sum, slabs) = data
-                .par_chunks(slabs_per_task * axis_len)
+            let slabs_per_task = ((1usize << 18) / axis_len).max(1);
+            data.par_chunks(slabs_per_task * axis_len)
                 .map(|chunk| {
-                    let (mut lo, mut hi) = (
-                        vec![f32::INFINITY; axis_len],
-                        vec![f32::NEG_INFINITY; axis_len],
-                    );
-                    let mut sum = vec![0f32; axis_len];
-                    let mut slabs = 0u64;
-                    for slab in chunk.chunks(axis_len) {
-                        for (((l, h), a), &x) in lo
-                            .iter_mut()
-                            .zip(hi.iter_mut())
-                            .zip(sum.iter_mut())
-                            .zip(slab)
-                        {
-                            *l = if x < *l { x } else { *l };
-                            *h = if x > *h { x } else { *h };
-                            *a += x.abs();
-                        }
-                        slabs += 1;
-                    }
-                    (
-                        lo,
-                        hi,
-                        sum.iter().map(|&v| v as f64).collect::<Vec<f64>>(),
-                        slabs,
-                    )
+                    let mut cells = vec![Moments::EMPTY; axis_len];
+                    push_rows(&mut cells, chunk);
+                    cells
                 })
-                .reduce(empty, |mut a, b| {
-                    a.0.iter_mut().zip(&b.0).for_each(|(x, y)| *x = x.min(*y));
-                    a.1.iter_mut().zip(&b.1).for_each(|(x, y)| *x = x.max(*y));
-                    a.2.iter_mut().zip(&b.2).for_each(|(x, y)| *x += y);
-                    (a.0, a.1, a.2, a.3 + b.3)
-                });
-            lo.iter()
-                .zip(&hi)
-                .zip(&sum)
-                .map(|((&lo, &hi), &abs_sum)| Moments {
-                    lo,
-                    hi,
-                    abs_sum,
-                    count: slabs,
-                })
-                .collect()
+                .reduce(
+                    || vec![Moments::EMPTY; axis_len],
+                    |a, b| a.iter().zip(&b).map(|(x, y)| x.merge(y)).collect(),
+                )
         }
         Granularity::PerChannel { .. } | Granularity::PerOutputChannel => {
             // Rows of `inner` elements; row r belongs to channel r % axis_len. Each task keeps
@@ -1325,18 +1272,136 @@ pub fn cell_moments(data: &[f32], layout: &Layout) -> Vec<Moments> {
                     if inner == 1 {
                         cells[0].push_slice(block);
                     } else {
-                        for row in block.chunks(inner) {
-                            for (m, &x) in cells.iter_mut().zip(row) {
-                                m.lo = m.lo.min(x);
-                                m.hi = m.hi.max(x);
-                                m.abs_sum += x.abs() as f64;
-                                m.count += 1;
-                            }
-                        }
+                        push_rows(cells, block);
                     }
                 });
             acc
         }
+    }
+}
+
+/// `(min(lo, v), max(hi, v), Σ|v|)` of `v`, with AVX2 where the CPU has it (this runs inside
+/// rayon closures, which do not inherit a caller's target features).
+#[inline(always)]
+fn slice_moments(v: &[f32], lo: f32, hi: f32) -> (f32, f32, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked); only the instructions differ.
+        return unsafe { slice_moments_avx2(v, lo, hi) };
+    }
+    slice_moments_lanes(v, lo, hi)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn slice_moments_avx2(v: &[f32], lo: f32, hi: f32) -> (f32, f32, f64) {
+    slice_moments_lanes(v, lo, hi)
+}
+
+#[inline(always)]
+fn slice_moments_lanes(v: &[f32], lo0: f32, hi0: f32) -> (f32, f32, f64) {
+    // Eight independent lanes, so that the loop vectorises (one serial min / max / sum chain
+    // is latency-bound); f32 sums over at most FLUSH values per lane, then f64. NaN fails
+    // both comparisons (skipped, like `f32::min`) and shows in the sum, which
+    // `compute_params` checks.
+    const L: usize = 8;
+    const FLUSH: usize = 256 * L;
+    let (mut lo, mut hi) = ([lo0; L], [hi0; L]);
+    let mut total = 0f64;
+    for part in v.chunks(FLUSH) {
+        let mut sum = [0f32; L];
+        let mut chunks = part.chunks_exact(L);
+        for c in &mut chunks {
+            let c: &[f32; L] = c.try_into().expect("chunks_exact");
+            for k in 0..L {
+                lo[k] = if c[k] < lo[k] { c[k] } else { lo[k] };
+                hi[k] = if c[k] > hi[k] { c[k] } else { hi[k] };
+                sum[k] += c[k].abs();
+            }
+        }
+        for &x in chunks.remainder() {
+            lo[0] = if x < lo[0] { x } else { lo[0] };
+            hi[0] = if x > hi[0] { x } else { hi[0] };
+            sum[0] += x.abs();
+        }
+        total += sum.iter().map(|&t| t as f64).sum::<f64>();
+    }
+    let lo = lo.iter().fold(lo0, |a, &b| a.min(b));
+    let hi = hi.iter().fold(hi0, |a, &b| a.max(b));
+    (lo, hi, total)
+}
+
+/// Adds `block` (rows of `cells.len()` values, value `j` of each row to cell `j`) to `cells`:
+/// element-wise min / max / |x| arrays (they vectorise; one struct per cell does not), the
+/// sums in f32 over at most [`ROWS_PER_FLUSH`] rows, then f64.
+fn push_rows(cells: &mut [Moments], block: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked); only the instructions differ.
+        return unsafe { push_rows_avx2(cells, block) };
+    }
+    push_rows_lanes(cells, block)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn push_rows_avx2(cells: &mut [Moments], block: &[f32]) {
+    push_rows_lanes(cells, block)
+}
+
+#[inline(always)]
+fn push_rows_lanes(cells: &mut [Moments], block: &[f32]) {
+    const ROWS_PER_FLUSH: usize = 256;
+    let inner = cells.len();
+    let mut lo = vec![f32::INFINITY; inner];
+    let mut hi = vec![f32::NEG_INFINITY; inner];
+    let mut part = vec![0f32; inner];
+    let mut sum = vec![0f64; inner];
+    let mut rows = 0u64;
+    for flush in block.chunks(ROWS_PER_FLUSH * inner) {
+        // Four rows per sweep of the accumulators: a quarter of their loads and stores.
+        // `f32::min` / `max` skip NaN, which shows in the sum.
+        let mut quads = flush.chunks_exact(4 * inner);
+        for quad in &mut quads {
+            let (r0, rest) = quad.split_at(inner);
+            let (r1, rest) = rest.split_at(inner);
+            let (r2, r3) = rest.split_at(inner);
+            for (j, ((l, h), a)) in lo
+                .iter_mut()
+                .zip(hi.iter_mut())
+                .zip(part.iter_mut())
+                .enumerate()
+            {
+                let (x0, x1, x2, x3) = (r0[j], r1[j], r2[j], r3[j]);
+                *l = l.min(x0).min(x1).min(x2).min(x3);
+                *h = h.max(x0).max(x1).max(x2).max(x3);
+                *a += (x0.abs() + x1.abs()) + (x2.abs() + x3.abs());
+            }
+            rows += 4;
+        }
+        for row in quads.remainder().chunks(inner) {
+            for (((l, h), a), &x) in lo
+                .iter_mut()
+                .zip(hi.iter_mut())
+                .zip(part.iter_mut())
+                .zip(row)
+            {
+                *l = l.min(x);
+                *h = h.max(x);
+                *a += x.abs();
+            }
+            rows += 1;
+        }
+        for (s, p) in sum.iter_mut().zip(part.iter_mut()) {
+            *s += *p as f64;
+            *p = 0.0;
+        }
+    }
+    for (m, ((&l, &h), &s)) in cells.iter_mut().zip(lo.iter().zip(&hi).zip(&sum)) {
+        m.lo = m.lo.min(l);
+        m.hi = m.hi.max(h);
+        m.abs_sum += s;
+        m.count += rows;
     }
 }
 
@@ -1393,18 +1458,22 @@ fn quantize_scale_level(
     match kind {
         ScaleQuant::E8M0 => {
             let emax = spec.format.emax();
-            let mut codes = Vec::with_capacity(scales.len());
-            for (i, s) in scales.iter_mut().enumerate() {
-                // Exact when known; otherwise recovered from the scale (amax / max_elem).
-                let amax = amax.map_or(*s * fmax, |a| a[i]);
-                let e = if amax > 0.0 {
-                    (floor_log2(amax) - emax).clamp(-127, 127)
-                } else {
-                    -127
-                };
-                *s = pow2(e);
-                codes.push(e + 127);
-            }
+            // One cell per 32 values: in parallel.
+            let codes = scales
+                .par_iter_mut()
+                .enumerate()
+                .map(|(i, s)| {
+                    // Exact when known; otherwise recovered from the scale (amax / max_elem).
+                    let amax = amax.map_or(*s * fmax, |a| a[i]);
+                    let e = if amax > 0.0 {
+                        (floor_log2(amax) - emax).clamp(-127, 127)
+                    } else {
+                        -127
+                    };
+                    *s = pow2(e);
+                    e + 127
+                })
+                .collect();
             Ok(HostLevel {
                 kind,
                 scale_codes: codes,
@@ -1584,4 +1653,72 @@ fn quantize_scale_level(
 /// Rounds to the nearest f16 value (ties to even), returned as f32.
 pub fn f16_round(x: f32) -> f32 {
     half::f16::from_f32(x).to_f32()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::granularity::Granularity;
+
+    /// Deterministic values in (-2, 2), with exact ties and signs mixed.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        (0..n as u64)
+            .map(|i| {
+                let h = (i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+                (h % 40_001) as f32 / 10_000.0 - 2.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn streaming_moments_equal_the_gathered_values_of_every_cell() {
+        // Shapes that exercise every driver: per tensor, channels on the last axis (tasks of
+        // several slabs, 4-row sweeps and their remainder) and on an inner axis, groups along
+        // an outer axis (inner > 1, ragged last group) and along the last axis.
+        let cases: Vec<(Vec<usize>, Granularity)> = vec![
+            (vec![300, 263], Granularity::PerTensor),
+            (vec![1030, 7], Granularity::PerChannel { axis: 1 }),
+            (vec![33, 19, 5], Granularity::PerChannel { axis: 1 }),
+            (vec![262, 70], Granularity::PerGroup { axis: 0, size: 32 }),
+            (vec![9, 515], Granularity::PerGroup { axis: 1, size: 64 }),
+        ];
+        for (k, (shape, granularity)) in cases.into_iter().enumerate() {
+            let n: usize = shape.iter().product();
+            let data = values(n, k as u64);
+            let layout = granularity.layout(&shape).unwrap();
+            let got = cell_moments(&data, &layout);
+            let want = cell_values(&data, &layout);
+            assert_eq!(got.len(), want.len(), "{granularity:?}");
+            for (c, (m, v)) in got.iter().zip(&want).enumerate() {
+                let lo = v.iter().copied().fold(f32::INFINITY, f32::min);
+                let hi = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f64 = v.iter().map(|x| x.abs() as f64).sum();
+                assert_eq!(
+                    (m.lo, m.hi, m.count),
+                    (lo, hi, v.len() as u64),
+                    "{granularity:?} cell {c}"
+                );
+                // f32 partial sums of at most 256 terms per lane: far inside 1e-5.
+                assert!(
+                    (m.abs_sum - sum).abs() <= 1e-5 * sum.max(1.0),
+                    "{granularity:?} cell {c}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_nan_is_skipped_by_min_and_max_and_shows_in_its_cells_sum() {
+        let shape = [64, 40];
+        let layout = Granularity::PerGroup { axis: 0, size: 16 }
+            .layout(&shape)
+            .unwrap();
+        let mut data = values(64 * 40, 9);
+        data[17 * 40 + 3] = f32::NAN; // row 17: group 1, column 3
+        let got = cell_moments(&data, &layout);
+        for (c, m) in got.iter().enumerate() {
+            assert!(m.lo.is_finite() && m.hi.is_finite(), "cell {c}");
+            assert_eq!(m.abs_sum.is_nan(), c == 40 + 3, "cell {c}");
+        }
+    }
 }
