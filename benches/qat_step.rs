@@ -5,12 +5,13 @@
 //! Run: `cargo bench --bench qat_step`. Float and W4A4 steps alternate (the machines are noisy;
 //! the ratio of medians is what to compare), each phase timed inside the step. Then:
 //! 1. each W4A4 quantizer alone on the exact tensor it sees in the step: one elementwise pass
-//!    (the floor of a fused kernel), `Quantizer::forward`, the bare LSQ arithmetic
-//!    `round_ste(clamp(x / s)) · s`, the host reads a call makes (scale > 0 check, scales for
-//!    the parameter checks, `all(is_finite(x))`), and the quantizer's backward;
+//!    (the floor of a fused kernel), `Quantizer::forward` (the fused op), the bare LSQ
+//!    arithmetic `round_ste(clamp(x / s)) · s` as tensor ops, the host reads the reference
+//!    chain makes (scale > 0 check, scales for the parameter checks, `all(is_finite(x))`;
+//!    the fused op checks inside its pass instead), and the quantizer's backward;
 //! 2. the LSQ formula's tensor ops one by one on the largest activation;
 //! 3. the same fake-quant through `Quantizer::forward` and as bare ops on different views of
-//!    the same data (`fake_quant_custom` views every tensor as `[outer, groups, group, inner]`).
+//!    the same data (the reference chain views every tensor as `[outer, groups, group, inner]`).
 //!
 //! The weights are the seeded initial ones (the timings do not depend on their values); the
 //! W4A4 scales are calibrated on 1,024 training images.
@@ -281,8 +282,8 @@ fn main() -> Result<(), Box<dyn Error>> {
 }
 
 /// Forward + backward of the same per-tensor LSQ fake-quant on `x` through `Quantizer::forward`
-/// (which goes through `fake_quant_custom`, which views every tensor as 4-D `[outer, groups,
-/// group, inner]`, here `[1, 1, n, 1]`) and as bare tensor ops on other views of the same data.
+/// (the fused op) and as bare tensor ops on views of the same data (the reference chain views
+/// every tensor as 4-D `[outer, groups, group, inner]`).
 fn layouts_on(name: &str, quantizer: &Quantizer, x: Tensor<4>) -> Result<(), Box<dyn Error>> {
     let x = x.detach().require_grad();
     let n = x.shape().num_elements();
@@ -330,7 +331,7 @@ fn layouts_on(name: &str, quantizer: &Quantizer, x: Tensor<4>) -> Result<(), Box
     let net = |v: f64| (v - t[0]).max(0.0);
     println!(
         "  {:<52} {:>8.3}",
-        "Quantizer::forward (fake_quant_custom, view [1,1,1,n])",
+        "Quantizer::forward (the fused op)",
         net(t[1])
     );
     println!(

@@ -6,9 +6,11 @@
 //! [`crate::fake_quant_with`] sends every spec this op [supports](supports) to it on a Flex
 //! (CPU) device, plain or autodiff (with or without gradient checkpointing):
 //! - forward: quantize-dequantize in one pass, reading `x` in place (zero copy) and writing
-//!   one new buffer, in parallel (rayon) above [`PARALLEL_THRESHOLD`] elements; the pass also
-//!   checks `x` (non-finite values) and the params (scales, zero-points), so the typed errors
-//!   of the reference cost no extra reduction;
+//!   one new buffer — or, when nothing else holds `x` (moved in, outside autodiff), `x`'s own
+//!   buffer in place — in parallel (rayon) above [`PARALLEL_THRESHOLD`] elements; the pass
+//!   also checks `x` (non-finite values; a row holding one is left as it is, so the error
+//!   names the first from the output) and the params (scales, zero-points), so the typed
+//!   errors of the reference cost no extra reduction;
 //! - backward (under autodiff): one pass gives the gradient of `x` (straight-through inside
 //!   the representable range, 0 where clipped; clipped straight-through `|v| ≤ 1` for binary),
 //!   the LSQ gradient of the scale reduced per scale cell inside the kernel (times
@@ -41,8 +43,8 @@
 //! `dx = g·s/s` inside, 0 outside; `ds = Σ g·(q − v)` inside, `Σ g·(q − z)` outside (LSQ);
 //! `dz = Σ −g·s` outside, 0 inside. Sums run over the elements of each scale cell.
 //! Values are bit-exact to the chain (same f32 operations in the same order); gradients of
-//! the scale and zero-point are sums, reduced in another order (and in f64), so they agree to
-//! rounding only.
+//! the scale and zero-point are sums, reduced in another order (f32 partial sums of at most
+//! 32 terms per lane, then f64), so they agree to rounding only.
 
 mod autodiff;
 #[cfg(feature = "wgpu")]
