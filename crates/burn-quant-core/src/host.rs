@@ -7,9 +7,10 @@
 use rayon::prelude::*;
 
 use crate::error::{QuantError, Result};
-use crate::format::{Format, Minifloat, RoundMode, Special, floor_log2, pow2};
+use crate::format::{Format, Minifloat, RoundMode, floor_log2, pow2};
 use crate::granularity::{Granularity, Layout};
-use crate::rounding::{Rounding, uniform};
+
+use crate::element::{Grid, Rounder, with_grid_and_rounder};
 use crate::scale::{
     Pow2Mode, ScaleQuant, ScaleRestriction, ScaleSource, ScaleStat, SymmetricScale,
 };
@@ -114,225 +115,7 @@ pub fn check_params(params: &HostParams, layout: &Layout, spec: &QuantSpec) -> R
 // Element kernels and parallel drivers
 // ------------------------------------------------------------------------------------------
 //
-// The hot loops are monomorphised over a `Grid` (integer, minifloat, binary) and a `Rounder`
-// (one per rounding rule), so that each specialised loop is branch-light and vectorises.
-
-/// A rounding rule as a zero-sized (or seed-carrying) type.
-trait Rounder: Copy + Send + Sync {
-    fn round(self, v: f32, idx: usize) -> f32;
-}
-
-macro_rules! rounder {
-    ($name:ident, $mode:expr) => {
-        #[derive(Clone, Copy)]
-        struct $name;
-        impl Rounder for $name {
-            #[inline(always)]
-            fn round(self, v: f32, _idx: usize) -> f32 {
-                $mode.apply(v, 0.0)
-            }
-        }
-    };
-}
-rounder!(NearestEvenR, RoundMode::NearestEven);
-rounder!(HalfUpR, RoundMode::HalfUp);
-rounder!(FloorR, RoundMode::Floor);
-rounder!(CeilR, RoundMode::Ceil);
-rounder!(TowardZeroR, RoundMode::TowardZero);
-
-#[derive(Clone, Copy)]
-struct StochasticR(u64);
-impl Rounder for StochasticR {
-    #[inline(always)]
-    fn round(self, v: f32, idx: usize) -> f32 {
-        RoundMode::Stochastic.apply(v, uniform(self.0, idx as u64))
-    }
-}
-
-/// An element grid: grid value of `v` (already in grid units).
-trait Grid: Copy + Send + Sync {
-    fn grid<R: Rounder>(self, v: f32, r: R, idx: usize) -> f32;
-}
-
-#[derive(Clone, Copy)]
-struct IntGrid {
-    qmin: f32,
-    qmax: f32,
-}
-impl Grid for IntGrid {
-    #[inline(always)]
-    fn grid<R: Rounder>(self, v: f32, r: R, idx: usize) -> f32 {
-        r.round(v.max(self.qmin).min(self.qmax), idx)
-    }
-}
-
-#[derive(Clone, Copy)]
-struct BinaryGrid;
-impl Grid for BinaryGrid {
-    #[inline(always)]
-    fn grid<R: Rounder>(self, v: f32, _r: R, _idx: usize) -> f32 {
-        if v >= 0.0 { 1.0 } else { -1.0 }
-    }
-}
-
-/// Minifloat grid. The binade step `2^(max(e, emin) − mantissa)` is built from the exponent
-/// bits of `v` with integer arithmetic (vectorisable); formats whose steps fall below the f32
-/// normal range use a table instead.
-#[derive(Clone, Copy)]
-struct MiniGrid {
-    format: Minifloat,
-    max: f32,
-    /// Whether every step and inverse step is a normal f32 (all OCP formats).
-    arith: bool,
-    steps: [f32; 256],
-}
-impl MiniGrid {
-    fn new(format: Minifloat) -> Self {
-        let mut steps = [0f32; 256];
-        for (field, st) in steps.iter_mut().enumerate() {
-            let e = (field as i32 - 127).max(format.emin());
-            *st = pow2((e - format.mantissa as i32).clamp(-149, 127));
-        }
-        let kmin = format.emin() - format.mantissa as i32;
-        let kmax = format.emax() + 1 - format.mantissa as i32;
-        let arith = kmin >= -126 && kmax <= 126;
-        Self {
-            format,
-            max: format.max_value(),
-            arith,
-            steps,
-        }
-    }
-
-    /// (step, 1/step) for `v`.
-    #[inline(always)]
-    fn step(&self, v: f32) -> (f32, f32) {
-        let field = ((v.to_bits() >> 23) & 0xff) as i32;
-        if self.arith {
-            let e = field - 127;
-            let e = if e < self.format.emin() {
-                self.format.emin()
-            } else {
-                e
-            };
-            let k = e - self.format.mantissa as i32;
-            (
-                f32::from_bits(((k + 127) as u32) << 23),
-                f32::from_bits(((127 - k) as u32) << 23),
-            )
-        } else {
-            let st = self.steps[field as usize];
-            (st, 1.0 / st)
-        }
-    }
-}
-/// The common case (saturating, steps in the normal range) as its own type, so that its loop
-/// has no per-element branches and vectorises.
-#[derive(Clone, Copy)]
-struct SatMiniGrid {
-    max: f32,
-    emin: i32,
-    mantissa: i32,
-}
-impl Grid for SatMiniGrid {
-    #[inline(always)]
-    fn grid<R: Rounder>(self, v: f32, r: R, idx: usize) -> f32 {
-        let v = v.max(-self.max).min(self.max);
-        let e = ((v.to_bits() >> 23) & 0xff) as i32 - 127;
-        let k = if e < self.emin { self.emin } else { e } - self.mantissa;
-        let step = f32::from_bits(((k + 127) as u32) << 23);
-        let inv = f32::from_bits(((127 - k) as u32) << 23);
-        // Scaling by a power of two is exact, so v · (1/step) = v / step.
-        r.round(v * inv, idx) * step
-    }
-}
-
-impl Grid for &MiniGrid {
-    #[inline(always)]
-    fn grid<R: Rounder>(self, v: f32, r: R, idx: usize) -> f32 {
-        if self.format.saturating {
-            let v = v.max(-self.max).min(self.max);
-            let (step, inv) = self.step(v);
-            // Scaling by a power of two is exact, so v · (1/step) = v / step.
-            r.round(v * inv, idx) * step
-        } else {
-            // Same rule as `Minifloat::quantize` (overflow to Inf/NaN).
-            let (step, _) = self.step(v);
-            let q = r.round(v / step, idx) * step;
-            if q.abs() <= self.max {
-                q
-            } else if self.format.special == Special::Ieee {
-                f32::INFINITY.copysign(q)
-            } else {
-                f32::NAN
-            }
-        }
-    }
-}
-
-/// Calls `$body` with `$g: impl Grid` and `$r: impl Rounder` bound to the spec's grid and rule.
-macro_rules! with_grid_and_rounder {
-    ($spec:expr, |$g:ident, $r:ident| $body:expr) => {{
-        let spec: &QuantSpec = $spec;
-        macro_rules! with_rounder {
-            ($gv:expr) => {{
-                let $g = $gv;
-                match spec.rounding {
-                    Rounding::NearestEven => {
-                        let $r = NearestEvenR;
-                        $body
-                    }
-                    Rounding::HalfUp => {
-                        let $r = HalfUpR;
-                        $body
-                    }
-                    Rounding::Floor => {
-                        let $r = FloorR;
-                        $body
-                    }
-                    Rounding::Ceil => {
-                        let $r = CeilR;
-                        $body
-                    }
-                    Rounding::TowardZero => {
-                        let $r = TowardZeroR;
-                        $body
-                    }
-                    Rounding::Stochastic { seed } => {
-                        let $r = StochasticR(seed);
-                        $body
-                    }
-                    // A registered tensor rule cannot run per element: `quantize` sends custom
-                    // specs through the tensor path, and only hands on-grid values here, where
-                    // nearest even is exact; other host callers round a custom rule to nearest.
-                    Rounding::Custom { .. } => {
-                        let $r = NearestEvenR;
-                        $body
-                    }
-                }
-            }};
-        }
-        match spec.format {
-            Format::Minifloat(m) => {
-                let mg = MiniGrid::new(m);
-                if m.saturating && mg.arith {
-                    with_rounder!(SatMiniGrid {
-                        max: mg.max,
-                        emin: m.emin(),
-                        mantissa: m.mantissa as i32
-                    })
-                } else {
-                    with_rounder!(&mg)
-                }
-            }
-            Format::Binary => with_rounder!(BinaryGrid),
-            other => with_rounder!(IntGrid {
-                qmin: other.min_value(),
-                qmax: other.max_value()
-            }),
-        }
-    }};
-}
+// The hot loops are monomorphised over a `Grid` and a `Rounder` (`crate::element`).
 
 /// Grid value (grid units) of `x` under scale `s` and zero-point `z`.
 #[inline(always)]
@@ -444,7 +227,7 @@ pub fn quantize_codes(
     let mut codes = vec![0i32; data.len()];
     let zeros = params.zero_points.as_deref();
     let format = spec.format;
-    with_grid_and_rounder!(spec, |g, r| par_for_each(
+    with_grid_and_rounder!(spec.format, spec.rounding, |g, r| par_for_each(
         layout,
         &mut codes,
         |idx, cell, c| {
@@ -507,7 +290,7 @@ pub fn fake_quant_in_place(
     };
     #[cfg(target_arch = "x86_64")]
     let avx2 = std::arch::is_x86_feature_detected!("avx2");
-    with_grid_and_rounder!(spec, |g, r| par_units(
+    with_grid_and_rounder!(spec.format, spec.rounding, |g, r| par_units(
         layout,
         data,
         |start, unit, cells| {

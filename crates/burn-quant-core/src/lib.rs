@@ -34,6 +34,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod element;
 pub mod error;
 pub mod format;
 pub mod fused;

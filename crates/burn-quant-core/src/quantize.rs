@@ -128,7 +128,8 @@ impl<const D: usize> QuantParams<D> {
         }
     }
 
-    fn check_shape(&self, layout: &Layout) -> Result<()> {
+    /// `Err(ShapeMismatch)` unless the scales (and zero-points) have `layout`'s scale shape.
+    pub(crate) fn check_shape(&self, layout: &Layout) -> Result<()> {
         let check = |what: &'static str, got: &[usize]| {
             if got != layout.scale_shape.as_slice() {
                 Err(QuantError::ShapeMismatch {

@@ -294,7 +294,7 @@ impl Quantizer {
             // A learned scale starts at exactly zero (not calibrated); once trained it may
             // cross zero, which must not stop training: it is floored instead.
             let uncalibrated =
-                burn_quant_core::fused::with_host_slice(&s, |v| v.iter().any(|&v| v == 0.0))
+                burn_quant_core::fused::with_host_slice(&s, |v| v.contains(&0.0))
                     .unwrap_or_else(|| {
                         s.clone()
                             .detach()

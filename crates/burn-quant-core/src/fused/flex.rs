@@ -15,10 +15,7 @@ use super::{
     CellLayout, FakeQuantArgs, FakeQuantBackend, PARALLEL_THRESHOLD, STATUS_INVALID_SCALE,
     STATUS_NON_FINITE_X, STATUS_NON_FINITE_ZERO_POINT,
 };
-use crate::format::{
-    Format, Minifloat, Special, ceil_fast, floor_fast, round_even, round_half_away, trunc_fast,
-};
-use crate::rounding::{Rounding, uniform};
+use crate::element::{Grid, Rounder, with_grid_and_rounder};
 
 thread_local! {
     static CALLS: Cell<FusedCalls> = const { Cell::new(FusedCalls { forward: 0, backward: 0 }) };
@@ -178,201 +175,6 @@ impl FakeQuantBackend for Flex {
 }
 
 // ------------------------------------------------------------------------------------------
-// Element rules: rounding x grid, monomorphised so that each hot loop is branch-light.
-// ------------------------------------------------------------------------------------------
-
-/// A built-in rounding rule (bit-exact to [`crate::format::RoundMode::apply`]).
-trait Rnd: Copy + Send + Sync {
-    fn round(self, v: f32, idx: usize) -> f32;
-}
-
-macro_rules! rnd {
-    ($name:ident, $f:expr) => {
-        #[derive(Clone, Copy)]
-        struct $name;
-        impl Rnd for $name {
-            #[inline(always)]
-            fn round(self, v: f32, _idx: usize) -> f32 {
-                $f(v)
-            }
-        }
-    };
-}
-rnd!(NearestEven, round_even);
-rnd!(HalfUp, round_half_away);
-rnd!(Floor, floor_fast);
-rnd!(Ceil, ceil_fast);
-rnd!(TowardZero, trunc_fast);
-
-#[derive(Clone, Copy)]
-struct Stochastic(u64);
-impl Rnd for Stochastic {
-    #[inline(always)]
-    fn round(self, v: f32, idx: usize) -> f32 {
-        floor_fast(v + uniform(self.0, idx as u64))
-    }
-}
-
-/// An element grid: the grid value of `v` (grid units) and whether the gradient passes.
-trait Grid: Copy + Send + Sync {
-    fn q<R: Rnd>(self, v: f32, r: R, idx: usize) -> f32;
-    fn pass(self, v: f32, q: f32) -> bool;
-}
-
-#[derive(Clone, Copy)]
-struct IntGrid {
-    lo: f32,
-    hi: f32,
-}
-impl Grid for IntGrid {
-    #[inline(always)]
-    fn q<R: Rnd>(self, v: f32, r: R, idx: usize) -> f32 {
-        r.round(v.max(self.lo).min(self.hi), idx)
-    }
-    #[inline(always)]
-    fn pass(self, v: f32, _q: f32) -> bool {
-        v >= self.lo && v <= self.hi
-    }
-}
-
-#[derive(Clone, Copy)]
-struct BinaryGrid;
-impl Grid for BinaryGrid {
-    #[inline(always)]
-    fn q<R: Rnd>(self, v: f32, _r: R, _idx: usize) -> f32 {
-        if v >= 0.0 { 1.0 } else { -1.0 }
-    }
-    #[inline(always)]
-    fn pass(self, v: f32, _q: f32) -> bool {
-        (-1.0..=1.0).contains(&v)
-    }
-}
-
-/// Saturating minifloat whose steps are normal f32 (every OCP format): the binade step from
-/// the exponent bits, with integer arithmetic (vectorisable).
-#[derive(Clone, Copy)]
-struct SatMiniGrid {
-    max: f32,
-    emin: i32,
-    mantissa: i32,
-}
-impl Grid for SatMiniGrid {
-    #[inline(always)]
-    fn q<R: Rnd>(self, v: f32, r: R, idx: usize) -> f32 {
-        let v = v.max(-self.max).min(self.max);
-        let e = ((v.to_bits() >> 23) & 0xff) as i32 - 127;
-        let k = if e < self.emin { self.emin } else { e } - self.mantissa;
-        let step = f32::from_bits(((k + 127) as u32) << 23);
-        let inv = f32::from_bits(((127 - k) as u32) << 23);
-        // Scaling by a power of two is exact: v · (1/step) = v / step.
-        r.round(v * inv, idx) * step
-    }
-    #[inline(always)]
-    fn pass(self, v: f32, _q: f32) -> bool {
-        v >= -self.max && v <= self.max
-    }
-}
-
-/// Any minifloat (non-saturating with Inf/NaN on overflow, or steps outside the f32 normals).
-#[derive(Clone, Copy)]
-struct MiniGrid {
-    format: Minifloat,
-    max: f32,
-}
-impl Grid for MiniGrid {
-    #[inline(always)]
-    fn q<R: Rnd>(self, v: f32, r: R, idx: usize) -> f32 {
-        if self.format.saturating {
-            let v = v.max(-self.max).min(self.max);
-            let step = self.format.step(v);
-            r.round(v / step, idx) * step
-        } else {
-            let step = self.format.step(v);
-            let q = r.round(v / step, idx) * step;
-            if q.abs() <= self.max {
-                q
-            } else if self.format.special == Special::Ieee {
-                f32::INFINITY.copysign(q)
-            } else {
-                f32::NAN
-            }
-        }
-    }
-    #[inline(always)]
-    fn pass(self, v: f32, q: f32) -> bool {
-        if self.format.saturating {
-            v >= -self.max && v <= self.max
-        } else {
-            q.abs() <= self.max
-        }
-    }
-}
-
-/// Whether every binade step of `m` and its inverse are normal f32.
-fn steps_are_normal(m: &Minifloat) -> bool {
-    let kmin = m.emin() - m.mantissa as i32;
-    let kmax = m.emax() + 1 - m.mantissa as i32;
-    kmin >= -126 && kmax <= 126
-}
-
-/// Calls `$body` with `$g: impl Grid` and `$r: impl Rnd` bound to the args' grid and rule.
-macro_rules! with_grid {
-    ($args:expr, |$g:ident, $r:ident| $body:expr) => {{
-        let args: &FakeQuantArgs = $args;
-        macro_rules! with_rnd {
-            ($gv:expr) => {{
-                let $g = $gv;
-                match args.rounding {
-                    // `FakeQuantArgs::new` rejects custom rules; nearest for direct callers.
-                    Rounding::NearestEven | Rounding::Custom { .. } => {
-                        let $r = NearestEven;
-                        $body
-                    }
-                    Rounding::HalfUp => {
-                        let $r = HalfUp;
-                        $body
-                    }
-                    Rounding::Floor => {
-                        let $r = Floor;
-                        $body
-                    }
-                    Rounding::Ceil => {
-                        let $r = Ceil;
-                        $body
-                    }
-                    Rounding::TowardZero => {
-                        let $r = TowardZero;
-                        $body
-                    }
-                    Rounding::Stochastic { seed } => {
-                        let $r = Stochastic(seed);
-                        $body
-                    }
-                }
-            }};
-        }
-        match args.format {
-            Format::Minifloat(m) if m.saturating && steps_are_normal(&m) => {
-                with_rnd!(SatMiniGrid {
-                    max: m.max_value(),
-                    emin: m.emin(),
-                    mantissa: m.mantissa as i32,
-                })
-            }
-            Format::Minifloat(m) => with_rnd!(MiniGrid {
-                format: m,
-                max: m.max_value(),
-            }),
-            Format::Binary => with_rnd!(BinaryGrid),
-            other => with_rnd!(IntGrid {
-                lo: other.min_value(),
-                hi: other.max_value(),
-            }),
-        }
-    }};
-}
-
-// ------------------------------------------------------------------------------------------
 // Segments: contiguous runs of elements whose scale cells are one cell or consecutive cells.
 // ------------------------------------------------------------------------------------------
 
@@ -485,20 +287,27 @@ fn filled<R>(n: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>]) -> R) -> (Vec<
 // ------------------------------------------------------------------------------------------
 
 #[inline(always)]
-fn fwd_el<G: Grid, R: Rnd, const Z: bool>(g: G, r: R, x: f32, s: f32, z: f32, idx: usize) -> f32 {
+fn fwd_el<G: Grid, R: Rounder, const Z: bool>(
+    g: G,
+    r: R,
+    x: f32,
+    s: f32,
+    z: f32,
+    idx: usize,
+) -> f32 {
     if Z {
         // A zero scale (an all-zero NVFP4 block) maps every element to the zero-point.
         let v = if s == 0.0 { z } else { x / s + z };
-        (g.q(v, r, idx) - z) * s
+        (g.grid(v, r, idx) - z) * s
     } else {
         let v = if s == 0.0 { 0.0 } else { x / s };
-        g.q(v, r, idx) * s
+        g.grid(v, r, idx) * s
     }
 }
 
 /// The forward of one segment in place (see [`bwd_seg_impl`] for the backward).
 #[inline(always)]
-fn fwd_seg_impl<G: Grid, R: Rnd, const Z: bool>(
+fn fwd_seg_impl<G: Grid, R: Rounder, const Z: bool>(
     g: G,
     r: R,
     base: usize,
@@ -533,7 +342,7 @@ fn fwd_seg_impl<G: Grid, R: Rnd, const Z: bool>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn fwd_seg_avx2<G: Grid, R: Rnd, const Z: bool>(
+unsafe fn fwd_seg_avx2<G: Grid, R: Rounder, const Z: bool>(
     g: G,
     r: R,
     base: usize,
@@ -548,7 +357,7 @@ unsafe fn fwd_seg_avx2<G: Grid, R: Rnd, const Z: bool>(
 /// [`fwd_seg_impl`] with AVX2 where the CPU has it (dispatched per segment: the drivers call
 /// it from closures, which do not inherit a caller's target features).
 #[inline(always)]
-fn fwd_seg<G: Grid, R: Rnd, const Z: bool>(
+fn fwd_seg<G: Grid, R: Rounder, const Z: bool>(
     g: G,
     r: R,
     base: usize,
@@ -570,7 +379,7 @@ fn fwd_seg<G: Grid, R: Rnd, const Z: bool>(
 /// at flat index `start`; returns whether every input was finite.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn fwd_task<G: Grid, R: Rnd, const Z: bool>(
+fn fwd_task<G: Grid, R: Rounder, const Z: bool>(
     g: G,
     r: R,
     c: &CellLayout,
@@ -599,7 +408,7 @@ fn fwd_task<G: Grid, R: Rnd, const Z: bool>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn fwd_task_avx2<G: Grid, R: Rnd, const Z: bool>(
+unsafe fn fwd_task_avx2<G: Grid, R: Rounder, const Z: bool>(
     g: G,
     r: R,
     c: &CellLayout,
@@ -637,7 +446,7 @@ enum Io<'a> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn fwd_run<G: Grid, R: Rnd, const Z: bool>(
+fn fwd_run<G: Grid, R: Rounder, const Z: bool>(
     g: G,
     r: R,
     c: &CellLayout,
@@ -719,7 +528,7 @@ pub(crate) fn forward_in_place(
 
 fn forward_io(io: Io<'_>, s: &[f32], z: Option<&[f32]>, args: &FakeQuantArgs) -> bool {
     let c = args.cells;
-    with_grid!(args, |g, r| match z {
+    with_grid_and_rounder!(args.format, args.rounding, |g, r| match z {
         Some(z) => fwd_run::<_, _, true>(g, r, &c, io, s, z),
         None => fwd_run::<_, _, false>(g, r, &c, io, s, &[]),
     })
@@ -731,7 +540,7 @@ fn forward_io(io: Io<'_>, s: &[f32], z: Option<&[f32]>, args: &FakeQuantArgs) ->
 
 /// `(dx, d scale term, d zero-point term)` of one element (see the module docs of `fused`).
 #[inline(always)]
-fn bwd_el<G: Grid, R: Rnd, const Z: bool>(
+fn bwd_el<G: Grid, R: Rounder, const Z: bool>(
     g: G,
     r: R,
     x: f32,
@@ -743,7 +552,7 @@ fn bwd_el<G: Grid, R: Rnd, const Z: bool>(
     // The chain divides by the scale with zeros replaced by 1 (and masks their gradient).
     let sd = if s == 0.0 { 1.0 } else { s };
     let v = if Z { x / sd + z } else { x / sd };
-    let q = g.q(v, r, idx);
+    let q = g.grid(v, r, idx);
     let pass = g.pass(v, q);
     let dx = if pass { (gr * s) / sd } else { 0.0 };
     let ds = if pass && s != 0.0 {
@@ -761,7 +570,7 @@ fn bwd_el<G: Grid, R: Rnd, const Z: bool>(
 /// `acc_z` (indexed from the segment's first cell: length 1 for `One`, `len` for `Run`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn bwd_seg_impl<G: Grid, R: Rnd, const Z: bool>(
+fn bwd_seg_impl<G: Grid, R: Rounder, const Z: bool>(
     g: G,
     r: R,
     base: usize,
@@ -833,7 +642,7 @@ fn bwd_seg_impl<G: Grid, R: Rnd, const Z: bool>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn bwd_seg_avx2<G: Grid, R: Rnd, const Z: bool>(
+unsafe fn bwd_seg_avx2<G: Grid, R: Rounder, const Z: bool>(
     g: G,
     r: R,
     base: usize,
@@ -853,7 +662,7 @@ unsafe fn bwd_seg_avx2<G: Grid, R: Rnd, const Z: bool>(
 /// it from closures, which would not inherit a caller's target features).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn bwd_seg<G: Grid, R: Rnd, const Z: bool>(
+fn bwd_seg<G: Grid, R: Rounder, const Z: bool>(
     g: G,
     r: R,
     base: usize,
@@ -903,7 +712,7 @@ fn lane_sum(v: &[f32]) -> f64 {
 /// task's scale and zero-point sums per cell.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn bwd_shared_task<G: Grid, R: Rnd, const Z: bool>(
+fn bwd_shared_task<G: Grid, R: Rounder, const Z: bool>(
     g: G,
     r: R,
     c: &CellLayout,
@@ -956,7 +765,7 @@ fn bwd_shared_task<G: Grid, R: Rnd, const Z: bool>(
 
 /// Per tensor / per channel: the cells are few; each task folds into its own accumulators.
 #[allow(clippy::too_many_arguments)]
-fn bwd_shared<G: Grid, R: Rnd, const Z: bool>(
+fn bwd_shared<G: Grid, R: Rounder, const Z: bool>(
     g: G,
     r: R,
     c: &CellLayout,
@@ -1008,7 +817,7 @@ fn bwd_shared<G: Grid, R: Rnd, const Z: bool>(
 /// Per group: every block of `group` rows of one outer index owns `inner` consecutive cells,
 /// so blocks write disjoint gradients.
 #[allow(clippy::too_many_arguments)]
-fn bwd_groups<G: Grid, R: Rnd, const Z: bool>(
+fn bwd_groups<G: Grid, R: Rounder, const Z: bool>(
     g: G,
     r: R,
     c: &CellLayout,
@@ -1124,10 +933,14 @@ pub(crate) fn backward(
 ) -> Grads {
     let c = args.cells;
     let sg = args.scale_grad;
-    with_grid!(args, |g, r| match (z, c.spans_outer_inner) {
-        (Some(z), false) => bwd_shared::<_, _, true>(g, r, &c, xs, gs, s, z, sg),
-        (None, false) => bwd_shared::<_, _, false>(g, r, &c, xs, gs, s, &[], sg),
-        (Some(z), true) => bwd_groups::<_, _, true>(g, r, &c, xs, gs, s, z, sg),
-        (None, true) => bwd_groups::<_, _, false>(g, r, &c, xs, gs, s, &[], sg),
-    })
+    with_grid_and_rounder!(
+        args.format,
+        args.rounding,
+        |g, r| match (z, c.spans_outer_inner) {
+            (Some(z), false) => bwd_shared::<_, _, true>(g, r, &c, xs, gs, s, z, sg),
+            (None, false) => bwd_shared::<_, _, false>(g, r, &c, xs, gs, s, &[], sg),
+            (Some(z), true) => bwd_groups::<_, _, true>(g, r, &c, xs, gs, s, z, sg),
+            (None, true) => bwd_groups::<_, _, false>(g, r, &c, xs, gs, s, &[], sg),
+        }
+    )
 }

@@ -315,7 +315,7 @@ pub fn fake_quant<const D: usize>(
     let shape = x.dims();
     let args = FakeQuantArgs::new(spec, &shape, scale_grad)?;
     let layout = spec.check_shape(&shape)?;
-    check_param_shapes(params, &layout)?;
+    params.check_shape(&layout)?;
     if !supports(&x, spec, params) {
         return Err(QuantError::config(
             "device",
@@ -356,25 +356,6 @@ pub fn fake_quant<const D: usize>(
         return Err(status_error(x, spec, params, &layout, status));
     }
     Ok(y)
-}
-
-fn check_param_shapes<const D: usize>(params: &QuantParams<D>, layout: &Layout) -> Result<()> {
-    let check = |what: &'static str, got: &[usize]| {
-        if got != layout.scale_shape.as_slice() {
-            Err(QuantError::ShapeMismatch {
-                what,
-                got: got.to_vec(),
-                expected: layout.scale_shape.clone(),
-            })
-        } else {
-            Ok(())
-        }
-    };
-    check("scales", &params.scales.dims())?;
-    if let Some(z) = &params.zero_points {
-        check("zero_points", &z.dims())?;
-    }
-    Ok(())
 }
 
 /// The typed error behind a non-zero status (the slow path: reads the params, and `x` if it

@@ -556,14 +556,22 @@ fn an_input_nothing_else_holds_is_quantized_in_place_with_the_same_values() {
             // A shared input gets a new buffer (the caller still sees `shared` unchanged).
             let copied = fake_quant_with(shared.clone(), &spec, &p).unwrap();
             assert_ne!(data_ptr(&copied), data_ptr(&shared), "{name}");
-            assert_eq!(host(&shared), values, "{name}: a shared input is left as it is");
+            assert_eq!(
+                host(&shared),
+                values,
+                "{name}: a shared input is left as it is"
+            );
             // A unique one is overwritten.
             let unique = tensor(values.clone(), shape, &device);
             let at = data_ptr(&unique);
             let y = fake_quant_with(unique, &spec, &p).unwrap();
             // Except where quantizing may overflow to Inf/NaN: `x` is kept to name a bad input.
             let overflows = matches!(spec.format, Format::Minifloat(m) if !m.saturating);
-            assert_eq!(data_ptr(&y) == at, !overflows, "{name} {rounding:?}: in place");
+            assert_eq!(
+                data_ptr(&y) == at,
+                !overflows,
+                "{name} {rounding:?}: in place"
+            );
             assert_same_values(&format!("{name} {rounding:?} in place"), &host(&y), &chain);
         }
     }
@@ -585,9 +593,10 @@ fn in_place_errors_name_the_first_non_finite_element() {
             v[second] = f32::INFINITY;
             let p = QuantParams::<1> {
                 scales: Tensor::from_data(
-                    TensorData::new(vec![0.01f32; spec.check_shape(&[n]).unwrap().cells()], [
-                        spec.check_shape(&[n]).unwrap().cells(),
-                    ]),
+                    TensorData::new(
+                        vec![0.01f32; spec.check_shape(&[n]).unwrap().cells()],
+                        [spec.check_shape(&[n]).unwrap().cells()],
+                    ),
                     &device,
                 ),
                 zero_points: None,
